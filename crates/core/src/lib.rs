@@ -1,0 +1,22 @@
+//! `reprise-core`: the toolkit shared by every paper crate of reprise.
+//!
+//! It knows no paper. It holds the experiment-spec loader ([`spec`]), run folders and the
+//! context a run executes in ([`run`]), progress and logging, checkpoints, datasets
+//! ([`data`]), metrics, optimizers and reports.
+
+pub mod checkpoint;
+pub mod data;
+pub mod error;
+pub mod logging;
+pub mod metrics;
+pub mod nn;
+pub mod optim;
+pub mod progress;
+pub mod report;
+pub mod run;
+pub mod spec;
+
+pub use error::{Error, Result};
+
+/// The version of `tch` reprise is built with (it binds PyTorch 2.11.0).
+pub const TCH_VERSION: &str = "0.24.0";

@@ -1,0 +1,120 @@
+//! Report writing: markdown tables and the aggregate of a sweep (mean ± std over seeds).
+
+use crate::run::RunSummary;
+use serde_json::Value as Json;
+use std::collections::BTreeMap;
+
+/// A markdown table from a header row and rows of cells.
+pub fn markdown_table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut s = format!("| {} |\n|", header.join(" | "));
+    for _ in header {
+        s.push_str("---|");
+    }
+    s.push('\n');
+    for r in rows {
+        s.push_str(&format!("| {} |\n", r.join(" | ")));
+    }
+    s
+}
+
+/// Mean and sample standard deviation (n − 1; 0 for a single value).
+pub fn mean_std(xs: &[f64]) -> (f64, f64) {
+    if xs.is_empty() {
+        return (f64::NAN, f64::NAN);
+    }
+    let n = xs.len() as f64;
+    let m = xs.iter().sum::<f64>() / n;
+    if xs.len() < 2 {
+        return (m, 0.0);
+    }
+    let v = xs.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / (n - 1.0);
+    (m, v.sqrt())
+}
+
+/// `m ± s` with `digits` decimals (just `m` for one value).
+pub fn fmt_mean_std(xs: &[f64], digits: usize) -> String {
+    let (m, s) = mean_std(xs);
+    if xs.len() < 2 {
+        format!("{m:.digits$}")
+    } else {
+        format!("{m:.digits$} ± {s:.digits$}")
+    }
+}
+
+/// The sweep point a run belongs to: its name without the `seed=` part.
+pub fn point_of(run_name: &str) -> String {
+    let kept: Vec<&str> = run_name
+        .split(',')
+        .filter(|p| !p.starts_with("seed="))
+        .collect();
+    if kept.is_empty() {
+        "(all)".to_string()
+    } else {
+        kept.join(",")
+    }
+}
+
+/// Groups runs by sweep point and tabulates every numeric summary value, mean ± std over seeds.
+pub fn aggregate_table(runs: &[RunSummary]) -> String {
+    let mut points: BTreeMap<String, Vec<&RunSummary>> = BTreeMap::new();
+    for r in runs {
+        points.entry(point_of(&r.name)).or_default().push(r);
+    }
+    let mut keys: Vec<String> = Vec::new();
+    for r in runs {
+        if let Json::Object(m) = &r.summary {
+            for (k, v) in m {
+                if v.is_number() && !keys.contains(k) {
+                    keys.push(k.clone());
+                }
+            }
+        }
+    }
+    let mut header = vec!["point", "runs"];
+    header.extend(keys.iter().map(String::as_str));
+    let rows: Vec<Vec<String>> = points
+        .iter()
+        .map(|(p, rs)| {
+            let mut row = vec![p.clone(), rs.len().to_string()];
+            for k in &keys {
+                let xs: Vec<f64> = rs
+                    .iter()
+                    .filter_map(|r| r.summary.get(k)?.as_f64())
+                    .collect();
+                row.push(if xs.is_empty() {
+                    "–".into()
+                } else {
+                    fmt_mean_std(&xs, 4)
+                });
+            }
+            row
+        })
+        .collect();
+    markdown_table(&header, &rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mean_std_matches_hand_values() {
+        let (m, s) = mean_std(&[1.0, 2.0, 3.0, 4.0]);
+        assert!((m - 2.5).abs() < 1e-12);
+        assert!((s - 1.2909944487358056).abs() < 1e-12);
+        assert_eq!(mean_std(&[5.0]), (5.0, 0.0));
+        assert_eq!(fmt_mean_std(&[1.0, 3.0], 2), "2.00 ± 1.41");
+    }
+
+    #[test]
+    fn points_drop_the_seed() {
+        assert_eq!(point_of("lr=0.1,width=8,seed=2"), "lr=0.1,width=8");
+        assert_eq!(point_of("seed=2"), "(all)");
+    }
+
+    #[test]
+    fn tables_render() {
+        let t = markdown_table(&["a", "b"], &[vec!["1".into(), "2".into()]]);
+        assert_eq!(t, "| a | b |\n|---|---|\n| 1 | 2 |\n");
+    }
+}

@@ -1,0 +1,485 @@
+//! Run folders and the context a paper crate runs in.
+//!
+//! A run folder `runs/<name>/<UTC time>/` holds `spec.yaml` (the resolved spec: `runner run` on
+//! it replays the run), `run.json` (how it was started), `run.log`, `metrics.jsonl`,
+//! `metrics.csv`, `summary.json`, `report.md`, `checkpoints/` and `figures/`.
+
+use crate::checkpoint::{write_atomic, CheckpointDir};
+use crate::error::{Error, Result};
+use crate::progress::Progress;
+use crate::spec::{Header, SpecError, SpecTree};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value as Json};
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+/// A paper crate, as the runner sees it: a name and the functions it dispatches to.
+#[derive(Clone, Copy)]
+pub struct Paper {
+    /// The paper's name, as in a spec's `paper:` and its section key.
+    pub name: &'static str,
+    /// The paper's title and arXiv id.
+    pub title: &'static str,
+    /// Checks a spec's paper section (types, values); errors name the key and line.
+    pub validate: fn(&SpecTree) -> Result<(), SpecError>,
+    /// Runs one (non-sweep) spec in its run folder, resuming from its checkpoints if any.
+    pub run: fn(&mut RunContext) -> Result<()>,
+    /// Renders `report.md` of a finished run folder again; returns the markdown.
+    pub report: fn(&Path) -> Result<String>,
+    /// Renders the report of a sweep folder from the summaries of its finished runs.
+    pub report_sweep: fn(&Path, &[RunSummary]) -> Result<String>,
+}
+
+/// A finished run of a sweep: its folder, resolved spec and summary.
+#[derive(Debug, Clone)]
+pub struct RunSummary {
+    /// The run's sub-folder name (`width=8,seed=1`).
+    pub name: String,
+    /// The run folder.
+    pub dir: PathBuf,
+    /// The resolved spec of the run.
+    pub spec: SpecTree,
+    /// `summary.json`.
+    pub summary: Json,
+}
+
+/// How a run was started (`run.json`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RunInfo {
+    /// A `--smoke` run.
+    pub smoke: bool,
+    /// Training iterations of a smoke run.
+    pub smoke_iterations: Option<u64>,
+    /// The device used.
+    pub device: String,
+    /// Intra-op threads.
+    pub threads: i32,
+    /// Versions (reprise, tch, libtorch).
+    pub versions: Map<String, Json>,
+    /// UTC start time.
+    pub started: String,
+}
+
+static INTERRUPT: OnceLock<Arc<AtomicBool>> = OnceLock::new();
+
+/// The flag set by SIGINT/SIGTERM; training loops check it through [`RunContext::interrupted`].
+pub fn interrupt_flag() -> Arc<AtomicBool> {
+    INTERRUPT
+        .get_or_init(|| Arc::new(AtomicBool::new(false)))
+        .clone()
+}
+
+/// The current UTC time as `2026-11-28T15-04-05Z`, safe as a folder name.
+pub fn utc_stamp() -> String {
+    let now = time::OffsetDateTime::now_utc();
+    let f = time::macros::format_description!("[year]-[month]-[day]T[hour]-[minute]-[second]Z");
+    now.format(&f).expect("the format is valid")
+}
+
+/// Creates a new folder `<parent>/<stamp>` (with `-2`, `-3`, ... if taken); never reuses one.
+pub fn create_unique_dir(parent: &Path, stamp: &str) -> Result<PathBuf> {
+    fs::create_dir_all(parent).map_err(|e| Error::Io(parent.to_path_buf(), e))?;
+    for i in 1..10_000 {
+        let name = if i == 1 {
+            stamp.to_string()
+        } else {
+            format!("{stamp}-{i}")
+        };
+        let p = parent.join(name);
+        match fs::create_dir(&p) {
+            Ok(()) => return Ok(p),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(Error::Io(p, e)),
+        }
+    }
+    Err(Error::msg(format!(
+        "no free run folder under {}",
+        parent.display()
+    )))
+}
+
+/// One line of `metrics.jsonl`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MetricRecord {
+    /// Training step.
+    pub step: u64,
+    /// Epoch (fractional where useful).
+    pub epoch: f64,
+    /// Seconds since the run started (continued across resumes).
+    pub wall: f64,
+    /// Named values.
+    pub values: Map<String, Json>,
+}
+
+/// Reads `metrics.jsonl`; lines that do not parse (a torn last line) are skipped.
+pub fn read_metrics(dir: &Path) -> Vec<MetricRecord> {
+    let Ok(f) = File::open(dir.join("metrics.jsonl")) else {
+        return vec![];
+    };
+    BufReader::new(f)
+        .lines()
+        .map_while(|l| l.ok())
+        .filter_map(|l| serde_json::from_str(&l).ok())
+        .collect()
+}
+
+/// The context of one run: its folder, resolved spec, device, logs and checkpoints.
+pub struct RunContext {
+    dir: PathBuf,
+    spec: SpecTree,
+    header: Header,
+    info: RunInfo,
+    device: tch::Device,
+    checkpoints: CheckpointDir,
+    metrics: Option<File>,
+    started: Instant,
+    wall_offset: f64,
+    interrupt: Arc<AtomicBool>,
+}
+
+impl RunContext {
+    /// Prepares a run in an existing, empty folder: writes `spec.yaml` and `run.json`.
+    pub fn create(dir: &Path, spec: SpecTree, info: RunInfo, device: tch::Device) -> Result<Self> {
+        let header = spec.header()?;
+        write_atomic(&dir.join("spec.yaml"), spec.to_yaml().as_bytes())?;
+        let info_json = serde_json::to_vec_pretty(&info).expect("RunInfo serializes");
+        write_atomic(&dir.join("run.json"), &info_json)?;
+        Self::build(dir, spec, header, info, device)
+    }
+
+    /// Opens an existing run folder to continue it (`--resume`).
+    pub fn open(dir: &Path, device: Option<tch::Device>) -> Result<Self> {
+        let spec = SpecTree::load(&dir.join("spec.yaml"))?;
+        let header = spec.header()?;
+        let info_path = dir.join("run.json");
+        let text = fs::read(&info_path).map_err(|e| Error::Io(info_path.clone(), e))?;
+        let info: RunInfo = serde_json::from_slice(&text)
+            .map_err(|e| Error::Corrupt(info_path.clone(), e.to_string()))?;
+        let device = match device {
+            Some(d) => d,
+            None => header.device.resolve().map_err(Error::msg)?,
+        };
+        Self::build(dir, spec, header, info, device)
+    }
+
+    fn build(
+        dir: &Path,
+        spec: SpecTree,
+        header: Header,
+        info: RunInfo,
+        device: tch::Device,
+    ) -> Result<Self> {
+        for sub in ["checkpoints", "figures"] {
+            let p = dir.join(sub);
+            fs::create_dir_all(&p).map_err(|e| Error::Io(p, e))?;
+        }
+        Ok(RunContext {
+            dir: dir.to_path_buf(),
+            checkpoints: CheckpointDir::new(dir.join("checkpoints"), 2),
+            spec,
+            header,
+            info,
+            device,
+            metrics: None,
+            started: Instant::now(),
+            wall_offset: 0.0,
+            interrupt: interrupt_flag(),
+        })
+    }
+
+    /// The run folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The resolved spec.
+    pub fn spec(&self) -> &SpecTree {
+        &self.spec
+    }
+
+    /// The spec's header.
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    /// The seed of this run.
+    pub fn seed(&self) -> u64 {
+        self.header.seed
+    }
+
+    /// The paper section, typed.
+    pub fn config<T: serde::de::DeserializeOwned>(&self) -> Result<T> {
+        Ok(self.spec.typed(&self.header.paper)?)
+    }
+
+    /// The device.
+    pub fn device(&self) -> tch::Device {
+        self.device
+    }
+
+    /// Whether this is a `--smoke` run.
+    pub fn smoke(&self) -> bool {
+        self.info.smoke
+    }
+
+    /// The iteration budget: the smoke budget in a smoke run, else `full`.
+    pub fn iterations(&self, full: u64) -> u64 {
+        match (self.info.smoke, self.info.smoke_iterations) {
+            (true, Some(n)) => n.min(full),
+            _ => full,
+        }
+    }
+
+    /// How the run was started.
+    pub fn info(&self) -> &RunInfo {
+        &self.info
+    }
+
+    /// The checkpoint folder.
+    pub fn checkpoints(&self) -> &CheckpointDir {
+        &self.checkpoints
+    }
+
+    /// The figures folder.
+    pub fn figures(&self) -> PathBuf {
+        self.dir.join("figures")
+    }
+
+    /// Whether SIGINT or SIGTERM has asked the run to stop.
+    pub fn interrupted(&self) -> bool {
+        self.interrupt.load(Ordering::SeqCst)
+    }
+
+    /// Prepares the metrics log for a run starting (or resuming) after `step`: lines of later
+    /// steps, written after the checkpoint the run resumes from, are dropped.
+    pub fn begin(&mut self, step: u64) -> Result<()> {
+        let path = self.dir.join("metrics.jsonl");
+        let kept: Vec<MetricRecord> = read_metrics(&self.dir)
+            .into_iter()
+            .filter(|r| step > 0 && r.step <= step)
+            .collect();
+        self.wall_offset = kept.last().map_or(0.0, |r| r.wall);
+        let mut text = String::new();
+        for r in &kept {
+            text.push_str(&serde_json::to_string(r).expect("a record serializes"));
+            text.push('\n');
+        }
+        write_atomic(&path, text.as_bytes())?;
+        let f = OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .map_err(|e| Error::Io(path.clone(), e))?;
+        self.metrics = Some(f);
+        self.started = Instant::now();
+        Ok(())
+    }
+
+    /// Seconds since the run began, continued across resumes.
+    pub fn wall(&self) -> f64 {
+        self.wall_offset + self.started.elapsed().as_secs_f64()
+    }
+
+    /// Appends one line to `metrics.jsonl` and to the log.
+    pub fn log_metrics(&mut self, step: u64, epoch: f64, values: &[(&str, f64)]) -> Result<()> {
+        let mut map = Map::new();
+        for (k, v) in values {
+            map.insert((*k).to_string(), json_f64(*v));
+        }
+        let rec = MetricRecord {
+            step,
+            epoch,
+            wall: (self.wall() * 1000.0).round() / 1000.0,
+            values: map,
+        };
+        let line = serde_json::to_string(&rec).expect("a record serializes");
+        tracing::info!(target: "metrics", "{line}");
+        if self.metrics.is_none() {
+            self.begin(0)?;
+        }
+        let f = self.metrics.as_mut().expect("begin opened it");
+        let path = self.dir.join("metrics.jsonl");
+        writeln!(f, "{line}").map_err(|e| Error::Io(path, e))
+    }
+
+    /// A progress display for `total` steps starting at `done`.
+    pub fn progress(&self, total: u64, done: u64) -> Progress {
+        Progress::new(&self.header.name, total, done)
+    }
+
+    /// Writes `summary.json` (final metrics, machine-readable).
+    pub fn write_summary(&self, summary: &Json) -> Result<()> {
+        let mut s = summary.clone();
+        if let Json::Object(m) = &mut s {
+            m.insert(
+                "wall_seconds".into(),
+                json!((self.wall() * 10.0).round() / 10.0),
+            );
+            m.insert("smoke".into(), json!(self.info.smoke));
+        }
+        write_atomic(
+            &self.dir.join("summary.json"),
+            serde_json::to_string_pretty(&s).expect("json").as_bytes(),
+        )
+    }
+
+    /// Writes `report.md`.
+    pub fn write_report(&self, markdown: &str) -> Result<()> {
+        write_atomic(&self.dir.join("report.md"), markdown.as_bytes())
+    }
+
+    /// Ends the run: writes `metrics.csv` from `metrics.jsonl`.
+    pub fn finish(&mut self) -> Result<()> {
+        self.metrics = None;
+        write_metrics_csv(&self.dir)
+    }
+}
+
+/// A JSON number, or null for NaN and infinities.
+pub fn json_f64(v: f64) -> Json {
+    serde_json::Number::from_f64(v).map_or(Json::Null, Json::Number)
+}
+
+/// Writes `metrics.csv` (step, epoch, wall, then every value name in order of appearance).
+pub fn write_metrics_csv(dir: &Path) -> Result<()> {
+    let recs = read_metrics(dir);
+    let mut cols: Vec<String> = Vec::new();
+    for r in &recs {
+        for k in r.values.keys() {
+            if !cols.contains(k) {
+                cols.push(k.clone());
+            }
+        }
+    }
+    let mut out = String::from("step,epoch,wall");
+    for c in &cols {
+        out.push(',');
+        out.push_str(c);
+    }
+    out.push('\n');
+    for r in &recs {
+        out.push_str(&format!("{},{},{}", r.step, r.epoch, r.wall));
+        for c in &cols {
+            out.push(',');
+            match r.values.get(c) {
+                Some(Json::Number(n)) => out.push_str(&n.to_string()),
+                Some(Json::Null) => out.push_str("nan"),
+                Some(other) => out.push_str(&other.to_string()),
+                None => {}
+            }
+        }
+        out.push('\n');
+    }
+    write_atomic(&dir.join("metrics.csv"), out.as_bytes())
+}
+
+/// Reads `summary.json` of a run folder, if the run finished.
+pub fn read_summary(dir: &Path) -> Option<Json> {
+    let text = fs::read(dir.join("summary.json")).ok()?;
+    serde_json::from_slice(&text).ok()
+}
+
+/// The finished runs below a sweep folder (sub-folders holding `summary.json`), by name.
+pub fn finished_runs(sweep: &Path) -> Result<Vec<RunSummary>> {
+    let mut out = Vec::new();
+    let entries = fs::read_dir(sweep).map_err(|e| Error::Io(sweep.to_path_buf(), e))?;
+    for e in entries.flatten() {
+        let dir = e.path();
+        if !dir.is_dir() {
+            continue;
+        }
+        let Some(summary) = read_summary(&dir) else {
+            continue;
+        };
+        let spec = SpecTree::load(&dir.join("spec.yaml"))?;
+        out.push(RunSummary {
+            name: e.file_name().to_string_lossy().into_owned(),
+            dir,
+            spec,
+            summary,
+        });
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SPEC: &str = "name: t\npaper: p\ndescription: d\ndata: { dataset: digits }\np: {}\n";
+
+    fn info() -> RunInfo {
+        RunInfo {
+            smoke: false,
+            smoke_iterations: None,
+            device: "cpu".into(),
+            threads: 1,
+            versions: Map::new(),
+            started: utc_stamp(),
+        }
+    }
+
+    #[test]
+    fn unique_dirs_never_collide() {
+        let d = tempfile::tempdir().unwrap();
+        let a = create_unique_dir(d.path(), "x").unwrap();
+        let b = create_unique_dir(d.path(), "x").unwrap();
+        assert_ne!(a, b);
+        assert!(b.ends_with("x-2"));
+    }
+
+    #[test]
+    fn run_folder_layout_and_metrics_resume() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = create_unique_dir(d.path(), "run").unwrap();
+        let spec = SpecTree::from_str("s.yaml", SPEC).unwrap();
+        let mut ctx = RunContext::create(&dir, spec, info(), tch::Device::Cpu).unwrap();
+        ctx.begin(0).unwrap();
+        for s in 1..=5 {
+            ctx.log_metrics(s, 0.0, &[("loss", 1.0 / s as f64), ("nan", f64::NAN)])
+                .unwrap();
+        }
+        ctx.write_summary(&json!({"acc": 0.5})).unwrap();
+        ctx.finish().unwrap();
+        for f in [
+            "spec.yaml",
+            "run.json",
+            "metrics.jsonl",
+            "metrics.csv",
+            "summary.json",
+        ] {
+            assert!(dir.join(f).is_file(), "{f}");
+        }
+        assert!(dir.join("checkpoints").is_dir() && dir.join("figures").is_dir());
+        let csv = fs::read_to_string(dir.join("metrics.csv")).unwrap();
+        assert!(csv.starts_with("step,epoch,wall,loss,nan\n"), "{csv}");
+        assert_eq!(csv.lines().count(), 6);
+        // Resuming from step 3 drops the lines of steps 4 and 5.
+        let mut again = RunContext::open(&dir, Some(tch::Device::Cpu)).unwrap();
+        again.begin(3).unwrap();
+        again.log_metrics(4, 0.0, &[("loss", 0.1)]).unwrap();
+        let steps: Vec<u64> = read_metrics(&dir).iter().map(|r| r.step).collect();
+        assert_eq!(steps, vec![1, 2, 3, 4]);
+        assert_eq!(again.info(), &info_with_started(&dir));
+    }
+
+    fn info_with_started(dir: &Path) -> RunInfo {
+        serde_json::from_slice(&fs::read(dir.join("run.json")).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn smoke_iterations_cap_the_budget() {
+        let d = tempfile::tempdir().unwrap();
+        let spec = SpecTree::from_str("s.yaml", SPEC).unwrap();
+        let mut i = info();
+        i.smoke = true;
+        i.smoke_iterations = Some(5);
+        let ctx = RunContext::create(d.path(), spec, i, tch::Device::Cpu).unwrap();
+        assert_eq!(ctx.iterations(1000), 5);
+        assert_eq!(ctx.iterations(3), 3);
+    }
+}

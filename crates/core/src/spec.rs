@@ -1,0 +1,919 @@
+//! Experiment specs: strict YAML with `extends`, dotted overrides, sweeps and seeds.
+//!
+//! A spec is a YAML mapping with a common [`Header`] and one paper section whose key is the
+//! paper's name (`jem:`, `deepthin:`, ...). Loading goes in four steps:
+//!
+//! 1. [`SpecTree::load`] reads the file and, recursively, the files it `extends`
+//!    (deep merge; the child wins);
+//! 2. [`SpecTree::apply_override`] sets `key.sub=value` pairs, each value parsed as YAML;
+//! 3. [`SpecTree::expand`] turns `sweep:` and `seeds:` into one [`SpecTree`] per run;
+//! 4. [`SpecTree::typed`] deserializes a part of the tree into a config struct whose
+//!    `deny_unknown_fields` catches unknown keys.
+//!
+//! Every error is a [`SpecError`] that names the file, the dotted key path and the line
+//! (or the override that caused it).
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_norway::{Mapping, Value};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// A problem with a spec: where it is and what is wrong.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpecError {
+    /// The file the problem is in, when it is in a file.
+    pub file: Option<PathBuf>,
+    /// The 1-based line in `file`, when it could be found.
+    pub line: Option<usize>,
+    /// The dotted key path (`jem.sgld.steps`), empty for the whole spec.
+    pub path: String,
+    /// The override (`key=value`) the problem comes from, if any.
+    pub from_override: Option<String>,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl SpecError {
+    fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        SpecError {
+            file: None,
+            line: None,
+            path: path.into(),
+            from_override: None,
+            message: message.into(),
+        }
+    }
+
+    fn in_file(mut self, file: &Path) -> Self {
+        self.file = Some(file.to_path_buf());
+        self
+    }
+}
+
+impl fmt::Display for SpecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(o) = &self.from_override {
+            write!(f, "override `{o}`: ")?;
+        } else if let Some(file) = &self.file {
+            write!(f, "{}", file.display())?;
+            if let Some(line) = self.line {
+                write!(f, ":{line}")?;
+            }
+            write!(f, ": ")?;
+        }
+        if !self.path.is_empty() {
+            write!(f, "{}: ", self.path)?;
+        }
+        write!(f, "{}", self.message)
+    }
+}
+
+impl std::error::Error for SpecError {}
+
+/// The device a run asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeviceSpec {
+    /// CUDA device 0 if CUDA is available, else the CPU.
+    #[default]
+    Auto,
+    /// The CPU.
+    Cpu,
+    /// A CUDA device by index.
+    Cuda(usize),
+}
+
+impl std::str::FromStr for DeviceSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(DeviceSpec::Auto),
+            "cpu" => Ok(DeviceSpec::Cpu),
+            "cuda" => Ok(DeviceSpec::Cuda(0)),
+            _ => s
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(DeviceSpec::Cuda)
+                .ok_or_else(|| {
+                    format!("unknown device `{s}` (expected auto, cpu, cuda or cuda:N)")
+                }),
+        }
+    }
+}
+
+impl fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DeviceSpec::Auto => write!(f, "auto"),
+            DeviceSpec::Cpu => write!(f, "cpu"),
+            DeviceSpec::Cuda(i) => write!(f, "cuda:{i}"),
+        }
+    }
+}
+
+impl Serialize for DeviceSpec {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for DeviceSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl DeviceSpec {
+    /// The tch device this resolves to on this machine; an error if CUDA is asked for and absent.
+    pub fn resolve(self) -> Result<tch::Device, String> {
+        match self {
+            DeviceSpec::Auto => Ok(tch::Device::cuda_if_available()),
+            DeviceSpec::Cpu => Ok(tch::Device::Cpu),
+            DeviceSpec::Cuda(i) => {
+                let n = tch::Cuda::device_count() as usize;
+                if i < n {
+                    Ok(tch::Device::Cuda(i))
+                } else if n == 0 {
+                    Err(format!(
+                        "device cuda:{i} asked for, but CUDA is not available here"
+                    ))
+                } else {
+                    Err(format!(
+                        "device cuda:{i} asked for, but only {n} CUDA device(s) exist"
+                    ))
+                }
+            }
+        }
+    }
+}
+
+/// Which dataset an experiment reads and how it is split.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DataSpec {
+    /// Dataset name (`digits`, `mnist-5k`, `synthetic`, ...) understood by `reprise_core::data`.
+    pub dataset: String,
+    /// A folder or file for datasets a user provides (IDX, CIFAR binary, ImageFolder).
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// Sizes of the train / validation / test splits, drawn with the spec's seed.
+    #[serde(default)]
+    pub split: Option<SplitSpec>,
+    /// Keep class proportions in every split.
+    #[serde(default)]
+    pub stratified: bool,
+}
+
+/// Sizes of the splits of a dataset.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SplitSpec {
+    /// Training examples.
+    pub train: usize,
+    /// Validation examples.
+    #[serde(default)]
+    pub val: usize,
+    /// Test examples.
+    pub test: usize,
+}
+
+/// What `--smoke` runs: a few iterations, and overrides that shrink the experiment.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct SmokeSpec {
+    /// Training iterations of a smoke run.
+    #[serde(default)]
+    pub iterations: Option<u64>,
+    /// Dotted overrides applied in a smoke run (`{ "jem.model.width": 4 }`).
+    #[serde(default)]
+    pub set: BTreeMap<String, Value>,
+}
+
+/// The common header of every spec.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Header {
+    /// Experiment name; the run folder is `runs/<name>/...`.
+    pub name: String,
+    /// The paper crate that runs it (`jem`, `robust-transfer`, `deepthin`, `tsit`).
+    pub paper: String,
+    /// One line on what it reproduces.
+    pub description: String,
+    /// Expected wall time in minutes on the machine the spec targets (2-core CPU for small ones).
+    #[serde(default)]
+    pub expected_minutes: Option<f64>,
+    /// Seed of the run.
+    #[serde(default)]
+    pub seed: u64,
+    /// Device.
+    #[serde(default)]
+    pub device: DeviceSpec,
+    /// Data.
+    pub data: DataSpec,
+    /// The `--smoke` budget.
+    #[serde(default)]
+    pub smoke: SmokeSpec,
+    /// A grid over dotted keys; each point is one run.
+    #[serde(default)]
+    pub sweep: BTreeMap<String, Vec<Value>>,
+    /// Seeds; each is one run of every sweep point.
+    #[serde(default)]
+    pub seeds: Vec<u64>,
+}
+
+/// One YAML source a tree came from, kept to find lines for errors.
+#[derive(Debug, Clone)]
+struct Source {
+    file: PathBuf,
+    text: String,
+}
+
+/// A spec as a YAML tree, with the files it came from and the overrides applied to it.
+#[derive(Debug, Clone)]
+pub struct SpecTree {
+    value: Value,
+    sources: Vec<Source>,
+    overrides: Vec<(String, String)>,
+}
+
+fn key(s: &str) -> Value {
+    Value::String(s.to_string())
+}
+
+/// Deep merge: mappings merge key by key, anything else in `child` replaces `base`.
+pub fn merge(base: &mut Value, child: Value) {
+    match (base, child) {
+        (Value::Mapping(b), Value::Mapping(c)) => {
+            for (k, v) in c {
+                match b.get_mut(&k) {
+                    Some(bv) => merge(bv, v),
+                    None => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (b, c) => *b = c,
+    }
+}
+
+fn parse_yaml(file: &Path, text: &str) -> Result<Value, SpecError> {
+    let value: Value = serde_norway::from_str(text).map_err(|e| {
+        let line = e.location().map(|l| l.line());
+        let mut msg = e.to_string();
+        // serde_norway appends " at line L column C"; the line is printed in front already.
+        if let Some(i) = msg.find(" at line ") {
+            msg.truncate(i);
+        }
+        SpecError {
+            line,
+            ..SpecError::new("", format!("invalid YAML: {msg}")).in_file(file)
+        }
+    })?;
+    match value {
+        Value::Mapping(_) => Ok(value),
+        Value::Null => Err(SpecError::new("", "the spec is empty").in_file(file)),
+        _ => {
+            Err(SpecError::new("", "a spec must be a YAML mapping of keys to values").in_file(file))
+        }
+    }
+}
+
+impl SpecTree {
+    /// Reads a spec file and the files it `extends`, merged.
+    pub fn load(file: &Path) -> Result<SpecTree, SpecError> {
+        let mut chain = Vec::new();
+        Self::load_chain(file, &mut chain)
+    }
+
+    fn load_chain(file: &Path, chain: &mut Vec<PathBuf>) -> Result<SpecTree, SpecError> {
+        let canonical = file
+            .canonicalize()
+            .map_err(|e| SpecError::new("", format!("cannot read the spec: {e}")).in_file(file))?;
+        if chain.contains(&canonical) {
+            return Err(SpecError::new("extends", "`extends` forms a cycle").in_file(file));
+        }
+        chain.push(canonical);
+        let text = std::fs::read_to_string(file)
+            .map_err(|e| SpecError::new("", format!("cannot read the spec: {e}")).in_file(file))?;
+        let mut value = parse_yaml(file, &text)?;
+        let me = Source {
+            file: file.to_path_buf(),
+            text,
+        };
+        let extends = value
+            .as_mapping_mut()
+            .and_then(|m| m.remove(key("extends")));
+        let Some(extends) = extends else {
+            return Ok(SpecTree {
+                value,
+                sources: vec![me],
+                overrides: vec![],
+            });
+        };
+        let Value::String(base) = extends else {
+            let line = locate(&me.text, &["extends".to_string()]);
+            return Err(SpecError {
+                line,
+                ..SpecError::new("extends", "expected a file name").in_file(file)
+            });
+        };
+        let base_path = file.parent().unwrap_or(Path::new(".")).join(&base);
+        let mut tree = Self::load_chain(&base_path, chain).map_err(|e| {
+            if e.file.as_deref() == Some(base_path.as_path()) && e.line.is_none() {
+                SpecError {
+                    line: locate(&me.text, &["extends".to_string()]),
+                    ..SpecError::new("extends", e.message).in_file(file)
+                }
+            } else {
+                e
+            }
+        })?;
+        merge(&mut tree.value, value);
+        tree.sources.insert(0, me);
+        Ok(tree)
+    }
+
+    /// A tree from YAML text (for tests and for specs built in code).
+    pub fn from_str(name: &str, text: &str) -> Result<SpecTree, SpecError> {
+        let file = PathBuf::from(name);
+        let value = parse_yaml(&file, text)?;
+        Ok(SpecTree {
+            value,
+            sources: vec![Source {
+                file,
+                text: text.to_string(),
+            }],
+            overrides: vec![],
+        })
+    }
+
+    /// The whole tree.
+    pub fn value(&self) -> &Value {
+        &self.value
+    }
+
+    /// The file the spec was read from.
+    pub fn file(&self) -> Option<&Path> {
+        self.sources.first().map(|s| s.file.as_path())
+    }
+
+    /// Applies a `key.sub=value` override; the value is parsed as YAML.
+    pub fn apply_override(&mut self, arg: &str) -> Result<(), SpecError> {
+        let (k, v) = arg.split_once('=').ok_or_else(|| SpecError {
+            from_override: Some(arg.to_string()),
+            ..SpecError::new("", "expected key=value (e.g. jem.optim.lr=0.001)")
+        })?;
+        let k = k.trim();
+        let parsed: Value = if v.trim().is_empty() {
+            Value::Null
+        } else {
+            serde_norway::from_str(v).map_err(|e| SpecError {
+                from_override: Some(arg.to_string()),
+                ..SpecError::new(k, format!("the value is not valid YAML: {e}"))
+            })?
+        };
+        self.set(k, parsed).map_err(|mut e| {
+            e.from_override = Some(arg.to_string());
+            e
+        })?;
+        self.overrides.push((k.to_string(), arg.to_string()));
+        Ok(())
+    }
+
+    /// Sets the value at a dotted path, creating mappings on the way.
+    pub fn set(&mut self, dotted: &str, v: Value) -> Result<(), SpecError> {
+        let parts: Vec<&str> = dotted.split('.').collect();
+        if parts.iter().any(|p| p.is_empty()) {
+            return Err(SpecError::new(dotted, "empty key in a dotted path"));
+        }
+        if parts[0] == "extends" {
+            return Err(SpecError::new(dotted, "`extends` cannot be overridden"));
+        }
+        let mut cur = &mut self.value;
+        for (i, p) in parts.iter().enumerate() {
+            let here = parts[..i].join(".");
+            let map = match cur {
+                Value::Mapping(m) => m,
+                Value::Null => {
+                    *cur = Value::Mapping(Mapping::new());
+                    cur.as_mapping_mut().expect("just made a mapping")
+                }
+                _ => {
+                    return Err(SpecError::new(
+                        here,
+                        format!("is not a mapping, so it has no key `{p}`"),
+                    ))
+                }
+            };
+            if i + 1 == parts.len() {
+                map.insert(key(p), v);
+                return Ok(());
+            }
+            cur = map.entry(key(p)).or_insert(Value::Null);
+        }
+        unreachable!("the loop returns at the last part")
+    }
+
+    /// The value at a dotted path.
+    pub fn get(&self, dotted: &str) -> Option<&Value> {
+        dotted
+            .split('.')
+            .try_fold(&self.value, |cur, p| cur.as_mapping()?.get(key(p)))
+    }
+
+    /// Removes the value at a top-level key.
+    fn remove_top(&mut self, k: &str) -> Option<Value> {
+        self.value.as_mapping_mut()?.remove(key(k))
+    }
+
+    /// Deserializes the part of the tree at `dotted` (the whole tree if empty) into `T`,
+    /// with errors that point at the file and line, or at the override, responsible.
+    pub fn typed<T: DeserializeOwned>(&self, dotted: &str) -> Result<T, SpecError> {
+        let part = if dotted.is_empty() {
+            self.value.clone()
+        } else {
+            self.get(dotted)
+                .cloned()
+                .ok_or_else(|| self.locate_error(SpecError::new(dotted, "missing section")))?
+        };
+        serde_path_to_error::deserialize(to_json(&part)).map_err(|e| {
+            let inner = e.path().to_string();
+            let path = match (dotted.is_empty(), inner.as_str()) {
+                (_, ".") => dotted.to_string(),
+                (true, p) => p.to_string(),
+                (false, p) => format!("{dotted}.{p}"),
+            };
+            let msg = e.into_inner().to_string();
+            let msg = match msg.find(" at line ") {
+                Some(i) => msg[..i].to_string(),
+                None => msg,
+            };
+            self.locate_error(SpecError::new(path, msg))
+        })
+    }
+
+    /// The header of the spec, checked (the paper section and sweep keys are left to others).
+    pub fn header(&self) -> Result<Header, SpecError> {
+        let mut head = self.clone();
+        let paper = head
+            .get("paper")
+            .and_then(|v| v.as_str())
+            .map(str::to_string);
+        if let Some(p) = paper {
+            if p.is_empty() || p.contains('.') || head.remove_top(&p).is_none() {
+                return Err(self.locate_error(SpecError::new(
+                    "paper",
+                    format!("the spec has no `{p}:` section for its paper"),
+                )));
+            }
+        }
+        let header: Header = head.typed("")?;
+        for (k, vals) in &header.sweep {
+            if vals.is_empty() {
+                return Err(self.locate_error(SpecError::new(
+                    format!("sweep.{k}"),
+                    "a sweep key needs at least one value",
+                )));
+            }
+            if k == "seed" || k.starts_with("sweep") || k.starts_with("seeds") {
+                return Err(self.locate_error(SpecError::new(
+                    format!("sweep.{k}"),
+                    "use `seeds:` for seeds; sweep keys name config values",
+                )));
+            }
+        }
+        Ok(header)
+    }
+
+    /// Adds the file and line (or the override) to an error about a dotted path.
+    pub fn locate_error(&self, mut e: SpecError) -> SpecError {
+        if let Some((_, arg)) = self
+            .overrides
+            .iter()
+            .rev()
+            .find(|(k, _)| path_overlaps(k, &e.path))
+        {
+            e.from_override = Some(arg.clone());
+            return e;
+        }
+        let parts: Vec<String> = if e.path.is_empty() {
+            vec![]
+        } else {
+            e.path.split('.').map(str::to_string).collect()
+        };
+        // The deepest prefix of the path found in any source, child first.
+        for n in (1..=parts.len()).rev() {
+            for s in &self.sources {
+                if let Some(line) = locate(&s.text, &parts[..n]) {
+                    e.file = Some(s.file.clone());
+                    e.line = Some(line);
+                    return e;
+                }
+            }
+        }
+        e.file = self.file().map(Path::to_path_buf);
+        e
+    }
+
+    /// Expands `sweep:` and `seeds:` into one tree per run, each with a folder-safe name.
+    ///
+    /// Without either the result is the tree itself, unnamed. The returned trees hold no
+    /// `sweep` or `seeds` key and have `seed` set, so each replays exactly one run.
+    pub fn expand(&self) -> Result<Vec<(String, SpecTree)>, SpecError> {
+        let header = self.header()?;
+        let mut base = self.clone();
+        base.remove_top("sweep");
+        base.remove_top("seeds");
+        if header.sweep.is_empty() && header.seeds.is_empty() {
+            return Ok(vec![(String::new(), base)]);
+        }
+        let seeds = if header.seeds.is_empty() {
+            vec![header.seed]
+        } else {
+            header.seeds.clone()
+        };
+        // Cartesian product over the sweep keys in order.
+        let mut points: Vec<Vec<(String, Value)>> = vec![vec![]];
+        for (k, vals) in &header.sweep {
+            let mut next = Vec::new();
+            for p in &points {
+                for v in vals {
+                    let mut q = p.clone();
+                    q.push((k.clone(), v.clone()));
+                    next.push(q);
+                }
+            }
+            points = next;
+        }
+        let mut out = Vec::new();
+        for p in &points {
+            for &seed in &seeds {
+                let mut t = base.clone();
+                let mut name_parts = Vec::new();
+                for (k, v) in p {
+                    t.set(k, v.clone()).map_err(|e| {
+                        self.locate_error(SpecError::new(format!("sweep.{k}"), e.message))
+                    })?;
+                    let short = k.rsplit('.').next().unwrap_or(k);
+                    name_parts.push(format!("{short}={}", scalar_text(v)));
+                }
+                t.set("seed", Value::Number(seed.into()))?;
+                name_parts.push(format!("seed={seed}"));
+                out.push((sanitize(&name_parts.join(",")), t));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The tree as YAML text (the resolved spec written into a run folder).
+    pub fn to_yaml(&self) -> String {
+        serde_norway::to_string(&self.value).expect("a YAML value always serializes")
+    }
+}
+
+/// Converts YAML to JSON for typed deserialization: enums then read in their map form
+/// (`act: { leaky_relu: 0.2 }`) as well as YAML tags (`act: !leaky_relu 0.2`).
+pub fn to_json(v: &Value) -> serde_json::Value {
+    use serde_json::Value as J;
+    match v {
+        Value::Null => J::Null,
+        Value::Bool(b) => J::Bool(*b),
+        Value::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                J::from(i)
+            } else if let Some(u) = n.as_u64() {
+                J::from(u)
+            } else {
+                n.as_f64()
+                    .and_then(serde_json::Number::from_f64)
+                    .map_or_else(|| J::String(n.to_string()), J::Number)
+            }
+        }
+        Value::String(s) => J::String(s.clone()),
+        Value::Sequence(xs) => J::Array(xs.iter().map(to_json).collect()),
+        Value::Mapping(m) => J::Object(
+            m.iter()
+                .map(|(k, v)| {
+                    let k = match k {
+                        Value::String(s) => s.clone(),
+                        other => scalar_text(other),
+                    };
+                    (k, to_json(v))
+                })
+                .collect(),
+        ),
+        Value::Tagged(t) => {
+            let tag = t.tag.to_string();
+            let mut m = serde_json::Map::new();
+            m.insert(tag.trim_start_matches('!').to_string(), to_json(&t.value));
+            J::Object(m)
+        }
+    }
+}
+
+fn path_overlaps(override_key: &str, path: &str) -> bool {
+    let starts = |a: &str, b: &str| a == b || a.starts_with(&format!("{b}."));
+    !path.is_empty() && (starts(path, override_key) || starts(override_key, path))
+}
+
+fn scalar_text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "null".into(),
+        other => serde_norway::to_string(other)
+            .unwrap_or_default()
+            .trim()
+            .to_string(),
+    }
+}
+
+/// Replaces characters that do not belong in a folder name.
+pub fn sanitize(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "=,._-+".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// Finds the 1-based line of a dotted key path in block-style YAML text.
+///
+/// Walks the keys in order, each at a deeper indentation than its parent; numeric
+/// segments (sequence indices) are skipped. Returns `None` when a key is not found.
+pub fn locate(text: &str, path: &[String]) -> Option<usize> {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut start = 0usize;
+    let mut parent_indent: Option<usize> = None;
+    let mut found = None;
+    for seg in path {
+        if seg.parse::<usize>().is_ok() {
+            continue;
+        }
+        let mut hit = None;
+        for (i, l) in lines.iter().enumerate().skip(start) {
+            let body = l.trim_start_matches([' ', '-']);
+            let indent = l.len() - body.len();
+            if body.is_empty() || body.starts_with('#') {
+                continue;
+            }
+            if let Some(pi) = parent_indent {
+                if indent <= pi && i > start {
+                    break;
+                }
+            }
+            // `seg:` as a block key, or `seg:` inside a flow mapping on this line.
+            let key_here = body.starts_with(&format!("{seg}:"))
+                || body.starts_with(&format!("\"{seg}\":"))
+                || body.contains(&format!("{{ {seg}:"))
+                || body.contains(&format!(", {seg}:"))
+                || body.contains(&format!("{{{seg}:"));
+            if key_here {
+                hit = Some((i, indent));
+                break;
+            }
+        }
+        let (i, indent) = hit?;
+        found = Some(i + 1);
+        start = i;
+        parent_indent = Some(indent);
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = "name: demo
+paper: jem
+description: a demo
+seed: 3
+data:
+  dataset: digits
+  split: { train: 100, test: 50 }
+jem:
+  width: 8
+  optim:
+    lr: 0.1
+";
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Optim {
+        lr: f64,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Jem {
+        width: u32,
+        optim: Optim,
+    }
+
+    #[test]
+    fn header_and_section_parse() {
+        let t = SpecTree::from_str("x.yaml", BASE).unwrap();
+        let h = t.header().unwrap();
+        assert_eq!(h.seed, 3);
+        assert_eq!(h.data.split.unwrap().train, 100);
+        let j: Jem = t.typed("jem").unwrap();
+        assert_eq!(j.width, 8);
+    }
+
+    #[test]
+    fn unknown_key_names_path_and_line() {
+        let text = BASE.replace("    lr: 0.1", "    lr: 0.1\n    momentum: 0.9");
+        let t = SpecTree::from_str("x.yaml", &text).unwrap();
+        let e = t.typed::<Jem>("jem").unwrap_err();
+        assert_eq!(e.path, "jem.optim.momentum");
+        assert_eq!(e.line, Some(12));
+        assert!(e.message.contains("unknown field"), "{e}");
+        assert!(
+            e.to_string().starts_with("x.yaml:12: jem.optim.momentum: "),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn wrong_type_names_path_and_line() {
+        let text = BASE.replace("width: 8", "width: wide");
+        let t = SpecTree::from_str("x.yaml", &text).unwrap();
+        let e = t.typed::<Jem>("jem").unwrap_err();
+        assert_eq!(e.path, "jem.width");
+        assert_eq!(e.line, Some(9));
+    }
+
+    #[test]
+    fn missing_field_is_named() {
+        let text = BASE.replace("description: a demo\n", "");
+        let t = SpecTree::from_str("x.yaml", &text).unwrap();
+        let e = t.header().unwrap_err();
+        assert!(e.message.contains("missing field `description`"), "{e}");
+    }
+
+    #[test]
+    fn bad_yaml_names_line() {
+        let t = SpecTree::from_str("x.yaml", "name: a\n  b: : c\n");
+        let e = t.unwrap_err();
+        assert!(e.message.starts_with("invalid YAML"), "{e}");
+        assert_eq!(e.line, Some(2));
+    }
+
+    #[test]
+    fn overrides_are_yaml_and_type_checked() {
+        let mut t = SpecTree::from_str("x.yaml", BASE).unwrap();
+        t.apply_override("jem.optim.lr=1e-3").unwrap();
+        let j: Jem = t.typed("jem").unwrap();
+        assert_eq!(j.optim.lr, 1e-3);
+        t.apply_override("jem.width=abc").unwrap();
+        let e = t.typed::<Jem>("jem").unwrap_err();
+        assert_eq!(e.from_override.as_deref(), Some("jem.width=abc"));
+        assert!(e
+            .to_string()
+            .starts_with("override `jem.width=abc`: jem.width: invalid type"));
+    }
+
+    #[test]
+    fn override_of_unknown_key_is_an_error() {
+        let mut t = SpecTree::from_str("x.yaml", BASE).unwrap();
+        t.apply_override("jem.optim.lrr=1").unwrap();
+        let e = t.typed::<Jem>("jem").unwrap_err();
+        assert_eq!(e.path, "jem.optim.lrr");
+        assert_eq!(e.from_override.as_deref(), Some("jem.optim.lrr=1"));
+        let mut t = SpecTree::from_str("x.yaml", BASE).unwrap();
+        t.apply_override("colour=red").unwrap();
+        assert!(t
+            .header()
+            .unwrap_err()
+            .message
+            .contains("unknown field `colour`"));
+        assert!(t.apply_override("no-equals-sign").is_err());
+        assert!(t.apply_override("jem.width.deeper=1").is_err());
+    }
+
+    #[test]
+    fn extends_deep_merges_child_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("base.yaml"), BASE).unwrap();
+        std::fs::write(
+            dir.path().join("child.yaml"),
+            "extends: base.yaml\nname: child\njem:\n  optim:\n    lr: 0.5\n",
+        )
+        .unwrap();
+        let t = SpecTree::load(&dir.path().join("child.yaml")).unwrap();
+        assert_eq!(t.header().unwrap().name, "child");
+        let j: Jem = t.typed("jem").unwrap();
+        assert_eq!((j.width, j.optim.lr), (8, 0.5));
+        assert!(t.get("extends").is_none());
+        // An error in a key the base holds points into the base file.
+        let mut bad = t.clone();
+        bad.set("jem.width", Value::String("x".into())).unwrap();
+        let e = bad.typed::<Jem>("jem").unwrap_err();
+        assert_eq!(
+            e.file.as_deref(),
+            Some(dir.path().join("base.yaml").as_path())
+        );
+        assert_eq!(e.line, Some(9));
+    }
+
+    #[test]
+    fn extends_cycle_and_missing_base_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.yaml"), "extends: b.yaml\nname: a\n").unwrap();
+        std::fs::write(dir.path().join("b.yaml"), "extends: a.yaml\nname: b\n").unwrap();
+        let e = SpecTree::load(&dir.path().join("a.yaml")).unwrap_err();
+        assert!(e.message.contains("cycle"), "{e}");
+        std::fs::write(dir.path().join("c.yaml"), "extends: nope.yaml\nname: c\n").unwrap();
+        let e = SpecTree::load(&dir.path().join("c.yaml")).unwrap_err();
+        assert!(e.message.contains("cannot read"), "{e}");
+        assert_eq!(e.line, Some(1));
+    }
+
+    #[test]
+    fn sweep_and_seeds_expand_to_the_grid() {
+        let text = format!("{BASE}sweep:\n  jem.width: [4, 8]\n  jem.optim.lr: [0.1, 0.01, 0.001]\nseeds: [0, 1]\n");
+        let t = SpecTree::from_str("x.yaml", &text).unwrap();
+        let runs = t.expand().unwrap();
+        assert_eq!(runs.len(), 12);
+        let names: Vec<&str> = runs.iter().map(|(n, _)| n.as_str()).collect();
+        assert!(names.contains(&"lr=0.01,width=8,seed=1"), "{names:?}");
+        let mut uniq = names.clone();
+        uniq.sort();
+        uniq.dedup();
+        assert_eq!(uniq.len(), 12);
+        for (_, r) in &runs {
+            assert!(r.get("sweep").is_none() && r.get("seeds").is_none());
+            let h = r.header().unwrap();
+            assert!(h.sweep.is_empty() && h.seeds.is_empty());
+            let _: Jem = r.typed("jem").unwrap();
+        }
+        let (_, r) = runs
+            .iter()
+            .find(|(n, _)| n == "lr=0.01,width=8,seed=1")
+            .unwrap();
+        assert_eq!(r.header().unwrap().seed, 1);
+        let j: Jem = r.typed("jem").unwrap();
+        assert_eq!((j.width, j.optim.lr), (8, 0.01));
+    }
+
+    #[test]
+    fn plain_spec_expands_to_itself() {
+        let t = SpecTree::from_str("x.yaml", BASE).unwrap();
+        let runs = t.expand().unwrap();
+        assert_eq!(runs.len(), 1);
+        assert_eq!(runs[0].0, "");
+    }
+
+    #[test]
+    fn empty_sweep_list_is_an_error() {
+        let text = format!("{BASE}sweep:\n  jem.width: []\n");
+        let e = SpecTree::from_str("x.yaml", &text)
+            .unwrap()
+            .expand()
+            .unwrap_err();
+        assert_eq!(e.path, "sweep.jem.width");
+    }
+
+    #[test]
+    fn resolved_yaml_round_trips() {
+        let mut t = SpecTree::from_str("x.yaml", BASE).unwrap();
+        t.apply_override("jem.optim.lr=0.25").unwrap();
+        let again = SpecTree::from_str("spec.yaml", &t.to_yaml()).unwrap();
+        let j: Jem = again.typed("jem").unwrap();
+        assert_eq!(j.optim.lr, 0.25);
+        assert_eq!(again.header().unwrap(), t.header().unwrap());
+    }
+
+    #[test]
+    fn devices_parse() {
+        assert_eq!("cuda:2".parse::<DeviceSpec>(), Ok(DeviceSpec::Cuda(2)));
+        assert_eq!("cpu".parse::<DeviceSpec>(), Ok(DeviceSpec::Cpu));
+        assert!("tpu".parse::<DeviceSpec>().is_err());
+        assert!("cuda:x".parse::<DeviceSpec>().is_err());
+        let text = BASE.replace("seed: 3", "seed: 3\ndevice: gpu");
+        let e = SpecTree::from_str("x.yaml", &text)
+            .unwrap()
+            .header()
+            .unwrap_err();
+        assert_eq!((e.path.as_str(), e.line), ("device", Some(5)));
+    }
+
+    #[test]
+    fn missing_paper_section_is_an_error() {
+        let text = BASE.replace("paper: jem", "paper: tsit");
+        let e = SpecTree::from_str("x.yaml", &text)
+            .unwrap()
+            .header()
+            .unwrap_err();
+        assert!(e.message.contains("`tsit:`"), "{e}");
+    }
+}

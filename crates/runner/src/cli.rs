@@ -1,0 +1,303 @@
+//! The command line: subcommands and their dispatch.
+
+use crate::{experiments, set_threads, sweep};
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use reprise_core::spec::DeviceSpec;
+use std::path::PathBuf;
+
+/// reprise: re-run four 2020 machine-learning papers from YAML experiment specs.
+#[derive(Debug, Parser)]
+#[command(name = "runner", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run an experiment (a path, or a name such as `jem/digits-calibration`).
+    Run(RunArgs),
+    /// List every experiment: paper, description, expected time.
+    List,
+    /// Parse and check experiments; exits non-zero on any error.
+    Validate {
+        /// Experiments to check (all under experiments/ when none is given).
+        experiments: Vec<String>,
+    },
+    /// Versions of tch and LibTorch, threads, CUDA and cuDNN, devices.
+    Info,
+    /// Render the report of a run or sweep folder again.
+    Report {
+        /// A run folder (holding spec.yaml) or a sweep folder (holding sweep.json).
+        dir: PathBuf,
+    },
+    /// Fetch and verify the small datasets into data/ (all when none is named).
+    Data {
+        /// Dataset names (mnist-5k, digits).
+        names: Vec<String>,
+    },
+    /// Run one prepared run folder (used by `run --jobs` for its worker processes).
+    #[command(hide = true)]
+    Exec {
+        /// The run folder.
+        dir: PathBuf,
+        /// Intra-op threads.
+        #[arg(long)]
+        threads: Option<usize>,
+    },
+}
+
+/// Options of `runner run`.
+#[derive(Debug, Args, Clone)]
+pub struct RunArgs {
+    /// The experiment: a YAML file or a name under experiments/.
+    #[arg(required_unless_present = "resume")]
+    pub experiment: Option<String>,
+    /// Overrides `key.sub=value` (values are YAML scalars, type-checked).
+    pub overrides: Vec<String>,
+    /// Folder under which run folders are made.
+    #[arg(long, default_value = "runs")]
+    pub out: PathBuf,
+    /// Device: auto, cpu, cuda or cuda:N (overrides the spec's).
+    #[arg(long)]
+    pub device: Option<String>,
+    /// Intra-op threads per run (default: LibTorch's, or 1 per process with --jobs > 1).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Continue a run or sweep folder from its checkpoints.
+    #[arg(long, conflicts_with_all = ["experiment", "print_config"])]
+    pub resume: Option<PathBuf>,
+    /// Print the resolved spec and the runs it expands to; run nothing.
+    #[arg(long)]
+    pub print_config: bool,
+    /// Run the spec's `smoke:` budget: a few iterations, end to end.
+    #[arg(long)]
+    pub smoke: bool,
+    /// Run the I-th of N slices of a sweep (0 ≤ I < N), e.g. a Slurm array task.
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<String>,
+    /// Sweep runs to execute at once, as separate processes.
+    #[arg(long, default_value_t = 1)]
+    pub jobs: usize,
+}
+
+/// Parses `I/N`.
+pub fn parse_shard(s: &str) -> Result<(usize, usize)> {
+    let parse = || -> Option<(usize, usize)> {
+        let (i, n) = s.split_once('/')?;
+        Some((i.trim().parse().ok()?, n.trim().parse().ok()?))
+    };
+    match parse() {
+        Some((i, n)) if n > 0 && i < n => Ok((i, n)),
+        Some((i, n)) => bail!("--shard {s}: need 0 <= I < N, got I = {i}, N = {n}"),
+        None => bail!("--shard {s}: expected I/N, e.g. 0/4"),
+    }
+}
+
+/// Runs the parsed command line.
+pub fn dispatch(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Run(a) => run(a),
+        Command::List => list(),
+        Command::Validate { experiments } => validate(&experiments),
+        Command::Info => info(),
+        Command::Report { dir } => sweep::report(&dir),
+        Command::Data { names } => data(&names),
+        Command::Exec { dir, threads } => {
+            set_threads(threads)?;
+            sweep::exec(&dir)
+        }
+    }
+}
+
+fn run(a: RunArgs) -> Result<()> {
+    if a.jobs == 0 {
+        bail!("--jobs must be at least 1");
+    }
+    let shard = a.shard.as_deref().map(parse_shard).transpose()?;
+    if let Some(d) = &a.device {
+        d.parse::<DeviceSpec>()
+            .map_err(|e| anyhow::anyhow!("--device: {e}"))?;
+    }
+    if let Some(dir) = &a.resume {
+        return sweep::resume(dir, &a, shard);
+    }
+    let arg = a
+        .experiment
+        .as_deref()
+        .expect("clap requires it without --resume");
+    let file = experiments::resolve(arg)?;
+    let mut overrides = a.overrides.clone();
+    if let Some(d) = &a.device {
+        overrides.push(format!("device={d}"));
+    }
+    let tree = experiments::load(&file, a.smoke, &overrides)?;
+    let runs = experiments::check(&tree)?;
+    if a.print_config {
+        print!("{}", tree.to_yaml());
+        if runs.len() > 1 {
+            println!("# expands to {} runs:", runs.len());
+            for (name, _) in &runs {
+                println!("#   {name}");
+            }
+        }
+        return Ok(());
+    }
+    sweep::start(&tree, runs, &a, shard)
+}
+
+fn list() -> Result<()> {
+    let files = experiments::all();
+    if files.is_empty() {
+        bail!(
+            "no experiments under {}",
+            experiments::experiments_dir().display()
+        );
+    }
+    let mut rows = Vec::new();
+    for f in &files {
+        let name = experiments::name_of(f);
+        match reprise_core::spec::SpecTree::load(f).and_then(|t| t.header()) {
+            Ok(h) => {
+                let runs = h.sweep.values().map(Vec::len).product::<usize>() * h.seeds.len().max(1);
+                let time = h
+                    .expected_minutes
+                    .map_or("?".to_string(), |m| format!("{m:.0} min"));
+                rows.push(format!(
+                    "{name:<36} {:<16} {:>8} {:>5}  {}",
+                    h.paper, time, runs, h.description
+                ));
+            }
+            Err(e) => rows.push(format!("{name:<36} INVALID: {e}")),
+        }
+    }
+    println!(
+        "{:<36} {:<16} {:>8} {:>5}  description",
+        "experiment", "paper", "expected", "runs"
+    );
+    for r in rows {
+        println!("{r}");
+    }
+    Ok(())
+}
+
+fn validate(names: &[String]) -> Result<()> {
+    let files: Vec<PathBuf> = if names.is_empty() {
+        experiments::all()
+    } else {
+        names
+            .iter()
+            .map(|n| experiments::resolve(n))
+            .collect::<Result<_>>()?
+    };
+    if files.is_empty() {
+        bail!("nothing to validate");
+    }
+    let mut bad = 0;
+    for f in &files {
+        let check = |smoke: bool| -> Result<usize> {
+            let tree = experiments::load(f, smoke, &[])?;
+            Ok(experiments::check(&tree)?.len())
+        };
+        match check(false).and_then(|n| check(true).map(|_| n)) {
+            Ok(n) => println!(
+                "ok      {} ({n} run{})",
+                f.display(),
+                if n == 1 { "" } else { "s" }
+            ),
+            Err(e) => {
+                bad += 1;
+                println!("INVALID {e:#}");
+            }
+        }
+    }
+    if bad > 0 {
+        bail!("{bad} of {} experiment file(s) are invalid", files.len());
+    }
+    Ok(())
+}
+
+fn info() -> Result<()> {
+    println!("reprise   {}", env!("CARGO_PKG_VERSION"));
+    println!("tch       {}", reprise_core::TCH_VERSION);
+    println!(
+        "libtorch  {} ({})",
+        env!("REPRISE_LIBTORCH_VERSION"),
+        env!("REPRISE_LIBTORCH_LIB")
+    );
+    println!(
+        "threads   {} intra-op, {} inter-op",
+        tch::get_num_threads(),
+        tch::get_num_interop_threads()
+    );
+    let cuda = tch::Cuda::is_available();
+    println!(
+        "cuda      {}",
+        if cuda { "available" } else { "not available" }
+    );
+    println!(
+        "cudnn     {}",
+        if tch::Cuda::cudnn_is_available() {
+            "available"
+        } else {
+            "not available"
+        }
+    );
+    let n = tch::Cuda::device_count();
+    println!(
+        "devices   cpu{}",
+        (0..n).map(|i| format!(", cuda:{i}")).collect::<String>()
+    );
+    if cuda {
+        // Allocating on each device proves the CUDA library is linked and usable.
+        for i in 0..n as usize {
+            let t = tch::Tensor::ones([2, 2], (tch::Kind::Float, tch::Device::Cuda(i)));
+            let s = t.sum(tch::Kind::Float).double_value(&[]);
+            println!("cuda:{i}    ok (test sum {s})");
+        }
+    }
+    Ok(())
+}
+
+fn data(names: &[String]) -> Result<()> {
+    let dir = reprise_core::data::data_dir();
+    let remotes = reprise_core::data::REMOTES;
+    let chosen: Vec<_> = if names.is_empty() {
+        remotes.to_vec()
+    } else {
+        names
+            .iter()
+            .map(|n| {
+                remotes
+                    .iter()
+                    .find(|r| r.name == n)
+                    .copied()
+                    .with_context(|| {
+                        let known: Vec<&str> = remotes.iter().map(|r| r.name).collect();
+                        format!("unknown dataset `{n}` (known: {})", known.join(", "))
+                    })
+            })
+            .collect::<Result<_>>()?
+    };
+    for r in chosen {
+        let p = reprise_core::data::ensure(&r, &dir)?;
+        println!("ok {} -> {} (sha256 verified)", r.name, p.display());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_parse() {
+        assert_eq!(parse_shard("0/4").unwrap(), (0, 4));
+        assert_eq!(parse_shard("3/4").unwrap(), (3, 4));
+        assert!(parse_shard("4/4").is_err());
+        assert!(parse_shard("1/0").is_err());
+        assert!(parse_shard("a/b").is_err());
+        assert!(parse_shard("3").is_err());
+    }
+}

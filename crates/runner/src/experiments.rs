@@ -1,0 +1,136 @@
+//! Finding experiment specs by path or by name under `experiments/`, and checking them.
+
+use anyhow::{bail, Result};
+use reprise_core::spec::{SpecError, SpecTree};
+use std::path::{Path, PathBuf};
+
+/// The experiments folder: `$REPRISE_EXPERIMENTS`, else `experiments/` here, else the one in
+/// the source tree the runner was built from.
+pub fn experiments_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("REPRISE_EXPERIMENTS") {
+        return PathBuf::from(d);
+    }
+    let here = PathBuf::from("experiments");
+    if here.is_dir() {
+        return here;
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../experiments")
+}
+
+/// Every experiment file (bases, whose names start with `_`, left out), sorted.
+pub fn all() -> Vec<PathBuf> {
+    fn walk(d: &Path, out: &mut Vec<PathBuf>) {
+        let Ok(rd) = std::fs::read_dir(d) else {
+            return;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else if p.extension().is_some_and(|x| x == "yaml" || x == "yml")
+                && !p
+                    .file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with('_'))
+            {
+                out.push(p);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(&experiments_dir(), &mut out);
+    out.sort();
+    out
+}
+
+/// The name of an experiment file (`jem/mnist-small`).
+pub fn name_of(p: &Path) -> String {
+    let dir = experiments_dir();
+    p.strip_prefix(&dir)
+        .unwrap_or(p)
+        .with_extension("")
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// Resolves `<experiment>`: an existing file, or a name under `experiments/`.
+pub fn resolve(arg: &str) -> Result<PathBuf> {
+    let p = PathBuf::from(arg);
+    if p.is_file() {
+        return Ok(p);
+    }
+    if p.is_dir() && p.join("spec.yaml").is_file() {
+        return Ok(p.join("spec.yaml"));
+    }
+    let dir = experiments_dir();
+    for cand in [
+        dir.join(format!("{arg}.yaml")),
+        dir.join(format!("{arg}.yml")),
+        dir.join(arg),
+    ] {
+        if cand.is_file() {
+            return Ok(cand);
+        }
+    }
+    let names: Vec<String> = all().iter().map(|p| name_of(p)).collect();
+    let close: Vec<&String> = names
+        .iter()
+        .filter(|n| {
+            let last = arg.rsplit('/').next().unwrap_or(arg);
+            n.contains(last) || last.contains(n.rsplit('/').next().unwrap_or(n))
+        })
+        .collect();
+    if close.is_empty() {
+        bail!(
+            "no experiment `{arg}`: not a file, and not a name under {} (see `runner list`)",
+            dir.display()
+        )
+    }
+    bail!(
+        "no experiment `{arg}`; did you mean {}?",
+        close
+            .iter()
+            .map(|s| format!("`{s}`"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+}
+
+/// Loads a spec, applies the smoke overrides (if asked) and the command line's overrides.
+pub fn load(file: &Path, smoke: bool, overrides: &[String]) -> Result<SpecTree, SpecError> {
+    let mut tree = SpecTree::load(file)?;
+    if smoke {
+        let header = tree.header()?;
+        for (k, v) in &header.smoke.set {
+            tree.set(k, v.clone()).map_err(|e| {
+                tree.locate_error(SpecError {
+                    path: format!("smoke.set.{k}"),
+                    ..e
+                })
+            })?;
+        }
+    }
+    for o in overrides {
+        tree.apply_override(o)?;
+    }
+    Ok(tree)
+}
+
+/// Checks a spec fully: header, paper section, and every run of its sweep.
+pub fn check(tree: &SpecTree) -> Result<Vec<(String, SpecTree)>> {
+    let header = tree.header()?;
+    let paper = crate::paper(&header.paper).map_err(|e| {
+        let located = tree.locate_error(SpecError {
+            file: None,
+            line: None,
+            path: "paper".into(),
+            from_override: None,
+            message: e.to_string(),
+        });
+        anyhow::anyhow!("{located}")
+    })?;
+    let runs = tree.expand()?;
+    for (_, r) in &runs {
+        (paper.validate)(r)?;
+    }
+    Ok(runs)
+}

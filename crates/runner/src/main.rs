@@ -1,0 +1,68 @@
+//! `runner`: the command line of reprise. It parses specs, dispatches them to the paper crates
+//! and reports; it holds no method of its own.
+
+mod cli;
+mod experiments;
+mod sweep;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use reprise_core::run::Paper;
+use std::process::ExitCode;
+
+/// Every paper crate the runner knows.
+pub fn papers() -> Vec<Paper> {
+    vec![jem::paper()]
+}
+
+/// The paper a spec names, or an error listing the known ones.
+pub fn paper(name: &str) -> Result<Paper> {
+    let all = papers();
+    match all.iter().find(|p| p.name == name) {
+        Some(p) => Ok(*p),
+        None => {
+            let known: Vec<&str> = all.iter().map(|p| p.name).collect();
+            let planned = ["robust-transfer", "deepthin", "tsit"];
+            if planned.contains(&name) {
+                bail!(
+                    "paper `{name}` has no implementation in this build yet (implemented: {})",
+                    known.join(", ")
+                )
+            }
+            bail!("unknown paper `{name}` (known: {})", known.join(", "))
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    reprise_core::logging::init();
+    let flag = reprise_core::run::interrupt_flag();
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        // A second signal ends the process at once; the first asks the run to checkpoint and stop.
+        let _ = signal_hook::flag::register_conditional_shutdown(sig, 130, flag.clone());
+        let _ = signal_hook::flag::register(sig, flag.clone());
+    }
+    let cli = cli::Cli::parse();
+    match cli::dispatch(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            if let Some(reprise_core::Error::Interrupted { .. }) = e.downcast_ref() {
+                eprintln!("{e}");
+                return ExitCode::from(130);
+            }
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Sets the intra-op thread count, rejecting nonsense.
+pub fn set_threads(n: Option<usize>) -> Result<()> {
+    if let Some(n) = n {
+        if n == 0 {
+            bail!("--threads must be at least 1");
+        }
+        tch::set_num_threads(i32::try_from(n).context("--threads is too large")?);
+    }
+    Ok(())
+}

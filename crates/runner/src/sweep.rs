@@ -1,0 +1,320 @@
+//! Run and sweep folders: creating them, executing their runs (in this process or as `--jobs`
+//! worker processes), resuming them, and writing their reports.
+
+use crate::cli::RunArgs;
+use anyhow::{bail, Context, Result};
+use reprise_core::checkpoint::write_atomic;
+use reprise_core::run::{
+    create_unique_dir, finished_runs, read_summary, utc_stamp, RunContext, RunInfo,
+};
+use reprise_core::spec::SpecTree;
+use serde_json::{json, Map, Value as Json};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::Duration;
+
+/// A short, stable hex hash (FNV-1a, 64 bits) of a text: names the folder shards share.
+fn short_hash(s: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in s.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")[..10].to_string()
+}
+
+fn versions() -> Map<String, Json> {
+    let mut m = Map::new();
+    m.insert("reprise".into(), json!(env!("CARGO_PKG_VERSION")));
+    m.insert("tch".into(), json!(reprise_core::TCH_VERSION));
+    m.insert("libtorch".into(), json!(env!("REPRISE_LIBTORCH_VERSION")));
+    m
+}
+
+/// Writes a new run's `spec.yaml` and `run.json` into `dir`.
+fn prepare(dir: &Path, tree: SpecTree, smoke: bool, threads: Option<usize>) -> Result<()> {
+    let header = tree.header()?;
+    let device = header.device.resolve().map_err(anyhow::Error::msg)?;
+    let info = RunInfo {
+        smoke,
+        smoke_iterations: header.smoke.iterations,
+        device: format!("{device:?}"),
+        threads: threads.map_or_else(tch::get_num_threads, |t| t as i32),
+        versions: versions(),
+        started: utc_stamp(),
+    };
+    RunContext::create(dir, tree, info, device)?;
+    Ok(())
+}
+
+/// Executes the run prepared in `dir`, resuming from its checkpoints if it has any.
+pub fn exec(dir: &Path) -> Result<()> {
+    if read_summary(dir).is_some() {
+        eprintln!("already finished: {}", dir.display());
+        return Ok(());
+    }
+    let mut ctx = RunContext::open(dir, None)
+        .with_context(|| format!("opening run folder {}", dir.display()))?;
+    let paper = crate::paper(&ctx.header().paper)?;
+    reprise_core::logging::set_log_file(Some(&dir.join("run.log")))
+        .with_context(|| format!("cannot write {}", dir.join("run.log").display()))?;
+    tracing::info!(
+        "run {} on {:?}, {} threads, smoke={}",
+        dir.display(),
+        ctx.device(),
+        tch::get_num_threads(),
+        ctx.smoke()
+    );
+    eprintln!("run: {}", dir.display());
+    let result = (paper.run)(&mut ctx)
+        .map_err(anyhow::Error::from)
+        .and_then(|()| {
+            ctx.finish()?;
+            Ok(())
+        });
+    match &result {
+        Ok(()) => tracing::info!("finished"),
+        Err(e) => tracing::error!("{e:#}"),
+    }
+    reprise_core::logging::set_log_file(None)?;
+    result?;
+    eprintln!("done: {} (report.md, summary.json)", dir.display());
+    Ok(())
+}
+
+/// Starts a new experiment: one run folder, or a sweep folder with one sub-folder per run.
+pub fn start(
+    tree: &SpecTree,
+    runs: Vec<(String, SpecTree)>,
+    a: &RunArgs,
+    shard: Option<(usize, usize)>,
+) -> Result<()> {
+    let header = tree.header()?;
+    let parent = a.out.join(&header.name);
+    let stamp = if a.smoke {
+        format!("{}-smoke", utc_stamp())
+    } else {
+        utc_stamp()
+    };
+    let single = runs.len() == 1 && runs[0].0.is_empty();
+    if single {
+        if shard.is_some_and(|(i, _)| i != 0) {
+            eprintln!("nothing to do: a single run belongs to shard 0");
+            return Ok(());
+        }
+        let dir = create_unique_dir(&parent, &stamp)?;
+        let (_, t) = runs.into_iter().next().expect("one run");
+        crate::set_threads(a.threads)?;
+        prepare(&dir, t, a.smoke, a.threads)?;
+        return exec(&dir);
+    }
+    // Shards of one sweep, started on different machines, share one folder named by the spec.
+    let sdir = match shard {
+        Some(_) => {
+            let name = format!(
+                "shards-{}{}",
+                short_hash(&tree.to_yaml()),
+                if a.smoke { "-smoke" } else { "" }
+            );
+            let d = parent.join(name);
+            std::fs::create_dir_all(&d)
+                .with_context(|| format!("cannot create {}", d.display()))?;
+            d
+        }
+        None => create_unique_dir(&parent, &stamp)?,
+    };
+    let names: Vec<String> = runs.iter().map(|(n, _)| n.clone()).collect();
+    let meta =
+        json!({ "name": header.name, "paper": header.paper, "smoke": a.smoke, "runs": names });
+    write_atomic(&sdir.join("sweep.yaml"), tree.to_yaml().as_bytes())?;
+    write_atomic(
+        &sdir.join("sweep.json"),
+        serde_json::to_string_pretty(&meta)?.as_bytes(),
+    )?;
+    let threads = a.threads.or((a.jobs > 1).then_some(1));
+    let mut todo = Vec::new();
+    for (i, (name, t)) in runs.into_iter().enumerate() {
+        if shard.is_some_and(|(s, n)| i % n != s) {
+            continue;
+        }
+        let dir = sdir.join(&name);
+        if !dir.join("spec.yaml").exists() {
+            match std::fs::create_dir(&dir) {
+                Ok(()) => prepare(&dir, t, a.smoke, threads)?,
+                // Another shard process made it first: it owns the run.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => {
+                    return Err(e).with_context(|| format!("cannot create {}", dir.display()))
+                }
+            }
+        }
+        todo.push(dir);
+    }
+    eprintln!(
+        "sweep: {} ({} of {} runs here)",
+        sdir.display(),
+        todo.len(),
+        names.len()
+    );
+    run_all(&sdir, &todo, a.jobs, threads)
+}
+
+/// Continues a run folder or a sweep folder.
+pub fn resume(dir: &Path, a: &RunArgs, shard: Option<(usize, usize)>) -> Result<()> {
+    if !a.overrides.is_empty() {
+        bail!("--resume continues a run as it was specified: overrides are not allowed");
+    }
+    if dir.join("spec.yaml").is_file() {
+        crate::set_threads(a.threads)?;
+        return exec(dir);
+    }
+    let meta_path = dir.join("sweep.json");
+    if !meta_path.is_file() {
+        bail!(
+            "{} is neither a run folder (spec.yaml) nor a sweep folder (sweep.json)",
+            dir.display()
+        );
+    }
+    let meta: Json = serde_json::from_slice(&std::fs::read(&meta_path)?)
+        .with_context(|| format!("{} is not valid JSON", meta_path.display()))?;
+    let smoke = meta["smoke"].as_bool().unwrap_or(false);
+    let tree = SpecTree::load(&dir.join("sweep.yaml"))?;
+    let runs = crate::experiments::check(&tree)?;
+    let threads = a.threads.or((a.jobs > 1).then_some(1));
+    let mut todo = Vec::new();
+    for (i, (name, t)) in runs.into_iter().enumerate() {
+        if shard.is_some_and(|(s, n)| i % n != s) {
+            continue;
+        }
+        let d = dir.join(&name);
+        if !d.join("spec.yaml").exists() {
+            std::fs::create_dir_all(&d)?;
+            prepare(&d, t, smoke, threads)?;
+        }
+        todo.push(d);
+    }
+    run_all(dir, &todo, a.jobs, threads)
+}
+
+fn run_all(sdir: &Path, todo: &[PathBuf], jobs: usize, threads: Option<usize>) -> Result<()> {
+    let mut failed: Vec<String> = Vec::new();
+    if jobs <= 1 {
+        crate::set_threads(threads)?;
+        for d in todo {
+            if let Err(e) = exec(d) {
+                if let Some(reprise_core::Error::Interrupted { .. }) = e.downcast_ref() {
+                    return Err(e);
+                }
+                eprintln!("error: {e:#}");
+                failed.push(d.display().to_string());
+            }
+        }
+    } else {
+        failed = run_parallel(todo, jobs, threads)?;
+    }
+    report(sdir)?;
+    if !failed.is_empty() {
+        bail!("{} run(s) failed: {}", failed.len(), failed.join(", "));
+    }
+    Ok(())
+}
+
+fn spawn(dir: &Path, threads: Option<usize>) -> Result<Child> {
+    let mut c = Command::new(std::env::current_exe().context("cannot find the runner binary")?);
+    c.arg("exec").arg(dir);
+    if let Some(t) = threads {
+        c.arg("--threads").arg(t.to_string());
+    }
+    c.spawn()
+        .with_context(|| format!("cannot start a worker for {}", dir.display()))
+}
+
+fn run_parallel(todo: &[PathBuf], jobs: usize, threads: Option<usize>) -> Result<Vec<String>> {
+    let interrupt = reprise_core::run::interrupt_flag();
+    let mut queue = todo.iter();
+    let mut running: Vec<(PathBuf, Child)> = Vec::new();
+    let mut failed = Vec::new();
+    let mut forwarded = false;
+    loop {
+        while running.len() < jobs && !interrupt.load(std::sync::atomic::Ordering::SeqCst) {
+            let Some(d) = queue.next() else { break };
+            running.push((d.clone(), spawn(d, threads)?));
+        }
+        if running.is_empty() {
+            break;
+        }
+        if interrupt.load(std::sync::atomic::Ordering::SeqCst) && !forwarded {
+            // Workers checkpoint and stop on SIGTERM, as on SIGINT.
+            for (_, c) in &running {
+                let _ = Command::new("kill")
+                    .arg("-TERM")
+                    .arg(c.id().to_string())
+                    .status();
+            }
+            forwarded = true;
+        }
+        let mut i = 0;
+        while i < running.len() {
+            match running[i].1.try_wait()? {
+                Some(status) => {
+                    let (d, _) = running.remove(i);
+                    if !status.success() {
+                        failed.push(d.display().to_string());
+                    }
+                }
+                None => i += 1,
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    if interrupt.load(std::sync::atomic::Ordering::SeqCst) {
+        bail!(
+            "interrupted; resume the sweep with: runner run --resume {}",
+            todo.first()
+                .and_then(|d| d.parent())
+                .map_or(String::new(), |p| p.display().to_string())
+        );
+    }
+    Ok(failed)
+}
+
+/// Renders the report of a run folder or a sweep folder again.
+pub fn report(dir: &Path) -> Result<()> {
+    if dir.join("spec.yaml").is_file() {
+        let spec = SpecTree::load(&dir.join("spec.yaml"))?;
+        let paper = crate::paper(&spec.header()?.paper)?;
+        let md = (paper.report)(dir)?;
+        write_atomic(&dir.join("report.md"), md.as_bytes())?;
+        eprintln!("report: {}", dir.join("report.md").display());
+        return Ok(());
+    }
+    if !dir.join("sweep.json").is_file() {
+        bail!(
+            "{} is neither a run folder (spec.yaml) nor a sweep folder (sweep.json)",
+            dir.display()
+        );
+    }
+    let spec = SpecTree::load(&dir.join("sweep.yaml"))?;
+    let paper = crate::paper(&spec.header()?.paper)?;
+    let runs = finished_runs(dir)?;
+    let md = (paper.report_sweep)(dir, &runs)?;
+    write_atomic(&dir.join("report.md"), md.as_bytes())?;
+    eprintln!(
+        "report: {} ({} finished runs)",
+        dir.join("report.md").display(),
+        runs.len()
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_hash_is_stable() {
+        assert_eq!(short_hash("abc"), short_hash("abc"));
+        assert_ne!(short_hash("abc"), short_hash("abd"));
+        assert_eq!(short_hash("").len(), 10);
+    }
+}

@@ -1,0 +1,346 @@
+//! The `runner` binary end to end: good and bad specs, overrides, extends, sweeps, shards,
+//! worker processes, the run-folder layout and exact resume.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn runner(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_runner"))
+        .current_dir(dir)
+        .env("REPRISE_DATA", root().join("data"))
+        .env("REPRISE_EXPERIMENTS", dir.join("experiments"))
+        .args(args)
+        .output()
+        .expect("the runner starts")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// A tiny real experiment (the digits MLP) in a temporary experiments folder.
+const TINY: &str = "name: tiny
+paper: jem
+description: tiny digits classifier
+seed: 0
+device: cpu
+data:
+  dataset: digits
+  split: { train: 300, test: 100 }
+smoke:
+  iterations: 3
+jem:
+  model: { width: 16, depth: 1 }
+  optim: { lr: 0.01, iterations: 60, batch: 32 }
+  noise_sigma: 0.03
+  eval: { every: 20 }
+  checkpoint_every: 20
+";
+
+fn setup() -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    fs::create_dir_all(d.path().join("experiments/t")).unwrap();
+    fs::write(d.path().join("experiments/t/tiny.yaml"), TINY).unwrap();
+    d
+}
+
+fn write(d: &Path, name: &str, body: &str) {
+    fs::write(d.join("experiments/t").join(name), body).unwrap();
+}
+
+fn runs_under(p: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = fs::read_dir(p)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    v.sort();
+    v
+}
+
+fn assert_clean_error(o: &Output, needle: &str) {
+    let t = text(o);
+    assert!(!o.status.success(), "expected failure: {t}");
+    assert!(t.contains(needle), "expected `{needle}` in: {t}");
+    assert!(
+        !t.contains("panicked") && !t.contains("RUST_BACKTRACE"),
+        "a panic: {t}"
+    );
+}
+
+#[test]
+fn bad_specs_give_one_clear_error() {
+    let d = setup();
+    let p = d.path();
+    write(
+        p,
+        "unknown.yaml",
+        &TINY.replace("  noise_sigma: 0.03", "  noise_sigma: 0.03\n  colour: red"),
+    );
+    assert_clean_error(
+        &runner(p, &["validate", "t/unknown"]),
+        "unknown.yaml:15: jem.colour: unknown field `colour`",
+    );
+    write(p, "type.yaml", &TINY.replace("width: 16", "width: wide"));
+    assert_clean_error(
+        &runner(p, &["run", "t/type"]),
+        "type.yaml:12: jem.model.width: invalid type",
+    );
+    write(p, "yaml.yaml", "name: [unclosed\n");
+    assert_clean_error(&runner(p, &["run", "t/yaml"]), "invalid YAML");
+    write(p, "neg.yaml", &TINY.replace("lr: 0.01", "lr: -0.01"));
+    assert_clean_error(
+        &runner(p, &["run", "t/neg"]),
+        "jem.optim.lr: must be a positive number",
+    );
+    assert_clean_error(
+        &runner(p, &["run", "t/tiny", "jem.optim.batch=5000"]),
+        "larger than the training split",
+    );
+    assert_clean_error(
+        &runner(p, &["run", "t/tiny", "jem.optim.lrr=1"]),
+        "override `jem.optim.lrr=1`",
+    );
+    assert_clean_error(
+        &runner(p, &["run", "t/tiny", "jem.optim.lr=fast"]),
+        "override `jem.optim.lr=fast`: jem.optim.lr: invalid type",
+    );
+    assert_clean_error(
+        &runner(p, &["run", "t/tiny", "--device", "tpu"]),
+        "unknown device `tpu`",
+    );
+    assert_clean_error(
+        &runner(p, &["run", "t/tiny", "--shard", "2/2"]),
+        "--shard 2/2",
+    );
+    assert_clean_error(&runner(p, &["run", "t/nope"]), "no experiment `t/nope`");
+    assert_clean_error(&runner(p, &["run", "t/tiny", "paper=tsit"]), "paper");
+    write(p, "ext.yaml", "extends: missing.yaml\nname: x\n");
+    assert_clean_error(
+        &runner(p, &["validate", "t/ext"]),
+        "ext.yaml:1: extends: cannot read the spec",
+    );
+    // validate with no names checks every file and fails if any is bad.
+    assert_clean_error(&runner(p, &["validate"]), "invalid");
+}
+
+#[test]
+fn print_config_applies_extends_and_overrides() {
+    let d = setup();
+    let p = d.path();
+    write(p, "child.yaml", "extends: tiny.yaml\nname: child\njem:\n  optim:\n    lr: 0.5\nsweep:\n  jem.model.width: [8, 16]\nseeds: [1, 2]\n");
+    let o = runner(
+        p,
+        &["run", "t/child", "--print-config", "jem.optim.batch=16"],
+    );
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(
+        t.contains("name: child") && t.contains("lr: 0.5") && t.contains("batch: 16"),
+        "{t}"
+    );
+    assert!(
+        t.contains("expands to 4 runs") && t.contains("width=16,seed=2"),
+        "{t}"
+    );
+    let o = runner(p, &["list"]);
+    assert!(
+        text(&o).contains("t/child") && text(&o).contains("t/tiny"),
+        "{}",
+        text(&o)
+    );
+}
+
+#[test]
+fn a_run_folder_holds_everything_and_replays() {
+    let d = setup();
+    let p = d.path();
+    let o = runner(p, &["run", "t/tiny", "--out", "out"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let runs = runs_under(&p.join("out/tiny"));
+    assert_eq!(runs.len(), 1);
+    let run = &runs[0];
+    for f in [
+        "spec.yaml",
+        "run.json",
+        "run.log",
+        "metrics.jsonl",
+        "metrics.csv",
+        "summary.json",
+        "report.md",
+    ] {
+        assert!(run.join(f).is_file(), "{f} missing");
+    }
+    assert!(run.join("checkpoints").is_dir() && run.join("figures").is_dir());
+    let summary: serde_json::Value =
+        serde_json::from_slice(&fs::read(run.join("summary.json")).unwrap()).unwrap();
+    assert!(summary["test_acc"].as_f64().unwrap() > 0.5, "{summary}");
+    assert_eq!(
+        fs::read_to_string(run.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .count(),
+        3
+    );
+    // The resolved spec replays the run into a new folder with the same result.
+    let spec = run.join("spec.yaml");
+    let o = runner(p, &["run", spec.to_str().unwrap(), "--out", "out"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let runs = runs_under(&p.join("out/tiny"));
+    assert_eq!(runs.len(), 2, "an existing run folder is never reused");
+    let again: serde_json::Value =
+        serde_json::from_slice(&fs::read(runs[1].join("summary.json")).unwrap()).unwrap();
+    assert_eq!(again["test_acc"], summary["test_acc"]);
+    assert_eq!(again["test_nll"], summary["test_nll"]);
+    // The report renders again.
+    fs::remove_file(run.join("report.md")).unwrap();
+    let o = runner(p, &["report", run.to_str().unwrap()]);
+    assert!(
+        o.status.success() && run.join("report.md").is_file(),
+        "{}",
+        text(&o)
+    );
+}
+
+#[test]
+fn resume_from_a_checkpoint_ends_bit_identical() {
+    let d = setup();
+    let p = d.path();
+    let o = runner(p, &["run", "t/tiny", "--out", "out", "--threads", "1"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let full = runs_under(&p.join("out/tiny")).remove(0);
+    // A copy stopped after step 40: its step-60 checkpoint, summary and later metrics gone.
+    let cut = p.join("cut");
+    fs::create_dir_all(cut.join("checkpoints")).unwrap();
+    for f in ["spec.yaml", "run.json", "metrics.jsonl"] {
+        fs::copy(full.join(f), cut.join(f)).unwrap();
+    }
+    fs::copy(
+        full.join("checkpoints/step-000000040.safetensors"),
+        cut.join("checkpoints/step-000000040.safetensors"),
+    )
+    .unwrap();
+    let o = runner(p, &["run", "--resume", "cut", "--threads", "1"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("resuming from step 40"), "{}", text(&o));
+    let a = fs::read(full.join("checkpoints/step-000000060.safetensors")).unwrap();
+    let b = fs::read(cut.join("checkpoints/step-000000060.safetensors")).unwrap();
+    let (a, b) = (
+        safetensors::SafeTensors::deserialize(&a).unwrap(),
+        safetensors::SafeTensors::deserialize(&b).unwrap(),
+    );
+    let mut names = a.names();
+    names.sort();
+    assert!(names.len() > 4, "{names:?}");
+    assert_eq!(names, {
+        let mut n = b.names();
+        n.sort();
+        n
+    });
+    for n in names {
+        assert!(
+            a.tensor(n).unwrap().data() == b.tensor(n).unwrap().data(),
+            "{n} differs after resume"
+        );
+    }
+    let sa: serde_json::Value =
+        serde_json::from_slice(&fs::read(full.join("summary.json")).unwrap()).unwrap();
+    let sb: serde_json::Value =
+        serde_json::from_slice(&fs::read(cut.join("summary.json")).unwrap()).unwrap();
+    for k in ["test_acc", "test_nll", "test_ece"] {
+        assert_eq!(sa[k], sb[k], "{k}");
+    }
+    let steps: Vec<String> = fs::read_to_string(cut.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["step"].to_string())
+        .collect();
+    assert_eq!(steps, vec!["20", "40", "60"]);
+    // The lines before the checkpoint are kept as written (wall times included), not re-run.
+    let kept: Vec<String> = fs::read_to_string(cut.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .take(2)
+        .map(String::from)
+        .collect();
+    let orig: Vec<String> = fs::read_to_string(full.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .take(2)
+        .map(String::from)
+        .collect();
+    assert_eq!(kept, orig);
+}
+
+#[test]
+fn sweeps_expand_run_in_workers_and_aggregate() {
+    let d = setup();
+    let p = d.path();
+    write(
+        p,
+        "sweep.yaml",
+        "extends: tiny.yaml\nname: sw\nsweep:\n  jem.model.width: [8, 16]\nseeds: [0, 1]\n",
+    );
+    let o = runner(
+        p,
+        &["run", "t/sweep", "--smoke", "--jobs", "2", "--out", "out"],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let sweeps = runs_under(&p.join("out/sw"));
+    assert_eq!(sweeps.len(), 1);
+    let s = &sweeps[0];
+    assert!(s.file_name().unwrap().to_string_lossy().ends_with("-smoke"));
+    for name in [
+        "width=8,seed=0",
+        "width=8,seed=1",
+        "width=16,seed=0",
+        "width=16,seed=1",
+    ] {
+        assert!(s.join(name).join("summary.json").is_file(), "{name}");
+        let info: serde_json::Value =
+            serde_json::from_slice(&fs::read(s.join(name).join("run.json")).unwrap()).unwrap();
+        assert_eq!(info["threads"], 1, "--jobs workers run single-threaded");
+        assert_eq!(info["smoke"], true);
+    }
+    let report = fs::read_to_string(s.join("report.md")).unwrap();
+    assert!(
+        report.contains("| width=8 | 2 |") && report.contains("| width=16 | 2 |"),
+        "{report}"
+    );
+}
+
+#[test]
+fn shards_split_a_sweep_and_share_its_folder() {
+    let d = setup();
+    let p = d.path();
+    write(
+        p,
+        "sweep.yaml",
+        "extends: tiny.yaml\nname: sh\nseeds: [0, 1, 2]\n",
+    );
+    for s in ["0/2", "1/2"] {
+        let o = runner(
+            p,
+            &["run", "t/sweep", "--smoke", "--shard", s, "--out", "out"],
+        );
+        assert!(o.status.success(), "{}", text(&o));
+    }
+    let sweeps = runs_under(&p.join("out/sh"));
+    assert_eq!(sweeps.len(), 1, "{sweeps:?}");
+    let s = &sweeps[0];
+    for n in ["seed=0", "seed=1", "seed=2"] {
+        assert!(s.join(n).join("summary.json").is_file(), "{n}");
+    }
+    assert!(fs::read_to_string(s.join("report.md"))
+        .unwrap()
+        .contains("| (all) | 3 |"));
+}

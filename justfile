@@ -1,0 +1,47 @@
+# reprise: `just` lists the recipes. LibTorch comes from a venv made by `just setup`
+# (REPRISE_VENV, default ~/.cache/reprise/venv), or from LIBTORCH if you set it.
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+runner := "target/release/runner"
+
+# List the recipes
+default:
+    @just --list
+
+# Create the venv with PyTorch 2.11.0 (LibTorch for tch 0.24.0); does nothing if it is there
+setup:
+    bash scripts/setup.sh
+
+# Build the runner (release)
+build: setup
+    source scripts/env.sh && cargo build --release -p runner
+
+# Fetch and verify the small datasets into data/
+data: build
+    source scripts/env.sh && {{runner}} data
+
+# Run an experiment: `just run jem/digits-baseline jem.optim.lr=0.01 --smoke`
+run experiment *args: build
+    source scripts/env.sh && {{runner}} run {{experiment}} {{args}}
+
+# Set-up, data, build and a real small reproduction end to end, then its report
+reproduce: data
+    source scripts/env.sh && {{runner}} run jem/digits-baseline --jobs 2
+
+# Unit and integration tests, spec validation, the CUDA link check and every experiment's --smoke
+test: setup
+    bash scripts/test.sh
+
+# Criterion benchmarks
+bench: setup
+    source scripts/env.sh && cargo bench --workspace
+
+# cargo fmt --check and clippy with warnings as errors
+lint: setup
+    cargo fmt --all --check
+    source scripts/env.sh && cargo clippy --workspace --all-targets -- -D warnings
+
+# Render the report of a run or sweep folder again
+report dir: build
+    source scripts/env.sh && {{runner}} report {{dir}}
