@@ -164,6 +164,9 @@ pub struct DataSpec {
     /// Keep class proportions in every split.
     #[serde(default)]
     pub stratified: bool,
+    /// Size images of an ImageFolder dataset are brought to.
+    #[serde(default)]
+    pub image_size: Option<crate::data::formats::ImageSize>,
 }
 
 /// Sizes of the splits of a dataset.

@@ -2,6 +2,10 @@
 //!
 //! Images come out as float `N×C×H×W` in `[0, 1]` with `int64` labels.
 
+pub mod augment;
+pub mod formats;
+pub mod synth;
+
 use crate::checkpoint::{hex, write_atomic};
 use crate::error::{Error, Result};
 use crate::spec::{DataSpec, SplitSpec};
@@ -254,6 +258,52 @@ pub fn read_csv_images(path: &Path, h: i64, w: i64, max: f64, classes: usize) ->
         y: Tensor::from_slice(&labels),
         classes,
     })
+}
+
+/// Loads the train and test parts of a dataset that comes with its own split, from
+/// `data.path`: `mnist-idx` and `fashion-mnist` (IDX files, plain or gzip, under their usual
+/// names), `cifar10` and `cifar100` (binary batches), `imagefolder` (`train/` and `val/`
+/// sub-folders of class folders, brought to `data.image_size`).
+pub fn load_train_test(spec: &DataSpec) -> Result<(Dataset, Dataset)> {
+    let dir = spec
+        .path
+        .clone()
+        .ok_or_else(|| Error::Data(format!("dataset `{}` needs `data.path`", spec.dataset)))?;
+    let find = |stem: &str| -> Result<PathBuf> {
+        for cand in [dir.join(stem), dir.join(format!("{stem}.gz"))] {
+            if cand.is_file() {
+                return Ok(cand);
+            }
+        }
+        Err(Error::Data(format!(
+            "missing {} (or .gz) in {}",
+            stem,
+            dir.display()
+        )))
+    };
+    match spec.dataset.as_str() {
+        "mnist-idx" | "fashion-mnist" => Ok((
+            formats::load_idx(&find("train-images-idx3-ubyte")?, &find("train-labels-idx1-ubyte")?)?,
+            formats::load_idx(&find("t10k-images-idx3-ubyte")?, &find("t10k-labels-idx1-ubyte")?)?,
+        )),
+        "cifar10" | "cifar100" => {
+            let h = spec.dataset == "cifar100";
+            Ok((
+                formats::load_cifar(&formats::cifar_files(&dir, h, true)?, h)?,
+                formats::load_cifar(&formats::cifar_files(&dir, h, false)?, h)?,
+            ))
+        }
+        "imagefolder" => {
+            let size = spec.image_size.ok_or_else(|| Error::Data("imagefolder needs `data.image_size`".into()))?;
+            Ok((
+                formats::load_image_folder(&dir.join("train"), size)?.0,
+                formats::load_image_folder(&dir.join("val"), size)?.0,
+            ))
+        }
+        other => Err(Error::Data(format!(
+            "`{other}` has no train/test files of its own (known: mnist-idx, fashion-mnist, cifar10, cifar100, imagefolder)"
+        ))),
+    }
 }
 
 /// Loads a dataset named in a spec (fetching a remote one if it is missing).

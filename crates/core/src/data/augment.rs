@@ -1,0 +1,246 @@
+//! Augmentation (pad + random crop, horizontal flip, additive Gaussian noise) and a loader
+//! that prepares the next batch on a background thread while the current step runs.
+
+use super::{batch_indices, Rng};
+use serde::{Deserialize, Serialize};
+use std::sync::mpsc::{sync_channel, Receiver};
+use std::thread::JoinHandle;
+use tch::Tensor;
+
+/// How a padded border is filled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum PadMode {
+    /// Zeros.
+    #[default]
+    Zero,
+    /// Reflection of the border pixels.
+    Reflect,
+}
+
+/// Augmentation of a training batch; every field off by default.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Augment {
+    /// Pad by this many pixels, then crop back to the original size at a random offset.
+    #[serde(default)]
+    pub pad_crop: i64,
+    /// How the padding is filled.
+    #[serde(default)]
+    pub pad_mode: PadMode,
+    /// Flip each image horizontally with probability ½.
+    #[serde(default)]
+    pub hflip: bool,
+    /// Standard deviation of additive Gaussian noise.
+    #[serde(default)]
+    pub noise: f64,
+}
+
+impl Augment {
+    /// Whether it changes anything.
+    pub fn is_identity(&self) -> bool {
+        self.pad_crop == 0 && !self.hflip && self.noise == 0.0
+    }
+
+    /// Applies the augmentation to a batch `N×C×H×W`, drawing every random number from `rng`.
+    pub fn apply(&self, x: &Tensor, rng: &mut Rng) -> Tensor {
+        let mut x = x.shallow_clone();
+        let s = x.size();
+        let (n, h, w) = (s[0], s[2], s[3]);
+        if self.pad_crop > 0 {
+            let p = self.pad_crop;
+            let padded = match self.pad_mode {
+                PadMode::Zero => x.constant_pad_nd([p, p, p, p]),
+                PadMode::Reflect => x.reflection_pad2d([p, p, p, p]),
+            };
+            let crops: Vec<Tensor> = (0..n)
+                .map(|i| {
+                    let dy = rng.below((2 * p + 1) as usize) as i64;
+                    let dx = rng.below((2 * p + 1) as usize) as i64;
+                    padded.get(i).narrow(1, dy, h).narrow(2, dx, w)
+                })
+                .collect();
+            x = Tensor::stack(&crops, 0);
+        }
+        if self.hflip {
+            let flip: Vec<i64> = (0..n).filter(|_| rng.below(2) == 1).collect();
+            if !flip.is_empty() {
+                let idx = Tensor::from_slice(&flip).to_device(x.device());
+                let flipped = x.index_select(0, &idx).flip([3]);
+                x = x.index_copy(0, &idx, &flipped);
+            }
+        }
+        if self.noise > 0.0 {
+            // Drawn from `rng`, not LibTorch's global generator, so the loader thread stays
+            // deterministic whatever the training thread draws meanwhile.
+            let len = x.numel();
+            let z: Vec<f32> = (0..len)
+                .map(|_| (rng.normal() * self.noise) as f32)
+                .collect();
+            x = &x
+                + Tensor::from_slice(&z)
+                    .view(x.size().as_slice())
+                    .to_device(x.device());
+        }
+        x
+    }
+}
+
+/// One training batch.
+#[derive(Debug)]
+pub struct Batch {
+    /// The step this batch is for.
+    pub step: u64,
+    /// Inputs.
+    pub x: Tensor,
+    /// Labels.
+    pub y: Tensor,
+}
+
+/// An endless, seeded stream of training batches, one batch ahead of the step that takes it.
+///
+/// Batch order depends only on (seed, epoch) and augmentation only on (seed, step), so a run
+/// resumed at step `s` sees exactly the batches an uninterrupted run saw from `s` on.
+pub struct Loader {
+    rx: Option<Receiver<Batch>>,
+    worker: Option<JoinHandle<()>>,
+    per_epoch: u64,
+}
+
+impl Loader {
+    /// Batches of `batch` from `(x, y)` starting at `start_step`.
+    pub fn new(
+        x: &Tensor,
+        y: &Tensor,
+        batch: usize,
+        seed: u64,
+        drop_last: bool,
+        aug: Augment,
+        start_step: u64,
+    ) -> Loader {
+        let n = y.size()[0] as usize;
+        let per_epoch = batch_indices(n, batch, seed, 0, true, drop_last)
+            .len()
+            .max(1) as u64;
+        let (tx, rx) = sync_channel::<Batch>(1);
+        let (x, y) = (x.shallow_clone(), y.shallow_clone());
+        let worker = std::thread::spawn(move || {
+            let mut step = start_step;
+            loop {
+                let epoch = step / per_epoch;
+                let order = batch_indices(n, batch, seed, epoch, true, drop_last);
+                let b = &order[(step % per_epoch) as usize];
+                let idx = Tensor::from_slice(b).to_device(x.device());
+                let mut bx = x.index_select(0, &idx);
+                if !aug.is_identity() {
+                    let mut rng = Rng::new(seed ^ step.wrapping_mul(0x2545_F491_4F6C_DD1D));
+                    bx = aug.apply(&bx, &mut rng);
+                }
+                let by = y.index_select(0, &idx);
+                if tx.send(Batch { step, x: bx, y: by }).is_err() {
+                    return;
+                }
+                step += 1;
+            }
+        });
+        Loader {
+            rx: Some(rx),
+            worker: Some(worker),
+            per_epoch,
+        }
+    }
+
+    /// Steps per epoch.
+    pub fn per_epoch(&self) -> u64 {
+        self.per_epoch
+    }
+
+    /// The next batch.
+    pub fn next_batch(&mut self) -> Batch {
+        self.rx
+            .as_ref()
+            .and_then(|r| r.recv().ok())
+            .expect("the loader thread runs until the loader is dropped")
+    }
+}
+
+impl Drop for Loader {
+    fn drop(&mut self) {
+        // Closing the channel ends the worker at its next send.
+        self.rx = None;
+        if let Some(w) = self.worker.take() {
+            let _ = w.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::Kind;
+
+    #[test]
+    fn pad_crop_keeps_shape_and_content() {
+        let x = Tensor::arange(2 * 16, (Kind::Float, tch::Device::Cpu)).view([2, 1, 4, 4]) + 1.0;
+        let aug = Augment {
+            pad_crop: 1,
+            ..Default::default()
+        };
+        let y = aug.apply(&x, &mut Rng::new(0));
+        assert_eq!(y.size(), x.size());
+        // Zero padding: every value is either from the image or 0; the centre 2×2 is always kept.
+        let centre = y.narrow(2, 1, 2).narrow(3, 1, 2);
+        assert!(centre.gt(0.0).all().int64_value(&[]) == 1);
+        let refl = Augment {
+            pad_crop: 2,
+            pad_mode: PadMode::Reflect,
+            ..Default::default()
+        }
+        .apply(&x, &mut Rng::new(3));
+        assert!(
+            refl.gt(0.0).all().int64_value(&[]) == 1,
+            "reflection adds no zeros"
+        );
+    }
+
+    #[test]
+    fn flips_are_horizontal_and_seeded() {
+        let x = Tensor::arange(8 * 4, (Kind::Float, tch::Device::Cpu)).view([8, 1, 1, 4]);
+        let aug = Augment {
+            hflip: true,
+            ..Default::default()
+        };
+        let a = aug.apply(&x, &mut Rng::new(1));
+        assert!(a.equal(&aug.apply(&x, &mut Rng::new(1))));
+        let mut flipped = 0;
+        for i in 0..8 {
+            let (r, o) = (a.get(i), x.get(i));
+            if r.equal(&o.flip([2])) {
+                flipped += 1;
+            } else {
+                assert!(r.equal(&o));
+            }
+        }
+        assert!(flipped > 0 && flipped < 8, "{flipped}");
+    }
+
+    #[test]
+    fn loader_resumes_with_the_same_batches() {
+        let x = Tensor::arange(10, (Kind::Float, tch::Device::Cpu)).view([10, 1, 1, 1]);
+        let y = Tensor::arange(10, (Kind::Int64, tch::Device::Cpu));
+        let aug = Augment {
+            hflip: true,
+            ..Default::default()
+        };
+        let mut a = Loader::new(&x, &y, 4, 7, false, aug, 0);
+        assert_eq!(a.per_epoch(), 3);
+        let first: Vec<Batch> = (0..7).map(|_| a.next_batch()).collect();
+        assert_eq!(first[2].y.size(), vec![2], "the last partial batch is kept");
+        let mut b = Loader::new(&x, &y, 4, 7, false, aug, 4);
+        for f in &first[4..] {
+            let g = b.next_batch();
+            assert_eq!(g.step, f.step);
+            assert!(g.x.equal(&f.x) && g.y.equal(&f.y));
+        }
+    }
+}

@@ -1,0 +1,366 @@
+//! Loaders for the formats users already have: MNIST / Fashion-MNIST IDX (plain or gzip),
+//! CIFAR-10 / CIFAR-100 binary batches, and ImageFolder trees (PNG or JPEG).
+//!
+//! Every loader returns a [`Dataset`] of float `N×C×H×W` images in `[0, 1]` with int64 labels,
+//! and every fault (truncation, a wrong magic number, an unreadable image, a label out of range)
+//! is an error naming the file.
+
+use super::Dataset;
+use crate::error::{Error, Result};
+use flate2::read::GzDecoder;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use tch::Tensor;
+
+/// Reads a file, un-gzipping it when its name ends in `.gz` or it starts with the gzip magic.
+pub fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
+    let raw = std::fs::read(path).map_err(|e| Error::Io(path.to_path_buf(), e))?;
+    if raw.starts_with(&[0x1f, 0x8b]) {
+        let mut out = Vec::new();
+        GzDecoder::new(&raw[..])
+            .read_to_end(&mut out)
+            .map_err(|e| Error::Corrupt(path.to_path_buf(), format!("bad gzip data: {e}")))?;
+        Ok(out)
+    } else if path.extension().is_some_and(|e| e == "gz") {
+        Err(Error::Corrupt(
+            path.to_path_buf(),
+            "named .gz but not gzip data".into(),
+        ))
+    } else {
+        Ok(raw)
+    }
+}
+
+fn be_u32(b: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+/// An IDX array of unsigned bytes: its dimensions and data.
+fn read_idx(path: &Path, want_dims: usize) -> Result<(Vec<usize>, Vec<u8>)> {
+    let b = read_maybe_gz(path)?;
+    let bad = |why: String| Error::Corrupt(path.to_path_buf(), why);
+    if b.len() < 4 {
+        return Err(bad("truncated: no IDX header".into()));
+    }
+    if b[0] != 0 || b[1] != 0 || b[2] != 0x08 {
+        return Err(bad(format!(
+            "wrong magic number {:02x}{:02x}{:02x}{:02x} (expected 0000 08 for unsigned bytes)",
+            b[0], b[1], b[2], b[3]
+        )));
+    }
+    let nd = b[3] as usize;
+    if nd != want_dims {
+        return Err(bad(format!("{nd} dimensions, expected {want_dims}")));
+    }
+    let head = 4 + 4 * nd;
+    if b.len() < head {
+        return Err(bad("truncated header".into()));
+    }
+    let dims: Vec<usize> = (0..nd).map(|i| be_u32(&b, 4 + 4 * i) as usize).collect();
+    let n: usize = dims.iter().product();
+    if b.len() != head + n {
+        return Err(bad(format!(
+            "{} data bytes, the header promises {n} ({})",
+            b.len() - head,
+            if b.len() < head + n {
+                "truncated"
+            } else {
+                "trailing bytes"
+            }
+        )));
+    }
+    Ok((dims, b[head..].to_vec()))
+}
+
+/// MNIST or Fashion-MNIST from an IDX image file and an IDX label file (plain or gzip).
+pub fn load_idx(images: &Path, labels: &Path) -> Result<Dataset> {
+    let (d, px) = read_idx(images, 3)?;
+    let (dl, ys) = read_idx(labels, 1)?;
+    if d[0] != dl[0] {
+        return Err(Error::Corrupt(
+            labels.to_path_buf(),
+            format!(
+                "{} labels for {} images in {}",
+                dl[0],
+                d[0],
+                images.display()
+            ),
+        ));
+    }
+    if let Some(&bad) = ys.iter().find(|&&y| y > 9) {
+        return Err(Error::Corrupt(
+            labels.to_path_buf(),
+            format!("label {bad} outside 0..10"),
+        ));
+    }
+    let x = Tensor::from_slice(&px).view([d[0] as i64, 1, d[1] as i64, d[2] as i64]);
+    let y: Vec<i64> = ys.iter().map(|&v| i64::from(v)).collect();
+    Ok(Dataset {
+        x: x.to_kind(tch::Kind::Float) / 255.0,
+        y: Tensor::from_slice(&y),
+        classes: 10,
+    })
+}
+
+/// CIFAR-10 (`coarse = false`, 1 label byte) or CIFAR-100 binary batches (2 label bytes:
+/// coarse then fine; the fine label is used). Records are label byte(s) + 3072 pixel bytes.
+pub fn load_cifar(files: &[PathBuf], hundred: bool) -> Result<Dataset> {
+    let lab = if hundred { 2 } else { 1 };
+    let rec = lab + 3072;
+    let classes = if hundred { 100 } else { 10 };
+    let mut px: Vec<u8> = Vec::new();
+    let mut ys: Vec<i64> = Vec::new();
+    for f in files {
+        let b = read_maybe_gz(f)?;
+        if b.is_empty() || b.len() % rec != 0 {
+            return Err(Error::Corrupt(
+                f.clone(),
+                format!(
+                    "{} bytes is not a whole number of {rec}-byte records (truncated?)",
+                    b.len()
+                ),
+            ));
+        }
+        for (i, r) in b.chunks(rec).enumerate() {
+            let y = r[lab - 1] as usize;
+            if y >= classes {
+                return Err(Error::Corrupt(
+                    f.clone(),
+                    format!("record {i}: label {y} outside 0..{classes}"),
+                ));
+            }
+            ys.push(y as i64);
+            px.extend_from_slice(&r[lab..]);
+        }
+    }
+    if ys.is_empty() {
+        return Err(Error::Data("no CIFAR batch files given".into()));
+    }
+    let n = ys.len() as i64;
+    Ok(Dataset {
+        x: Tensor::from_slice(&px)
+            .view([n, 3, 32, 32])
+            .to_kind(tch::Kind::Float)
+            / 255.0,
+        y: Tensor::from_slice(&ys),
+        classes,
+    })
+}
+
+/// The CIFAR batch files of a folder for a split (`data_batch_*.bin` / `test_batch.bin` for
+/// CIFAR-10, `train.bin` / `test.bin` for CIFAR-100).
+pub fn cifar_files(dir: &Path, hundred: bool, train: bool) -> Result<Vec<PathBuf>> {
+    let names: Vec<String> = match (hundred, train) {
+        (false, true) => (1..=5).map(|i| format!("data_batch_{i}.bin")).collect(),
+        (false, false) => vec!["test_batch.bin".into()],
+        (true, true) => vec!["train.bin".into()],
+        (true, false) => vec!["test.bin".into()],
+    };
+    let files: Vec<PathBuf> = names.iter().map(|n| dir.join(n)).collect();
+    for f in &files {
+        if !f.is_file() {
+            return Err(Error::Data(format!("missing CIFAR file {}", f.display())));
+        }
+    }
+    Ok(files)
+}
+
+/// How ImageFolder images are brought to one size.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageSize {
+    /// Resize so the shorter side is this (bilinear), before cropping.
+    pub resize: u32,
+    /// Then take the centre square of this side.
+    pub crop: u32,
+}
+
+/// An ImageFolder tree: one sub-folder per class (sorted names give the label ids), PNG or
+/// JPEG files inside. Returns the dataset and the class names.
+pub fn load_image_folder(root: &Path, size: ImageSize) -> Result<(Dataset, Vec<String>)> {
+    if size.crop == 0 || size.crop > size.resize {
+        return Err(Error::Data(format!(
+            "image size: crop {} must be between 1 and resize {}",
+            size.crop, size.resize
+        )));
+    }
+    let mut classes: Vec<String> = std::fs::read_dir(root)
+        .map_err(|e| Error::Io(root.to_path_buf(), e))?
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    classes.sort();
+    if classes.is_empty() {
+        return Err(Error::Data(format!(
+            "{}: no class sub-folders",
+            root.display()
+        )));
+    }
+    let c = size.crop as usize;
+    let mut px: Vec<f32> = Vec::new();
+    let mut ys: Vec<i64> = Vec::new();
+    for (ci, name) in classes.iter().enumerate() {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(root.join(name))
+            .map_err(|e| Error::Io(root.join(name), e))?
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                p.extension().and_then(|x| x.to_str()).is_some_and(|x| {
+                    ["png", "jpg", "jpeg"].contains(&x.to_ascii_lowercase().as_str())
+                })
+            })
+            .collect();
+        files.sort();
+        for f in files {
+            let img = image::open(&f)
+                .map_err(|e| Error::Corrupt(f.clone(), format!("unreadable image: {e}")))?;
+            let rgb = resize_center_crop(&img.to_rgb8(), size);
+            // HWC bytes to CHW floats.
+            for ch in 0..3 {
+                for p in rgb.pixels() {
+                    px.push(f32::from(p.0[ch]) / 255.0);
+                }
+            }
+            ys.push(ci as i64);
+        }
+    }
+    if ys.is_empty() {
+        return Err(Error::Data(format!(
+            "{}: no PNG or JPEG images",
+            root.display()
+        )));
+    }
+    let n = ys.len() as i64;
+    Ok((
+        Dataset {
+            x: Tensor::from_slice(&px).view([n, 3, c as i64, c as i64]),
+            y: Tensor::from_slice(&ys),
+            classes: classes.len(),
+        },
+        classes,
+    ))
+}
+
+fn resize_center_crop(img: &image::RgbImage, size: ImageSize) -> image::RgbImage {
+    let (w, h) = img.dimensions();
+    let s = size.resize as f64 / w.min(h) as f64;
+    let (nw, nh) = (
+        ((w as f64 * s).round() as u32).max(size.crop),
+        ((h as f64 * s).round() as u32).max(size.crop),
+    );
+    let r = image::imageops::resize(img, nw, nh, image::imageops::FilterType::Triangle);
+    let (x0, y0) = ((nw - size.crop) / 2, (nh - size.crop) / 2);
+    image::imageops::crop_imm(&r, x0, y0, size.crop, size.crop).to_image()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn idx(dims: &[u32], data: &[u8]) -> Vec<u8> {
+        let mut b = vec![0, 0, 8, dims.len() as u8];
+        for d in dims {
+            b.extend_from_slice(&d.to_be_bytes());
+        }
+        b.extend_from_slice(data);
+        b
+    }
+
+    fn gz(b: &[u8]) -> Vec<u8> {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(b).unwrap();
+        e.finish().unwrap()
+    }
+
+    #[test]
+    fn idx_plain_and_gzip() {
+        let d = tempfile::tempdir().unwrap();
+        let px: Vec<u8> = (0..2 * 2 * 3).map(|i| (i * 20) as u8).collect();
+        std::fs::write(d.path().join("img"), idx(&[2, 2, 3], &px)).unwrap();
+        std::fs::write(d.path().join("lab.gz"), gz(&idx(&[2], &[3, 9]))).unwrap();
+        let ds = load_idx(&d.path().join("img"), &d.path().join("lab.gz")).unwrap();
+        assert_eq!(ds.x.size(), vec![2, 1, 2, 3]);
+        assert!((ds.x.double_value(&[1, 0, 1, 2]) - 220.0 / 255.0).abs() < 1e-6);
+        assert_eq!(super::super::labels_vec(&ds.y), vec![3, 9]);
+    }
+
+    #[test]
+    fn idx_faults_name_the_file() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("img");
+        let good = idx(&[2, 2, 2], &[0; 8]);
+        std::fs::write(d.path().join("lab"), idx(&[2], &[1, 2])).unwrap();
+        std::fs::write(&p, &good[..good.len() - 1]).unwrap();
+        let e = load_idx(&p, &d.path().join("lab")).unwrap_err().to_string();
+        assert!(e.contains("img") && e.contains("truncated"), "{e}");
+        let mut magic = good.clone();
+        magic[2] = 0x0d;
+        std::fs::write(&p, &magic).unwrap();
+        let e = load_idx(&p, &d.path().join("lab")).unwrap_err().to_string();
+        assert!(e.contains("wrong magic"), "{e}");
+        std::fs::write(&p, &good).unwrap();
+        std::fs::write(d.path().join("lab"), idx(&[2], &[1, 12])).unwrap();
+        let e = load_idx(&p, &d.path().join("lab")).unwrap_err().to_string();
+        assert!(e.contains("lab") && e.contains("label 12"), "{e}");
+        std::fs::write(d.path().join("lab"), idx(&[3], &[1, 2, 3])).unwrap();
+        assert!(load_idx(&p, &d.path().join("lab")).is_err());
+    }
+
+    #[test]
+    fn cifar_10_and_100() {
+        let d = tempfile::tempdir().unwrap();
+        let mut r10 = vec![7u8];
+        r10.extend((0..3072).map(|i| (i % 256) as u8));
+        let p = d.path().join("b.bin");
+        std::fs::write(&p, [r10.clone(), r10.clone()].concat()).unwrap();
+        let ds = load_cifar(std::slice::from_ref(&p), false).unwrap();
+        assert_eq!(ds.x.size(), vec![2, 3, 32, 32]);
+        assert_eq!(super::super::labels_vec(&ds.y), vec![7, 7]);
+        // Channel 1 starts at byte 1024 of the record: 1024 % 256 = 0; pixel (0, 1) is 1.
+        assert!((ds.x.double_value(&[0, 0, 0, 1]) - 1.0 / 255.0).abs() < 1e-6);
+        let mut r100 = vec![3u8, 88];
+        r100.extend(vec![0u8; 3072]);
+        std::fs::write(&p, &r100).unwrap();
+        let ds = load_cifar(std::slice::from_ref(&p), true).unwrap();
+        assert_eq!(
+            (super::super::labels_vec(&ds.y), ds.classes),
+            (vec![88], 100)
+        );
+        std::fs::write(&p, &r100[..3000]).unwrap();
+        let e = load_cifar(std::slice::from_ref(&p), true)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("b.bin") && e.contains("records"), "{e}");
+        let mut badlab = r10.clone();
+        badlab[0] = 10;
+        std::fs::write(&p, &badlab).unwrap();
+        assert!(load_cifar(&[p], false)
+            .unwrap_err()
+            .to_string()
+            .contains("label 10"));
+    }
+
+    #[test]
+    fn image_folder_reads_resizes_and_names_bad_files() {
+        let d = tempfile::tempdir().unwrap();
+        for (c, v) in [("cat", 255u8), ("dog", 0u8)] {
+            std::fs::create_dir_all(d.path().join(c)).unwrap();
+            let img = image::RgbImage::from_pixel(12, 8, image::Rgb([v, 128, 0]));
+            img.save(d.path().join(c).join("a.png")).unwrap();
+            img.save(d.path().join(c).join("b.jpg")).unwrap();
+        }
+        let (ds, names) = load_image_folder(d.path(), ImageSize { resize: 6, crop: 4 }).unwrap();
+        assert_eq!(names, vec!["cat", "dog"]);
+        assert_eq!(ds.x.size(), vec![4, 3, 4, 4]);
+        assert_eq!(super::super::labels_vec(&ds.y), vec![0, 0, 1, 1]);
+        assert!((ds.x.double_value(&[0, 0, 1, 1]) - 1.0).abs() < 1e-6);
+        assert!((ds.x.double_value(&[2, 1, 1, 1]) - 128.0 / 255.0).abs() < 1e-6);
+        std::fs::write(d.path().join("dog/c.png"), b"not a png").unwrap();
+        let e = load_image_folder(d.path(), ImageSize { resize: 6, crop: 4 })
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("c.png") && e.contains("unreadable"), "{e}");
+    }
+}
