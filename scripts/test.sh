@@ -28,4 +28,8 @@ trap 'rm -rf "$out"' EXIT
 done
 
 echo "== unit and integration tests"
-cargo test --release --workspace
+log="$out/cargo-test.log"
+cargo test --release --workspace --lib --bins --tests 2>&1 | tee "$log"
+passed=$(grep -Eo '^test result: .* ([0-9]+) passed' "$log" | grep -Eo '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
+failed=$(grep -Eo '[0-9]+ failed;' "$log" | awk '{s+=$1} END {print s+0}')
+echo "$passed passed, $failed failed"

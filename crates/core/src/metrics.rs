@@ -1,4 +1,5 @@
-//! Classification metrics: accuracy, NLL, expected calibration error and its reliability table.
+//! Metrics: accuracy, top-k, NLL, expected calibration error and its reliability table, AUROC,
+//! Fréchet distance, KID, Inception Score, pixel accuracy and mIoU, PSNR.
 
 use tch::{Kind, Tensor};
 
@@ -78,6 +79,134 @@ pub fn ece_from(conf: &[f64], correct: &[bool], bins: usize) -> (f64, Vec<Bin>) 
     (e, out)
 }
 
+/// Fraction of rows whose label is among the `k` largest logits.
+pub fn top_k(logits: &Tensor, y: &Tensor, k: i64) -> f64 {
+    let (_, idx) = logits.topk(k, -1, true, true);
+    idx.eq_tensor(&y.unsqueeze(-1))
+        .any_dim(-1, false)
+        .to_kind(Kind::Double)
+        .mean(Kind::Double)
+        .double_value(&[])
+}
+
+/// Area under the ROC curve for telling `pos` (label 1) from `neg` (label 0) by a score that is
+/// higher for positives; ties count ½ (scikit-learn's `roc_auc_score`).
+pub fn auroc(pos: &[f64], neg: &[f64]) -> f64 {
+    let mut all: Vec<(f64, bool)> = pos
+        .iter()
+        .map(|&s| (s, true))
+        .chain(neg.iter().map(|&s| (s, false)))
+        .collect();
+    all.sort_by(|a, b| a.0.total_cmp(&b.0));
+    // Sum of the (tie-averaged, 1-based) ranks of the positives.
+    let mut rank_sum = 0.0;
+    let mut i = 0;
+    while i < all.len() {
+        let mut j = i;
+        while j < all.len() && all[j].0 == all[i].0 {
+            j += 1;
+        }
+        let avg = (i + 1 + j) as f64 / 2.0;
+        rank_sum += avg * all[i..j].iter().filter(|e| e.1).count() as f64;
+        i = j;
+    }
+    let (np, nn) = (pos.len() as f64, neg.len() as f64);
+    (rank_sum - np * (np + 1.0) / 2.0) / (np * nn)
+}
+
+fn mean_cov(f: &Tensor) -> (Tensor, Tensor) {
+    let f = f.to_kind(Kind::Double);
+    let n = f.size()[0] as f64;
+    let mu = f.mean_dim(0, false, Kind::Double);
+    let c = &f - &mu;
+    (mu, c.tr().matmul(&c) / (n - 1.0))
+}
+
+fn sqrt_psd(m: &Tensor) -> Tensor {
+    let (w, v) = m.linalg_eigh("L");
+    let w = w.clamp_min(0.0).sqrt();
+    (&v * w.unsqueeze(0)).matmul(&v.tr())
+}
+
+/// Fréchet distance between two feature sets `N×d` (rows are samples), in float64:
+/// ‖μ₁ − μ₂‖² + Tr Σ₁ + Tr Σ₂ − 2 Tr (Σ₁Σ₂)^½, the trace term as Σ √max(λ, 0) over the
+/// eigenvalues of A Σ₂ A with A = Σ₁^½ from a symmetric eigendecomposition.
+pub fn frechet_distance(a: &Tensor, b: &Tensor) -> f64 {
+    let (m1, s1) = mean_cov(a);
+    let (m2, s2) = mean_cov(b);
+    let r = sqrt_psd(&s1);
+    let inner = r.matmul(&s2).matmul(&r);
+    let inner = (&inner + inner.tr()) / 2.0;
+    let tr_sqrt = inner
+        .linalg_eigvalsh("L")
+        .clamp_min(0.0)
+        .sqrt()
+        .sum(Kind::Double);
+    let d = (&m1 - &m2).square().sum(Kind::Double) + s1.trace() + s2.trace() - tr_sqrt * 2.0;
+    d.double_value(&[])
+}
+
+/// Kernel Inception Distance: the unbiased MMD² between two feature sets with the cubic kernel
+/// k(x, y) = (xᵀy / d + 1)³, over the full sets.
+pub fn kid(a: &Tensor, b: &Tensor) -> f64 {
+    let (a, b) = (a.to_kind(Kind::Double), b.to_kind(Kind::Double));
+    let d = a.size()[1] as f64;
+    let k = |x: &Tensor, y: &Tensor| (x.matmul(&y.tr()) / d + 1.0).pow_tensor_scalar(3);
+    let (m, n) = (a.size()[0] as f64, b.size()[0] as f64);
+    let kxx = k(&a, &a);
+    let kyy = k(&b, &b);
+    let off = |t: &Tensor| (t.sum(Kind::Double) - t.trace()).double_value(&[]);
+    off(&kxx) / (m * (m - 1.0)) + off(&kyy) / (n * (n - 1.0))
+        - 2.0 * k(&a, &b).sum(Kind::Double).double_value(&[]) / (m * n)
+}
+
+/// Inception Score from class probabilities `N×K` (one split): exp E_x KL(p(y|x) ‖ p(y)).
+pub fn inception_score(probs: &Tensor) -> f64 {
+    let p = probs.to_kind(Kind::Double).clamp_min(1e-12);
+    let py = p.mean_dim(0, true, Kind::Double);
+    let kl = (&p * (p.log() - py.log())).sum_dim_intlist(1, false, Kind::Double);
+    kl.mean(Kind::Double).double_value(&[]).exp()
+}
+
+/// Pixel accuracy and mean IoU of predicted against true label maps (any shape, int64, classes
+/// `0..k`); the mean is over classes present in either map.
+pub fn pixel_acc_miou(pred: &Tensor, truth: &Tensor, k: i64) -> (f64, f64) {
+    let p = pred.flatten(0, -1).to_kind(Kind::Int64);
+    let t = truth.flatten(0, -1).to_kind(Kind::Int64);
+    let conf = (t * k + p)
+        .bincount::<Tensor>(None, k * k)
+        .view([k, k])
+        .to_kind(Kind::Double);
+    let tp = conf.diagonal(0, 0, 1);
+    let total = conf.sum(Kind::Double).double_value(&[]);
+    let acc = tp.sum(Kind::Double).double_value(&[]) / total;
+    let union = conf.sum_dim_intlist(0, false, Kind::Double)
+        + conf.sum_dim_intlist(1, false, Kind::Double)
+        - &tp;
+    let present = union.gt(0.0);
+    let iou = (tp / union.clamp_min(1.0)).masked_select(&present);
+    (acc, iou.mean(Kind::Double).double_value(&[]))
+}
+
+/// PSNR of images in `[0, 1]` (`N×…`): 10·log10(1/MSE) per image, averaged; MSE = 0 gives 100 dB.
+pub fn psnr(a: &Tensor, b: &Tensor) -> f64 {
+    let mse = (a.to_kind(Kind::Double) - b.to_kind(Kind::Double))
+        .square()
+        .flatten(1, -1)
+        .mean_dim(1, false, Kind::Double);
+    let mse = Vec::<f64>::try_from(&mse).expect("double");
+    mse.iter()
+        .map(|&m| {
+            if m == 0.0 {
+                100.0
+            } else {
+                10.0 * (1.0 / m).log10()
+            }
+        })
+        .sum::<f64>()
+        / mse.len() as f64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -102,5 +231,96 @@ mod tests {
         // A confidence exactly on an edge goes to the lower bin (lo < conf <= hi).
         let (_, bins) = ece_from(&[0.5], &[true], 2);
         assert_eq!(bins[0].count, 1);
+    }
+
+    #[test]
+    fn top_k_by_hand() {
+        let logits = Tensor::from_slice(&[3.0f32, 2.0, 1.0, 0.0, 1.0, 2.0]).view([2, 3]);
+        let y = Tensor::from_slice(&[1i64, 0]);
+        assert_eq!(top_k(&logits, &y, 1), 0.0);
+        assert_eq!(top_k(&logits, &y, 2), 0.5);
+        assert_eq!(top_k(&logits, &y, 3), 1.0);
+    }
+
+    #[test]
+    fn auroc_matches_sklearn_examples() {
+        // roc_auc_score([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8]) == 0.75
+        assert!((auroc(&[0.35, 0.8], &[0.1, 0.4]) - 0.75).abs() < 1e-12);
+        // All tied: 0.5. Perfect: 1. Reversed: 0.
+        assert_eq!(auroc(&[1.0, 1.0], &[1.0, 1.0, 1.0]), 0.5);
+        assert_eq!(auroc(&[2.0, 3.0], &[0.0, 1.0]), 1.0);
+        assert_eq!(auroc(&[0.0], &[1.0]), 0.0);
+        // roc_auc_score([1, 0, 1, 0, 1], [0.5, 0.5, 0.9, 0.1, 0.5]) == 0.8333...
+        assert!((auroc(&[0.5, 0.9, 0.5], &[0.5, 0.1]) - 5.0 / 6.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn frechet_distance_closed_forms() {
+        tch::manual_seed(0);
+        let a = Tensor::randn([400, 3], (Kind::Double, tch::Device::Cpu));
+        assert!(frechet_distance(&a, &a).abs() < 1e-8);
+        // Exact sample moments: a has mean 0 and covariance diag(2/3, 2/3); b = a·(2, 1) + 1 has
+        // mean (1, 1) and covariance diag(8/3, 2/3). FD = 2 + 4/3 + 10/3 − 2·(4/3 + 2/3) = 8/3.
+        let a = Tensor::from_slice(&[1.0f64, 0.0, -1.0, 0.0, 0.0, 1.0, 0.0, -1.0]).view([4, 2]);
+        let b = &a * Tensor::from_slice(&[2.0f64, 1.0]) + 1.0;
+        assert!((frechet_distance(&a, &b) - 8.0 / 3.0).abs() < 1e-12);
+        // Non-commuting covariances, against tr sqrtm(Σ₁Σ₂) from numpy's general eigenvalues
+        // (the route pytorch-fid takes through scipy), on a_ij = sin(3i + j), b_ij = cos(2i + 5j) + 0.3j.
+        let a = Tensor::from_slice(
+            &(0..150)
+                .map(|k| ((k / 3 * 3 + k % 3) as f64).sin())
+                .collect::<Vec<_>>(),
+        )
+        .view([50, 3]);
+        let b = Tensor::from_slice(
+            &(0..180)
+                .map(|k| (((k / 3) * 2 + (k % 3) * 5) as f64).cos() + 0.3 * (k % 3) as f64)
+                .collect::<Vec<_>>(),
+        )
+        .view([60, 3]);
+        assert!(
+            (frechet_distance(&a, &b) - 0.518978805121701).abs() < 1e-7,
+            "{}",
+            frechet_distance(&a, &b)
+        );
+    }
+
+    #[test]
+    fn kid_is_unbiased_near_zero_and_positive_apart() {
+        tch::manual_seed(1);
+        let a = Tensor::randn([500, 4], (Kind::Double, tch::Device::Cpu));
+        let b = Tensor::randn([500, 4], (Kind::Double, tch::Device::Cpu));
+        assert!(kid(&a, &b).abs() < 0.05, "{}", kid(&a, &b));
+        assert!(kid(&a, &(&b + 1.0)) > 0.5);
+        // By hand on 2 + 2 one-dimensional points: k(x, y) = (xy + 1)^3.
+        let x = Tensor::from_slice(&[0.0f64, 1.0]).view([2, 1]);
+        let y = Tensor::from_slice(&[1.0f64, 2.0]).view([2, 1]);
+        let kxx = 2.0 * 1.0 / 2.0; // k(0,1) twice over 2·1
+        let kyy = 2.0 * 27.0 / 2.0; // k(1,2) = 27
+        let kxy = 2.0 * (1.0 + 1.0 + 8.0 + 27.0) / 4.0;
+        assert!((kid(&x, &y) - (kxx + kyy - kxy)).abs() < 1e-12);
+    }
+
+    #[test]
+    fn inception_score_bounds() {
+        let eye = Tensor::eye(4, (Kind::Double, tch::Device::Cpu));
+        assert!((inception_score(&eye) - 4.0).abs() < 1e-6);
+        let flat = Tensor::full([5, 4], 0.25, (Kind::Double, tch::Device::Cpu));
+        assert!((inception_score(&flat) - 1.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn miou_and_psnr_by_hand() {
+        let t = Tensor::from_slice(&[0i64, 0, 1, 1]);
+        let p = Tensor::from_slice(&[0i64, 1, 1, 1]);
+        let (acc, miou) = pixel_acc_miou(&p, &t, 3);
+        assert!((acc - 0.75).abs() < 1e-12);
+        // IoU(0) = 1/2, IoU(1) = 2/3; class 2 is absent from both and left out.
+        assert!((miou - (0.5 + 2.0 / 3.0) / 2.0).abs() < 1e-12);
+        let a = Tensor::zeros([2, 1, 2, 2], (Kind::Float, tch::Device::Cpu));
+        let b = a.copy();
+        let _ = b.get(1).fill_(0.1);
+        // Image 0: identical → 100 dB; image 1: MSE 0.01 → 20 dB.
+        assert!((psnr(&a, &b) - 60.0).abs() < 1e-4, "{}", psnr(&a, &b));
     }
 }
