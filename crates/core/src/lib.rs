@@ -9,6 +9,7 @@ pub mod data;
 pub mod error;
 pub mod logging;
 pub mod metrics;
+pub mod models;
 pub mod nn;
 pub mod optim;
 pub mod progress;

@@ -106,6 +106,199 @@ impl Module for Mlp {
     }
 }
 
+/// A BatchNorm2d initialised as PyTorch's (weight 1, bias 0; tch's default weight is uniform).
+pub fn batch_norm2d(p: nn::Path<'_>, c: i64) -> nn::BatchNorm {
+    nn::batch_norm2d(
+        p,
+        c,
+        nn::BatchNormConfig {
+            ws_init: Init::Const(1.0),
+            bs_init: Init::Const(0.0),
+            ..Default::default()
+        },
+    )
+}
+
+/// InstanceNorm2d: per-sample, per-channel normalisation with biased variance; optionally
+/// affine (weight 1, bias 0 at start). Keeps no running statistics.
+#[derive(Debug)]
+pub struct InstanceNorm {
+    ws: Option<Tensor>,
+    bs: Option<Tensor>,
+    eps: f64,
+}
+
+impl InstanceNorm {
+    /// An instance norm over `c` channels.
+    pub fn new(p: nn::Path<'_>, c: i64, affine: bool) -> InstanceNorm {
+        let (ws, bs) = if affine {
+            (
+                Some(p.var("weight", &[c], Init::Const(1.0))),
+                Some(p.var("bias", &[c], Init::Const(0.0))),
+            )
+        } else {
+            (None, None)
+        };
+        InstanceNorm { ws, bs, eps: 1e-5 }
+    }
+}
+
+impl Module for InstanceNorm {
+    fn forward(&self, x: &Tensor) -> Tensor {
+        x.instance_norm(
+            self.ws.as_ref(),
+            self.bs.as_ref(),
+            None::<&Tensor>,
+            None::<&Tensor>,
+            true,
+            0.1,
+            self.eps,
+            false,
+        )
+    }
+}
+
+/// Spectral normalisation of a weight (Miyato et al.), as `torch.nn.utils.spectral_norm`:
+/// the weight is divided by σ estimated by power iteration on its `out × rest` matrix, with
+/// persistent, non-trainable `u` and `v`; one iteration per training forward, none in eval.
+#[derive(Debug)]
+pub struct SpectralNorm {
+    /// The unnormalised weight (trainable).
+    pub weight_orig: Tensor,
+    u: Tensor,
+    v: Tensor,
+    eps: f64,
+}
+
+fn normalize(t: &Tensor, eps: f64) -> Tensor {
+    t / t.norm().clamp_min(eps)
+}
+
+impl SpectralNorm {
+    /// Wraps a new weight of `dims` with the given init, registered as `weight_orig`,
+    /// `weight_u`, `weight_v` under `p`.
+    pub fn new(p: &nn::Path<'_>, dims: &[i64], init: Init) -> SpectralNorm {
+        let weight_orig = p.var("weight_orig", dims, init);
+        let h = dims[0];
+        let w: i64 = dims[1..].iter().product();
+        let mut u = p.zeros_no_train("weight_u", &[h]);
+        let mut v = p.zeros_no_train("weight_v", &[w]);
+        tch::no_grad(|| {
+            u.copy_(&normalize(
+                &Tensor::randn([h], (tch::Kind::Float, p.device())),
+                1e-12,
+            ));
+            v.copy_(&normalize(
+                &Tensor::randn([w], (tch::Kind::Float, p.device())),
+                1e-12,
+            ));
+        });
+        SpectralNorm {
+            weight_orig,
+            u,
+            v,
+            eps: 1e-12,
+        }
+    }
+
+    /// The normalised weight; `train` runs one power iteration and updates `u` and `v`.
+    pub fn weight(&self, train: bool) -> Tensor {
+        let dims = self.weight_orig.size();
+        let wm = self.weight_orig.view([dims[0], -1]);
+        if train {
+            tch::no_grad(|| {
+                let v = normalize(&wm.tr().mv(&self.u), self.eps);
+                let u = normalize(&wm.mv(&v), self.eps);
+                self.v.shallow_clone().copy_(&v);
+                self.u.shallow_clone().copy_(&u);
+            });
+        }
+        let sigma = self.u.dot(&wm.mv(&self.v));
+        &self.weight_orig / sigma
+    }
+}
+
+/// A 2-D convolution with spectral normalisation on its weight (bias not normalised).
+#[derive(Debug)]
+pub struct SnConv2d {
+    sn: SpectralNorm,
+    bias: Option<Tensor>,
+    stride: i64,
+    padding: i64,
+}
+
+impl SnConv2d {
+    /// A `k×k` convolution, weight and bias initialised by `init` and `bias_init`.
+    pub fn new(
+        p: nn::Path<'_>,
+        inp: i64,
+        out: i64,
+        k: i64,
+        stride: i64,
+        padding: i64,
+        init: Init,
+        bias_init: Option<Init>,
+    ) -> SnConv2d {
+        let sn = SpectralNorm::new(&p, &[out, inp, k, k], init);
+        let bias = bias_init.map(|b| p.var("bias", &[out], b));
+        SnConv2d {
+            sn,
+            bias,
+            stride,
+            padding,
+        }
+    }
+}
+
+impl nn::ModuleT for SnConv2d {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        x.conv2d(
+            &self.sn.weight(train),
+            self.bias.as_ref(),
+            [self.stride],
+            [self.padding],
+            [1],
+            1,
+        )
+    }
+}
+
+/// Input normalisation as the model's first layer: `(x − mean) / std` per channel, with
+/// non-trainable buffers (so attack budgets stay in `[0, 1]` pixel units).
+#[derive(Debug)]
+pub struct Normalize {
+    mean: Tensor,
+    std: Tensor,
+}
+
+impl Normalize {
+    /// A normaliser with per-channel mean and std, registered as `mean` and `std` under `p`.
+    pub fn new(p: &nn::Path<'_>, mean: &[f64], std: &[f64]) -> Normalize {
+        let c = mean.len() as i64;
+        let mut m = p.zeros_no_train("mean", &[c]);
+        let mut s = p.zeros_no_train("std", &[c]);
+        tch::no_grad(|| {
+            m.copy_(
+                &Tensor::from_slice(mean)
+                    .to_kind(tch::Kind::Float)
+                    .to_device(p.device()),
+            );
+            s.copy_(
+                &Tensor::from_slice(std)
+                    .to_kind(tch::Kind::Float)
+                    .to_device(p.device()),
+            );
+        });
+        Normalize { mean: m, std: s }
+    }
+}
+
+impl Module for Normalize {
+    fn forward(&self, x: &Tensor) -> Tensor {
+        (x - self.mean.view([1, -1, 1, 1])) / self.std.view([1, -1, 1, 1])
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -138,5 +331,63 @@ mod tests {
         let x = Tensor::from_slice(&[-1.0f32, 2.0]);
         let a = Activation::LeakyRelu(0.2).apply(&x);
         assert_eq!(Vec::<f32>::try_from(&a).unwrap(), vec![-0.2, 2.0]);
+    }
+
+    #[test]
+    fn instance_norm_normalises_each_sample_and_channel() {
+        let vs = nn::VarStore::new(tch::Device::Cpu);
+        let n = InstanceNorm::new(vs.root() / "in", 3, true);
+        let x = Tensor::randn([2, 3, 5, 5], (tch::Kind::Float, tch::Device::Cpu)) * 3.0 + 1.0;
+        let y = n.forward(&x);
+        let m = y.mean_dim([2, 3].as_slice(), false, tch::Kind::Float);
+        let v = y.var_dim([2, 3].as_slice(), false, false);
+        assert!(m.abs().max().double_value(&[]) < 1e-5);
+        assert!((v - 1.0).abs().max().double_value(&[]) < 1e-3);
+        assert_eq!(vs.trainable_variables().len(), 2);
+    }
+
+    #[test]
+    fn spectral_norm_converges_to_unit_sigma_and_freezes_in_eval() {
+        let vs = nn::VarStore::new(tch::Device::Cpu);
+        let sn = SpectralNorm::new(
+            &(vs.root() / "c"),
+            &[8, 4, 3, 3],
+            Init::Randn {
+                mean: 0.0,
+                stdev: 1.0,
+            },
+        );
+        for _ in 0..50 {
+            let _ = sn.weight(true);
+        }
+        let w = sn.weight(false).view([8, -1]);
+        let top = w
+            .matmul(&w.tr())
+            .linalg_eigvalsh("L")
+            .max()
+            .double_value(&[])
+            .sqrt();
+        assert!((top - 1.0).abs() < 1e-3, "{top}");
+        let u0 = sn.u.copy();
+        let _ = sn.weight(false);
+        assert!(sn.u.equal(&u0), "eval does not update u");
+        // u and v are saved with the model but not trained.
+        let names: Vec<String> = vs.variables().into_keys().collect();
+        assert!(
+            names.contains(&"c.weight_u".to_string()) && names.contains(&"c.weight_v".to_string())
+        );
+        assert_eq!(vs.trainable_variables().len(), 1);
+    }
+
+    #[test]
+    fn normalize_is_a_layer_with_buffers() {
+        let vs = nn::VarStore::new(tch::Device::Cpu);
+        let n = Normalize::new(&(vs.root() / "norm"), &[0.5, 0.0], &[0.5, 2.0]);
+        let x = Tensor::ones([1, 2, 1, 1], (tch::Kind::Float, tch::Device::Cpu));
+        assert_eq!(
+            Vec::<f32>::try_from(n.forward(&x).view(-1)).unwrap(),
+            vec![1.0, 0.5]
+        );
+        assert!(vs.trainable_variables().is_empty());
     }
 }
