@@ -391,7 +391,7 @@ impl Wrn {
     /// Builds the network under `p`; panics if `(depth − 4) % 6 != 0` (validate configs first).
     pub fn new(p: &nn::Path<'_>, c: &WrnConfig) -> Wrn {
         assert!(
-            c.depth >= 10 && (c.depth - 4) % 6 == 0,
+            c.depth >= 10 && (c.depth - 4).is_multiple_of(6),
             "WRN depth must be 6n + 4"
         );
         let n = (c.depth - 4) / 6;

@@ -228,17 +228,17 @@ pub struct SnConv2d {
 }
 
 impl SnConv2d {
-    /// A `k×k` convolution, weight and bias initialised by `init` and `bias_init`.
+    /// A convolution of `geom = [kernel, stride, padding]`, weight and bias initialised by
+    /// `init` and `bias_init` (no bias when `None`).
     pub fn new(
         p: nn::Path<'_>,
         inp: i64,
         out: i64,
-        k: i64,
-        stride: i64,
-        padding: i64,
+        geom: [i64; 3],
         init: Init,
         bias_init: Option<Init>,
     ) -> SnConv2d {
+        let [k, stride, padding] = geom;
         let sn = SpectralNorm::new(&p, &[out, inp, k, k], init);
         let bias = bias_init.map(|b| p.var("bias", &[out], b));
         SnConv2d {
