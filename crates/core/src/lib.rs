@@ -4,6 +4,7 @@
 //! context a run executes in ([`run`]), progress and logging, checkpoints, datasets
 //! ([`data`]), metrics, optimizers and reports.
 
+pub mod attack;
 pub mod checkpoint;
 pub mod data;
 pub mod error;
@@ -12,6 +13,7 @@ pub mod metrics;
 pub mod models;
 pub mod nn;
 pub mod optim;
+pub mod plot;
 pub mod progress;
 pub mod report;
 pub mod run;

@@ -380,6 +380,29 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
         "iterations": step,
         "reliability": bins,
     }))?;
+    let pts: Vec<(f64, f64)> = bins
+        .iter()
+        .filter(|b| b.count > 0)
+        .map(|b| (b.confidence, b.accuracy))
+        .collect();
+    reprise_core::plot::line_plot(
+        &ctx.figures().join("reliability.png"),
+        "Reliability diagram (test set)",
+        "mean confidence in bin",
+        "accuracy in bin",
+        &[
+            reprise_core::plot::Series {
+                name: "classifier".into(),
+                points: pts,
+                std: None,
+            },
+            reprise_core::plot::Series {
+                name: "perfect calibration".into(),
+                points: vec![(0.0, 0.0), (1.0, 1.0)],
+                std: None,
+            },
+        ],
+    )?;
     let md = report_run(ctx.dir())?;
     ctx.write_report(&md)?;
     Ok(())
