@@ -8,7 +8,8 @@
 //! rejected with a clear message rather than silently trained as the baseline.
 
 use reprise_core::checkpoint::Checkpoint;
-use reprise_core::data::{self, batch_indices, Dataset};
+use reprise_core::data::augment::{Augment, Batch, Loader};
+use reprise_core::data::{self, Dataset};
 use reprise_core::metrics;
 use reprise_core::nn::{Activation, Mlp};
 use reprise_core::optim::{Optimizer, Rule, Schedule};
@@ -20,7 +21,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::path::Path;
 use tch::nn::{Module, VarStore};
-use tch::Tensor;
 
 /// The classifier.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -308,24 +308,16 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
         eprintln!("resuming from step {step}");
     }
     ctx.begin(step)?;
-    let per_epoch = train.len().div_ceil(c.optim.batch) as u64;
+    let aug = Augment {
+        noise: c.noise_sigma,
+        ..Augment::default()
+    };
+    let mut loader = Loader::new(&train.x, &train.y, c.optim.batch, h.seed, false, aug, step);
+    let per_epoch = loader.per_epoch();
     let mut progress = ctx.progress(total, step);
     while step < total {
-        let epoch = step / per_epoch;
-        let batches = batch_indices(train.len(), c.optim.batch, h.seed, epoch, true, false);
-        let b = &batches[(step % per_epoch) as usize];
-        // Every step's randomness derives from (seed, step): a resumed run draws the same noise.
-        tch::manual_seed(
-            (h.seed as i64)
-                .wrapping_mul(1_000_003)
-                .wrapping_add(step as i64),
-        );
-        let idx = Tensor::from_slice(b).to_device(device);
-        let mut x = train.x.index_select(0, &idx);
-        let y = train.y.index_select(0, &idx);
-        if c.noise_sigma > 0.0 {
-            x = &x + x.randn_like() * c.noise_sigma;
-        }
+        // The batch (order and noise) is a function of (seed, step): a resumed run sees the same.
+        let Batch { x, y, .. } = loader.next_batch();
         let lr = c.optim.schedule.lr(c.optim.lr, step, c.optim.warmup);
         opt.zero_grad();
         let loss = model.net.forward(&x).cross_entropy_for_logits(&y);
