@@ -21,13 +21,13 @@ build: setup
 data: build
     source scripts/env.sh && {{runner}} data
 
-# Run an experiment: `just run jem/digits-baseline jem.optim.lr=0.01 --smoke`
+# Run an experiment: `just run jem/digits-calibration jem.optim.lr=3e-4 --smoke`
 run experiment *args: build
     source scripts/env.sh && {{runner}} run {{experiment}} {{args}}
 
 # Set-up, data, build and a real small reproduction end to end, then its report
 reproduce: data
-    source scripts/env.sh && {{runner}} run jem/digits-baseline --jobs 2
+    source scripts/env.sh && {{runner}} run jem/digits-calibration --jobs 2
 
 # Unit and integration tests, spec validation, the CUDA link check and every experiment's --smoke
 test: setup

@@ -57,7 +57,7 @@ def run(case):
                   weight_decay=case["wd"])
     warmup = case.get("warmup", 0)
     for t in range(STEPS):
-        base = case["lr"] * ((t + 1) / warmup if t < warmup else 1.0)
+        base = case["lr"] * (t / warmup if t < warmup else 1.0)
         opt.param_groups[0]["lr"] = base
         opt.param_groups[1]["lr"] = base * mult
         opt.zero_grad()

@@ -273,7 +273,8 @@ pub enum Schedule {
 
 impl Schedule {
     /// The rate at `step` (0-based) for base rate `base`, after a linear warm-up from 0 over
-    /// `warmup` steps (the warm-up multiplies the scheduled rate by `(step + 1) / warmup`).
+    /// `warmup` steps: while `step < warmup` the scheduled rate is multiplied by
+    /// `step / warmup`, so step 0 runs at rate 0 (as JEM's code does; Adam's moments still move).
     pub fn lr(&self, base: f64, step: u64, warmup: u64) -> f64 {
         let r = match self {
             Schedule::Constant => base,
@@ -290,7 +291,7 @@ impl Schedule {
             }
         };
         if step < warmup {
-            r * (step + 1) as f64 / warmup as f64
+            r * step as f64 / warmup as f64
         } else {
             r
         }
@@ -310,7 +311,9 @@ mod tests {
         assert_eq!(s.lr(1.0, 9, 0), 1.0);
         assert!((s.lr(1.0, 10, 0) - 0.1).abs() < 1e-12);
         assert!((s.lr(1.0, 25, 0) - 0.01).abs() < 1e-12);
-        assert!((s.lr(1.0, 0, 4) - 0.25).abs() < 1e-12);
+        assert_eq!(s.lr(1.0, 0, 4), 0.0);
+        assert!((s.lr(1.0, 1, 4) - 0.25).abs() < 1e-12);
+        assert_eq!(s.lr(1.0, 4, 4), 1.0);
         let c = Schedule::Cosine {
             total: 100,
             min: 0.0,

@@ -164,6 +164,9 @@ pub struct DataSpec {
     /// Keep class proportions in every split.
     #[serde(default)]
     pub stratified: bool,
+    /// Seed of the split, independent of the run's seed so every run sees the same data.
+    #[serde(default)]
+    pub split_seed: u64,
     /// Size images of an ImageFolder dataset are brought to.
     #[serde(default)]
     pub image_size: Option<crate::data::formats::ImageSize>,

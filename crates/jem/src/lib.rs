@@ -1,111 +1,35 @@
 //! `jem`: "Your Classifier is Secretly an Energy Based Model and You Should Treat it Like One"
 //! (Grathwohl et al., ICLR 2020, arXiv 1912.03263).
 //!
-//! This crate holds the classifier the JEM objective is built on and its training driver.
-//! What runs today is the p(y|x) arm (`p_x_weight: 0`, the paper's cross-entropy baseline):
-//! a classifier trained with cross-entropy, evaluated on accuracy, NLL and calibration. The
-//! p(x) term (SGLD with a replay buffer) is not implemented yet; a spec that asks for it is
-//! rejected with a clear message rather than silently trained as the baseline.
+//! A classifier's logits f(x) define p(x, y) ∝ exp f(x)[y]. Training adds to the cross-entropy
+//! on labelled data the term log p(x), trained by persistent contrastive divergence with SGLD
+//! samples from a replay buffer ([`sampler`]). A spec's `jem.arm` chooses the run: the
+//! controlled baseline (`base`, w_px = 0), `jem`, or the longer-trained baseline (`base-long`).
+//! Evaluation ([`eval`]) covers accuracy, NLL, calibration, OOD detection with three scores,
+//! class-conditional samples and accuracy under PGD; [`report`] computes the paper's claims
+//! from a sweep's runs.
 
+pub mod config;
+pub mod eval;
+pub mod model;
+pub mod report;
+pub mod sampler;
+
+pub use config::{Arm, Config};
+
+use crate::eval::EvalData;
+use crate::model::Classifier;
+use crate::sampler::{sgld, ReplayBuffer};
 use reprise_core::checkpoint::Checkpoint;
-use reprise_core::data::augment::{Augment, Batch, Loader};
-use reprise_core::data::{self, Dataset};
-use reprise_core::metrics;
-use reprise_core::nn::{Activation, Mlp};
+use reprise_core::data::augment::{Augment, Loader};
+use reprise_core::data::{self, Rng};
 use reprise_core::optim::{Optimizer, Rule, Schedule};
-use reprise_core::report::{aggregate_table, markdown_table};
-use reprise_core::run::{Paper, RunContext, RunSummary};
+use reprise_core::run::{Paper, RunContext};
 use reprise_core::spec::{SpecError, SpecTree};
 use reprise_core::{Error, Result};
-use serde::{Deserialize, Serialize};
-use serde_json::json;
-use std::path::Path;
-use tch::nn::{Module, VarStore};
-
-/// The classifier.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ModelConfig {
-    /// Hidden width.
-    pub width: i64,
-    /// Hidden layers.
-    pub depth: usize,
-    /// Activation.
-    #[serde(default = "default_act")]
-    pub act: Activation,
-}
-
-fn default_act() -> Activation {
-    Activation::LeakyRelu(0.2)
-}
-
-/// Optimisation.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct OptimConfig {
-    /// Update rule (Adam by default, as the official code).
-    #[serde(default = "Rule::adam")]
-    pub rule: Rule,
-    /// Base learning rate.
-    pub lr: f64,
-    /// Weight decay.
-    #[serde(default)]
-    pub weight_decay: f64,
-    /// Linear warm-up from 0, in iterations.
-    #[serde(default)]
-    pub warmup: u64,
-    /// Schedule after warm-up.
-    #[serde(default = "constant")]
-    pub schedule: Schedule,
-    /// Training iterations.
-    pub iterations: u64,
-    /// Batch size.
-    pub batch: usize,
-}
-
-fn constant() -> Schedule {
-    Schedule::Constant
-}
-
-/// Evaluation.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EvalConfig {
-    /// Evaluate every this many iterations (and at the end).
-    pub every: u64,
-    /// ECE bins.
-    #[serde(default = "twenty")]
-    pub ece_bins: usize,
-}
-
-fn twenty() -> usize {
-    20
-}
-
-/// The `jem:` section of a spec.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Config {
-    /// Classifier.
-    pub model: ModelConfig,
-    /// Optimisation.
-    pub optim: OptimConfig,
-    /// Weight of the generative term log p(x); 0 trains the cross-entropy baseline.
-    #[serde(default)]
-    pub p_x_weight: f64,
-    /// Standard deviation of the Gaussian noise added to train and test inputs (in [0,1] units).
-    #[serde(default)]
-    pub noise_sigma: f64,
-    /// Evaluation.
-    pub eval: EvalConfig,
-    /// Checkpoint every this many iterations.
-    #[serde(default = "ckpt_every")]
-    pub checkpoint_every: u64,
-}
-
-fn ckpt_every() -> u64 {
-    500
-}
+use serde_json::{json, Map, Value};
+use std::time::Instant;
+use tch::{Device, Kind, Tensor};
 
 /// The paper, as the runner sees it.
 pub fn paper() -> Paper {
@@ -114,39 +38,39 @@ pub fn paper() -> Paper {
         title: "Your Classifier is Secretly an Energy Based Model (arXiv 1912.03263)",
         validate,
         run,
-        report: report_run,
-        report_sweep,
+        report: report::report_run,
+        report_sweep: report::report_sweep,
     }
 }
 
 fn check(tree: &SpecTree, path: &str, ok: bool, msg: &str) -> Result<(), SpecError> {
     if ok {
-        Ok(())
-    } else {
-        Err(tree.locate_error(SpecError {
-            file: None,
-            line: None,
-            path: path.into(),
-            from_override: None,
-            message: msg.into(),
-        }))
+        return Ok(());
     }
+    Err(tree.locate_error(SpecError {
+        file: None,
+        line: None,
+        path: path.into(),
+        from_override: None,
+        message: msg.into(),
+    }))
 }
 
 /// Checks the `jem:` section: types, and values a run could not use.
 pub fn validate(tree: &SpecTree) -> Result<(), SpecError> {
     let c: Config = tree.typed("jem")?;
     let h = tree.header()?;
+    let pos = "must be a positive number";
     check(
         tree,
         "jem.optim.lr",
         c.optim.lr > 0.0 && c.optim.lr.is_finite(),
-        "must be a positive number",
+        pos,
     )?;
     check(
         tree,
-        "jem.optim.iterations",
-        c.optim.iterations > 0,
+        "jem.iterations",
+        c.iterations > 0,
         "must be at least 1",
     )?;
     check(
@@ -161,11 +85,43 @@ pub fn validate(tree: &SpecTree) -> Result<(), SpecError> {
         c.optim.weight_decay >= 0.0,
         "must not be negative",
     )?;
+    check(tree, "jem.optim.gamma", c.optim.gamma > 0.0, pos)?;
     check(
         tree,
-        "jem.model.width",
-        c.model.width > 0,
+        "jem.optim.decay_at",
+        c.optim.decay_at.iter().all(|f| (0.0..=1.0).contains(f)),
+        "fractions of the iterations must lie in [0, 1]",
+    )?;
+    check(
+        tree,
+        "jem.noise_sigma",
+        c.noise_sigma >= 0.0,
+        "must not be negative",
+    )?;
+    check(
+        tree,
+        "jem.p_x_weight",
+        c.p_x_weight >= 0.0,
+        "must not be negative",
+    )?;
+    check(tree, "jem.sgld.step_size", c.sgld.step_size > 0.0, pos)?;
+    check(
+        tree,
+        "jem.sgld.noise",
+        c.sgld.noise >= 0.0,
+        "must not be negative",
+    )?;
+    check(
+        tree,
+        "jem.buffer.size",
+        c.buffer.size > 0,
         "must be at least 1",
+    )?;
+    check(
+        tree,
+        "jem.buffer.reinit",
+        (0.0..=1.0).contains(&c.buffer.reinit),
+        "must lie in [0, 1]",
     )?;
     check(
         tree,
@@ -187,170 +143,237 @@ pub fn validate(tree: &SpecTree) -> Result<(), SpecError> {
     )?;
     check(
         tree,
-        "jem.noise_sigma",
-        c.noise_sigma >= 0.0,
-        "must not be negative",
+        "jem.long_iterations",
+        c.arm != Arm::BaseLong || c.long_iterations.is_some_and(|n| n > 0),
+        "the base-long arm needs long_iterations",
     )?;
-    check(
-        tree,
-        "jem.p_x_weight",
-        c.p_x_weight == 0.0,
-        "the p(x) term (SGLD sampling with a replay buffer) is not implemented in this build; \
-         only the cross-entropy arm (p_x_weight: 0) runs",
-    )?;
-    check(
-        tree,
-        "data.split",
-        h.data.split.is_some(),
-        "jem needs train/test split sizes",
-    )?;
+    if let config::ModelConfig::Wrn(w) = &c.model {
+        check(
+            tree,
+            "jem.model.wrn.depth",
+            w.depth >= 10 && (w.depth - 4).is_multiple_of(6),
+            "WRN depth must be 6n + 4 (10, 16, 22, 28, ...)",
+        )?;
+    }
     if let Some(s) = h.data.split {
         check(
             tree,
             "jem.optim.batch",
-            c.optim.batch <= s.train,
+            c.optim.batch <= s.train.max(1) || s.train == 0,
             "is larger than the training split",
         )?;
-        check(tree, "data.split.test", s.test > 0, "must be at least 1")?;
+        let classes = match h.data.dataset.as_str() {
+            "cifar100" | "synthetic-cifar100" => 100,
+            _ => 10,
+        };
+        check(
+            tree,
+            "jem.buffer.size",
+            c.buffer.size.is_multiple_of(classes),
+            "must be a multiple of the number of classes",
+        )?;
     }
-    check(
-        tree,
-        "data.dataset",
-        ["digits", "mnist-5k"].contains(&h.data.dataset.as_str()),
-        "jem reads `digits` or `mnist-5k`",
-    )?;
     Ok(())
 }
 
-struct Model {
-    vs: VarStore,
-    net: Mlp,
-}
-
-fn build(c: &Config, inp: i64, classes: i64, device: tch::Device, seed: u64) -> Model {
-    tch::manual_seed(seed as i64);
-    let vs = VarStore::new(device);
-    let net = Mlp::new(
-        &vs.root(),
-        inp,
-        c.model.width,
-        c.model.depth,
-        classes,
-        c.model.act,
-    );
-    Model { vs, net }
-}
-
-fn evaluate(m: &Model, ds: &Dataset, c: &Config, seed: u64) -> (f64, f64, f64, Vec<metrics::Bin>) {
-    tch::no_grad(|| {
-        let x = if c.noise_sigma > 0.0 {
-            // Fixed evaluation noise, the same at every evaluation.
-            tch::manual_seed(seed as i64 ^ 0x5eed);
-            &ds.x + ds.x.randn_like() * c.noise_sigma
-        } else {
-            ds.x.shallow_clone()
-        };
-        let logits = m.net.forward(&x);
-        let (e, bins) = metrics::ece(&logits, &ds.y, c.eval.ece_bins);
-        (
-            metrics::accuracy(&logits, &ds.y),
-            metrics::nll(&logits, &ds.y),
-            e,
-            bins,
-        )
-    })
-}
-
-fn save(ctx: &RunContext, m: &Model, opt: &Optimizer, step: u64) -> Result<()> {
+fn save(
+    ctx: &RunContext,
+    m: &Classifier,
+    opt: &Optimizer,
+    buffer: Option<&ReplayBuffer>,
+    step: u64,
+) -> Result<()> {
     let mut ck = Checkpoint::new();
-    for (k, v) in m.vs.variables() {
-        ck.put(format!("model.{k}"), &v);
-    }
+    m.save(&mut ck);
     opt.save(&mut ck, "optim");
+    if let Some(b) = buffer {
+        ck.put("buffer", &b.data);
+    }
     ck.set("step", step);
     ctx.checkpoints().save(step, &ck)?;
     Ok(())
 }
 
-fn restore(m: &mut Model, opt: &mut Optimizer, ck: &Checkpoint) -> Result<u64> {
-    tch::no_grad(|| -> Result<()> {
-        for (k, mut v) in m.vs.variables() {
-            let t = ck.tensor(&format!("model.{k}"))?;
-            v.f_copy_(t)?;
-        }
-        Ok(())
-    })?;
-    opt.load(ck, "optim")?;
-    ck.get("step")
-}
-
-/// Trains and evaluates one run.
+/// Trains and evaluates one run (one arm, one seed).
 pub fn run(ctx: &mut RunContext) -> Result<()> {
     let c: Config = ctx.config()?;
     let h = ctx.header().clone();
-    let split = h
-        .data
-        .split
-        .ok_or_else(|| Error::msg("data.split is required"))?;
-    let all = data::load(&h.data)?;
-    let parts = data::split(&all, split, h.seed, h.data.stratified)?;
-    let device = ctx.device();
-    let train = parts.train.to(device);
-    let test = parts.test.to(device);
-    let inp = train.x.size()[1..].iter().product::<i64>();
-    let mut model = build(&c, inp, all.classes as i64, device, h.seed);
-    let mut opt = Optimizer::for_vars(c.optim.rule, &model.vs, c.optim.weight_decay);
-    let total = ctx.iterations(c.optim.iterations);
+    let seed = h.seed;
+    let dev = ctx.device();
+    let splits = data::load_splits(&h.data)?;
+    let classes = splits.train.classes;
+    // Inputs in [−1, 1], as the official code.
+    let train_x = &splits.train.x * 2.0 - 1.0;
+    let train_y = splits.train.y.shallow_clone();
+    let mut test_x = &splits.test.x * 2.0 - 1.0;
+    let mut test_y = splits.test.y.shallow_clone();
+    if let Some(m) = c.eval.max_test {
+        let m = (m as i64).min(test_x.size()[0]);
+        test_x = test_x.narrow(0, 0, m);
+        test_y = test_y.narrow(0, 0, m);
+    }
+    if c.optim.batch > splits.train.len() {
+        return Err(Error::Data(format!(
+            "batch {} is larger than the training set ({} examples)",
+            c.optim.batch,
+            splits.train.len()
+        )));
+    }
+    let shape: Vec<i64> = train_x.size()[1..].to_vec();
+    let mut model = Classifier::new(&c.model, &shape, classes as i64, dev, seed);
+    let mut opt = Optimizer::for_vars(Rule::adam(), &model.vs, c.optim.weight_decay);
+    let (w_px, full) = c.arm_budget();
+    let total = ctx.iterations(full);
+    let schedule = Schedule::MultiStep {
+        milestones: c
+            .optim
+            .decay_at
+            .iter()
+            .map(|f| (f * total as f64).round() as u64)
+            .collect(),
+        gamma: c.optim.gamma,
+    };
+    let mut buffer =
+        (w_px > 0.0).then(|| ReplayBuffer::new(c.buffer.size, &shape, classes, seed ^ 0xb0ff));
     let mut step = 0u64;
-    if let Some((s, ck)) = ctx.checkpoints().latest() {
-        step = restore(&mut model, &mut opt, &ck)?;
-        tracing::info!("resuming from step {s}");
+    if let Some((_, ck)) = ctx.checkpoints().latest() {
+        model.load(&ck)?;
+        opt.load(&ck, "optim")?;
+        if let Some(b) = buffer.as_mut() {
+            b.data = ck.tensor("buffer")?.copy();
+        }
+        step = ck.get("step")?;
+        tracing::info!("resuming from step {step}");
         eprintln!("resuming from step {step}");
     }
     ctx.begin(step)?;
     let aug = Augment {
         noise: c.noise_sigma,
-        ..Augment::default()
+        ..c.augment
     };
-    let mut loader = Loader::new(&train.x, &train.y, c.optim.batch, h.seed, false, aug, step);
-    let per_epoch = loader.per_epoch();
+    // Two independent loaders, both dropping the last partial batch: labelled and unlabelled.
+    let mut lab = Loader::new(&train_x, &train_y, c.optim.batch, seed, true, aug, step);
+    let mut dat = Loader::new(
+        &train_x,
+        &train_y,
+        c.optim.batch,
+        seed ^ 0xda7a,
+        true,
+        aug,
+        step,
+    );
+    let per_epoch = lab.per_epoch();
+    let eval_data = EvalData::new(&test_x, &test_y, c.noise_sigma);
     let mut progress = ctx.progress(total, step);
+    let mut train_secs = 0.0;
+    let first = step;
+    let (mut sum_ce, mut sum_fd, mut sum_fq, mut n_log) = (0.0, 0.0, 0.0, 0u64);
     while step < total {
-        // The batch (order and noise) is a function of (seed, step): a resumed run sees the same.
-        let Batch { x, y, .. } = loader.next_batch();
-        let lr = c.optim.schedule.lr(c.optim.lr, step, c.optim.warmup);
+        let t0 = Instant::now();
+        // All randomness of a step derives from (seed, step): a resumed run draws the same.
+        tch::manual_seed(
+            (seed as i64)
+                .wrapping_mul(1_000_003)
+                .wrapping_add(step as i64),
+        );
+        let lr = schedule.lr(c.optim.lr, step, c.optim.warmup);
+        let b = lab.next_batch();
+        let l_ce = model
+            .forward_t(&b.x.to_device(dev), true)
+            .cross_entropy_for_logits(&b.y.to_device(dev));
+        let mut loss = &l_ce * c.ce_weight;
+        let (mut fd, mut fq) = (f64::NAN, f64::NAN);
+        if let Some(buf) = buffer.as_mut() {
+            let xd = dat.next_batch().x.to_device(dev);
+            let mut rng = Rng::new(seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            let ys: Option<Vec<i64>> = c.sgld.class_cond.then(|| {
+                (0..c.optim.batch)
+                    .map(|_| rng.below(classes) as i64)
+                    .collect()
+            });
+            let (slots, x0) = buf.draw(c.optim.batch, ys.as_deref(), c.buffer.reinit, &mut rng);
+            let yq = ys.map(|v| Tensor::from_slice(&v).to_device(dev));
+            let f = |x: &Tensor| model.forward_t(x, false);
+            let xq = sgld(&f, &x0.to_device(dev), yq.as_ref(), &c.sgld, c.sgld.steps);
+            buf.write(&slots, &xq);
+            let lse_d = model
+                .forward_t(&xd, true)
+                .logsumexp([1].as_slice(), false)
+                .mean(Kind::Float);
+            let lse_q = model
+                .forward_t(&xq, true)
+                .logsumexp([1].as_slice(), false)
+                .mean(Kind::Float);
+            fd = lse_d.double_value(&[]);
+            fq = lse_q.double_value(&[]);
+            loss += (lse_q - lse_d) * w_px;
+            if [fd, fq]
+                .iter()
+                .any(|e| e.is_nan() || e.abs() > c.guard_energy)
+            {
+                return Err(Error::Diverged {
+                    step,
+                    why: format!(
+                        "mean energy on data {fd:.3e} or samples {fq:.3e} beyond ±{:.0e}; the last good checkpoint is kept \
+                         (declared fallbacks: more SGLD steps, then a lower lr)",
+                        c.guard_energy
+                    ),
+                });
+            }
+        }
+        let lv = loss.double_value(&[]);
+        if lv.is_nan() || lv.abs() > c.guard_loss {
+            return Err(Error::Diverged {
+                step,
+                why: format!(
+                    "|L| = {lv:.3e} > {:.0e}; the last good checkpoint is kept",
+                    c.guard_loss
+                ),
+            });
+        }
         opt.zero_grad();
-        let loss = model.net.forward(&x).cross_entropy_for_logits(&y);
         loss.backward();
         opt.step(lr);
         step += 1;
-        let l = loss.double_value(&[]);
-        if !l.is_finite() {
-            return Err(Error::Diverged {
-                step,
-                why: format!("loss is {l}"),
-            });
-        }
-        progress.set(step, &format!("loss {l:.4}"));
-        if step.is_multiple_of(c.eval.every) || step == total {
-            let (acc, nll, ece, _) = evaluate(&model, &test, &c, h.seed);
-            ctx.log_metrics(
-                step,
-                step as f64 / per_epoch as f64,
-                &[
-                    ("train_loss", l),
-                    ("lr", lr),
-                    ("test_acc", acc),
-                    ("test_nll", nll),
-                    ("test_ece", ece),
-                ],
-            )?;
+        train_secs += t0.elapsed().as_secs_f64();
+        sum_ce += l_ce.double_value(&[]);
+        sum_fd += fd;
+        sum_fq += fq;
+        n_log += 1;
+        progress.set(
+            step,
+            &format!("ce {:.3} f_d {fd:.2} f_q {fq:.2}", l_ce.double_value(&[])),
+        );
+        let eval_now = step.is_multiple_of(c.eval.every) || step == total;
+        if step.is_multiple_of(100) || eval_now {
+            let k = n_log.max(1) as f64;
+            let mut vals = vec![
+                ("loss", lv),
+                ("ce", sum_ce / k),
+                ("f_data", sum_fd / k),
+                ("f_q", sum_fq / k),
+                ("lr", lr),
+            ];
+            (sum_ce, sum_fd, sum_fq, n_log) = (0.0, 0.0, 0.0, 0);
+            if eval_now {
+                let m = eval::classify(&model, &eval_data, c.eval.ece_bins);
+                let (_, _, rows) = eval::ood_auroc(&model, &eval_data);
+                let px_mean = rows.iter().map(|r| r.1[0]).sum::<f64>() / rows.len() as f64;
+                vals.extend([
+                    ("test_acc", m.acc),
+                    ("test_nll", m.nll),
+                    ("test_ece", m.ece),
+                    ("conf_minus_acc", m.conf_minus_acc),
+                    ("auroc_px_mean", px_mean),
+                ]);
+            }
+            ctx.log_metrics(step, step as f64 / per_epoch as f64, &vals)?;
         }
         if step.is_multiple_of(c.checkpoint_every) || step == total {
-            save(ctx, &model, &opt, step)?;
+            save(ctx, &model, &opt, buffer.as_ref(), step)?;
         }
         if ctx.interrupted() && step < total {
-            save(ctx, &model, &opt, step)?;
+            save(ctx, &model, &opt, buffer.as_ref(), step)?;
             return Err(Error::Interrupted {
                 step,
                 dir: ctx.dir().to_path_buf(),
@@ -358,111 +381,163 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
         }
     }
     progress.finish();
-    let (acc, nll, ece, bins) = evaluate(&model, &test, &c, h.seed);
-    let mean_conf: f64 = bins
-        .iter()
-        .map(|b| b.confidence * b.count as f64)
-        .sum::<f64>()
-        / test.len() as f64;
-    ctx.write_summary(&json!({
-        "test_acc": acc,
-        "test_nll": nll,
-        "test_ece": ece,
-        "confidence_minus_accuracy": mean_conf - acc,
-        "iterations": step,
-        "reliability": bins,
-    }))?;
-    let pts: Vec<(f64, f64)> = bins
-        .iter()
-        .filter(|b| b.count > 0)
-        .map(|b| (b.confidence, b.accuracy))
-        .collect();
-    reprise_core::plot::line_plot(
-        &ctx.figures().join("reliability.png"),
-        "Reliability diagram (test set)",
-        "mean confidence in bin",
-        "accuracy in bin",
-        &[
-            reprise_core::plot::Series {
-                name: "classifier".into(),
-                points: pts,
-                std: None,
-            },
-            reprise_core::plot::Series {
-                name: "perfect calibration".into(),
-                points: vec![(0.0, 0.0), (1.0, 1.0)],
-                std: None,
-            },
-        ],
+    let done = step - first;
+    // Training time only (evaluation excluded), as the PyTorch twin in bench/pytorch measures it.
+    let step_ms = if done > 0 {
+        train_secs * 1000.0 / done as f64
+    } else {
+        f64::NAN
+    };
+    let summary = final_eval(
+        ctx,
+        &c,
+        &model,
+        buffer.as_ref(),
+        &eval_data,
+        &train_x,
+        &shape,
+        classes,
+        step,
+        step_ms,
     )?;
-    let md = report_run(ctx.dir())?;
+    ctx.write_summary(&summary)?;
+    let md = report::report_run(ctx.dir())?;
     ctx.write_report(&md)?;
     Ok(())
 }
 
-/// The report of one run, from its `summary.json` and spec.
-pub fn report_run(dir: &Path) -> Result<String> {
-    let spec = SpecTree::load(&dir.join("spec.yaml"))?;
-    let h = spec.header()?;
-    let s = reprise_core::run::read_summary(dir).ok_or_else(|| {
-        Error::msg(format!(
-            "{} has no summary.json (the run has not finished)",
-            dir.display()
-        ))
-    })?;
-    let f = |k: &str| s.get(k).and_then(|v| v.as_f64()).unwrap_or(f64::NAN);
-    let mut md = format!(
-        "# {}\n\n{}\n\nClassifier trained with cross-entropy only (the p(y|x) arm of JEM).\n\n",
-        h.name, h.description
-    );
-    md += &markdown_table(
-        &["metric", "value"],
-        &[
-            vec!["test accuracy".into(), format!("{:.4}", f("test_acc"))],
-            vec!["test NLL".into(), format!("{:.4}", f("test_nll"))],
-            vec!["test ECE".into(), format!("{:.4}", f("test_ece"))],
-            vec![
-                "confidence − accuracy".into(),
-                format!("{:+.4}", f("confidence_minus_accuracy")),
-            ],
-            vec!["wall time (s)".into(), format!("{:.1}", f("wall_seconds"))],
-        ],
-    );
-    if let Some(bins) = s.get("reliability").and_then(|b| b.as_array()) {
-        md += "\n## Reliability table\n\n";
-        let rows: Vec<Vec<String>> = bins
-            .iter()
-            .filter(|b| b["count"].as_u64().unwrap_or(0) > 0)
-            .map(|b| {
-                vec![
-                    format!(
-                        "({:.2}, {:.2}]",
-                        b["lo"].as_f64().unwrap_or(0.0),
-                        b["hi"].as_f64().unwrap_or(0.0)
-                    ),
-                    b["count"].to_string(),
-                    format!("{:.3}", b["confidence"].as_f64().unwrap_or(0.0)),
-                    format!("{:.3}", b["accuracy"].as_f64().unwrap_or(0.0)),
-                ]
-            })
-            .collect();
-        md += &markdown_table(
-            &["confidence bin", "n", "mean confidence", "accuracy"],
-            &rows,
-        );
+#[allow(clippy::too_many_arguments)]
+fn final_eval(
+    ctx: &RunContext,
+    c: &Config,
+    model: &Classifier,
+    buffer: Option<&ReplayBuffer>,
+    d: &EvalData,
+    train_x: &Tensor,
+    shape: &[i64],
+    classes: usize,
+    step: u64,
+    step_ms: f64,
+) -> Result<Value> {
+    let figs = ctx.figures();
+    let mut s = Map::new();
+    s.insert("arm".into(), json!(c.arm.name()));
+    s.insert("iterations".into(), json!(step));
+    s.insert("step_ms".into(), reprise_core::run::json_f64(step_ms));
+    s.insert("classes".into(), json!(classes));
+    s.insert("shape".into(), json!(shape));
+    let m = eval::classify(model, d, c.eval.ece_bins);
+    for (k, v) in [
+        ("acc", m.acc),
+        ("nll", m.nll),
+        ("ece", m.ece),
+        ("conf_minus_acc", m.conf_minus_acc),
+    ] {
+        s.insert(k.into(), reprise_core::run::json_f64(v));
     }
-    Ok(md)
-}
-
-/// The report of a sweep: every summary metric, mean ± std over seeds per sweep point.
-pub fn report_sweep(dir: &Path, runs: &[RunSummary]) -> Result<String> {
-    let spec = SpecTree::load(&dir.join("sweep.yaml"))?;
-    let h = spec.header()?;
-    Ok(format!(
-        "# {}\n\n{}\n\n{} finished run(s); mean ± std over seeds.\n\n{}",
-        h.name,
-        h.description,
-        runs.len(),
-        aggregate_table(runs)
-    ))
+    s.insert("reliability".into(), json!(m.bins));
+    report::reliability_figure(
+        &figs.join("reliability.png"),
+        &[(c.arm.name().to_string(), m.bins.clone())],
+    )?;
+    let (inn, per_set, rows) = eval::ood_auroc(model, d);
+    for (set, a) in &rows {
+        for (i, score) in ["px", "py", "pxgrad"].iter().enumerate() {
+            s.insert(
+                format!("auroc_{score}_{set}"),
+                reprise_core::run::json_f64(a[i]),
+            );
+        }
+    }
+    let px_mean = rows.iter().map(|r| r.1[0]).sum::<f64>() / rows.len() as f64;
+    s.insert("auroc_px_mean".into(), reprise_core::run::json_f64(px_mean));
+    report::score_histogram(
+        &figs.join("hist_px.png"),
+        "log p(x) = LSE f(x)",
+        &inn.px,
+        &per_set,
+        |sc| &sc.px,
+    )?;
+    report::score_histogram(
+        &figs.join("hist_pxgrad.png"),
+        "−‖∇ₓ log p(x)‖",
+        &inn.pxgrad,
+        &per_set,
+        |sc| &sc.pxgrad,
+    )?;
+    if c.arm != Arm::BaseLong && c.eval.chains_per_class > 0 {
+        let (samples, ys) = eval::conditional_samples(
+            model,
+            shape,
+            classes as i64,
+            &c.eval,
+            &c.sgld,
+            ctx.seed() ^ 0xc0de,
+        );
+        let mut ck = Checkpoint::new();
+        ck.put("samples", &samples);
+        ck.put("labels", &ys);
+        ck.save(&ctx.dir().join("samples.safetensors"))?;
+        reprise_core::plot::image_grid(
+            &figs.join("samples.png"),
+            &samples.clamp(-1.0, 1.0),
+            c.eval.chains_per_class,
+            3,
+            -1.0,
+            1.0,
+        )?;
+        let share = eval::realism_share(&samples, &train_x.to_device(Device::Cpu), &d.clean);
+        s.insert("realism_share".into(), json!(share));
+        let self_agree = tch::no_grad(|| {
+            reprise_core::metrics::accuracy(
+                &model.logits(&samples, 100).to_device(Device::Cpu),
+                &ys,
+            )
+        });
+        s.insert("self_agreement".into(), json!(self_agree));
+    }
+    if let Some(b) = buffer {
+        // Buffer samples binned by predicted class, as the paper's "conditional" grids.
+        let pred = model
+            .logits(&b.data, 100)
+            .argmax(-1, false)
+            .to_device(Device::Cpu);
+        let mut rows: Vec<Tensor> = Vec::new();
+        for k in 0..classes.min(10) as i64 {
+            let idx = pred.eq(k).nonzero().squeeze_dim(1);
+            let take = idx.size()[0].min(10);
+            let row = if take > 0 {
+                b.data.index_select(0, &idx.narrow(0, 0, take))
+            } else {
+                Tensor::zeros(
+                    [0, shape[0], shape[1], shape[2]],
+                    (Kind::Float, Device::Cpu),
+                )
+            };
+            let pad = Tensor::full(
+                [10 - take, shape[0], shape[1], shape[2]],
+                -1.0,
+                (Kind::Float, Device::Cpu),
+            );
+            rows.push(Tensor::cat(&[row, pad], 0));
+        }
+        reprise_core::plot::image_grid(
+            &figs.join("buffer_by_class.png"),
+            &Tensor::cat(&rows, 0).clamp(-1.0, 1.0),
+            10,
+            3,
+            -1.0,
+            1.0,
+        )?;
+    }
+    if let Some(p) = &c.eval.pgd {
+        for (norm, eps, acc) in eval::pgd_accuracy(model, d, p) {
+            let n = match norm {
+                reprise_core::attack::Norm::Linf => "linf",
+                reprise_core::attack::Norm::L2 => "l2",
+            };
+            s.insert(format!("pgd_{n}_{eps}"), json!(acc));
+        }
+    }
+    Ok(Value::Object(s))
 }

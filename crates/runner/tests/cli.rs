@@ -30,7 +30,7 @@ fn text(o: &Output) -> String {
 /// A tiny real experiment (the digits MLP) in a temporary experiments folder.
 const TINY: &str = "name: tiny
 paper: jem
-description: tiny digits classifier
+description: tiny digits JEM
 seed: 0
 device: cpu
 data:
@@ -39,10 +39,14 @@ data:
 smoke:
   iterations: 3
 jem:
-  model: { width: 16, depth: 1 }
-  optim: { lr: 0.01, iterations: 60, batch: 32 }
+  model: { mlp: { width: 16, depth: 1 } }
+  arm: jem
+  iterations: 60
   noise_sigma: 0.03
-  eval: { every: 20 }
+  sgld: { steps: 3 }
+  buffer: { size: 100 }
+  optim: { lr: 0.01, batch: 32 }
+  eval: { every: 20, chains_per_class: 1, sample_steps: 5 }
   checkpoint_every: 20
 ";
 
@@ -88,12 +92,12 @@ fn bad_specs_give_one_clear_error() {
     );
     assert_clean_error(
         &runner(p, &["validate", "t/unknown"]),
-        "unknown.yaml:15: jem.colour: unknown field `colour`",
+        "unknown.yaml:16: jem.colour: unknown field `colour`",
     );
     write(p, "type.yaml", &TINY.replace("width: 16", "width: wide"));
     assert_clean_error(
         &runner(p, &["run", "t/type"]),
-        "type.yaml:12: jem.model.width: invalid type",
+        "type.yaml:12: jem.model.mlp.width: invalid type",
     );
     write(p, "yaml.yaml", "name: [unclosed\n");
     assert_clean_error(&runner(p, &["run", "t/yaml"]), "invalid YAML");
@@ -137,7 +141,7 @@ fn bad_specs_give_one_clear_error() {
 fn print_config_applies_extends_and_overrides() {
     let d = setup();
     let p = d.path();
-    write(p, "child.yaml", "extends: tiny.yaml\nname: child\njem:\n  optim:\n    lr: 0.5\nsweep:\n  jem.model.width: [8, 16]\nseeds: [1, 2]\n");
+    write(p, "child.yaml", "extends: tiny.yaml\nname: child\njem:\n  optim:\n    lr: 0.5\nsweep:\n  jem.model.mlp.width: [8, 16]\nseeds: [1, 2]\n");
     let o = runner(
         p,
         &["run", "t/child", "--print-config", "jem.optim.batch=16"],
@@ -183,7 +187,7 @@ fn a_run_folder_holds_everything_and_replays() {
     assert!(run.join("checkpoints").is_dir() && run.join("figures").is_dir());
     let summary: serde_json::Value =
         serde_json::from_slice(&fs::read(run.join("summary.json")).unwrap()).unwrap();
-    assert!(summary["test_acc"].as_f64().unwrap() > 0.5, "{summary}");
+    assert!(summary["acc"].as_f64().unwrap() > 0.5, "{summary}");
     assert_eq!(
         fs::read_to_string(run.join("metrics.jsonl"))
             .unwrap()
@@ -199,8 +203,9 @@ fn a_run_folder_holds_everything_and_replays() {
     assert_eq!(runs.len(), 2, "an existing run folder is never reused");
     let again: serde_json::Value =
         serde_json::from_slice(&fs::read(runs[1].join("summary.json")).unwrap()).unwrap();
-    assert_eq!(again["test_acc"], summary["test_acc"]);
-    assert_eq!(again["test_nll"], summary["test_nll"]);
+    for k in ["acc", "nll", "ece", "auroc_px_mean", "realism_share"] {
+        assert_eq!(again[k], summary[k], "{k}");
+    }
     // The report renders again.
     fs::remove_file(run.join("report.md")).unwrap();
     let o = runner(p, &["report", run.to_str().unwrap()]);
@@ -256,7 +261,14 @@ fn resume_from_a_checkpoint_ends_bit_identical() {
         serde_json::from_slice(&fs::read(full.join("summary.json")).unwrap()).unwrap();
     let sb: serde_json::Value =
         serde_json::from_slice(&fs::read(cut.join("summary.json")).unwrap()).unwrap();
-    for k in ["test_acc", "test_nll", "test_ece"] {
+    for k in [
+        "acc",
+        "nll",
+        "ece",
+        "auroc_px_mean",
+        "auroc_pxgrad_uniform",
+        "realism_share",
+    ] {
         assert_eq!(sa[k], sb[k], "{k}");
     }
     let steps: Vec<String> = fs::read_to_string(cut.join("metrics.jsonl"))
@@ -288,7 +300,7 @@ fn sweeps_expand_run_in_workers_and_aggregate() {
     write(
         p,
         "sweep.yaml",
-        "extends: tiny.yaml\nname: sw\nsweep:\n  jem.model.width: [8, 16]\nseeds: [0, 1]\n",
+        "extends: tiny.yaml\nname: sw\nsweep:\n  jem.model.mlp.width: [8, 16]\nseeds: [0, 1]\n",
     );
     let o = runner(
         p,

@@ -306,6 +306,76 @@ pub fn load_train_test(spec: &DataSpec) -> Result<(Dataset, Dataset)> {
     }
 }
 
+/// Synthetic images shaped like CIFAR (`3×32×32`, uniform in `[0, 1]`, uniform labels), for
+/// smoke runs of paper-scale specs where the real files are absent.
+pub fn synthetic(n: usize, classes: usize, seed: u64) -> Dataset {
+    let x = synth::ood_uniform(n as i64, [3, 32, 32], 0.0, 1.0, seed);
+    let mut rng = Rng::new(seed ^ 0x1abe1);
+    let y: Vec<i64> = (0..n).map(|_| rng.below(classes) as i64).collect();
+    Dataset {
+        x,
+        y: Tensor::from_slice(&y),
+        classes,
+    }
+}
+
+/// The train / validation / test sets a spec asks for. A dataset with its own train and test
+/// files (see [`load_train_test`]) keeps them, with `split.val` examples held out of train
+/// (and train and test cut to `split.train` and `split.test` when those are non-zero); any
+/// other dataset is split by [`split`]. Both use `data.split_seed`, not the run's seed.
+pub fn load_splits(spec: &DataSpec) -> Result<Splits> {
+    let own = [
+        "mnist-idx",
+        "fashion-mnist",
+        "cifar10",
+        "cifar100",
+        "imagefolder",
+    ];
+    if own.contains(&spec.dataset.as_str()) {
+        let (train, test) = load_train_test(spec)?;
+        let s = spec.split.unwrap_or(SplitSpec {
+            train: 0,
+            val: 0,
+            test: 0,
+        });
+        let n = train.len();
+        if s.val >= n {
+            return Err(Error::Data(format!(
+                "split.val = {} leaves no training data ({n} examples)",
+                s.val
+            )));
+        }
+        let mut order: Vec<i64> = (0..n as i64).collect();
+        Rng::new(spec.split_seed).shuffle(&mut order);
+        let (va, tr) = order.split_at(s.val);
+        let tr = if s.train > 0 {
+            &tr[..s.train.min(tr.len())]
+        } else {
+            tr
+        };
+        let mut tr = tr.to_vec();
+        tr.sort_unstable();
+        let test = if s.test > 0 && s.test < test.len() {
+            test.subset(&(0..s.test as i64).collect::<Vec<_>>())
+        } else {
+            test
+        };
+        return Ok(Splits {
+            train: train.subset(&tr),
+            val: train.subset(va),
+            test,
+        });
+    }
+    let sizes = spec.split.ok_or_else(|| {
+        Error::Data(format!(
+            "dataset `{}` needs `data.split` sizes",
+            spec.dataset
+        ))
+    })?;
+    let all = load(spec)?;
+    split(&all, sizes, spec.split_seed, spec.stratified)
+}
+
 /// Loads a dataset named in a spec (fetching a remote one if it is missing).
 pub fn load(spec: &DataSpec) -> Result<Dataset> {
     let dir = data_dir();
@@ -319,8 +389,14 @@ pub fn load(spec: &DataSpec) -> Result<Dataset> {
             let p = ensure(&remote("digits").expect("listed"), &dir)?;
             read_csv_images(&p, 8, 8, 16.0, 10)
         }
+        "synthetic-cifar10" | "synthetic-cifar100" => {
+            let s = spec.split.ok_or_else(|| Error::Data("synthetic data needs `data.split` sizes".into()))?;
+            let k = if spec.dataset.ends_with("100") { 100 } else { 10 };
+            Ok(synthetic(s.train + s.val + s.test, k, spec.split_seed))
+        }
         other => Err(Error::Data(format!(
-            "unknown dataset `{other}` (known: mnist-5k, digits)"
+            "unknown dataset `{other}` (known: mnist-5k, digits, synthetic-cifar10, synthetic-cifar100; \
+             with data.path: mnist-idx, fashion-mnist, cifar10, cifar100, imagefolder)"
         ))),
     }
 }

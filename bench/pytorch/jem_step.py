@@ -1,0 +1,93 @@
+"""PyTorch-eager twin of one JEM training iteration (the same model, shapes and algorithm as
+reprise's `jem` crate): two data batches, K SGLD steps with input-only gradients, the loss
+L = mean LSE f(x_q) - mean LSE f(x_d) + CE(f(x_l), y_l), Adam.
+
+usage: python bench/pytorch/jem_step.py [--arch cnn|mlp] [--steps K] [--iters N] [--threads T]
+Prints the median milliseconds per iteration.
+"""
+import argparse
+import statistics
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class Cnn(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(1, 16, 3, 1, 1)
+        self.c2 = nn.Conv2d(16, 32, 3, 2, 1)
+        self.c3 = nn.Conv2d(32, 32, 3, 2, 1)
+        self.f1 = nn.Linear(32 * 7 * 7, 64)
+        self.f2 = nn.Linear(64, 10)
+
+    def forward(self, x):
+        a = lambda t: F.leaky_relu(t, 0.2)
+        x = a(self.c3(a(self.c2(a(self.c1(x))))))
+        return self.f2(a(self.f1(x.flatten(1))))
+
+
+class Mlp(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.l = nn.ModuleList([nn.Linear(64, 256), nn.Linear(256, 256), nn.Linear(256, 10)])
+
+    def forward(self, x):
+        h = x.flatten(1)
+        for i, l in enumerate(self.l):
+            h = l(h)
+            if i < 2:
+                h = F.leaky_relu(h, 0.2)
+        return h
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--arch", default="cnn")
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--iters", type=int, default=20)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu")
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    dev = torch.device(a.device)
+    f = (Cnn() if a.arch == "cnn" else Mlp()).to(dev)
+    shape = (1, 28, 28) if a.arch == "cnn" else (1, 8, 8)
+    opt = torch.optim.Adam(f.parameters(), lr=1e-4)
+    data = torch.rand(4000, *shape, device=dev) * 2 - 1
+    labels = torch.randint(0, 10, (4000,), device=dev)
+    buffer = torch.rand(2000, *shape) * 2 - 1
+    times = []
+    for it in range(a.iters + 3):
+        t0 = time.perf_counter()
+        i = torch.randint(0, 4000, (64,))
+        j = torch.randint(0, 4000, (64,))
+        x_l, y_l = data[i] + 0.03 * torch.randn(64, *shape, device=dev), labels[i]
+        x_d = data[j] + 0.03 * torch.randn(64, *shape, device=dev)
+        slots = torch.randint(0, 2000, (64,))
+        x = buffer[slots].to(dev)
+        fresh = torch.rand(64) < 0.05
+        x[fresh] = (torch.rand(int(fresh.sum()), *shape) * 2 - 1).to(dev)
+        f.eval()
+        for _ in range(a.steps):
+            x = x.detach().requires_grad_(True)
+            g = torch.autograd.grad(f(x).logsumexp(1).sum(), [x])[0]
+            x = (x + g + 0.01 * torch.randn_like(x)).detach()
+        f.train()
+        buffer[slots] = x.cpu()
+        loss = f(x).logsumexp(1).mean() - f(x_d).logsumexp(1).mean() + F.cross_entropy(f(x_l), y_l)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        if it >= 3:
+            times.append((time.perf_counter() - t0) * 1000)
+    print(f"{statistics.median(times):.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,276 @@
+//! The `jem:` section of a spec.
+
+use reprise_core::attack::Norm;
+use reprise_core::models::{CnnConfig, WrnConfig};
+use reprise_core::nn::Activation;
+use serde::{Deserialize, Serialize};
+
+/// The classifier whose logits define the energy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelConfig {
+    /// A multi-layer perceptron (the small-scale `digits-mlp`: width 256, depth 2).
+    Mlp {
+        /// Hidden width.
+        width: i64,
+        /// Hidden layers.
+        depth: usize,
+        /// Activation.
+        #[serde(default = "lrelu")]
+        act: Activation,
+    },
+    /// A small CNN (the small-scale `mnist-cnn`).
+    Cnn(CnnConfig),
+    /// JEM's Wide-ResNet (WRN-28-10 at paper scale).
+    Wrn(WrnConfig),
+}
+
+fn lrelu() -> Activation {
+    Activation::LeakyRelu(0.2)
+}
+
+/// Which arm of the experiment a run is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "kebab-case")]
+pub enum Arm {
+    /// The controlled baseline: the same model and schedule with w_px = 0.
+    Base,
+    /// JEM: w_px = `p_x_weight`.
+    Jem,
+    /// The baseline trained for `long_iterations` (the converged, usually over-confident one).
+    BaseLong,
+}
+
+impl Arm {
+    /// The name used in specs and reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Arm::Base => "base",
+            Arm::Jem => "jem",
+            Arm::BaseLong => "base-long",
+        }
+    }
+}
+
+/// The SGLD sampler.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SgldConfig {
+    /// Steps K per draw.
+    #[serde(default = "twenty")]
+    pub steps: usize,
+    /// Step size α on the score gradient.
+    #[serde(default = "one")]
+    pub step_size: f64,
+    /// Standard deviation σ_s of the added noise (not √(2α): JEM's convention).
+    #[serde(default = "centi")]
+    pub noise: f64,
+    /// Clamp samples to [−1, 1] after each step (off in JEM; JEM++ style).
+    #[serde(default)]
+    pub clamp: bool,
+    /// Draw the p(x) samples class-conditionally (on f(x)[y] with random y, class blocks of the buffer).
+    #[serde(default)]
+    pub class_cond: bool,
+}
+
+fn twenty() -> usize {
+    20
+}
+fn one() -> f64 {
+    1.0
+}
+fn centi() -> f64 {
+    0.01
+}
+
+/// The replay buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BufferConfig {
+    /// Slots (a multiple of the number of classes).
+    pub size: usize,
+    /// Probability that a drawn row restarts from U(−1, 1).
+    #[serde(default = "reinit")]
+    pub reinit: f64,
+}
+
+fn reinit() -> f64 {
+    0.05
+}
+
+/// Optimisation (Adam, linear warm-up from 0, step decay at fractions of the iterations).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OptimConfig {
+    /// Learning rate.
+    pub lr: f64,
+    /// Warm-up iterations (lr·t/warmup while t < warmup).
+    #[serde(default)]
+    pub warmup: u64,
+    /// The rate is multiplied by `gamma` at these fractions of the arm's iterations.
+    #[serde(default)]
+    pub decay_at: Vec<f64>,
+    /// Decay factor.
+    #[serde(default = "gamma")]
+    pub gamma: f64,
+    /// Batch size of each of x_data, x_lab and x_q.
+    pub batch: usize,
+    /// Adam's weight decay.
+    #[serde(default)]
+    pub weight_decay: f64,
+}
+
+fn gamma() -> f64 {
+    0.3
+}
+
+/// The robustness evaluation: accuracy under PGD (20 steps of 2.5ε/20, in [0, 1] pixel units).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PgdEval {
+    /// Test images attacked.
+    pub images: usize,
+    /// PGD steps.
+    #[serde(default = "twenty")]
+    pub steps: usize,
+    /// ε values for L∞.
+    #[serde(default)]
+    pub linf: Vec<f64>,
+    /// ε values for L2.
+    #[serde(default)]
+    pub l2: Vec<f64>,
+}
+
+impl PgdEval {
+    /// Every (norm, ε) pair.
+    pub fn grid(&self) -> Vec<(Norm, f64)> {
+        self.linf
+            .iter()
+            .map(|&e| (Norm::Linf, e))
+            .chain(self.l2.iter().map(|&e| (Norm::L2, e)))
+            .collect()
+    }
+}
+
+/// Evaluation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalConfig {
+    /// Evaluate every this many iterations (and at the end).
+    pub every: u64,
+    /// ECE bins.
+    #[serde(default = "twenty")]
+    pub ece_bins: usize,
+    /// Use at most this many test images (smoke runs).
+    #[serde(default)]
+    pub max_test: Option<usize>,
+    /// Class-conditional chains per class for the sample grid and the judge.
+    #[serde(default = "ten")]
+    pub chains_per_class: usize,
+    /// SGLD steps of those chains (α and σ_s as in training).
+    #[serde(default = "five_hundred")]
+    pub sample_steps: usize,
+    /// Accuracy under PGD, if wanted.
+    #[serde(default)]
+    pub pgd: Option<PgdEval>,
+}
+
+fn ten() -> usize {
+    10
+}
+fn five_hundred() -> usize {
+    500
+}
+
+/// Which of the paper's claims an experiment gates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Claim {
+    /// Accuracy within 3 points of the baseline.
+    P1,
+    /// Lower ECE than the baseline.
+    P2,
+    /// Better OOD detection with log p(x).
+    P3,
+    /// Recognisable, realistic class-conditional samples.
+    P4,
+}
+
+/// The `jem:` section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The classifier.
+    pub model: ModelConfig,
+    /// This run's arm.
+    pub arm: Arm,
+    /// Iterations of the `base` and `jem` arms.
+    pub iterations: u64,
+    /// Iterations of the `base-long` arm.
+    #[serde(default)]
+    pub long_iterations: Option<u64>,
+    /// w_px of the `jem` arm.
+    #[serde(default = "one")]
+    pub p_x_weight: f64,
+    /// w_ce.
+    #[serde(default = "one")]
+    pub ce_weight: f64,
+    /// σ of the Gaussian noise on train and test inputs (in the model's [−1, 1] input units).
+    #[serde(default)]
+    pub noise_sigma: f64,
+    /// Training augmentation (CIFAR: reflect-pad 4, random crop, flip); its `noise` is ignored in
+    /// favour of `noise_sigma`.
+    #[serde(default)]
+    pub augment: reprise_core::data::augment::Augment,
+    /// The sampler.
+    #[serde(default = "default_sgld")]
+    pub sgld: SgldConfig,
+    /// The replay buffer.
+    pub buffer: BufferConfig,
+    /// Optimisation.
+    pub optim: OptimConfig,
+    /// Evaluation.
+    pub eval: EvalConfig,
+    /// Checkpoint every this many iterations.
+    #[serde(default = "ckpt")]
+    pub checkpoint_every: u64,
+    /// Stop when |L| exceeds this.
+    #[serde(default = "guard_loss")]
+    pub guard_loss: f64,
+    /// Stop when the mean energy on data or samples exceeds this in magnitude.
+    #[serde(default = "guard_energy")]
+    pub guard_energy: f64,
+    /// The claims this experiment gates (the others are reported, marked not gating).
+    #[serde(default)]
+    pub gates: Vec<Claim>,
+}
+
+fn default_sgld() -> SgldConfig {
+    SgldConfig {
+        steps: 20,
+        step_size: 1.0,
+        noise: 0.01,
+        clamp: false,
+        class_cond: false,
+    }
+}
+fn ckpt() -> u64 {
+    1000
+}
+fn guard_loss() -> f64 {
+    1e8
+}
+fn guard_energy() -> f64 {
+    1e4
+}
+
+impl Config {
+    /// (w_px, iterations) of this run's arm.
+    pub fn arm_budget(&self) -> (f64, u64) {
+        match self.arm {
+            Arm::Base => (0.0, self.iterations),
+            Arm::Jem => (self.p_x_weight, self.iterations),
+            Arm::BaseLong => (0.0, self.long_iterations.unwrap_or(self.iterations)),
+        }
+    }
+}

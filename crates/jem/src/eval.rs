@@ -1,0 +1,260 @@
+//! Evaluation: classification and calibration, OOD scores and AUROC, class-conditional samples
+//! and their realism, accuracy under PGD. Everything runs in eval mode with fixed noise.
+
+use crate::config::{EvalConfig, PgdEval, SgldConfig};
+use crate::model::Classifier;
+use crate::sampler::sgld;
+use reprise_core::attack::{Norm, Pgd};
+use reprise_core::data::synth::{ood_interp, ood_inverted, ood_shuffled, ood_uniform};
+use reprise_core::data::Rng;
+use reprise_core::metrics::{self, Bin};
+use serde::Serialize;
+use tch::{Device, Kind, Tensor};
+
+/// Gaussian noise of `sigma` shaped like `like`, from the project's generator (repeatable).
+pub fn fixed_noise(like: &Tensor, sigma: f64, seed: u64) -> Tensor {
+    let mut rng = Rng::new(seed);
+    let v: Vec<f32> = (0..like.numel())
+        .map(|_| (rng.normal() * sigma) as f32)
+        .collect();
+    Tensor::from_slice(&v)
+        .view(like.size().as_slice())
+        .to_device(like.device())
+}
+
+/// The noisy test set and the OOD sets built from it (all in the model's [−1, 1] units).
+pub struct EvalData {
+    /// Clean test images.
+    pub clean: Tensor,
+    /// Test images with the fixed evaluation noise.
+    pub x: Tensor,
+    /// Test labels.
+    pub y: Tensor,
+    /// OOD sets by name: uniform, shuffled, interp, inverted.
+    pub ood: Vec<(&'static str, Tensor)>,
+}
+
+impl EvalData {
+    /// Builds the sets from clean test images in [−1, 1]; every set gets σ noise, `interp`
+    /// twice (it averages noisy test images, then adds noise, as the paper does).
+    pub fn new(clean: &Tensor, y: &Tensor, sigma: f64) -> EvalData {
+        let seed = 0x5eed;
+        let x = clean + fixed_noise(clean, sigma, seed);
+        let s = clean.size();
+        let n = s[0];
+        let noisy = |t: Tensor, k: u64| &t + fixed_noise(&t, sigma, seed + k);
+        let ood = vec![
+            (
+                "uniform",
+                noisy(ood_uniform(n, [s[1], s[2], s[3]], -1.0, 1.0, seed + 1), 11),
+            ),
+            ("shuffled", noisy(ood_shuffled(clean, seed + 2), 12)),
+            ("interp", noisy(ood_interp(&x, seed + 3), 13)),
+            ("inverted", noisy(ood_inverted(clean, -1.0, 1.0), 14)),
+        ];
+        EvalData {
+            clean: clean.shallow_clone(),
+            x,
+            y: y.shallow_clone(),
+            ood,
+        }
+    }
+}
+
+/// Classification and calibration on the noisy test set.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClassMetrics {
+    /// Accuracy.
+    pub acc: f64,
+    /// Mean NLL.
+    pub nll: f64,
+    /// ECE (fraction, not %).
+    pub ece: f64,
+    /// Mean confidence − accuracy (positive: over-confident).
+    pub conf_minus_acc: f64,
+    /// The reliability bins.
+    pub bins: Vec<Bin>,
+}
+
+/// Accuracy, NLL, ECE and the reliability bins.
+pub fn classify(m: &Classifier, d: &EvalData, bins: usize) -> ClassMetrics {
+    let logits = m.logits(&d.x, 100).to_device(Device::Cpu);
+    let (ece, b) = metrics::ece(&logits, &d.y, bins);
+    let conf = logits
+        .softmax(-1, Kind::Double)
+        .amax([1].as_slice(), false)
+        .mean(Kind::Double)
+        .double_value(&[]);
+    let acc = metrics::accuracy(&logits, &d.y);
+    ClassMetrics {
+        acc,
+        nll: metrics::nll(&logits, &d.y),
+        ece,
+        conf_minus_acc: conf - acc,
+        bins: b,
+    }
+}
+
+/// The three OOD scores of a set, higher meaning more in-distribution.
+#[derive(Debug, Clone, Default)]
+pub struct Scores {
+    /// log p(x) = LSE f(x).
+    pub px: Vec<f64>,
+    /// max p(y|x).
+    pub py: Vec<f64>,
+    /// −‖∇ₓ LSE f(x)‖₂ (approximate mass).
+    pub pxgrad: Vec<f64>,
+}
+
+/// Scores of `x` in batches of 100 (input gradients only).
+pub fn scores(m: &Classifier, x: &Tensor) -> Scores {
+    let mut s = Scores::default();
+    let n = x.size()[0];
+    for i in (0..n).step_by(100) {
+        let b = x
+            .narrow(0, i, 100.min(n - i))
+            .to_device(m.vs.device())
+            .set_requires_grad(true);
+        let logits = m.forward_t(&b, false);
+        let lse = logits.logsumexp([1].as_slice(), false);
+        let g = Tensor::run_backward(&[lse.sum(Kind::Float)], &[&b], false, false)
+            .pop()
+            .expect("one gradient");
+        let to_vec = |t: Tensor| {
+            Vec::<f64>::try_from(t.detach().to_device(Device::Cpu).to_kind(Kind::Double))
+                .expect("f64")
+        };
+        s.px.extend(to_vec(lse.shallow_clone()));
+        s.py.extend(to_vec(
+            logits.softmax(-1, Kind::Float).amax([1].as_slice(), false),
+        ));
+        s.pxgrad.extend(to_vec(-g.flatten(1, -1).norm_scalaropt_dim(
+            2,
+            [1].as_slice(),
+            false,
+        )));
+    }
+    s
+}
+
+/// The scores of the test set, of each OOD set, and the AUROC rows (set, [px, py, pxgrad]).
+pub type OodResult = (Scores, Vec<(String, Scores)>, Vec<(String, [f64; 3])>);
+
+/// AUROC of every score on every OOD set.
+pub fn ood_auroc(m: &Classifier, d: &EvalData) -> OodResult {
+    let inn = scores(m, &d.x);
+    let mut per_set = Vec::new();
+    let mut rows = Vec::new();
+    for (name, x) in &d.ood {
+        let o = scores(m, x);
+        rows.push((
+            name.to_string(),
+            [
+                metrics::auroc(&inn.px, &o.px),
+                metrics::auroc(&inn.py, &o.py),
+                metrics::auroc(&inn.pxgrad, &o.pxgrad),
+            ],
+        ));
+        per_set.push((name.to_string(), o));
+    }
+    (inn, per_set, rows)
+}
+
+/// Class-conditional SGLD chains on f(x)[y] from U(−1, 1): `per_class` per class.
+pub fn conditional_samples(
+    m: &Classifier,
+    shape: &[i64],
+    classes: i64,
+    e: &EvalConfig,
+    s: &SgldConfig,
+    seed: u64,
+) -> (Tensor, Tensor) {
+    let per = e.chains_per_class as i64;
+    let y = Tensor::arange(classes, (Kind::Int64, Device::Cpu))
+        .repeat_interleave_self_int(per, 0, None);
+    let n = classes * per;
+    let mut dims = vec![n];
+    dims.extend_from_slice(shape);
+    let x0 = ood_uniform(n, [shape[0], shape[1], shape[2]], -1.0, 1.0, seed).view(dims.as_slice());
+    tch::manual_seed(seed as i64);
+    let dev = m.vs.device();
+    let f = |x: &Tensor| m.forward_t(x, false);
+    let x = sgld(
+        &f,
+        &x0.to_device(dev),
+        Some(&y.to_device(dev)),
+        s,
+        e.sample_steps,
+    );
+    (x.to_device(Device::Cpu), y)
+}
+
+/// The share of samples (clamped to [−1, 1]) whose distance to the nearest training image is
+/// within the 95th percentile of that distance for the real test images.
+pub fn realism_share(samples: &Tensor, train: &Tensor, test: &Tensor) -> f64 {
+    let nearest = |x: &Tensor| -> Vec<f64> {
+        let a = x.flatten(1, -1).to_kind(Kind::Float);
+        let b = train.flatten(1, -1).to_kind(Kind::Float);
+        let d = Tensor::cdist(&a, &b, 2.0, None::<i64>).amin([1].as_slice(), false);
+        Vec::<f64>::try_from(d.to_kind(Kind::Double)).expect("f64")
+    };
+    let mut real = nearest(test);
+    real.sort_by(f64::total_cmp);
+    let q = real[((real.len() as f64 * 0.95).ceil() as usize).clamp(1, real.len()) - 1];
+    let s = nearest(&samples.clamp(-1.0, 1.0));
+    s.iter().filter(|&&d| d <= q).count() as f64 / s.len() as f64
+}
+
+/// Accuracy under PGD at each (norm, ε) on the first `p.images` test images. The attack works
+/// in [0, 1] pixel units on the clean image; the model sees 2x − 1 plus the fixed test noise.
+pub fn pgd_accuracy(m: &Classifier, d: &EvalData, p: &PgdEval) -> Vec<(Norm, f64, f64)> {
+    let n = (p.images as i64).min(d.clean.size()[0]);
+    let dev = m.vs.device();
+    let x01 = ((d.clean.narrow(0, 0, n) + 1.0) / 2.0).to_device(dev);
+    let noise = (d.x.narrow(0, 0, n) - d.clean.narrow(0, 0, n)).to_device(dev);
+    let y = d.y.narrow(0, 0, n).to_device(dev);
+    let f = |x: &Tensor| m.forward_t(&(x * 2.0 - 1.0 + &noise), false);
+    p.grid()
+        .into_iter()
+        .map(|(norm, eps)| {
+            let xa = if eps > 0.0 {
+                Pgd::eval(norm, eps, p.steps).run(&f, &x01, &y)
+            } else {
+                x01.shallow_clone()
+            };
+            let acc = tch::no_grad(|| metrics::accuracy(&f(&xa), &y));
+            (norm, eps, acc)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ood_sets_have_the_test_shape_and_are_repeatable() {
+        let clean = Tensor::rand([30, 1, 4, 4], (Kind::Float, Device::Cpu)) * 2.0 - 1.0;
+        let y = Tensor::zeros([30], (Kind::Int64, Device::Cpu));
+        let a = EvalData::new(&clean, &y, 0.03);
+        let b = EvalData::new(&clean, &y, 0.03);
+        assert!(a.x.equal(&b.x));
+        for ((na, xa), (_, xb)) in a.ood.iter().zip(&b.ood) {
+            assert_eq!(xa.size(), clean.size(), "{na}");
+            assert!(xa.equal(xb), "{na}");
+        }
+        let noise = (&a.x - &clean).std(true).double_value(&[]);
+        assert!((noise - 0.03).abs() < 0.01, "{noise}");
+    }
+
+    #[test]
+    fn realism_share_counts_near_neighbours() {
+        let train = Tensor::zeros([5, 1, 2, 2], (Kind::Float, Device::Cpu));
+        let test = Tensor::full([20, 1, 2, 2], 0.1, (Kind::Float, Device::Cpu));
+        let near = Tensor::full([4, 1, 2, 2], 0.05, (Kind::Float, Device::Cpu));
+        let far = Tensor::full([4, 1, 2, 2], 5.0, (Kind::Float, Device::Cpu));
+        assert_eq!(realism_share(&near, &train, &test), 1.0);
+        // Far samples are clamped to 1 first, still beyond the real test distances.
+        assert_eq!(realism_share(&far, &train, &test), 0.0);
+    }
+}
