@@ -278,72 +278,28 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
         );
         let lr = schedule.lr(c.optim.lr, step, c.optim.warmup);
         let b = lab.next_batch();
-        let l_ce = model
-            .forward_t(&b.x.to_device(dev), true)
-            .cross_entropy_for_logits(&b.y.to_device(dev));
-        let mut loss = &l_ce * c.ce_weight;
-        let (mut fd, mut fq) = (f64::NAN, f64::NAN);
-        if let Some(buf) = buffer.as_mut() {
-            let xd = dat.next_batch().x.to_device(dev);
-            let mut rng = Rng::new(seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-            let ys: Option<Vec<i64>> = c.sgld.class_cond.then(|| {
-                (0..c.optim.batch)
-                    .map(|_| rng.below(classes) as i64)
-                    .collect()
-            });
-            let (slots, x0) = buf.draw(c.optim.batch, ys.as_deref(), c.buffer.reinit, &mut rng);
-            let yq = ys.map(|v| Tensor::from_slice(&v).to_device(dev));
-            let f = |x: &Tensor| model.forward_t(x, false);
-            let xq = sgld(&f, &x0.to_device(dev), yq.as_ref(), &c.sgld, c.sgld.steps);
-            buf.write(&slots, &xq);
-            let lse_d = model
-                .forward_t(&xd, true)
-                .logsumexp([1].as_slice(), false)
-                .mean(Kind::Float);
-            let lse_q = model
-                .forward_t(&xq, true)
-                .logsumexp([1].as_slice(), false)
-                .mean(Kind::Float);
-            fd = lse_d.double_value(&[]);
-            fq = lse_q.double_value(&[]);
-            loss += (lse_q - lse_d) * w_px;
-            if [fd, fq]
-                .iter()
-                .any(|e| e.is_nan() || e.abs() > c.guard_energy)
-            {
-                return Err(Error::Diverged {
-                    step,
-                    why: format!(
-                        "mean energy on data {fd:.3e} or samples {fq:.3e} beyond ±{:.0e}; the last good checkpoint is kept \
-                         (declared fallbacks: more SGLD steps, then a lower lr)",
-                        c.guard_energy
-                    ),
-                });
-            }
-        }
-        let lv = loss.double_value(&[]);
-        if lv.is_nan() || lv.abs() > c.guard_loss {
-            return Err(Error::Diverged {
-                step,
-                why: format!(
-                    "|L| = {lv:.3e} > {:.0e}; the last good checkpoint is kept",
-                    c.guard_loss
-                ),
-            });
-        }
-        opt.zero_grad();
-        loss.backward();
-        opt.step(lr);
+        let xd = buffer.is_some().then(|| dat.next_batch().x);
+        let mut rng = Rng::new(seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let st = train_step(
+            &model,
+            &mut opt,
+            buffer.as_mut(),
+            &c,
+            w_px,
+            (&b.x, &b.y),
+            xd.as_ref(),
+            &mut rng,
+            lr,
+        )
+        .map_err(|why| Error::Diverged { step, why })?;
+        let (lv, fd, fq) = (st.loss, st.f_data, st.f_q);
         step += 1;
         train_secs += t0.elapsed().as_secs_f64();
-        sum_ce += l_ce.double_value(&[]);
+        sum_ce += st.ce;
         sum_fd += fd;
         sum_fq += fq;
         n_log += 1;
-        progress.set(
-            step,
-            &format!("ce {:.3} f_d {fd:.2} f_q {fq:.2}", l_ce.double_value(&[])),
-        );
+        progress.set(step, &format!("ce {:.3} f_d {fd:.2} f_q {fq:.2}", st.ce));
         let eval_now = step.is_multiple_of(c.eval.every) || step == total;
         if step.is_multiple_of(100) || eval_now {
             let k = n_log.max(1) as f64;
@@ -404,6 +360,93 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
     let md = report::report_run(ctx.dir())?;
     ctx.write_report(&md)?;
     Ok(())
+}
+
+/// What one training iteration measured.
+#[derive(Debug, Clone, Copy)]
+pub struct StepStats {
+    /// The total loss L.
+    pub loss: f64,
+    /// The cross-entropy term.
+    pub ce: f64,
+    /// Mean LSE f on the data batch (NaN without the p(x) term).
+    pub f_data: f64,
+    /// Mean LSE f on the SGLD samples (NaN without the p(x) term).
+    pub f_q: f64,
+}
+
+/// One JEM iteration: cross-entropy on the labelled batch `lab` and, with a buffer and
+/// `w_px > 0`, the p(x) term on the unlabelled batch `x_data` against SGLD samples drawn from
+/// the buffer (which is updated); then one Adam step at `lr`. The divergence guards
+/// (|L|, and the mean energies) stop it before the update, with the reason.
+#[allow(clippy::too_many_arguments)]
+pub fn train_step(
+    model: &Classifier,
+    opt: &mut Optimizer,
+    buffer: Option<&mut ReplayBuffer>,
+    c: &Config,
+    w_px: f64,
+    lab: (&Tensor, &Tensor),
+    x_data: Option<&Tensor>,
+    rng: &mut Rng,
+    lr: f64,
+) -> std::result::Result<StepStats, String> {
+    let dev = model.vs.device();
+    let l_ce = model
+        .forward_t(&lab.0.to_device(dev), true)
+        .cross_entropy_for_logits(&lab.1.to_device(dev));
+    let mut loss = &l_ce * c.ce_weight;
+    let (mut fd, mut fq) = (f64::NAN, f64::NAN);
+    if let (Some(buf), Some(xd), true) = (buffer, x_data, w_px > 0.0) {
+        let n = xd.size()[0] as usize;
+        let classes = model.classes() as usize;
+        let ys: Option<Vec<i64>> = c
+            .sgld
+            .class_cond
+            .then(|| (0..n).map(|_| rng.below(classes) as i64).collect());
+        let (slots, x0) = buf.draw(n, ys.as_deref(), c.buffer.reinit, rng);
+        let yq = ys.map(|v| Tensor::from_slice(&v).to_device(dev));
+        let f = |x: &Tensor| model.forward_t(x, false);
+        let xq = sgld(&f, &x0.to_device(dev), yq.as_ref(), &c.sgld, c.sgld.steps);
+        buf.write(&slots, &xq);
+        let lse_d = model
+            .forward_t(&xd.to_device(dev), true)
+            .logsumexp([1].as_slice(), false)
+            .mean(Kind::Float);
+        let lse_q = model
+            .forward_t(&xq, true)
+            .logsumexp([1].as_slice(), false)
+            .mean(Kind::Float);
+        fd = lse_d.double_value(&[]);
+        fq = lse_q.double_value(&[]);
+        loss += (lse_q - lse_d) * w_px;
+        if [fd, fq]
+            .iter()
+            .any(|e| e.is_nan() || e.abs() > c.guard_energy)
+        {
+            return Err(format!(
+                "mean energy on data {fd:.3e} or samples {fq:.3e} beyond ±{:.0e}; the last good checkpoint is kept \
+                 (declared fallbacks: more SGLD steps, then a lower lr)",
+                c.guard_energy
+            ));
+        }
+    }
+    let lv = loss.double_value(&[]);
+    if lv.is_nan() || lv.abs() > c.guard_loss {
+        return Err(format!(
+            "|L| = {lv:.3e} > {:.0e}; the last good checkpoint is kept",
+            c.guard_loss
+        ));
+    }
+    opt.zero_grad();
+    loss.backward();
+    opt.step(lr);
+    Ok(StepStats {
+        loss: lv,
+        ce: l_ce.double_value(&[]),
+        f_data: fd,
+        f_q: fq,
+    })
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -19,6 +19,7 @@ pub struct Classifier {
     /// The variables (saved in checkpoints as `model.<name>`).
     pub vs: VarStore,
     net: Net,
+    classes: i64,
 }
 
 impl Classifier {
@@ -56,7 +57,12 @@ impl Classifier {
                 Net::Wrn(Box::new(Wrn::new(&root, &c)))
             }
         };
-        Classifier { vs, net }
+        Classifier { vs, net, classes }
+    }
+
+    /// Number of classes.
+    pub fn classes(&self) -> i64 {
+        self.classes
     }
 
     /// Logits, in train or eval mode.
