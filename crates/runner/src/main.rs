@@ -46,7 +46,12 @@ fn main() -> ExitCode {
     match cli::dispatch(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            if let Some(reprise_core::Error::Interrupted { .. }) = e.downcast_ref() {
+            if e.downcast_ref::<Interrupted>().is_some()
+                || matches!(
+                    e.downcast_ref(),
+                    Some(reprise_core::Error::Interrupted { .. })
+                )
+            {
                 eprintln!("{e}");
                 return ExitCode::from(130);
             }
@@ -55,6 +60,19 @@ fn main() -> ExitCode {
         }
     }
 }
+
+/// A run or sweep stopped by SIGINT/SIGTERM after writing its checkpoints; the message says how
+/// to resume. The process exits with 130.
+#[derive(Debug)]
+pub struct Interrupted(pub String);
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Interrupted {}
 
 /// Sets the intra-op thread count, rejecting nonsense.
 pub fn set_threads(n: Option<usize>) -> Result<()> {

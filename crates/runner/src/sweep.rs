@@ -31,6 +31,13 @@ fn versions() -> Map<String, Json> {
     m
 }
 
+fn is_interrupt(e: &anyhow::Error) -> bool {
+    matches!(
+        e.downcast_ref(),
+        Some(reprise_core::Error::Interrupted { .. })
+    )
+}
+
 /// Writes a new run's `spec.yaml` and `run.json` into `dir`.
 fn prepare(dir: &Path, tree: SpecTree, smoke: bool, threads: Option<usize>) -> Result<()> {
     let header = tree.header()?;
@@ -74,6 +81,7 @@ pub fn exec(dir: &Path) -> Result<()> {
         });
     match &result {
         Ok(()) => tracing::info!("finished"),
+        Err(e) if is_interrupt(e) => tracing::info!("{e:#}"),
         Err(e) => tracing::error!("{e:#}"),
     }
     reprise_core::logging::set_log_file(None)?;
@@ -202,8 +210,11 @@ fn run_all(sdir: &Path, todo: &[PathBuf], jobs: usize, threads: Option<usize>) -
         crate::set_threads(threads)?;
         for d in todo {
             if let Err(e) = exec(d) {
-                if let Some(reprise_core::Error::Interrupted { .. }) = e.downcast_ref() {
-                    return Err(e);
+                if is_interrupt(&e) {
+                    return Err(anyhow::Error::new(crate::Interrupted(format!(
+                        "{e:#}\nresume the whole sweep with: runner run --resume {}",
+                        sdir.display()
+                    ))));
                 }
                 eprintln!("error: {e:#}");
                 failed.push(d.display().to_string());
@@ -268,12 +279,13 @@ fn run_parallel(todo: &[PathBuf], jobs: usize, threads: Option<usize>) -> Result
         std::thread::sleep(Duration::from_millis(100));
     }
     if interrupt.load(std::sync::atomic::Ordering::SeqCst) {
-        bail!(
-            "interrupted; resume the sweep with: runner run --resume {}",
-            todo.first()
-                .and_then(|d| d.parent())
-                .map_or(String::new(), |p| p.display().to_string())
-        );
+        let sweep = todo
+            .first()
+            .and_then(|d| d.parent())
+            .map_or(String::new(), |p| p.display().to_string());
+        return Err(anyhow::Error::new(crate::Interrupted(format!(
+            "interrupted; the workers wrote checkpoints; resume the sweep with: runner run --resume {sweep}"
+        ))));
     }
     Ok(failed)
 }
