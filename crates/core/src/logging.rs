@@ -1,4 +1,5 @@
-//! `tracing` into the current run's `run.log`; warnings and errors to stderr as well.
+//! `tracing` into the current run's `run.log`; warnings to stderr as well (errors reach the
+//! user once, as the command's own error line).
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
@@ -57,7 +58,7 @@ impl<'a> MakeWriter<'a> for RunLogWriter {
     }
     fn make_writer_for(&'a self, meta: &Metadata<'_>) -> EventWriter {
         EventWriter {
-            to_stderr: *meta.level() <= Level::WARN,
+            to_stderr: *meta.level() == Level::WARN,
         }
     }
 }

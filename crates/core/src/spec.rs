@@ -621,7 +621,9 @@ pub fn to_json(v: &Value) -> serde_json::Value {
 }
 
 fn path_overlaps(override_key: &str, path: &str) -> bool {
-    let starts = |a: &str, b: &str| a == b || a.starts_with(&format!("{b}."));
+    let starts = |a: &str, b: &str| {
+        a == b || a.starts_with(&format!("{b}.")) || a.starts_with(&format!("{b}["))
+    };
     !path.is_empty() && (starts(path, override_key) || starts(override_key, path))
 }
 

@@ -428,3 +428,178 @@ fn sigterm_checkpoints_and_the_resumed_run_ends_as_an_uninterrupted_one() {
         assert_eq!(sa[k], sb[k], "{k}");
     }
 }
+
+/// The error lines of a failed command: what a user reads.
+fn error_lines(o: &Output) -> Vec<String> {
+    String::from_utf8_lossy(&o.stderr)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(String::from)
+        .collect()
+}
+
+#[test]
+fn a_corpus_of_bad_specs_each_gives_one_clear_line() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/bad-specs");
+    let mut files: Vec<PathBuf> = fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    files.sort();
+    assert!(files.len() >= 30, "the corpus holds {} specs", files.len());
+    let d = setup();
+    for f in &files {
+        let text = fs::read_to_string(f).unwrap();
+        let expect = text
+            .lines()
+            .next()
+            .and_then(|l| l.strip_prefix("# expect: "))
+            .expect("an # expect: line");
+        let o = runner(d.path(), &["run", f.to_str().unwrap(), "--print-config"]);
+        let lines = error_lines(&o);
+        assert!(!o.status.success(), "{}: accepted", f.display());
+        assert_eq!(lines.len(), 1, "{}: not one line: {lines:?}", f.display());
+        assert!(
+            lines[0].starts_with("error: ") && lines[0].contains(expect),
+            "{}: {:?} lacks {expect:?}",
+            f.display(),
+            lines[0]
+        );
+        assert!(!lines[0].contains("panicked"), "{}", f.display());
+    }
+}
+
+#[test]
+fn bad_overrides_each_give_one_clear_line() {
+    let d = setup();
+    let cases =
+        fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/bad-overrides.txt"))
+            .unwrap();
+    let mut n = 0;
+    for line in cases
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+    {
+        let (args, expect) = line.split_once(" | ").expect("args | expectation");
+        let mut a = vec!["run", "t/tiny", "--print-config"];
+        a.extend(args.split_whitespace());
+        let o = runner(d.path(), &a);
+        let lines = error_lines(&o);
+        assert!(!o.status.success(), "{args}: accepted");
+        assert_eq!(lines.len(), 1, "{args}: {lines:?}");
+        assert!(
+            lines[0].contains(expect.trim()),
+            "{args}: {:?} lacks {expect:?}",
+            lines[0]
+        );
+        n += 1;
+    }
+    assert!(n >= 10);
+}
+
+#[test]
+fn an_out_folder_that_is_a_file_is_a_clear_error() {
+    let d = setup();
+    fs::write(d.path().join("out"), b"a file").unwrap();
+    let o = runner(d.path(), &["run", "t/tiny", "--out", "out"]);
+    let lines = error_lines(&o);
+    assert!(!o.status.success());
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].contains("out"), "{lines:?}");
+}
+
+#[test]
+fn runs_started_together_never_share_a_folder() {
+    let d = setup();
+    let p = d.path();
+    let children: Vec<_> = (0..4)
+        .map(|_| {
+            Command::new(env!("CARGO_BIN_EXE_runner"))
+                .current_dir(p)
+                .env("REPRISE_DATA", root().join("data"))
+                .env("REPRISE_EXPERIMENTS", p.join("experiments"))
+                .args([
+                    "run",
+                    "t/tiny",
+                    "--smoke",
+                    "--out",
+                    "same",
+                    "--threads",
+                    "1",
+                ])
+                .output()
+        })
+        .collect();
+    for c in children {
+        assert!(c.unwrap().status.success());
+    }
+    let runs = runs_under(&p.join("same/tiny"));
+    assert_eq!(runs.len(), 4, "{runs:?}");
+    for r in runs {
+        assert!(r.join("summary.json").is_file());
+    }
+}
+
+#[test]
+fn a_corrupt_newest_checkpoint_falls_back_to_the_previous_one() {
+    let d = setup();
+    let p = d.path();
+    let o = runner(p, &["run", "t/tiny", "--out", "out", "--threads", "1"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let run = runs_under(&p.join("out/tiny")).remove(0);
+    fs::remove_file(run.join("summary.json")).unwrap();
+    // Keep steps 40 and 60, tear the newest in half.
+    let newest = run.join("checkpoints/step-000000060.safetensors");
+    let bytes = fs::read(&newest).unwrap();
+    fs::write(&newest, &bytes[..bytes.len() / 2]).unwrap();
+    let o = runner(
+        p,
+        &["run", "--resume", run.to_str().unwrap(), "--threads", "1"],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let t = text(&o);
+    assert!(
+        t.contains("skipping checkpoint") && t.contains("step-000000060.safetensors"),
+        "{t}"
+    );
+    assert!(t.contains("resuming from step 40"), "{t}");
+    assert!(fs::read_to_string(run.join("run.log"))
+        .unwrap()
+        .contains("skipping checkpoint"));
+}
+
+#[test]
+fn a_diverging_run_stops_naming_the_step_and_keeps_its_checkpoints() {
+    let d = setup();
+    let p = d.path();
+    let o = runner(
+        p,
+        &[
+            "run",
+            "t/tiny",
+            "--out",
+            "out",
+            "jem.optim.lr=50",
+            "jem.checkpoint_every=1",
+        ],
+    );
+    let t = text(&o);
+    assert!(!o.status.success(), "{t}");
+    assert!(t.contains("training diverged at step"), "{t}");
+    let errors: Vec<String> = error_lines(&o)
+        .into_iter()
+        .filter(|l| l.starts_with("error"))
+        .collect();
+    assert_eq!(errors.len(), 1, "{t}");
+    let run = runs_under(&p.join("out/tiny")).remove(0);
+    assert!(
+        !run.join("summary.json").exists(),
+        "a diverged run does not look finished"
+    );
+    let ck = run.join("checkpoints");
+    assert!(
+        fs::read_dir(&ck).unwrap().count() > 0,
+        "the last good checkpoints are kept"
+    );
+}
