@@ -603,3 +603,114 @@ fn a_diverging_run_stops_naming_the_step_and_keeps_its_checkpoints() {
         "the last good checkpoints are kept"
     );
 }
+
+#[test]
+fn killed_at_random_points_and_resumed_it_ends_as_an_uninterrupted_run() {
+    let d = setup();
+    let p = d.path();
+    let long = [
+        "jem.iterations=4000",
+        "jem.checkpoint_every=100",
+        "jem.eval.every=1000",
+        "--threads",
+        "1",
+    ];
+    let mut args = vec!["run", "t/tiny", "--out", "full"];
+    args.extend(long);
+    let o = runner(p, &args);
+    assert!(o.status.success(), "{}", text(&o));
+    let full = runs_under(&p.join("full/tiny")).remove(0);
+    let spawn = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_runner"))
+            .current_dir(p)
+            .env("REPRISE_DATA", root().join("data"))
+            .env("REPRISE_EXPERIMENTS", p.join("experiments"))
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    // Seeded kill times, 0.3 to 0.9 s after each start.
+    let mut rng = lcg(7);
+    let mut kills = 0;
+    let mut first = vec!["run", "t/tiny", "--out", "cut"];
+    first.extend(long);
+    let mut child = spawn(&first);
+    for _ in 0..12 {
+        let wait = 300 + rng() % 600;
+        std::thread::sleep(std::time::Duration::from_millis(wait));
+        let done = child.try_wait().unwrap().is_some();
+        if !done {
+            child.kill().unwrap(); // SIGKILL
+            kills += 1;
+        }
+        let _ = child.wait();
+        let run = runs_under(&p.join("cut/tiny")).remove(0);
+        if run.join("summary.json").exists() {
+            break;
+        }
+        child = spawn(&["run", "--resume", run.to_str().unwrap(), "--threads", "1"]);
+        if kills >= 5 {
+            assert!(child.wait().unwrap().success());
+            break;
+        }
+    }
+    let cut = runs_under(&p.join("cut/tiny")).remove(0);
+    assert!(
+        kills >= 5,
+        "only {kills} kills landed before the run finished"
+    );
+    let sa: serde_json::Value =
+        serde_json::from_slice(&fs::read(full.join("summary.json")).unwrap()).unwrap();
+    let sb: serde_json::Value =
+        serde_json::from_slice(&fs::read(cut.join("summary.json")).unwrap()).unwrap();
+    for k in [
+        "acc",
+        "nll",
+        "ece",
+        "auroc_px_mean",
+        "auroc_pxgrad_uniform",
+        "realism_share",
+    ] {
+        assert_eq!(sa[k], sb[k], "{k} after {kills} kills");
+    }
+    let last = |dir: &Path| fs::read(dir.join("checkpoints/step-000004000.safetensors")).unwrap();
+    let (a, b) = (last(&full), last(&cut));
+    let (a, b) = (
+        safetensors::SafeTensors::deserialize(&a).unwrap(),
+        safetensors::SafeTensors::deserialize(&b).unwrap(),
+    );
+    for n in a.names() {
+        assert!(
+            a.tensor(n).unwrap().data() == b.tensor(n).unwrap().data(),
+            "{n}"
+        );
+    }
+    // Every step's metrics appear once, in order.
+    let steps: Vec<u64> = fs::read_to_string(cut.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["step"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    let mut sorted = steps.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    assert_eq!(steps, sorted);
+    assert_eq!(steps.last(), Some(&4000));
+}
+
+/// A small seeded generator for the test's kill times.
+fn lcg(seed: u64) -> impl FnMut() -> u64 {
+    let mut s = seed;
+    move || {
+        s = s
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        s >> 33
+    }
+}
