@@ -37,6 +37,10 @@ test: setup
 bench: setup
     source scripts/env.sh && cargo bench --workspace
 
+# Each step in Rust and in its PyTorch-eager twin, alternately; writes docs/performance.md
+bench-compare: setup
+    source scripts/env.sh && cargo build --release -p jem --example step_time && python bench/compare.py
+
 # cargo fmt --check and clippy with warnings as errors
 lint: setup
     cargo fmt --all --check

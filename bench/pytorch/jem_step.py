@@ -50,6 +50,7 @@ def main():
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--what", default="iter", help="iter: a JEM iteration; sgld: one SGLD step")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
@@ -61,8 +62,17 @@ def main():
     labels = torch.randint(0, 10, (4000,), device=dev)
     buffer = torch.rand(2000, *shape) * 2 - 1
     times = []
+    xs = torch.rand(64, *shape, device=dev) * 2 - 1
     for it in range(a.iters + 3):
         t0 = time.perf_counter()
+        if a.what == "sgld":
+            f.eval()
+            x = xs.detach().requires_grad_(True)
+            g = torch.autograd.grad(f(x).logsumexp(1).sum(), [x])[0]
+            x = (x + g + 0.01 * torch.randn_like(x)).detach()
+            if it >= 3:
+                times.append((time.perf_counter() - t0) * 1000)
+            continue
         i = torch.randint(0, 4000, (64,))
         j = torch.randint(0, 4000, (64,))
         x_l, y_l = data[i] + 0.03 * torch.randn(64, *shape, device=dev), labels[i]

@@ -1,7 +1,8 @@
 //! Median milliseconds of one JEM training iteration, for side-by-side timing with
 //! `bench/pytorch/jem_step.py` (same model, shapes, K and thread count).
 //!
-//! usage: cargo run --release -p jem --example step_time -- [cnn|mlp|wrn] [K] [ITERS] [THREADS] [BATCH]
+//! usage: cargo run --release -p jem --example step_time -- [cnn|mlp|wrn] [K] [ITERS] [THREADS] [BATCH] [iter|sgld]
+//! (`sgld` times one SGLD step alone: a forward and an input-only backward).
 
 use jem::model::Classifier;
 use jem::sampler::ReplayBuffer;
@@ -18,6 +19,7 @@ fn main() {
     let iters: usize = a.get(3).and_then(|s| s.parse().ok()).unwrap_or(20);
     let threads: i32 = a.get(4).and_then(|s| s.parse().ok()).unwrap_or(1);
     let batch: i64 = a.get(5).and_then(|s| s.parse().ok()).unwrap_or(64);
+    let what = a.get(6).map_or("iter", String::as_str);
     tch::set_num_threads(threads);
     let (model, shape): (&str, Vec<i64>) = match arch {
         "mlp" => ("{ mlp: { width: 256, depth: 2 } }", vec![1, 8, 8]),
@@ -42,18 +44,23 @@ fn main() {
     let mut times = Vec::new();
     for i in 0..iters + 3 {
         let t = Instant::now();
-        train_step(
-            &m,
-            &mut opt,
-            Some(&mut buf),
-            &c,
-            1.0,
-            (&x, &y),
-            Some(&x),
-            &mut rng,
-            1e-4,
-        )
-        .expect("step");
+        if what == "sgld" {
+            let f = |t: &Tensor| m.forward_t(t, false);
+            let _ = jem::sampler::sgld(&f, &x, None, &c.sgld, 1);
+        } else {
+            train_step(
+                &m,
+                &mut opt,
+                Some(&mut buf),
+                &c,
+                1.0,
+                (&x, &y),
+                Some(&x),
+                &mut rng,
+                1e-4,
+            )
+            .expect("step");
+        }
         if dev.is_cuda() {
             tch::Cuda::synchronize(0);
         }

@@ -1,0 +1,106 @@
+"""`just bench-compare`: each step timed in reprise (Rust) and in its PyTorch-eager twin, alternately,
+several repetitions after a warm-up, medians reported beside analytic FLOPs and the machine's measured
+matrix-multiply rate; writes docs/performance.md.
+
+usage: python bench/compare.py [--reps 3] [--threads 1]
+Run from the repository root with the venv active (the justfile does this).
+"""
+import argparse
+import datetime
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+ROOT = os.path.join(os.path.dirname(__file__), "..")
+RUST = os.path.join(ROOT, "target", "release", "examples", "step_time")
+TWIN = os.path.join(ROOT, "bench", "pytorch", "jem_step.py")
+
+# (name, shape, arch, K, iters, what, FLOPs of the step)
+# Per-image forward FLOPs: mnist-cnn 3.14 M, digits-mlp 0.169 M (2 * MACs); batch 64.
+F_CNN = 64 * 3.14e6
+F_MLP = 64 * 2 * (64 * 256 + 256 * 256 + 256 * 10)
+STEPS = [
+    ("JEM iteration, mnist-cnn", "64x1x28x28, K=20", "cnn", 20, 10, "iter", (2 * 20 + 9) * F_CNN),
+    ("JEM iteration, digits-mlp", "64x1x8x8, K=20", "mlp", 20, 40, "iter", (2 * 20 + 9) * F_MLP),
+    ("one SGLD step, mnist-cnn", "64x1x28x28", "cnn", 20, 40, "sgld", 2 * F_CNN),
+    ("one SGLD step, digits-mlp", "64x1x8x8", "mlp", 20, 200, "sgld", 2 * F_MLP),
+]
+
+
+def matmul_peak(threads):
+    torch.set_num_threads(threads)
+    n = 2048
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(2):
+        a @ b
+    ts = []
+    for _ in range(5):
+        t = time.perf_counter()
+        a @ b
+        ts.append(time.perf_counter() - t)
+    return 2 * n**3 / statistics.median(ts) / 1e9
+
+
+def run(cmd):
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()
+    return float(out[-1])
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1)
+    a = ap.parse_args()
+    if not os.path.exists(RUST):
+        sys.exit(f"{RUST} is missing: build it with cargo build --release -p jem --example step_time")
+    peak = matmul_peak(a.threads)
+    rows = []
+    for name, shape, arch, k, iters, what, flops in STEPS:
+        rust, torch_t = [], []
+        for _ in range(a.reps):
+            rust.append(run([RUST, arch, str(k), str(iters), str(a.threads), "64", what]))
+            torch_t.append(run([sys.executable, TWIN, "--arch", arch, "--steps", str(k), "--iters", str(iters),
+                                "--threads", str(a.threads), "--what", what]))
+        r, p = statistics.median(rust), statistics.median(torch_t)
+        rows.append((name, shape, r, p, r / p, flops / 1e9, flops / (r / 1000) / 1e9))
+        print(f"{name:28s} rust {r:9.2f} ms  pytorch {p:9.2f} ms  ratio {r / p:5.2f}", flush=True)
+    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    lines = [
+        "# Performance",
+        "",
+        "Written by `just bench-compare` (`bench/compare.py`). Each step is timed in reprise (Rust, the",
+        "`step_time` example of the `jem` crate) and in its PyTorch-eager twin (`bench/pytorch/jem_step.py`),",
+        f"alternately, {a.reps} repetitions, each the median over its iterations after 3 warm-up iterations;",
+        "the table shows the median of the repetitions. Same libtorch (PyTorch 2.11.0), same shapes, float32,",
+        f"{a.threads} intra-op thread(s). The PyTorch twin also draws its batches inside the timed loop; reprise's",
+        "training loop draws them on a loader thread, and its `step_time` times the step alone.",
+        "",
+        f"Measured {date} on {cpu} ({os.cpu_count()} logical CPUs). Matrix-multiply rate measured by the same",
+        f"command (2048×2048 float32 matmul in PyTorch, {a.threads} thread(s)): **{peak:.1f} GFLOP/s**.",
+        "",
+        "| step | shape | Rust median (ms) | PyTorch median (ms) | ratio Rust/PyTorch | GFLOP per step | achieved GFLOP/s | share of the matmul rate |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, shape, r, p, ratio, gf, ach in rows:
+        lines.append(f"| {name} | {shape} | {r:.2f} | {p:.2f} | {ratio:.2f} | {gf:.3f} | {ach:.1f} | {100 * ach / peak:.0f} % |")
+    lines += ["", "FLOPs are analytic: a forward of the batch is F; a JEM iteration with K SGLD steps is (2K + 9)·F",
+              "(K forward + input-backward pairs, then three loss forwards with full backwards); an SGLD step is 2F.", ""]
+    out = os.path.join(ROOT, "docs", "performance.md")
+    with open(out, "w") as f:
+        f.write("\n".join(lines))
+    print("wrote", os.path.normpath(out))
+
+
+if __name__ == "__main__":
+    main()
