@@ -32,7 +32,11 @@ fn main() {
     );
     let v: serde_norway::Value = serde_norway::from_str(&yaml).expect("config");
     let c: Config = serde_json::from_value(reprise_core::spec::to_json(&v)).expect("config types");
-    let dev = Device::cuda_if_available();
+    // REPRISE_DEVICE=cpu forces the CPU on a GPU machine; otherwise CUDA when available.
+    let dev = match std::env::var("REPRISE_DEVICE").as_deref() {
+        Ok("cpu") => Device::Cpu,
+        _ => Device::cuda_if_available(),
+    };
     let m = Classifier::new(&c.model, &shape, 10, dev, 0);
     let mut opt = Optimizer::for_vars(Rule::adam(), &m.vs, 0.0);
     let mut buf = ReplayBuffer::new(2000, &shape, 10, 1);

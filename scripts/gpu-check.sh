@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# GPU check: CUDA found and used, the paper-scale steps run on the GPU, timed against PyTorch eager.
+#
+# Runs on a Linux machine with an NVIDIA GPU whose python holds PyTorch 2.11.0 (CUDA 13), without
+# Rust or network: it uses target/release/runner and target/release/examples/step_time built on
+# another machine (`cargo build --release -p runner && cargo build --release -p jem --example step_time`)
+# and carried over with data/, and finds libtorch by asking python where torch lives.
+#
+# usage: scripts/gpu-check.sh [OUT_DIR] [--device cuda|cpu] [--n STEPS] [--batch B] [--k SGLD_STEPS]
+#   OUT_DIR   default gpu-check-out/; gets info.txt, table.md and the logs
+#   --device  cpu to try the script on a machine without a GPU (with a tiny --n, --batch and --k)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=gpu-check-out
+device=cuda
+n=30
+batch=64
+k=20
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --device) device="$2"; shift 2 ;;
+        --n) n="$2"; shift 2 ;;
+        --batch) batch="$2"; shift 2 ;;
+        --k) k="$2"; shift 2 ;;
+        -*) echo "unknown option $1" >&2; exit 2 ;;
+        *) out="$1"; shift ;;
+    esac
+done
+mkdir -p "$out"
+py="${PYTHON:-python3}"
+torch_lib="$("$py" -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')"
+export LD_LIBRARY_PATH="$torch_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+runner=target/release/runner
+step_time=target/release/examples/step_time
+for b in "$runner" "$step_time"; do
+    [ -x "$b" ] || { echo "missing $b: build it on a machine with Rust and carry it here" >&2; exit 1; }
+done
+
+echo "== runner info" | tee "$out/log.txt"
+"$runner" info | tee "$out/info.txt"
+if [ "$device" = cuda ] && ! grep -q '^cuda      available' "$out/info.txt"; then
+    echo "CUDA is not available to the runner (is libtorch_cuda.so linked? see info.txt)" >&2
+    exit 1
+fi
+
+echo "== matmul rate on $device" | tee -a "$out/log.txt"
+"$py" - "$device" > "$out/matmul.txt" <<'PY'
+import sys, time, torch
+dev = torch.device(sys.argv[1])
+n = 8192 if dev.type == "cuda" else 1024
+for tf32 in ([False, True] if dev.type == "cuda" else [False]):
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    a, b = torch.randn(n, n, device=dev), torch.randn(n, n, device=dev)
+    for _ in range(3):
+        a @ b
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    reps = 20 if dev.type == "cuda" else 3
+    for _ in range(reps):
+        a @ b
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    dt = (time.perf_counter() - t) / reps
+    print(f"{'tf32' if tf32 else 'fp32'} {2 * n**3 / dt / 1e12:.2f}")
+PY
+cat "$out/matmul.txt" | tee -a "$out/log.txt"
+
+echo "== jem: paper-scale spec end to end (--smoke) on $device" | tee -a "$out/log.txt"
+"$runner" run jem/cifar10-wrn28-10 --smoke --device "$device" --out "$out/runs" >> "$out/log.txt" 2>&1
+
+echo "== jem: WRN-28-10 iteration (K = $k, batch $batch), $n steps, Rust vs PyTorch eager" | tee -a "$out/log.txt"
+rust_ms=$(REPRISE_DEVICE="$device" "$step_time" wrn "$k" "$n" 1 "$batch" 2>>"$out/log.txt")
+torch_ms=$("$py" bench/pytorch/jem_step.py --arch wrn --steps "$k" --iters "$n" --batch "$batch" --device "$device" 2>>"$out/log.txt")
+echo "rust $rust_ms ms, pytorch $torch_ms ms" | tee -a "$out/log.txt"
+
+fp32=$(awk '/^fp32/ {print $2}' "$out/matmul.txt")
+"$py" - "$rust_ms" "$torch_ms" "$batch" "$fp32" "$device" "$n" "$k" > "$out/table.md" <<'PY'
+import sys, datetime
+r, p, b, peak, dev, n, k = float(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), sys.argv[5], sys.argv[6], int(sys.argv[7])
+flops = (2 * k + 9) * b * 11.9e9  # (2K + 9) forwards of WRN-28-10 at 11.9 GFLOP per 32x32 image
+print(f"GPU check, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}, device {dev}, median of {n} steps")
+print()
+print("| step | Rust (ms) | PyTorch (ms) | ratio | achieved TFLOP/s (Rust) | fp32 matmul TFLOP/s |")
+print("|---|---|---|---|---|---|")
+print(f"| JEM iteration, WRN-28-10, K={k}, batch {b} | {r:.1f} | {p:.1f} | {r / p:.2f} | {flops / (r / 1000) / 1e12:.2f} | {peak:.2f} |")
+PY
+cat "$out/table.md"
