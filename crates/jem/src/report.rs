@@ -256,6 +256,34 @@ pub fn report_sweep(dir: &Path, runs: &[RunSummary]) -> Result<String> {
     let smoke = runs
         .iter()
         .any(|r| r.summary["smoke"].as_bool() == Some(true));
+    // Runs the sweep expected that have no summary: diverged (the protocol counts such a seed
+    // as failing every criterion) or not finished (yet).
+    let expected: Vec<String> = std::fs::read(dir.join("sweep.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+        .and_then(|v| {
+            v["runs"].as_array().map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str().map(String::from))
+                    .collect()
+            })
+        })
+        .unwrap_or_default();
+    let finished: Vec<&str> = runs.iter().map(|r| r.name.as_str()).collect();
+    let unfinished: Vec<(String, bool)> = expected
+        .iter()
+        .filter(|n| !finished.contains(&n.as_str()))
+        .map(|n| {
+            let log = std::fs::read_to_string(dir.join(n).join("run.log")).unwrap_or_default();
+            (n.clone(), log.contains("training diverged"))
+        })
+        .collect();
+    let gating_arm_failed = unfinished
+        .iter()
+        .any(|(n, _)| n.contains("arm=jem") || n.contains("arm=base,"));
+    let any_diverged = unfinished
+        .iter()
+        .any(|(n, d)| *d && (n.contains("arm=jem") || n.contains("arm=base,")));
     let mut md = format!("# {}\n\n{}\n\n", h.name, h.description);
     if smoke {
         md +=
@@ -451,6 +479,30 @@ pub fn report_sweep(dir: &Path, runs: &[RunSummary]) -> Result<String> {
                 ja.map_or("–".into(), |a| format!("{a:.3}"))
             ),
         ));
+    }
+    if gating_arm_failed {
+        let names: Vec<String> = unfinished
+            .iter()
+            .map(|(n, d)| format!("{n}{}", if *d { " (diverged)" } else { " (not finished)" }))
+            .collect();
+        for (_, ok, why) in &mut claims {
+            // A diverged seed fails every criterion; a run still missing leaves them open.
+            *ok = if any_diverged { Some(false) } else { None };
+            why.push_str(&format!("; runs missing: {}", names.join(", ")));
+        }
+    }
+    if !unfinished.is_empty() {
+        md += "\n## Runs that did not finish\n\n";
+        for (n, d) in &unfinished {
+            md += &format!(
+                "- `{n}`: {}\n",
+                if *d {
+                    "diverged (see its run.log); counted as failing every criterion"
+                } else {
+                    "no summary (failed or still running)"
+                }
+            );
+        }
     }
     md += "\n## The paper's claims at small scale\n\n";
     let claim_rows: Vec<Vec<String>> = claims
