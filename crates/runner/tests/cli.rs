@@ -19,6 +19,53 @@ fn runner(dir: &Path, args: &[&str]) -> Output {
         .expect("the runner starts")
 }
 
+/// Starts the runner without waiting for it; `capture` pipes its output (read it with
+/// `wait_with_output`), else it is discarded.
+fn spawn_runner(dir: &Path, args: &[&str], capture: bool) -> std::process::Child {
+    let out = || {
+        if capture {
+            std::process::Stdio::piped()
+        } else {
+            std::process::Stdio::null()
+        }
+    };
+    Command::new(env!("CARGO_BIN_EXE_runner"))
+        .current_dir(dir)
+        .env("REPRISE_DATA", root().join("data"))
+        .env("REPRISE_EXPERIMENTS", dir.join("experiments"))
+        .args(args)
+        .stdout(out())
+        .stderr(out())
+        .spawn()
+        .expect("the runner starts")
+}
+
+/// A run folder's `summary.json`.
+fn summary(run: &Path) -> serde_json::Value {
+    serde_json::from_slice(&fs::read(run.join("summary.json")).unwrap()).unwrap()
+}
+
+/// Asserts that two safetensors files hold the same tensors, byte for byte.
+fn assert_same_tensors(a: &Path, b: &Path) {
+    let (a, b) = (fs::read(a).unwrap(), fs::read(b).unwrap());
+    let (a, b) = (
+        safetensors::SafeTensors::deserialize(&a).unwrap(),
+        safetensors::SafeTensors::deserialize(&b).unwrap(),
+    );
+    let mut names = a.names();
+    names.sort();
+    let mut other = b.names();
+    other.sort();
+    assert!(names.len() > 4, "{names:?}");
+    assert_eq!(names, other);
+    for n in names {
+        assert!(
+            a.tensor(n).unwrap().data() == b.tensor(n).unwrap().data(),
+            "{n} differs"
+        );
+    }
+}
+
 fn text(o: &Output) -> String {
     format!(
         "{}{}",
@@ -185,9 +232,8 @@ fn a_run_folder_holds_everything_and_replays() {
         assert!(run.join(f).is_file(), "{f} missing");
     }
     assert!(run.join("checkpoints").is_dir() && run.join("figures").is_dir());
-    let summary: serde_json::Value =
-        serde_json::from_slice(&fs::read(run.join("summary.json")).unwrap()).unwrap();
-    assert!(summary["acc"].as_f64().unwrap() > 0.5, "{summary}");
+    let first = summary(run);
+    assert!(first["acc"].as_f64().unwrap() > 0.5, "{first}");
     assert_eq!(
         fs::read_to_string(run.join("metrics.jsonl"))
             .unwrap()
@@ -201,10 +247,9 @@ fn a_run_folder_holds_everything_and_replays() {
     assert!(o.status.success(), "{}", text(&o));
     let runs = runs_under(&p.join("out/tiny"));
     assert_eq!(runs.len(), 2, "an existing run folder is never reused");
-    let again: serde_json::Value =
-        serde_json::from_slice(&fs::read(runs[1].join("summary.json")).unwrap()).unwrap();
+    let again = summary(&runs[1]);
     for k in ["acc", "nll", "ece", "auroc_px_mean", "realism_share"] {
-        assert_eq!(again[k], summary[k], "{k}");
+        assert_eq!(again[k], first[k], "{k}");
     }
     // The report renders again.
     fs::remove_file(run.join("report.md")).unwrap();
@@ -237,30 +282,12 @@ fn resume_from_a_checkpoint_ends_bit_identical() {
     let o = runner(p, &["run", "--resume", "cut", "--threads", "1"]);
     assert!(o.status.success(), "{}", text(&o));
     assert!(text(&o).contains("resuming from step 40"), "{}", text(&o));
-    let a = fs::read(full.join("checkpoints/step-000000060.safetensors")).unwrap();
-    let b = fs::read(cut.join("checkpoints/step-000000060.safetensors")).unwrap();
-    let (a, b) = (
-        safetensors::SafeTensors::deserialize(&a).unwrap(),
-        safetensors::SafeTensors::deserialize(&b).unwrap(),
+    assert_same_tensors(
+        &full.join("checkpoints/step-000000060.safetensors"),
+        &cut.join("checkpoints/step-000000060.safetensors"),
     );
-    let mut names = a.names();
-    names.sort();
-    assert!(names.len() > 4, "{names:?}");
-    assert_eq!(names, {
-        let mut n = b.names();
-        n.sort();
-        n
-    });
-    for n in names {
-        assert!(
-            a.tensor(n).unwrap().data() == b.tensor(n).unwrap().data(),
-            "{n} differs after resume"
-        );
-    }
-    let sa: serde_json::Value =
-        serde_json::from_slice(&fs::read(full.join("summary.json")).unwrap()).unwrap();
-    let sb: serde_json::Value =
-        serde_json::from_slice(&fs::read(cut.join("summary.json")).unwrap()).unwrap();
+    let sa = summary(&full);
+    let sb = summary(&cut);
     for k in [
         "acc",
         "nll",
@@ -375,15 +402,7 @@ fn sigterm_checkpoints_and_the_resumed_run_ends_as_an_uninterrupted_one() {
     let full = runs_under(&p.join("full/tiny")).remove(0);
     let mut args = vec!["run", "t/tiny", "--out", "cut"];
     args.extend(long);
-    let child = Command::new(env!("CARGO_BIN_EXE_runner"))
-        .current_dir(p)
-        .env("REPRISE_DATA", root().join("data"))
-        .env("REPRISE_EXPERIMENTS", p.join("experiments"))
-        .args(&args)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn_runner(p, &args, true);
     // Wait until training has logged a line, then ask it to stop.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
@@ -420,10 +439,8 @@ fn sigterm_checkpoints_and_the_resumed_run_ends_as_an_uninterrupted_one() {
         &["run", "--resume", cut.to_str().unwrap(), "--threads", "1"],
     );
     assert!(o.status.success(), "{}", text(&o));
-    let sa: serde_json::Value =
-        serde_json::from_slice(&fs::read(full.join("summary.json")).unwrap()).unwrap();
-    let sb: serde_json::Value =
-        serde_json::from_slice(&fs::read(cut.join("summary.json")).unwrap()).unwrap();
+    let sa = summary(&full);
+    let sb = summary(&cut);
     for k in ["acc", "nll", "ece", "auroc_px_mean", "realism_share"] {
         assert_eq!(sa[k], sb[k], "{k}");
     }
@@ -515,11 +532,9 @@ fn runs_started_together_never_share_a_folder() {
     let p = d.path();
     let children: Vec<_> = (0..4)
         .map(|_| {
-            Command::new(env!("CARGO_BIN_EXE_runner"))
-                .current_dir(p)
-                .env("REPRISE_DATA", root().join("data"))
-                .env("REPRISE_EXPERIMENTS", p.join("experiments"))
-                .args([
+            spawn_runner(
+                p,
+                &[
                     "run",
                     "t/tiny",
                     "--smoke",
@@ -527,12 +542,13 @@ fn runs_started_together_never_share_a_folder() {
                     "same",
                     "--threads",
                     "1",
-                ])
-                .output()
+                ],
+                true,
+            )
         })
         .collect();
     for c in children {
-        assert!(c.unwrap().status.success());
+        assert!(c.wait_with_output().unwrap().status.success());
     }
     let runs = runs_under(&p.join("same/tiny"));
     assert_eq!(runs.len(), 4, "{runs:?}");
@@ -620,23 +636,27 @@ fn killed_at_random_points_and_resumed_it_ends_as_an_uninterrupted_run() {
     let o = runner(p, &args);
     assert!(o.status.success(), "{}", text(&o));
     let full = runs_under(&p.join("full/tiny")).remove(0);
-    let spawn = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_runner"))
-            .current_dir(p)
-            .env("REPRISE_DATA", root().join("data"))
-            .env("REPRISE_EXPERIMENTS", p.join("experiments"))
-            .args(args)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap()
-    };
+    let spawn = |args: &[&str]| spawn_runner(p, args, false);
     // Seeded kill times, 0.3 to 0.9 s after each start.
     let mut rng = lcg(7);
     let mut kills = 0;
     let mut first = vec!["run", "t/tiny", "--out", "cut"];
     first.extend(long);
     let mut child = spawn(&first);
+    // Kill only once the run folder is complete (spec.yaml and run.json written), however slow
+    // the machine is to start the process.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !(p.join("cut/tiny").is_dir()
+        && runs_under(&p.join("cut/tiny"))
+            .first()
+            .is_some_and(|r| r.join("run.json").exists()))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the run never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     for _ in 0..12 {
         let wait = 300 + rng() % 600;
         std::thread::sleep(std::time::Duration::from_millis(wait));
@@ -661,10 +681,8 @@ fn killed_at_random_points_and_resumed_it_ends_as_an_uninterrupted_run() {
         kills >= 5,
         "only {kills} kills landed before the run finished"
     );
-    let sa: serde_json::Value =
-        serde_json::from_slice(&fs::read(full.join("summary.json")).unwrap()).unwrap();
-    let sb: serde_json::Value =
-        serde_json::from_slice(&fs::read(cut.join("summary.json")).unwrap()).unwrap();
+    let sa = summary(&full);
+    let sb = summary(&cut);
     for k in [
         "acc",
         "nll",
@@ -675,18 +693,10 @@ fn killed_at_random_points_and_resumed_it_ends_as_an_uninterrupted_run() {
     ] {
         assert_eq!(sa[k], sb[k], "{k} after {kills} kills");
     }
-    let last = |dir: &Path| fs::read(dir.join("checkpoints/step-000004000.safetensors")).unwrap();
-    let (a, b) = (last(&full), last(&cut));
-    let (a, b) = (
-        safetensors::SafeTensors::deserialize(&a).unwrap(),
-        safetensors::SafeTensors::deserialize(&b).unwrap(),
+    assert_same_tensors(
+        &full.join("checkpoints/step-000004000.safetensors"),
+        &cut.join("checkpoints/step-000004000.safetensors"),
     );
-    for n in a.names() {
-        assert!(
-            a.tensor(n).unwrap().data() == b.tensor(n).unwrap().data(),
-            "{n}"
-        );
-    }
     // Every step's metrics appear once, in order.
     let steps: Vec<u64> = fs::read_to_string(cut.join("metrics.jsonl"))
         .unwrap()

@@ -577,20 +577,16 @@ mod tests {
         }
     }
 
+    const SIXTY_TWENTY_TWENTY: SplitSpec = SplitSpec {
+        train: 60,
+        val: 20,
+        test: 20,
+    };
+
     #[test]
     fn splits_are_disjoint_seeded_and_stratified() {
         let ds = toy(100, 4);
-        let s = split(
-            &ds,
-            SplitSpec {
-                train: 60,
-                val: 20,
-                test: 20,
-            },
-            7,
-            true,
-        )
-        .unwrap();
+        let s = split(&ds, SIXTY_TWENTY_TWENTY, 7, true).unwrap();
         let ids = |d: &Dataset| -> Vec<i64> {
             Vec::<f32>::try_from(&d.x.view(-1))
                 .unwrap()
@@ -609,29 +605,9 @@ mod tests {
                 assert_eq!(ys.iter().filter(|&&y| y == c).count(), per);
             }
         }
-        let again = split(
-            &ds,
-            SplitSpec {
-                train: 60,
-                val: 20,
-                test: 20,
-            },
-            7,
-            true,
-        )
-        .unwrap();
+        let again = split(&ds, SIXTY_TWENTY_TWENTY, 7, true).unwrap();
         assert_eq!(ids(&again.train), ids(&s.train));
-        let other = split(
-            &ds,
-            SplitSpec {
-                train: 60,
-                val: 20,
-                test: 20,
-            },
-            8,
-            true,
-        )
-        .unwrap();
+        let other = split(&ds, SIXTY_TWENTY_TWENTY, 8, true).unwrap();
         assert_ne!(ids(&other.train), ids(&s.train));
         assert!(split(
             &ds,
