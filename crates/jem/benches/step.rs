@@ -40,7 +40,7 @@ fn bench_model(cr: &mut Criterion, name: &str, c: &Config, shape: &[i64], batch:
                 &mut opt,
                 Some(&mut buffer),
                 c,
-                1.0,
+                (1.0, 0.0),
                 (&x, &y),
                 Some(&x),
                 &mut rng,

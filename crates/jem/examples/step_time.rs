@@ -57,7 +57,7 @@ fn main() {
                 &mut opt,
                 Some(&mut buf),
                 &c,
-                1.0,
+                (1.0, 0.0),
                 (&x, &y),
                 Some(&x),
                 &mut rng,

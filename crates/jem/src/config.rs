@@ -68,6 +68,9 @@ pub struct SgldConfig {
     /// Clamp samples to [−1, 1] after each step (off in JEM; JEM++ style).
     #[serde(default)]
     pub clamp: bool,
+    /// Clip each element of the gradient step α·∇ to ±this before adding the noise (off in JEM).
+    #[serde(default)]
+    pub max_step: Option<f64>,
     /// Draw the p(x) samples class-conditionally (on f(x)[y] with random y, class blocks of the buffer).
     #[serde(default)]
     pub class_cond: bool,
@@ -173,6 +176,9 @@ pub struct EvalConfig {
     /// Accuracy under PGD, if wanted.
     #[serde(default)]
     pub pgd: Option<PgdEval>,
+    /// Further OOD sets from datasets a user points to (same image shape as the test set), by name.
+    #[serde(default)]
+    pub ood_datasets: std::collections::BTreeMap<String, reprise_core::spec::DataSpec>,
 }
 
 fn ten() -> usize {
@@ -215,6 +221,10 @@ pub struct Config {
     /// w_ce.
     #[serde(default = "one")]
     pub ce_weight: f64,
+    /// w_xy of the optional p(x|y) term: mean f(x_q|y)[y] − mean f(x_l)[y_l], with x_q|y
+    /// class-conditional SGLD samples from the label's block of the buffer (0: off, as JEM).
+    #[serde(default)]
+    pub p_xy_weight: f64,
     /// σ of the Gaussian noise on train and test inputs (in the model's [−1, 1] input units).
     #[serde(default)]
     pub noise_sigma: f64,
@@ -251,6 +261,7 @@ fn default_sgld() -> SgldConfig {
         step_size: 1.0,
         noise: 0.01,
         clamp: false,
+        max_step: None,
         class_cond: false,
     }
 }
@@ -265,12 +276,12 @@ fn guard_energy() -> f64 {
 }
 
 impl Config {
-    /// (w_px, iterations) of this run's arm.
-    pub fn arm_budget(&self) -> (f64, u64) {
+    /// (w_px, w_xy, iterations) of this run's arm: the baselines have no generative term.
+    pub fn arm_budget(&self) -> (f64, f64, u64) {
         match self.arm {
-            Arm::Base => (0.0, self.iterations),
-            Arm::Jem => (self.p_x_weight, self.iterations),
-            Arm::BaseLong => (0.0, self.long_iterations.unwrap_or(self.iterations)),
+            Arm::Base => (0.0, 0.0, self.iterations),
+            Arm::Jem => (self.p_x_weight, self.p_xy_weight, self.iterations),
+            Arm::BaseLong => (0.0, 0.0, self.long_iterations.unwrap_or(self.iterations)),
         }
     }
 }

@@ -30,8 +30,8 @@ pub struct EvalData {
     pub x: Tensor,
     /// Test labels.
     pub y: Tensor,
-    /// OOD sets by name: uniform, shuffled, interp, inverted.
-    pub ood: Vec<(&'static str, Tensor)>,
+    /// OOD sets by name: uniform, shuffled, interp, inverted, then any user datasets.
+    pub ood: Vec<(String, Tensor)>,
 }
 
 impl EvalData {
@@ -56,8 +56,33 @@ impl EvalData {
             clean: clean.shallow_clone(),
             x,
             y: y.shallow_clone(),
-            ood,
+            ood: ood.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
         }
+    }
+}
+
+impl EvalData {
+    /// Adds an OOD set from a dataset a user points to: its test split, mapped to [−1, 1], with
+    /// the same σ noise; its images must have the test images' shape.
+    pub fn add_dataset(
+        &mut self,
+        name: &str,
+        spec: &reprise_core::spec::DataSpec,
+        sigma: f64,
+    ) -> reprise_core::Result<()> {
+        let parts = reprise_core::data::load_splits(spec)?;
+        let x = &parts.test.x * 2.0 - 1.0;
+        if x.size()[1..] != self.clean.size()[1..] {
+            return Err(reprise_core::Error::Data(format!(
+                "OOD dataset `{name}` has images of shape {:?}, the test images {:?}",
+                &x.size()[1..],
+                &self.clean.size()[1..]
+            )));
+        }
+        let k = 100 + self.ood.len() as u64;
+        let noisy = &x + fixed_noise(&x, sigma, 0x5eed + k);
+        self.ood.push((name.to_string(), noisy));
+        Ok(())
     }
 }
 

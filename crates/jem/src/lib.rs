@@ -104,6 +104,18 @@ pub fn validate(tree: &SpecTree) -> Result<(), SpecError> {
         c.p_x_weight >= 0.0,
         "must not be negative",
     )?;
+    check(
+        tree,
+        "jem.p_xy_weight",
+        c.p_xy_weight >= 0.0,
+        "must not be negative",
+    )?;
+    check(
+        tree,
+        "jem.sgld.max_step",
+        c.sgld.max_step.is_none_or(|m| m > 0.0),
+        pos,
+    )?;
     check(tree, "jem.sgld.step_size", c.sgld.step_size > 0.0, pos)?;
     check(
         tree,
@@ -222,7 +234,7 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
     let shape: Vec<i64> = train_x.size()[1..].to_vec();
     let mut model = Classifier::new(&c.model, &shape, classes as i64, dev, seed);
     let mut opt = Optimizer::for_vars(Rule::adam(), &model.vs, c.optim.weight_decay);
-    let (w_px, full) = c.arm_budget();
+    let (w_px, w_xy, full) = c.arm_budget();
     let total = ctx.iterations(full);
     let schedule = Schedule::MultiStep {
         milestones: c
@@ -233,8 +245,8 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
             .collect(),
         gamma: c.optim.gamma,
     };
-    let mut buffer =
-        (w_px > 0.0).then(|| ReplayBuffer::new(c.buffer.size, &shape, classes, seed ^ 0xb0ff));
+    let mut buffer = (w_px > 0.0 || w_xy > 0.0)
+        .then(|| ReplayBuffer::new(c.buffer.size, &shape, classes, seed ^ 0xb0ff));
     let mut step = 0u64;
     if let Some((_, ck)) = ctx.checkpoints().latest() {
         model.load(&ck)?;
@@ -263,7 +275,10 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
         step,
     );
     let per_epoch = lab.per_epoch();
-    let eval_data = EvalData::new(&test_x, &test_y, c.noise_sigma);
+    let mut eval_data = EvalData::new(&test_x, &test_y, c.noise_sigma);
+    for (name, spec) in &c.eval.ood_datasets {
+        eval_data.add_dataset(name, spec, c.noise_sigma)?;
+    }
     let mut progress = ctx.progress(total, step);
     let mut train_secs = 0.0;
     let first = step;
@@ -285,7 +300,7 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
             &mut opt,
             buffer.as_mut(),
             &c,
-            w_px,
+            (w_px, w_xy),
             (&b.x, &b.y),
             xd.as_ref(),
             &mut rng,
@@ -314,7 +329,7 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
             if eval_now {
                 let m = eval::classify(&model, &eval_data, c.eval.ece_bins);
                 let (_, _, rows) = eval::ood_auroc(&model, &eval_data);
-                let px_mean = rows.iter().map(|r| r.1[0]).sum::<f64>() / rows.len() as f64;
+                let px_mean = procedural_px_mean(&rows);
                 vals.extend([
                     ("test_acc", m.acc),
                     ("test_nll", m.nll),
@@ -362,6 +377,17 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
     Ok(())
 }
 
+/// Mean log p(x) AUROC over the four procedural OOD sets (the P3 criterion; user datasets are
+/// reported beside it, not averaged in).
+fn procedural_px_mean(rows: &[(String, [f64; 3])]) -> f64 {
+    let v: Vec<f64> = rows
+        .iter()
+        .filter(|r| report::OOD_SETS.contains(&r.0.as_str()))
+        .map(|r| r.1[0])
+        .collect();
+    v.iter().sum::<f64>() / v.len().max(1) as f64
+}
+
 /// What one training iteration measured.
 #[derive(Debug, Clone, Copy)]
 pub struct StepStats {
@@ -385,18 +411,30 @@ pub fn train_step(
     opt: &mut Optimizer,
     buffer: Option<&mut ReplayBuffer>,
     c: &Config,
-    w_px: f64,
+    (w_px, w_xy): (f64, f64),
     lab: (&Tensor, &Tensor),
     x_data: Option<&Tensor>,
     rng: &mut Rng,
     lr: f64,
 ) -> std::result::Result<StepStats, String> {
     let dev = model.vs.device();
-    let l_ce = model
-        .forward_t(&lab.0.to_device(dev), true)
-        .cross_entropy_for_logits(&lab.1.to_device(dev));
+    let y_l = lab.1.to_device(dev);
+    let logits_l = model.forward_t(&lab.0.to_device(dev), true);
+    let l_ce = logits_l.cross_entropy_for_logits(&y_l);
     let mut loss = &l_ce * c.ce_weight;
     let (mut fd, mut fq) = (f64::NAN, f64::NAN);
+    let mut buffer = buffer;
+    if let (Some(buf), true) = (buffer.as_deref_mut(), w_xy > 0.0) {
+        // The p(x|y) term: class-conditional samples for the labels of the labelled batch.
+        let ys = Vec::<i64>::try_from(&lab.1.to_device(Device::Cpu)).map_err(|e| e.to_string())?;
+        let (slots, x0) = buf.draw(ys.len(), Some(&ys), c.buffer.reinit, rng);
+        let f = |x: &Tensor| model.forward_t(x, false);
+        let xq = sgld(&f, &x0.to_device(dev), Some(&y_l), &c.sgld, c.sgld.steps);
+        buf.write(&slots, &xq);
+        let fq_y = sampler::score(&model.forward_t(&xq, true), Some(&y_l)).mean(Kind::Float);
+        let fl_y = sampler::score(&logits_l, Some(&y_l)).mean(Kind::Float);
+        loss += (fq_y - fl_y) * w_xy;
+    }
     if let (Some(buf), Some(xd), true) = (buffer, x_data, w_px > 0.0) {
         let n = xd.size()[0] as usize;
         let classes = model.classes() as usize;
@@ -492,7 +530,7 @@ fn final_eval(
             );
         }
     }
-    let px_mean = rows.iter().map(|r| r.1[0]).sum::<f64>() / rows.len() as f64;
+    let px_mean = procedural_px_mean(&rows);
     s.insert("auroc_px_mean".into(), reprise_core::run::json_f64(px_mean));
     report::score_histogram(
         &figs.join("hist_px.png"),

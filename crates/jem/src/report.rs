@@ -140,7 +140,18 @@ pub fn report_run(dir: &Path) -> Result<String> {
         ],
     );
     md += "\n## OOD detection (AUROC, test = positive)\n\n";
-    let rows: Vec<Vec<String>> = OOD_SETS
+    // The procedural sets, then any user datasets the summary holds.
+    let mut sets: Vec<String> = OOD_SETS.iter().map(|s| s.to_string()).collect();
+    if let Some(m) = s.as_object() {
+        for k in m.keys() {
+            if let Some(set) = k.strip_prefix("auroc_px_") {
+                if set != "mean" && !sets.iter().any(|x| x == set) {
+                    sets.push(set.to_string());
+                }
+            }
+        }
+    }
+    let rows: Vec<Vec<String>> = sets
         .iter()
         .map(|set| {
             let mut r = vec![set.to_string()];

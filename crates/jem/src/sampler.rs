@@ -30,7 +30,11 @@ pub fn sgld(
             .pop()
             .expect("one gradient");
         x = tch::no_grad(|| {
-            let mut nx = xg.detach() + g * cfg.step_size;
+            let mut step = g * cfg.step_size;
+            if let Some(m) = cfg.max_step {
+                step = step.clamp(-m, m);
+            }
+            let mut nx = xg.detach() + step;
             if cfg.noise > 0.0 {
                 nx += nx.randn_like() * cfg.noise;
             }
@@ -134,6 +138,7 @@ mod tests {
             step_size: 0.7,
             noise: 0.0,
             clamp: false,
+            max_step: None,
             class_cond: false,
         };
         let x1 = sgld(&f, &x0, None, &cfg, 1);
@@ -154,6 +159,26 @@ mod tests {
         let x1 = sgld(&f, &x0, Some(&y), &cfg, 1);
         let want = &x0 + (mu.detach().index_select(0, &y) - &x0) * 0.7;
         assert!(x1.allclose(&want, 1e-6, 1e-6, false));
+    }
+
+    #[test]
+    fn step_clipping_bounds_each_move() {
+        let w = Tensor::from_slice(&[3.0f32, -0.5]).view([1, 2]);
+        let f = |x: &Tensor| x.matmul(&w.tr()); // one logit: ∇ₓ = w
+        let x0 = Tensor::zeros([1, 2], (Kind::Float, Device::Cpu));
+        let cfg = SgldConfig {
+            steps: 1,
+            step_size: 1.0,
+            noise: 0.0,
+            clamp: false,
+            max_step: Some(1.0),
+            class_cond: false,
+        };
+        let x1 = sgld(&f, &x0, None, &cfg, 1);
+        assert_eq!(
+            Vec::<f32>::try_from(x1.view([-1])).unwrap(),
+            vec![1.0, -0.5]
+        );
     }
 
     #[test]

@@ -724,3 +724,49 @@ fn lcg(seed: u64) -> impl FnMut() -> u64 {
         s >> 33
     }
 }
+
+#[test]
+fn the_p_xy_term_step_clipping_and_user_ood_datasets_run() {
+    let d = setup();
+    let p = d.path();
+    let o = runner(
+        p,
+        &[
+            "run",
+            "t/tiny",
+            "--out",
+            "out",
+            "jem.p_xy_weight=1.0",
+            "jem.sgld.max_step=0.05",
+            "jem.eval.ood_datasets={held: {dataset: digits, split: {train: 10, test: 50}, split_seed: 3}}",
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let run = runs_under(&p.join("out/tiny")).remove(0);
+    let s = summary(&run);
+    assert!(s["auroc_px_held"].as_f64().is_some(), "{s}");
+    assert!(fs::read_to_string(run.join("report.md"))
+        .unwrap()
+        .contains("| held |"));
+    // A user set whose images have another shape is a clear error naming it.
+    let o = runner(
+        p,
+        &[
+            "run",
+            "t/tiny",
+            "--out",
+            "out",
+            "jem.eval.ood_datasets={mnist: {dataset: mnist-5k, split: {train: 10, test: 20}}}",
+        ],
+    );
+    let errors: Vec<String> = error_lines(&o)
+        .into_iter()
+        .filter(|l| l.starts_with("error"))
+        .collect();
+    assert_eq!(errors.len(), 1, "{}", text(&o));
+    assert!(
+        errors[0].contains("OOD dataset `mnist` has images of shape"),
+        "{}",
+        errors[0]
+    );
+}
