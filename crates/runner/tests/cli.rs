@@ -66,6 +66,16 @@ fn assert_same_tensors(a: &Path, b: &Path) {
     }
 }
 
+/// Runs `t/tiny` with `overrides` to the end into `<p>/full` and returns its run folder: the
+/// uninterrupted reference of the kill and interrupt tests.
+fn uninterrupted(p: &Path, overrides: &[&str]) -> PathBuf {
+    let mut args = vec!["run", "t/tiny", "--out", "full"];
+    args.extend(overrides);
+    let o = runner(p, &args);
+    assert!(o.status.success(), "{}", text(&o));
+    runs_under(&p.join("full/tiny")).remove(0)
+}
+
 fn text(o: &Output) -> String {
     format!(
         "{}{}",
@@ -395,11 +405,7 @@ fn sigterm_checkpoints_and_the_resumed_run_ends_as_an_uninterrupted_one() {
         "--threads",
         "1",
     ];
-    let mut args = vec!["run", "t/tiny", "--out", "full"];
-    args.extend(long);
-    let o = runner(p, &args);
-    assert!(o.status.success(), "{}", text(&o));
-    let full = runs_under(&p.join("full/tiny")).remove(0);
+    let full = uninterrupted(p, &long);
     let mut args = vec!["run", "t/tiny", "--out", "cut"];
     args.extend(long);
     let child = spawn_runner(p, &args, true);
@@ -631,11 +637,7 @@ fn killed_at_random_points_and_resumed_it_ends_as_an_uninterrupted_run() {
         "--threads",
         "1",
     ];
-    let mut args = vec!["run", "t/tiny", "--out", "full"];
-    args.extend(long);
-    let o = runner(p, &args);
-    assert!(o.status.success(), "{}", text(&o));
-    let full = runs_under(&p.join("full/tiny")).remove(0);
+    let full = uninterrupted(p, &long);
     let spawn = |args: &[&str]| spawn_runner(p, args, false);
     // Seeded kill times, 0.3 to 0.9 s after each start.
     let mut rng = lcg(7);
