@@ -17,18 +17,45 @@ import time
 import torch
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
-RUST = os.path.join(ROOT, "target", "release", "examples", "step_time")
-TWIN = os.path.join(ROOT, "bench", "pytorch", "jem_step.py")
+EXAMPLES = os.path.join(ROOT, "target", "release", "examples")
+JEM_RUST = os.path.join(EXAMPLES, "step_time")
+JEM_TWIN = os.path.join(ROOT, "bench", "pytorch", "jem_step.py")
+RT_RUST = os.path.join(EXAMPLES, "rt_step_time")
+RT_TWIN = os.path.join(ROOT, "bench", "pytorch", "rt_step.py")
 
-# (name, shape, arch, K, iters, what, FLOPs of the step)
+
+def jem(arch, k, iters, what):
+    def cmds(threads):
+        rust = [JEM_RUST, arch, str(k), str(iters), str(threads), "64", what]
+        twin = [sys.executable, JEM_TWIN, "--arch", arch, "--steps", str(k), "--iters", str(iters),
+                "--threads", str(threads), "--what", what]
+        return rust, twin
+    return cmds
+
+
+def rt(arch, k, iters, batch):
+    def cmds(threads):
+        args = [arch, str(k), str(iters), str(threads), str(batch)]
+        return [RT_RUST] + args, [sys.executable, RT_TWIN] + args
+    return cmds
+
+
+# (name, shape, commands, FLOPs of the step)
 # Per-image forward FLOPs: mnist-cnn 3.14 M, digits-mlp 0.169 M (2 * MACs); batch 64.
+# robust-transfer: SmallCNN w=1 3.84 MFLOP per 28x28 image, ResNet-50 8.18 GFLOP per 224x224 image;
+# a PGD-k training step with use-best is (2k + 1 + 3) forwards.
 F_CNN = 64 * 3.14e6
 F_MLP = 64 * 2 * (64 * 256 + 256 * 256 + 256 * 10)
+F_RT_SMALL = 32 * 3.84e6
+F_RT_R50 = 2 * 8.18e9
 STEPS = [
-    ("JEM iteration, mnist-cnn", "64x1x28x28, K=20", "cnn", 20, 10, "iter", (2 * 20 + 9) * F_CNN),
-    ("JEM iteration, digits-mlp", "64x1x8x8, K=20", "mlp", 20, 40, "iter", (2 * 20 + 9) * F_MLP),
-    ("one SGLD step, mnist-cnn", "64x1x28x28", "cnn", 20, 40, "sgld", 2 * F_CNN),
-    ("one SGLD step, digits-mlp", "64x1x8x8", "mlp", 20, 200, "sgld", 2 * F_MLP),
+    ("JEM iteration, mnist-cnn", "64x1x28x28, K=20", jem("cnn", 20, 10, "iter"), (2 * 20 + 9) * F_CNN),
+    ("JEM iteration, digits-mlp", "64x1x8x8, K=20", jem("mlp", 20, 40, "iter"), (2 * 20 + 9) * F_MLP),
+    ("one SGLD step, mnist-cnn", "64x1x28x28", jem("cnn", 20, 40, "sgld"), 2 * F_CNN),
+    ("one SGLD step, digits-mlp", "64x1x8x8", jem("mlp", 20, 200, "sgld"), 2 * F_MLP),
+    ("robust-transfer PGD-3 step, SmallCNN", "32x1x28x28", rt("small", 3, 40, 32), 10 * F_RT_SMALL),
+    ("robust-transfer standard step, SmallCNN", "32x1x28x28", rt("small", 0, 100, 32), 3 * F_RT_SMALL),
+    ("robust-transfer PGD-3 step, ResNet-50", "2x3x224x224", rt("r50", 3, 3, 2), 10 * F_RT_R50),
 ]
 
 
@@ -56,16 +83,17 @@ def main():
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
     a = ap.parse_args()
-    if not os.path.exists(RUST):
-        sys.exit(f"{RUST} is missing: build it with cargo build --release -p jem --example step_time")
+    for exe in (JEM_RUST, RT_RUST):
+        if not os.path.exists(exe):
+            sys.exit(f"{exe} is missing: `just bench-compare` builds it")
     peak = matmul_peak(a.threads)
     rows = []
-    for name, shape, arch, k, iters, what, flops in STEPS:
+    for name, shape, cmds, flops in STEPS:
         rust, torch_t = [], []
+        rust_cmd, twin_cmd = cmds(a.threads)
         for _ in range(a.reps):
-            rust.append(run([RUST, arch, str(k), str(iters), str(a.threads), "64", what]))
-            torch_t.append(run([sys.executable, TWIN, "--arch", arch, "--steps", str(k), "--iters", str(iters),
-                                "--threads", str(a.threads), "--what", what]))
+            rust.append(run(rust_cmd))
+            torch_t.append(run(twin_cmd))
         r, p = statistics.median(rust), statistics.median(torch_t)
         rows.append((name, shape, r, p, r / p, flops / 1e9, flops / (r / 1000) / 1e9))
         print(f"{name:28s} rust {r:9.2f} ms  pytorch {p:9.2f} ms  ratio {r / p:5.2f}", flush=True)
@@ -80,7 +108,8 @@ def main():
         "# Performance",
         "",
         "Written by `just bench-compare` (`bench/compare.py`). Each step is timed in reprise (Rust, the",
-        "`step_time` example of the `jem` crate) and in its PyTorch-eager twin (`bench/pytorch/jem_step.py`),",
+        "`step_time` examples of the `jem` and `robust-transfer` crates) and in its PyTorch-eager twin",
+        "(`bench/pytorch/jem_step.py`, `bench/pytorch/rt_step.py`),",
         f"alternately, {a.reps} repetitions, each the median over its iterations after 3 warm-up iterations;",
         "the table shows the median of the repetitions. Same libtorch (PyTorch 2.11.0), same shapes, float32,",
         f"{a.threads} intra-op thread(s). The PyTorch twin also draws its batches inside the timed loop; reprise's",
@@ -95,10 +124,20 @@ def main():
     for name, shape, r, p, ratio, gf, ach in rows:
         lines.append(f"| {name} | {shape} | {r:.2f} | {p:.2f} | {ratio:.2f} | {gf:.3f} | {ach:.1f} | {100 * ach / peak:.0f} % |")
     lines += ["", "FLOPs are analytic: a forward of the batch is F; a JEM iteration with K SGLD steps is (2K + 9)·F",
-              "(K forward + input-backward pairs, then three loss forwards with full backwards); an SGLD step is 2F.", ""]
+              "(K forward + input-backward pairs, then three loss forwards with full backwards); an SGLD step is 2F;",
+              "a PGD-k adversarial training step with use-best is (2k + 4)·F (k forward + input-backward pairs, the",
+              "use-best forward, then a forward and full backward); a standard step is 3F.", ""]
     out = os.path.join(ROOT, "docs", "performance.md")
+    # Hand-written sections after the marker (analysis, the GPU table) are kept.
+    marker = "<!-- end of the generated part -->"
+    kept = ""
+    if os.path.exists(out):
+        with open(out) as f:
+            old = f.read()
+        if marker in old:
+            kept = old.split(marker, 1)[1]
     with open(out, "w") as f:
-        f.write("\n".join(lines))
+        f.write("\n".join(lines) + "\n" + marker + kept)
     print("wrote", os.path.normpath(out))
 
 

@@ -2,9 +2,10 @@
 # GPU check: CUDA found and used, the paper-scale steps run on the GPU, timed against PyTorch eager.
 #
 # Runs on a Linux machine with an NVIDIA GPU whose python holds PyTorch 2.11.0 (CUDA 13), without
-# Rust or network: it uses target/release/runner and target/release/examples/step_time built on
-# another machine (`cargo build --release -p runner && cargo build --release -p jem --example step_time`)
-# and carried over with data/, and finds libtorch by asking python where torch lives.
+# Rust or network: it uses target/release/runner and the examples step_time and rt_step_time built
+# on another machine (`cargo build --release -p runner -p jem --example step_time -p robust-transfer
+# --example rt_step_time`) and carried over with data/, and finds libtorch by asking python where
+# torch lives.
 #
 # usage: scripts/gpu-check.sh [OUT_DIR] [--device cuda|cpu] [--n STEPS] [--batch B] [--k SGLD_STEPS]
 #   OUT_DIR   default gpu-check-out/; gets info.txt, table.md and the logs
@@ -30,9 +31,12 @@ mkdir -p "$out"
 py="${PYTHON:-python3}"
 torch_lib="$("$py" -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')"
 export LD_LIBRARY_PATH="$torch_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-runner=target/release/runner
-step_time=target/release/examples/step_time
-for b in "$runner" "$step_time"; do
+# BIN_DIR: where the carried binaries are (default target/release; e.g. stripped copies elsewhere).
+bin="${BIN_DIR:-target/release}"
+runner="$bin/runner"
+step_time="$bin/examples/step_time"
+rt_step_time="$bin/examples/rt_step_time"
+for b in "$runner" "$step_time" "$rt_step_time"; do
     [ -x "$b" ] || { echo "missing $b: build it on a machine with Rust and carry it here" >&2; exit 1; }
 done
 
@@ -74,15 +78,31 @@ rust_ms=$(REPRISE_DEVICE="$device" "$step_time" wrn "$k" "$n" 1 "$batch" 2>>"$ou
 torch_ms=$("$py" bench/pytorch/jem_step.py --arch wrn --steps "$k" --iters "$n" --batch "$batch" --device "$device" 2>>"$out/log.txt")
 echo "rust $rust_ms ms, pytorch $torch_ms ms" | tee -a "$out/log.txt"
 
+echo "== robust-transfer: paper-scale specs end to end (--smoke) on $device" | tee -a "$out/log.txt"
+"$runner" run robust-transfer/imagenet-r50-l2-eps3 --smoke --device "$device" --out "$out/runs" >> "$out/log.txt" 2>&1
+"$runner" run robust-transfer/transfer-cifar10 --smoke --device "$device" --out "$out/runs" >> "$out/log.txt" 2>&1
+
+echo "== robust-transfer: ResNet-50 PGD-3 training step (224 px, batch $batch), $n steps, Rust vs PyTorch eager" | tee -a "$out/log.txt"
+rt_rust_ms=$(REPRISE_DEVICE="$device" "$rt_step_time" r50 3 "$n" 1 "$batch" 2>>"$out/log.txt")
+if [ "$device" = cpu ]; then
+    rt_torch_ms=$(CUDA_VISIBLE_DEVICES= "$py" bench/pytorch/rt_step.py r50 3 "$n" 1 "$batch" 2>>"$out/log.txt")
+else
+    rt_torch_ms=$("$py" bench/pytorch/rt_step.py r50 3 "$n" 1 "$batch" 2>>"$out/log.txt")
+fi
+echo "rust $rt_rust_ms ms, pytorch $rt_torch_ms ms" | tee -a "$out/log.txt"
+
 fp32=$(awk '/^fp32/ {print $2}' "$out/matmul.txt")
-"$py" - "$rust_ms" "$torch_ms" "$batch" "$fp32" "$device" "$n" "$k" > "$out/table.md" <<'PY'
+"$py" - "$rust_ms" "$torch_ms" "$batch" "$fp32" "$device" "$n" "$k" "$rt_rust_ms" "$rt_torch_ms" > "$out/table.md" <<'PY'
 import sys, datetime
 r, p, b, peak, dev, n, k = float(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), sys.argv[5], sys.argv[6], int(sys.argv[7])
+rr, rp = float(sys.argv[8]), float(sys.argv[9])
 flops = (2 * k + 9) * b * 11.9e9  # (2K + 9) forwards of WRN-28-10 at 11.9 GFLOP per 32x32 image
+rt_flops = 10 * b * 8.18e9  # PGD-3 with use-best: (2*3 + 4) forwards of ResNet-50 at 8.18 GFLOP per 224x224 image
 print(f"GPU check, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}, device {dev}, median of {n} steps")
 print()
 print("| step | Rust (ms) | PyTorch (ms) | ratio | achieved TFLOP/s (Rust) | fp32 matmul TFLOP/s |")
 print("|---|---|---|---|---|---|")
 print(f"| JEM iteration, WRN-28-10, K={k}, batch {b} | {r:.1f} | {p:.1f} | {r / p:.2f} | {flops / (r / 1000) / 1e12:.2f} | {peak:.2f} |")
+print(f"| PGD-3 training step, ResNet-50 224 px, batch {b} | {rr:.1f} | {rp:.1f} | {rr / rp:.2f} | {rt_flops / (rr / 1000) / 1e12:.2f} | {peak:.2f} |")
 PY
 cat "$out/table.md"

@@ -27,6 +27,37 @@ trap 'rm -rf "$out"' EXIT
     "$runner" run "$exp" --smoke --out "$out" --jobs 2
 done
 
+echo "== robust-transfer: a robustness-library checkpoint converts and transfers"
+src=$(ls "$out"/robust-transfer-imagenet-r50-l2-eps3/*/source.safetensors | head -1)
+python - "$src" "$out/fake-robustness.ckpt" <<'PY'
+import sys, torch
+sys.path.insert(0, "scripts")
+from convert_robustness_ckpt import read_safetensors
+sd = read_safetensors(sys.argv[1])
+model = {}
+for k, v in sd.items():
+    if k.startswith("normalizer."):
+        model["module.normalizer.new_" + k.split(".")[1]] = v
+    else:
+        model["module.model." + k] = v
+        model["module.attacker.model." + k] = v
+torch.save({"model": model, "epoch": 1}, sys.argv[2])
+PY
+python scripts/convert_robustness_ckpt.py "$out/fake-robustness.ckpt" "$out/converted.safetensors"
+"$runner" run robust-transfer/transfer-cifar10 --smoke --out "$out" \
+    robust-transfer.source.from="$out/converted.safetensors" robust-transfer.eval.source=false
+loaded=$(ls -t "$out"/robust-transfer-cifar10/*/source.safetensors | head -1)
+python - "$src" "$loaded" <<'PY'
+import sys
+sys.path.insert(0, "scripts")
+from convert_robustness_ckpt import read_safetensors
+a, b = read_safetensors(sys.argv[1]), read_safetensors(sys.argv[2])
+keys = [k for k in a if not k.startswith(("fc.", "normalizer."))]
+bad = [k for k in keys if k not in b or not a[k].equal(b[k])]
+assert len(keys) >= 265 and not bad, f"{len(keys)} backbone tensors, differing: {bad[:5]}"
+print(f"converted backbone loaded exactly: {len(keys)} tensors")
+PY
+
 echo "== unit and integration tests"
 log="$out/cargo-test.log"
 cargo test --release --workspace --lib --bins --tests 2>&1 | tee "$log"

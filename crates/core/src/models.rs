@@ -1,7 +1,7 @@
 //! Model families more than one paper uses: ResNet (torchvision layout and parameter names),
 //! Wide-ResNet (the pre-activation block of JEM's code) and a small CNN.
 
-use crate::nn::{batch_norm2d, conv2d, linear, torch_default_init, Activation, InstanceNorm};
+use crate::nn::{batch_norm2d, conv2d, linear, Activation, InstanceNorm};
 use serde::{Deserialize, Serialize};
 use tch::nn::{self, Init, Module, ModuleT};
 use tch::Tensor;
@@ -534,11 +534,6 @@ impl Module for Cnn {
         }
         h
     }
-}
-
-/// The PyTorch default init for a layer with `fan_in` inputs, re-exported for model code.
-pub fn default_init(fan_in: i64) -> Init {
-    torch_default_init(fan_in)
 }
 
 #[cfg(test)]

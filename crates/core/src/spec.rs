@@ -36,6 +36,11 @@ pub struct SpecError {
 }
 
 impl SpecError {
+    /// An error at a dotted key path, not yet placed in a file (see [`SpecTree::locate_error`]).
+    pub fn at(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::new(path, message)
+    }
+
     fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
         SpecError {
             file: None,
@@ -389,7 +394,8 @@ impl SpecTree {
         Ok(())
     }
 
-    /// Sets the value at a dotted path, creating mappings on the way.
+    /// Sets the value at a dotted path, creating mappings on the way; a number indexes an
+    /// existing sequence (`transfer.targets.0.data`).
     pub fn set(&mut self, dotted: &str, v: Value) -> Result<(), SpecError> {
         let parts: Vec<&str> = dotted.split('.').collect();
         if parts.iter().any(|p| p.is_empty()) {
@@ -401,6 +407,25 @@ impl SpecTree {
         let mut cur = &mut self.value;
         for (i, p) in parts.iter().enumerate() {
             let here = parts[..i].join(".");
+            if let Value::Sequence(seq) = cur {
+                let len = seq.len();
+                let slot = p
+                    .parse::<usize>()
+                    .ok()
+                    .and_then(|n| seq.get_mut(n))
+                    .ok_or_else(|| {
+                        SpecError::new(
+                            here.clone(),
+                            format!("is a list of {len}; `{p}` is not an index into it"),
+                        )
+                    })?;
+                if i + 1 == parts.len() {
+                    *slot = v;
+                    return Ok(());
+                }
+                cur = slot;
+                continue;
+            }
             let map = match cur {
                 Value::Mapping(m) => m,
                 Value::Null => {
@@ -425,9 +450,10 @@ impl SpecTree {
 
     /// The value at a dotted path.
     pub fn get(&self, dotted: &str) -> Option<&Value> {
-        dotted
-            .split('.')
-            .try_fold(&self.value, |cur, p| cur.as_mapping()?.get(key(p)))
+        dotted.split('.').try_fold(&self.value, |cur, p| match cur {
+            Value::Sequence(s) => s.get(p.parse::<usize>().ok()?),
+            _ => cur.as_mapping()?.get(key(p)),
+        })
     }
 
     /// Removes the value at a top-level key.
@@ -492,6 +518,15 @@ impl SpecTree {
             }
         }
         Ok(header)
+    }
+
+    /// `Ok` when `ok`, else the error `message` at the dotted `path`, placed in the file.
+    pub fn require(&self, path: &str, ok: bool, message: &str) -> Result<(), SpecError> {
+        if ok {
+            Ok(())
+        } else {
+            Err(self.locate_error(SpecError::at(path, message)))
+        }
     }
 
     /// Adds the file and line (or the override) to an error about a dotted path.
@@ -788,6 +823,20 @@ jem:
         assert!(e
             .to_string()
             .starts_with("override `jem.width=abc`: jem.width: invalid type"));
+    }
+
+    #[test]
+    fn dotted_paths_index_lists() {
+        let mut t = SpecTree::from_str("x.yaml", "a:\n  - { n: 1 }\n  - { n: 2 }\n").unwrap();
+        t.set("a.1.n", Value::from(5)).unwrap();
+        assert_eq!(t.get("a.1.n"), Some(&Value::from(5)));
+        assert_eq!(t.get("a.0.n"), Some(&Value::from(1)));
+        t.set("a.0", Value::from("x")).unwrap();
+        assert_eq!(t.get("a.0"), Some(&Value::from("x")));
+        for bad in ["a.2.n", "a.x.n", "a.-1"] {
+            let e = t.set(bad, Value::from(0)).unwrap_err();
+            assert!(e.message.contains("is a list of 2"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -44,16 +44,7 @@ pub fn paper() -> Paper {
 }
 
 fn check(tree: &SpecTree, path: &str, ok: bool, msg: &str) -> Result<(), SpecError> {
-    if ok {
-        return Ok(());
-    }
-    Err(tree.locate_error(SpecError {
-        file: None,
-        line: None,
-        path: path.into(),
-        from_override: None,
-        message: msg.into(),
-    }))
+    tree.require(path, ok, msg)
 }
 
 /// Checks the `jem:` section: types, and values a run could not use.

@@ -1,1 +1,639 @@
-//! robust-transfer
+//! `robust-transfer`: "Do Adversarially Robust ImageNet Models Transfer Better?" (Salman,
+//! Ilyas, Engstrom, Kapoor, Madry; NeurIPS 2020, arXiv 2007.08489).
+//!
+//! One run is one source arm (`std`, PGD at an L2 or L∞ radius, or the Gaussian-noise control)
+//! at one source seed: the source is trained ([`train`]) or loaded (`source.from`), attacked
+//! on its holdout split, then transferred to every target ([`transfer`]) in fixed-feature and
+//! full-network mode over the transfer seeds. [`report`] computes the paper's claims from a
+//! sweep of such runs.
+
+pub mod config;
+pub mod data;
+pub mod model;
+pub mod report;
+pub mod train;
+pub mod transfer;
+
+pub use config::{Arm, Config};
+
+use crate::model::Net;
+use crate::transfer::{Arch, Mode, Outcome};
+use reprise_core::attack::Pgd;
+use reprise_core::checkpoint::Checkpoint;
+use reprise_core::data::{batch_indices, Rng};
+use reprise_core::optim::{Optimizer, Rule, Schedule};
+use reprise_core::run::{Paper, RunContext};
+use reprise_core::spec::{SpecError, SpecTree};
+use reprise_core::{Error, Result};
+use serde_json::{json, Map, Value};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use tch::Tensor;
+
+/// The paper, as the runner sees it.
+pub fn paper() -> Paper {
+    Paper {
+        name: "robust-transfer",
+        title: "Do Adversarially Robust ImageNet Models Transfer Better? (arXiv 2007.08489)",
+        validate,
+        run,
+        report: report::report_run,
+        report_sweep: report::report_sweep,
+    }
+}
+
+const SECTION: &str = "robust-transfer";
+
+/// Checks the `robust-transfer:` section: types, and values a run could not use.
+pub fn validate(tree: &SpecTree) -> Result<(), SpecError> {
+    let c: Config = tree.typed(SECTION)?;
+    let at = |k: &str| format!("{SECTION}.{k}");
+    let arm = Arm::parse(&c.source.arm);
+    tree.require(
+        &at("source.arm"),
+        arm.is_ok(),
+        arm.as_ref().err().map_or("", String::as_str),
+    )?;
+    if let Ok(Arm::Adv(norm, _)) = arm {
+        tree.require(
+            &at("source.attack.fgsm"),
+            !c.source.attack.fgsm || norm == reprise_core::attack::Norm::Linf,
+            "FGSM is an L∞ attack; use PGD for an L2 arm",
+        )?;
+    }
+    let n = c.normalize.mean.len();
+    tree.require(
+        &at("normalize"),
+        n > 0 && c.normalize.std.len() == n && c.normalize.std.iter().all(|s| *s > 0.0),
+        "needs as many positive stds as means (one per input channel)",
+    )?;
+    if let config::ModelConfig::SmallCnn { width } = c.model {
+        tree.require(
+            &at("model.small_cnn.width"),
+            width > 0,
+            "must be at least 1",
+        )?;
+    }
+    let pos = |v: f64| v > 0.0 && v.is_finite();
+    tree.require(
+        &at("source.lr"),
+        pos(c.source.lr),
+        "must be a positive number",
+    )?;
+    tree.require(
+        &at("source.batch"),
+        c.source.batch > 0,
+        "must be at least 1",
+    )?;
+    tree.require(
+        &at("source.epochs"),
+        c.source.epochs > 0 || c.source.from.is_some(),
+        "must be at least 1",
+    )?;
+    tree.require(
+        &at("source.attack.steps"),
+        c.source.attack.steps > 0,
+        "must be at least 1",
+    )?;
+    tree.require(
+        &at("source.attack.step_ratio"),
+        pos(c.source.attack.step_ratio),
+        "must be a positive number",
+    )?;
+    tree.require(
+        &at("source.checkpoint_every"),
+        c.source.checkpoint_every > 0,
+        "must be at least 1",
+    )?;
+    tree.require(
+        &at("eval.pgd_steps"),
+        c.eval.pgd_steps > 0,
+        "must be at least 1",
+    )?;
+    tree.require(
+        &at("eval.source"),
+        c.eval.source || c.source.from.is_some(),
+        "a source trained here is always evaluated; `eval.source: false` needs `source.from`",
+    )?;
+    tree.require(&at("eval.batch"), c.eval.batch > 0, "must be at least 1")?;
+    let grids = c.eval.grid_l2.iter().chain(&c.eval.grid_linf);
+    tree.require(
+        &at("eval"),
+        grids.clone().all(|e| pos(*e)),
+        "grid radii must be positive",
+    )?;
+    let mut names = std::collections::BTreeSet::new();
+    for (i, t) in c.transfer.targets.iter().enumerate() {
+        let p = at(&format!("transfer.targets.{i}"));
+        tree.require(
+            &p,
+            names.insert(t.name.clone()),
+            &format!("target name `{}` is used twice", t.name),
+        )?;
+        tree.require(
+            &format!("{p}.per_class"),
+            t.per_class != Some(0),
+            "must be at least 1",
+        )?;
+        if let Some(cl) = &t.classes {
+            tree.require(
+                &format!("{p}.classes"),
+                cl.len() >= 2,
+                "needs at least two classes",
+            )?;
+        }
+        for tr in &t.transform {
+            let ok = match tr {
+                config::Transform::Area(s) | config::Transform::Bilinear(s) => *s > 0,
+                config::Transform::Pad(p) => *p >= 0,
+                config::Transform::Rgb => true,
+            };
+            tree.require(&format!("{p}.transform"), ok, "sizes must be positive")?;
+        }
+    }
+    let sgd_ok = |s: &config::SgdConfig| -> Option<&'static str> {
+        if s.lr.is_empty() || !s.lr.iter().all(|l| pos(*l)) {
+            Some("lr must be a non-empty list of positive rates")
+        } else if s.batch == 0 {
+            Some("batch must be at least 1")
+        } else if s.steps.is_none() == s.epochs.is_none() {
+            Some("give exactly one of `steps` and `epochs`")
+        } else if !(0.0..1.0).contains(&s.val_fraction) || (s.lr.len() > 1 && s.val_fraction == 0.0)
+        {
+            Some("val_fraction must be in (0, 1) when lr is a grid")
+        } else {
+            None
+        }
+    };
+    if let Some(f) = &c.transfer.fixed {
+        tree.require(
+            &at("transfer.fixed.seeds"),
+            !f.seeds.is_empty(),
+            "needs at least one seed",
+        )?;
+        match &f.solver {
+            config::Solver::Sgd(s) => {
+                let e = sgd_ok(s);
+                tree.require(
+                    &at("transfer.fixed.solver.sgd"),
+                    e.is_none(),
+                    e.unwrap_or(""),
+                )?;
+            }
+            config::Solver::Logistic { iterations, lr, .. } => {
+                tree.require(
+                    &at("transfer.fixed.solver.logistic"),
+                    *iterations > 0 && pos(*lr),
+                    "iterations and lr must be positive",
+                )?;
+            }
+        }
+    }
+    if let Some(f) = &c.transfer.full {
+        tree.require(
+            &at("transfer.full.seeds"),
+            !f.seeds.is_empty(),
+            "needs at least one seed",
+        )?;
+        let e = sgd_ok(&f.sgd);
+        tree.require(&at("transfer.full.sgd"), e.is_none(), e.unwrap_or(""))?;
+    }
+    Ok(())
+}
+
+fn save_source(ctx: &RunContext, net: &Net, opt: &Optimizer, step: u64) -> Result<()> {
+    let mut ck = Checkpoint::new();
+    for (k, v) in net.vs.variables() {
+        ck.put(format!("model.{k}"), &v);
+    }
+    opt.save(&mut ck, "optim");
+    ck.set("step", step);
+    ctx.checkpoints().save(step, &ck)?;
+    Ok(())
+}
+
+fn load_source_checkpoint(net: &Net, opt: &mut Optimizer, ck: &Checkpoint) -> Result<u64> {
+    for (k, mut v) in net.vs.variables() {
+        let t = ck.tensor(&format!("model.{k}"))?;
+        tch::no_grad(|| v.copy_(t));
+    }
+    opt.load(ck, "optim")?;
+    ck.get("step")
+}
+
+/// Where a `source.from` points: a run folder's `source.safetensors`, or the file itself.
+pub fn source_file(from: &Path) -> PathBuf {
+    if from.is_dir() {
+        from.join("source.safetensors")
+    } else {
+        from.to_path_buf()
+    }
+}
+
+/// Trains the source (resuming from the last checkpoint); returns the milliseconds per step.
+fn train_source(
+    ctx: &mut RunContext,
+    c: &Config,
+    arm: Arm,
+    net: &Net,
+    train: &reprise_core::data::Dataset,
+) -> Result<f64> {
+    let s = &c.source;
+    let seed = ctx.seed();
+    let dev = ctx.device();
+    let n = train.len();
+    if s.batch > n {
+        return Err(Error::Data(format!(
+            "batch {} is larger than the source's training set ({n})",
+            s.batch
+        )));
+    }
+    let per_epoch = n.div_ceil(s.batch) as u64;
+    let total = ctx.iterations(s.epochs * per_epoch);
+    let schedule = Schedule::MultiStep {
+        milestones: s.decay_epochs.iter().map(|e| e * per_epoch).collect(),
+        gamma: s.gamma,
+    };
+    let mut opt = Optimizer::new(
+        Rule::Sgd {
+            momentum: s.momentum,
+            dampening: 0.0,
+            nesterov: false,
+        },
+        vec![reprise_core::optim::Group {
+            params: net.params(true),
+            lr_mult: 1.0,
+            weight_decay: s.weight_decay,
+        }],
+    );
+    let mut step = 0;
+    if let Some((_, ck)) = ctx.checkpoints().latest() {
+        step = load_source_checkpoint(net, &mut opt, &ck)?;
+        eprintln!("resuming from step {step}");
+        tracing::info!("resuming from step {step}");
+    }
+    ctx.begin(step)?;
+    let mut progress = ctx.progress(total, step);
+    let (mut secs, first) = (0.0, step);
+    let (mut sum, mut k) = (0.0, 0u64);
+    let mut batches = Vec::new();
+    while step < total {
+        let t0 = Instant::now();
+        let epoch = step / per_epoch;
+        if batches.is_empty() || step % per_epoch == 0 {
+            // The batch order depends on the source seed only: every arm sees the same data.
+            batches = batch_indices(n, s.batch, seed, epoch, true, false);
+        }
+        tch::manual_seed(
+            (seed as i64)
+                .wrapping_mul(1_000_003)
+                .wrapping_add(step as i64),
+        );
+        let idx = Tensor::from_slice(&batches[(step % per_epoch) as usize]);
+        let mut x = train.x.index_select(0, &idx).to_device(dev);
+        if !s.augment.is_identity() {
+            x = s.augment.apply(
+                &x,
+                &mut Rng::new(seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
+            );
+        }
+        let y = train.y.index_select(0, &idx).to_device(dev);
+        let ramp = if s.eps_ramp_epochs > 0 {
+            ((step + 1) as f64 / (s.eps_ramp_epochs * per_epoch) as f64).min(1.0)
+        } else {
+            1.0
+        };
+        let lr = schedule.lr(s.lr, step, 0);
+        let loss = train::train_step(net, &mut opt, arm, arm.eps() * ramp, &s.attack, &x, &y, lr);
+        if !loss.is_finite() {
+            return Err(Error::Diverged {
+                step,
+                why: format!("training loss {loss}"),
+            });
+        }
+        step += 1;
+        secs += t0.elapsed().as_secs_f64();
+        sum += loss;
+        k += 1;
+        progress.set(step, &format!("{arm} loss {loss:.3}"));
+        let end_of_epoch = step % per_epoch == 0 || step == total;
+        if end_of_epoch {
+            ctx.log_metrics(
+                step,
+                step as f64 / per_epoch as f64,
+                &[("loss", sum / k.max(1) as f64), ("lr", lr)],
+            )?;
+            (sum, k) = (0.0, 0);
+            let ep = step.div_ceil(per_epoch);
+            if ep.is_multiple_of(s.checkpoint_every) || step == total {
+                save_source(ctx, net, &opt, step)?;
+            }
+        }
+        if ctx.interrupted() && step < total {
+            save_source(ctx, net, &opt, step)?;
+            return Err(Error::Interrupted {
+                step,
+                dir: ctx.dir().to_path_buf(),
+            });
+        }
+    }
+    progress.finish();
+    Ok(if step > first {
+        secs * 1000.0 / (step - first) as f64
+    } else {
+        f64::NAN
+    })
+}
+
+/// Robust evaluation of the source on its holdout split: clean accuracy and PGD accuracy at
+/// each point of [`train::eval_points`].
+fn evaluate_source(
+    c: &Config,
+    arm: Arm,
+    net: &Net,
+    holdout: &reprise_core::data::Dataset,
+) -> Map<String, Value> {
+    let mut robust = Map::new();
+    for (norm, eps) in train::eval_points(arm, &c.eval) {
+        let a = train::accuracy(
+            net,
+            holdout,
+            Some(&Pgd::eval(norm, eps, c.eval.pgd_steps)),
+            c.eval.batch,
+        );
+        robust.insert(train::point_key(norm, eps), json!(a));
+    }
+    let mut m = Map::new();
+    m.insert(
+        "src_clean".into(),
+        json!(train::accuracy(net, holdout, None, c.eval.batch)),
+    );
+    m.insert("src_robust".into(), Value::Object(robust));
+    m
+}
+
+/// The finished transfers in `transfers.jsonl`. A line torn by a kill is dropped and the file
+/// rewritten without it, so the next line appended starts clean.
+fn read_outcomes(path: &Path) -> Result<Vec<Outcome>> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(Vec::new());
+    };
+    let mut kept = String::new();
+    let mut out = Vec::new();
+    for l in text.split_inclusive('\n') {
+        if let (true, Ok(o)) = (l.ends_with('\n'), serde_json::from_str::<Outcome>(l)) {
+            kept.push_str(l);
+            out.push(o);
+        }
+    }
+    if kept.len() != text.len() {
+        tracing::warn!("{}: dropped an unfinished line", path.display());
+        reprise_core::checkpoint::write_atomic(path, kept.as_bytes())?;
+    }
+    Ok(out)
+}
+
+fn append_outcome(path: &Path, o: &Outcome) -> Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| Error::Io(path.to_path_buf(), e))?;
+    let line = serde_json::to_string(o).map_err(|e| Error::msg(e.to_string()))? + "\n";
+    f.write_all(line.as_bytes())
+        .and_then(|_| f.sync_data())
+        .map_err(|e| Error::Io(path.to_path_buf(), e))
+}
+
+/// Trains (or loads) the source, evaluates it, and transfers it to every target. Finished
+/// stages are kept in the run folder (`source.safetensors`, `source.json`, one line per
+/// transfer in `transfers.jsonl`), so a resumed run redoes only what was unfinished.
+pub fn run(ctx: &mut RunContext) -> Result<()> {
+    let c: Config = ctx.config()?;
+    let arm = Arm::parse(&c.source.arm).map_err(Error::msg)?;
+    let h = ctx.header().clone();
+    let dev = ctx.device();
+    let dir = ctx.dir().to_path_buf();
+    let transfer_only = c.source.from.is_some() && !c.eval.source;
+    let splits = if transfer_only {
+        None
+    } else {
+        Some(data::source_splits(&h.data, c.source.classes.as_deref())?)
+    };
+    let classes = match (&splits, &c.source.from) {
+        (Some(s), _) => s.train.classes as i64,
+        (None, Some(from)) => head_size(&source_file(from))?,
+        (None, None) => unreachable!("transfer_only needs source.from"),
+    };
+    let net = Net::new(&c.model, &c.normalize, classes, c.source.init, dev, h.seed);
+    let src_file = dir.join("source.safetensors");
+    let mut step_ms = f64::NAN;
+    let mut net = net;
+    if src_file.is_file() {
+        net.load_backbone_file(&src_file)?;
+        net_load_head(&net, &src_file)?;
+        ctx.begin(u64::MAX)?;
+    } else if let Some(from) = &c.source.from {
+        let f = source_file(from);
+        net.load_backbone_file(&f)?;
+        eprintln!("source backbone loaded from {}", f.display());
+        net.save(&src_file)?;
+        ctx.begin(0)?;
+    } else {
+        let train = &splits.as_ref().expect("loaded unless transfer-only").train;
+        step_ms = train_source(ctx, &c, arm, &net, train)?;
+        net.save(&src_file)?;
+    }
+    let src_json = dir.join("source.json");
+    let mut src_metrics: Map<String, Value> = std::fs::read(&src_json)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    if let (true, Some(splits)) = (src_metrics.is_empty(), &splits) {
+        eprintln!(
+            "evaluating the source on {} holdout examples",
+            splits.test.len()
+        );
+        src_metrics = evaluate_source(&c, arm, &net, &splits.test);
+        src_metrics.insert(
+            "source_step_ms".into(),
+            reprise_core::run::json_f64(step_ms),
+        );
+        reprise_core::checkpoint::write_atomic(
+            &src_json,
+            serde_json::to_string_pretty(&src_metrics)
+                .map_err(|e| Error::msg(e.to_string()))?
+                .as_bytes(),
+        )?;
+    }
+    let outcomes = transfer_all(ctx, &c, &net)?;
+    let mut summary = Map::new();
+    summary.insert("arm".into(), json!(arm.to_string()));
+    summary.insert("kind".into(), json!(arm.kind()));
+    summary.insert("eps".into(), json!(arm.eps()));
+    summary.insert("source_seed".into(), json!(h.seed));
+    summary.extend(src_metrics);
+    for mode in [Mode::Fixed, Mode::Full] {
+        for t in &c.transfer.targets {
+            let accs: Vec<f64> = outcomes
+                .iter()
+                .filter(|o| o.mode == mode && o.target == t.name)
+                .map(|o| o.acc)
+                .collect();
+            if !accs.is_empty() {
+                let m = accs.iter().sum::<f64>() / accs.len() as f64;
+                summary.insert(format!("{}_{}", mode.name(), t.name), json!(m));
+            }
+        }
+    }
+    summary.insert(
+        "transfers".into(),
+        serde_json::to_value(&outcomes).map_err(|e| Error::msg(e.to_string()))?,
+    );
+    ctx.write_summary(&Value::Object(summary))?;
+    let md = report::report_run(ctx.dir())?;
+    ctx.write_report(&md)?;
+    Ok(())
+}
+
+/// The number of outputs of the head `fc` in a safetensors file (2 when it has none).
+fn head_size(file: &Path) -> Result<i64> {
+    let named = Tensor::read_safetensors(file)
+        .map_err(|e| Error::msg(format!("{}: cannot read safetensors: {e}", file.display())))?;
+    Ok(named
+        .iter()
+        .find(|(k, _)| k == "fc.weight")
+        .map_or(2, |(_, t)| t.size()[0]))
+}
+
+/// Loads the head of a saved source too (the backbone loader skips it).
+fn net_load_head(net: &Net, file: &Path) -> Result<()> {
+    let named = Tensor::read_safetensors(file)
+        .map_err(|e| Error::msg(format!("{}: cannot read safetensors: {e}", file.display())))?;
+    let vars = net.vs.variables();
+    for (k, t) in named {
+        if k.starts_with("fc.") {
+            if let Some(v) = vars.get(&k) {
+                tch::no_grad(|| v.shallow_clone().copy_(&t));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Every (target, mode, seed) transfer not yet in `transfers.jsonl`, in a fixed order.
+fn transfer_all(ctx: &mut RunContext, c: &Config, src: &Net) -> Result<Vec<Outcome>> {
+    let path = ctx.dir().join("transfers.jsonl");
+    let mut done = read_outcomes(&path)?;
+    let smoke = ctx.smoke();
+    let mut jobs: Vec<(usize, Mode, u64)> = Vec::new();
+    for (i, _) in c.transfer.targets.iter().enumerate() {
+        if let Some(f) = &c.transfer.fixed {
+            jobs.extend(f.seeds.iter().map(|&s| (i, Mode::Fixed, s)));
+        }
+        if let Some(f) = &c.transfer.full {
+            jobs.extend(f.seeds.iter().map(|&s| (i, Mode::Full, s)));
+        }
+    }
+    if smoke {
+        // One seed of each (target, mode) in a smoke run.
+        let mut seen = std::collections::BTreeSet::new();
+        jobs.retain(|(i, m, _)| seen.insert((*i, *m)));
+    }
+    let mut progress = ctx.progress(jobs.len() as u64, 0);
+    let mut pools: Vec<Option<data::TargetPool>> =
+        c.transfer.targets.iter().map(|_| None).collect();
+    for (n, &(i, mode, seed)) in jobs.iter().enumerate() {
+        let t = &c.transfer.targets[i];
+        if done
+            .iter()
+            .any(|o| o.target == t.name && o.mode == mode && o.seed == seed)
+        {
+            progress.set(n as u64 + 1, "done before");
+            continue;
+        }
+        if pools[i].is_none() {
+            pools[i] = Some(data::TargetPool::load(t)?);
+        }
+        let (train, test) = pools[i].as_ref().expect("loaded").draw(seed)?;
+        let solver = match mode {
+            Mode::Fixed => c
+                .transfer
+                .fixed
+                .as_ref()
+                .expect("fixed jobs only when configured")
+                .solver
+                .clone(),
+            Mode::Full => {
+                config::Solver::Sgd(c.transfer.full.as_ref().expect("configured").sgd.clone())
+            }
+        };
+        let mut solver = solver;
+        if smoke {
+            if let config::Solver::Sgd(s) = &mut solver {
+                s.steps = Some(ctx.iterations(s.steps.unwrap_or(u64::MAX)).min(5));
+                s.epochs = None;
+            }
+        }
+        let arch = Arch {
+            model: &c.model,
+            norm: t.normalize.as_ref().unwrap_or(&c.normalize),
+        };
+        let stop = || ctx.interrupted();
+        let o = match transfer::transfer(
+            src,
+            arch,
+            t,
+            (&train, &test),
+            mode,
+            &solver,
+            seed,
+            c.eval.batch,
+            &stop,
+        ) {
+            Ok(o) => o,
+            Err(_) if ctx.interrupted() => {
+                return Err(Error::Interrupted {
+                    step: n as u64,
+                    dir: ctx.dir().to_path_buf(),
+                })
+            }
+            Err(e) => return Err(e),
+        };
+        tracing::info!(
+            "{} {} seed {seed}: acc {:.2} (mean per class {:.2}), lr {}, {:.1} s",
+            t.name,
+            mode.name(),
+            o.acc,
+            o.mpc_acc,
+            o.lr,
+            o.secs
+        );
+        append_outcome(&path, &o)?;
+        progress.set(
+            n as u64 + 1,
+            &format!("{} {} seed {seed}: {:.1}%", t.name, mode.name(), o.acc),
+        );
+        done.push(o);
+        if ctx.interrupted() && n + 1 < jobs.len() {
+            return Err(Error::Interrupted {
+                step: n as u64 + 1,
+                dir: ctx.dir().to_path_buf(),
+            });
+        }
+    }
+    progress.finish();
+    // In job order, finished ones only.
+    let mut out = Vec::new();
+    for &(i, mode, seed) in &jobs {
+        let name = &c.transfer.targets[i].name;
+        if let Some(o) = done
+            .iter()
+            .find(|o| &o.target == name && o.mode == mode && o.seed == seed)
+        {
+            out.push(o.clone());
+        }
+    }
+    Ok(out)
+}

@@ -119,13 +119,7 @@ pub fn load(file: &Path, smoke: bool, overrides: &[String]) -> Result<SpecTree, 
 pub fn check(tree: &SpecTree) -> Result<Vec<(String, SpecTree)>> {
     let header = tree.header()?;
     let paper = crate::paper(&header.paper).map_err(|e| {
-        let located = tree.locate_error(SpecError {
-            file: None,
-            line: None,
-            path: "paper".into(),
-            from_override: None,
-            message: e.to_string(),
-        });
+        let located = tree.locate_error(SpecError::at("paper", e.to_string()));
         anyhow::anyhow!("{located}")
     })?;
     let runs = tree.expand()?;

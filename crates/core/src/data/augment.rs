@@ -34,17 +34,63 @@ pub struct Augment {
     /// Standard deviation of additive Gaussian noise.
     #[serde(default)]
     pub noise: f64,
+    /// torchvision's `RandomResizedCrop` to this side (0: off), applied first: a crop of
+    /// 8–100 % of the area with aspect ratio in [3/4, 4/3] (10 tries, then the centre crop),
+    /// resized bilinearly.
+    #[serde(default)]
+    pub resized_crop: i64,
+}
+
+/// One `RandomResizedCrop` box `(top, left, height, width)` in an `h×w` image.
+pub fn resized_crop_box(h: i64, w: i64, rng: &mut Rng) -> (i64, i64, i64, i64) {
+    let area = (h * w) as f64;
+    let (lo, hi) = ((3.0f64 / 4.0).ln(), (4.0f64 / 3.0).ln());
+    for _ in 0..10 {
+        let target = area * (0.08 + 0.92 * rng.uniform());
+        let ratio = (lo + (hi - lo) * rng.uniform()).exp();
+        let cw = (target * ratio).sqrt().round() as i64;
+        let ch = (target / ratio).sqrt().round() as i64;
+        if cw > 0 && ch > 0 && cw <= w && ch <= h {
+            let top = rng.below((h - ch + 1) as usize) as i64;
+            let left = rng.below((w - cw + 1) as usize) as i64;
+            return (top, left, ch, cw);
+        }
+    }
+    // Centre crop, aspect ratio clamped to the range.
+    let r = w as f64 / h as f64;
+    let (ch, cw) = if r < 0.75 {
+        ((w as f64 / 0.75).round() as i64, w)
+    } else if r > 4.0 / 3.0 {
+        (h, (h as f64 * 4.0 / 3.0).round() as i64)
+    } else {
+        (h, w)
+    };
+    ((h - ch) / 2, (w - cw) / 2, ch, cw)
 }
 
 impl Augment {
     /// Whether it changes anything.
     pub fn is_identity(&self) -> bool {
-        self.pad_crop == 0 && !self.hflip && self.noise == 0.0
+        self.pad_crop == 0 && !self.hflip && self.noise == 0.0 && self.resized_crop == 0
     }
 
     /// Applies the augmentation to a batch `N×C×H×W`, drawing every random number from `rng`.
     pub fn apply(&self, x: &Tensor, rng: &mut Rng) -> Tensor {
         let mut x = x.shallow_clone();
+        if self.resized_crop > 0 {
+            let s = x.size();
+            let out = self.resized_crop;
+            let crops: Vec<Tensor> = (0..s[0])
+                .map(|i| {
+                    let (t, l, ch, cw) = resized_crop_box(s[2], s[3], rng);
+                    x.narrow(0, i, 1)
+                        .narrow(2, t, ch)
+                        .narrow(3, l, cw)
+                        .upsample_bilinear2d([out, out], false, None, None)
+                })
+                .collect();
+            x = Tensor::cat(&crops, 0);
+        }
         let s = x.size();
         let (n, h, w) = (s[0], s[2], s[3]);
         if self.pad_crop > 0 {
@@ -201,6 +247,34 @@ mod tests {
             refl.gt(0.0).all().int64_value(&[]) == 1,
             "reflection adds no zeros"
         );
+    }
+
+    #[test]
+    fn resized_crops_are_boxes_inside_the_image_with_bounded_area_and_ratio() {
+        let mut rng = Rng::new(5);
+        for _ in 0..200 {
+            let (t, l, h, w) = resized_crop_box(32, 48, &mut rng);
+            assert!(
+                t >= 0 && l >= 0 && t + h <= 32 && l + w <= 48,
+                "{t} {l} {h} {w}"
+            );
+            let area = (h * w) as f64 / (32.0 * 48.0);
+            let ratio = w as f64 / h as f64;
+            assert!((0.07..=1.0).contains(&area), "area {area}");
+            assert!((0.7..=1.4).contains(&ratio), "ratio {ratio}");
+        }
+        let x = Tensor::rand([3, 3, 32, 48], (Kind::Float, tch::Device::Cpu));
+        let aug = Augment {
+            resized_crop: 24,
+            ..Default::default()
+        };
+        let y = aug.apply(&x, &mut Rng::new(1));
+        assert_eq!(y.size(), vec![3, 3, 24, 24]);
+        assert!(y.equal(&aug.apply(&x, &mut Rng::new(1))), "seeded");
+        // A constant image stays constant whatever the box.
+        let c = Tensor::full([2, 1, 10, 10], 0.25, (Kind::Float, tch::Device::Cpu));
+        let d = aug.apply(&c, &mut Rng::new(2)) - 0.25;
+        assert!(d.abs().max().double_value(&[]) < 1e-6);
     }
 
     #[test]

@@ -1,0 +1,102 @@
+//! Median milliseconds of one PGD-k adversarial training step (L2, ε = 1, step 2ε/3, use-best;
+//! attack in eval mode, update in train mode, SGD with momentum), for side-by-side timing with
+//! `bench/pytorch/rt_step.py` (same network, shapes, k and thread count).
+//!
+//! usage: cargo run --release -p robust-transfer --example rt_step_time -- [small|r50] [K] [ITERS] [THREADS] [BATCH] [SIZE]
+
+use reprise_core::attack::Norm;
+use reprise_core::optim::{Group, Optimizer, Rule};
+use robust_transfer::config::{Arm, AttackConfig, InitKind, ModelConfig, NormSpec, ResnetArch};
+use robust_transfer::model::Net;
+use std::time::Instant;
+use tch::{Device, Kind, Tensor};
+
+fn main() {
+    let a: Vec<String> = std::env::args().collect();
+    let arch = a.get(1).map_or("small", String::as_str);
+    let k: usize = a.get(2).and_then(|s| s.parse().ok()).unwrap_or(3);
+    let iters: usize = a.get(3).and_then(|s| s.parse().ok()).unwrap_or(20);
+    let threads: i32 = a.get(4).and_then(|s| s.parse().ok()).unwrap_or(1);
+    let batch: i64 = a.get(5).and_then(|s| s.parse().ok()).unwrap_or(32);
+    tch::set_num_threads(threads);
+    let dev = match std::env::var("REPRISE_DEVICE").as_deref() {
+        Ok("cpu") => Device::Cpu,
+        _ => Device::cuda_if_available(),
+    };
+    let (model, norm, chans, default_size) = match arch {
+        "r50" => (
+            ModelConfig::Resnet {
+                arch: ResnetArch::Resnet50,
+            },
+            NormSpec {
+                mean: vec![0.485, 0.456, 0.406],
+                std: vec![0.229, 0.224, 0.225],
+            },
+            3,
+            224,
+        ),
+        _ => (
+            ModelConfig::SmallCnn { width: 1 },
+            NormSpec {
+                mean: vec![0.1307],
+                std: vec![0.3081],
+            },
+            1,
+            28,
+        ),
+    };
+    let size: i64 = a
+        .get(6)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default_size);
+    let classes = if arch == "r50" { 1000 } else { 5 };
+    let net = Net::new(&model, &norm, classes, InitKind::HeNormal, dev, 0);
+    let mut opt = Optimizer::new(
+        Rule::Sgd {
+            momentum: 0.9,
+            dampening: 0.0,
+            nesterov: false,
+        },
+        vec![Group {
+            params: net.params(true),
+            lr_mult: 1.0,
+            weight_decay: 5e-4,
+        }],
+    );
+    let attack = AttackConfig {
+        steps: k,
+        step_ratio: 2.0 / 3.0,
+        random_start: false,
+        use_best: true,
+        fgsm: false,
+    };
+    let x = Tensor::rand([batch, chans, size, size], (Kind::Float, dev));
+    let y = Tensor::randint(classes, [batch], (Kind::Int64, dev));
+    let arm = if k == 0 {
+        Arm::Std
+    } else {
+        Arm::Adv(Norm::L2, 1.0)
+    };
+    let mut times = Vec::new();
+    for i in 0..iters + 3 {
+        let t = Instant::now();
+        let _ = robust_transfer::train::train_step(
+            &net,
+            &mut opt,
+            arm,
+            arm.eps(),
+            &attack,
+            &x,
+            &y,
+            0.01,
+        );
+        if dev.is_cuda() {
+            tch::Cuda::synchronize(0);
+        }
+        if i >= 3 {
+            times.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    println!("{:.2}", times[times.len() / 2]);
+}

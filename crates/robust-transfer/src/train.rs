@@ -1,0 +1,264 @@
+//! Source training (standard, PGD adversarial, or the Gaussian-noise control) and robust
+//! evaluation.
+
+use crate::config::{Arm, AttackConfig, EvalConfig};
+use crate::model::Net;
+use reprise_core::attack::{fgsm_rs, Norm, Pgd};
+use reprise_core::data::Dataset;
+use reprise_core::optim::Optimizer;
+use tch::nn::ModuleT;
+use tch::{Kind, Tensor};
+
+/// The training inputs of one step for `arm` at radius `eps` (the ramped ε): the clean batch,
+/// its PGD (or FGSM) examples built with the model in eval mode, or the batch plus noise of L2
+/// norm exactly `eps` per example, clamped to `[0, 1]`.
+pub fn training_inputs(
+    net: &Net,
+    arm: Arm,
+    eps: f64,
+    a: &AttackConfig,
+    x: &Tensor,
+    y: &Tensor,
+) -> Tensor {
+    match arm {
+        Arm::Std => x.shallow_clone(),
+        Arm::Adv(norm, _) => {
+            let f = |z: &Tensor| net.forward_t(z, false);
+            if a.fgsm {
+                fgsm_rs(&f, x, y, eps, a.step_ratio * eps)
+            } else {
+                Pgd {
+                    norm,
+                    eps,
+                    step: a.step_ratio * eps,
+                    steps: a.steps,
+                    random_start: a.random_start,
+                    use_best: a.use_best,
+                    targeted: false,
+                }
+                .run(&f, x, y)
+            }
+        }
+        Arm::Noise(_) => tch::no_grad(|| {
+            Pgd {
+                norm: Norm::L2,
+                eps,
+                step: 0.0,
+                steps: 0,
+                random_start: true,
+                use_best: false,
+                targeted: false,
+            }
+            .random_perturb(x)
+        }),
+    }
+}
+
+/// One training step on the inputs `training_inputs` builds; returns the loss.
+#[allow(clippy::too_many_arguments)]
+pub fn train_step(
+    net: &Net,
+    opt: &mut Optimizer,
+    arm: Arm,
+    eps: f64,
+    a: &AttackConfig,
+    x: &Tensor,
+    y: &Tensor,
+    lr: f64,
+) -> f64 {
+    let xin = training_inputs(net, arm, eps, a, x, y);
+    let loss = net.forward_t(&xin, true).cross_entropy_for_logits(y);
+    opt.zero_grad();
+    loss.backward();
+    opt.step(lr);
+    loss.double_value(&[])
+}
+
+/// Accuracy (%) of `net` in eval mode on `ds`, clean or under `attack`; predictions are argmax
+/// with the first maximal label winning.
+pub fn accuracy(net: &Net, ds: &Dataset, attack: Option<&Pgd>, batch: usize) -> f64 {
+    let n = ds.len() as i64;
+    let dev = net.vs.device();
+    let mut correct = 0i64;
+    let mut i = 0;
+    while i < n {
+        let m = (batch as i64).min(n - i);
+        let x = ds.x.narrow(0, i, m).to_device(dev);
+        let y = ds.y.narrow(0, i, m).to_device(dev);
+        let x = match attack {
+            Some(p) => p.run(&|z: &Tensor| net.forward_t(z, false), &x, &y),
+            None => x,
+        };
+        correct += tch::no_grad(|| {
+            net.forward_t(&x, false)
+                .argmax(1, false)
+                .eq_tensor(&y)
+                .sum(Kind::Int64)
+                .int64_value(&[])
+        });
+        i += m;
+    }
+    100.0 * correct as f64 / n.max(1) as f64
+}
+
+/// The (norm, ε) points at which the source is attacked: the whole grid for `std`; the arm's
+/// own ε and its norm's reference ε for an adversarial arm; the L2 reference for the noise
+/// control.
+pub fn eval_points(arm: Arm, e: &EvalConfig) -> Vec<(Norm, f64)> {
+    let mut v: Vec<(Norm, f64)> = match arm {
+        Arm::Std => e
+            .grid_l2
+            .iter()
+            .map(|&x| (Norm::L2, x))
+            .chain(e.grid_linf.iter().map(|&x| (Norm::Linf, x)))
+            .collect(),
+        Arm::Adv(norm, eps) => {
+            let r = match norm {
+                Norm::L2 => e.ref_l2,
+                Norm::Linf => e.ref_linf,
+            };
+            std::iter::once((norm, eps))
+                .chain(r.map(|r| (norm, r)))
+                .collect()
+        }
+        Arm::Noise(eps) => std::iter::once((Norm::L2, eps))
+            .chain(e.ref_l2.map(|r| (Norm::L2, r)))
+            .collect(),
+    };
+    if let Some(r) = e.ref_l2.filter(|_| arm == Arm::Std) {
+        v.push((Norm::L2, r));
+    }
+    if let Some(r) = e.ref_linf.filter(|_| arm == Arm::Std) {
+        v.push((Norm::Linf, r));
+    }
+    v.sort_by(|a, b| {
+        (a.0 as u8, a.1)
+            .partial_cmp(&(b.0 as u8, b.1))
+            .expect("finite")
+    });
+    v.dedup();
+    v
+}
+
+/// The key of a robust accuracy in summaries: `l2-1` or `linf-0.1`.
+pub fn point_key(norm: Norm, eps: f64) -> String {
+    match norm {
+        Norm::L2 => format!("l2-{eps}"),
+        Norm::Linf => format!("linf-{eps}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{InitKind, ModelConfig, NormSpec};
+    use tch::Device;
+
+    fn net() -> Net {
+        Net::new(
+            &ModelConfig::SmallCnn { width: 1 },
+            &NormSpec {
+                mean: vec![0.1307],
+                std: vec![0.3081],
+            },
+            5,
+            InitKind::HeNormal,
+            Device::Cpu,
+            0,
+        )
+    }
+
+    fn attack() -> AttackConfig {
+        AttackConfig {
+            steps: 3,
+            step_ratio: 2.0 / 3.0,
+            random_start: false,
+            use_best: true,
+            fgsm: false,
+        }
+    }
+
+    #[test]
+    fn arms_perturb_within_their_budget() {
+        let n = net();
+        tch::manual_seed(0);
+        let x = Tensor::rand([8, 1, 28, 28], (Kind::Float, Device::Cpu));
+        let y = Tensor::from_slice(&[0i64, 1, 2, 3, 4, 0, 1, 2]);
+        let norms = |z: &Tensor| {
+            let d = (z - &x).reshape([8, -1]);
+            (
+                d.norm_scalaropt_dim(2, [1].as_slice(), false),
+                d.abs().max().double_value(&[]),
+            )
+        };
+        assert!(training_inputs(&n, Arm::Std, 0.0, &attack(), &x, &y).equal(&x));
+        let (l2, _) = norms(&training_inputs(
+            &n,
+            Arm::Adv(Norm::L2, 1.0),
+            1.0,
+            &attack(),
+            &x,
+            &y,
+        ));
+        assert!(l2.max().double_value(&[]) <= 1.0 + 1e-4);
+        assert!(l2.max().double_value(&[]) > 0.1, "the attack moves");
+        let (_, linf) = norms(&training_inputs(
+            &n,
+            Arm::Adv(Norm::Linf, 0.1),
+            0.1,
+            &attack(),
+            &x,
+            &y,
+        ));
+        assert!(linf <= 0.1 + 1e-6 && linf > 0.05, "{linf}");
+        // Noise: exactly ε before clamping; interior inputs keep nearly all of it.
+        let mid = Tensor::full([8, 1, 28, 28], 0.5, (Kind::Float, Device::Cpu));
+        let z = training_inputs(&n, Arm::Noise(0.5), 0.5, &attack(), &mid, &y);
+        let d = (z - &mid)
+            .reshape([8, -1])
+            .norm_scalaropt_dim(2, [1].as_slice(), false);
+        assert!((d - 0.5).abs().max().double_value(&[]) < 1e-3);
+        // No parameter gradient is left by the attack.
+        for (_, p) in n.vs.variables() {
+            assert!(
+                !p.grad().defined() || p.grad().abs().sum(Kind::Float).double_value(&[]) == 0.0
+            );
+        }
+    }
+
+    #[test]
+    fn adversarial_accuracy_is_at_most_clean_accuracy() {
+        let n = net();
+        let ds = Dataset {
+            x: Tensor::rand([40, 1, 28, 28], (Kind::Float, Device::Cpu)),
+            y: Tensor::zeros([40], (Kind::Int64, Device::Cpu)),
+            classes: 5,
+        };
+        let clean = accuracy(&n, &ds, None, 16);
+        let adv = accuracy(&n, &ds, Some(&Pgd::eval(Norm::L2, 2.0, 10)), 16);
+        assert!(adv <= clean, "{adv} > {clean}");
+    }
+
+    #[test]
+    fn std_is_attacked_on_the_grid_and_arms_at_their_own_and_the_reference_eps() {
+        let e = EvalConfig {
+            pgd_steps: 10,
+            grid_l2: vec![0.5, 1.0],
+            grid_linf: vec![0.1],
+            ref_l2: Some(1.0),
+            ref_linf: Some(0.1),
+            batch: 10,
+            source: true,
+        };
+        assert_eq!(eval_points(Arm::Std, &e).len(), 3);
+        assert_eq!(
+            eval_points(Arm::Adv(Norm::L2, 0.25), &e),
+            vec![(Norm::L2, 0.25), (Norm::L2, 1.0)]
+        );
+        assert_eq!(
+            eval_points(Arm::Adv(Norm::Linf, 0.1), &e),
+            vec![(Norm::Linf, 0.1)]
+        );
+        assert_eq!(point_key(Norm::Linf, 0.1), "linf-0.1");
+    }
+}

@@ -1,0 +1,343 @@
+//! Transfer of a source backbone to a target: fixed-feature (a logistic-regression head on
+//! features extracted once, or SGD on the head with the frozen backbone run every step) and
+//! full-network fine-tuning.
+
+use crate::config::{BnMode, InitKind, ModelConfig, NormSpec, SgdConfig, Solver, Target};
+use crate::data::transform;
+use crate::model::Net;
+use reprise_core::data::{batch_indices, labels_vec, Dataset, Rng};
+use reprise_core::optim::{Group, Optimizer, Rule, Schedule};
+use reprise_core::{Error, Result};
+use serde::{Deserialize, Serialize};
+use tch::nn::{Module, ModuleT};
+use tch::{Kind, Tensor};
+
+/// Transfer mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Only a new head is trained.
+    Fixed,
+    /// Every parameter is fine-tuned.
+    Full,
+}
+
+impl Mode {
+    /// `fixed` or `full`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Fixed => "fixed",
+            Mode::Full => "full",
+        }
+    }
+}
+
+/// The outcome of one transfer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Outcome {
+    /// Target name.
+    pub target: String,
+    /// Mode.
+    pub mode: Mode,
+    /// Transfer seed.
+    pub seed: u64,
+    /// Top-1 accuracy (%) on the target's test set.
+    pub acc: f64,
+    /// Mean per-class accuracy (%).
+    pub mpc_acc: f64,
+    /// The learning rate used (chosen on validation when there was a grid).
+    pub lr: f64,
+    /// Training examples.
+    pub train: usize,
+    /// Test examples.
+    pub test: usize,
+    /// Seconds.
+    pub secs: f64,
+}
+
+/// Top-1 and mean per-class accuracy (%) of predictions; argmax ties go to the first label.
+pub fn accuracies(logits: &Tensor, y: &Tensor, classes: usize) -> (f64, f64) {
+    let pred = labels_vec(&logits.argmax(1, false));
+    let y = labels_vec(y);
+    let mut hit = vec![0usize; classes];
+    let mut count = vec![0usize; classes];
+    for (p, t) in pred.iter().zip(&y) {
+        count[*t as usize] += 1;
+        if p == t {
+            hit[*t as usize] += 1;
+        }
+    }
+    let n: usize = count.iter().sum();
+    let top1 = 100.0 * hit.iter().sum::<usize>() as f64 / n.max(1) as f64;
+    let present: Vec<f64> = (0..classes)
+        .filter(|&c| count[c] > 0)
+        .map(|c| hit[c] as f64 / count[c] as f64)
+        .collect();
+    let mpc = 100.0 * present.iter().sum::<f64>() / present.len().max(1) as f64;
+    (top1, mpc)
+}
+
+/// Runs `f` over `ds` in batches of transformed inputs (eval mode, no gradients) and
+/// concatenates its outputs.
+fn batched(
+    ds: &Dataset,
+    t: &Target,
+    batch: usize,
+    dev: tch::Device,
+    f: &dyn Fn(&Tensor) -> Tensor,
+) -> Tensor {
+    let n = ds.len() as i64;
+    let mut out = Vec::new();
+    let mut i = 0;
+    tch::no_grad(|| {
+        while i < n {
+            let m = (batch as i64).min(n - i);
+            out.push(f(&transform(
+                &ds.x.narrow(0, i, m).to_device(dev),
+                &t.transform,
+            )));
+            i += m;
+        }
+    });
+    Tensor::cat(&out, 0)
+}
+
+/// Fixed-feature transfer with a logistic-regression head (see [`Solver::Logistic`]).
+pub fn fixed_logistic(
+    src: &Net,
+    t: &Target,
+    (train, test): (&Dataset, &Dataset),
+    (iterations, lr, wd): (u64, f64, f64),
+    batch: usize,
+) -> (f64, f64) {
+    let dev = src.vs.device();
+    let ftr = batched(train, t, batch, dev, &|x| src.features_t(x, false));
+    let fte = batched(test, t, batch, dev, &|x| src.features_t(x, false));
+    let c = train.classes as i64;
+    let d = ftr.size()[1];
+    let w = Tensor::zeros([c, d], (Kind::Float, dev)).set_requires_grad(true);
+    let b = Tensor::zeros([c], (Kind::Float, dev)).set_requires_grad(true);
+    let ytr = train.y.to_device(dev);
+    let mut opt = Optimizer::new(
+        Rule::adam(),
+        vec![Group {
+            params: vec![
+                ("w".into(), w.shallow_clone()),
+                ("b".into(), b.shallow_clone()),
+            ],
+            lr_mult: 1.0,
+            weight_decay: 0.0,
+        }],
+    );
+    for _ in 0..iterations {
+        let logits = ftr.matmul(&w.tr()) + &b;
+        let loss = logits.cross_entropy_for_logits(&ytr) + w.square().sum(Kind::Float) * (wd / 2.0);
+        opt.zero_grad();
+        loss.backward();
+        opt.step(lr);
+    }
+    let logits = tch::no_grad(|| fte.matmul(&w.tr()) + &b);
+    accuracies(&logits, &test.y, test.classes)
+}
+
+/// What a fine-tuning run needs to know about the networks.
+#[derive(Debug, Clone, Copy)]
+pub struct Arch<'a> {
+    /// The family.
+    pub model: &'a ModelConfig,
+    /// The target's normaliser.
+    pub norm: &'a NormSpec,
+}
+
+/// SGD fine-tuning of a copy of `src` with a new head: every parameter (`Mode::Full`) or the
+/// head only, with the frozen backbone in `sgd.bn_mode` (`Mode::Fixed`). Returns the trained
+/// network. `stop` is polled every step.
+#[allow(clippy::too_many_arguments)]
+pub fn finetune(
+    src: &Net,
+    arch: Arch<'_>,
+    t: &Target,
+    train: &Dataset,
+    mode: Mode,
+    sgd: &SgdConfig,
+    lr: f64,
+    seed: u64,
+    stop: &dyn Fn() -> bool,
+) -> Result<Net> {
+    let dev = src.vs.device();
+    let mut net = Net::new(
+        arch.model,
+        arch.norm,
+        train.classes as i64,
+        InitKind::Torch,
+        dev,
+        seed,
+    );
+    net.copy_backbone(src)?;
+    let full = mode == Mode::Full;
+    if !full {
+        for (name, mut v) in net.vs.variables() {
+            if Net::is_backbone(&name) {
+                let _ = v.requires_grad_(false);
+            }
+        }
+    }
+    let mut opt = Optimizer::new(
+        Rule::Sgd {
+            momentum: sgd.momentum,
+            dampening: 0.0,
+            nesterov: false,
+        },
+        vec![Group {
+            params: net.params(full),
+            lr_mult: 1.0,
+            weight_decay: sgd.weight_decay,
+        }],
+    );
+    let n = train.len();
+    let per_epoch = n.div_ceil(sgd.batch) as u64;
+    let steps = match (sgd.steps, sgd.epochs) {
+        (Some(s), _) => s,
+        (None, Some(e)) => (e * per_epoch as f64).round().max(1.0) as u64,
+        (None, None) => return Err(Error::msg("fine-tuning needs `steps` or `epochs`")),
+    };
+    let schedule = Schedule::MultiStep {
+        milestones: sgd
+            .decay_at
+            .iter()
+            .map(|f| (f * steps as f64).round() as u64)
+            .collect(),
+        gamma: sgd.gamma,
+    };
+    let bn_train = sgd.bn_mode == BnMode::Train;
+    let mut batches = Vec::new();
+    for step in 0..steps {
+        if stop() {
+            return Err(Error::msg("stopped"));
+        }
+        let epoch = step / per_epoch;
+        if step % per_epoch == 0 {
+            batches = batch_indices(n, sgd.batch, seed, epoch, true, false);
+        }
+        let idx = Tensor::from_slice(&batches[(step % per_epoch) as usize]);
+        let x = transform(&train.x.index_select(0, &idx).to_device(dev), &t.transform);
+        let x = if sgd.augment.is_identity() {
+            x
+        } else {
+            sgd.augment
+                .apply(&x, &mut Rng::new(seed ^ step.wrapping_mul(0x9E37_79B9)))
+        };
+        let y = train.y.index_select(0, &idx).to_device(dev);
+        let logits = if full {
+            net.forward_t(&x, true)
+        } else {
+            let f = tch::no_grad(|| net.features_t(&x, bn_train));
+            net.head().forward(&f)
+        };
+        let loss = logits.cross_entropy_for_logits(&y);
+        opt.zero_grad();
+        loss.backward();
+        opt.step(schedule.lr(lr, step, 0));
+    }
+    Ok(net)
+}
+
+/// Accuracies of a fine-tuned network on `test` (eval mode).
+pub fn evaluate(net: &Net, t: &Target, test: &Dataset, batch: usize) -> (f64, f64) {
+    let logits = batched(test, t, batch, net.vs.device(), &|x| {
+        net.forward_t(x, false)
+    });
+    accuracies(&logits, &test.y, test.classes)
+}
+
+/// One transfer of `src` to target `t` at transfer seed `seed`: fits the head (or the whole
+/// network), choosing the learning rate on a validation part of the training set when `sgd.lr`
+/// holds more than one, and evaluates on the test set.
+#[allow(clippy::too_many_arguments)]
+pub fn transfer(
+    src: &Net,
+    arch: Arch<'_>,
+    t: &Target,
+    (train, test): (&Dataset, &Dataset),
+    mode: Mode,
+    solver: &Solver,
+    seed: u64,
+    eval_batch: usize,
+    stop: &dyn Fn() -> bool,
+) -> Result<Outcome> {
+    let t0 = std::time::Instant::now();
+    let outcome = |(acc, mpc_acc): (f64, f64), lr: f64| Outcome {
+        target: t.name.clone(),
+        mode,
+        seed,
+        acc,
+        mpc_acc,
+        lr,
+        train: train.len(),
+        test: test.len(),
+        secs: t0.elapsed().as_secs_f64(),
+    };
+    let sgd = match solver {
+        Solver::Logistic {
+            iterations,
+            lr,
+            weight_decay,
+        } => {
+            let a = fixed_logistic(
+                src,
+                t,
+                (train, test),
+                (*iterations, *lr, *weight_decay),
+                eval_batch,
+            );
+            return Ok(outcome(a, *lr));
+        }
+        Solver::Sgd(s) => s,
+    };
+    let head_seed = seed.wrapping_mul(7919).wrapping_add(0x7e57);
+    if sgd.lr.len() == 1 {
+        let net = finetune(src, arch, t, train, mode, sgd, sgd.lr[0], head_seed, stop)?;
+        return Ok(outcome(evaluate(&net, t, test, eval_batch), sgd.lr[0]));
+    }
+    // Choose the rate on a seeded validation part of the training set.
+    let n = train.len();
+    let nv = ((n as f64 * sgd.val_fraction).round() as usize).clamp(1, n - 1);
+    let mut order: Vec<i64> = (0..n as i64).collect();
+    Rng::new(seed ^ 0x7a1).shuffle(&mut order);
+    let (va, tr) = order.split_at(nv);
+    let (val_set, fit_set) = (train.subset(va), train.subset(tr));
+    let mut best: Option<(f64, f64, Net)> = None;
+    for &lr in &sgd.lr {
+        let net = finetune(src, arch, t, &fit_set, mode, sgd, lr, head_seed, stop)?;
+        let (v, _) = evaluate(&net, t, &val_set, eval_batch);
+        tracing::info!(
+            "{} {}: lr {lr}: validation accuracy {v:.2}",
+            t.name,
+            mode.name()
+        );
+        if best.as_ref().is_none_or(|b| v > b.0) {
+            best = Some((v, lr, net));
+        }
+    }
+    let (_, lr, net) = best.expect("at least one rate");
+    Ok(outcome(evaluate(&net, t, test, eval_batch), lr))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mean_per_class_accuracy_weights_classes_equally() {
+        // Class 0: 3 of 4 right; class 1: 0 of 1 right.
+        let logits =
+            Tensor::from_slice(&[1.0f32, 0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 1.0, 1.0, 0.0]).view([5, 2]);
+        let y = Tensor::from_slice(&[0i64, 0, 0, 0, 1]);
+        let (top1, mpc) = accuracies(&logits, &y, 3);
+        assert!((top1 - 60.0).abs() < 1e-9);
+        assert!((mpc - 37.5).abs() < 1e-9, "{mpc}");
+        // Ties go to the first label.
+        let tie = Tensor::from_slice(&[0.5f32, 0.5]).view([1, 2]);
+        assert_eq!(accuracies(&tie, &Tensor::from_slice(&[0i64]), 2).0, 100.0);
+    }
+}
