@@ -32,9 +32,13 @@ fn main() {
     );
     let v: serde_norway::Value = serde_norway::from_str(&yaml).expect("config");
     let c: Config = serde_json::from_value(reprise_core::spec::to_json(&v)).expect("config types");
-    // REPRISE_DEVICE=cpu forces the CPU on a GPU machine; otherwise CUDA when available.
+    // REPRISE_DEVICE=cpu forces the CPU, =cuda requires CUDA; otherwise CUDA when available.
     let dev = match std::env::var("REPRISE_DEVICE").as_deref() {
         Ok("cpu") => Device::Cpu,
+        Ok("cuda") if !tch::Cuda::is_available() => {
+            eprintln!("REPRISE_DEVICE=cuda, but CUDA is not available to this binary");
+            std::process::exit(1)
+        }
         _ => Device::cuda_if_available(),
     };
     let m = Classifier::new(&c.model, &shape, 10, dev, 0);

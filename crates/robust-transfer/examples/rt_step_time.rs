@@ -19,8 +19,13 @@ fn main() {
     let threads: i32 = a.get(4).and_then(|s| s.parse().ok()).unwrap_or(1);
     let batch: i64 = a.get(5).and_then(|s| s.parse().ok()).unwrap_or(32);
     tch::set_num_threads(threads);
+    // REPRISE_DEVICE=cpu forces the CPU, =cuda requires CUDA; otherwise CUDA when available.
     let dev = match std::env::var("REPRISE_DEVICE").as_deref() {
         Ok("cpu") => Device::Cpu,
+        Ok("cuda") if !tch::Cuda::is_available() => {
+            eprintln!("REPRISE_DEVICE=cuda, but CUDA is not available to this binary");
+            std::process::exit(1)
+        }
         _ => Device::cuda_if_available(),
     };
     let (model, norm, chans, default_size) = match arch {
