@@ -1,1 +1,352 @@
-//! deepthin
+//! `deepthin`: "Go Wide, Then Narrow: Efficient Training of Deep Thin Networks" (Zhou et al.,
+//! ICML 2020, arXiv 2007.00811).
+//!
+//! A run trains the wide teacher B for one (depth, seed), caches its block outputs and logits,
+//! then runs every arm of the spec on a fresh thin network S (the same initialisation and data
+//! order for every arm of the seed). An arm is a declarative list of stages ([`config::Stage`]):
+//! end-to-end training with CE or distillation, layerwise imitation through linear pairs, the
+//! exact merge, FitNets' hint. [`report`] computes the specification's claims C0–C4 from a
+//! sweep over depths and seeds.
+
+pub mod config;
+pub mod model;
+pub mod report;
+pub mod train;
+
+pub use config::Config;
+
+use crate::config::{Arm, Loss, Stage, TrainStage};
+use crate::model::{Glue, Mlp};
+use crate::train::Data;
+use reprise_core::data;
+use reprise_core::run::{json_f64, Paper, RunContext};
+use reprise_core::spec::{SpecError, SpecTree};
+use reprise_core::{Error, Result};
+use serde_json::{json, Map, Value};
+use std::time::Instant;
+use tch::Tensor;
+
+/// The paper, as the runner sees it.
+pub fn paper() -> Paper {
+    Paper {
+        name: "deepthin",
+        title: "Go Wide, Then Narrow: Efficient Training of Deep Thin Networks (arXiv 2007.00811)",
+        validate,
+        run,
+        report: report::report_run,
+        report_sweep: report::report_sweep,
+    }
+}
+
+/// Checks the `deepthin:` section.
+pub fn validate(tree: &SpecTree) -> Result<(), SpecError> {
+    let c: Config = tree.typed("deepthin")?;
+    let a = &c.arch;
+    tree.require("deepthin.arch.depth", a.depth >= 2, "must be at least 2")?;
+    tree.require("deepthin.arch.thin", a.thin >= 1, "must be at least 1")?;
+    tree.require(
+        "deepthin.arch.wide",
+        a.wide >= a.thin,
+        "must be at least the thin width",
+    )?;
+    tree.require("deepthin.batch", c.batch >= 1, "must be at least 1")?;
+    tree.require(
+        "deepthin.arms",
+        !c.arms.is_empty(),
+        "needs at least one arm",
+    )?;
+    let pos = |v: f64| v > 0.0 && v.is_finite();
+    tree.require(
+        "deepthin.teacher",
+        pos(c.teacher.epochs) && pos(c.teacher.lr),
+        "epochs and lr must be positive",
+    )?;
+    for (name, arm) in &c.arms {
+        if !(arm.depths.is_empty() || arm.depths.contains(&a.depth)) {
+            continue;
+        }
+        let p = format!("deepthin.arms.{name}");
+        tree.require(&p, !arm.stages.is_empty(), "needs at least one stage")?;
+        let mut glued = false;
+        for (i, s) in arm.stages.iter().enumerate() {
+            let sp = format!("{p}.stages.{i}");
+            match s {
+                Stage::Train(t) => {
+                    tree.require(
+                        &sp,
+                        pos(t.epochs) && pos(t.lr),
+                        "epochs and lr must be positive",
+                    )?;
+                    if let Loss::Kd { temperature } = t.loss {
+                        tree.require(&sp, pos(temperature), "the temperature must be positive")?;
+                    }
+                }
+                Stage::Imitate(m) => {
+                    tree.require(
+                        &sp,
+                        pos(m.epochs) && pos(m.lr),
+                        "epochs and lr must be positive",
+                    )?;
+                    tree.require(&sp, !glued, "a second imitation before a merge")?;
+                    glued = true;
+                }
+                Stage::Merge => {
+                    tree.require(&sp, glued, "a merge needs an imitation stage before it")?;
+                    glued = false;
+                }
+                Stage::Hint(h) => {
+                    tree.require(
+                        &sp,
+                        h.block >= 1 && h.block <= a.depth,
+                        "block must be between 1 and the depth",
+                    )?;
+                    tree.require(
+                        &sp,
+                        pos(h.epochs) && pos(h.lr),
+                        "epochs and lr must be positive",
+                    )?;
+                }
+            }
+        }
+        tree.require(
+            &p,
+            !glued,
+            "ends with linear pairs that were never merged: add a `merge` stage",
+        )?;
+    }
+    Ok(())
+}
+
+/// The outcome of one arm.
+fn run_arm(
+    name: &str,
+    arm: &Arm,
+    c: &Config,
+    d: &Data,
+    teacher: &Mlp,
+    seed: u64,
+) -> Result<Map<String, Value>> {
+    let t0 = Instant::now();
+    let classes = teacher.head.w.size()[0];
+    let inp = d.x.size()[1];
+    let mut thin = Mlp::new(inp, c.arch.thin, c.arch.depth, classes, d.x.device(), seed);
+    let mut glue: Option<Glue> = None;
+    let mut out = Map::new();
+    let mut stages = Vec::new();
+    for (i, s) in arm.stages.iter().enumerate() {
+        let mut log = Map::new();
+        match s {
+            Stage::Train(t) => {
+                let l = train::train(&thin, d, t)?;
+                log.insert(
+                    "kind".into(),
+                    json!(match t.loss {
+                        Loss::Ce => "ce".to_string(),
+                        Loss::Kd { temperature } => format!("kd T={temperature}"),
+                    }),
+                );
+                log.insert("final_loss".into(), json_f64(l));
+            }
+            Stage::Imitate(m) => {
+                let g = train::init_glue(&thin, d, m.m_init, c.arch.wide, seed);
+                let fits = train::imitate(&thin, &g, d, m)?;
+                log.insert("kind".into(), json!("imitate"));
+                log.insert(
+                    "fits".into(),
+                    serde_json::to_value(&fits).map_err(|e| Error::msg(e.to_string()))?,
+                );
+                out.insert("fits".into(), log["fits"].clone());
+                glue = Some(g);
+            }
+            Stage::Merge => {
+                let g = glue
+                    .take()
+                    .expect("validated: an imitation precedes every merge");
+                let (merged, err) = train::merge_checked(&thin, &g, &teacher.head, d);
+                thin = merged;
+                let acc = train::test_accuracy(&thin, d);
+                let dead = thin.dead_units(&d.x);
+                log.insert("kind".into(), json!("merge"));
+                log.insert("merge_error".into(), json_f64(err));
+                out.insert("merge_error".into(), json_f64(err));
+                out.insert("acc_after_merge".into(), json_f64(acc));
+                out.insert("dead_after_merge".into(), json!(dead));
+            }
+            Stage::Hint(h) => {
+                let n = train::hint(&thin, d, h, seed)?;
+                log.insert("kind".into(), json!("hint"));
+                log.insert("nmse".into(), json_f64(n));
+            }
+        }
+        log.insert("stage".into(), json!(i));
+        log.insert("acc".into(), json_f64(train::test_accuracy(&thin, d)));
+        stages.push(Value::Object(log));
+    }
+    out.insert("acc".into(), json_f64(train::test_accuracy(&thin, d)));
+    out.insert("stages".into(), Value::Array(stages));
+    out.insert("secs".into(), json!(t0.elapsed().as_secs_f64()));
+    tracing::info!(
+        "{name}: test accuracy {:.2}",
+        out["acc"].as_f64().unwrap_or(f64::NAN)
+    );
+    Ok(out)
+}
+
+/// Trains the teacher and runs every arm that applies at this depth. Each finished arm is kept
+/// in `arms.json`, the teacher in `teacher.safetensors`, so a resumed run redoes only what was
+/// unfinished.
+pub fn run(ctx: &mut RunContext) -> Result<()> {
+    let mut c: Config = ctx.config()?;
+    let h = ctx.header().clone();
+    let seed = h.seed;
+    let dev = ctx.device();
+    if ctx.smoke() {
+        // A smoke run: every stage for a fraction of an epoch.
+        let f = 0.05;
+        c.teacher.epochs *= f;
+        for arm in c.arms.values_mut() {
+            for s in &mut arm.stages {
+                match s {
+                    Stage::Train(t) => t.epochs *= f,
+                    Stage::Imitate(m) => m.epochs *= f,
+                    Stage::Hint(hs) => hs.epochs *= f,
+                    Stage::Merge => {}
+                }
+            }
+        }
+    }
+    let splits = data::load_splits(&h.data)?;
+    let flat = |t: &Tensor| t.flatten(1, -1).to_device(dev);
+    let (x, x_test) = (flat(&splits.train.x), flat(&splits.test.x));
+    let (y, y_test) = (splits.train.y.to_device(dev), splits.test.y.to_device(dev));
+    let classes = splits.train.classes as i64;
+    let dir = ctx.dir().to_path_buf();
+    ctx.begin(0)?;
+    // Stage 1: the wide teacher, one per (depth, seed).
+    let teacher = Mlp::new(
+        x.size()[1],
+        c.arch.wide,
+        c.arch.depth,
+        classes,
+        dev,
+        seed ^ 0x7ea_c4e5,
+    );
+    let tfile = dir.join("teacher.safetensors");
+    let mut d = Data {
+        x,
+        y,
+        x_test,
+        y_test,
+        feats: vec![],
+        feats_test: vec![],
+        logits: Tensor::zeros([0], (tch::Kind::Float, dev)),
+        seed,
+        batch: c.batch,
+    };
+    let t0 = Instant::now();
+    if tfile.is_file() {
+        let named = Tensor::read_safetensors(&tfile)?;
+        tch::no_grad(|| {
+            for (k, t) in named {
+                let (i, what) = k.split_once('.').unwrap_or(("", ""));
+                let target = if i == "head" {
+                    &teacher.head
+                } else {
+                    &teacher.blocks[i.parse::<usize>().unwrap_or(0)]
+                };
+                let mut dst = if what == "w" {
+                    target.w.shallow_clone()
+                } else {
+                    target.b.shallow_clone()
+                };
+                dst.copy_(&t);
+            }
+        });
+    } else {
+        train::train(
+            &teacher,
+            &d,
+            &TrainStage {
+                loss: Loss::Ce,
+                ..c.teacher.clone()
+            },
+        )?;
+        let mut named: Vec<(String, Tensor)> = Vec::new();
+        for (i, b) in teacher.blocks.iter().enumerate() {
+            named.push((format!("{i}.w"), b.w.detach()));
+            named.push((format!("{i}.b"), b.b.detach()));
+        }
+        named.push(("head.w".into(), teacher.head.w.detach()));
+        named.push(("head.b".into(), teacher.head.b.detach()));
+        let tmp = dir.join("teacher.tmp.safetensors");
+        Tensor::write_safetensors(&named, &tmp)?;
+        std::fs::rename(&tmp, &tfile).map_err(|e| Error::Io(tfile.clone(), e))?;
+    }
+    let teacher_secs = t0.elapsed().as_secs_f64();
+    tch::no_grad(|| {
+        d.feats = teacher.forward_blocks(&d.x);
+        d.feats_test = teacher.forward_blocks(&d.x_test);
+        d.logits = teacher.forward(&d.x);
+    });
+    let teacher_acc = train::test_accuracy(&teacher, &d);
+    eprintln!(
+        "teacher (depth {}, width {}): test accuracy {teacher_acc:.2}",
+        c.arch.depth, c.arch.wide
+    );
+    let arms_file = dir.join("arms.json");
+    let mut done: Map<String, Value> = std::fs::read(&arms_file)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    let todo: Vec<(&String, &Arm)> = c
+        .arms
+        .iter()
+        .filter(|(_, a)| a.depths.is_empty() || a.depths.contains(&c.arch.depth))
+        .collect();
+    let mut progress = ctx.progress(todo.len() as u64, 0);
+    for (k, (name, arm)) in todo.iter().enumerate() {
+        if !done.contains_key(*name) {
+            let r = run_arm(name, arm, &c, &d, &teacher, seed)?;
+            done.insert((*name).clone(), Value::Object(r));
+            reprise_core::checkpoint::write_atomic(
+                &arms_file,
+                serde_json::to_string_pretty(&done)
+                    .map_err(|e| Error::msg(e.to_string()))?
+                    .as_bytes(),
+            )?;
+        }
+        progress.set(
+            k as u64 + 1,
+            &format!(
+                "{name}: {:.2}%",
+                done[*name]["acc"].as_f64().unwrap_or(f64::NAN)
+            ),
+        );
+        if ctx.interrupted() && k + 1 < todo.len() {
+            return Err(Error::Interrupted {
+                step: k as u64 + 1,
+                dir: dir.clone(),
+            });
+        }
+    }
+    progress.finish();
+    // C0's determinism: the WIN arm once more from scratch must give the same accuracy.
+    let mut summary = Map::new();
+    if let Some((name, arm)) = todo.iter().find(|(n, _)| n.as_str() == "win") {
+        let again = run_arm(name, arm, &c, &d, &teacher, seed)?;
+        let same = again["acc"] == done["win"]["acc"];
+        summary.insert("deterministic".into(), json!(same));
+    }
+    summary.insert("depth".into(), json!(c.arch.depth));
+    summary.insert("seed".into(), json!(seed));
+    summary.insert("teacher_acc".into(), json_f64(teacher_acc));
+    summary.insert("teacher_secs".into(), json_f64(teacher_secs));
+    for (name, r) in &done {
+        summary.insert(format!("acc_{name}"), r["acc"].clone());
+    }
+    summary.insert("arms".into(), Value::Object(done));
+    ctx.write_summary(&Value::Object(summary))?;
+    let md = report::report_run(ctx.dir())?;
+    ctx.write_report(&md)?;
+    Ok(())
+}

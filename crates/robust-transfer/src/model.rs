@@ -331,7 +331,10 @@ mod tests {
             3,
         );
         let e = wide.load_backbone_file(&f).unwrap_err().to_string();
-        assert!(e.contains("has shape") && e.contains("the model needs"), "{e}");
+        assert!(
+            e.contains("has shape") && e.contains("the model needs"),
+            "{e}"
+        );
         std::fs::remove_dir_all(&dir).ok();
     }
 }

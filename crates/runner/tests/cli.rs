@@ -877,3 +877,47 @@ fn robust_transfer_killed_anywhere_resumes_to_the_uninterrupted_result() {
         }
     }
 }
+
+/// A tiny deepthin run: a depth-4 MLP on the digits, scratch and go-wide-then-narrow.
+const TINY_DT: &str = "name: tiny-dt
+paper: deepthin
+description: tiny deepthin
+seed: 1
+device: cpu
+data:
+  dataset: digits
+  split: { train: 600, test: 200 }
+  stratified: true
+deepthin:
+  arch: { depth: 4, thin: 8, wide: 64 }
+  batch: 64
+  teacher: { loss: ce, epochs: 5, lr: 3.0e-3 }
+  arms:
+    scratch: { stages: [{ train: { loss: ce, epochs: 5, lr: 3.0e-3 } }] }
+    win:
+      stages:
+        - { imitate: { epochs: 2, lr: 3.0e-3 } }
+        - merge
+        - { train: { loss: { kd: { temperature: 1 } }, epochs: 3, lr: 1.0e-3 } }
+";
+
+#[test]
+fn deepthin_runs_are_deterministic_and_merge_exactly() {
+    let d = setup();
+    let p = d.path();
+    write(p, "tiny-dt.yaml", TINY_DT);
+    let mut summaries = Vec::new();
+    for out in ["a", "b"] {
+        let o = runner(p, &["run", "t/tiny-dt", "--out", out, "--threads", "1"]);
+        assert!(o.status.success(), "{}", text(&o));
+        summaries.push(summary(&runs_under(&p.join(out).join("tiny-dt")).remove(0)));
+    }
+    let (a, b) = (&summaries[0], &summaries[1]);
+    assert_eq!(a["deterministic"], serde_json::json!(true));
+    for k in ["teacher_acc", "acc_scratch", "acc_win"] {
+        assert!(a[k].as_f64().is_some(), "{k}");
+        assert_eq!(a[k], b[k], "{k} differs between two identical runs");
+    }
+    assert!(a["arms"]["win"]["merge_error"].as_f64().unwrap() < 1e-4);
+    assert_eq!(a["arms"]["win"]["fits"].as_array().unwrap().len(), 4);
+}

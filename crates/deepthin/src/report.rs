@@ -1,0 +1,474 @@
+//! Reports: one run's arms, and a sweep's table over depths and seeds with the claims C0–C4 of
+//! the specification's §6.4, computed from the runs' summaries.
+
+use reprise_core::plot::{line_plot, Series};
+use reprise_core::report::{fmt_mean_std, markdown_table, mean_std};
+use reprise_core::run::{read_summary, RunSummary};
+use reprise_core::spec::SpecTree;
+use reprise_core::{Error, Result};
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::path::Path;
+
+fn num(v: &Value) -> f64 {
+    v.as_f64().unwrap_or(f64::NAN)
+}
+
+/// The report of one run.
+pub fn report_run(dir: &Path) -> Result<String> {
+    let spec = SpecTree::load(&dir.join("spec.yaml"))?;
+    let h = spec.header()?;
+    let s = read_summary(dir).ok_or_else(|| {
+        Error::msg(format!(
+            "{} has no summary.json (the run has not finished)",
+            dir.display()
+        ))
+    })?;
+    let mut md = format!(
+        "# {} — depth {}, seed {}\n\n{}\n\nTeacher test accuracy: {:.2} %.\n\n",
+        h.name,
+        s["depth"],
+        h.seed,
+        h.description,
+        num(&s["teacher_acc"])
+    );
+    let mut rows = Vec::new();
+    if let Some(arms) = s["arms"].as_object() {
+        for (name, a) in arms {
+            rows.push(vec![
+                name.clone(),
+                format!("{:.2}", num(&a["acc"])),
+                a.get("acc_after_merge")
+                    .map_or("—".into(), |v| format!("{:.2}", num(v))),
+                a.get("merge_error")
+                    .map_or("—".into(), |v| format!("{:.1e}", num(v))),
+                format!("{:.1}", num(&a["secs"])),
+            ]);
+        }
+    }
+    md += &markdown_table(
+        &[
+            "arm",
+            "test accuracy %",
+            "after merge %",
+            "merge error",
+            "seconds",
+        ],
+        &rows,
+    );
+    if let Some(fits) = s["arms"]["win"]["fits"].as_array() {
+        md += "\nWIN imitation, normalised error (MSE / teacher feature variance) per block:\n\n";
+        let rows: Vec<Vec<String>> = fits
+            .iter()
+            .map(|f| {
+                vec![
+                    f["block"].to_string(),
+                    format!("{:.3}", num(&f["nmse_train"])),
+                    format!("{:.3}", num(&f["nmse_test"])),
+                ]
+            })
+            .collect();
+        md += &markdown_table(&["block", "train", "test"], &rows);
+    }
+    Ok(md)
+}
+
+/// One WIN run's diagnostics (the C0 gate).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct WinRun {
+    /// Depth.
+    pub depth: usize,
+    /// Seed.
+    pub seed: u64,
+    /// Relative merge error.
+    pub merge_error: f64,
+    /// Test accuracy right after the merge (%).
+    pub acc_after_merge: f64,
+    /// Largest per-block normalised imitation error on the training set.
+    pub max_nmse: f64,
+    /// A second WIN run gave the identical accuracy.
+    pub deterministic: bool,
+}
+
+/// Every run's accuracy per (arm, depth, seed), and the WIN runs' diagnostics.
+#[derive(Debug, Clone, Default)]
+pub struct Results {
+    /// (arm, depth) → seed → accuracy; the teacher is the arm `teacher`.
+    pub acc: BTreeMap<(String, usize), BTreeMap<u64, f64>>,
+    /// WIN runs.
+    pub win: Vec<WinRun>,
+}
+
+impl Results {
+    /// Collects the runs.
+    pub fn collect(runs: &[RunSummary]) -> Results {
+        let mut r = Results::default();
+        for run in runs {
+            let s = &run.summary;
+            let (Some(depth), Some(seed)) = (s["depth"].as_u64(), s["seed"].as_u64()) else {
+                continue;
+            };
+            let depth = depth as usize;
+            r.acc
+                .entry(("teacher".into(), depth))
+                .or_default()
+                .insert(seed, num(&s["teacher_acc"]));
+            if let Some(arms) = s["arms"].as_object() {
+                for (name, a) in arms {
+                    r.acc
+                        .entry((name.clone(), depth))
+                        .or_default()
+                        .insert(seed, num(&a["acc"]));
+                }
+            }
+            let w = &s["arms"]["win"];
+            if w.is_object() {
+                let max_nmse = w["fits"]
+                    .as_array()
+                    .map(|f| {
+                        f.iter()
+                            .map(|x| num(&x["nmse_train"]))
+                            .fold(f64::NEG_INFINITY, f64::max)
+                    })
+                    .unwrap_or(f64::NAN);
+                r.win.push(WinRun {
+                    depth,
+                    seed,
+                    merge_error: num(&w["merge_error"]),
+                    acc_after_merge: num(&w["acc_after_merge"]),
+                    max_nmse,
+                    deterministic: s["deterministic"].as_bool().unwrap_or(false),
+                });
+            }
+        }
+        r
+    }
+
+    /// Depths present, ascending.
+    pub fn depths(&self) -> Vec<usize> {
+        self.acc
+            .keys()
+            .map(|k| k.1)
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect()
+    }
+
+    /// Mean accuracy of an arm at a depth.
+    pub fn mean(&self, arm: &str, depth: usize) -> Option<f64> {
+        let v: Vec<f64> = self
+            .acc
+            .get(&(arm.to_string(), depth))?
+            .values()
+            .copied()
+            .collect();
+        (!v.is_empty()).then(|| mean_std(&v).0)
+    }
+
+    /// The paired differences `a − b` at a depth, per seed.
+    pub fn diffs(&self, a: &str, b: &str, depth: usize) -> Vec<f64> {
+        let (Some(x), Some(y)) = (
+            self.acc.get(&(a.to_string(), depth)),
+            self.acc.get(&(b.to_string(), depth)),
+        ) else {
+            return vec![];
+        };
+        x.iter()
+            .filter_map(|(s, v)| y.get(s).map(|w| v - w))
+            .collect()
+    }
+}
+
+fn held(b: bool) -> &'static str {
+    if b {
+        "**held**"
+    } else {
+        "**not held**"
+    }
+}
+
+fn mean(v: &[f64]) -> f64 {
+    v.iter().sum::<f64>() / v.len().max(1) as f64
+}
+
+/// The claims C0–C4 and the outcome, as markdown.
+pub fn verdicts(r: &Results) -> String {
+    let mut md = String::from("\n## Claims (spec §6.4), computed from the runs\n\n");
+    let depths = r.depths();
+    let (Some(&lo), Some(&hi)) = (depths.first(), depths.last()) else {
+        return md + "No runs.\n";
+    };
+    // C0.
+    let merge_ok = r.win.iter().all(|w| w.merge_error <= 1e-4);
+    let fit_ok = r
+        .win
+        .iter()
+        .all(|w| w.max_nmse < 1.0 && w.acc_after_merge >= 50.0);
+    let det_ok = r.win.iter().all(|w| w.deterministic);
+    let c0 = !r.win.is_empty() && merge_ok && fit_ok && det_ok;
+    let worst = |f: fn(&WinRun) -> f64, max: bool| {
+        r.win.iter().map(f).fold(
+            if max {
+                f64::NEG_INFINITY
+            } else {
+                f64::INFINITY
+            },
+            |a, b| if max { a.max(b) } else { a.min(b) },
+        )
+    };
+    let _ = writeln!(
+        md,
+        "- **C0 gate** {}: {} WIN runs; largest merge error {:.1e} (≤ 1e-4: {}); largest block nMSE {:.3} (< 1: {}); lowest accuracy right after the merge {:.2} % (≥ 50: {}); a second WIN run gave the identical accuracy in every run: {}",
+        held(c0),
+        r.win.len(),
+        worst(|w| w.merge_error, true),
+        merge_ok,
+        worst(|w| w.max_nmse, true),
+        r.win.iter().all(|w| w.max_nmse < 1.0),
+        worst(|w| w.acc_after_merge, false),
+        r.win.iter().all(|w| w.acc_after_merge >= 50.0),
+        det_ok
+    );
+    // C1.
+    let c1_at = |n: usize| {
+        let d = r.diffs("win", "scratch", n);
+        (
+            !d.is_empty() && d.iter().all(|x| *x > 0.0) && mean(&d) >= 1.0,
+            d,
+        )
+    };
+    let (c1, d_hi) = c1_at(hi);
+    let _ = writeln!(
+        md,
+        "- **C1 WIN beats scratch at depth {hi}** {}: paired differences {} (mean {:+.2} pt)",
+        held(c1),
+        d_hi.iter()
+            .map(|x| format!("{x:+.2}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        mean(&d_hi)
+    );
+    let c1_some = depths.iter().any(|&n| c1_at(n).0);
+    // C2.
+    let d_lo = r.diffs("win", "scratch", lo);
+    let gap = mean(&d_hi) - mean(&d_lo);
+    let c2 = !d_lo.is_empty() && !d_hi.is_empty() && gap >= 0.5 - 1e-12;
+    let per_depth: Vec<String> = depths
+        .iter()
+        .map(|&n| format!("Δ({n}) = {:+.2}", mean(&r.diffs("win", "scratch", n))))
+        .collect();
+    let _ = writeln!(
+        md,
+        "- **C2 the gap grows with depth** {}: {}; Δ({hi}) − Δ({lo}) = {gap:+.2} pt (≥ 0.5)",
+        held(c2),
+        per_depth.join(", ")
+    );
+    // C3.
+    let kd = ["kd", "kd-t4"]
+        .iter()
+        .filter_map(|a| r.mean(a, hi).map(|m| (*a, m)))
+        .max_by(|a, b| a.1.total_cmp(&b.1));
+    match kd {
+        Some((best, _)) => {
+            let d = r.diffs("win", best, hi);
+            let _ = writeln!(
+                md,
+                "- **C3 versus distillation** (reported, not in the verdict) {}: WIN − `{best}` at depth {hi} = {:+.2} pt (≥ −0.3)",
+                held(!d.is_empty() && mean(&d) >= -0.3),
+                mean(&d)
+            );
+        }
+        None => md += "- C3: no distillation arm\n",
+    }
+    // C4.
+    let dt = r.diffs("teacher", "scratch", hi);
+    let c4 = !dt.is_empty() && mean(&dt) >= 1.0;
+    let _ = writeln!(
+        md,
+        "- **C4 the teacher is better than scratch** {}: {:+.2} pt at depth {hi} (≥ 1.0)",
+        held(c4),
+        mean(&dt)
+    );
+    // Longer scratch.
+    for long in ["scratch-60", "scratch-90"] {
+        if let (Some(l), Some(w)) = (r.mean(long, hi), r.mean("win", hi)) {
+            let _ = writeln!(
+                md,
+                "- `{long}` at depth {hi}: {l:.2} % vs WIN {w:.2} %{}",
+                if l >= w {
+                    " — **the longer-trained scratch arm is at least as good as WIN**"
+                } else {
+                    ""
+                }
+            );
+        }
+    }
+    let outcome = if !c0 {
+        "**Invalid** (C0 fails)"
+    } else if !c4 {
+        "**Inconclusive** (C4 fails: nothing to transfer)"
+    } else if c1 && c2 {
+        "**Reproduced at small scale** (C0 ∧ C1 ∧ C2 ∧ C4)"
+    } else if c1_some {
+        "**Partially reproduced** (C1 holds at some depth, but C2 fails or C1 fails at the largest depth)"
+    } else {
+        "**Not reproduced** (C1 fails at every depth)"
+    };
+    let _ = writeln!(md, "\n**Outcome:** {outcome}.");
+    md
+}
+
+/// The sweep report.
+pub fn report_sweep(dir: &Path, runs: &[RunSummary]) -> Result<String> {
+    let spec = SpecTree::load(&dir.join("sweep.yaml"))?;
+    let h = spec.header()?;
+    let r = Results::collect(runs);
+    let smoke = runs
+        .iter()
+        .any(|x| x.summary["smoke"].as_bool() == Some(true));
+    let mut md = format!("# {}\n\n{}\n\n", h.name, h.description);
+    if smoke {
+        md += "> **Smoke run**: a fraction of an epoch per stage. These numbers test the plumbing, not the paper.\n\n";
+    }
+    let depths = r.depths();
+    let arms: BTreeSet<String> = r.acc.keys().map(|k| k.0.clone()).collect();
+    md += "## Test accuracy (%), mean ± std over seeds\n\n";
+    let mut header = vec!["arm".to_string()];
+    header.extend(depths.iter().map(|n| format!("depth {n}")));
+    let mut rows = Vec::new();
+    for a in &arms {
+        let mut row = vec![format!("`{a}`")];
+        for &n in &depths {
+            row.push(r.acc.get(&(a.clone(), n)).map_or("—".into(), |m| {
+                let v: Vec<f64> = m.values().copied().collect();
+                format!("{} (n={})", fmt_mean_std(&v, 2), v.len())
+            }));
+        }
+        rows.push(row);
+    }
+    md += &markdown_table(
+        &header.iter().map(String::as_str).collect::<Vec<_>>(),
+        &rows,
+    );
+    // WIN right after the merge, and its imitation error.
+    let after: BTreeMap<usize, Vec<f64>> = r.win.iter().fold(BTreeMap::new(), |mut m, w| {
+        m.entry(w.depth)
+            .or_insert_with(Vec::new)
+            .push(w.acc_after_merge);
+        m
+    });
+    if !after.is_empty() {
+        md += "\nWIN right after imitation and merge, before any fine-tuning (arm c6): ";
+        md += &after
+            .iter()
+            .map(|(n, v)| format!("depth {n}: {} %", fmt_mean_std(v, 2)))
+            .collect::<Vec<_>>()
+            .join("; ");
+        md += "\n";
+    }
+    let mut fits: BTreeMap<u64, (Vec<f64>, Vec<f64>)> = BTreeMap::new();
+    let hi = depths.last().copied().unwrap_or(0);
+    for run in runs {
+        if run.summary["depth"].as_u64() == Some(hi as u64) {
+            if let Some(f) = run.summary["arms"]["win"]["fits"].as_array() {
+                for x in f {
+                    let e = fits.entry(x["block"].as_u64().unwrap_or(0)).or_default();
+                    e.0.push(num(&x["nmse_train"]));
+                    e.1.push(num(&x["nmse_test"]));
+                }
+            }
+        }
+    }
+    if !fits.is_empty() {
+        let _ = writeln!(md, "\nWIN per-block imitation error at depth {hi} (MSE / teacher feature variance; mean ± std over seeds):\n");
+        let rows: Vec<Vec<String>> = fits
+            .iter()
+            .map(|(b, (tr, te))| vec![b.to_string(), fmt_mean_std(tr, 3), fmt_mean_std(te, 3)])
+            .collect();
+        md += &markdown_table(&["block", "train", "test"], &rows);
+    }
+    // Accuracy vs depth.
+    let series: Vec<Series> = ["teacher", "scratch", "kd", "kd-t4", "win"]
+        .iter()
+        .filter_map(|a| {
+            let pts: Vec<(f64, f64, f64)> = depths
+                .iter()
+                .filter_map(|&n| {
+                    let v: Vec<f64> = r.acc.get(&(a.to_string(), n))?.values().copied().collect();
+                    let (m, s) = mean_std(&v);
+                    Some((n as f64, m, s))
+                })
+                .collect();
+            (pts.len() > 1).then(|| Series {
+                name: (*a).to_string(),
+                points: pts.iter().map(|p| (p.0, p.1)).collect(),
+                std: Some(pts.iter().map(|p| p.2).collect()),
+            })
+        })
+        .collect();
+    if !series.is_empty() {
+        let figs = dir.join("figures");
+        std::fs::create_dir_all(&figs).map_err(|e| Error::Io(figs.clone(), e))?;
+        line_plot(
+            &figs.join("acc-vs-depth.png"),
+            "Test accuracy vs depth (±1 std)",
+            "depth n",
+            "accuracy (%)",
+            &series,
+        )?;
+        md += "\n![accuracy vs depth](figures/acc-vs-depth.png)\n";
+    }
+    md += &verdicts(&r);
+    md += "\nThe paper's claims (ImageNet and SQuAD; numbers unverified, claims verified from the abstracts): ResNet-50 trained with WIN outperforms a normally trained ResNet-101 — not tested here (no ImageNet); BERT-base trained with WIN is comparable with BERT-large on SQuAD — not tested here.\n";
+    let _ = writeln!(md, "\nGenerated from {} finished runs.", runs.len());
+    Ok(md)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn res(win16: [f64; 3], win4: [f64; 3]) -> Results {
+        let mut r = Results::default();
+        for (depth, win) in [(4usize, win4), (16, win16)] {
+            for (i, s) in [1u64, 2, 3].iter().enumerate() {
+                let put = |r: &mut Results, a: &str, v: f64| {
+                    r.acc
+                        .entry((a.to_string(), depth))
+                        .or_default()
+                        .insert(*s, v);
+                };
+                put(&mut r, "scratch", 90.0);
+                put(&mut r, "teacher", 95.0);
+                put(&mut r, "kd", 91.0);
+                put(&mut r, "win", win[i]);
+                r.win.push(WinRun {
+                    depth,
+                    seed: *s,
+                    merge_error: 1e-7,
+                    acc_after_merge: 80.0,
+                    max_nmse: 0.3,
+                    deterministic: true,
+                });
+            }
+        }
+        r
+    }
+
+    #[test]
+    fn outcomes_follow_the_criteria() {
+        let md = verdicts(&res([92.0, 91.5, 93.0], [90.2, 90.1, 90.3]));
+        assert!(md.contains("Reproduced at small scale"), "{md}");
+        // A gain that does not grow with depth: partially reproduced.
+        let md = verdicts(&res([92.0, 91.5, 93.0], [92.0, 91.5, 93.0]));
+        assert!(md.contains("Partially reproduced"), "{md}");
+        // One seed below scratch at every depth: not reproduced.
+        let md = verdicts(&res([92.0, 89.0, 93.0], [92.0, 89.0, 93.0]));
+        assert!(md.contains("Not reproduced"), "{md}");
+        // A failed merge invalidates.
+        let mut r = res([92.0, 91.5, 93.0], [90.2, 90.1, 90.3]);
+        r.win[0].merge_error = 1e-2;
+        assert!(verdicts(&r).contains("Invalid"));
+    }
+}

@@ -1,0 +1,361 @@
+//! The stages: end-to-end training (CE or distillation), layerwise imitation (progressive or
+//! joint; frozen, soft-frozen or trained lower blocks; the student's prefix or the teacher's as
+//! input), FitNets' hint, and the merge.
+
+use crate::config::{
+    HintStage, ImitateStage, ImitationSchedule, Input, Loss, Lower, MInit, TrainStage,
+};
+use crate::model::{merge, merge_error, Affine, Glue, Mlp, Widened};
+use reprise_core::data::batch_indices;
+use reprise_core::optim::{Group, Optimizer, Rule, Schedule};
+use reprise_core::{Error, Result};
+use serde::{Deserialize, Serialize};
+use tch::{Kind, Tensor};
+
+/// The data a run trains on, with the teacher's outputs cached (the teacher is frozen and the
+/// data is not augmented, so they are exact targets).
+#[derive(Debug)]
+pub struct Data {
+    /// Training inputs, N × D.
+    pub x: Tensor,
+    /// Training labels.
+    pub y: Tensor,
+    /// Test inputs.
+    pub x_test: Tensor,
+    /// Test labels.
+    pub y_test: Tensor,
+    /// The teacher's block outputs on the training inputs.
+    pub feats: Vec<Tensor>,
+    /// The teacher's block outputs on the test inputs.
+    pub feats_test: Vec<Tensor>,
+    /// The teacher's logits on the training inputs.
+    pub logits: Tensor,
+    /// The data order seed.
+    pub seed: u64,
+    /// Batch size.
+    pub batch: usize,
+}
+
+impl Data {
+    fn n(&self) -> usize {
+        self.y.size()[0] as usize
+    }
+
+    fn per_epoch(&self) -> u64 {
+        self.n().div_ceil(self.batch) as u64
+    }
+
+    fn steps(&self, epochs: f64) -> u64 {
+        ((epochs * self.per_epoch() as f64).round() as u64).max(1)
+    }
+
+    /// The index batches of a stage, epoch by epoch, the same for every arm of a seed.
+    fn batches(&self, steps: u64) -> impl Iterator<Item = Tensor> + '_ {
+        let per = self.per_epoch();
+        (0..steps).map(move |s| {
+            let all = batch_indices(self.n(), self.batch, self.seed, s / per, true, false);
+            Tensor::from_slice(&all[(s % per) as usize])
+        })
+    }
+}
+
+/// Top-1 accuracy (%) of logits (argmax, ties to the lowest class).
+pub fn accuracy(logits: &Tensor, y: &Tensor) -> f64 {
+    100.0
+        * logits
+            .argmax(1, false)
+            .eq_tensor(y)
+            .to_kind(Kind::Float)
+            .mean(Kind::Float)
+            .double_value(&[])
+}
+
+/// Test accuracy of a network.
+pub fn test_accuracy(net: &Mlp, d: &Data) -> f64 {
+    tch::no_grad(|| accuracy(&net.forward(&d.x_test), &d.y_test))
+}
+
+fn adam(groups: Vec<(Vec<Tensor>, f64)>) -> Optimizer {
+    Optimizer::new(
+        Rule::adam(),
+        groups
+            .into_iter()
+            .filter(|(p, _)| !p.is_empty())
+            .enumerate()
+            .map(|(g, (params, lr_mult))| Group {
+                params: params
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, t)| (format!("{g}.{i}"), t))
+                    .collect(),
+                lr_mult,
+                weight_decay: 0.0,
+            })
+            .collect(),
+    )
+}
+
+fn check(loss: f64, what: &str, step: u64) -> Result<()> {
+    if loss.is_finite() {
+        Ok(())
+    } else {
+        Err(Error::Diverged {
+            step,
+            why: format!("{what} loss {loss}"),
+        })
+    }
+}
+
+/// KL(p_teacher ‖ p_student) at temperature t, times t², averaged over the batch.
+pub fn kd_loss(student: &Tensor, teacher: &Tensor, t: f64) -> Tensor {
+    let ls = (student / t).log_softmax(1, Kind::Float);
+    let lt = (teacher / t).log_softmax(1, Kind::Float);
+    (lt.exp() * (&lt - ls))
+        .sum_dim_intlist([1].as_slice(), false, Kind::Float)
+        .mean(Kind::Float)
+        * (t * t)
+}
+
+/// Trains every parameter of `net` with a loss; returns the last epoch's mean loss.
+pub fn train(net: &Mlp, d: &Data, s: &TrainStage) -> Result<f64> {
+    let steps = d.steps(s.epochs);
+    let mut opt = adam(vec![(net.params(), 1.0)]);
+    let sched = Schedule::Cosine {
+        total: steps,
+        min: 0.0,
+    };
+    let (mut sum, mut k) = (0.0, 0);
+    for (step, idx) in d.batches(steps).enumerate() {
+        let step = step as u64;
+        let z = net.forward(&d.x.index_select(0, &idx));
+        let loss = match s.loss {
+            Loss::Ce => z.cross_entropy_for_logits(&d.y.index_select(0, &idx)),
+            Loss::Kd { temperature } => kd_loss(&z, &d.logits.index_select(0, &idx), temperature),
+        };
+        opt.zero_grad();
+        loss.backward();
+        opt.step(sched.lr(s.lr, step, 0));
+        let l = loss.double_value(&[]);
+        check(l, "training", step)?;
+        if step + d.per_epoch() >= steps {
+            sum += l;
+            k += 1;
+        }
+    }
+    Ok(sum / k.max(1) as f64)
+}
+
+/// Per-block imitation diagnostics.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BlockFit {
+    /// Block (1-based).
+    pub block: usize,
+    /// MSE / mean per-feature variance of the teacher's output, training set.
+    pub nmse_train: f64,
+    /// The same on the test set.
+    pub nmse_test: f64,
+}
+
+fn mse(a: &Tensor, b: &Tensor) -> Tensor {
+    (a - b).square().mean(Kind::Float)
+}
+
+/// Mean per-feature variance.
+fn feature_var(f: &Tensor) -> f64 {
+    f.var_dim([0].as_slice(), true, false)
+        .mean(Kind::Float)
+        .double_value(&[])
+}
+
+/// The normalised imitation error of every block of S̄ (each block fed by the student's own
+/// prefix, or the teacher's with `Input::Teacher`).
+pub fn block_fits(w: &Widened<'_>, d: &Data, input: Input) -> Vec<BlockFit> {
+    tch::no_grad(|| {
+        let fits = |x: &Tensor, feats: &[Tensor]| -> Vec<f64> {
+            let mut u = x.shallow_clone();
+            (0..feats.len())
+                .map(|i| {
+                    let inp = match (input, i) {
+                        (Input::Teacher, i) if i > 0 => feats[i - 1].shallow_clone(),
+                        _ => u.shallow_clone(),
+                    };
+                    u = w.block(i, &inp);
+                    mse(&u, &feats[i]).double_value(&[]) / feature_var(&feats[i]).max(1e-12)
+                })
+                .collect()
+        };
+        let tr = fits(&d.x, &d.feats);
+        let te = fits(&d.x_test, &d.feats_test);
+        tr.iter()
+            .zip(te)
+            .enumerate()
+            .map(|(i, (a, b))| BlockFit {
+                block: i + 1,
+                nmse_train: *a,
+                nmse_test: b,
+            })
+            .collect()
+    })
+}
+
+/// Builds the pairs for an imitation stage.
+pub fn init_glue(thin: &Mlp, d: &Data, m_init: MInit, wide: i64, seed: u64) -> Glue {
+    let w = thin.blocks[0].w.size()[0];
+    match m_init {
+        MInit::Pca => Glue::pca(&d.feats, w),
+        MInit::Random => {
+            tch::manual_seed(seed.wrapping_mul(31).wrapping_add(7) as i64);
+            Glue::random(thin.depth(), w, wide, d.x.device())
+        }
+    }
+}
+
+/// Layerwise imitation of the teacher's blocks through `glue`.
+pub fn imitate(thin: &Mlp, glue: &Glue, d: &Data, s: &ImitateStage) -> Result<Vec<BlockFit>> {
+    let n = thin.depth();
+    let w = Widened { thin, glue };
+    let own = |i: usize| -> Vec<Tensor> {
+        let mut p = thin.blocks[i].params();
+        p.extend(glue.up[i].params());
+        if i > 0 {
+            p.extend(glue.down[i - 1].params());
+        }
+        p
+    };
+    match s.schedule {
+        ImitationSchedule::Joint => {
+            let steps = d.steps(s.epochs);
+            let all: Vec<Tensor> = (0..n).flat_map(own).collect();
+            let mut opt = adam(vec![(all, 1.0)]);
+            let sched = Schedule::Cosine {
+                total: steps,
+                min: 0.0,
+            };
+            for (step, idx) in d.batches(steps).enumerate() {
+                let x = d.x.index_select(0, &idx);
+                let mut u = x.shallow_clone();
+                let mut loss = Tensor::zeros([], (Kind::Float, x.device()));
+                for i in 0..n {
+                    let target = d.feats[i].index_select(0, &idx);
+                    let inp = match (s.input, i) {
+                        (Input::Teacher, i) if i > 0 => d.feats[i - 1].index_select(0, &idx),
+                        _ => u,
+                    };
+                    u = w.block(i, &inp);
+                    loss += mse(&u, &target);
+                }
+                opt.zero_grad();
+                loss.backward();
+                opt.step(sched.lr(s.lr, step as u64, 0));
+                check(loss.double_value(&[]), "imitation", step as u64)?;
+            }
+        }
+        ImitationSchedule::Progressive => {
+            let steps = d.steps(s.epochs);
+            // With frozen lower blocks, the input of block i is fixed: computed once.
+            let mut cached: Option<Tensor> = None;
+            for i in 0..n {
+                let lower: Vec<Tensor> = (0..i).flat_map(own).collect();
+                let (lower, mult) = match s.lower_blocks {
+                    Lower::Frozen => (vec![], 0.0),
+                    Lower::LrMult(r) => (lower, r),
+                    Lower::Full => (lower, 1.0),
+                };
+                let frozen = lower.is_empty();
+                let mut opt = adam(vec![(own(i), 1.0), (lower, mult)]);
+                let sched = Schedule::Cosine {
+                    total: steps,
+                    min: 0.0,
+                };
+                if frozen && s.input == Input::StudentPrefix {
+                    cached = Some(match (i, &cached) {
+                        (0, _) => d.x.shallow_clone(),
+                        (_, Some(prev)) => tch::no_grad(|| w.block(i - 1, prev)),
+                        (_, None) => unreachable!("set at block 0"),
+                    });
+                }
+                for (step, idx) in d.batches(steps).enumerate() {
+                    let inp = match (s.input, i) {
+                        (_, 0) => d.x.index_select(0, &idx),
+                        (Input::Teacher, _) => d.feats[i - 1].index_select(0, &idx),
+                        (Input::StudentPrefix, _) if frozen => {
+                            cached.as_ref().expect("cached").index_select(0, &idx)
+                        }
+                        (Input::StudentPrefix, _) => {
+                            let mut u = d.x.index_select(0, &idx);
+                            for j in 0..i {
+                                u = w.block(j, &u);
+                            }
+                            u
+                        }
+                    };
+                    let loss = mse(&w.block(i, &inp), &d.feats[i].index_select(0, &idx));
+                    opt.zero_grad();
+                    loss.backward();
+                    opt.step(sched.lr(s.lr, step as u64, 0));
+                    check(
+                        loss.double_value(&[]),
+                        &format!("imitation of block {}", i + 1),
+                        step as u64,
+                    )?;
+                }
+                if !frozen {
+                    cached = None;
+                }
+            }
+        }
+    }
+    Ok(block_fits(&w, d, s.input))
+}
+
+/// FitNets' hint: blocks 1..=`s.block` and a random linear regressor (w → W) trained to match
+/// the teacher's block output (MSE).
+pub fn hint(thin: &Mlp, d: &Data, s: &HintStage, seed: u64) -> Result<f64> {
+    let k = s.block;
+    let (w, wide) = (thin.blocks[0].w.size()[0], d.feats[k - 1].size()[1]);
+    tch::manual_seed(seed.wrapping_mul(131).wrapping_add(3) as i64);
+    let reg = Affine::torch_default(w, wide, d.x.device());
+    let mut params: Vec<Tensor> = thin.blocks[..k].iter().flat_map(Affine::params).collect();
+    params.extend(reg.params());
+    let steps = d.steps(s.epochs);
+    let mut opt = adam(vec![(params, 1.0)]);
+    let sched = Schedule::Cosine {
+        total: steps,
+        min: 0.0,
+    };
+    let mut last = f64::NAN;
+    for (step, idx) in d.batches(steps).enumerate() {
+        let mut h = d.x.index_select(0, &idx);
+        for j in 0..k {
+            h = thin.block(j, &h);
+        }
+        let loss = mse(&reg.apply(&h), &d.feats[k - 1].index_select(0, &idx));
+        opt.zero_grad();
+        loss.backward();
+        opt.step(sched.lr(s.lr, step as u64, 0));
+        last = loss.double_value(&[]);
+        check(last, "hint", step as u64)?;
+    }
+    Ok(last / tch::no_grad(|| feature_var(&d.feats[k - 1])).max(1e-12))
+}
+
+/// The merge, with its check on the test inputs: returns the merged network and the relative
+/// merge error.
+pub fn merge_checked(thin: &Mlp, glue: &Glue, wide_head: &Affine, d: &Data) -> (Mlp, f64) {
+    let merged = merge(thin, glue, wide_head);
+    let err = merge_error(&Widened { thin, glue }, wide_head, &merged, &d.x_test);
+    (merged, err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kd_loss_is_zero_for_equal_logits_and_positive_otherwise() {
+        let a = Tensor::from_slice(&[1.0f32, 2.0, 3.0, 0.0, 0.0, 5.0]).view([2, 3]);
+        assert!(kd_loss(&a, &a, 4.0).double_value(&[]).abs() < 1e-6);
+        let b = Tensor::from_slice(&[3.0f32, 2.0, 1.0, 5.0, 0.0, 0.0]).view([2, 3]);
+        assert!(kd_loss(&a, &b, 1.0).double_value(&[]) > 0.1);
+    }
+}
