@@ -22,6 +22,8 @@ JEM_RUST = os.path.join(EXAMPLES, "step_time")
 JEM_TWIN = os.path.join(ROOT, "bench", "pytorch", "jem_step.py")
 RT_RUST = os.path.join(EXAMPLES, "rt_step_time")
 RT_TWIN = os.path.join(ROOT, "bench", "pytorch", "rt_step.py")
+DT_RUST = os.path.join(EXAMPLES, "dt_step_time")
+DT_TWIN = os.path.join(ROOT, "bench", "pytorch", "dt_step.py")
 
 
 def jem(arch, k, iters, what):
@@ -37,6 +39,13 @@ def rt(arch, k, iters, batch):
     def cmds(threads):
         args = [arch, str(k), str(iters), str(threads), str(batch)]
         return [RT_RUST] + args, [sys.executable, RT_TWIN] + args
+    return cmds
+
+
+def dt(what, iters):
+    def cmds(threads):
+        args = [what, str(iters), str(threads)]
+        return [DT_RUST] + args, [sys.executable, DT_TWIN] + args
     return cmds
 
 
@@ -56,6 +65,10 @@ STEPS = [
     ("robust-transfer PGD-3 step, SmallCNN", "32x1x28x28", rt("small", 3, 40, 32), 10 * F_RT_SMALL),
     ("robust-transfer standard step, SmallCNN", "32x1x28x28", rt("small", 0, 100, 32), 3 * F_RT_SMALL),
     ("robust-transfer PGD-3 step, ResNet-50", "2x3x224x224", rt("r50", 3, 3, 2), 10 * F_RT_R50),
+    # deepthin, batch 128: imitation of one block (256->16->16->256, 8448 MAC per sample) and
+    # distillation of the thin depth-16 MLP (16.5 k MAC per sample); 3 passes at 2 FLOP per MAC.
+    ("deepthin imitation step, one block", "128x256, w=16, W=256", dt("imitate", 300), 6 * 128 * 8448),
+    ("deepthin distillation step, depth-16 MLP", "128x784, w=16", dt("kd", 300), 6 * 128 * 16.5e3),
 ]
 
 
@@ -83,7 +96,7 @@ def main():
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
     a = ap.parse_args()
-    for exe in (JEM_RUST, RT_RUST):
+    for exe in (JEM_RUST, RT_RUST, DT_RUST):
         if not os.path.exists(exe):
             sys.exit(f"{exe} is missing: `just bench-compare` builds it")
     peak = matmul_peak(a.threads)

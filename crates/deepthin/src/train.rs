@@ -116,6 +116,60 @@ pub fn kd_loss(student: &Tensor, teacher: &Tensor, t: f64) -> Tensor {
         * (t * t)
 }
 
+/// One end-to-end step on a batch: `target` holds the labels (CE) or the teacher's logits
+/// (distillation). Returns the loss.
+pub fn train_step(
+    net: &Mlp,
+    opt: &mut Optimizer,
+    x: &Tensor,
+    target: &Tensor,
+    loss: Loss,
+    lr: f64,
+) -> f64 {
+    let z = net.forward(x);
+    let loss = match loss {
+        Loss::Ce => z.cross_entropy_for_logits(target),
+        Loss::Kd { temperature } => kd_loss(&z, target, temperature),
+    };
+    opt.zero_grad();
+    loss.backward();
+    opt.step(lr);
+    loss.double_value(&[])
+}
+
+/// One imitation step of block `i` (0-based) of S̄ on its input `inp` against the teacher's
+/// block output `target`. Returns the MSE.
+pub fn imitation_step(
+    w: &Widened<'_>,
+    i: usize,
+    opt: &mut Optimizer,
+    inp: &Tensor,
+    target: &Tensor,
+    lr: f64,
+) -> f64 {
+    let loss = mse(&w.block(i, inp), target);
+    opt.zero_grad();
+    loss.backward();
+    opt.step(lr);
+    loss.double_value(&[])
+}
+
+/// Adam (PyTorch's defaults, no weight decay) over the parameters of block `i` of S̄: the thin
+/// block and its two adjacent maps.
+pub fn block_optimizer(w: &Widened<'_>, i: usize) -> Optimizer {
+    let mut p = w.thin.blocks[i].params();
+    p.extend(w.glue.up[i].params());
+    if i > 0 {
+        p.extend(w.glue.down[i - 1].params());
+    }
+    adam(vec![(p, 1.0)])
+}
+
+/// Adam over every parameter of a network.
+pub fn optimizer(net: &Mlp) -> Optimizer {
+    adam(vec![(net.params(), 1.0)])
+}
+
 /// Trains every parameter of `net` with a loss; returns the last epoch's mean loss.
 pub fn train(net: &Mlp, d: &Data, s: &TrainStage) -> Result<f64> {
     let steps = d.steps(s.epochs);
@@ -127,15 +181,18 @@ pub fn train(net: &Mlp, d: &Data, s: &TrainStage) -> Result<f64> {
     let (mut sum, mut k) = (0.0, 0);
     for (step, idx) in d.batches(steps).enumerate() {
         let step = step as u64;
-        let z = net.forward(&d.x.index_select(0, &idx));
-        let loss = match s.loss {
-            Loss::Ce => z.cross_entropy_for_logits(&d.y.index_select(0, &idx)),
-            Loss::Kd { temperature } => kd_loss(&z, &d.logits.index_select(0, &idx), temperature),
+        let target = match s.loss {
+            Loss::Ce => d.y.index_select(0, &idx),
+            Loss::Kd { .. } => d.logits.index_select(0, &idx),
         };
-        opt.zero_grad();
-        loss.backward();
-        opt.step(sched.lr(s.lr, step, 0));
-        let l = loss.double_value(&[]);
+        let l = train_step(
+            net,
+            &mut opt,
+            &d.x.index_select(0, &idx),
+            &target,
+            s.loss,
+            sched.lr(s.lr, step, 0),
+        );
         check(l, "training", step)?;
         if step + d.per_epoch() >= steps {
             sum += l;
@@ -289,15 +346,16 @@ pub fn imitate(thin: &Mlp, glue: &Glue, d: &Data, s: &ImitateStage) -> Result<Ve
                             u
                         }
                     };
-                    let loss = mse(&w.block(i, &inp), &d.feats[i].index_select(0, &idx));
-                    opt.zero_grad();
-                    loss.backward();
-                    opt.step(sched.lr(s.lr, step as u64, 0));
-                    check(
-                        loss.double_value(&[]),
-                        &format!("imitation of block {}", i + 1),
-                        step as u64,
-                    )?;
+                    let target = d.feats[i].index_select(0, &idx);
+                    let l = imitation_step(
+                        &w,
+                        i,
+                        &mut opt,
+                        &inp,
+                        &target,
+                        sched.lr(s.lr, step as u64, 0),
+                    );
+                    check(l, &format!("imitation of block {}", i + 1), step as u64)?;
                 }
                 if !frozen {
                     cached = None;
