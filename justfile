@@ -29,6 +29,10 @@ run experiment *args: build
 reproduce: data
     source scripts/env.sh && {{runner}} run jem/digits-calibration --jobs 2
 
+# Every small-scale experiment of the four papers, resumable, then docs/RESULTS.md
+reproduce-all: data
+    source scripts/env.sh && python scripts/reproduce_all.py
+
 # Unit and integration tests, spec validation, the CUDA link check and every experiment's --smoke
 test: setup
     bash scripts/test.sh

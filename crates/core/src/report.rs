@@ -1,8 +1,57 @@
-//! Report writing: markdown tables and the aggregate of a sweep (mean ± std over seeds).
+//! Report writing: markdown tables, the aggregate of a sweep (mean ± std over seeds), and the
+//! machine-readable claims of a sweep (`claims.json`) that the results page collects.
 
 use crate::run::RunSummary;
+use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 use std::collections::BTreeMap;
+use std::path::Path;
+
+/// One claim of a paper as an experiment tested it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClaimRow {
+    /// Short name (`P1`, `R1`, `C2`).
+    pub claim: String,
+    /// What it says.
+    pub what: String,
+    /// The paper's number or statement, marked verified or unverified as in the specification.
+    pub paper: String,
+    /// Our small-scale measurement.
+    pub ours: String,
+    /// `held`, `not held` or `open`.
+    pub verdict: String,
+    /// Whether the experiment's verdict depends on it.
+    pub gating: bool,
+}
+
+/// The claims an experiment's sweep tested, and its overall verdict; written as `claims.json`
+/// beside the sweep's report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    /// The overall verdict, as the paper's code computes it.
+    pub verdict: String,
+    /// Every claim.
+    pub claims: Vec<ClaimRow>,
+}
+
+impl Claims {
+    /// Writes `claims.json` into a sweep folder.
+    pub fn write(&self, dir: &Path) -> crate::Result<()> {
+        let text =
+            serde_json::to_string_pretty(self).map_err(|e| crate::Error::msg(e.to_string()))?;
+        crate::checkpoint::write_atomic(&dir.join("claims.json"), text.as_bytes())
+    }
+}
+
+/// `held`, `not held` or `open`.
+pub fn verdict_word(ok: Option<bool>) -> String {
+    match ok {
+        Some(true) => "held",
+        Some(false) => "not held",
+        None => "open",
+    }
+    .to_string()
+}
 
 /// A markdown table from a header row and rows of cells.
 pub fn markdown_table(header: &[&str], rows: &[Vec<String>]) -> String {

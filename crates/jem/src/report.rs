@@ -243,7 +243,30 @@ fn verdict(ok: Option<bool>) -> &'static str {
     }
 }
 
-/// The report of a sweep over arms and seeds: tables, claims, figures.
+/// What a claim says, and the paper's number for it (verified or not, as in the specification).
+pub fn claim_text(c: Claim) -> (&'static str, &'static str) {
+    match c {
+        Claim::P1 => (
+            "accuracy within 3 points of the baseline",
+            "CIFAR-10 WRN-28-10: JEM 92.9 % vs baseline 95.8 % (verified)",
+        ),
+        Claim::P2 => (
+            "lower expected calibration error than the baseline",
+            "CIFAR-100: ECE 4.87 % vs 22.32 % (verified)",
+        ),
+        Claim::P3 => (
+            "log p(x) detects out-of-distribution inputs better",
+            "CIFAR-10 vs SVHN / interp / CIFAR-100 / CelebA AUROC .67 / .65 / .67 / .75 (unverified)",
+        ),
+        Claim::P4 => (
+            "recognisable, realistic class-conditional samples",
+            "CIFAR-10: IS 8.76, FID 38.4 (verified)",
+        ),
+    }
+}
+
+/// The report of a sweep over arms and seeds: tables, claims (also written to `claims.json`),
+/// figures.
 pub fn report_sweep(dir: &Path, runs: &[RunSummary]) -> Result<String> {
     let spec = SpecTree::load(&dir.join("sweep.yaml"))?;
     let h = spec.header()?;
@@ -560,6 +583,24 @@ pub fn report_sweep(dir: &Path, runs: &[RunSummary]) -> Result<String> {
             .collect::<Vec<_>>()
             .join(", ")
     );
+    reprise_core::report::Claims {
+        verdict: overall.clone(),
+        claims: claims
+            .iter()
+            .map(|(c, ok, why)| {
+                let (what, paper) = claim_text(*c);
+                reprise_core::report::ClaimRow {
+                    claim: format!("{c:?}"),
+                    what: what.into(),
+                    paper: paper.into(),
+                    ours: why.clone(),
+                    verdict: reprise_core::report::verdict_word(*ok),
+                    gating: gates.contains(c),
+                }
+            })
+            .collect(),
+    }
+    .write(dir)?;
     md += PAPER_NUMBERS;
     md += "\n## Every summary value by sweep point\n\n";
     md += &reprise_core::report::aggregate_table(runs);
