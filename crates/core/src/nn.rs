@@ -58,10 +58,11 @@ impl Activation {
     pub fn apply(&self, x: &Tensor) -> Tensor {
         match self {
             Activation::Relu => x.relu(),
-            // s·x + (1 − s)·relu(x): tch exposes no slope for LeakyReLU, and this form's
-            // backward is cheaper than PReLU's (which also reduces a weight gradient) or
-            // max(x, s·x)'s; measured against F.leaky_relu in bench/pytorch/jem_step.py.
-            Activation::LeakyRelu(s) => x.relu() * (1.0 - s) + x * *s,
+            // s·x + (1 − s)·relu(x) as one lerp from x towards relu(x): tch exposes no slope
+            // for LeakyReLU; two kernels forward (relu, lerp) instead of four, and a backward
+            // cheaper than PReLU's (which also reduces a weight gradient) or max(x, s·x)'s;
+            // measured against F.leaky_relu in bench/pytorch/jem_step.py.
+            Activation::LeakyRelu(s) => x.lerp(&x.relu(), 1.0 - s),
             Activation::Silu => x.silu(),
         }
     }
@@ -333,7 +334,13 @@ mod tests {
         assert_eq!(vs.variables().len(), 6);
         let x = Tensor::from_slice(&[-1.0f32, 2.0]);
         let a = Activation::LeakyRelu(0.2).apply(&x);
-        assert_eq!(Vec::<f32>::try_from(&a).unwrap(), vec![-0.2, 2.0]);
+        let a = Vec::<f32>::try_from(&a).unwrap();
+        assert!((a[0] + 0.2).abs() < 1e-7 && a[1] == 2.0, "{a:?}");
+        // The gradient is the slope below 0 and 1 above.
+        let x = Tensor::from_slice(&[-1.0f32, 2.0]).set_requires_grad(true);
+        Activation::LeakyRelu(0.2).apply(&x).sum(tch::Kind::Float).backward();
+        let g = Vec::<f32>::try_from(&x.grad()).unwrap();
+        assert!((g[0] - 0.2).abs() < 1e-7 && (g[1] - 1.0).abs() < 1e-7, "{g:?}");
     }
 
     #[test]
