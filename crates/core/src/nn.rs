@@ -338,9 +338,15 @@ mod tests {
         assert!((a[0] + 0.2).abs() < 1e-7 && a[1] == 2.0, "{a:?}");
         // The gradient is the slope below 0 and 1 above.
         let x = Tensor::from_slice(&[-1.0f32, 2.0]).set_requires_grad(true);
-        Activation::LeakyRelu(0.2).apply(&x).sum(tch::Kind::Float).backward();
+        Activation::LeakyRelu(0.2)
+            .apply(&x)
+            .sum(tch::Kind::Float)
+            .backward();
         let g = Vec::<f32>::try_from(&x.grad()).unwrap();
-        assert!((g[0] - 0.2).abs() < 1e-7 && (g[1] - 1.0).abs() < 1e-7, "{g:?}");
+        assert!(
+            (g[0] - 0.2).abs() < 1e-7 && (g[1] - 1.0).abs() < 1e-7,
+            "{g:?}"
+        );
     }
 
     #[test]

@@ -175,6 +175,10 @@ pub struct DataSpec {
     /// Size images of an ImageFolder dataset are brought to.
     #[serde(default)]
     pub image_size: Option<crate::data::formats::ImageSize>,
+    /// Decode an ImageFolder's images batch by batch instead of loading them all (for datasets
+    /// larger than memory; honoured by the paper crates that say so).
+    #[serde(default)]
+    pub stream: bool,
 }
 
 /// Sizes of the splits of a dataset.

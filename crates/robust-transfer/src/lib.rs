@@ -237,7 +237,7 @@ fn train_source(
     c: &Config,
     arm: Arm,
     net: &Net,
-    train: &reprise_core::data::Dataset,
+    train: &data::Images,
 ) -> Result<f64> {
     let s = &c.source;
     let seed = ctx.seed();
@@ -290,15 +290,15 @@ fn train_source(
                 .wrapping_mul(1_000_003)
                 .wrapping_add(step as i64),
         );
-        let idx = Tensor::from_slice(&batches[(step % per_epoch) as usize]);
-        let mut x = train.x.index_select(0, &idx).to_device(dev);
+        let (x, y) = train.batch(&batches[(step % per_epoch) as usize])?;
+        let mut x = x.to_device(dev);
         if !s.augment.is_identity() {
             x = s.augment.apply(
                 &x,
                 &mut Rng::new(seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
             );
         }
-        let y = train.y.index_select(0, &idx).to_device(dev);
+        let y = y.to_device(dev);
         let ramp = if s.eps_ramp_epochs > 0 {
             ((step + 1) as f64 / (s.eps_ramp_epochs * per_epoch) as f64).min(1.0)
         } else {
@@ -352,25 +352,21 @@ fn evaluate_source(
     c: &Config,
     arm: Arm,
     net: &Net,
-    holdout: &reprise_core::data::Dataset,
-) -> Map<String, Value> {
+    holdout: &data::Images,
+) -> Result<Map<String, Value>> {
     let mut robust = Map::new();
     for (norm, eps) in train::eval_points(arm, &c.eval) {
-        let a = train::accuracy(
-            net,
-            holdout,
-            Some(&Pgd::eval(norm, eps, c.eval.pgd_steps)),
-            c.eval.batch,
-        );
+        let attack = Pgd::eval(norm, eps, c.eval.pgd_steps);
+        let a = train::accuracy(net, holdout, Some(&attack), c.eval.batch)?;
         robust.insert(train::point_key(norm, eps), json!(a));
     }
     let mut m = Map::new();
     m.insert(
         "src_clean".into(),
-        json!(train::accuracy(net, holdout, None, c.eval.batch)),
+        json!(train::accuracy(net, holdout, None, c.eval.batch)?),
     );
     m.insert("src_robust".into(), Value::Object(robust));
-    m
+    Ok(m)
 }
 
 /// The finished transfers in `transfers.jsonl`. A line torn by a kill is dropped and the file
@@ -422,7 +418,7 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
         Some(data::source_splits(&h.data, c.source.classes.as_deref())?)
     };
     let classes = match (&splits, &c.source.from) {
-        (Some(s), _) => s.train.classes as i64,
+        (Some(s), _) => s.0.classes() as i64,
         (None, Some(from)) => head_size(&source_file(from))?,
         (None, None) => unreachable!("transfer_only needs source.from"),
     };
@@ -441,7 +437,7 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
         net.save(&src_file)?;
         ctx.begin(0)?;
     } else {
-        let train = &splits.as_ref().expect("loaded unless transfer-only").train;
+        let train = &splits.as_ref().expect("loaded unless transfer-only").0;
         step_ms = train_source(ctx, &c, arm, &net, train)?;
         net.save(&src_file)?;
     }
@@ -453,9 +449,9 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
     if let (true, Some(splits)) = (src_metrics.is_empty(), &splits) {
         eprintln!(
             "evaluating the source on {} holdout examples",
-            splits.test.len()
+            splits.1.len()
         );
-        src_metrics = evaluate_source(&c, arm, &net, &splits.test);
+        src_metrics = evaluate_source(&c, arm, &net, &splits.1)?;
         src_metrics.insert(
             "source_step_ms".into(),
             reprise_core::run::json_f64(step_ms),

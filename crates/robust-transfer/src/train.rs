@@ -2,10 +2,11 @@
 //! evaluation.
 
 use crate::config::{Arm, AttackConfig, EvalConfig};
+use crate::data::Images;
 use crate::model::Net;
 use reprise_core::attack::{fgsm_rs, Norm, Pgd};
-use reprise_core::data::Dataset;
 use reprise_core::optim::Optimizer;
+use reprise_core::Result;
 use tch::nn::ModuleT;
 use tch::{Kind, Tensor};
 
@@ -76,15 +77,15 @@ pub fn train_step(
 
 /// Accuracy (%) of `net` in eval mode on `ds`, clean or under `attack`; predictions are argmax
 /// with the first maximal label winning.
-pub fn accuracy(net: &Net, ds: &Dataset, attack: Option<&Pgd>, batch: usize) -> f64 {
+pub fn accuracy(net: &Net, ds: &Images, attack: Option<&Pgd>, batch: usize) -> Result<f64> {
     let n = ds.len() as i64;
     let dev = net.vs.device();
     let mut correct = 0i64;
     let mut i = 0;
     while i < n {
         let m = (batch as i64).min(n - i);
-        let x = ds.x.narrow(0, i, m).to_device(dev);
-        let y = ds.y.narrow(0, i, m).to_device(dev);
+        let (x, y) = ds.batch(&(i..i + m).collect::<Vec<i64>>())?;
+        let (x, y) = (x.to_device(dev), y.to_device(dev));
         let x = match attack {
             Some(p) => p.run(&|z: &Tensor| net.forward_t(z, false), &x, &y),
             None => x,
@@ -98,7 +99,7 @@ pub fn accuracy(net: &Net, ds: &Dataset, attack: Option<&Pgd>, batch: usize) -> 
         });
         i += m;
     }
-    100.0 * correct as f64 / n.max(1) as f64
+    Ok(100.0 * correct as f64 / n.max(1) as f64)
 }
 
 /// The (norm, ε) points at which the source is attacked: the whole grid for `std`; the arm's
@@ -229,13 +230,13 @@ mod tests {
     #[test]
     fn adversarial_accuracy_is_at_most_clean_accuracy() {
         let n = net();
-        let ds = Dataset {
+        let ds = Images::Memory(reprise_core::data::Dataset {
             x: Tensor::rand([40, 1, 28, 28], (Kind::Float, Device::Cpu)),
             y: Tensor::zeros([40], (Kind::Int64, Device::Cpu)),
             classes: 5,
-        };
-        let clean = accuracy(&n, &ds, None, 16);
-        let adv = accuracy(&n, &ds, Some(&Pgd::eval(Norm::L2, 2.0, 10)), 16);
+        });
+        let clean = accuracy(&n, &ds, None, 16).unwrap();
+        let adv = accuracy(&n, &ds, Some(&Pgd::eval(Norm::L2, 2.0, 10)), 16).unwrap();
         assert!(adv <= clean, "{adv} > {clean}");
     }
 

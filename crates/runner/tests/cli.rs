@@ -921,3 +921,50 @@ fn deepthin_runs_are_deterministic_and_merge_exactly() {
     assert!(a["arms"]["win"]["merge_error"].as_f64().unwrap() < 1e-4);
     assert_eq!(a["arms"]["win"]["fits"].as_array().unwrap().len(), 4);
 }
+
+#[test]
+fn robust_transfer_streams_an_image_folder() {
+    let d = setup();
+    let p = d.path();
+    // A tiny ImageFolder tree: two classes of 24×20 PNGs, bright and dark, train/ and val/.
+    for split in ["train", "val"] {
+        for (c, v) in [("bright", 220u8), ("dark", 30u8)] {
+            let dir = p.join("folder").join(split).join(c);
+            fs::create_dir_all(&dir).unwrap();
+            for i in 0..6u8 {
+                let img =
+                    image::RgbImage::from_pixel(24, 20, image::Rgb([v, v.wrapping_add(i), 100]));
+                img.save(dir.join(format!("{i}.png"))).unwrap();
+            }
+        }
+    }
+    let spec = format!(
+        "name: stream
+paper: robust-transfer
+description: streamed image folder
+device: cpu
+data: {{ dataset: imagefolder, path: {}, image_size: {{ resize: 20, crop: 16 }}, stream: true }}
+robust-transfer:
+  model: {{ small_cnn: {{ width: 1 }} }}
+  normalize: {{ mean: [0.5, 0.5, 0.5], std: [0.25, 0.25, 0.25] }}
+  source:
+    arm: linf-4/255
+    epochs: 3
+    batch: 4
+    lr: 0.05
+    momentum: 0.9
+    weight_decay: 0.0
+    augment: {{ resized_crop: 16, hflip: true }}
+    attack: {{ steps: 2, step_ratio: 0.5 }}
+  eval: {{ pgd_steps: 2, ref_linf: 0.0156862745, batch: 5 }}
+",
+        p.join("folder").display()
+    );
+    write(p, "stream.yaml", &spec);
+    let o = runner(p, &["run", "t/stream", "--out", "out", "--threads", "1"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let s = summary(&runs_under(&p.join("out/stream")).remove(0));
+    // Bright vs dark is easy: the streamed source learns it.
+    assert!(s["src_clean"].as_f64().unwrap() >= 90.0, "{s}");
+    assert!(!s["src_robust"].as_object().unwrap().is_empty(), "{s}");
+}

@@ -175,70 +175,150 @@ pub struct ImageSize {
     pub crop: u32,
 }
 
-/// An ImageFolder tree: one sub-folder per class (sorted names give the label ids), PNG or
-/// JPEG files inside. Returns the dataset and the class names.
-pub fn load_image_folder(root: &Path, size: ImageSize) -> Result<(Dataset, Vec<String>)> {
-    if size.crop == 0 || size.crop > size.resize {
-        return Err(Error::Data(format!(
-            "image size: crop {} must be between 1 and resize {}",
-            size.crop, size.resize
-        )));
-    }
-    let mut classes: Vec<String> = std::fs::read_dir(root)
-        .map_err(|e| Error::Io(root.to_path_buf(), e))?
-        .flatten()
-        .filter(|e| e.path().is_dir())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    classes.sort();
-    if classes.is_empty() {
-        return Err(Error::Data(format!(
-            "{}: no class sub-folders",
-            root.display()
-        )));
-    }
-    let c = size.crop as usize;
-    let mut px: Vec<f32> = Vec::new();
-    let mut ys: Vec<i64> = Vec::new();
-    for (ci, name) in classes.iter().enumerate() {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(root.join(name))
-            .map_err(|e| Error::Io(root.join(name), e))?
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| {
-                p.extension().and_then(|x| x.to_str()).is_some_and(|x| {
-                    ["png", "jpg", "jpeg"].contains(&x.to_ascii_lowercase().as_str())
-                })
-            })
-            .collect();
-        files.sort();
-        for f in files {
-            let img = image::open(&f)
-                .map_err(|e| Error::Corrupt(f.clone(), format!("unreadable image: {e}")))?;
-            let rgb = resize_center_crop(&img.to_rgb8(), size);
-            // HWC bytes to CHW floats.
-            for ch in 0..3 {
-                for p in rgb.pixels() {
-                    px.push(f32::from(p.0[ch]) / 255.0);
-                }
-            }
-            ys.push(ci as i64);
+/// An ImageFolder tree indexed but not decoded: one sub-folder per class (sorted names give the
+/// label ids), PNG or JPEG files inside (sorted). Batches are decoded on demand, on every core,
+/// so a dataset larger than memory (ImageNet) can be trained on.
+#[derive(Debug, Clone)]
+pub struct ImageFolderIndex {
+    /// Image files.
+    pub files: Vec<PathBuf>,
+    /// Their labels.
+    pub labels: Vec<i64>,
+    /// Class names, by label id.
+    pub classes: Vec<String>,
+    /// The size images are brought to.
+    pub size: ImageSize,
+}
+
+impl ImageFolderIndex {
+    /// Lists the tree under `root`.
+    pub fn new(root: &Path, size: ImageSize) -> Result<ImageFolderIndex> {
+        if size.crop == 0 || size.crop > size.resize {
+            return Err(Error::Data(format!(
+                "image size: crop {} must be between 1 and resize {}",
+                size.crop, size.resize
+            )));
         }
+        let mut classes: Vec<String> = std::fs::read_dir(root)
+            .map_err(|e| Error::Io(root.to_path_buf(), e))?
+            .flatten()
+            .filter(|e| e.path().is_dir())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        classes.sort();
+        if classes.is_empty() {
+            return Err(Error::Data(format!(
+                "{}: no class sub-folders",
+                root.display()
+            )));
+        }
+        let (mut files, mut labels) = (Vec::new(), Vec::new());
+        for (ci, name) in classes.iter().enumerate() {
+            let mut fs: Vec<PathBuf> = std::fs::read_dir(root.join(name))
+                .map_err(|e| Error::Io(root.join(name), e))?
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.extension().and_then(|x| x.to_str()).is_some_and(|x| {
+                        ["png", "jpg", "jpeg"].contains(&x.to_ascii_lowercase().as_str())
+                    })
+                })
+                .collect();
+            fs.sort();
+            labels.extend(std::iter::repeat_n(ci as i64, fs.len()));
+            files.extend(fs);
+        }
+        if files.is_empty() {
+            return Err(Error::Data(format!(
+                "{}: no PNG or JPEG images",
+                root.display()
+            )));
+        }
+        Ok(ImageFolderIndex {
+            files,
+            labels,
+            classes,
+            size,
+        })
     }
-    if ys.is_empty() {
-        return Err(Error::Data(format!(
-            "{}: no PNG or JPEG images",
-            root.display()
-        )));
+
+    /// Number of images.
+    pub fn len(&self) -> usize {
+        self.files.len()
     }
-    let n = ys.len() as i64;
+
+    /// Whether it is empty.
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty()
+    }
+
+    /// Decodes the images at `idx` (resize + centre crop, CHW in [0, 1]) with their labels,
+    /// on all available cores.
+    pub fn load(&self, idx: &[i64]) -> Result<(Tensor, Tensor)> {
+        let c = self.size.crop as usize;
+        let per = 3 * c * c;
+        let mut px = vec![0f32; idx.len() * per];
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(idx.len().max(1));
+        let chunk = idx.len().div_ceil(threads).max(1);
+        let results: Vec<Result<()>> = std::thread::scope(|s| {
+            let handles: Vec<_> = px
+                .chunks_mut(chunk * per)
+                .zip(idx.chunks(chunk))
+                .map(|(out, ids)| {
+                    s.spawn(move || -> Result<()> {
+                        for (k, &i) in ids.iter().enumerate() {
+                            let f = self.files.get(i as usize).ok_or_else(|| {
+                                Error::Data(format!(
+                                    "image index {i} out of range ({})",
+                                    self.files.len()
+                                ))
+                            })?;
+                            let img = image::open(f).map_err(|e| {
+                                Error::Corrupt(f.clone(), format!("unreadable image: {e}"))
+                            })?;
+                            let rgb = resize_center_crop(&img.to_rgb8(), self.size);
+                            let dst = &mut out[k * per..(k + 1) * per];
+                            // HWC bytes to CHW floats.
+                            for (j, p) in rgb.pixels().enumerate() {
+                                for ch in 0..3 {
+                                    dst[ch * c * c + j] = f32::from(p.0[ch]) / 255.0;
+                                }
+                            }
+                        }
+                        Ok(())
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("a decoding thread panicked"))
+                .collect()
+        });
+        results.into_iter().collect::<Result<Vec<()>>>()?;
+        let n = idx.len() as i64;
+        let ys: Vec<i64> = idx.iter().map(|&i| self.labels[i as usize]).collect();
+        Ok((
+            Tensor::from_slice(&px).view([n, 3, c as i64, c as i64]),
+            Tensor::from_slice(&ys),
+        ))
+    }
+}
+
+/// An ImageFolder tree loaded into memory (see [`ImageFolderIndex`]). Returns the dataset and
+/// the class names.
+pub fn load_image_folder(root: &Path, size: ImageSize) -> Result<(Dataset, Vec<String>)> {
+    let ix = ImageFolderIndex::new(root, size)?;
+    let all: Vec<i64> = (0..ix.len() as i64).collect();
+    let (x, y) = ix.load(&all)?;
     Ok((
         Dataset {
-            x: Tensor::from_slice(&px).view([n, 3, c as i64, c as i64]),
-            y: Tensor::from_slice(&ys),
-            classes: classes.len(),
+            x,
+            y,
+            classes: ix.classes.len(),
         },
-        classes,
+        ix.classes,
     ))
 }
 
@@ -362,5 +442,17 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("c.png") && e.contains("unreadable"), "{e}");
+        // The index decodes any batch, in any order, to the same tensors as the full load.
+        std::fs::remove_file(d.path().join("dog/c.png")).unwrap();
+        let ix = ImageFolderIndex::new(d.path(), ImageSize { resize: 6, crop: 4 }).unwrap();
+        assert_eq!(ix.len(), 4);
+        let (x, y) = ix.load(&[3, 0]).unwrap();
+        assert!(x.get(0).equal(&ds.x.get(3)) && x.get(1).equal(&ds.x.get(0)));
+        assert_eq!(super::super::labels_vec(&y), vec![1, 0]);
+        assert!(ix
+            .load(&[7])
+            .unwrap_err()
+            .to_string()
+            .contains("out of range"));
     }
 }
