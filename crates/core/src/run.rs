@@ -258,15 +258,19 @@ impl RunContext {
     /// steps, written after the checkpoint the run resumes from, are dropped.
     pub fn begin(&mut self, step: u64) -> Result<()> {
         let path = self.dir.join("metrics.jsonl");
-        let kept: Vec<MetricRecord> = read_metrics(&self.dir)
-            .into_iter()
-            .filter(|r| step > 0 && r.step <= step)
-            .collect();
-        self.wall_offset = kept.last().map_or(0.0, |r| r.wall);
+        // The lines up to the checkpoint are kept as written, byte for byte.
         let mut text = String::new();
-        for r in &kept {
-            text.push_str(&serde_json::to_string(r).expect("a record serializes"));
-            text.push('\n');
+        self.wall_offset = 0.0;
+        if step > 0 {
+            for line in fs::read_to_string(&path).unwrap_or_default().lines() {
+                if let Ok(r) = serde_json::from_str::<MetricRecord>(line) {
+                    if r.step <= step {
+                        text.push_str(line);
+                        text.push('\n');
+                        self.wall_offset = r.wall;
+                    }
+                }
+            }
         }
         write_atomic(&path, text.as_bytes())?;
         let f = OpenOptions::new()
