@@ -380,6 +380,20 @@ pub fn write_metrics_csv(dir: &Path) -> Result<()> {
     write_atomic(&dir.join("metrics.csv"), out.as_bytes())
 }
 
+/// A finished run's header and summary, for its report: an error naming the folder when the
+/// run has no `summary.json` yet.
+pub fn finished_run(dir: &Path) -> Result<(Header, Json)> {
+    let spec = SpecTree::load(&dir.join("spec.yaml"))?;
+    let h = spec.header()?;
+    let s = read_summary(dir).ok_or_else(|| {
+        Error::msg(format!(
+            "{} has no summary.json (the run has not finished)",
+            dir.display()
+        ))
+    })?;
+    Ok((h, s))
+}
+
 /// Reads `summary.json` of a run folder, if the run finished.
 pub fn read_summary(dir: &Path) -> Option<Json> {
     let text = fs::read(dir.join("summary.json")).ok()?;

@@ -5,7 +5,7 @@ use reprise_core::plot::{line_plot, Series};
 use reprise_core::report::{
     fmt_mean_std, markdown_table, mean_std, verdict_word, ClaimRow, Claims,
 };
-use reprise_core::run::{read_summary, RunSummary};
+use reprise_core::run::RunSummary;
 use reprise_core::spec::SpecTree;
 use reprise_core::{Error, Result};
 use serde_json::Value;
@@ -19,14 +19,7 @@ fn num(v: &Value) -> f64 {
 
 /// The report of one run.
 pub fn report_run(dir: &Path) -> Result<String> {
-    let spec = SpecTree::load(&dir.join("spec.yaml"))?;
-    let h = spec.header()?;
-    let s = read_summary(dir).ok_or_else(|| {
-        Error::msg(format!(
-            "{} has no summary.json (the run has not finished)",
-            dir.display()
-        ))
-    })?;
+    let (h, s) = reprise_core::run::finished_run(dir)?;
     let mut md = format!(
         "# {} — depth {}, seed {}\n\n{}\n\nTeacher test accuracy: {:.2} %.\n\n",
         h.name,

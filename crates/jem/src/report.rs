@@ -8,7 +8,7 @@ use reprise_core::checkpoint::{Checkpoint, CheckpointDir};
 use reprise_core::metrics::Bin;
 use reprise_core::plot::{line_plot, Series};
 use reprise_core::report::{fmt_mean_std, markdown_table, mean_std};
-use reprise_core::run::{read_summary, RunSummary};
+use reprise_core::run::RunSummary;
 use reprise_core::spec::SpecTree;
 use reprise_core::{Error, Result};
 use serde_json::Value;
@@ -103,14 +103,7 @@ fn pct(x: f64) -> String {
 
 /// The report of one run.
 pub fn report_run(dir: &Path) -> Result<String> {
-    let spec = SpecTree::load(&dir.join("spec.yaml"))?;
-    let h = spec.header()?;
-    let s = read_summary(dir).ok_or_else(|| {
-        Error::msg(format!(
-            "{} has no summary.json (the run has not finished)",
-            dir.display()
-        ))
-    })?;
+    let (h, s) = reprise_core::run::finished_run(dir)?;
     let mut md = format!(
         "# {} — arm `{}`, seed {}\n\n{}\n\n",
         h.name,
