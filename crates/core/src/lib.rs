@@ -18,6 +18,7 @@ pub mod progress;
 pub mod report;
 pub mod run;
 pub mod spec;
+pub mod timing;
 
 pub use error::{Error, Result};
 

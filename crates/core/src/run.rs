@@ -394,6 +394,21 @@ pub fn finished_run(dir: &Path) -> Result<(Header, Json)> {
     Ok((h, s))
 }
 
+/// The names of the runs a sweep folder's `sweep.json` lists (empty when it has none).
+pub fn expected_runs(sweep: &Path) -> Vec<String> {
+    fs::read(sweep.join("sweep.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Json>(&b).ok())
+        .and_then(|v| {
+            v["runs"].as_array().map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str().map(String::from))
+                    .collect()
+            })
+        })
+        .unwrap_or_default()
+}
+
 /// Reads `summary.json` of a run folder, if the run finished.
 pub fn read_summary(dir: &Path) -> Option<Json> {
     let text = fs::read(dir.join("summary.json")).ok()?;

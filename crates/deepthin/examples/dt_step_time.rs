@@ -8,7 +8,6 @@
 use deepthin::config::Loss;
 use deepthin::model::{Glue, Mlp, Widened};
 use deepthin::train::{block_optimizer, imitation_step, optimizer, train_step};
-use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
 fn main() {
@@ -34,9 +33,7 @@ fn main() {
     } else {
         block_optimizer(&w, block)
     };
-    let mut times = Vec::new();
-    for i in 0..iters + 10 {
-        let t = Instant::now();
+    let ms = reprise_core::timing::median_ms(dev, 10, iters, || {
         if what == "kd" {
             train_step(
                 &net,
@@ -49,10 +46,6 @@ fn main() {
         } else {
             imitation_step(&w, block, &mut opt, &u, &target, 1e-3);
         }
-        if i >= 10 {
-            times.push(t.elapsed().as_secs_f64() * 1000.0);
-        }
-    }
-    times.sort_by(f64::total_cmp);
-    println!("{:.4}", times[times.len() / 2]);
+    });
+    println!("{ms:.4}");
 }

@@ -9,8 +9,7 @@ use jem::sampler::ReplayBuffer;
 use jem::{train_step, Config};
 use reprise_core::data::Rng;
 use reprise_core::optim::{Optimizer, Rule};
-use std::time::Instant;
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 
 fn main() {
     let a: Vec<String> = std::env::args().collect();
@@ -32,15 +31,7 @@ fn main() {
     );
     let v: serde_norway::Value = serde_norway::from_str(&yaml).expect("config");
     let c: Config = serde_json::from_value(reprise_core::spec::to_json(&v)).expect("config types");
-    // REPRISE_DEVICE=cpu forces the CPU, =cuda requires CUDA; otherwise CUDA when available.
-    let dev = match std::env::var("REPRISE_DEVICE").as_deref() {
-        Ok("cpu") => Device::Cpu,
-        Ok("cuda") if !tch::Cuda::is_available() => {
-            eprintln!("REPRISE_DEVICE=cuda, but CUDA is not available to this binary");
-            std::process::exit(1)
-        }
-        _ => Device::cuda_if_available(),
-    };
+    let dev = reprise_core::timing::device_from_env();
     let m = Classifier::new(&c.model, &shape, 10, dev, 0);
     let mut opt = Optimizer::for_vars(Rule::adam(), &m.vs, 0.0);
     let mut buf = ReplayBuffer::new(2000, &shape, 10, 1);
@@ -49,9 +40,7 @@ fn main() {
     let x = Tensor::rand(dims.as_slice(), (Kind::Float, dev)) * 2.0 - 1.0;
     let y = Tensor::randint(10, [batch], (Kind::Int64, dev));
     let mut rng = Rng::new(0);
-    let mut times = Vec::new();
-    for i in 0..iters + 3 {
-        let t = Instant::now();
+    let ms = reprise_core::timing::median_ms(dev, 3, iters, || {
         if what == "sgld" {
             let f = |t: &Tensor| m.forward_t(t, false);
             let _ = jem::sampler::sgld(&f, &x, None, &c.sgld, 1);
@@ -69,13 +58,6 @@ fn main() {
             )
             .expect("step");
         }
-        if dev.is_cuda() {
-            tch::Cuda::synchronize(0);
-        }
-        if i >= 3 {
-            times.push(t.elapsed().as_secs_f64() * 1000.0);
-        }
-    }
-    times.sort_by(f64::total_cmp);
-    println!("{:.2}", times[times.len() / 2]);
+    });
+    println!("{ms:.2}");
 }

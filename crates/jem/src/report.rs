@@ -285,17 +285,7 @@ pub fn report_sweep(dir: &Path, runs: &[RunSummary]) -> Result<String> {
         .any(|r| r.summary["smoke"].as_bool() == Some(true));
     // Runs the sweep expected that have no summary: diverged (the protocol counts such a seed
     // as failing every criterion) or not finished (yet).
-    let expected: Vec<String> = std::fs::read(dir.join("sweep.json"))
-        .ok()
-        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
-        .and_then(|v| {
-            v["runs"].as_array().map(|a| {
-                a.iter()
-                    .filter_map(|x| x.as_str().map(String::from))
-                    .collect()
-            })
-        })
-        .unwrap_or_default();
+    let expected: Vec<String> = reprise_core::run::expected_runs(dir);
     let finished: Vec<&str> = runs.iter().map(|r| r.name.as_str()).collect();
     let unfinished: Vec<(String, bool)> = expected
         .iter()

@@ -8,8 +8,7 @@ use reprise_core::attack::Norm;
 use reprise_core::optim::{Group, Optimizer, Rule};
 use robust_transfer::config::{Arm, AttackConfig, InitKind, ModelConfig, NormSpec, ResnetArch};
 use robust_transfer::model::Net;
-use std::time::Instant;
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 
 fn main() {
     let a: Vec<String> = std::env::args().collect();
@@ -19,15 +18,7 @@ fn main() {
     let threads: i32 = a.get(4).and_then(|s| s.parse().ok()).unwrap_or(1);
     let batch: i64 = a.get(5).and_then(|s| s.parse().ok()).unwrap_or(32);
     tch::set_num_threads(threads);
-    // REPRISE_DEVICE=cpu forces the CPU, =cuda requires CUDA; otherwise CUDA when available.
-    let dev = match std::env::var("REPRISE_DEVICE").as_deref() {
-        Ok("cpu") => Device::Cpu,
-        Ok("cuda") if !tch::Cuda::is_available() => {
-            eprintln!("REPRISE_DEVICE=cuda, but CUDA is not available to this binary");
-            std::process::exit(1)
-        }
-        _ => Device::cuda_if_available(),
-    };
+    let dev = reprise_core::timing::device_from_env();
     let (model, norm, chans, default_size) = match arch {
         "r50" => (
             ModelConfig::Resnet {
@@ -82,9 +73,7 @@ fn main() {
     } else {
         Arm::Adv(Norm::L2, 1.0)
     };
-    let mut times = Vec::new();
-    for i in 0..iters + 3 {
-        let t = Instant::now();
+    let ms = reprise_core::timing::median_ms(dev, 3, iters, || {
         let _ = robust_transfer::train::train_step(
             &net,
             &mut opt,
@@ -95,13 +84,6 @@ fn main() {
             &y,
             0.01,
         );
-        if dev.is_cuda() {
-            tch::Cuda::synchronize(0);
-        }
-        if i >= 3 {
-            times.push(t.elapsed().as_secs_f64() * 1000.0);
-        }
-    }
-    times.sort_by(f64::total_cmp);
-    println!("{:.2}", times[times.len() / 2]);
+    });
+    println!("{ms:.2}");
 }

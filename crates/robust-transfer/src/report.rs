@@ -537,17 +537,7 @@ pub fn report_sweep(dir: &Path, runs: &[RunSummary]) -> Result<String> {
     if smoke {
         md += "> **Smoke run**: a few steps on shrunken settings. These numbers test the plumbing, not the paper.\n\n";
     }
-    let expected: Vec<String> = std::fs::read(dir.join("sweep.json"))
-        .ok()
-        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
-        .and_then(|v| {
-            v["runs"].as_array().map(|a| {
-                a.iter()
-                    .filter_map(|x| x.as_str().map(String::from))
-                    .collect()
-            })
-        })
-        .unwrap_or_default();
+    let expected: Vec<String> = reprise_core::run::expected_runs(dir);
     let finished: BTreeSet<&str> = runs.iter().map(|r| r.name.as_str()).collect();
     let unfinished: Vec<&String> = expected
         .iter()
