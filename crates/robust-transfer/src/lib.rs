@@ -422,10 +422,9 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
         (None, Some(from)) => head_size(&source_file(from))?,
         (None, None) => unreachable!("transfer_only needs source.from"),
     };
-    let net = Net::new(&c.model, &c.normalize, classes, c.source.init, dev, h.seed);
+    let mut net = Net::new(&c.model, &c.normalize, classes, c.source.init, dev, h.seed);
     let src_file = dir.join("source.safetensors");
     let mut step_ms = f64::NAN;
-    let mut net = net;
     if src_file.is_file() {
         net.load_backbone_file(&src_file)?;
         net_load_head(&net, &src_file)?;
