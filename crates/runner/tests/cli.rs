@@ -184,7 +184,10 @@ fn bad_specs_give_one_clear_error() {
         "--shard 2/2",
     );
     assert_clean_error(&runner(p, &["run", "t/nope"]), "no experiment `t/nope`");
-    assert_clean_error(&runner(p, &["run", "t/tiny", "paper=tsit"]), "paper");
+    assert_clean_error(
+        &runner(p, &["run", "t/tiny", "paper=nope"]),
+        "unknown paper `nope`",
+    );
     write(p, "ext.yaml", "extends: missing.yaml\nname: x\n");
     assert_clean_error(
         &runner(p, &["validate", "t/ext"]),

@@ -1,0 +1,270 @@
+//! The `tsit:` section of a spec.
+
+use serde::{Deserialize, Serialize};
+
+/// What is translated into what.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Task {
+    /// Arbitrary style transfer on digits: plain content digits, styled digits as style images,
+    /// the oracle render of each content digit in the style image's style (spec §6.2).
+    DigitsAst,
+    /// Semantic image synthesis on the procedural scenes: 7-channel label map → render in s₀.
+    ScenesSis,
+    /// Style transfer between the procedural scenes' style domains A and B.
+    ScenesAst,
+}
+
+impl Task {
+    /// Whether the task is style transfer (noise bottleneck, unconditional D, content target).
+    pub fn is_ast(self) -> bool {
+        matches!(self, Task::DigitsAst | Task::ScenesAst)
+    }
+}
+
+/// What is trained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Arm {
+    /// TSIT with both streams: FADE on the content features and FAdaIN with the style features.
+    Full,
+    /// TSIT without the style stream (no FAdaIN): only the bottleneck noise and D carry style.
+    NoFadain,
+    /// TSIT for semantic synthesis: the content stream on the label map, no style stream.
+    TsitSis,
+    /// The pix2pixHD-style generator (label fed at the input), same D, losses and optimizer.
+    P2phdLite,
+}
+
+impl Arm {
+    /// The arm's name as written in specs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Arm::Full => "full",
+            Arm::NoFadain => "no-fadain",
+            Arm::TsitSis => "tsit-sis",
+            Arm::P2phdLite => "p2phd-lite",
+        }
+    }
+}
+
+/// Weight initialisation of G and D.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum InitKind {
+    /// xavier_normal with gain 0.02 on every conv/linear weight (SN: on `weight_orig`), bias 0:
+    /// the official TSIT init.
+    #[default]
+    Xavier,
+    /// N(0, 0.02) on every conv and transposed-conv weight, bias 0: pix2pixHD's own init.
+    Normal,
+}
+
+/// The generator and discriminator.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Base width nf (official 64); stream level i has nf·min(2^i, cap) channels.
+    pub nf: i64,
+    /// Width cap (official 16).
+    pub cap: i64,
+    /// Base width of D (official 64).
+    pub ndf: i64,
+    /// Scales of the multi-scale D (official 2).
+    #[serde(default = "two")]
+    pub num_d: usize,
+    /// Layers of each PatchGAN (official 3 for style transfer, 4 for semantic synthesis).
+    pub n_layers_d: usize,
+    /// FAdaIN weight α (official 1).
+    #[serde(default = "one")]
+    pub alpha: f64,
+    /// Initialisation (official xavier(0.02); `normal` is pix2pixHD's).
+    #[serde(default)]
+    pub init: InitKind,
+    /// Semantic synthesis with the VAE encoder (z from E(ground truth)) instead of the
+    /// nearest-resized label map at the bottleneck.
+    #[serde(default)]
+    pub vae: bool,
+    /// VAE latent size (official 256).
+    #[serde(default = "z_dim")]
+    pub z_dim: i64,
+    /// The VAE encoder's input size (official: bilinear resize to 256).
+    #[serde(default = "vae_size")]
+    pub vae_size: i64,
+    /// The pix2pixHD-style baseline's shape.
+    #[serde(default)]
+    pub p2phd: P2phdConfig,
+}
+
+/// The pix2pixHD-style generator's shape (spec §3.16; small scale: ngf 16, 3 downsamples).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct P2phdConfig {
+    /// Base width.
+    pub ngf: i64,
+    /// Stride-2 downsampling convolutions.
+    pub n_down: usize,
+    /// Residual blocks at the bottom.
+    pub n_blocks: usize,
+}
+
+impl Default for P2phdConfig {
+    fn default() -> Self {
+        P2phdConfig {
+            ngf: 16,
+            n_down: 3,
+            n_blocks: 9,
+        }
+    }
+}
+
+/// Loss weights.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LossConfig {
+    /// Discriminator feature matching λ_feat.
+    pub lambda_feat: f64,
+    /// Perceptual loss λ_vgg.
+    pub lambda_vgg: f64,
+    /// KL term of the VAE λ_kld (official 0.05).
+    #[serde(default = "lambda_kld")]
+    pub lambda_kld: f64,
+}
+
+/// TTUR Adam.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct OptimConfig {
+    /// Generator learning rate (official 1e-4).
+    pub lr_g: f64,
+    /// Discriminator learning rate (official 4e-4).
+    pub lr_d: f64,
+    /// Adam β₁ (official 0).
+    #[serde(default)]
+    pub beta1: f64,
+    /// Adam β₂ (official 0.9).
+    #[serde(default = "beta2")]
+    pub beta2: f64,
+    /// Fraction of the iterations after which both rates decay linearly to 0 (official: `niter`
+    /// of `niter + niter_decay`); 1 keeps them constant.
+    #[serde(default = "one")]
+    pub decay_from: f64,
+}
+
+/// The frozen feature network of the perceptual loss.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub enum PerceptualConfig {
+    /// VGG-mini trained in the project as a classifier on the training renders (digits: 10-way;
+    /// scenes: class presence), then frozen.
+    Trained {
+        /// Training epochs.
+        epochs: f64,
+        /// Initialisation and data-order seed (differs from the evaluation networks' 1234).
+        seed: u64,
+    },
+    /// VGG-mini with random Kaiming-normal weights (the ablation arm).
+    Random {
+        /// Initialisation seed.
+        seed: u64,
+    },
+    /// ImageNet VGG-19 (relu1_1 .. relu5_1) from a safetensors file with torchvision's names
+    /// (`features.0.weight`, ...): the paper's loss network.
+    Vgg19 {
+        /// The safetensors file.
+        path: std::path::PathBuf,
+    },
+}
+
+/// Evaluation.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EvalConfig {
+    /// Evaluate every this many iterations (and at the end).
+    pub every: u64,
+    /// Test pairs / maps evaluated (at most the test set).
+    pub n_test: usize,
+    /// Epochs of the frozen evaluation networks (digit classifier, segmenter, feature net).
+    pub net_epochs: f64,
+    /// The digit classifier must reach this accuracy on styled test renders, else it trains on
+    /// (up to 3× `net_epochs`) and the run fails if it still does not.
+    #[serde(default = "gate")]
+    pub classifier_gate: f64,
+    /// The α sweep of FAdaIN at test (style-transfer runs of the full arm).
+    #[serde(default)]
+    pub alphas: Vec<f64>,
+    /// Pairs shown in the image grid.
+    #[serde(default = "grid")]
+    pub grid: usize,
+}
+
+/// The `tsit:` section.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The task.
+    pub task: Task,
+    /// The arm.
+    pub arm: Arm,
+    /// Image side S (a power of two).
+    pub size: i64,
+    /// Training pairs / maps per class (digits: the first this many of each class in stored
+    /// order; the rest is test) or in all (scenes).
+    pub train: usize,
+    /// Test pairs / maps.
+    pub test: usize,
+    /// G and D.
+    pub model: ModelConfig,
+    /// Batch size B.
+    pub batch: i64,
+    /// Training iterations (one G step then one D step each).
+    pub iterations: u64,
+    /// Loss weights.
+    pub loss: LossConfig,
+    /// Optimizers.
+    pub optim: OptimConfig,
+    /// The perceptual-loss network.
+    pub perceptual: PerceptualConfig,
+    /// Evaluation.
+    pub eval: EvalConfig,
+    /// Checkpoint every this many iterations.
+    pub checkpoint_every: u64,
+    /// Stop with the last good checkpoint if a loss is NaN, infinite or beyond this.
+    #[serde(default = "guard")]
+    pub guard_loss: f64,
+}
+
+impl Config {
+    /// Stream levels L = log2(S).
+    pub fn levels(&self) -> usize {
+        self.size.trailing_zeros() as usize
+    }
+}
+
+fn two() -> usize {
+    2
+}
+fn one() -> f64 {
+    1.0
+}
+fn z_dim() -> i64 {
+    256
+}
+fn vae_size() -> i64 {
+    256
+}
+fn lambda_kld() -> f64 {
+    0.05
+}
+fn beta2() -> f64 {
+    0.9
+}
+fn gate() -> f64 {
+    0.95
+}
+fn grid() -> usize {
+    8
+}
+fn guard() -> f64 {
+    1e6
+}

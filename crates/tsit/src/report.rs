@@ -1,0 +1,499 @@
+//! Reports: one run's metrics, and a sweep's arms over seeds with the spec's §6.6 claims
+//! (A1–A3 for style transfer, S1–S3 for semantic synthesis, the scenes-AST checks), computed
+//! on the final checkpoint and, beside it, on the mean of the last two evaluations.
+
+use reprise_core::report::{
+    fmt_mean_std, markdown_table, mean_std, verdict_word, ClaimRow, Claims,
+};
+use reprise_core::run::{finished_run, RunSummary};
+use reprise_core::Result;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+
+fn num(v: &Value) -> f64 {
+    v.as_f64().unwrap_or(f64::NAN)
+}
+
+const METRICS: [&str; 9] = [
+    "content_acc",
+    "seg_miou",
+    "seg_acc",
+    "fidp",
+    "style_err",
+    "hist_dist",
+    "l1",
+    "psnr",
+    "fidp",
+];
+
+fn metric_rows(s: &Value, which: &str) -> Vec<Vec<String>> {
+    let mut rows = Vec::new();
+    let mut seen = Vec::new();
+    for m in METRICS {
+        if seen.contains(&m) || s[which][m].is_null() {
+            continue;
+        }
+        seen.push(m);
+        let mut row = vec![m.to_string(), format!("{:.4}", num(&s[which][m]))];
+        row.push(format!("{:.4}", num(&s["last2"][m])));
+        for r in ["identity", "pixadain", "oracle"] {
+            let v = &s["references"][r][m];
+            row.push(if v.is_null() {
+                "—".into()
+            } else {
+                format!("{:.4}", num(v))
+            });
+        }
+        rows.push(row);
+    }
+    rows
+}
+
+/// One run's report.
+pub fn report_run(dir: &Path) -> Result<String> {
+    let (h, s) = finished_run(dir)?;
+    let mut md = format!("# {} — seed {}\n\n{}\n\n", h.name, h.seed, h.description);
+    let _ = writeln!(
+        md,
+        "Task `{}`, arm `{}`, {} iterations at batch {} ({:.1} ms per iteration); G {} parameters, D {}.\n",
+        s["task"].as_str().unwrap_or("?"),
+        s["arm"].as_str().unwrap_or("?"),
+        s["iterations"],
+        s["batch"],
+        num(&s["step_ms"]),
+        s["params_g"],
+        s["params_d"]
+    );
+    md += &markdown_table(
+        &[
+            "metric",
+            "final",
+            "mean of last two evals",
+            "identity",
+            "pixAdaIN",
+            "oracle / real",
+        ],
+        &metric_rows(&s, "final"),
+    );
+    let _ = writeln!(
+        md,
+        "\nFIDp floor (two real sets): {:.4}.",
+        num(&s["fidp_floor"])
+    );
+    if let Some(d) = s["bn1_cancel_max_diff"].as_f64() {
+        let _ = writeln!(
+            md,
+            "\nbn1-cancel diagnostic (B = 1, train-mode BN; FAdaIN off at learned-skip blocks): max |Δ| = {d:.2e} ({}).",
+            if d < 1e-4 { "passes" } else { "FAILS" }
+        );
+    }
+    if let Some(a) = s["alpha_sweep"].as_array() {
+        md += "\n## α sweep at test (trained with α = 1)\n\n";
+        let rows: Vec<Vec<String>> = a
+            .iter()
+            .map(|e| {
+                let m = &e["metrics"];
+                vec![
+                    format!("{}", num(&e["alpha"])),
+                    format!("{:.4}", num(&m["style_err"])),
+                    format!("{:.4}", num(&m["content_acc"])),
+                    format!("{:.4}", num(&m["fidp"])),
+                ]
+            })
+            .collect();
+        md += &markdown_table(&["α", "StyleErr", "content acc", "FIDp"], &rows);
+    }
+    if let Some(e) = s["evals"].as_array() {
+        md += "\n## Evaluations during training\n\n";
+        let rows: Vec<Vec<String>> = e
+            .iter()
+            .map(|e| {
+                let m = &e["metrics"];
+                let key = if m["content_acc"].is_null() {
+                    "seg_miou"
+                } else {
+                    "content_acc"
+                };
+                vec![
+                    format!("{}", e["step"]),
+                    format!("{:.4}", num(&m[key])),
+                    format!("{:.4}", num(&m["fidp"])),
+                    format!("{:.4}", num(&m["style_err"])),
+                    format!("{:.4}", num(&m["l1"])),
+                ]
+            })
+            .collect();
+        md += &markdown_table(
+            &["step", "content acc / mIoU", "FIDp", "StyleErr", "L1"],
+            &rows,
+        );
+    }
+    md += "\n![grid](figures/grid.png)\n\nColumns: content (or label map) | style | output | target.\n";
+    Ok(md)
+}
+
+/// The values of one metric of one arm, by seed.
+#[derive(Debug, Default)]
+struct ArmValues {
+    by_seed: BTreeMap<u64, Value>,
+}
+
+impl ArmValues {
+    fn vals(&self, which: &str, m: &str) -> Vec<f64> {
+        self.by_seed.values().map(|s| num(&s[which][m])).collect()
+    }
+    fn mean(&self, which: &str, m: &str) -> f64 {
+        mean_std(&self.vals(which, m)).0
+    }
+}
+
+fn group(runs: &[RunSummary]) -> BTreeMap<String, ArmValues> {
+    let mut arms: BTreeMap<String, ArmValues> = BTreeMap::new();
+    for r in runs {
+        let arm = r.summary["arm"].as_str().unwrap_or("?").to_string();
+        let seed = r.spec.header().map(|h| h.seed).unwrap_or(0);
+        arms.entry(arm)
+            .or_default()
+            .by_seed
+            .insert(seed, r.summary.clone());
+    }
+    arms
+}
+
+/// A reference's value (the same for every run), averaged over the runs that have it.
+fn reference(arms: &BTreeMap<String, ArmValues>, r: &str, m: &str) -> f64 {
+    let v: Vec<f64> = arms
+        .values()
+        .flat_map(|a| a.by_seed.values().map(|s| num(&s["references"][r][m])))
+        .filter(|v| v.is_finite())
+        .collect();
+    mean_std(&v).0
+}
+
+/// The claims of one evaluation point (`final` or `last2`).
+fn claims_at(arms: &BTreeMap<String, ArmValues>, which: &str) -> (Option<String>, Vec<ClaimRow>) {
+    let row =
+        |claim: &str, what: &str, paper: &str, ours: String, ok: Option<bool>, gating: bool| {
+            ClaimRow {
+                claim: claim.into(),
+                what: what.into(),
+                paper: paper.into(),
+                ours,
+                verdict: verdict_word(ok),
+                gating,
+            }
+        };
+    let mut rows = Vec::new();
+    let mut verdict = None;
+    if let (Some(full), Some(nof)) = (arms.get("full"), arms.get("no-fadain")) {
+        // Digits-AST (A1–A3).
+        let acc_o = reference(arms, "oracle", "content_acc");
+        let acc = full.vals(which, "content_acc");
+        let a1 = full.mean(which, "content_acc") >= 0.9 * acc_o
+            && acc.iter().all(|&a| a >= 0.85 * acc_o);
+        rows.push(row(
+            "A1",
+            "content kept: mean acc(full) ≥ 0.90·acc(oracle), every seed ≥ 0.85·acc(oracle)",
+            "qualitative (verified abstract); no number",
+            format!(
+                "{} vs oracle {:.4} (per seed {})",
+                fmt_mean_std(&acc, 4),
+                acc_o,
+                acc.iter()
+                    .map(|a| format!("{a:.3}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            Some(a1),
+            true,
+        ));
+        let se_id = reference(arms, "identity", "style_err");
+        let se_px = reference(arms, "pixadain", "style_err");
+        let se_f = full.vals(which, "style_err");
+        let se_n = nof.vals(which, "style_err");
+        let paired = full
+            .by_seed
+            .iter()
+            .filter_map(|(seed, s)| {
+                let n = nof.by_seed.get(seed)?;
+                Some(num(&s[which]["style_err"]) <= 0.8 * num(&n[which]["style_err"]))
+            })
+            .collect::<Vec<_>>();
+        let wins = paired.iter().filter(|&&b| b).count();
+        let need = (2 * paired.len()).div_ceil(3);
+        let mf = mean_std(&se_f).0;
+        let mn = mean_std(&se_n).0;
+        let a2 = mf <= 0.5 * se_id && mf <= 0.8 * mn && wins >= need && !paired.is_empty();
+        rows.push(row(
+            "A2",
+            "style followed: StyleErr(full) ≤ 0.5·identity, and ≤ 0.8·no-FAdaIN in the mean and in ≥ 2 of 3 seeds",
+            "qualitative (verified abstract); no number",
+            format!(
+                "full {} vs identity {:.4}, no-FAdaIN {} ({wins} of {} seeds ≤ 0.8×); pixAdaIN {:.4}",
+                fmt_mean_std(&se_f, 4),
+                se_id,
+                fmt_mean_std(&se_n, 4),
+                paired.len(),
+                se_px
+            ),
+            Some(a2),
+            true,
+        ));
+        let fid_id = reference(arms, "identity", "fidp");
+        let fid_f = full.vals(which, "fidp");
+        let floor = mean_std(
+            &full
+                .by_seed
+                .values()
+                .map(|s| num(&s["fidp_floor"]))
+                .collect::<Vec<_>>(),
+        )
+        .0;
+        let a3 = mean_std(&fid_f).0 <= 0.5 * fid_id;
+        rows.push(row(
+            "A3",
+            "realism: mean FIDp(full) ≤ 0.5·FIDp(identity), reference set the oracle renders",
+            "AST FID: missing from the spec (no number can be cited)",
+            format!(
+                "full {} vs identity {:.3} (no-FAdaIN {}; floor {:.3})",
+                fmt_mean_std(&fid_f, 3),
+                fid_id,
+                fmt_mean_std(&nof.vals(which, "fidp"), 3),
+                floor
+            ),
+            Some(a3),
+            true,
+        ));
+        verdict = Some(
+            if a1 && a2 && a3 {
+                "passes"
+            } else {
+                "does not pass"
+            }
+            .to_string(),
+        );
+    }
+    if let (Some(t), Some(p)) = (arms.get("tsit-sis"), arms.get("p2phd-lite")) {
+        let mt = t.vals(which, "seg_miou");
+        let mp = p.vals(which, "seg_miou");
+        let higher = t
+            .by_seed
+            .iter()
+            .filter_map(|(seed, s)| {
+                let q = p.by_seed.get(seed)?;
+                Some(num(&s[which]["seg_miou"]) > num(&q[which]["seg_miou"]))
+            })
+            .collect::<Vec<_>>();
+        let wins = higher.iter().filter(|&&b| b).count();
+        let need = (2 * higher.len()).div_ceil(3);
+        let s1 = mean_std(&mt).0 >= mean_std(&mp).0 + 0.02 && wins >= need && !higher.is_empty();
+        rows.push(row(
+            "S1",
+            "TSIT beats the pix2pixHD-style baseline on mIoU by ≥ 2 points, higher in ≥ 2 of 3 seeds",
+            "Cityscapes mIoU 65.9 vs pix2pixHD 58.3; ADE20K 38.6 vs 20.3 (unverified, recalled)",
+            format!(
+                "{} vs {} ({wins} of {} seeds higher)",
+                fmt_mean_std(&mt, 4),
+                fmt_mean_std(&mp, 4),
+                higher.len()
+            ),
+            Some(s1),
+            true,
+        ));
+        let ft = t.vals(which, "fidp");
+        let fp = p.vals(which, "fidp");
+        let floor = mean_std(
+            &t.by_seed
+                .values()
+                .map(|s| num(&s["fidp_floor"]))
+                .collect::<Vec<_>>(),
+        )
+        .0;
+        let s2 = mean_std(&ft).0 <= mean_std(&fp).0;
+        rows.push(row(
+            "S2",
+            "TSIT's FIDp at most the baseline's",
+            "Cityscapes FID 59.2 vs pix2pixHD 95.0; ADE20K 31.6 vs 81.8 (unverified, recalled)",
+            format!(
+                "{} vs {} (floor {:.3})",
+                fmt_mean_std(&ft, 3),
+                fmt_mean_std(&fp, 3),
+                floor
+            ),
+            Some(s2),
+            true,
+        ));
+        let u = reference(arms, "oracle", "seg_miou");
+        let s3 = mean_std(&mt).0 >= 0.8 * u;
+        rows.push(row(
+            "S3",
+            "mean mIoU(TSIT) ≥ 0.8·U, U = the segmenter's mIoU on real renders",
+            "—",
+            format!("{:.4} vs 0.8·{u:.4} = {:.4}", mean_std(&mt).0, 0.8 * u),
+            Some(s3),
+            true,
+        ));
+        verdict = Some(
+            if s1 && s2 && s3 {
+                "passes"
+            } else {
+                "does not pass"
+            }
+            .to_string(),
+        );
+    }
+    if let (Some(full), None) = (arms.get("full"), arms.get("no-fadain")) {
+        // Scenes-AST: reported, not gated.
+        let l1_id = reference(arms, "identity", "l1");
+        let l1 = full.vals(which, "l1");
+        let u = reference(arms, "oracle", "seg_miou");
+        let miou = full.vals(which, "seg_miou");
+        rows.push(row(
+            "T1",
+            "scenes style transfer: L1 to oracle(full) ≤ 0.7·identity (reported, not gated)",
+            "—",
+            format!("{} vs identity {:.4}", fmt_mean_std(&l1, 4), l1_id),
+            Some(mean_std(&l1).0 <= 0.7 * l1_id),
+            false,
+        ));
+        rows.push(row(
+            "T2",
+            "scenes style transfer: seg mIoU vs the content label ≥ 0.8·U (reported, not gated)",
+            "—",
+            format!("{} vs 0.8·{u:.4}", fmt_mean_std(&miou, 4)),
+            Some(mean_std(&miou).0 >= 0.8 * u),
+            false,
+        ));
+        verdict = Some("reported, not gated".to_string());
+    }
+    let bn1: Vec<f64> = arms
+        .values()
+        .flat_map(|a| {
+            a.by_seed
+                .values()
+                .filter_map(|s| s["bn1_cancel_max_diff"].as_f64())
+        })
+        .collect();
+    if !bn1.is_empty() && which == "final" {
+        let worst = bn1.iter().cloned().fold(0.0, f64::max);
+        rows.push(row(
+            "bn1",
+            "batch-1 diagnostic: FAdaIN is cancelled at learned-skip blocks (max |Δ| < 1e-4; port check)",
+            "spec §3.3",
+            format!("max |Δ| = {worst:.2e} over {} runs", bn1.len()),
+            Some(worst < 1e-4),
+            true,
+        ));
+        if worst >= 1e-4 {
+            verdict = Some("does not pass (bn1-cancel fails)".into());
+        }
+    }
+    (verdict, rows)
+}
+
+/// A sweep's report: every arm over seeds, the claims on the final checkpoint (the verdict)
+/// and on the mean of the last two evaluations; writes `claims.json`.
+pub fn report_sweep(dir: &Path, runs: &[RunSummary]) -> Result<String> {
+    let arms = group(runs);
+    let name = runs
+        .first()
+        .and_then(|r| r.spec.header().ok())
+        .map(|h| h.name)
+        .unwrap_or_default();
+    let mut md = format!("# {name}: sweep report\n\n");
+    let expected = reprise_core::run::expected_runs(dir);
+    if expected.len() > runs.len() {
+        let _ = writeln!(
+            md,
+            "**{} of {} runs finished**; the claims below use the finished ones.\n",
+            runs.len(),
+            expected.len()
+        );
+    }
+    let ast = arms.contains_key("full");
+    let cols: &[&str] = if ast {
+        &[
+            "content_acc",
+            "style_err",
+            "hist_dist",
+            "fidp",
+            "l1",
+            "psnr",
+            "seg_miou",
+        ]
+    } else {
+        &["seg_miou", "seg_acc", "fidp", "l1", "psnr"]
+    };
+    let mut header = vec!["arm", "seeds"];
+    header.extend(cols.iter());
+    header.push("ms / iter");
+    let mut rows = Vec::new();
+    for (arm, v) in &arms {
+        let mut r = vec![arm.clone(), v.by_seed.len().to_string()];
+        for m in cols {
+            let x = v.vals("final", m);
+            r.push(if x.iter().all(|a| a.is_nan()) {
+                "—".into()
+            } else {
+                fmt_mean_std(&x, 4)
+            });
+        }
+        let ms: Vec<f64> = v.by_seed.values().map(|s| num(&s["step_ms"])).collect();
+        r.push(format!("{:.0}", mean_std(&ms).0));
+        rows.push(r);
+    }
+    for r in ["identity", "pixadain", "oracle"] {
+        if cols.iter().all(|m| reference(&arms, r, m).is_nan()) {
+            continue;
+        }
+        let mut row = vec![format!("*{r}* (reference)"), "—".into()];
+        for m in cols {
+            let v = reference(&arms, r, m);
+            row.push(if v.is_nan() {
+                "—".into()
+            } else {
+                format!("{v:.4}")
+            });
+        }
+        row.push("—".into());
+        rows.push(row);
+    }
+    md += "## Final checkpoint, mean ± std over seeds\n\n";
+    md += &markdown_table(&header, &rows);
+    let (verdict, claims) = claims_at(&arms, "final");
+    let (verdict2, claims2) = claims_at(&arms, "last2");
+    let table = |c: &[ClaimRow]| {
+        markdown_table(
+            &["claim", "what", "paper", "ours", "verdict"],
+            &c.iter()
+                .map(|r| {
+                    vec![
+                        r.claim.clone(),
+                        r.what.clone(),
+                        r.paper.clone(),
+                        r.ours.clone(),
+                        r.verdict.clone(),
+                    ]
+                })
+                .collect::<Vec<_>>(),
+        )
+    };
+    md += "\n## Claims (spec §6.6) on the final checkpoint: the verdict\n\n";
+    md += &table(&claims);
+    let v = verdict
+        .clone()
+        .unwrap_or_else(|| "incomplete (an arm is missing)".into());
+    let _ = writeln!(md, "\n**Verdict: {v}.**\n");
+    md += "## The same claims on the mean of the last two evaluations (spec §6.5), for comparison\n\n";
+    md += &table(&claims2);
+    let _ = writeln!(
+        md,
+        "\nOn that basis: {}.\n",
+        verdict2.unwrap_or_else(|| "incomplete".into())
+    );
+    md += "\nPer run: each run folder's `report.md` and `figures/grid.png` (content | style | output | target).\n";
+    Claims { verdict: v, claims }.write(dir)?;
+    Ok(md)
+}

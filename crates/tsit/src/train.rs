@@ -1,0 +1,212 @@
+//! One TSIT iteration (spec §2.2): a generator step (hinge + feature matching + perceptual
+//! [+ KL]), then a discriminator step on a freshly generated fake (hinge), each with its own
+//! TTUR Adam.
+
+use crate::config::{Config, OptimConfig};
+use crate::model::{Discriminator, GenInput, Generator, Mode};
+use crate::nets::Perceptual;
+use reprise_core::optim::{Optimizer, Rule};
+use tch::{Kind, Tensor};
+
+/// TTUR Adam over a store's trainable variables.
+pub fn adam(o: &OptimConfig, vs: &tch::nn::VarStore) -> Optimizer {
+    Optimizer::for_vars(
+        Rule::Adam {
+            beta1: o.beta1,
+            beta2: o.beta2,
+            eps: 1e-8,
+            decoupled: false,
+        },
+        vs,
+        0.0,
+    )
+}
+
+/// The learning-rate factor at `step` of `total`: 1, then linear to 0 after `decay_from`.
+pub fn lr_factor(o: &OptimConfig, step: u64, total: u64) -> f64 {
+    let start = (o.decay_from * total as f64).round() as u64;
+    if step < start || total <= start {
+        1.0
+    } else {
+        (total - step) as f64 / (total - start) as f64
+    }
+}
+
+/// What one iteration measured.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StepStats {
+    /// Generator hinge term.
+    pub g_gan: f64,
+    /// Feature matching (unweighted).
+    pub g_fm: f64,
+    /// Perceptual loss (unweighted).
+    pub g_vgg: f64,
+    /// KL (unweighted; 0 without VAE).
+    pub g_kld: f64,
+    /// Discriminator hinge on real.
+    pub d_real: f64,
+    /// Discriminator hinge on fake.
+    pub d_fake: f64,
+}
+
+/// The networks and optimizers of a run.
+pub struct Gan {
+    /// The generator.
+    pub g: Box<dyn Generator>,
+    /// The discriminator.
+    pub d: Discriminator,
+    /// The frozen perceptual net.
+    pub p: Perceptual,
+    /// G's optimizer.
+    pub opt_g: Optimizer,
+    /// D's optimizer.
+    pub opt_d: Optimizer,
+    /// Whether D sees the label map beside the image (semantic synthesis).
+    pub conditional_d: bool,
+}
+
+fn d_input(label: &Tensor, img: &Tensor, conditional: bool) -> Tensor {
+    if conditional {
+        Tensor::cat(&[label, img], 1)
+    } else {
+        img.shallow_clone()
+    }
+}
+
+/// Hinge D loss on one scale's logits: real → mean relu(1 − D), fake → mean relu(1 + D).
+fn hinge_d(logits: &Tensor, real: bool) -> Tensor {
+    if real {
+        (-logits + 1.0).relu().mean(Kind::Float)
+    } else {
+        (logits + 1.0).relu().mean(Kind::Float)
+    }
+}
+
+/// The bottleneck input for a batch of `n`: N(0, 1) noise `n×3×2×2` for style transfer, ε of
+/// the VAE's latent size, or nothing; drawn from LibTorch's generator.
+pub fn draw_noise(c: &Config, n: i64, dev: tch::Device) -> Option<Tensor> {
+    if c.task.is_ast() {
+        Some(Tensor::randn([n, 3, 2, 2], (Kind::Float, dev)))
+    } else if c.model.vae {
+        Some(Tensor::randn([n, c.model.z_dim], (Kind::Float, dev)))
+    } else {
+        None
+    }
+}
+
+impl Gan {
+    /// One iteration on a batch at learning rates `(lr_g, lr_d)`. Errors (with the losses)
+    /// when a loss is not finite or beyond `guard`, before any update.
+    #[allow(clippy::too_many_arguments)]
+    pub fn step(
+        &mut self,
+        c: &Config,
+        content: &Tensor,
+        style: Option<&Tensor>,
+        real: &Tensor,
+        target: &Tensor,
+        lr: (f64, f64),
+    ) -> std::result::Result<StepStats, String> {
+        let dev = real.device();
+        let n = real.size()[0];
+        let mut st = StepStats::default();
+        // Generator step: D's weights take no gradient (they are frozen for this pass).
+        let noise = draw_noise(c, n, dev);
+        let inp = GenInput {
+            content,
+            style,
+            noise: noise.as_ref(),
+            real: c.model.vae.then_some(real),
+        };
+        let out = self.g.forward(&inp, Mode::TRAIN);
+        self.d.vs.freeze();
+        let pred = self.d.forward(
+            &Tensor::cat(
+                &[
+                    d_input(content, &out.image, self.conditional_d),
+                    d_input(content, real, self.conditional_d),
+                ],
+                0,
+            ),
+            Mode::TRAIN,
+        );
+        let num_d = pred.len() as f64;
+        let mut gan = Tensor::zeros([], (Kind::Float, dev));
+        let mut fm = Tensor::zeros([], (Kind::Float, dev));
+        for scale in &pred {
+            let last = scale.len() - 1;
+            gan -= scale[last].narrow(0, 0, n).mean(Kind::Float);
+            for f in &scale[..last] {
+                let (fake, real) = (f.narrow(0, 0, n), f.narrow(0, n, n).detach());
+                fm += (fake - real).abs().mean(Kind::Float);
+            }
+        }
+        let gan = gan / num_d;
+        let fm = fm / num_d;
+        let vgg = if c.loss.lambda_vgg > 0.0 {
+            self.p.loss(&out.image, target)
+        } else {
+            Tensor::zeros([], (Kind::Float, dev))
+        };
+        let mut loss = &gan + &fm * c.loss.lambda_feat + &vgg * c.loss.lambda_vgg;
+        if let Some(k) = &out.kld {
+            loss += k * c.loss.lambda_kld;
+            st.g_kld = k.double_value(&[]);
+        }
+        let lv = loss.double_value(&[]);
+        st.g_gan = gan.double_value(&[]);
+        st.g_fm = fm.double_value(&[]);
+        st.g_vgg = vgg.double_value(&[]);
+        if !lv.is_finite() || lv.abs() > c.guard_loss {
+            self.d.vs.unfreeze();
+            return Err(format!(
+                "generator loss {lv:.3e} (hinge {:.3e}, FM {:.3e}, perceptual {:.3e}) is not finite or beyond ±{:.0e}",
+                st.g_gan, st.g_fm, st.g_vgg, c.guard_loss
+            ));
+        }
+        self.opt_g.zero_grad();
+        loss.backward();
+        self.opt_g.step(lr.0);
+        self.d.vs.unfreeze();
+        // Discriminator step on a fresh fake (new noise / new z), generated without gradient.
+        let noise = draw_noise(c, n, dev);
+        let inp = GenInput {
+            content,
+            style,
+            noise: noise.as_ref(),
+            real: c.model.vae.then_some(real),
+        };
+        let fake = tch::no_grad(|| self.g.forward(&inp, Mode::TRAIN).image);
+        let pred = self.d.forward(
+            &Tensor::cat(
+                &[
+                    d_input(content, &fake, self.conditional_d),
+                    d_input(content, real, self.conditional_d),
+                ],
+                0,
+            ),
+            Mode::TRAIN,
+        );
+        let mut d_fake = Tensor::zeros([], (Kind::Float, dev));
+        let mut d_real = Tensor::zeros([], (Kind::Float, dev));
+        for scale in &pred {
+            let logits = scale.last().expect("a scale has outputs");
+            d_fake += hinge_d(&logits.narrow(0, 0, n), false);
+            d_real += hinge_d(&logits.narrow(0, n, n), true);
+        }
+        let d_loss = (&d_fake + &d_real) / num_d;
+        let dv = d_loss.double_value(&[]);
+        st.d_fake = d_fake.double_value(&[]) / num_d;
+        st.d_real = d_real.double_value(&[]) / num_d;
+        if !dv.is_finite() || dv.abs() > c.guard_loss {
+            return Err(format!(
+                "discriminator loss {dv:.3e} is not finite or beyond ±{:.0e}",
+                c.guard_loss
+            ));
+        }
+        self.opt_d.zero_grad();
+        d_loss.backward();
+        self.opt_d.step(lr.1);
+        Ok(st)
+    }
+}
