@@ -156,9 +156,13 @@ pub fn validate(tree: &SpecTree) -> Result<(), SpecError> {
     Ok(())
 }
 
-/// Where helper networks are cached: beside the run (the sweep folder), shared by its runs.
+/// Where helper networks are cached: in a sweep folder, beside the runs (shared by them);
+/// else in the run folder.
 fn cache_dir(ctx: &RunContext) -> std::path::PathBuf {
-    ctx.dir().parent().unwrap_or(ctx.dir()).join(".tsit-nets")
+    match ctx.dir().parent() {
+        Some(p) if p.join("sweep.json").is_file() => p.join(".tsit-nets"),
+        _ => ctx.dir().join("nets"),
+    }
 }
 
 fn perceptual(c: &Config, d: &TaskData, dir: &Path, dev: Device) -> Result<Perceptual> {
@@ -180,7 +184,7 @@ fn perceptual(c: &Config, d: &TaskData, dir: &Path, dev: Device) -> Result<Perce
                 d.train_len()
             );
             let file = nets::cache_file(dir, "perceptual", &key);
-            if !nets::load_cached(&p.vs, &file) {
+            nets::cached(&p.vs, &file, || {
                 let batch = |idx: &[i64], rng: &mut Rng| render_for(c.task, d, idx, rng, dev);
                 train_helper(
                     &p.vs,
@@ -191,9 +195,8 @@ fn perceptual(c: &Config, d: &TaskData, dir: &Path, dev: Device) -> Result<Perce
                     &|x| p.logits(x),
                     &batch,
                 );
-                nets::store(&p.vs, &file)?;
                 eprintln!("perceptual net (VGG-mini) trained: {}", file.display());
-            }
+            })?;
             p.vs.freeze();
             Ok(p)
         }
@@ -258,7 +261,7 @@ fn judges(
         let file = nets::cache_file(dir, "digits", &key);
         let oracle = d.test.oracle.to_device(dev);
         let labels = d.test.labels.to_device(dev);
-        if !nets::load_cached(&net.vs, &file) {
+        nets::cached(&net.vs, &file, || {
             // Train until the gate holds on styled test renders (at most 3× the epochs).
             for round in 0..3 {
                 let batch = |idx: &[i64], rng: &mut Rng| render_for(c.task, d, idx, rng, dev);
@@ -283,8 +286,7 @@ fn judges(
                     break;
                 }
             }
-            nets::store(&net.vs, &file)?;
-        }
+        })?;
         net.vs.freeze();
         let acc =
             reprise_core::metrics::accuracy(&nets::batched(&oracle, &|b| net.logits(b)), &labels);
@@ -301,7 +303,7 @@ fn judges(
         let mut seg = Segmenter::new(dev, 6);
         let key = format!("segmenter {:?} s{} n{n} e{ep}", c.task, c.size);
         let file = nets::cache_file(dir, "segmenter", &key);
-        if !nets::load_cached(&seg.vs, &file) {
+        nets::cached(&seg.vs, &file, || {
             let batch = |idx: &[i64], rng: &mut Rng| render_for(c.task, d, idx, rng, dev);
             nets::train_classifier(
                 &seg.vs,
@@ -312,18 +314,16 @@ fn judges(
                 &batch,
                 Targets::Pixels,
             );
-            nets::store(&seg.vs, &file)?;
-        }
+        })?;
         seg.vs.freeze();
         tch::manual_seed(1235);
         let mut feat = SceneNet::new(dev, c.size, 6);
         let key = format!("scenenet {:?} s{} n{n} e{ep}", c.task, c.size);
         let file = nets::cache_file(dir, "scenenet", &key);
-        if !nets::load_cached(&feat.vs, &file) {
+        nets::cached(&feat.vs, &file, || {
             let batch = |idx: &[i64], rng: &mut Rng| render_for(c.task, d, idx, rng, dev);
             train_helper(&feat.vs, c.task, n, ep, 1235, &|x| feat.logits(x), &batch);
-            nets::store(&feat.vs, &file)?;
-        }
+        })?;
         feat.vs.freeze();
         Judges::Scenes(seg, feat)
     };
@@ -627,18 +627,22 @@ fn final_eval(
         s.insert("alpha_sweep".into(), Value::Array(sweep));
     }
     // Image grids: rows of (content or label | style | output | target).
-    let k = c.eval.grid.min(out.size()[0] as usize) as i64;
+    // Pairs spread evenly over the test set (it is ordered by class for digits).
+    let n = out.size()[0];
+    let k = (c.eval.grid as i64).min(n);
+    let pick = Tensor::from_slice(&(0..k).map(|i| i * n / k).collect::<Vec<i64>>());
+    let sel = |x: &Tensor| x.index_select(0, &pick);
     let show_content = if c.task == Task::ScenesSis {
-        label_colours(&t.labels.narrow(0, 0, k))
+        label_colours(&sel(&t.labels))
     } else {
-        t.content.narrow(0, 0, k)
+        sel(&t.content)
     };
     let mut cols = vec![show_content];
     if let Some(st) = &t.style {
-        cols.push(st.narrow(0, 0, k));
+        cols.push(sel(st));
     }
-    cols.push(out.narrow(0, 0, k));
-    cols.push(t.oracle.narrow(0, 0, k));
+    cols.push(sel(&out));
+    cols.push(sel(&t.oracle));
     let ncol = cols.len();
     let grid = Tensor::stack(&cols, 1).flatten(0, 1);
     reprise_core::plot::image_grid(&ctx.figures().join("grid.png"), &grid, ncol, 4, -1.0, 1.0)?;

@@ -26,6 +26,23 @@ fn conv3(p: nn::Path<'_>, i: i64, o: i64) -> nn::Conv2D {
     )
 }
 
+/// VGG-19's convolutions up to relu5_1: (in, out, torchvision index in `features`).
+const VGG19: [(i64, i64, usize); 13] = [
+    (3, 64, 0),
+    (64, 64, 2),
+    (64, 128, 5),
+    (128, 128, 7),
+    (128, 256, 10),
+    (256, 256, 12),
+    (256, 256, 14),
+    (256, 256, 16),
+    (256, 512, 19),
+    (512, 512, 21),
+    (512, 512, 23),
+    (512, 512, 25),
+    (512, 512, 28),
+];
+
 /// A frozen feature network for the perceptual loss: features at several depths, weighted.
 #[derive(Debug)]
 pub struct Perceptual {
@@ -81,33 +98,42 @@ impl Perceptual {
         p
     }
 
-    /// ImageNet VGG-19 up to relu5_1 from a safetensors file with torchvision's names
-    /// (`features.{0,2,5,7,10,12,14,16,19,21,23,25,28}.weight` and `.bias`): features at
-    /// relu1_1 .. relu5_1 with weights 1/32, 1/16, 1/8, 1/4, 1; input in [−1, 1] as the
-    /// official loss feeds it.
-    pub fn vgg19(device: Device, path: &Path) -> Result<Perceptual> {
+    /// VGG-19's layout up to relu5_1 (torchvision's `features.0` .. `features.28` convs) with
+    /// PyTorch-default random weights: features at relu1_1 .. relu5_1 with weights 1/32, 1/16,
+    /// 1/8, 1/4, 1; input in [−1, 1] as the official loss feeds it. [`Perceptual::vgg19`]
+    /// loads ImageNet weights into it.
+    pub fn vgg19_layout(device: Device) -> Perceptual {
         let vs = nn::VarStore::new(device);
         let root = vs.root();
-        let cfg: [(i64, i64, usize); 13] = [
-            (3, 64, 0),
-            (64, 64, 2),
-            (64, 128, 5),
-            (128, 128, 7),
-            (128, 256, 10),
-            (256, 256, 12),
-            (256, 256, 14),
-            (256, 256, 16),
-            (256, 512, 19),
-            (512, 512, 21),
-            (512, 512, 23),
-            (512, 512, 25),
-            (512, 512, 28),
-        ];
+        let convs = VGG19
+            .iter()
+            .map(|&(i, o, idx)| conv3(&root / format!("features{idx}"), i, o))
+            .collect();
+        Perceptual {
+            vs,
+            convs,
+            pools: vec![
+                false, true, false, true, false, false, false, true, false, false, false, true,
+                false,
+            ],
+            taps: vec![
+                (0, 1.0 / 32.0),
+                (2, 1.0 / 16.0),
+                (4, 1.0 / 8.0),
+                (8, 0.25),
+                (12, 1.0),
+            ],
+            head: None,
+        }
+    }
+
+    /// ImageNet VGG-19 up to relu5_1 from a safetensors file with torchvision's names
+    /// (`features.{0,2,5,7,10,12,14,16,19,21,23,25,28}.weight` and `.bias`), frozen.
+    pub fn vgg19(device: Device, path: &Path) -> Result<Perceptual> {
+        let mut p = Perceptual::vgg19_layout(device);
         let named: std::collections::HashMap<String, Tensor> =
             Tensor::read_safetensors(path)?.into_iter().collect();
-        let mut convs = Vec::new();
-        for (i, o, idx) in cfg {
-            let c = conv3(&root / format!("features{idx}"), i, o);
+        for (c, &(_, _, idx)) in p.convs.iter().zip(VGG19.iter()) {
             for (what, dst) in [("weight", &c.ws), ("bias", c.bs.as_ref().expect("bias"))] {
                 let key = format!("features.{idx}.{what}");
                 let t = named
@@ -123,26 +149,9 @@ impl Perceptual {
                 }
                 tch::no_grad(|| dst.shallow_clone().copy_(t));
             }
-            convs.push(c);
         }
-        let mut vs = vs;
-        vs.freeze();
-        Ok(Perceptual {
-            vs,
-            convs,
-            pools: vec![
-                false, true, false, true, false, false, false, true, false, false, false, true,
-                false,
-            ],
-            taps: vec![
-                (0, 1.0 / 32.0),
-                (2, 1.0 / 16.0),
-                (4, 1.0 / 8.0),
-                (8, 0.25),
-                (12, 1.0),
-            ],
-            head: None,
-        })
+        p.vs.freeze();
+        Ok(p)
     }
 
     /// The tapped features of `x`.
@@ -415,6 +424,70 @@ pub fn load_cached(vs: &nn::VarStore, file: &Path) -> bool {
     true
 }
 
+/// Runs `train` unless another process is already training the same cached `file`: the first
+/// to create `<file>.lock` (holding its pid) trains; the others wait for the file to appear and
+/// return `false` (then load it). A lock whose process is gone is taken over.
+pub fn train_once(file: &Path, train: impl FnOnce() -> Result<()>) -> Result<bool> {
+    let lock = file.with_extension("lock");
+    if let Some(d) = file.parent() {
+        std::fs::create_dir_all(d).map_err(|e| Error::Io(d.to_path_buf(), e))?;
+    }
+    loop {
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&lock)
+        {
+            Ok(mut f) => {
+                use std::io::Write as _;
+                let _ = write!(f, "{}", std::process::id());
+                let r = train();
+                let _ = std::fs::remove_file(&lock);
+                return r.map(|()| true);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let holder = std::fs::read_to_string(&lock).unwrap_or_default();
+                let alive = holder
+                    .trim()
+                    .parse::<u32>()
+                    .is_ok_and(|pid| Path::new(&format!("/proc/{pid}")).exists())
+                    || holder.is_empty();
+                if !alive {
+                    let _ = std::fs::remove_file(&lock);
+                    continue;
+                }
+                if file.is_file() && !lock.exists() {
+                    return Ok(false);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(500));
+                if file.is_file() && !lock.exists() {
+                    return Ok(false);
+                }
+            }
+            Err(e) => return Err(Error::Io(lock, e)),
+        }
+    }
+}
+
+/// Loads `vs` from the cache `file`, or runs `train` (once across processes, see
+/// [`train_once`]) and stores it there.
+pub fn cached(vs: &nn::VarStore, file: &Path, train: impl FnOnce()) -> Result<()> {
+    if load_cached(vs, file) {
+        return Ok(());
+    }
+    let trained = train_once(file, || {
+        train();
+        store(vs, file)
+    })?;
+    if !trained && !load_cached(vs, file) {
+        return Err(Error::msg(format!(
+            "{} was trained by another run but cannot be loaded",
+            file.display()
+        )));
+    }
+    Ok(())
+}
+
 /// Saves `vs` to the cache `file` atomically.
 pub fn store(vs: &nn::VarStore, file: &Path) -> Result<()> {
     let mut ck = Checkpoint::new();
@@ -466,6 +539,35 @@ mod tests {
         assert!((n as f64 / 1e6 - 0.15).abs() < 0.02, "{n}");
         assert!(p.loss(&x, &x).double_value(&[]) == 0.0);
         assert_eq!(p.logits(&x).size(), vec![2, 10]);
+    }
+
+    #[test]
+    fn vgg19_loads_torchvision_names_and_checks_shapes() {
+        let src = Perceptual::vgg19_layout(Device::Cpu);
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("vgg19.safetensors");
+        let mut named = Vec::new();
+        for (c, &(_, _, idx)) in src.convs.iter().zip(VGG19.iter()) {
+            named.push((format!("features.{idx}.weight"), c.ws.copy()));
+            named.push((
+                format!("features.{idx}.bias"),
+                c.bs.as_ref().unwrap().copy(),
+            ));
+        }
+        Tensor::write_safetensors(&named, &f).unwrap();
+        let p = Perceptual::vgg19(Device::Cpu, &f).unwrap();
+        let x = Tensor::rand([1, 3, 32, 32], (Kind::Float, Device::Cpu));
+        let (a, b) = (src.features(&x), p.features(&x));
+        assert_eq!(a.len(), 5);
+        assert_eq!(b[4].size(), vec![1, 512, 2, 2]);
+        assert!(a.iter().zip(&b).all(|(u, v)| u.equal(v)));
+        // 12.9 M parameters used (spec §8: VGG19 to relu5_1).
+        let n: i64 = p.vs.variables().values().map(|t| t.numel() as i64).sum();
+        assert!((n as f64 / 1e6 - 12.94).abs() < 0.05, "{n}");
+        named.pop();
+        Tensor::write_safetensors(&named, &f).unwrap();
+        let e = Perceptual::vgg19(Device::Cpu, &f).unwrap_err().to_string();
+        assert!(e.contains("features.28.bias"), "{e}");
     }
 
     #[test]

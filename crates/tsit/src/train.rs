@@ -210,3 +210,44 @@ impl Gan {
         Ok(st)
     }
 }
+
+/// The networks, config and one batch of the timed TSIT iteration (style transfer, the full
+/// arm): `paper_scale` gives the official widths at 256×256, batch 1, with VGG-19's layout as
+/// the loss network (random weights: the timing does not depend on them); otherwise the small
+/// scale of `digits-ast` (S = 32, nf 16, B = 8, VGG-mini). Shared by the criterion benchmark,
+/// the `ts_step_time` example and the PyTorch twin's shapes (`bench/pytorch/ts_step.py`).
+pub fn bench_setup(paper_scale: bool, dev: tch::Device) -> (Gan, Config, [Tensor; 2]) {
+    let yaml = if paper_scale {
+        "task: digits-ast\narm: full\nsize: 256\ntrain: 1\ntest: 2\nmodel: { nf: 64, cap: 16, ndf: 64, n_layers_d: 3 }\n\
+         batch: 1\niterations: 1\nloss: { lambda_feat: 1.0, lambda_vgg: 1.0 }\noptim: { lr_g: 1.0e-4, lr_d: 4.0e-4 }\n\
+         perceptual: { random: { seed: 0 } }\neval: { every: 1, n_test: 2, net_epochs: 1 }\ncheckpoint_every: 1\n"
+    } else {
+        "task: digits-ast\narm: full\nsize: 32\ntrain: 1\ntest: 2\nmodel: { nf: 16, cap: 8, ndf: 16, n_layers_d: 3 }\n\
+         batch: 8\niterations: 1\nloss: { lambda_feat: 1.0, lambda_vgg: 0.25 }\noptim: { lr_g: 1.0e-4, lr_d: 4.0e-4 }\n\
+         perceptual: { random: { seed: 0 } }\neval: { every: 1, n_test: 2, net_epochs: 1 }\ncheckpoint_every: 1\n"
+    };
+    let c: Config = serde_norway::from_str(yaml).expect("the benchmark config parses");
+    tch::manual_seed(0);
+    let mut p = if paper_scale {
+        Perceptual::vgg19_layout(dev)
+    } else {
+        Perceptual::vgg_mini(dev, 10)
+    };
+    p.vs.freeze();
+    let g = crate::model::Tsit::new(&c.model, c.size, 3, true, true, dev);
+    let d = Discriminator::new(&c.model, 3, dev);
+    let opt_g = adam(&c.optim, &g.vs);
+    let opt_d = adam(&c.optim, &d.vs);
+    let gan = Gan {
+        g: Box::new(g),
+        d,
+        p,
+        opt_g,
+        opt_d,
+        conditional_d: false,
+    };
+    let shape = [c.batch, 3, c.size, c.size];
+    let x = Tensor::rand(shape, (Kind::Float, dev)) * 2.0 - 1.0;
+    let s = Tensor::rand(shape, (Kind::Float, dev)) * 2.0 - 1.0;
+    (gan, c, [x, s])
+}
