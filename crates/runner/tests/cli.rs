@@ -1031,3 +1031,32 @@ fn tsit_resumed_from_a_checkpoint_ends_bit_identical() {
     }
     assert!(full.join("figures/grid.png").is_file());
 }
+
+#[test]
+fn a_diverging_tsit_run_stops_naming_the_step_and_keeps_its_checkpoints() {
+    let d = setup();
+    let p = d.path();
+    write(p, "tiny-ts.yaml", TINY_TS);
+    // A huge generator learning rate blows the losses past the guard within a few steps.
+    let o = runner(
+        p,
+        &[
+            "run",
+            "t/tiny-ts",
+            "--out",
+            "out",
+            "tsit.optim.lr_g=1.0e3",
+            "tsit.optim.lr_d=1.0e3",
+            "tsit.guard_loss=50",
+            "tsit.checkpoint_every=1",
+            "tsit.iterations=200",
+        ],
+    );
+    let t = text(&o);
+    assert!(!o.status.success(), "{t}");
+    assert!(t.contains("training diverged at step"), "{t}");
+    assert!(t.contains("loss"), "{t}");
+    let run = runs_under(&p.join("out/tiny-ts")).remove(0);
+    assert!(!run.join("summary.json").exists());
+    assert!(fs::read_dir(run.join("checkpoints")).unwrap().count() > 0);
+}

@@ -13,12 +13,28 @@ pub enum Task {
     ScenesSis,
     /// Style transfer between the procedural scenes' style domains A and B.
     ScenesAst,
+    /// Paper scale: unpaired style transfer from `trainA/`, `trainB/`, `testA/`, `testB/`
+    /// under `data.path` (summer2winter_yosemite's layout).
+    FolderAst,
+    /// Paper scale: semantic synthesis on Cityscapes' own layout (`leftImg8bit/`, `gtFine/`).
+    CityscapesSis,
+    /// Paper scale: semantic synthesis on ADE20K's own layout (`ADEChallengeData2016/`).
+    Ade20kSis,
 }
 
 impl Task {
     /// Whether the task is style transfer (noise bottleneck, unconditional D, content target).
     pub fn is_ast(self) -> bool {
-        matches!(self, Task::DigitsAst | Task::ScenesAst)
+        matches!(self, Task::DigitsAst | Task::ScenesAst | Task::FolderAst)
+    }
+
+    /// Whether the data are a dataset's own folders (paper scale; no in-project evaluation
+    /// networks: the test outputs are written as PNG files for external FID / segmenters).
+    pub fn is_folder(self) -> bool {
+        matches!(
+            self,
+            Task::FolderAst | Task::CityscapesSis | Task::Ade20kSis
+        )
     }
 }
 
@@ -198,6 +214,34 @@ pub struct EvalConfig {
     pub grid: usize,
 }
 
+/// How a paper-scale dataset's folders are read (spec §7).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FolderConfig {
+    /// Resize to this height (width by the aspect) then crop randomly to the model's size
+    /// (ADE20K: 286); none resizes straight to the model's size.
+    #[serde(default)]
+    pub load_size: Option<i64>,
+    /// Random horizontal flip (p = ½, one draw for the pair).
+    #[serde(default = "yes")]
+    pub flip: bool,
+    /// Label classes of semantic synthesis (Cityscapes 35, ADE20K 150).
+    #[serde(default)]
+    pub label_nc: i64,
+    /// A don't-care class beside them (ADE20K).
+    #[serde(default)]
+    pub dontcare: bool,
+    /// The instance-edge channel (Cityscapes).
+    #[serde(default)]
+    pub instance_edge: bool,
+    /// The style list repeated this many times in training (photo2art: 4; official default 2).
+    #[serde(default = "two")]
+    pub style_repeat: usize,
+    /// The content list repeated this many times in training (day2night: 2).
+    #[serde(default = "one_usize")]
+    pub content_repeat: usize,
+}
+
 /// The `tsit:` section.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -206,12 +250,20 @@ pub struct Config {
     pub task: Task,
     /// The arm.
     pub arm: Arm,
-    /// Image side S (a power of two).
+    /// Image height S (a power of two).
     pub size: i64,
+    /// Width ÷ height (Cityscapes and BDD100K: 2); the bottleneck is 2 × 2·aspect.
+    #[serde(default = "one_i64")]
+    pub aspect: i64,
+    /// How a paper-scale dataset's folders are read.
+    #[serde(default)]
+    pub folder: Option<FolderConfig>,
     /// Training pairs / maps per class (digits: the first this many of each class in stored
-    /// order; the rest is test) or in all (scenes).
+    /// order; the rest is test) or in all (scenes); unused by the paper-scale tasks.
+    #[serde(default)]
     pub train: usize,
-    /// Test pairs / maps.
+    /// Test pairs / maps (small-scale tasks).
+    #[serde(default)]
     pub test: usize,
     /// G and D.
     pub model: ModelConfig,
@@ -243,6 +295,15 @@ impl Config {
 
 fn two() -> usize {
     2
+}
+fn one_usize() -> usize {
+    1
+}
+fn one_i64() -> i64 {
+    1
+}
+fn yes() -> bool {
+    true
 }
 fn one() -> f64 {
     1.0

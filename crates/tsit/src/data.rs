@@ -283,6 +283,9 @@ impl TaskData {
                     test,
                 })
             }
+            Task::FolderAst | Task::CityscapesSis | Task::Ade20kSis => Err(Error::msg(
+                "a paper-scale task reads its folders (tsit::folders), not the small-scale data",
+            )),
             Task::ScenesSis | Task::ScenesAst => {
                 let mut rng = Rng::new(2020);
                 let scenes: Vec<Scene> = (0..c.train)
@@ -394,7 +397,7 @@ impl TaskData {
                     real,
                 }
             }
-            Task::ScenesAst => {
+            _ => {
                 let si: Vec<usize> = (0..b).map(|_| rng.below(n)).collect();
                 let ims = |idx: &[usize], b_domain: bool, rng: &mut Rng| {
                     Tensor::stack(

@@ -10,6 +10,7 @@
 pub mod config;
 pub mod data;
 pub mod eval;
+pub mod folders;
 pub mod model;
 pub mod nets;
 pub mod report;
@@ -58,8 +59,12 @@ pub fn validate(tree: &SpecTree) -> Result<(), SpecError> {
     tree.require(
         "tsit.arm",
         match c.task {
-            Task::DigitsAst | Task::ScenesAst => matches!(c.arm, Arm::Full | Arm::NoFadain),
-            Task::ScenesSis => matches!(c.arm, Arm::TsitSis | Arm::P2phdLite),
+            Task::DigitsAst | Task::ScenesAst | Task::FolderAst => {
+                matches!(c.arm, Arm::Full | Arm::NoFadain)
+            }
+            Task::ScenesSis | Task::CityscapesSis | Task::Ade20kSis => {
+                matches!(c.arm, Arm::TsitSis | Arm::P2phdLite)
+            }
         },
         if ast {
             "style transfer trains `full` or `no-fadain`"
@@ -67,6 +72,45 @@ pub fn validate(tree: &SpecTree) -> Result<(), SpecError> {
             "semantic synthesis trains `tsit-sis` or `p2phd-lite`"
         },
     )?;
+    tree.require("tsit.aspect", c.aspect >= 1, "must be at least 1")?;
+    tree.require(
+        "tsit.aspect",
+        c.aspect == 1 || c.task.is_folder(),
+        "the small-scale tasks are square",
+    )?;
+    if c.task.is_folder() {
+        tree.require(
+            "data.path",
+            tree.get("data.path").is_some()
+                || tree.get("data.dataset").and_then(|v| v.as_str()) == Some("synthetic"),
+            "a paper-scale task reads its dataset's folders from data.path",
+        )?;
+        let f = c.folder.as_ref();
+        tree.require(
+            "tsit.folder",
+            f.is_some(),
+            "a paper-scale task needs this section",
+        )?;
+        if let (Some(f), false) = (f, c.task.is_ast()) {
+            tree.require(
+                "tsit.folder.label_nc",
+                f.label_nc >= 1,
+                "must be at least 1",
+            )?;
+        }
+        if let Some(l) = f.and_then(|f| f.load_size) {
+            tree.require(
+                "tsit.folder.load_size",
+                l >= s,
+                "must be at least tsit.size",
+            )?;
+        }
+        tree.require(
+            "tsit.perceptual",
+            !matches!(c.perceptual, PerceptualConfig::Trained { .. }),
+            "a paper-scale task takes `vgg19: { path }` (or `random` for a smoke test)",
+        )?;
+    }
     let m = &c.model;
     tree.require("tsit.model.nf", m.nf >= 1, "must be at least 1")?;
     tree.require("tsit.model.cap", m.cap >= 1, "must be at least 1")?;
@@ -93,8 +137,10 @@ pub fn validate(tree: &SpecTree) -> Result<(), SpecError> {
         "downsamples the image below one pixel",
     )?;
     tree.require("tsit.batch", c.batch >= 1, "must be at least 1")?;
-    tree.require("tsit.train", c.train >= 1, "must be at least 1")?;
-    tree.require("tsit.test", c.test >= 2, "must be at least 2")?;
+    if !c.task.is_folder() {
+        tree.require("tsit.train", c.train >= 1, "must be at least 1")?;
+        tree.require("tsit.test", c.test >= 2, "must be at least 2")?;
+    }
     tree.require("tsit.iterations", c.iterations >= 1, "must be at least 1")?;
     tree.require("tsit.eval.every", c.eval.every >= 1, "must be at least 1")?;
     tree.require(
@@ -146,7 +192,7 @@ pub fn validate(tree: &SpecTree) -> Result<(), SpecError> {
         pos(c.eval.net_epochs),
         "must be positive",
     )?;
-    if c.task != Task::DigitsAst {
+    if !c.task.is_folder() && c.task != Task::DigitsAst {
         tree.require(
             "tsit.batch",
             c.batch as usize <= c.train,
@@ -201,6 +247,122 @@ fn perceptual(c: &Config, d: &TaskData, dir: &Path, dev: Device) -> Result<Perce
             Ok(p)
         }
     }
+}
+
+/// The loss network of a paper-scale run: VGG-19 from its file (or random VGG-mini, for
+/// smoke tests); a VGG-mini trained in the project belongs to the small-scale tasks.
+fn perceptual_fixed(c: &Config, dev: Device) -> Result<Perceptual> {
+    match &c.perceptual {
+        PerceptualConfig::Vgg19 { path } => Perceptual::vgg19(dev, path),
+        PerceptualConfig::Random { seed } => {
+            let mut p = Perceptual::vgg_mini_random(dev, *seed);
+            p.vs.freeze();
+            Ok(p)
+        }
+        PerceptualConfig::Trained { .. } => Err(Error::msg(
+            "a paper-scale tsit task takes `perceptual: { vgg19: { path } }` (or `random` for a smoke test)",
+        )),
+    }
+}
+
+/// A paper-scale run's end: the test items' outputs as PNG files in `test_outputs/` (for an
+/// external FID and segmenter, which the project cannot ship), a grid, and the summary.
+fn write_test_outputs(
+    ctx: &RunContext,
+    c: &Config,
+    gan: &Gan,
+    f: &folders::FolderData,
+    step: u64,
+    step_ms: f64,
+) -> Result<Value> {
+    let out_dir = ctx.dir().join("test_outputs");
+    std::fs::create_dir_all(&out_dir).map_err(|e| Error::Io(out_dir.clone(), e))?;
+    let n = f.test.len().min(c.eval.n_test);
+    let dev = ctx.device();
+    let mut shown = Vec::new();
+    let mut i = 0;
+    while i < n {
+        let k = (c.batch as usize).min(n - i);
+        let idx: Vec<usize> = (i..i + k).collect();
+        let (content, img) = f.load(false, &idx, None)?;
+        let (content, img) = (content.to_device(dev), img.to_device(dev));
+        tch::manual_seed(2021 + i as i64);
+        let noise = train::draw_noise(c, k as i64, dev);
+        let out = tch::no_grad(|| {
+            gan.g
+                .forward(
+                    &GenInput {
+                        content: &content,
+                        style: c.task.is_ast().then_some(&img),
+                        noise: noise.as_ref(),
+                        real: c.model.vae.then_some(&img),
+                    },
+                    Mode::EVAL,
+                )
+                .image
+                .to_device(Device::Cpu)
+        });
+        for j in 0..k {
+            let name = f.test[i + j].b.file_stem().map_or_else(
+                || format!("{}", i + j),
+                |s| s.to_string_lossy().into_owned(),
+            );
+            reprise_core::plot::image_grid(
+                &out_dir.join(format!("{name}.png")),
+                &out.narrow(0, j as i64, 1),
+                1,
+                1,
+                -1.0,
+                1.0,
+            )?;
+        }
+        if shown.len() < c.eval.grid {
+            let m = (c.eval.grid - shown.len()).min(k) as i64;
+            let first = if c.task.is_ast() {
+                content.narrow(0, 0, m).to_device(Device::Cpu)
+            } else {
+                // The label map's argmax, coloured (classes beyond six wrap around).
+                let lab = content
+                    .narrow(0, 0, m)
+                    .narrow(
+                        1,
+                        0,
+                        f.content_channels()
+                            - i64::from(c.folder.as_ref().is_some_and(|x| x.instance_edge)),
+                    )
+                    .argmax(1, false)
+                    .remainder(6)
+                    .to_device(Device::Cpu);
+                label_colours(&lab)
+            };
+            for r in 0..m {
+                let mut row = vec![first.get(r)];
+                if c.task.is_ast() {
+                    row.push(img.get(r).to_device(Device::Cpu));
+                }
+                row.push(out.get(r));
+                row.push(img.get(r).to_device(Device::Cpu));
+                shown.push(Tensor::stack(&row, 0));
+            }
+        }
+        i += k;
+    }
+    if !shown.is_empty() {
+        let cols = shown[0].size()[0] as usize;
+        let grid = Tensor::cat(&shown, 0);
+        reprise_core::plot::image_grid(&ctx.figures().join("grid.png"), &grid, cols, 1, -1.0, 1.0)?;
+    }
+    Ok(json!({
+        "task": serde_json::to_value(c.task).expect("enum"),
+        "arm": c.arm.name(),
+        "iterations": step,
+        "batch": c.batch,
+        "step_ms": json_f64(step_ms),
+        "params_g": model::param_count(gan.g.vs()),
+        "params_d": model::param_count(&gan.d.vs),
+        "test_outputs": n,
+        "evaluation": "test outputs written to test_outputs/ for an external FID (Inception-v3) and segmenter (DRN-D-105 / UperNet-101); no in-project metric at paper scale",
+    }))
 }
 
 /// Helper-net training data: digits (plain or styled, labels) or scene renders (per-pixel
@@ -331,20 +493,19 @@ fn judges(
     Ok((j, info))
 }
 
-fn build_gan(c: &Config, p: Perceptual, dev: Device) -> Gan {
-    let in_c = if c.task == Task::ScenesSis { 7 } else { 3 };
+fn build_gan(c: &Config, p: Perceptual, in_c: i64, dev: Device) -> Gan {
     let g: Box<dyn Generator> = match c.arm {
         Arm::P2phdLite => Box::new(P2phd::new(&c.model.p2phd, in_c, c.model.init, dev)),
         arm => Box::new(Tsit::new(
             &c.model,
-            c.size,
+            (c.size, c.size * c.aspect),
             in_c,
             c.task.is_ast(),
             arm == Arm::Full,
             dev,
         )),
     };
-    let conditional_d = c.task == Task::ScenesSis;
+    let conditional_d = !c.task.is_ast();
     let d = Discriminator::new(&c.model, if conditional_d { 3 + in_c } else { 3 }, dev);
     let opt_g = train::adam(&c.optim, g.vs());
     let opt_d = train::adam(&c.optim, &d.vs);
@@ -398,7 +559,7 @@ fn bn1_cancel(c: &Config, gan: &Gan, ev: &Evaluator, dev: Device) -> Option<f64>
     if c.arm != Arm::Full {
         return None;
     }
-    let mut g = Tsit::new(&c.model, c.size, 3, true, true, dev);
+    let mut g = Tsit::new(&c.model, (c.size, c.size), 3, true, true, dev);
     let mut dst = g.vs.variables();
     tch::no_grad(|| {
         for (k, v) in gan.g.vs().variables() {
@@ -430,27 +591,104 @@ fn bn1_cancel(c: &Config, gan: &Gan, ev: &Evaluator, dev: Device) -> Option<f64>
     })
 }
 
+/// Where a run's training batches come from.
+enum Source {
+    /// The small-scale tasks (generated or installed data, held in memory).
+    Small(TaskData),
+    /// A paper-scale dataset's folders, decoded per batch.
+    Folder(folders::FolderData),
+}
+
+impl Source {
+    fn train_len(&self) -> usize {
+        match self {
+            Source::Small(d) => d.train_len(),
+            Source::Folder(f) => f.train.len(),
+        }
+    }
+
+    fn batch(&self, task: Task, b: usize, rng: &mut Rng) -> Result<data::Batch> {
+        match self {
+            Source::Small(d) => Ok(d.batch(b, rng)),
+            Source::Folder(f) => {
+                let n = f.train.len();
+                let idx: Vec<usize> = (0..b).map(|_| rng.below(n)).collect();
+                let (content, img) = f.load(true, &idx, Some(rng))?;
+                Ok(if task.is_ast() {
+                    data::Batch {
+                        target: content.shallow_clone(),
+                        content,
+                        real: img.shallow_clone(),
+                        style: Some(img),
+                    }
+                } else {
+                    data::Batch {
+                        content,
+                        style: None,
+                        target: img.shallow_clone(),
+                        real: img,
+                    }
+                })
+            }
+        }
+    }
+}
+
 /// Trains and evaluates one run (one arm, one seed).
 pub fn run(ctx: &mut RunContext) -> Result<()> {
     let c: Config = ctx.config()?;
     let h = ctx.header().clone();
     let seed = h.seed;
     let dev = ctx.device();
-    let d = TaskData::new(&c, &h.data)?;
-    if c.batch as usize > d.train_len() {
+    let dir = cache_dir(ctx);
+    let (src, p, ev, judge_info, in_c) = if c.task.is_folder() {
+        let fc = c
+            .folder
+            .clone()
+            .ok_or_else(|| Error::Data("needs `tsit.folder`".into()))?;
+        let root = if h.data.dataset == "synthetic" {
+            // Smoke tests: a tiny dataset in the task's own layout, read by the real code.
+            folders::write_synthetic(
+                c.task,
+                &ctx.dir().join("synthetic-data"),
+                &fc,
+                c.size,
+                c.size * c.aspect,
+                2 * c.batch.max(1) as usize,
+            )?
+        } else {
+            h.data
+                .path
+                .clone()
+                .ok_or_else(|| Error::Data("a paper-scale tsit task reads `data.path`".into()))?
+        };
+        let f = folders::FolderData::new(c.task, &root, &fc, c.size, c.size * c.aspect)?;
+        let in_c = f.content_channels();
+        let p = perceptual_fixed(&c, dev)?;
+        (Source::Folder(f), p, None, Map::new(), in_c)
+    } else {
+        let d = TaskData::new(&c, &h.data)?;
+        let p = perceptual(&c, &d, &dir, dev)?;
+        let (judges, judge_info) = judges(&c, &d, &dir, dev)?;
+        let test = TaskData::new(&c, &h.data)?.test;
+        let in_c = if c.task == Task::ScenesSis { 7 } else { 3 };
+        (
+            Source::Small(d),
+            p,
+            Some(Evaluator::new(judges, test)),
+            judge_info,
+            in_c,
+        )
+    };
+    if c.batch as usize > src.train_len() {
         return Err(Error::Data(format!(
             "tsit.batch {} is larger than the training set ({} items)",
             c.batch,
-            d.train_len()
+            src.train_len()
         )));
     }
-    let dir = cache_dir(ctx);
-    let p = perceptual(&c, &d, &dir, dev)?;
-    let (judges, judge_info) = judges(&c, &d, &dir, dev)?;
-    let test = TaskData::new(&c, &h.data)?.test;
-    let ev = Evaluator::new(judges, test);
     tch::manual_seed(seed as i64);
-    let mut gan = build_gan(&c, p, dev);
+    let mut gan = build_gan(&c, p, in_c, dev);
     let total = ctx.iterations(c.iterations);
     let mut step = 0u64;
     if let Some((_, ck)) = ctx.checkpoints().latest() {
@@ -473,7 +711,7 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
                 .wrapping_add(step as i64),
         );
         let mut rng = Rng::new(seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        let b = d.batch(c.batch as usize, &mut rng);
+        let b = src.batch(c.task, c.batch as usize, &mut rng)?;
         let f = train::lr_factor(&c.optim, step, total);
         let st = gan
             .step(
@@ -512,7 +750,7 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
                 .collect();
             vals.push(("lr_factor".into(), f));
             (sums, n_log) = ([0.0; 6], 0);
-            if eval_now {
+            if let (true, Some(ev)) = (eval_now, &ev) {
                 let out = ev.generate(gan.g.as_ref(), vae);
                 for (k, v) in ev.metrics(&out) {
                     vals.push((format!("eval_{k}"), v));
@@ -539,7 +777,11 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
     } else {
         f64::NAN
     };
-    let summary = final_eval(ctx, &c, &mut gan, &ev, step, step_ms, judge_info)?;
+    let summary = match (&ev, &src) {
+        (Some(ev), _) => final_eval(ctx, &c, &mut gan, ev, step, step_ms, judge_info)?,
+        (None, Source::Folder(f)) => write_test_outputs(ctx, &c, &gan, f, step, step_ms)?,
+        (None, Source::Small(_)) => unreachable!("small tasks have an evaluator"),
+    };
     ctx.write_summary(&summary)?;
     let md = report::report_run(ctx.dir())?;
     ctx.write_report(&md)?;

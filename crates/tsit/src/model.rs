@@ -465,25 +465,26 @@ pub fn widths(nf: i64, cap: i64, levels: usize) -> Vec<i64> {
 }
 
 impl Tsit {
-    /// TSIT for images `size × size` with `in_c` content channels; a style stream when
-    /// `style`; the bottleneck from noise (`style_transfer`), the label map, or the VAE.
+    /// TSIT for images `h × w` (`hw`, h a power of two, w a multiple of h) with `in_c` content
+    /// channels; a style stream when `style`; the bottleneck (2 × 2w/h) from noise
+    /// (`style_transfer`), the label map, or the VAE.
     pub fn new(
         m: &ModelConfig,
-        size: i64,
+        hw: (i64, i64),
         in_c: i64,
         style_transfer: bool,
         style: bool,
         device: tch::Device,
     ) -> Tsit {
         let vs = nn::VarStore::new(device);
-        let levels = size.trailing_zeros() as usize;
+        let levels = hw.0.trailing_zeros() as usize;
         let ch = widths(m.nf, m.cap, levels);
         let root = vs.root();
         let content = Stream::new(&root / "content_stream", in_c, &ch, m.init);
         let style_s = style.then(|| Stream::new(&root / "style_stream", 3, &ch, m.init));
         let top = ch[levels - 1];
-        let bh = 2 * size / size; // square images: the bottleneck is 2 × 2
-        let bottleneck = (bh, bh);
+        let (bh, bw) = (2, 2 * hw.1 / hw.0);
+        let bottleneck = (bh, bw);
         let start = if style_transfer {
             Start::Noise(Conv::new(
                 &root / "fc",
@@ -498,7 +499,7 @@ impl Tsit {
             ))
         } else if m.vae {
             let enc = VaeEncoder::new(&root / "encoder", m.nf, m.vae_size, m.z_dim, m.init);
-            let out = top * bh * bh;
+            let out = top * bh * bw;
             Start::Vae {
                 enc,
                 w: (&root / "fc").var(
@@ -848,13 +849,13 @@ mod tests {
         // (S = 8, nf 8) 0.11 M, mini G AST nf 8 0.82 M; mini D (3-ch) 0.09 M; p2phd-lite ≈ 2.9 M.
         let m = mini(16, 8);
         let m_of = |g: &dyn Generator| param_count(g.vs()) as f64 / 1e6;
-        let ast = Tsit::new(&m, 32, 3, true, true, Device::Cpu);
+        let ast = Tsit::new(&m, (32, 32), 3, true, true, Device::Cpu);
         assert!((m_of(&ast) - 3.26).abs() < 0.005, "{}", m_of(&ast));
-        let sis = Tsit::new(&m, 32, 7, false, false, Device::Cpu);
+        let sis = Tsit::new(&m, (32, 32), 7, false, false, Device::Cpu);
         assert!((m_of(&sis) - 2.81).abs() < 0.005, "{}", m_of(&sis));
-        let smoke = Tsit::new(&mini(8, 8), 8, 3, true, true, Device::Cpu);
+        let smoke = Tsit::new(&mini(8, 8), (8, 8), 3, true, true, Device::Cpu);
         assert!((m_of(&smoke) - 0.11).abs() < 0.005, "{}", m_of(&smoke));
-        let nf8 = Tsit::new(&mini(8, 8), 32, 3, true, true, Device::Cpu);
+        let nf8 = Tsit::new(&mini(8, 8), (32, 32), 3, true, true, Device::Cpu);
         assert!((m_of(&nf8) - 0.82).abs() < 0.005, "{}", m_of(&nf8));
         let d = Discriminator::new(&m, 3, Device::Cpu);
         assert!((param_count(&d.vs) as f64 / 1e6 - 0.09).abs() < 0.005);
@@ -867,9 +868,22 @@ mod tests {
     }
 
     #[test]
+    fn the_paper_scale_generator_has_the_official_size() {
+        // Spec §8: G for style transfer at 256² with nf 64, cap 16: 398.1 M parameters (the
+        // PyTorch twin in bench/pytorch/ts_step.py, written as the official code, counts
+        // 398,093,739); D (3-ch, n_layers 3) 1.33 M.
+        let mut m = mini(64, 16);
+        m.ndf = 64;
+        let g = Tsit::new(&m, (256, 256), 3, true, true, Device::Cpu);
+        assert_eq!(param_count(&g.vs), 398_093_739);
+        let d = Discriminator::new(&m, 3, Device::Cpu);
+        assert!((param_count(&d.vs) as f64 / 1e6 - 1.33).abs() < 0.01);
+    }
+
+    #[test]
     fn shapes_of_every_network() {
         let m = mini(8, 8);
-        let g = Tsit::new(&m, 32, 3, true, true, Device::Cpu);
+        let g = Tsit::new(&m, (32, 32), 3, true, true, Device::Cpu);
         let x = Tensor::rand([2, 3, 32, 32], (Kind::Float, Device::Cpu)) * 2.0 - 1.0;
         let z = Tensor::randn([2, 3, 2, 2], (Kind::Float, Device::Cpu));
         let inp = GenInput {
@@ -891,7 +905,7 @@ mod tests {
         mv.vae = true;
         mv.vae_size = 32;
         mv.z_dim = 16;
-        let v = Tsit::new(&mv, 32, 7, false, false, Device::Cpu);
+        let v = Tsit::new(&mv, (32, 32), 7, false, false, Device::Cpu);
         let lab = Tensor::rand([2, 7, 32, 32], (Kind::Float, Device::Cpu));
         let eps = Tensor::randn([2, 16], (Kind::Float, Device::Cpu));
         let out = v.forward(
@@ -961,7 +975,7 @@ mod tests {
         // Spec §3.3 / the bn1-cancel diagnostic: with B = 1 and train-mode BN, FAdaIN before a
         // learned-skip block has no effect; before an identity-skip block it does.
         let m = mini(8, 8);
-        let mut g = Tsit::new(&m, 32, 3, true, true, Device::Cpu);
+        let mut g = Tsit::new(&m, (32, 32), 3, true, true, Device::Cpu);
         let x = Tensor::rand([1, 3, 32, 32], (Kind::Float, Device::Cpu)) * 2.0 - 1.0;
         let s = Tensor::rand([1, 3, 32, 32], (Kind::Float, Device::Cpu)) * 2.0 - 1.0;
         let z = Tensor::randn([1, 3, 2, 2], (Kind::Float, Device::Cpu));

@@ -66,6 +66,15 @@ pub fn report_run(dir: &Path) -> Result<String> {
         s["params_g"],
         s["params_d"]
     );
+    if let Some(n) = s["test_outputs"].as_u64() {
+        let _ = writeln!(
+            md,
+            "{n} test outputs in `test_outputs/`: {}.",
+            s["evaluation"].as_str().unwrap_or("")
+        );
+        md += "\n![grid](figures/grid.png)\n\nColumns: content (or label map) | style | output | target.\n";
+        return Ok(md);
+    }
     md += &markdown_table(
         &[
             "metric",

@@ -82,11 +82,11 @@ fn hinge_d(logits: &Tensor, real: bool) -> Tensor {
     }
 }
 
-/// The bottleneck input for a batch of `n`: N(0, 1) noise `n×3×2×2` for style transfer, ε of
+/// The bottleneck input for a batch of `n`: N(0, 1) noise `n×3×2×2a` for style transfer, ε of
 /// the VAE's latent size, or nothing; drawn from LibTorch's generator.
 pub fn draw_noise(c: &Config, n: i64, dev: tch::Device) -> Option<Tensor> {
     if c.task.is_ast() {
-        Some(Tensor::randn([n, 3, 2, 2], (Kind::Float, dev)))
+        Some(Tensor::randn([n, 3, 2, 2 * c.aspect], (Kind::Float, dev)))
     } else if c.model.vae {
         Some(Tensor::randn([n, c.model.z_dim], (Kind::Float, dev)))
     } else {
@@ -234,7 +234,7 @@ pub fn bench_setup(paper_scale: bool, dev: tch::Device) -> (Gan, Config, [Tensor
         Perceptual::vgg_mini(dev, 10)
     };
     p.vs.freeze();
-    let g = crate::model::Tsit::new(&c.model, c.size, 3, true, true, dev);
+    let g = crate::model::Tsit::new(&c.model, (c.size, c.size), 3, true, true, dev);
     let d = Discriminator::new(&c.model, 3, dev);
     let opt_g = adam(&c.optim, &g.vs);
     let opt_d = adam(&c.optim, &d.vs);
