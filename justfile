@@ -43,7 +43,7 @@ bench: setup
 
 # Each step in Rust and in its PyTorch-eager twin, alternately; writes docs/performance.md
 bench-compare: setup
-    source scripts/env.sh && cargo build --release -p jem --example step_time -p robust-transfer --example rt_step_time -p deepthin --example dt_step_time && python bench/compare.py
+    source scripts/env.sh && cargo build --release -p jem --example step_time -p robust-transfer --example rt_step_time -p deepthin --example dt_step_time -p tsit --example ts_step_time && python bench/compare.py
 
 # cargo fmt --check and clippy with warnings as errors
 lint: setup

@@ -24,6 +24,8 @@ RT_RUST = os.path.join(EXAMPLES, "rt_step_time")
 RT_TWIN = os.path.join(ROOT, "bench", "pytorch", "rt_step.py")
 DT_RUST = os.path.join(EXAMPLES, "dt_step_time")
 DT_TWIN = os.path.join(ROOT, "bench", "pytorch", "dt_step.py")
+TS_RUST = os.path.join(EXAMPLES, "ts_step_time")
+TS_TWIN = os.path.join(ROOT, "bench", "pytorch", "ts_step.py")
 
 
 def jem(arch, k, iters, what):
@@ -49,6 +51,13 @@ def dt(what, iters):
     return cmds
 
 
+def ts(scale, iters):
+    def cmds(threads):
+        args = [scale, str(iters), str(threads)]
+        return [TS_RUST] + args, [sys.executable, TS_TWIN] + args
+    return cmds
+
+
 # (name, shape, commands, FLOPs of the step)
 # Per-image forward FLOPs: mnist-cnn 3.14 M, digits-mlp 0.169 M (2 * MACs); batch 64.
 # robust-transfer: SmallCNN w=1 3.84 MFLOP per 28x28 image, ResNet-50 8.18 GFLOP per 224x224 image;
@@ -69,6 +78,13 @@ STEPS = [
     # distillation of the thin depth-16 MLP (16.5 k MAC per sample); 3 passes at 2 FLOP per MAC.
     ("deepthin imitation step, one block", "128x256, w=16, W=256", dt("imitate", 300), 6 * 128 * 8448),
     ("deepthin distillation step, depth-16 MLP", "128x784, w=16", dt("kd", 300), 6 * 128 * 16.5e3),
+    # TSIT, one G step then one D step: B·(4·G + 10·D + 3·P) MAC (spec §8) at 2 FLOP per MAC, with
+    # G (both streams) 0.0724 GMAC, D 0.0023, VGG-mini 0.0111 per 32x32 image; at 256x256 with the
+    # official widths G 96.9, D 1.49, VGG-19 to relu5_1 23.7 GMAC.
+    ("TSIT iteration (G + D step), small scale", "8x3x32x32, nf 16", ts("small", 20),
+     2 * 8 * (4 * 0.0724 + 10 * 0.0023 + 3 * 0.0111) * 1e9),
+    ("TSIT iteration (G + D step), 256x256 official widths", "1x3x256x256, nf 64", ts("256", 2),
+     2 * 1 * (4 * 96.9 + 10 * 1.49 + 3 * 23.7) * 1e9),
 ]
 
 
@@ -96,7 +112,7 @@ def main():
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
     a = ap.parse_args()
-    for exe in (JEM_RUST, RT_RUST, DT_RUST):
+    for exe in (JEM_RUST, RT_RUST, DT_RUST, TS_RUST):
         if not os.path.exists(exe):
             sys.exit(f"{exe} is missing: `just bench-compare` builds it")
     peak = matmul_peak(a.threads)
@@ -121,8 +137,9 @@ def main():
         "# Performance",
         "",
         "Written by `just bench-compare` (`bench/compare.py`). Each step is timed in reprise (Rust, the",
-        "`step_time`, `rt_step_time` and `dt_step_time` examples of the `jem`, `robust-transfer` and `deepthin`",
-        "crates) and in its PyTorch-eager twin (`bench/pytorch/jem_step.py`, `rt_step.py`, `dt_step.py`),",
+        "`step_time`, `rt_step_time`, `dt_step_time` and `ts_step_time` examples of the `jem`, `robust-transfer`,",
+        "`deepthin` and `tsit` crates) and in its PyTorch-eager twin (`bench/pytorch/jem_step.py`, `rt_step.py`,",
+        "`dt_step.py`, `ts_step.py`),",
         f"alternately, {a.reps} repetitions, each the median over its iterations after 3 warm-up iterations;",
         "the table shows the median of the repetitions. Same libtorch (PyTorch 2.11.0), same shapes, float32,",
         f"{a.threads} intra-op thread(s). The PyTorch twin also draws its batches inside the timed loop; reprise's",
@@ -139,7 +156,9 @@ def main():
     lines += ["", "FLOPs are analytic: a forward of the batch is F; a JEM iteration with K SGLD steps is (2K + 9)·F",
               "(K forward + input-backward pairs, then three loss forwards with full backwards); an SGLD step is 2F;",
               "a PGD-k adversarial training step with use-best is (2k + 4)·F (k forward + input-backward pairs, the",
-              "use-best forward, then a forward and full backward); a standard step is 3F.", ""]
+              "use-best forward, then a forward and full backward); a standard step is 3F; a TSIT iteration is",
+              "B·(4G + 10D + 3P) MAC (spec §8: G fwd+bwd and D on fake and real in the G step, the perceptual net",
+              "on target and fake, then a G forward and D fwd+bwd on both halves in the D step).", ""]
     out = os.path.join(ROOT, "docs", "performance.md")
     # Hand-written sections after the marker (analysis, the GPU table) are kept.
     marker = "<!-- end of the generated part -->"

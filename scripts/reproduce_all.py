@@ -41,7 +41,7 @@ PAPERS = {
     "jem": ("Your Classifier is Secretly an Energy Based Model (ICLR 2020)", "docs/jem.md"),
     "robust-transfer": ("Do Adversarially Robust ImageNet Models Transfer Better? (NeurIPS 2020)", "docs/robust-transfer.md"),
     "deepthin": ("Go Wide, Then Narrow: Efficient Training of Deep Thin Networks (ICML 2020)", "docs/deepthin.md"),
-    "tsit": ("TSIT: A Simple and Versatile Framework for Image-to-Image Translation (ECCV 2020)", None),
+    "tsit": ("TSIT: A Simple and Versatile Framework for Image-to-Image Translation (ECCV 2020)", "docs/tsit.md"),
 }
 
 

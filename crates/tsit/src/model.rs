@@ -239,6 +239,8 @@ pub struct FadeBlock {
     gb_b: Tensor,
     rm: Vec<Tensor>,
     rv: Vec<Tensor>,
+    /// The parameter-free BN's ε (1e-5; the batch-1 diagnostic also measures with ≈ 0).
+    pub eps: f64,
 }
 
 impl FadeBlock {
@@ -268,6 +270,7 @@ impl FadeBlock {
             gb_b: (&p / "gamma_beta").var("bias", &[k * fin], Init::Const(0.0)),
             rm,
             rv,
+            eps: 1e-5,
         }
     }
 
@@ -279,7 +282,7 @@ impl FadeBlock {
             Some(&self.rv[n]),
             mode.bn_train,
             0.1,
-            1e-5,
+            self.eps,
             false,
         )
     }
@@ -998,6 +1001,19 @@ mod tests {
         let off = g.forward(&inp, mode).image;
         let diff = (&on - &off).abs().max().double_value(&[]);
         assert!(diff < 1e-4, "{diff}");
+        // The cancellation is exact up to BN's ε: BN(a·x + b) = BN(x) needs a²σ² + ε = a²(σ² + ε).
+        for b in g.blocks.iter_mut() {
+            b.eps = 1e-12;
+        }
+        g.fadain_at = vec![true; learned.len()];
+        let on0 = g.forward(&inp, mode).image;
+        g.fadain_at = learned.iter().map(|l| !l).collect();
+        let off0 = g.forward(&inp, mode).image;
+        let diff0 = (&on0 - &off0).abs().max().double_value(&[]);
+        assert!(diff0 < 1e-5 && diff0 <= diff, "{diff0} vs {diff}");
+        for b in g.blocks.iter_mut() {
+            b.eps = 1e-5;
+        }
         g.fadain_at = learned.clone();
         let off_identity = g.forward(&inp, mode).image;
         assert!((&on - &off_identity).abs().max().double_value(&[]) > 1e-3);

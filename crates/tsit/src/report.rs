@@ -92,10 +92,13 @@ pub fn report_run(dir: &Path) -> Result<String> {
         num(&s["fidp_floor"])
     );
     if let Some(d) = s["bn1_cancel_max_diff"].as_f64() {
+        let d0 = s["bn1_cancel_max_diff_eps0"]
+            .as_f64()
+            .map_or(String::new(), |v| format!("; {v:.1e} with BN ε = 1e-12"));
         let _ = writeln!(
             md,
-            "\nbn1-cancel diagnostic (B = 1, train-mode BN; FAdaIN off at learned-skip blocks): max |Δ| = {d:.2e} ({}).",
-            if d < 1e-4 { "passes" } else { "FAILS" }
+            "\nbn1-cancel diagnostic (B = 1, train-mode BN; FAdaIN off at learned-skip blocks): max |Δ| = {d:.2e} with the model's BN ε = 1e-5 ({}){d0}.",
+            if d < 1e-4 { "below 1e-4" } else { "above 1e-4" }
         );
     }
     if let Some(a) = s["alpha_sweep"].as_array() {
@@ -377,27 +380,38 @@ fn claims_at(arms: &BTreeMap<String, ArmValues>, which: &str) -> (Option<String>
         ));
         verdict = Some("reported, not gated".to_string());
     }
-    let bn1: Vec<f64> = arms
+    // The batch-1 diagnostic is a check of the port (spec §6.4), reported beside the claims
+    // and not part of the experiment's verdict, which A1–A3 / S1–S3 decide (spec §6.6).
+    let bn1: Vec<(f64, f64)> = arms
         .values()
         .flat_map(|a| {
-            a.by_seed
-                .values()
-                .filter_map(|s| s["bn1_cancel_max_diff"].as_f64())
+            a.by_seed.values().filter_map(|s| {
+                Some((
+                    s["bn1_cancel_max_diff"].as_f64()?,
+                    s["bn1_cancel_max_diff_eps0"].as_f64().unwrap_or(f64::NAN),
+                ))
+            })
         })
         .collect();
     if !bn1.is_empty() && which == "final" {
-        let worst = bn1.iter().cloned().fold(0.0, f64::max);
+        let worst = bn1.iter().map(|b| b.0).fold(0.0, f64::max);
+        let worst0 = bn1.iter().map(|b| b.1).fold(0.0, f64::max);
         rows.push(row(
             "bn1",
-            "batch-1 diagnostic: FAdaIN is cancelled at learned-skip blocks (max |Δ| < 1e-4; port check)",
-            "spec §3.3",
-            format!("max |Δ| = {worst:.2e} over {} runs", bn1.len()),
+            "port check, not a claim: with B = 1 and train-mode BN, FAdaIN before learned-skip blocks is cancelled (max abs Δ < 1e-4)",
+            "spec §3.3 / §6.4",
+            format!(
+                "max abs Δ = {worst:.2e} with the model's BN ε = 1e-5 (per run {}); {}",
+                bn1.iter().map(|b| format!("{:.1e}", b.0)).collect::<Vec<_>>().join(", "),
+                if bn1.iter().any(|b| b.1.is_nan()) {
+                    "with ε = 1e-12 not measured in these runs".to_string()
+                } else {
+                    format!("{worst0:.1e} with ε = 1e-12")
+                }
+            ),
             Some(worst < 1e-4),
-            true,
+            false,
         ));
-        if worst >= 1e-4 {
-            verdict = Some("does not pass (bn1-cancel fails)".into());
-        }
     }
     (verdict, rows)
 }
@@ -502,7 +516,55 @@ pub fn report_sweep(dir: &Path, runs: &[RunSummary]) -> Result<String> {
         "\nOn that basis: {}.\n",
         verdict2.unwrap_or_else(|| "incomplete".into())
     );
-    md += "\nPer run: each run folder's `report.md` and `figures/grid.png` (content | style | output | target).\n";
+    // The α sweep at test, averaged over the full arm's seeds (trained with α = 1).
+    if let Some(full) = arms.get("full") {
+        let mut by_alpha: BTreeMap<String, Vec<(f64, f64, f64)>> = BTreeMap::new();
+        for s in full.by_seed.values() {
+            for e in s["alpha_sweep"].as_array().into_iter().flatten() {
+                let m = &e["metrics"];
+                by_alpha
+                    .entry(format!("{}", num(&e["alpha"])))
+                    .or_default()
+                    .push((
+                        num(&m["style_err"]),
+                        num(&m["content_acc"]),
+                        num(&m["fidp"]),
+                    ));
+            }
+            if let Some(f) = s["final"].as_object() {
+                by_alpha.entry("1 (trained)".into()).or_default().push((
+                    num(&f["style_err"]),
+                    f.get("content_acc").map_or(f64::NAN, num),
+                    num(&f["fidp"]),
+                ));
+            }
+        }
+        if by_alpha.len() > 1 {
+            md += "\n## FAdaIN α at test (the full arm, trained with α = 1; spec §3.10)\n\n";
+            let rows: Vec<Vec<String>> = by_alpha
+                .iter()
+                .map(|(a, v)| {
+                    let col = |f: fn(&(f64, f64, f64)) -> f64| {
+                        fmt_mean_std(&v.iter().map(f).collect::<Vec<_>>(), 4)
+                    };
+                    vec![a.clone(), col(|x| x.0), col(|x| x.1), col(|x| x.2)]
+                })
+                .collect();
+            md += &markdown_table(&["α", "StyleErr", "content acc", "FIDp"], &rows);
+        }
+    }
+    md += "\n## Image grids (first seed of each arm): content or label map | style | output | target\n\n";
+    let mut shown = std::collections::BTreeSet::new();
+    for r in runs {
+        let arm = r.summary["arm"].as_str().unwrap_or("?").to_string();
+        if r.dir.join("figures/grid.png").is_file() && shown.insert(arm.clone()) {
+            let _ = writeln!(
+                md,
+                "**{arm}** (`{}`)\n\n![{arm}]({}/figures/grid.png)\n",
+                r.name, r.name
+            );
+        }
+    }
     Claims { verdict: v, claims }.write(dir)?;
     Ok(md)
 }
