@@ -226,7 +226,9 @@ pub fn bench_setup(paper_scale: bool, dev: tch::Device) -> (Gan, Config, [Tensor
          batch: 8\niterations: 1\nloss: { lambda_feat: 1.0, lambda_vgg: 0.25 }\noptim: { lr_g: 1.0e-4, lr_d: 4.0e-4 }\n\
          perceptual: { random: { seed: 0 } }\neval: { every: 1, n_test: 2, net_epochs: 1 }\ncheckpoint_every: 1\n"
     };
-    let c: Config = serde_norway::from_str(yaml).expect("the benchmark config parses");
+    // Through a JSON value, as specs are read (enums in their map form).
+    let v: serde_json::Value = serde_norway::from_str(yaml).expect("the benchmark config is YAML");
+    let c: Config = serde_json::from_value(v).expect("the benchmark config parses");
     tch::manual_seed(0);
     let mut p = if paper_scale {
         Perceptual::vgg19_layout(dev)
@@ -250,4 +252,36 @@ pub fn bench_setup(paper_scale: bool, dev: tch::Device) -> (Gan, Config, [Tensor
     let x = Tensor::rand(shape, (Kind::Float, dev)) * 2.0 - 1.0;
     let s = Tensor::rand(shape, (Kind::Float, dev)) * 2.0 - 1.0;
     (gan, c, [x, s])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_benchmark_iteration_runs_and_updates_both_networks() {
+        let (mut gan, c, [x, s]) = bench_setup(false, tch::Device::Cpu);
+        let g0: Vec<Tensor> = gan.g.vs().trainable_variables().iter().map(|t| t.copy()).collect();
+        let d0: Vec<Tensor> = gan.d.vs.trainable_variables().iter().map(|t| t.copy()).collect();
+        let st = gan.step(&c, &x, Some(&s), &s, &x, (1e-4, 4e-4)).unwrap();
+        assert!(st.g_gan.is_finite() && st.g_fm > 0.0 && st.g_vgg > 0.0);
+        assert!(st.d_real > 0.0 && st.d_fake > 0.0);
+        let moved = |before: &[Tensor], after: Vec<Tensor>| {
+            before.iter().zip(after).filter(|(a, b)| !a.equal(b)).count()
+        };
+        // Every generator parameter took an update, and every discriminator parameter but the
+        // two logit biases: at init D ≈ 0 on both halves, so the hinge gradient of a logit
+        // bias is mean(−1[real < 1]) + mean(1[fake > −1]) = −1 + 1 = 0 exactly.
+        assert_eq!(moved(&g0, gan.g.vs().trainable_variables()), g0.len());
+        assert_eq!(moved(&d0, gan.d.vs.trainable_variables()), d0.len() - 2);
+        // D is trainable again after the generator step.
+        assert!(gan.d.vs.trainable_variables().iter().all(|t| t.requires_grad()));
+        assert!((lr_factor(&c.optim, 0, 10) - 1.0).abs() < 1e-12);
+        let decay = OptimConfig {
+            decay_from: 0.5,
+            ..c.optim.clone()
+        };
+        assert!((lr_factor(&decay, 5, 10) - 1.0).abs() < 1e-12);
+        assert!((lr_factor(&decay, 8, 10) - 0.4).abs() < 1e-12);
+    }
 }
