@@ -685,7 +685,7 @@ impl Generator for P2phd {
         for (a, b) in &self.res {
             let y = instance_norm(&a.forward(&h.reflection_pad2d([1, 1, 1, 1]), mode)).relu();
             let y = instance_norm(&b.forward(&y.reflection_pad2d([1, 1, 1, 1]), mode));
-            h += y;
+            h = &h + y;
         }
         for (w, b) in &self.ups {
             h = h.conv_transpose2d(w, Some(b), [2], [1], [1], 1, [1]);
@@ -929,10 +929,15 @@ mod tests {
             noise: None,
             real: None,
         };
-        assert_eq!(
-            p.forward(&inp, Mode::TRAIN).image.size(),
-            vec![2, 3, 32, 32]
-        );
+        let img = p.forward(&inp, Mode::TRAIN).image;
+        assert_eq!(img.size(), vec![2, 3, 32, 32]);
+        // Backward through every generator (no in-place update of a saved tensor).
+        img.sum(Kind::Float).backward();
+        out.image.sum(Kind::Float).backward();
+        y.sum(Kind::Float).backward();
+        for vs in [&p.vs, &v.vs, &g.vs] {
+            assert!(vs.trainable_variables().iter().all(|t| t.grad().defined()));
+        }
     }
 
     #[test]
