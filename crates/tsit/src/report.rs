@@ -520,21 +520,26 @@ pub fn report_sweep(dir: &Path, runs: &[RunSummary]) -> Result<String> {
     if let Some(full) = arms.get("full") {
         let mut by_alpha: BTreeMap<String, Vec<(f64, f64, f64)>> = BTreeMap::new();
         for s in full.by_seed.values() {
+            // Content kept: the digit classifier's accuracy, or the segmenter's mIoU (scenes).
+            let kept = |m: &Value| {
+                if m["content_acc"].is_null() {
+                    num(&m["seg_miou"])
+                } else {
+                    num(&m["content_acc"])
+                }
+            };
             for e in s["alpha_sweep"].as_array().into_iter().flatten() {
                 let m = &e["metrics"];
                 by_alpha
                     .entry(format!("{}", num(&e["alpha"])))
                     .or_default()
-                    .push((
-                        num(&m["style_err"]),
-                        num(&m["content_acc"]),
-                        num(&m["fidp"]),
-                    ));
+                    .push((num(&m["style_err"]), kept(m), num(&m["fidp"])));
             }
-            if let Some(f) = s["final"].as_object() {
+            let f = &s["final"];
+            if f.is_object() {
                 by_alpha.entry("1 (trained)".into()).or_default().push((
                     num(&f["style_err"]),
-                    f.get("content_acc").map_or(f64::NAN, num),
+                    kept(f),
                     num(&f["fidp"]),
                 ));
             }
@@ -550,7 +555,10 @@ pub fn report_sweep(dir: &Path, runs: &[RunSummary]) -> Result<String> {
                     vec![a.clone(), col(|x| x.0), col(|x| x.1), col(|x| x.2)]
                 })
                 .collect();
-            md += &markdown_table(&["α", "StyleErr", "content acc", "FIDp"], &rows);
+            md += &markdown_table(
+                &["α", "StyleErr", "content acc (digits) / seg mIoU (scenes)", "FIDp"],
+                &rows,
+            );
         }
     }
     md += "\n## Image grids (first seed of each arm): content or label map | style | output | target\n\n";
