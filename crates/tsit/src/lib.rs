@@ -213,11 +213,8 @@ fn cache_dir(ctx: &RunContext) -> std::path::PathBuf {
 
 fn perceptual(c: &Config, d: &TaskData, dir: &Path, dev: Device) -> Result<Perceptual> {
     match &c.perceptual {
-        PerceptualConfig::Vgg19 { path } => Perceptual::vgg19(dev, path),
-        PerceptualConfig::Random { seed } => {
-            let mut p = Perceptual::vgg_mini_random(dev, *seed);
-            p.vs.freeze();
-            Ok(p)
+        PerceptualConfig::Vgg19 { .. } | PerceptualConfig::Random { .. } => {
+            perceptual_fixed(c, dev)
         }
         PerceptualConfig::Trained { epochs, seed } => {
             let k = if c.task == Task::DigitsAst { 10 } else { 6 };

@@ -556,7 +556,12 @@ pub fn report_sweep(dir: &Path, runs: &[RunSummary]) -> Result<String> {
                 })
                 .collect();
             md += &markdown_table(
-                &["α", "StyleErr", "content acc (digits) / seg mIoU (scenes)", "FIDp"],
+                &[
+                    "α",
+                    "StyleErr",
+                    "content acc (digits) / seg mIoU (scenes)",
+                    "FIDp",
+                ],
                 &rows,
             );
         }

@@ -95,6 +95,36 @@ pub fn draw_noise(c: &Config, n: i64, dev: tch::Device) -> Option<Tensor> {
 }
 
 impl Gan {
+    /// G's input for a batch with fresh bottleneck noise (or a fresh ε for the VAE).
+    fn input<'a>(
+        c: &Config,
+        content: &'a Tensor,
+        style: Option<&'a Tensor>,
+        real: &'a Tensor,
+        noise: &'a Option<Tensor>,
+    ) -> GenInput<'a> {
+        GenInput {
+            content,
+            style,
+            noise: noise.as_ref(),
+            real: c.model.vae.then_some(real),
+        }
+    }
+
+    /// D on the fake and the real half in one call (batch-concatenated).
+    fn d_pass(&self, content: &Tensor, fake: &Tensor, real: &Tensor) -> Vec<Vec<Tensor>> {
+        self.d.forward(
+            &Tensor::cat(
+                &[
+                    d_input(content, fake, self.conditional_d),
+                    d_input(content, real, self.conditional_d),
+                ],
+                0,
+            ),
+            Mode::TRAIN,
+        )
+    }
+
     /// One iteration on a batch at learning rates `(lr_g, lr_d)`. Errors (with the losses)
     /// when a loss is not finite or beyond `guard`, before any update.
     #[allow(clippy::too_many_arguments)]
@@ -112,24 +142,11 @@ impl Gan {
         let mut st = StepStats::default();
         // Generator step: D's weights take no gradient (they are frozen for this pass).
         let noise = draw_noise(c, n, dev);
-        let inp = GenInput {
-            content,
-            style,
-            noise: noise.as_ref(),
-            real: c.model.vae.then_some(real),
-        };
-        let out = self.g.forward(&inp, Mode::TRAIN);
+        let out = self
+            .g
+            .forward(&Self::input(c, content, style, real, &noise), Mode::TRAIN);
         self.d.vs.freeze();
-        let pred = self.d.forward(
-            &Tensor::cat(
-                &[
-                    d_input(content, &out.image, self.conditional_d),
-                    d_input(content, real, self.conditional_d),
-                ],
-                0,
-            ),
-            Mode::TRAIN,
-        );
+        let pred = self.d_pass(content, &out.image, real);
         let num_d = pred.len() as f64;
         let mut gan = Tensor::zeros([], (Kind::Float, dev));
         let mut fm = Tensor::zeros([], (Kind::Float, dev));
@@ -170,23 +187,9 @@ impl Gan {
         self.d.vs.unfreeze();
         // Discriminator step on a fresh fake (new noise / new z), generated without gradient.
         let noise = draw_noise(c, n, dev);
-        let inp = GenInput {
-            content,
-            style,
-            noise: noise.as_ref(),
-            real: c.model.vae.then_some(real),
-        };
+        let inp = Self::input(c, content, style, real, &noise);
         let fake = tch::no_grad(|| self.g.forward(&inp, Mode::TRAIN).image);
-        let pred = self.d.forward(
-            &Tensor::cat(
-                &[
-                    d_input(content, &fake, self.conditional_d),
-                    d_input(content, real, self.conditional_d),
-                ],
-                0,
-            ),
-            Mode::TRAIN,
-        );
+        let pred = self.d_pass(content, &fake, real);
         let mut d_fake = Tensor::zeros([], (Kind::Float, dev));
         let mut d_real = Tensor::zeros([], (Kind::Float, dev));
         for scale in &pred {
@@ -261,13 +264,29 @@ mod tests {
     #[test]
     fn the_benchmark_iteration_runs_and_updates_both_networks() {
         let (mut gan, c, [x, s]) = bench_setup(false, tch::Device::Cpu);
-        let g0: Vec<Tensor> = gan.g.vs().trainable_variables().iter().map(|t| t.copy()).collect();
-        let d0: Vec<Tensor> = gan.d.vs.trainable_variables().iter().map(|t| t.copy()).collect();
+        let g0: Vec<Tensor> = gan
+            .g
+            .vs()
+            .trainable_variables()
+            .iter()
+            .map(|t| t.copy())
+            .collect();
+        let d0: Vec<Tensor> = gan
+            .d
+            .vs
+            .trainable_variables()
+            .iter()
+            .map(|t| t.copy())
+            .collect();
         let st = gan.step(&c, &x, Some(&s), &s, &x, (1e-4, 4e-4)).unwrap();
         assert!(st.g_gan.is_finite() && st.g_fm > 0.0 && st.g_vgg > 0.0);
         assert!(st.d_real > 0.0 && st.d_fake > 0.0);
         let moved = |before: &[Tensor], after: Vec<Tensor>| {
-            before.iter().zip(after).filter(|(a, b)| !a.equal(b)).count()
+            before
+                .iter()
+                .zip(after)
+                .filter(|(a, b)| !a.equal(b))
+                .count()
         };
         // Every generator parameter took an update, and every discriminator parameter but the
         // two logit biases: at init D ≈ 0 on both halves, so the hinge gradient of a logit
@@ -275,7 +294,12 @@ mod tests {
         assert_eq!(moved(&g0, gan.g.vs().trainable_variables()), g0.len());
         assert_eq!(moved(&d0, gan.d.vs.trainable_variables()), d0.len() - 2);
         // D is trainable again after the generator step.
-        assert!(gan.d.vs.trainable_variables().iter().all(|t| t.requires_grad()));
+        assert!(gan
+            .d
+            .vs
+            .trainable_variables()
+            .iter()
+            .all(|t| t.requires_grad()));
         assert!((lr_factor(&c.optim, 0, 10) - 1.0).abs() < 1e-12);
         let decay = OptimConfig {
             decay_from: 0.5,
