@@ -186,7 +186,7 @@ fn bad_specs_give_one_clear_error() {
     assert_clean_error(&runner(p, &["run", "t/nope"]), "no experiment `t/nope`");
     assert_clean_error(
         &runner(p, &["run", "t/tiny", "paper=nope"]),
-        "unknown paper `nope`",
+        "the spec has no `nope:` section",
     );
     write(p, "ext.yaml", "extends: missing.yaml\nname: x\n");
     assert_clean_error(
