@@ -729,7 +729,10 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
                 &b.target.to_device(dev),
                 (c.optim.lr_g * f, c.optim.lr_d * f),
             )
-            .map_err(|why| Error::Diverged { step, why })?;
+            .map_err(|e| match e {
+                train::StepError::Diverged(why) => Error::Diverged { step, why },
+                train::StepError::Torch(why) => Error::msg(format!("step {step}: {why}")),
+            })?;
         step += 1;
         train_secs += t0.elapsed().as_secs_f64();
         for (s, v) in sums

@@ -32,6 +32,16 @@ pub fn lr_factor(o: &OptimConfig, step: u64, total: u64) -> f64 {
     }
 }
 
+/// Why an iteration stopped before its update.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StepError {
+    /// A loss was not finite or beyond the guard: the training diverged.
+    Diverged(String),
+    /// LibTorch refused the step (an autograd error names the operation): a bug, reported as
+    /// an error rather than a panic.
+    Torch(String),
+}
+
 /// What one iteration measured.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct StepStats {
@@ -136,7 +146,7 @@ impl Gan {
         real: &Tensor,
         target: &Tensor,
         lr: (f64, f64),
-    ) -> std::result::Result<StepStats, String> {
+    ) -> std::result::Result<StepStats, StepError> {
         let dev = real.device();
         let n = real.size()[0];
         let mut st = StepStats::default();
@@ -176,13 +186,17 @@ impl Gan {
         st.g_vgg = vgg.double_value(&[]);
         if !lv.is_finite() || lv.abs() > c.guard_loss {
             self.d.vs.unfreeze();
-            return Err(format!(
+            return Err(StepError::Diverged(format!(
                 "generator loss {lv:.3e} (hinge {:.3e}, FM {:.3e}, perceptual {:.3e}) is not finite or beyond ±{:.0e}",
                 st.g_gan, st.g_fm, st.g_vgg, c.guard_loss
-            ));
+            )));
         }
         self.opt_g.zero_grad();
-        loss.backward();
+        let backward = loss.f_backward();
+        if let Err(e) = backward {
+            self.d.vs.unfreeze();
+            return Err(StepError::Torch(format!("generator backward: {e}")));
+        }
         self.opt_g.step(lr.0);
         self.d.vs.unfreeze();
         // Discriminator step on a fresh fake (new noise / new z), generated without gradient.
@@ -202,13 +216,15 @@ impl Gan {
         st.d_fake = d_fake.double_value(&[]) / num_d;
         st.d_real = d_real.double_value(&[]) / num_d;
         if !dv.is_finite() || dv.abs() > c.guard_loss {
-            return Err(format!(
+            return Err(StepError::Diverged(format!(
                 "discriminator loss {dv:.3e} is not finite or beyond ±{:.0e}",
                 c.guard_loss
-            ));
+            )));
         }
         self.opt_d.zero_grad();
-        d_loss.backward();
+        d_loss
+            .f_backward()
+            .map_err(|e| StepError::Torch(format!("discriminator backward: {e}")))?;
         self.opt_d.step(lr.1);
         Ok(st)
     }
