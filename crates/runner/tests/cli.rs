@@ -1060,3 +1060,35 @@ fn a_diverging_tsit_run_stops_naming_the_step_and_keeps_its_checkpoints() {
     assert!(!run.join("summary.json").exists());
     assert!(fs::read_dir(run.join("checkpoints")).unwrap().count() > 0);
 }
+
+#[test]
+fn tsit_test_time_batch_statistics_are_an_option() {
+    let d = setup();
+    let p = d.path();
+    write(p, "tiny-ts.yaml", TINY_TS);
+    let mut finals = Vec::new();
+    for (out, bn) in [("a", "false"), ("b", "true")] {
+        let o = runner(
+            p,
+            &[
+                "run",
+                "t/tiny-ts",
+                "--out",
+                out,
+                "--threads",
+                "1",
+                "tsit.iterations=10",
+                &format!("tsit.eval.train_bn={bn}"),
+            ],
+        );
+        assert!(o.status.success(), "{}", text(&o));
+        let s = summary(&runs_under(&p.join(out).join("tiny-ts")).remove(0));
+        assert_eq!(
+            s["pfn"].as_str().unwrap().contains("and at test"),
+            bn == "true"
+        );
+        finals.push(s["final"]["l1"].as_f64().unwrap());
+    }
+    // The same trained weights, evaluated with running vs batch statistics, give other outputs.
+    assert_ne!(finals[0], finals[1]);
+}

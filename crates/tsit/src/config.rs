@@ -212,6 +212,10 @@ pub struct EvalConfig {
     /// Pairs shown in the image grid.
     #[serde(default = "grid")]
     pub grid: usize,
+    /// Batch statistics in the FADE norms at test, as the official test script does for MMIS
+    /// and photo→art (spec §3.4); running statistics otherwise (the default).
+    #[serde(default)]
+    pub train_bn: bool,
 }
 
 /// How a paper-scale dataset's folders are read (spec §7).

@@ -142,8 +142,9 @@ impl Evaluator {
         m
     }
 
-    /// The outputs of a generator on the whole test set (eval mode, the fixed per-pair noise).
-    pub fn generate(&self, g: &dyn Generator, vae: bool) -> Tensor {
+    /// The outputs of a generator on the whole test set (the fixed per-pair noise; running BN
+    /// statistics unless `mode` asks for batch statistics).
+    pub fn generate(&self, g: &dyn Generator, vae: bool, mode: Mode) -> Tensor {
         let t = &self.test;
         let n = t.content.size()[0];
         let dev = g.vs().device();
@@ -172,7 +173,7 @@ impl Evaluator {
                         noise: z.as_ref(),
                         real: vae.then_some(&real),
                     },
-                    Mode::EVAL,
+                    mode,
                 );
                 out.push(o.image.to_device(tch::Device::Cpu));
                 i += k;

@@ -294,7 +294,7 @@ fn write_test_outputs(
                         noise: noise.as_ref(),
                         real: c.model.vae.then_some(&img),
                     },
-                    Mode::EVAL,
+                    Mode::test(c.eval.train_bn),
                 )
                 .image
                 .to_device(Device::Cpu)
@@ -761,7 +761,7 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
             vals.push(("lr_factor".into(), f));
             (sums, n_log) = ([0.0; 6], 0);
             if let (true, Some(ev)) = (eval_now, &ev) {
-                let out = ev.generate(gan.g.as_ref(), vae);
+                let out = ev.generate(gan.g.as_ref(), vae, Mode::test(c.eval.train_bn));
                 for (k, v) in ev.metrics(&out) {
                     vals.push((format!("eval_{k}"), v));
                 }
@@ -819,7 +819,11 @@ fn final_eval(
     s.insert("batch".into(), json!(c.batch));
     s.insert(
         "pfn".into(),
-        json!("batch norm (batch statistics in training, running statistics at test)"),
+        json!(if c.eval.train_bn {
+            "batch norm (batch statistics in training and at test)"
+        } else {
+            "batch norm (batch statistics in training, running statistics at test)"
+        }),
     );
     s.insert("step_ms".into(), json_f64(step_ms));
     s.insert("params_g".into(), json!(model::param_count(gan.g.vs())));
@@ -847,7 +851,7 @@ fn final_eval(
                 .collect(),
         ),
     );
-    let out = ev.generate(gan.g.as_ref(), c.model.vae);
+    let out = ev.generate(gan.g.as_ref(), c.model.vae, Mode::test(c.eval.train_bn));
     let fin = ev.metrics(&out);
     s.insert("final".into(), metrics_json(&fin));
     // The mean of the last two evaluations (spec §6.5), beside the final one.
@@ -876,7 +880,7 @@ fn final_eval(
         let mut sweep = Vec::new();
         for &a in &c.eval.alphas {
             gan.g.set_alpha(a);
-            let m = ev.metrics(&ev.generate(gan.g.as_ref(), false));
+            let m = ev.metrics(&ev.generate(gan.g.as_ref(), false, Mode::test(c.eval.train_bn)));
             sweep.push(json!({"alpha": a, "metrics": metrics_json(&m)}));
         }
         gan.g.set_alpha(c.model.alpha);

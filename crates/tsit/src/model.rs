@@ -31,6 +31,14 @@ impl Mode {
         bn_train: false,
         sn_update: false,
     };
+
+    /// Evaluation with batch statistics in the FADE norms when `train_bn` (no power iteration).
+    pub fn test(train_bn: bool) -> Mode {
+        Mode {
+            bn_train: train_bn,
+            sn_update: false,
+        }
+    }
 }
 
 /// The initialisation of a weight `dims` (out, in, k, k) or (out, in).
