@@ -345,6 +345,23 @@ impl TaskData {
         }
     }
 
+    /// Moves the test set out (to the evaluator), leaving an empty one behind: the training
+    /// pool is all a run needs afterwards.
+    pub fn take_test(&mut self) -> TestSet {
+        let empty = || Tensor::zeros([0], (Kind::Float, Device::Cpu));
+        std::mem::replace(
+            &mut self.test,
+            TestSet {
+                content: empty(),
+                style: None,
+                oracle: empty(),
+                floor_set: empty(),
+                labels: empty(),
+                noise: empty(),
+            },
+        )
+    }
+
     /// Training examples in the pool.
     pub fn train_len(&self) -> usize {
         match self.task {

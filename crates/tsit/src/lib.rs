@@ -673,10 +673,10 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
         let p = perceptual_fixed(&c, dev)?;
         (Source::Folder(f), p, None, Map::new(), in_c)
     } else {
-        let d = TaskData::new(&c, &h.data)?;
+        let mut d = TaskData::new(&c, &h.data)?;
         let p = perceptual(&c, &d, &dir, dev)?;
         let (judges, judge_info) = judges(&c, &d, &dir, dev)?;
-        let test = TaskData::new(&c, &h.data)?.test;
+        let test = d.take_test();
         let in_c = if c.task == Task::ScenesSis { 7 } else { 3 };
         (
             Source::Small(d),
