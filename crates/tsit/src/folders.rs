@@ -93,6 +93,22 @@ fn unpaired(root: &Path, split: &str, cfg: &FolderConfig, train: bool) -> Result
         .collect())
 }
 
+/// A photo with its label map (`what` names it in the error when the map is missing).
+fn item(img: PathBuf, lab: PathBuf, inst: Option<PathBuf>, what: &str) -> Result<Item> {
+    if !lab.is_file() {
+        return Err(Error::Data(format!(
+            "{}: no {what} {}",
+            img.display(),
+            lab.display()
+        )));
+    }
+    Ok(Item {
+        a: lab,
+        b: img,
+        inst,
+    })
+}
+
 fn cityscapes(root: &Path, split: &str) -> Result<Vec<Item>> {
     let imgs = sorted_files(&root.join("leftImg8bit").join(split), &["_leftimg8bit.png"])?;
     imgs.into_iter()
@@ -104,18 +120,8 @@ fn cityscapes(root: &Path, split: &str) -> Result<Vec<Item>> {
             let gt = root.join("gtFine").join(split);
             let lab = gt.join(format!("{stem}_gtFine_labelIds.png"));
             let inst = gt.join(format!("{stem}_gtFine_instanceIds.png"));
-            if !lab.is_file() {
-                return Err(Error::Data(format!(
-                    "{}: no label map {}",
-                    img.display(),
-                    lab.display()
-                )));
-            }
-            Ok(Item {
-                a: lab,
-                b: img,
-                inst: inst.is_file().then_some(inst),
-            })
+            let inst = inst.is_file().then_some(inst);
+            item(img, lab, inst, "label map")
         })
         .collect()
 }
@@ -138,18 +144,7 @@ fn ade20k(root: &Path, split: &str) -> Result<Vec<Item>> {
                 .join("annotations")
                 .join(split)
                 .join(format!("{name}.png"));
-            if !lab.is_file() {
-                return Err(Error::Data(format!(
-                    "{}: no annotation {}",
-                    img.display(),
-                    lab.display()
-                )));
-            }
-            Ok(Item {
-                a: lab,
-                b: img,
-                inst: None,
-            })
+            item(img, lab, None, "annotation")
         })
         .collect()
 }

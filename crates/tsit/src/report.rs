@@ -16,7 +16,7 @@ fn num(v: &Value) -> f64 {
     v.as_f64().unwrap_or(f64::NAN)
 }
 
-const METRICS: [&str; 9] = [
+const METRICS: [&str; 8] = [
     "content_acc",
     "seg_miou",
     "seg_acc",
@@ -25,17 +25,14 @@ const METRICS: [&str; 9] = [
     "hist_dist",
     "l1",
     "psnr",
-    "fidp",
 ];
 
 fn metric_rows(s: &Value, which: &str) -> Vec<Vec<String>> {
     let mut rows = Vec::new();
-    let mut seen = Vec::new();
     for m in METRICS {
-        if seen.contains(&m) || s[which][m].is_null() {
+        if s[which][m].is_null() {
             continue;
         }
-        seen.push(m);
         let mut row = vec![m.to_string(), format!("{:.4}", num(&s[which][m]))];
         row.push(format!("{:.4}", num(&s["last2"][m])));
         for r in ["identity", "pixadain", "oracle"] {
