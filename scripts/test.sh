@@ -9,8 +9,21 @@ runner=target/release/runner
 echo "== build"
 cargo build --release -p runner
 
-echo "== CUDA link: libtorch_cuda.so is linked and the runner starts without LD_LIBRARY_PATH"
-ldd "$runner" | grep -q 'libtorch_cuda.so' || { echo "libtorch_cuda.so is not linked into $runner" >&2; exit 1; }
+echo "== CUDA link: libtorch_cuda.so is linked (where LibTorch has it) and the runner starts without LD_LIBRARY_PATH"
+lib_dir="${LIBTORCH:+$LIBTORCH/lib}"
+lib_dir="${lib_dir:-${torch_lib:-}}"
+if [ -e "$lib_dir/libtorch_cuda.so" ]; then
+    # ldd's whole output first: `ldd | grep -q` under pipefail can fail when grep exits on
+    # the first match while ldd is still writing (SIGPIPE).
+    libs="$(ldd "$runner")"
+    if ! grep -q 'libtorch_cuda.so' <<<"$libs"; then
+        echo "libtorch_cuda.so is in $lib_dir but not linked into $runner; ldd says:" >&2
+        echo "$libs" >&2
+        exit 1
+    fi
+else
+    echo "LibTorch at '$lib_dir' has no libtorch_cuda.so (a CPU-only build): nothing to link, check skipped"
+fi
 env -u LD_LIBRARY_PATH "$runner" info
 
 echo "== validate every experiment"
