@@ -239,16 +239,35 @@ impl ResNet {
         }
     }
 
+    /// Number of stages (`layer1`, `layer2`, ...).
+    pub fn num_stages(&self) -> usize {
+        self.stages.len()
+    }
+
+    /// The stem: `conv1`, `bn1`, ReLU, and the ImageNet stem's max-pool.
+    pub fn stem_t(&self, x: &Tensor, train: bool) -> Tensor {
+        let h = x.apply(&self.conv1).apply_t(&self.bn1, train).relu();
+        if self.stem == Stem::Imagenet {
+            h.max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false)
+        } else {
+            h
+        }
+    }
+
+    /// Stage `i` (0-based: `layer{i+1}`) on the previous stage's output.
+    pub fn stage_t(&self, i: usize, x: &Tensor, train: bool) -> Tensor {
+        let mut h = x.shallow_clone();
+        for b in &self.stages[i] {
+            h = b.forward_t(&h, train);
+        }
+        h
+    }
+
     /// The globally average-pooled features before `fc`.
     pub fn features_t(&self, x: &Tensor, train: bool) -> Tensor {
-        let mut h = x.apply(&self.conv1).apply_t(&self.bn1, train).relu();
-        if self.stem == Stem::Imagenet {
-            h = h.max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
-        }
-        for s in &self.stages {
-            for b in s {
-                h = b.forward_t(&h, train);
-            }
+        let mut h = self.stem_t(x, train);
+        for i in 0..self.stages.len() {
+            h = self.stage_t(i, &h, train);
         }
         h.adaptive_avg_pool2d([1, 1]).flatten(1, -1)
     }
@@ -427,16 +446,36 @@ impl Wrn {
         }
     }
 
-    /// The pooled features.
-    pub fn features_t(&self, x: &Tensor, train: bool) -> Tensor {
-        let mut h = x.apply(&self.conv1);
-        for b in &self.blocks {
+    /// The stem convolution.
+    pub fn stem(&self, x: &Tensor) -> Tensor {
+        x.apply(&self.conv1)
+    }
+
+    /// Stage `i` of the three (0-based: `layer{i+1}`) on the previous stage's output.
+    pub fn stage_t(&self, i: usize, x: &Tensor, train: bool) -> Tensor {
+        let n = self.blocks.len() / 3;
+        let mut h = x.shallow_clone();
+        for b in &self.blocks[i * n..(i + 1) * n] {
             h = b.forward_t(&h, train);
         }
-        let h = self.act.apply(&self.bn.forward_t(&h, train));
+        h
+    }
+
+    /// The head's pooling on the last stage's output: `act(norm(·))`, 8×8 average pool.
+    pub fn pool_t(&self, h: &Tensor, train: bool) -> Tensor {
+        let h = self.act.apply(&self.bn.forward_t(h, train));
         let k = h.size()[2].min(8);
         h.avg_pool2d([k, k], [k, k], [0, 0], false, true, None)
             .flatten(1, -1)
+    }
+
+    /// The pooled features.
+    pub fn features_t(&self, x: &Tensor, train: bool) -> Tensor {
+        let mut h = self.stem(x);
+        for i in 0..3 {
+            h = self.stage_t(i, &h, train);
+        }
+        self.pool_t(&h, train)
     }
 
     /// Width of the features.
