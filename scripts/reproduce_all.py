@@ -32,6 +32,7 @@ EXPERIMENTS = [
     "jem/mnist-small",
     "robust-transfer/mnist-eps-sweep",
     "deepthin/mnist-mlp-depth",
+    "deepthin/mnist-residual",
     "deepthin/sort-transformer",
     "tsit/digits-ast",
     "tsit/scenes-sis",

@@ -15,7 +15,7 @@ fn steps(c: &mut Criterion) {
     let glue = Glue::random(16, 16, 256, dev);
     let w = Widened {
         thin: &net,
-        glue: &glue,
+        glue: Some(&glue),
     };
     let u = Tensor::randn([128, 256], (Kind::Float, dev));
     let target = Tensor::randn([128, 256], (Kind::Float, dev));

@@ -22,7 +22,7 @@ fn main() {
     let glue = Glue::random(depth, thin, wide, dev);
     let w = Widened {
         thin: &net,
-        glue: &glue,
+        glue: Some(&glue),
     };
     let x = Tensor::rand([batch, 784], (Kind::Float, dev));
     let u = Tensor::randn([batch, wide], (Kind::Float, dev));

@@ -18,16 +18,57 @@ pub struct Config {
     pub arms: BTreeMap<String, Arm>,
 }
 
-/// The deep plain MLP (architecture A of the specification): `n` ReLU blocks then a linear head.
+/// The thin network S and its wide teacher B: `kind` names the family, `thin` and `wide` the
+/// width each block is built with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MlpArch {
+    /// The family (default: the plain MLP).
+    #[serde(default)]
+    pub kind: ArchKind,
     /// Number of blocks n.
     pub depth: usize,
-    /// Thin width w.
+    /// Thin width w: the MLP's layer width, the residual block's hidden width, the encoder
+    /// layer's FFN width.
     pub thin: i64,
-    /// Wide width W.
+    /// Wide width W, the same quantity in the teacher.
     pub wide: i64,
+    /// The shared residual-stream width (`residual` and `encoder`).
+    #[serde(default)]
+    pub stream: Option<i64>,
+    /// Attention heads (`encoder`).
+    #[serde(default)]
+    pub heads: Option<ThinWide>,
+    /// Width of one attention head (`encoder`).
+    #[serde(default)]
+    pub head_dim: Option<ThinWide>,
+}
+
+/// A quantity for the thin network and for the wide one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ThinWide {
+    /// In S.
+    pub thin: i64,
+    /// In B.
+    pub wide: i64,
+}
+
+/// The network families.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ArchKind {
+    /// Architecture A: `n` blocks `ReLU(A h + b)` and a linear head. Block widths differ between
+    /// S and B, so imitation goes through linear pairs that are merged afterwards.
+    #[default]
+    Mlp,
+    /// Architecture B: an embedding to a shared stream, `n` residual blocks
+    /// `x + V ReLU(U x + a) + c` whose hidden width is widened, a linear head. No pairs.
+    Residual,
+    /// A pre-LayerNorm Transformer encoder over token sequences with a shared stream width,
+    /// whose heads and FFN are widened; per-position logits. No pairs; imitation compares the
+    /// non-affine LayerNorm of the stream.
+    Encoder,
 }
 
 /// An arm: its stages, and the depths it runs at (all when empty).
@@ -53,6 +94,9 @@ pub enum Stage {
     Merge,
     /// FitNets: one hint at block `block` through a linear regressor, training blocks 1..=block.
     Hint(HintStage),
+    /// Copies the teacher's head into the thin network (architectures with a shared stream
+    /// width, where the teacher's head reads the thin stream directly).
+    CopyHead,
 }
 
 /// Training with a loss for some epochs, Adam with a cosine schedule to 0.

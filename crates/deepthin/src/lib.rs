@@ -11,12 +11,14 @@
 pub mod config;
 pub mod model;
 pub mod report;
+pub mod stream;
 pub mod train;
 
 pub use config::Config;
 
-use crate::config::{Arm, Loss, Stage, TrainStage};
-use crate::model::{Glue, Mlp};
+use crate::config::{ArchKind, Arm, Loss, MlpArch, Stage, TrainStage};
+use crate::model::{Glue, Mlp, Net};
+use crate::stream::{EncoderShape, Residual};
 use crate::train::Data;
 use reprise_core::data;
 use reprise_core::run::{json_f64, Paper, RunContext};
@@ -48,6 +50,47 @@ pub fn validate(tree: &SpecTree) -> Result<(), SpecError> {
         "deepthin.arch.wide",
         a.wide >= a.thin,
         "must be at least the thin width",
+    )?;
+    let kind = a.kind;
+    let mlp = kind == ArchKind::Mlp;
+    tree.require(
+        "deepthin.arch.stream",
+        if mlp {
+            a.stream.is_none()
+        } else {
+            a.stream.is_some_and(|s| s >= 1)
+        },
+        if mlp {
+            "the plain MLP has no shared stream (its widths are thin and wide)"
+        } else {
+            "the shared stream width is needed (at least 1)"
+        },
+    )?;
+    let enc = kind == ArchKind::Encoder;
+    for (key, v) in [("heads", a.heads), ("head_dim", a.head_dim)] {
+        tree.require(
+            &format!("deepthin.arch.{key}"),
+            if enc {
+                v.is_some_and(|p| p.thin >= 1 && p.wide >= 1)
+            } else {
+                v.is_none()
+            },
+            if enc {
+                "the encoder needs { thin, wide }, both at least 1"
+            } else {
+                "only the encoder has attention heads"
+            },
+        )?;
+    }
+    let data: reprise_core::spec::DataSpec = tree.typed("data")?;
+    tree.require(
+        "data.dataset",
+        enc == (data.dataset == SORT_TASK),
+        if enc {
+            "the encoder runs on the token task `sort12`"
+        } else {
+            "`sort12` is a token task: it needs `arch.kind: encoder`"
+        },
     )?;
     tree.require("deepthin.batch", c.batch >= 1, "must be at least 1")?;
     tree.require(
@@ -88,11 +131,23 @@ pub fn validate(tree: &SpecTree) -> Result<(), SpecError> {
                         "epochs and lr must be positive",
                     )?;
                     tree.require(&sp, !glued, "a second imitation before a merge")?;
-                    glued = true;
+                    glued = mlp;
                 }
                 Stage::Merge => {
+                    tree.require(
+                        &sp,
+                        mlp,
+                        "nothing to merge: this family shares its stream width, so imitation uses no linear pairs",
+                    )?;
                     tree.require(&sp, glued, "a merge needs an imitation stage before it")?;
                     glued = false;
+                }
+                Stage::CopyHead => {
+                    tree.require(
+                        &sp,
+                        !mlp,
+                        "the MLP's teacher head reads the wide space: the merge folds it in, there is no head to copy",
+                    )?;
                 }
                 Stage::Hint(h) => {
                     tree.require(
@@ -117,19 +172,75 @@ pub fn validate(tree: &SpecTree) -> Result<(), SpecError> {
     Ok(())
 }
 
+/// The dataset name of the synthetic sorting task (spec §6.1): length-12 sequences over 10
+/// tokens, generated from `data.split_seed`.
+pub const SORT_TASK: &str = "sort12";
+
+/// A thin or wide network of the configured family.
+enum Model {
+    /// The plain MLP: the one family with linear pairs and a merge.
+    Mlp(Mlp),
+    /// A family with a shared stream width.
+    Stream(Box<dyn Net>),
+}
+
+impl Model {
+    fn net(&self) -> &dyn Net {
+        match self {
+            Model::Mlp(m) => m,
+            Model::Stream(n) => n.as_ref(),
+        }
+    }
+
+    /// Builds S (`wide` false) or B from the architecture, on `inp` input features (the
+    /// sequence length for the encoder).
+    fn build(
+        a: &MlpArch,
+        wide: bool,
+        inp: i64,
+        classes: i64,
+        dev: tch::Device,
+        seed: u64,
+    ) -> Model {
+        let pick = |p: config::ThinWide| if wide { p.wide } else { p.thin };
+        let width = if wide { a.wide } else { a.thin };
+        let stream = a.stream.unwrap_or(0);
+        match a.kind {
+            ArchKind::Mlp => Model::Mlp(Mlp::new(inp, width, a.depth, classes, dev, seed)),
+            ArchKind::Residual => Model::Stream(Box::new(Residual::new(
+                inp, stream, width, a.depth, classes, dev, seed,
+            ))),
+            ArchKind::Encoder => Model::Stream(Box::new(stream::Encoder::new(
+                EncoderShape {
+                    vocab: classes,
+                    length: inp,
+                    stream,
+                    heads: a.heads.map_or(1, pick),
+                    head_dim: a.head_dim.map_or(1, pick),
+                    ffn: width,
+                    depth: a.depth,
+                    classes,
+                },
+                dev,
+                seed,
+            ))),
+        }
+    }
+}
+
 /// The outcome of one arm.
 fn run_arm(
     name: &str,
     arm: &Arm,
     c: &Config,
     d: &Data,
-    teacher: &Mlp,
+    teacher: &Model,
     seed: u64,
 ) -> Result<Map<String, Value>> {
     let t0 = Instant::now();
-    let classes = teacher.head.w.size()[0];
+    let classes = *d.logits.size().last().expect("logits");
     let inp = d.x.size()[1];
-    let mut thin = Mlp::new(inp, c.arch.thin, c.arch.depth, classes, d.x.device(), seed);
+    let mut thin = Model::build(&c.arch, false, inp, classes, d.x.device(), seed);
     let mut glue: Option<Glue> = None;
     let mut out = Map::new();
     let mut stages = Vec::new();
@@ -137,7 +248,7 @@ fn run_arm(
         let mut log = Map::new();
         match s {
             Stage::Train(t) => {
-                let l = train::train(&thin, d, t)?;
+                let l = train::train(thin.net(), d, t)?;
                 log.insert(
                     "kind".into(),
                     json!(match t.loss {
@@ -148,41 +259,65 @@ fn run_arm(
                 log.insert("final_loss".into(), json_f64(l));
             }
             Stage::Imitate(m) => {
-                let g = train::init_glue(&thin, d, m.m_init, c.arch.wide, seed);
-                let fits = train::imitate(&thin, &g, d, m)?;
+                let g = match &thin {
+                    Model::Mlp(t) => Some(train::init_glue(t, d, m.m_init, c.arch.wide, seed)),
+                    Model::Stream(_) => None,
+                };
+                let fits = train::imitate(thin.net(), g.as_ref(), d, m)?;
                 log.insert("kind".into(), json!("imitate"));
                 log.insert(
                     "fits".into(),
                     serde_json::to_value(&fits).map_err(|e| Error::msg(e.to_string()))?,
                 );
                 out.insert("fits".into(), log["fits"].clone());
-                glue = Some(g);
+                if g.is_none() {
+                    out.insert(
+                        "acc_after_imitation".into(),
+                        json_f64(train::test_accuracy(thin.net(), d)),
+                    );
+                }
+                glue = g;
             }
             Stage::Merge => {
+                let (Model::Mlp(t), Model::Mlp(teacher)) = (&thin, teacher) else {
+                    unreachable!("validated: only the MLP merges");
+                };
                 let g = glue
                     .take()
                     .expect("validated: an imitation precedes every merge");
-                let (merged, err) = train::merge_checked(&thin, &g, &teacher.head, d);
-                thin = merged;
-                let acc = train::test_accuracy(&thin, d);
-                let dead = thin.dead_units(&d.x);
+                let (merged, err) = train::merge_checked(t, &g, &teacher.head, d);
+                let acc = train::test_accuracy(&merged, d);
+                let dead = merged.dead_units(&d.x);
+                thin = Model::Mlp(merged);
                 log.insert("kind".into(), json!("merge"));
                 log.insert("merge_error".into(), json_f64(err));
                 out.insert("merge_error".into(), json_f64(err));
                 out.insert("acc_after_merge".into(), json_f64(acc));
                 out.insert("dead_after_merge".into(), json!(dead));
             }
+            Stage::CopyHead => {
+                let n = model::copy_named(thin.net(), teacher.net(), "head.")?;
+                log.insert("kind".into(), json!("copy_head"));
+                log.insert("tensors".into(), json!(n));
+                out.insert(
+                    "acc_after_head".into(),
+                    json_f64(train::test_accuracy(thin.net(), d)),
+                );
+            }
             Stage::Hint(h) => {
-                let n = train::hint(&thin, d, h, seed)?;
+                let n = train::hint(thin.net(), d, h, seed)?;
                 log.insert("kind".into(), json!("hint"));
                 log.insert("nmse".into(), json_f64(n));
             }
         }
         log.insert("stage".into(), json!(i));
-        log.insert("acc".into(), json_f64(train::test_accuracy(&thin, d)));
+        log.insert("acc".into(), json_f64(train::test_accuracy(thin.net(), d)));
         stages.push(Value::Object(log));
     }
-    out.insert("acc".into(), json_f64(train::test_accuracy(&thin, d)));
+    out.insert("acc".into(), json_f64(train::test_accuracy(thin.net(), d)));
+    if let Some(a) = train::test_sequence_accuracy(thin.net(), d) {
+        out.insert("seq_acc".into(), json_f64(a));
+    }
     out.insert("stages".into(), Value::Array(stages));
     out.insert("secs".into(), json!(t0.elapsed().as_secs_f64()));
     tracing::info!(
@@ -210,27 +345,34 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
                     Stage::Train(t) => t.epochs *= f,
                     Stage::Imitate(m) => m.epochs *= f,
                     Stage::Hint(hs) => hs.epochs *= f,
-                    Stage::Merge => {}
+                    Stage::Merge | Stage::CopyHead => {}
                 }
             }
         }
     }
-    let splits = data::load_splits(&h.data)?;
-    let flat = |t: &Tensor| t.flatten(1, -1).to_device(dev);
-    let (x, x_test) = (flat(&splits.train.x), flat(&splits.test.x));
-    let (y, y_test) = (splits.train.y.to_device(dev), splits.test.y.to_device(dev));
-    let classes = splits.train.classes as i64;
+    let (x, y, x_test, y_test, classes) = if h.data.dataset == SORT_TASK {
+        let sizes = h.data.split.ok_or_else(|| {
+            Error::Data(format!("dataset `{SORT_TASK}` needs `data.split` sizes"))
+        })?;
+        let (x, y) = stream::sort_task(sizes.train + sizes.test, 12, 10, h.data.split_seed);
+        let (n, m) = (sizes.train as i64, sizes.test as i64);
+        let on = |t: &Tensor, a: i64, k: i64| t.narrow(0, a, k).to_device(dev);
+        (on(&x, 0, n), on(&y, 0, n), on(&x, n, m), on(&y, n, m), 10)
+    } else {
+        let splits = data::load_splits(&h.data)?;
+        let flat = |t: &Tensor| t.flatten(1, -1).to_device(dev);
+        (
+            flat(&splits.train.x),
+            splits.train.y.to_device(dev),
+            flat(&splits.test.x),
+            splits.test.y.to_device(dev),
+            splits.train.classes as i64,
+        )
+    };
     let dir = ctx.dir().to_path_buf();
     ctx.begin(0)?;
     // Stage 1: the wide teacher, one per (depth, seed).
-    let teacher = Mlp::new(
-        x.size()[1],
-        c.arch.wide,
-        c.arch.depth,
-        classes,
-        dev,
-        seed ^ 0x7ea_c4e5,
-    );
+    let teacher = Model::build(&c.arch, true, x.size()[1], classes, dev, seed ^ 0x7ea_c4e5);
     let tfile = dir.join("teacher.safetensors");
     let mut d = Data {
         x,
@@ -238,57 +380,48 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
         x_test,
         y_test,
         feats: vec![],
+        targets: vec![],
         feats_test: vec![],
-        logits: Tensor::zeros([0], (tch::Kind::Float, dev)),
+        targets_test: vec![],
+        logits: Tensor::zeros([0, classes], (tch::Kind::Float, dev)),
         seed,
         batch: c.batch,
     };
     let t0 = Instant::now();
     if tfile.is_file() {
         let named = Tensor::read_safetensors(&tfile)?;
-        tch::no_grad(|| {
-            for (k, t) in named {
-                let (i, what) = k.split_once('.').unwrap_or(("", ""));
-                let target = if i == "head" {
-                    &teacher.head
-                } else {
-                    &teacher.blocks[i.parse::<usize>().unwrap_or(0)]
-                };
-                let mut dst = if what == "w" {
-                    target.w.shallow_clone()
-                } else {
-                    target.b.shallow_clone()
-                };
-                dst.copy_(&t);
-            }
-        });
+        model::load_named(teacher.net(), named)
+            .map_err(|e| Error::msg(format!("{}: {e}", tfile.display())))?;
     } else {
         train::train(
-            &teacher,
+            teacher.net(),
             &d,
             &TrainStage {
                 loss: Loss::Ce,
                 ..c.teacher.clone()
             },
         )?;
-        let mut named: Vec<(String, Tensor)> = Vec::new();
-        for (i, b) in teacher.blocks.iter().enumerate() {
-            named.push((format!("{i}.w"), b.w.detach()));
-            named.push((format!("{i}.b"), b.b.detach()));
-        }
-        named.push(("head.w".into(), teacher.head.w.detach()));
-        named.push(("head.b".into(), teacher.head.b.detach()));
+        let named: Vec<(String, Tensor)> = teacher
+            .net()
+            .named()
+            .into_iter()
+            .map(|(k, t)| (k, t.detach()))
+            .collect();
         let tmp = dir.join("teacher.tmp.safetensors");
         Tensor::write_safetensors(&named, &tmp)?;
         std::fs::rename(&tmp, &tfile).map_err(|e| Error::Io(tfile.clone(), e))?;
     }
     let teacher_secs = t0.elapsed().as_secs_f64();
     tch::no_grad(|| {
-        d.feats = teacher.forward_blocks(&d.x);
-        d.feats_test = teacher.forward_blocks(&d.x_test);
-        d.logits = teacher.forward(&d.x);
+        let t = teacher.net();
+        d.feats = t.forward_blocks(&d.x);
+        d.feats_test = t.forward_blocks(&d.x_test);
+        d.targets = d.feats.iter().map(|f| t.feature(f)).collect();
+        d.targets_test = d.feats_test.iter().map(|f| t.feature(f)).collect();
+        d.logits = t.forward(&d.x);
     });
-    let teacher_acc = train::test_accuracy(&teacher, &d);
+    let teacher_acc = train::test_accuracy(teacher.net(), &d);
+    let teacher_seq_acc = train::test_sequence_accuracy(teacher.net(), &d);
     eprintln!(
         "teacher (depth {}, width {}): test accuracy {teacher_acc:.2}",
         c.arch.depth, c.arch.wide
@@ -338,9 +471,13 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
         summary.insert("deterministic".into(), json!(same));
     }
     summary.insert("depth".into(), json!(c.arch.depth));
+    summary.insert("kind".into(), json!(c.arch.kind));
     summary.insert("seed".into(), json!(seed));
     summary.insert("teacher_acc".into(), json_f64(teacher_acc));
     summary.insert("teacher_secs".into(), json_f64(teacher_secs));
+    if let Some(a) = teacher_seq_acc {
+        summary.insert("teacher_seq_acc".into(), json_f64(a));
+    }
     for (name, r) in &done {
         summary.insert(format!("acc_{name}"), r["acc"].clone());
     }

@@ -59,6 +59,124 @@ impl Affine {
     }
 }
 
+/// A network of `depth` blocks and a head, as the stages see it: imitation trains one block at
+/// a time against the teacher's block output, end-to-end training every parameter.
+pub trait Net {
+    /// Number of blocks n.
+    fn depth(&self) -> usize;
+
+    /// Block `i` (0-based) on the previous block's output (the network's input for block 0,
+    /// which includes any embedding).
+    fn block(&self, i: usize, h: &Tensor) -> Tensor;
+
+    /// The head on the last block's output: logits, `N × C` (or `N × L × C` per position).
+    fn logits(&self, h: &Tensor) -> Tensor;
+
+    /// Block `i`'s parameters (block 0's include the embedding).
+    fn block_params(&self, i: usize) -> Vec<Tensor>;
+
+    /// The head's parameters.
+    fn head_params(&self) -> Vec<Tensor>;
+
+    /// Every parameter by name (`head.*` for the head), for saving, loading and copying.
+    fn named(&self) -> Vec<(String, Tensor)>;
+
+    /// The width of a block's output (the last dimension).
+    fn width(&self) -> i64;
+
+    /// What imitation compares of a block output (the identity unless the family says
+    /// otherwise).
+    fn feature(&self, h: &Tensor) -> Tensor {
+        h.shallow_clone()
+    }
+
+    /// Every block's output, in order.
+    fn forward_blocks(&self, x: &Tensor) -> Vec<Tensor> {
+        let mut out = Vec::with_capacity(self.depth());
+        let mut h = x.shallow_clone();
+        for i in 0..self.depth() {
+            h = self.block(i, &h);
+            out.push(h.shallow_clone());
+        }
+        out
+    }
+
+    /// The logits.
+    fn forward(&self, x: &Tensor) -> Tensor {
+        let mut h = x.shallow_clone();
+        for i in 0..self.depth() {
+            h = self.block(i, &h);
+        }
+        self.logits(&h)
+    }
+
+    /// Every parameter.
+    fn params(&self) -> Vec<Tensor> {
+        let mut p: Vec<Tensor> = (0..self.depth())
+            .flat_map(|i| self.block_params(i))
+            .collect();
+        p.extend(self.head_params());
+        p
+    }
+}
+
+/// Copies `src`'s tensors whose names start with `prefix` into `dst`'s of the same name (their
+/// shapes must agree); returns how many were copied.
+pub fn copy_named(dst: &dyn Net, src: &dyn Net, prefix: &str) -> reprise_core::Result<usize> {
+    let from: std::collections::BTreeMap<String, Tensor> = src.named().into_iter().collect();
+    let mut n = 0;
+    tch::no_grad(|| {
+        for (k, mut t) in dst.named() {
+            if !k.starts_with(prefix) {
+                continue;
+            }
+            let s = from
+                .get(&k)
+                .ok_or_else(|| reprise_core::Error::msg(format!("the source has no `{k}`")))?;
+            if s.size() != t.size() {
+                return Err(reprise_core::Error::msg(format!(
+                    "`{k}`: shape {:?} cannot take {:?}",
+                    t.size(),
+                    s.size()
+                )));
+            }
+            t.copy_(s);
+            n += 1;
+        }
+        Ok(n)
+    })
+}
+
+/// Loads named tensors into a network's (every name must be there with its shape).
+pub fn load_named(dst: &dyn Net, tensors: Vec<(String, Tensor)>) -> reprise_core::Result<()> {
+    let mut own: std::collections::BTreeMap<String, Tensor> = dst.named().into_iter().collect();
+    let expected = own.len();
+    let mut seen = 0;
+    tch::no_grad(|| {
+        for (k, t) in tensors {
+            let d = own
+                .get_mut(&k)
+                .ok_or_else(|| reprise_core::Error::msg(format!("unexpected tensor `{k}`")))?;
+            if d.size() != t.size() {
+                return Err(reprise_core::Error::msg(format!(
+                    "`{k}`: shape {:?}, the file has {:?}",
+                    d.size(),
+                    t.size()
+                )));
+            }
+            d.copy_(&t);
+            seen += 1;
+        }
+        Ok(())
+    })?;
+    if seen != expected {
+        return Err(reprise_core::Error::msg(format!(
+            "{seen} tensors for a network of {expected}"
+        )));
+    }
+    Ok(())
+}
+
 /// `n` blocks `h ↦ ReLU(A h + b)` and a linear head.
 #[derive(Debug)]
 pub struct Mlp {
@@ -82,45 +200,6 @@ impl Mlp {
         }
     }
 
-    /// Depth.
-    pub fn depth(&self) -> usize {
-        self.blocks.len()
-    }
-
-    /// Block `i` (0-based) on its input.
-    pub fn block(&self, i: usize, h: &Tensor) -> Tensor {
-        self.blocks[i].apply(h).relu()
-    }
-
-    /// Every block's output, in order.
-    pub fn forward_blocks(&self, x: &Tensor) -> Vec<Tensor> {
-        let mut out = Vec::with_capacity(self.depth());
-        let mut h = x.shallow_clone();
-        for i in 0..self.depth() {
-            h = self.block(i, &h);
-            out.push(h.shallow_clone());
-        }
-        out
-    }
-
-    /// The logits.
-    pub fn forward(&self, x: &Tensor) -> Tensor {
-        let mut h = x.shallow_clone();
-        for i in 0..self.depth() {
-            h = self.block(i, &h);
-        }
-        self.head.apply(&h)
-    }
-
-    /// Every parameter.
-    pub fn params(&self) -> Vec<Tensor> {
-        self.blocks
-            .iter()
-            .chain(std::iter::once(&self.head))
-            .flat_map(Affine::params)
-            .collect()
-    }
-
     /// Number of units of each block that are zero on every row of `x` (dead ReLUs).
     pub fn dead_units(&self, x: &Tensor) -> Vec<i64> {
         tch::no_grad(|| {
@@ -135,6 +214,43 @@ impl Mlp {
                 })
                 .collect()
         })
+    }
+}
+
+impl Net for Mlp {
+    fn depth(&self) -> usize {
+        self.blocks.len()
+    }
+
+    fn block(&self, i: usize, h: &Tensor) -> Tensor {
+        self.blocks[i].apply(h).relu()
+    }
+
+    fn logits(&self, h: &Tensor) -> Tensor {
+        self.head.apply(h)
+    }
+
+    fn block_params(&self, i: usize) -> Vec<Tensor> {
+        self.blocks[i].params()
+    }
+
+    fn head_params(&self) -> Vec<Tensor> {
+        self.head.params()
+    }
+
+    fn named(&self) -> Vec<(String, Tensor)> {
+        let mut named: Vec<(String, Tensor)> = Vec::new();
+        for (i, b) in self.blocks.iter().enumerate() {
+            named.push((format!("{i}.w"), b.w.shallow_clone()));
+            named.push((format!("{i}.b"), b.b.shallow_clone()));
+        }
+        named.push(("head.w".into(), self.head.w.shallow_clone()));
+        named.push(("head.b".into(), self.head.b.shallow_clone()));
+        named
+    }
+
+    fn width(&self) -> i64 {
+        self.blocks[0].w.size()[0]
     }
 }
 
@@ -192,25 +308,40 @@ impl Glue {
     }
 }
 
-/// The thin network with the pairs inserted: S̄.
-#[derive(Debug)]
+/// The thin network with the pairs inserted: S̄. Without pairs (a shared stream width) it is
+/// the thin network itself.
 pub struct Widened<'a> {
     /// The thin blocks.
-    pub thin: &'a Mlp,
-    /// The pairs.
-    pub glue: &'a Glue,
+    pub thin: &'a dyn Net,
+    /// The pairs, if the family has them.
+    pub glue: Option<&'a Glue>,
 }
 
 impl Widened<'_> {
     /// S̄_i on the previous widened output `u` (the raw input for the first block): the thin
     /// block i, fed through M_{i−1,2}, mapped up by M_{i,1}.
     pub fn block(&self, i: usize, u: &Tensor) -> Tensor {
+        let Some(glue) = self.glue else {
+            return self.thin.block(i, u);
+        };
         let v = if i == 0 {
             u.shallow_clone()
         } else {
-            self.glue.down[i - 1].apply(u)
+            glue.down[i - 1].apply(u)
         };
-        self.glue.up[i].apply(&self.thin.block(i, &v))
+        glue.up[i].apply(&self.thin.block(i, &v))
+    }
+
+    /// The parameters block i of S̄ trains: the thin block and its two adjacent maps.
+    pub fn block_params(&self, i: usize) -> Vec<Tensor> {
+        let mut p = self.thin.block_params(i);
+        if let Some(glue) = self.glue {
+            p.extend(glue.up[i].params());
+            if i > 0 {
+                p.extend(glue.down[i - 1].params());
+            }
+        }
+        p
     }
 
     /// Every widened block output S̄₍:i₎(x).
@@ -255,7 +386,7 @@ pub fn merge(thin: &Mlp, glue: &Glue, wide_head: &Affine) -> Mlp {
 }
 
 /// The merge check of the specification: max |z_S̄ − z_S| relative to max(1, max |z_S̄|).
-pub fn merge_error(widened: &Widened<'_>, wide_head: &Affine, merged: &Mlp, x: &Tensor) -> f64 {
+pub fn merge_error(widened: &Widened<'_>, wide_head: &Affine, merged: &dyn Net, x: &Tensor) -> f64 {
     tch::no_grad(|| {
         let a = widened.forward(x, wide_head);
         let b = merged.forward(x);
@@ -278,7 +409,7 @@ mod tests {
         for glue in [Glue::random(5, 6, 32, dev), Glue::pca(&feats, 6)] {
             let w = Widened {
                 thin: &thin,
-                glue: &glue,
+                glue: Some(&glue),
             };
             let merged = merge(&thin, &glue, &teacher.head);
             assert_eq!(merged.blocks[3].w.size(), vec![6, 6]);
@@ -301,7 +432,7 @@ mod tests {
         let e = merge_error(
             &Widened {
                 thin: &thin,
-                glue: &glue,
+                glue: Some(&glue),
             },
             &teacher.head,
             &merged,

@@ -5,7 +5,7 @@
 use crate::config::{
     HintStage, ImitateStage, ImitationSchedule, Input, Loss, Lower, MInit, TrainStage,
 };
-use crate::model::{merge, merge_error, Affine, Glue, Mlp, Widened};
+use crate::model::{merge, merge_error, Affine, Glue, Mlp, Net, Widened};
 use reprise_core::data::batch_indices;
 use reprise_core::optim::{Group, Optimizer, Rule, Schedule};
 use reprise_core::{Error, Result};
@@ -26,8 +26,13 @@ pub struct Data {
     pub y_test: Tensor,
     /// The teacher's block outputs on the training inputs.
     pub feats: Vec<Tensor>,
+    /// What imitation matches: the teacher's [`Net::feature`] of each block output (the same
+    /// tensors as `feats` where the feature is the identity).
+    pub targets: Vec<Tensor>,
     /// The teacher's block outputs on the test inputs.
     pub feats_test: Vec<Tensor>,
+    /// The imitation targets on the test inputs.
+    pub targets_test: Vec<Tensor>,
     /// The teacher's logits on the training inputs.
     pub logits: Tensor,
     /// The data order seed.
@@ -59,19 +64,47 @@ impl Data {
     }
 }
 
-/// Top-1 accuracy (%) of logits (argmax, ties to the lowest class).
+/// Logits and labels as `M × C` and `M` (per-position outputs flattened).
+fn flat(logits: &Tensor, y: &Tensor) -> (Tensor, Tensor) {
+    let c = *logits.size().last().expect("logits have a class dimension");
+    (logits.reshape([-1, c]), y.reshape([-1]))
+}
+
+/// Top-1 accuracy (%) of logits (argmax, ties to the lowest class); per position for
+/// sequence outputs.
 pub fn accuracy(logits: &Tensor, y: &Tensor) -> f64 {
+    let (logits, y) = flat(logits, y);
     100.0
         * logits
             .argmax(1, false)
-            .eq_tensor(y)
+            .eq_tensor(&y)
             .to_kind(Kind::Float)
             .mean(Kind::Float)
             .double_value(&[])
 }
 
+/// For sequence outputs (`N × L × C` logits, `N × L` labels): the percentage of sequences
+/// whose every position is right. `None` for one label per example.
+pub fn sequence_accuracy(logits: &Tensor, y: &Tensor) -> Option<f64> {
+    (y.dim() == 2).then(|| {
+        100.0
+            * logits
+                .argmax(-1, false)
+                .eq_tensor(y)
+                .all_dim(1, false)
+                .to_kind(Kind::Float)
+                .mean(Kind::Float)
+                .double_value(&[])
+    })
+}
+
+/// Test sequence accuracy of a network (see [`sequence_accuracy`]).
+pub fn test_sequence_accuracy(net: &dyn Net, d: &Data) -> Option<f64> {
+    tch::no_grad(|| sequence_accuracy(&net.forward(&d.x_test), &d.y_test))
+}
+
 /// Test accuracy of a network.
-pub fn test_accuracy(net: &Mlp, d: &Data) -> f64 {
+pub fn test_accuracy(net: &dyn Net, d: &Data) -> f64 {
     tch::no_grad(|| accuracy(&net.forward(&d.x_test), &d.y_test))
 }
 
@@ -106,10 +139,15 @@ fn check(loss: f64, what: &str, step: u64) -> Result<()> {
     }
 }
 
-/// KL(p_teacher ‖ p_student) at temperature t, times t², averaged over the batch.
+/// KL(p_teacher ‖ p_student) at temperature t, times t², averaged over the batch (and the
+/// positions of sequence outputs).
 pub fn kd_loss(student: &Tensor, teacher: &Tensor, t: f64) -> Tensor {
-    let ls = (student / t).log_softmax(1, Kind::Float);
-    let lt = (teacher / t).log_softmax(1, Kind::Float);
+    let c = *student
+        .size()
+        .last()
+        .expect("logits have a class dimension");
+    let ls = (student.reshape([-1, c]) / t).log_softmax(1, Kind::Float);
+    let lt = (teacher.reshape([-1, c]) / t).log_softmax(1, Kind::Float);
     (lt.exp() * (&lt - ls))
         .sum_dim_intlist([1].as_slice(), false, Kind::Float)
         .mean(Kind::Float)
@@ -119,7 +157,7 @@ pub fn kd_loss(student: &Tensor, teacher: &Tensor, t: f64) -> Tensor {
 /// One end-to-end step on a batch: `target` holds the labels (CE) or the teacher's logits
 /// (distillation). Returns the loss.
 pub fn train_step(
-    net: &Mlp,
+    net: &dyn Net,
     opt: &mut Optimizer,
     x: &Tensor,
     target: &Tensor,
@@ -128,7 +166,10 @@ pub fn train_step(
 ) -> f64 {
     let z = net.forward(x);
     let loss = match loss {
-        Loss::Ce => z.cross_entropy_for_logits(target),
+        Loss::Ce => {
+            let (z, y) = flat(&z, target);
+            z.cross_entropy_for_logits(&y)
+        }
         Loss::Kd { temperature } => kd_loss(&z, target, temperature),
     };
     opt.zero_grad();
@@ -138,7 +179,7 @@ pub fn train_step(
 }
 
 /// One imitation step of block `i` (0-based) of S̄ on its input `inp` against the teacher's
-/// block output `target`. Returns the MSE.
+/// block feature `target`. Returns the MSE.
 pub fn imitation_step(
     w: &Widened<'_>,
     i: usize,
@@ -147,7 +188,7 @@ pub fn imitation_step(
     target: &Tensor,
     lr: f64,
 ) -> f64 {
-    let loss = mse(&w.block(i, inp), target);
+    let loss = mse(&w.thin.feature(&w.block(i, inp)), target);
     opt.zero_grad();
     loss.backward();
     opt.step(lr);
@@ -157,21 +198,16 @@ pub fn imitation_step(
 /// Adam (PyTorch's defaults, no weight decay) over the parameters of block `i` of S̄: the thin
 /// block and its two adjacent maps.
 pub fn block_optimizer(w: &Widened<'_>, i: usize) -> Optimizer {
-    let mut p = w.thin.blocks[i].params();
-    p.extend(w.glue.up[i].params());
-    if i > 0 {
-        p.extend(w.glue.down[i - 1].params());
-    }
-    adam(vec![(p, 1.0)])
+    adam(vec![(w.block_params(i), 1.0)])
 }
 
 /// Adam over every parameter of a network.
-pub fn optimizer(net: &Mlp) -> Optimizer {
+pub fn optimizer(net: &dyn Net) -> Optimizer {
     adam(vec![(net.params(), 1.0)])
 }
 
 /// Trains every parameter of `net` with a loss; returns the last epoch's mean loss.
-pub fn train(net: &Mlp, d: &Data, s: &TrainStage) -> Result<f64> {
+pub fn train(net: &dyn Net, d: &Data, s: &TrainStage) -> Result<f64> {
     let steps = d.steps(s.epochs);
     let mut opt = adam(vec![(net.params(), 1.0)]);
     let sched = Schedule::Cosine {
@@ -228,7 +264,7 @@ fn feature_var(f: &Tensor) -> f64 {
 /// prefix, or the teacher's with `Input::Teacher`).
 pub fn block_fits(w: &Widened<'_>, d: &Data, input: Input) -> Vec<BlockFit> {
     tch::no_grad(|| {
-        let fits = |x: &Tensor, feats: &[Tensor]| -> Vec<f64> {
+        let fits = |x: &Tensor, feats: &[Tensor], targets: &[Tensor]| -> Vec<f64> {
             let mut u = x.shallow_clone();
             (0..feats.len())
                 .map(|i| {
@@ -237,12 +273,13 @@ pub fn block_fits(w: &Widened<'_>, d: &Data, input: Input) -> Vec<BlockFit> {
                         _ => u.shallow_clone(),
                     };
                     u = w.block(i, &inp);
-                    mse(&u, &feats[i]).double_value(&[]) / feature_var(&feats[i]).max(1e-12)
+                    mse(&w.thin.feature(&u), &targets[i]).double_value(&[])
+                        / feature_var(&targets[i]).max(1e-12)
                 })
                 .collect()
         };
-        let tr = fits(&d.x, &d.feats);
-        let te = fits(&d.x_test, &d.feats_test);
+        let tr = fits(&d.x, &d.feats, &d.targets);
+        let te = fits(&d.x_test, &d.feats_test, &d.targets_test);
         tr.iter()
             .zip(te)
             .enumerate()
@@ -257,7 +294,7 @@ pub fn block_fits(w: &Widened<'_>, d: &Data, input: Input) -> Vec<BlockFit> {
 
 /// Builds the pairs for an imitation stage.
 pub fn init_glue(thin: &Mlp, d: &Data, m_init: MInit, wide: i64, seed: u64) -> Glue {
-    let w = thin.blocks[0].w.size()[0];
+    let w = thin.width();
     match m_init {
         MInit::Pca => Glue::pca(&d.feats, w),
         MInit::Random => {
@@ -267,18 +304,16 @@ pub fn init_glue(thin: &Mlp, d: &Data, m_init: MInit, wide: i64, seed: u64) -> G
     }
 }
 
-/// Layerwise imitation of the teacher's blocks through `glue`.
-pub fn imitate(thin: &Mlp, glue: &Glue, d: &Data, s: &ImitateStage) -> Result<Vec<BlockFit>> {
+/// Layerwise imitation of the teacher's blocks, through `glue` where the family has pairs.
+pub fn imitate(
+    thin: &dyn Net,
+    glue: Option<&Glue>,
+    d: &Data,
+    s: &ImitateStage,
+) -> Result<Vec<BlockFit>> {
     let n = thin.depth();
     let w = Widened { thin, glue };
-    let own = |i: usize| -> Vec<Tensor> {
-        let mut p = thin.blocks[i].params();
-        p.extend(glue.up[i].params());
-        if i > 0 {
-            p.extend(glue.down[i - 1].params());
-        }
-        p
-    };
+    let own = |i: usize| w.block_params(i);
     match s.schedule {
         ImitationSchedule::Joint => {
             let steps = d.steps(s.epochs);
@@ -293,13 +328,13 @@ pub fn imitate(thin: &Mlp, glue: &Glue, d: &Data, s: &ImitateStage) -> Result<Ve
                 let mut u = x.shallow_clone();
                 let mut loss = Tensor::zeros([], (Kind::Float, x.device()));
                 for i in 0..n {
-                    let target = d.feats[i].index_select(0, &idx);
+                    let target = d.targets[i].index_select(0, &idx);
                     let inp = match (s.input, i) {
                         (Input::Teacher, i) if i > 0 => d.feats[i - 1].index_select(0, &idx),
                         _ => u,
                     };
                     u = w.block(i, &inp);
-                    loss += mse(&u, &target);
+                    loss += mse(&thin.feature(&u), &target);
                 }
                 opt.zero_grad();
                 loss.backward();
@@ -346,7 +381,7 @@ pub fn imitate(thin: &Mlp, glue: &Glue, d: &Data, s: &ImitateStage) -> Result<Ve
                             u
                         }
                     };
-                    let target = d.feats[i].index_select(0, &idx);
+                    let target = d.targets[i].index_select(0, &idx);
                     let l = imitation_step(
                         &w,
                         i,
@@ -368,12 +403,12 @@ pub fn imitate(thin: &Mlp, glue: &Glue, d: &Data, s: &ImitateStage) -> Result<Ve
 
 /// FitNets' hint: blocks 1..=`s.block` and a random linear regressor (w → W) trained to match
 /// the teacher's block output (MSE).
-pub fn hint(thin: &Mlp, d: &Data, s: &HintStage, seed: u64) -> Result<f64> {
+pub fn hint(thin: &dyn Net, d: &Data, s: &HintStage, seed: u64) -> Result<f64> {
     let k = s.block;
-    let (w, wide) = (thin.blocks[0].w.size()[0], d.feats[k - 1].size()[1]);
+    let wide = *d.feats[k - 1].size().last().expect("a feature dimension");
     tch::manual_seed(seed.wrapping_mul(131).wrapping_add(3) as i64);
-    let reg = Affine::torch_default(w, wide, d.x.device());
-    let mut params: Vec<Tensor> = thin.blocks[..k].iter().flat_map(Affine::params).collect();
+    let reg = Affine::torch_default(thin.width(), wide, d.x.device());
+    let mut params: Vec<Tensor> = (0..k).flat_map(|i| thin.block_params(i)).collect();
     params.extend(reg.params());
     let steps = d.steps(s.epochs);
     let mut opt = adam(vec![(params, 1.0)]);
@@ -387,21 +422,32 @@ pub fn hint(thin: &Mlp, d: &Data, s: &HintStage, seed: u64) -> Result<f64> {
         for j in 0..k {
             h = thin.block(j, &h);
         }
-        let loss = mse(&reg.apply(&h), &d.feats[k - 1].index_select(0, &idx));
+        let loss = mse(
+            &thin.feature(&reg.apply(&h)),
+            &d.targets[k - 1].index_select(0, &idx),
+        );
         opt.zero_grad();
         loss.backward();
         opt.step(sched.lr(s.lr, step as u64, 0));
         last = loss.double_value(&[]);
         check(last, "hint", step as u64)?;
     }
-    Ok(last / tch::no_grad(|| feature_var(&d.feats[k - 1])).max(1e-12))
+    Ok(last / tch::no_grad(|| feature_var(&d.targets[k - 1])).max(1e-12))
 }
 
 /// The merge, with its check on the test inputs: returns the merged network and the relative
 /// merge error.
 pub fn merge_checked(thin: &Mlp, glue: &Glue, wide_head: &Affine, d: &Data) -> (Mlp, f64) {
     let merged = merge(thin, glue, wide_head);
-    let err = merge_error(&Widened { thin, glue }, wide_head, &merged, &d.x_test);
+    let err = merge_error(
+        &Widened {
+            thin,
+            glue: Some(glue),
+        },
+        wide_head,
+        &merged,
+        &d.x_test,
+    );
     (merged, err)
 }
 
@@ -415,5 +461,61 @@ mod tests {
         assert!(kd_loss(&a, &a, 4.0).double_value(&[]).abs() < 1e-6);
         let b = Tensor::from_slice(&[3.0f32, 2.0, 1.0, 5.0, 0.0, 0.0]).view([2, 3]);
         assert!(kd_loss(&a, &b, 1.0).double_value(&[]) > 0.1);
+    }
+
+    #[test]
+    fn imitation_fits_a_shared_stream_teacher_block_by_block() {
+        use crate::stream::Residual;
+        let dev = tch::Device::Cpu;
+        let teacher = Residual::new(12, 8, 64, 3, 4, dev, 1);
+        let thin = Residual::new(12, 8, 6, 3, 4, dev, 2);
+        tch::manual_seed(5);
+        let x = Tensor::randn([512, 12], (Kind::Float, dev));
+        let x_test = Tensor::randn([128, 12], (Kind::Float, dev));
+        let (feats, feats_test, logits) = tch::no_grad(|| {
+            (
+                teacher.forward_blocks(&x),
+                teacher.forward_blocks(&x_test),
+                teacher.forward(&x),
+            )
+        });
+        let d = Data {
+            y: logits.argmax(1, false),
+            y_test: Tensor::zeros([128], (Kind::Int64, dev)),
+            x,
+            x_test,
+            targets: feats.iter().map(Tensor::shallow_clone).collect(),
+            targets_test: feats_test.iter().map(Tensor::shallow_clone).collect(),
+            feats,
+            feats_test,
+            logits,
+            seed: 0,
+            batch: 64,
+        };
+        let input = Input::StudentPrefix;
+        let before = block_fits(
+            &Widened {
+                thin: &thin,
+                glue: None,
+            },
+            &d,
+            input,
+        );
+        let stage = ImitateStage {
+            epochs: 30.0,
+            lr: 1e-2,
+            m_init: MInit::Pca,
+            input,
+            lower_blocks: Lower::Frozen,
+            schedule: ImitationSchedule::Progressive,
+        };
+        let after = imitate(&thin, None, &d, &stage).unwrap();
+        for (b, a) in before.iter().zip(&after) {
+            assert!(
+                a.nmse_train < 0.5 * b.nmse_train && a.nmse_test < 0.5 * b.nmse_test,
+                "block {}: {b:?} -> {a:?}",
+                a.block
+            );
+        }
     }
 }
