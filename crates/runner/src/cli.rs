@@ -65,9 +65,15 @@ pub struct RunArgs {
     /// Intra-op threads per run (default: LibTorch's, or 1 per process with --jobs > 1).
     #[arg(long)]
     pub threads: Option<usize>,
-    /// Continue a run or sweep folder from its checkpoints.
-    #[arg(long, conflicts_with_all = ["experiment", "print_config"])]
+    /// Continue a run or sweep folder from its checkpoints. A run folder may take overrides
+    /// (`runner run --resume RUN_DIR jem.optim.lr=3e-5`), e.g. a lower learning rate after a
+    /// divergence: it continues from its newest good checkpoint with the changed spec.
+    #[arg(long, conflicts_with_all = ["print_config"])]
     pub resume: Option<PathBuf>,
+    /// With --resume and overrides: continue from the newest checkpoint at or before this
+    /// step (0: from the start); later ones are set aside, not deleted.
+    #[arg(long, requires = "resume")]
+    pub from_step: Option<u64>,
     /// Print the resolved spec and the runs it expands to; run nothing.
     #[arg(long)]
     pub print_config: bool,
@@ -121,6 +127,14 @@ fn run(a: RunArgs) -> Result<()> {
             .map_err(|e| anyhow::anyhow!("--device: {e}"))?;
     }
     if let Some(dir) = &a.resume {
+        // With --resume every positional argument is an override.
+        let mut a = a.clone();
+        if let Some(first) = a.experiment.take() {
+            if !first.contains('=') {
+                bail!("--resume continues the folder it names; `{first}` is not an override (key=value)");
+            }
+            a.overrides.insert(0, first);
+        }
         return sweep::resume(dir, &a, shard);
     }
     let arg = a

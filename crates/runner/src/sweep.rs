@@ -82,7 +82,16 @@ pub fn exec(dir: &Path) -> Result<()> {
     match &result {
         Ok(()) => tracing::info!("finished"),
         Err(e) if is_interrupt(e) => tracing::info!("{e:#}"),
-        Err(e) => tracing::error!("{e:#}"),
+        Err(e) => {
+            tracing::error!("{e:#}");
+            if let Some(reprise_core::Error::Diverged { step, why }) =
+                e.downcast_ref::<reprise_core::Error>()
+            {
+                // Where it went bad, for a restart with other settings (see override_run).
+                let rec = json!({ "step": step, "why": why });
+                write_atomic(&dir.join("diverged.json"), rec.to_string().as_bytes())?;
+            }
+        }
     }
     reprise_core::logging::set_log_file(None)?;
     result?;
@@ -170,7 +179,15 @@ pub fn start(
 /// Continues a run folder or a sweep folder.
 pub fn resume(dir: &Path, a: &RunArgs, shard: Option<(usize, usize)>) -> Result<()> {
     if !a.overrides.is_empty() {
-        bail!("--resume continues a run as it was specified: overrides are not allowed");
+        if !dir.join("spec.yaml").is_file() {
+            bail!(
+                "--resume with overrides changes one run folder (spec.yaml), not a sweep: give the run's folder under {}",
+                dir.display()
+            );
+        }
+        override_run(dir, &a.overrides, a.from_step)?;
+    } else if a.from_step.is_some() {
+        bail!("--from-step goes with overrides (e.g. a lower learning rate): without them the run would go the same way again");
     }
     if dir.join("spec.yaml").is_file() {
         crate::set_threads(a.threads)?;
@@ -202,6 +219,105 @@ pub fn resume(dir: &Path, a: &RunArgs, shard: Option<(usize, usize)>) -> Result<
         todo.push(d);
     }
     run_all(dir, &todo, a.jobs, threads)
+}
+
+/// Keys that identify a run: they cannot change once it has started.
+const FIXED_ON_RESUME: [&str; 8] = [
+    "name", "paper", "seed", "seeds", "sweep", "data", "smoke", "extends",
+];
+
+/// Applies overrides to a started run's spec before it continues from its newest good
+/// checkpoint, e.g. a lower learning rate after a divergence. The spec as it was is kept once
+/// as `spec.orig.yaml`, and `run.log` records each change.
+fn override_run(dir: &Path, overrides: &[String], from_step: Option<u64>) -> Result<()> {
+    if read_summary(dir).is_some() {
+        bail!(
+            "{} has finished (summary.json): there is nothing to continue with other settings; start a new run",
+            dir.display()
+        );
+    }
+    let path = dir.join("spec.yaml");
+    let mut tree = SpecTree::load(&path)?;
+    for o in overrides {
+        let key = o.split_once('=').map_or(o.as_str(), |(k, _)| k).trim();
+        let top = key.split('.').next().unwrap_or_default();
+        if FIXED_ON_RESUME.contains(&top) {
+            bail!("override `{o}`: `{top}` identifies the run and cannot change once it has started; start a new run instead");
+        }
+        tree.apply_override(o)?;
+    }
+    crate::experiments::check(&tree)?;
+    let mut notes = Vec::new();
+    let diverged = dir.join("diverged.json");
+    let mut keep_upto = from_step;
+    if let Ok(bytes) = std::fs::read(&diverged) {
+        let rec: Json = serde_json::from_slice(&bytes)
+            .with_context(|| format!("{} is not valid JSON", diverged.display()))?;
+        let at = rec["step"].as_u64().unwrap_or(0);
+        notes.push(format!(
+            "it had diverged at step {at} ({})",
+            rec["why"].as_str().unwrap_or("?")
+        ));
+        // A checkpoint at or after the diverging step holds the state that went bad.
+        keep_upto = Some(keep_upto.map_or(at.saturating_sub(1), |k| k.min(at.saturating_sub(1))));
+    }
+    if let Some(k) = keep_upto {
+        let ck = reprise_core::checkpoint::CheckpointDir::new(dir.join("checkpoints"), usize::MAX);
+        let aside = dir
+            .join("checkpoints")
+            .join(format!("set-aside-{}", utc_stamp()));
+        let mut moved = 0;
+        for (step, path) in ck.steps() {
+            if step > k {
+                std::fs::create_dir_all(&aside)
+                    .with_context(|| format!("cannot make {}", aside.display()))?;
+                let to = aside.join(path.file_name().unwrap_or_default());
+                std::fs::rename(&path, &to)
+                    .with_context(|| format!("cannot move {} aside", path.display()))?;
+                moved += 1;
+            }
+        }
+        let from = ck
+            .steps()
+            .last()
+            .map_or("the start".to_string(), |(s, _)| format!("step {s}"));
+        notes.push(format!(
+            "continues from {from}{}",
+            if moved > 0 {
+                format!(
+                    "; {moved} later checkpoint(s) set aside in {}",
+                    aside.display()
+                )
+            } else {
+                String::new()
+            }
+        ));
+    }
+    let orig = dir.join("spec.orig.yaml");
+    if !orig.exists() {
+        std::fs::copy(&path, &orig)
+            .with_context(|| format!("cannot keep {} as {}", path.display(), orig.display()))?;
+    }
+    write_atomic(&path, tree.to_yaml().as_bytes())?;
+    if diverged.exists() {
+        std::fs::remove_file(&diverged)
+            .with_context(|| format!("cannot remove {}", diverged.display()))?;
+    }
+    let line = format!(
+        "{} resumed with overrides: {}{}\n",
+        utc_stamp(),
+        overrides.join(" "),
+        notes.iter().map(|n| format!("; {n}")).collect::<String>()
+    );
+    let log = dir.join("run.log");
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, line.as_bytes()))
+        .with_context(|| format!("cannot write {}", log.display()))?;
+    eprintln!("{}: {}", dir.display(), line.trim_end());
+    Ok(())
 }
 
 fn run_all(sdir: &Path, todo: &[PathBuf], jobs: usize, threads: Option<usize>) -> Result<()> {

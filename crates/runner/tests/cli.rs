@@ -630,6 +630,84 @@ fn a_diverging_run_stops_naming_the_step_and_keeps_its_checkpoints() {
 }
 
 #[test]
+fn a_diverged_run_restarts_from_before_the_divergence_with_a_lower_learning_rate() {
+    let d = setup();
+    let p = d.path();
+    let o = runner(
+        p,
+        &[
+            "run",
+            "t/tiny",
+            "--out",
+            "out",
+            "jem.optim.lr=1",
+            "jem.checkpoint_every=2",
+        ],
+    );
+    assert!(
+        text(&o).contains("training diverged at step"),
+        "{}",
+        text(&o)
+    );
+    let run = runs_under(&p.join("out/tiny")).remove(0);
+    assert!(run.join("diverged.json").exists());
+    let rs = run.to_str().unwrap();
+    // What identifies the run cannot change, a bad value is refused, and neither touches it.
+    assert_clean_error(
+        &runner(p, &["run", "--resume", rs, "seed=3"]),
+        "identifies the run",
+    );
+    assert_clean_error(
+        &runner(p, &["run", "--resume", rs, "jem.optim.lr=-1"]),
+        "jem.optim.lr",
+    );
+    assert_clean_error(
+        &runner(p, &["run", "--resume", rs, "--from-step", "0"]),
+        "--from-step goes with overrides",
+    );
+    assert!(!run.join("spec.orig.yaml").exists() && run.join("diverged.json").exists());
+    // Restarted from the start with the spec's usual rate, it ends as a run that had that
+    // rate from the beginning; the checkpoints of the diverging attempt are kept aside.
+    let o = runner(
+        p,
+        &[
+            "run",
+            "--resume",
+            rs,
+            "--from-step",
+            "0",
+            "jem.optim.lr=0.01",
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let full = uninterrupted(p, &["jem.checkpoint_every=2"]);
+    assert_same_tensors(
+        &full.join("checkpoints/step-000000060.safetensors"),
+        &run.join("checkpoints/step-000000060.safetensors"),
+    );
+    assert_eq!(summary(&full)["acc"], summary(&run)["acc"]);
+    let orig = fs::read_to_string(run.join("spec.orig.yaml")).unwrap();
+    assert!(orig.contains("lr: 1"), "{orig}");
+    let log = fs::read_to_string(run.join("run.log")).unwrap();
+    assert!(
+        log.contains("resumed with overrides: jem.optim.lr=0.01; it had diverged at step"),
+        "{log}"
+    );
+    let aside: Vec<_> = fs::read_dir(run.join("checkpoints"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .collect();
+    assert_eq!(aside.len(), 1);
+    assert_eq!(fs::read_dir(aside[0].path()).unwrap().count(), 2);
+    // A finished run is not continued with other settings.
+    assert_clean_error(
+        &runner(p, &["run", "--resume", rs, "jem.optim.lr=0.001"]),
+        "has finished",
+    );
+}
+
+#[test]
 fn killed_at_random_points_and_resumed_it_ends_as_an_uninterrupted_run() {
     let d = setup();
     let p = d.path();
