@@ -69,16 +69,18 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let io = |e: std::io::Error, p: &Path| Error::Io(p.to_path_buf(), e);
-    {
-        let mut f = fs::File::create(&tmp).map_err(|e| io(e, &tmp))?;
-        f.write_all(bytes).map_err(|e| io(e, &tmp))?;
-        f.sync_all().map_err(|e| io(e, &tmp))?;
-    }
-    fs::rename(&tmp, path).map_err(|e| {
+    // Any failure (a full disk, a file-size limit) names the file meant and leaves no partial
+    // temporary file behind; the file it replaces, if any, is untouched.
+    let fail = |e: std::io::Error| {
         let _ = fs::remove_file(&tmp);
-        io(e, path)
-    })?;
+        Error::Io(path.to_path_buf(), e)
+    };
+    {
+        let mut f = fs::File::create(&tmp).map_err(fail)?;
+        f.write_all(bytes).map_err(fail)?;
+        f.sync_all().map_err(fail)?;
+    }
+    fs::rename(&tmp, path).map_err(fail)?;
     if let Ok(d) = fs::File::open(dir) {
         let _ = d.sync_all();
     }

@@ -10,7 +10,7 @@ pub enum Error {
     Spec(#[from] crate::spec::SpecError),
     /// An I/O failure on a file.
     #[error("{path}: {source}", path = .0.display(), source = .1)]
-    Io(PathBuf, #[source] std::io::Error),
+    Io(PathBuf, std::io::Error),
     /// A file whose content is not what it should be (truncated, bad magic, checksum).
     #[error("{path}: {why}", path = .0.display(), why = .1)]
     Corrupt(PathBuf, String),

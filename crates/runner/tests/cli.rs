@@ -708,6 +708,56 @@ fn a_diverged_run_restarts_from_before_the_divergence_with_a_lower_learning_rate
 }
 
 #[test]
+#[cfg(unix)]
+fn a_disk_that_fills_mid_run_is_a_clear_error_and_the_run_resumes_once_there_is_room() {
+    let d = setup();
+    let p = d.path();
+    // An 8 KiB file-size limit makes the first checkpoint write fail as a full disk would
+    // (EFBIG instead of ENOSPC); SIGXFSZ is ignored so the write returns the error.
+    let o = Command::new("bash")
+        .current_dir(p)
+        .env("REPRISE_DATA", root().join("data"))
+        .env("REPRISE_EXPERIMENTS", p.join("experiments"))
+        .arg("-c")
+        .arg(format!(
+            "trap '' XFSZ; ulimit -f 8; exec {} run t/tiny --out out",
+            env!("CARGO_BIN_EXE_runner")
+        ))
+        .output()
+        .unwrap();
+    assert_clean_error(&o, "checkpoints/step-000000020.safetensors: ");
+    let errors: Vec<String> = error_lines(&o)
+        .into_iter()
+        .filter(|l| l.starts_with("error"))
+        .collect();
+    assert_eq!(errors.len(), 1, "{}", text(&o));
+    let run = runs_under(&p.join("out/tiny")).remove(0);
+    assert!(
+        !run.join("summary.json").exists(),
+        "it must not look finished"
+    );
+    let mut files = vec![run.clone()];
+    let mut left = Vec::new();
+    while let Some(f) = files.pop() {
+        if f.is_dir() {
+            files.extend(fs::read_dir(&f).unwrap().flatten().map(|e| e.path()));
+        } else if f.to_string_lossy().contains(".tmp-") {
+            left.push(f);
+        }
+    }
+    assert!(left.is_empty(), "partial files left: {left:?}");
+    // With room again, the run continues and finishes as an uninterrupted one.
+    let o = runner(p, &["run", "--resume", run.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let full = uninterrupted(p, &[]);
+    assert_eq!(summary(&full)["acc"], summary(&run)["acc"]);
+    assert_same_tensors(
+        &full.join("checkpoints/step-000000060.safetensors"),
+        &run.join("checkpoints/step-000000060.safetensors"),
+    );
+}
+
+#[test]
 fn killed_at_random_points_and_resumed_it_ends_as_an_uninterrupted_run() {
     let d = setup();
     let p = d.path();
