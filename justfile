@@ -37,13 +37,17 @@ reproduce-all: data
 test: setup
     bash scripts/test.sh
 
+# Fuzz spec parsing and override application for SECS seconds (cargo-fuzz; not in CI)
+fuzz secs="120": setup
+    bash scripts/fuzz.sh {{secs}}
+
 # Criterion benchmarks
 bench: setup
     source scripts/env.sh && cargo bench --workspace
 
 # Each step in Rust and in its PyTorch-eager twin, alternately; writes docs/performance.md
 bench-compare: setup
-    source scripts/env.sh && cargo build --release -p jem --example step_time -p robust-transfer --example rt_step_time -p deepthin --example dt_step_time -p tsit --example ts_step_time && python bench/compare.py
+    source scripts/env.sh && cargo build --release -p jem --example step_time -p robust-transfer --example rt_step_time -p deepthin --example dt_step_time -p tsit --example ts_step_time -p reprise-core --example loader_epoch && python bench/compare.py
 
 # cargo fmt --check and clippy with warnings as errors
 lint: setup

@@ -26,6 +26,8 @@ DT_RUST = os.path.join(EXAMPLES, "dt_step_time")
 DT_TWIN = os.path.join(ROOT, "bench", "pytorch", "dt_step.py")
 TS_RUST = os.path.join(EXAMPLES, "ts_step_time")
 TS_TWIN = os.path.join(ROOT, "bench", "pytorch", "ts_step.py")
+LOADER_RUST = os.path.join(EXAMPLES, "loader_epoch")
+LOADER_TWIN = os.path.join(ROOT, "bench", "pytorch", "loader_epoch.py")
 
 
 def jem(arch, k, iters, what):
@@ -48,6 +50,13 @@ def dt(what, iters):
     def cmds(threads):
         args = [what, str(iters), str(threads)]
         return [DT_RUST] + args, [sys.executable, DT_TWIN] + args
+    return cmds
+
+
+def loader(dataset, aug, epochs):
+    def cmds(threads):
+        args = [dataset, aug, str(epochs), str(threads)]
+        return [LOADER_RUST] + args, [sys.executable, LOADER_TWIN] + args
     return cmds
 
 
@@ -85,6 +94,14 @@ STEPS = [
      2 * 8 * (4 * 0.0724 + 10 * 0.0023 + 3 * 0.0111) * 1e9),
     ("TSIT iteration (G + D step), 256x256 official widths", "1x3x256x256, nf 64", ts("256", 2),
      2 * 1 * (4 * 96.9 + 10 * 1.49 + 3 * 23.7) * 1e9),
+    # One epoch of the training-data loader alone (shuffle, gather, augment; batch 64, the last
+    # partial batch dropped): no FLOPs to speak of.
+    ("data loader, one epoch, digits", "1437x1x8x8, batch 64", loader("digits", "plain", 20), 0),
+    ("data loader, one epoch, mnist-5k", "4000x1x28x28, batch 64", loader("mnist-5k", "plain", 20), 0),
+    ("data loader, one epoch, mnist-5k + noise 0.03 (JEM)", "4000x1x28x28, batch 64",
+     loader("mnist-5k", "noise", 10), 0),
+    ("data loader, one epoch, mnist-5k + pad-crop 2 + flip", "4000x1x28x28, batch 64",
+     loader("mnist-5k", "crop-flip", 10), 0),
 ]
 
 
@@ -111,13 +128,19 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--only", default=None,
+                    help="time only the steps whose name contains this; their rows replace (or join) "
+                         "the table in docs/performance.md, with a line saying when they were measured")
     a = ap.parse_args()
-    for exe in (JEM_RUST, RT_RUST, DT_RUST, TS_RUST):
+    for exe in (JEM_RUST, RT_RUST, DT_RUST, TS_RUST, LOADER_RUST):
         if not os.path.exists(exe):
             sys.exit(f"{exe} is missing: `just bench-compare` builds it")
     peak = matmul_peak(a.threads)
     rows = []
-    for name, shape, cmds, flops in STEPS:
+    steps = [st for st in STEPS if a.only is None or a.only in st[0]]
+    if not steps:
+        sys.exit(f"no step's name contains {a.only!r}")
+    for name, shape, cmds, flops in steps:
         rust, torch_t = [], []
         rust_cmd, twin_cmd = cmds(a.threads)
         for _ in range(a.reps):
@@ -137,9 +160,9 @@ def main():
         "# Performance",
         "",
         "Written by `just bench-compare` (`bench/compare.py`). Each step is timed in reprise (Rust, the",
-        "`step_time`, `rt_step_time`, `dt_step_time` and `ts_step_time` examples of the `jem`, `robust-transfer`,",
-        "`deepthin` and `tsit` crates) and in its PyTorch-eager twin (`bench/pytorch/jem_step.py`, `rt_step.py`,",
-        "`dt_step.py`, `ts_step.py`),",
+        "`step_time`, `rt_step_time`, `dt_step_time`, `ts_step_time` and `loader_epoch` examples of the `jem`,",
+        "`robust-transfer`, `deepthin`, `tsit` and core crates) and in its PyTorch-eager twin (`bench/pytorch/jem_step.py`,",
+        "`rt_step.py`, `dt_step.py`, `ts_step.py`, `loader_epoch.py`),",
         f"alternately, {a.reps} repetitions, each the median over its iterations after 3 warm-up iterations;",
         "the table shows the median of the repetitions. Same libtorch (PyTorch 2.11.0), same shapes, float32,",
         f"{a.threads} intra-op thread(s). The PyTorch twin also draws its batches inside the timed loop; reprise's",
@@ -151,15 +174,23 @@ def main():
         "| step | shape | Rust median (ms) | PyTorch median (ms) | ratio Rust/PyTorch | GFLOP per step | achieved GFLOP/s | share of the matmul rate |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for name, shape, r, p, ratio, gf, ach in rows:
-        lines.append(f"| {name} | {shape} | {r:.2f} | {p:.2f} | {ratio:.2f} | {gf:.3f} | {ach:.1f} | {100 * ach / peak:.0f} % |")
+    def row(name, shape, r, p, ratio, gf, ach):
+        if gf == 0:
+            return f"| {name} | {shape} | {r:.2f} | {p:.2f} | {ratio:.2f} | — | — | — |"
+        return f"| {name} | {shape} | {r:.2f} | {p:.2f} | {ratio:.2f} | {gf:.3f} | {ach:.1f} | {100 * ach / peak:.0f} % |"
+    out = os.path.join(ROOT, "docs", "performance.md")
+    if a.only is not None:
+        splice(out, [row(*x) for x in rows], f"Rows whose step contains `{a.only}` were measured {date} on {cpu} "
+               f"by `bench/compare.py --only` ({a.reps} repetitions, {a.threads} thread(s)); the others as above.")
+        return
+    for x in rows:
+        lines.append(row(*x))
     lines += ["", "FLOPs are analytic: a forward of the batch is F; a JEM iteration with K SGLD steps is (2K + 9)·F",
               "(K forward + input-backward pairs, then three loss forwards with full backwards); an SGLD step is 2F;",
               "a PGD-k adversarial training step with use-best is (2k + 4)·F (k forward + input-backward pairs, the",
               "use-best forward, then a forward and full backward); a standard step is 3F; a TSIT iteration is",
               "B·(4G + 10D + 3P) MAC (spec §8: G fwd+bwd and D on fake and real in the G step, the perceptual net",
               "on target and fake, then a G forward and D fwd+bwd on both halves in the D step).", ""]
-    out = os.path.join(ROOT, "docs", "performance.md")
     # Hand-written sections after the marker (analysis, the GPU table) are kept.
     marker = "<!-- end of the generated part -->"
     kept = ""
@@ -171,6 +202,33 @@ def main():
     with open(out, "w") as f:
         f.write("\n".join(lines) + "\n" + marker + kept)
     print("wrote", os.path.normpath(out))
+
+
+def splice(path, new_rows, note):
+    """Replaces the table rows of the same steps in the generated part of `path` (or appends them
+    to the table) and puts `note` below the table, in place of an earlier one."""
+    marker = "<!-- end of the generated part -->"
+    with open(path) as f:
+        gen, sep, rest = f.read().partition(marker)
+    lines = []
+    for line in gen.split("\n"):
+        if line.startswith("Rows whose step contains"):
+            if lines and lines[-1] == "":
+                lines.pop()
+            continue
+        lines.append(line)
+    for r in new_rows:
+        key = r.split(" | ")[0] + " | "
+        hit = [i for i, line in enumerate(lines) if line.startswith(key)]
+        if hit:
+            lines[hit[0]] = r
+        else:
+            lines.insert(max(i for i, line in enumerate(lines) if line.startswith("| ")) + 1, r)
+    last = max(i for i, line in enumerate(lines) if line.startswith("| "))
+    lines[last + 1:last + 1] = ["", note]
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + sep + rest)
+    print("updated", os.path.normpath(path))
 
 
 if __name__ == "__main__":

@@ -226,6 +226,21 @@ mod tests {
     use tch::Kind;
 
     #[test]
+    fn noise_is_the_step_generator_s_own_normal_stream() {
+        let x = Tensor::zeros([3, 1, 5, 5], (Kind::Float, tch::Device::Cpu));
+        let aug = Augment {
+            noise: 0.5,
+            ..Default::default()
+        };
+        let got = aug.apply(&x, &mut Rng::new(7));
+        let mut r = Rng::new(7);
+        let want: Vec<f32> = (0..75).map(|_| (r.normal() * 0.5) as f32).collect();
+        let want = Tensor::from_slice(&want).view([3, 1, 5, 5]);
+        let e = (got - want).abs().max().double_value(&[]);
+        assert!(e < 1e-6, "{e}");
+    }
+
+    #[test]
     fn pad_crop_keeps_shape_and_content() {
         let x = Tensor::arange(2 * 16, (Kind::Float, tch::Device::Cpu)).view([2, 1, 4, 4]) + 1.0;
         let aug = Augment {
