@@ -1161,6 +1161,55 @@ fn tsit_resumed_from_a_checkpoint_ends_bit_identical() {
 }
 
 #[test]
+fn robust_transfer_and_deepthin_runs_that_diverge_stop_naming_the_step() {
+    let d = setup();
+    let p = d.path();
+    let spec = |f: &str| root().join("experiments").join(f).display().to_string();
+    for (file, lr) in [
+        (
+            "robust-transfer/mnist-eps-sweep.yaml",
+            "robust-transfer.source.lr=1e6",
+        ),
+        ("deepthin/mnist-residual.yaml", "deepthin.teacher.lr=1e9"),
+    ] {
+        let o = runner(
+            p,
+            &[
+                "run",
+                &spec(file),
+                "--smoke",
+                "sweep={}",
+                lr,
+                "--out",
+                "out",
+            ],
+        );
+        let t = text(&o);
+        assert!(!o.status.success(), "{t}");
+        assert!(t.contains("training diverged at step"), "{t}");
+        assert!(!t.contains("panicked"), "{t}");
+    }
+    // The deepthin run, continued with a sane teacher rate, finishes.
+    let sweep = runs_under(&p.join("out/deepthin-mnist-residual")).remove(0);
+    let run = runs_under(&sweep)
+        .into_iter()
+        .find(|r| r.join("spec.yaml").exists())
+        .expect("a run folder");
+    assert!(run.join("diverged.json").exists() && !run.join("summary.json").exists());
+    let o = runner(
+        p,
+        &[
+            "run",
+            "--resume",
+            run.to_str().unwrap(),
+            "deepthin.teacher.lr=1e-3",
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(run.join("summary.json").exists());
+}
+
+#[test]
 fn a_diverging_tsit_run_stops_naming_the_step_and_keeps_its_checkpoints() {
     let d = setup();
     let p = d.path();
