@@ -42,9 +42,10 @@ fn main() {
                 &teacher_logits,
                 Loss::Kd { temperature: 1.0 },
                 1e-3,
-            );
+            )
+            .expect("a distillation step");
         } else {
-            imitation_step(&w, block, &mut opt, &u, &target, 1e-3);
+            imitation_step(&w, block, &mut opt, &u, &target, 1e-3).expect("an imitation step");
         }
     });
     println!("{ms:.4}");

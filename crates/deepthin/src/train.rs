@@ -154,6 +154,17 @@ pub fn kd_loss(student: &Tensor, teacher: &Tensor, t: f64) -> Tensor {
         * (t * t)
 }
 
+/// The backward pass of `loss`: an autograd error is an error, not a panic.
+fn backward(loss: &Tensor) -> Result<()> {
+    loss.f_backward()
+        .map_err(|e| Error::msg(format!("the backward pass failed: {e}")))
+}
+
+/// An error of a stage's step, naming the stage and the step.
+fn at_step(what: &str, step: u64) -> impl Fn(Error) -> Error + '_ {
+    move |e| Error::msg(format!("{what}, step {step}: {e}"))
+}
+
 /// One end-to-end step on a batch: `target` holds the labels (CE) or the teacher's logits
 /// (distillation). Returns the loss.
 pub fn train_step(
@@ -163,7 +174,7 @@ pub fn train_step(
     target: &Tensor,
     loss: Loss,
     lr: f64,
-) -> f64 {
+) -> Result<f64> {
     let z = net.forward(x);
     let loss = match loss {
         Loss::Ce => {
@@ -173,9 +184,9 @@ pub fn train_step(
         Loss::Kd { temperature } => kd_loss(&z, target, temperature),
     };
     opt.zero_grad();
-    loss.backward();
+    backward(&loss)?;
     opt.step(lr);
-    loss.double_value(&[])
+    Ok(loss.double_value(&[]))
 }
 
 /// One imitation step of block `i` (0-based) of S̄ on its input `inp` against the teacher's
@@ -187,12 +198,12 @@ pub fn imitation_step(
     inp: &Tensor,
     target: &Tensor,
     lr: f64,
-) -> f64 {
+) -> Result<f64> {
     let loss = mse(&w.thin.feature(&w.block(i, inp)), target);
     opt.zero_grad();
-    loss.backward();
+    backward(&loss)?;
     opt.step(lr);
-    loss.double_value(&[])
+    Ok(loss.double_value(&[]))
 }
 
 /// Adam (PyTorch's defaults, no weight decay) over the parameters of block `i` of S̄: the thin
@@ -228,7 +239,8 @@ pub fn train(net: &dyn Net, d: &Data, s: &TrainStage) -> Result<f64> {
             &target,
             s.loss,
             sched.lr(s.lr, step, 0),
-        );
+        )
+        .map_err(at_step("training", step))?;
         check(l, "training", step)?;
         if step + d.per_epoch() >= steps {
             sum += l;
@@ -337,7 +349,7 @@ pub fn imitate(
                     loss += mse(&thin.feature(&u), &target);
                 }
                 opt.zero_grad();
-                loss.backward();
+                backward(&loss).map_err(at_step("joint imitation", step as u64))?;
                 opt.step(sched.lr(s.lr, step as u64, 0));
                 check(loss.double_value(&[]), "imitation", step as u64)?;
             }
@@ -389,7 +401,10 @@ pub fn imitate(
                         &inp,
                         &target,
                         sched.lr(s.lr, step as u64, 0),
-                    );
+                    )
+                    .map_err(|e| {
+                        at_step(&format!("imitation of block {}", i + 1), step as u64)(e)
+                    })?;
                     check(l, &format!("imitation of block {}", i + 1), step as u64)?;
                 }
                 if !frozen {
@@ -427,7 +442,7 @@ pub fn hint(thin: &dyn Net, d: &Data, s: &HintStage, seed: u64) -> Result<f64> {
             &d.targets[k - 1].index_select(0, &idx),
         );
         opt.zero_grad();
-        loss.backward();
+        backward(&loss).map_err(at_step("hint", step as u64))?;
         opt.step(sched.lr(s.lr, step as u64, 0));
         last = loss.double_value(&[]);
         check(last, "hint", step as u64)?;
@@ -517,5 +532,18 @@ mod tests {
                 a.block
             );
         }
+    }
+
+    #[test]
+    fn an_autograd_error_in_a_step_is_an_error_not_a_panic() {
+        let net = Mlp::new(4, 3, 2, 2, tch::Device::Cpu, 0);
+        let mut opt = optimizer(&net);
+        for t in net.params() {
+            let _ = t.set_requires_grad(false);
+        }
+        let x = Tensor::rand([5, 4], (Kind::Float, tch::Device::Cpu));
+        let y = Tensor::zeros([5], (Kind::Int64, tch::Device::Cpu));
+        let e = train_step(&net, &mut opt, &x, &y, Loss::Ce, 1e-3).unwrap_err();
+        assert!(e.to_string().contains("backward pass failed"), "{e}");
     }
 }
