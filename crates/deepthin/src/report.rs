@@ -97,6 +97,19 @@ pub struct Results {
     pub kind: String,
     /// (arm, depth) → seed → sequence exact-match accuracy, for sequence tasks.
     pub seq: BTreeMap<(String, usize), BTreeMap<u64, f64>>,
+    /// (arm, depth) → seed → seconds the arm (or the teacher) took.
+    pub secs: BTreeMap<(String, usize), BTreeMap<u64, f64>>,
+}
+
+/// Per-(arm, depth, seed) values.
+type PerSeed = BTreeMap<(String, usize), BTreeMap<u64, f64>>;
+
+fn put(m: &mut PerSeed, arm: &str, depth: usize, seed: u64, v: Option<f64>) {
+    if let Some(v) = v {
+        m.entry((arm.to_string(), depth))
+            .or_default()
+            .insert(seed, v);
+    }
 }
 
 impl Results {
@@ -115,28 +128,32 @@ impl Results {
                 continue;
             };
             let depth = depth as usize;
-            r.acc
-                .entry(("teacher".into(), depth))
-                .or_default()
-                .insert(seed, num(&s["teacher_acc"]));
-            if let Some(v) = s["teacher_seq_acc"].as_f64() {
-                r.seq
-                    .entry(("teacher".into(), depth))
-                    .or_default()
-                    .insert(seed, v);
-            }
+            put(
+                &mut r.acc,
+                "teacher",
+                depth,
+                seed,
+                Some(num(&s["teacher_acc"])),
+            );
+            put(
+                &mut r.seq,
+                "teacher",
+                depth,
+                seed,
+                s["teacher_seq_acc"].as_f64(),
+            );
+            put(
+                &mut r.secs,
+                "teacher",
+                depth,
+                seed,
+                s["teacher_secs"].as_f64(),
+            );
             if let Some(arms) = s["arms"].as_object() {
                 for (name, a) in arms {
-                    r.acc
-                        .entry((name.clone(), depth))
-                        .or_default()
-                        .insert(seed, num(&a["acc"]));
-                    if let Some(v) = a["seq_acc"].as_f64() {
-                        r.seq
-                            .entry((name.clone(), depth))
-                            .or_default()
-                            .insert(seed, v);
-                    }
+                    put(&mut r.acc, name, depth, seed, Some(num(&a["acc"])));
+                    put(&mut r.seq, name, depth, seed, a["seq_acc"].as_f64());
+                    put(&mut r.secs, name, depth, seed, a["secs"].as_f64());
                 }
             }
             let w = &s["arms"]["win"];
@@ -193,6 +210,33 @@ impl Results {
         };
         x.iter()
             .filter_map(|(s, v)| y.get(s).map(|w| v - w))
+            .collect()
+    }
+
+    /// Whether `a` beats `b` at a depth on every seed, by ≥ 1 point on average (C1, B1), and
+    /// the paired differences.
+    pub fn beats(&self, a: &str, b: &str, depth: usize) -> (bool, Vec<f64>) {
+        let d = self.diffs(a, b, depth);
+        (
+            !d.is_empty() && d.iter().all(|x| *x > 0.0) && mean(&d) >= 1.0,
+            d,
+        )
+    }
+
+    /// The better distillation arm at a depth (by mean accuracy), if there is one.
+    pub fn best_kd(&self, depth: usize) -> Option<&'static str> {
+        ["kd", "kd-t4"]
+            .into_iter()
+            .filter_map(|a| self.mean(a, depth).map(|m| (a, m)))
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+            .map(|(a, _)| a)
+    }
+
+    /// `Δ(n) = …`, WIN − scratch per depth.
+    pub fn gaps_by_depth(&self) -> Vec<String> {
+        self.depths()
+            .iter()
+            .map(|&n| format!("Δ({n}) = {:+.2}", mean(&self.diffs("win", "scratch", n))))
             .collect()
     }
 }
@@ -252,14 +296,7 @@ pub fn verdicts(r: &Results) -> (String, Claims) {
         det_ok
     );
     // C1.
-    let c1_at = |n: usize| {
-        let d = r.diffs("win", "scratch", n);
-        (
-            !d.is_empty() && d.iter().all(|x| *x > 0.0) && mean(&d) >= 1.0,
-            d,
-        )
-    };
-    let (c1, d_hi) = c1_at(hi);
+    let (c1, d_hi) = r.beats("win", "scratch", hi);
     let _ = writeln!(
         md,
         "- **C1 WIN beats scratch at depth {hi}** {}: paired differences {} (mean {:+.2} pt)",
@@ -270,15 +307,12 @@ pub fn verdicts(r: &Results) -> (String, Claims) {
             .join(", "),
         mean(&d_hi)
     );
-    let c1_some = depths.iter().any(|&n| c1_at(n).0);
+    let c1_some = depths.iter().any(|&n| r.beats("win", "scratch", n).0);
     // C2.
     let d_lo = r.diffs("win", "scratch", lo);
     let gap = mean(&d_hi) - mean(&d_lo);
     let c2 = !d_lo.is_empty() && !d_hi.is_empty() && gap >= 0.5 - 1e-12;
-    let per_depth: Vec<String> = depths
-        .iter()
-        .map(|&n| format!("Δ({n}) = {:+.2}", mean(&r.diffs("win", "scratch", n))))
-        .collect();
+    let per_depth = r.gaps_by_depth();
     let _ = writeln!(
         md,
         "- **C2 the gap grows with depth** {}: {}; Δ({hi}) − Δ({lo}) = {gap:+.2} pt (≥ 0.5)",
@@ -286,13 +320,9 @@ pub fn verdicts(r: &Results) -> (String, Claims) {
         per_depth.join(", ")
     );
     // C3.
-    let kd = ["kd", "kd-t4"]
-        .iter()
-        .filter_map(|a| r.mean(a, hi).map(|m| (*a, m)))
-        .max_by(|a, b| a.1.total_cmp(&b.1));
     let mut c3 = (None, String::from("no distillation arm"));
-    match kd {
-        Some((best, _)) => {
+    match r.best_kd(hi) {
+        Some(best) => {
             let d = r.diffs("win", best, hi);
             c3 = (
                 Some(!d.is_empty() && mean(&d) >= -0.3),
@@ -434,8 +464,7 @@ pub fn stream_verdicts(r: &Results) -> (String, Claims) {
         held(b0),
         r.win.len()
     );
-    let d = r.diffs("win", "scratch", n);
-    let b1 = !d.is_empty() && d.iter().all(|x| *x > 0.0) && mean(&d) >= 1.0;
+    let (b1, d) = r.beats("win", "scratch", n);
     let paired = d
         .iter()
         .map(|x| format!("{x:+.2}"))
@@ -447,23 +476,16 @@ pub fn stream_verdicts(r: &Results) -> (String, Claims) {
         held(b1),
         mean(&d)
     );
-    let depths = r.depths();
-    if depths.len() > 1 {
-        let per: Vec<String> = depths
-            .iter()
-            .map(|&k| format!("Δ({k}) = {:+.2}", mean(&r.diffs("win", "scratch", k))))
-            .collect();
+    if r.depths().len() > 1 {
         let _ = writeln!(
             md,
             "- WIN − scratch by depth (reported): {}",
-            per.join(", ")
+            r.gaps_by_depth().join(", ")
         );
     }
-    let kd = ["kd", "kd-t4"]
-        .iter()
-        .filter_map(|a| r.mean(a, n).map(|m| (*a, m)))
-        .max_by(|a, b| a.1.total_cmp(&b.1));
-    let b2 = kd.map(|(best, _)| (best, mean(&r.diffs("win", best, n))));
+    let b2 = r
+        .best_kd(n)
+        .map(|best| (best, mean(&r.diffs("win", best, n))));
     match b2 {
         Some((best, g)) => {
             let _ = writeln!(
@@ -562,7 +584,7 @@ pub fn stream_verdicts(r: &Results) -> (String, Claims) {
 }
 
 /// A table of arms (rows) by depth (columns): mean ± std over seeds.
-fn arm_table(m: &BTreeMap<(String, usize), BTreeMap<u64, f64>>, depths: &[usize]) -> String {
+fn arm_table(m: &PerSeed, depths: &[usize]) -> String {
     let arms: BTreeSet<String> = m.keys().map(|k| k.0.clone()).collect();
     let mut header = vec!["arm".to_string()];
     header.extend(depths.iter().map(|n| format!("depth {n}")));
@@ -602,29 +624,9 @@ pub fn report_sweep(dir: &Path, runs: &[RunSummary]) -> Result<String> {
         md += "\n## Sequences entirely right (%), mean ± std over seeds\n\n";
         md += &arm_table(&r.seq, &depths);
     }
-    let mut secs: BTreeMap<(String, usize), BTreeMap<u64, f64>> = BTreeMap::new();
-    for run in runs {
-        let s = &run.summary;
-        let (Some(depth), Some(seed)) = (s["depth"].as_u64(), s["seed"].as_u64()) else {
-            continue;
-        };
-        let mut put = |arm: &str, v: &Value| {
-            if let Some(v) = v.as_f64() {
-                secs.entry((arm.to_string(), depth as usize))
-                    .or_default()
-                    .insert(seed, v);
-            }
-        };
-        put("teacher", &s["teacher_secs"]);
-        if let Some(arms) = s["arms"].as_object() {
-            for (name, a) in arms {
-                put(name, &a["secs"]);
-            }
-        }
-    }
-    if !secs.is_empty() {
+    if !r.secs.is_empty() {
         md += "\n## Seconds per arm (each run's process; the teacher is trained once per run and shared)\n\n";
-        md += &arm_table(&secs, &depths);
+        md += &arm_table(&r.secs, &depths);
     }
     // WIN right after the merge, and its imitation error.
     let after: BTreeMap<usize, Vec<f64>> = r.win.iter().fold(BTreeMap::new(), |mut m, w| {
