@@ -1,8 +1,10 @@
 //! The `deepthin:` section of a spec: the architecture, the teacher's training, and the arms,
 //! each a declarative list of named stages.
 
+use reprise_core::data::augment::Augment;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 
 /// One run: a wide teacher, then every arm's stages on a fresh thin network.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -12,8 +14,15 @@ pub struct Config {
     pub arch: MlpArch,
     /// The wide teacher's training (stage 1).
     pub teacher: TrainStage,
+    /// A trained teacher to load instead of training one: a `teacher.safetensors` written by
+    /// an earlier run of the same architecture (or a file with the same tensor names).
+    #[serde(default)]
+    pub teacher_from: Option<PathBuf>,
     /// Batch size of every stage.
     pub batch: usize,
+    /// The image pipeline of the convolutional families (`resnet`, `wrn`).
+    #[serde(default)]
+    pub images: Option<ImagePipeline>,
     /// The arms: a name and its stages, run in order on a fresh thin network.
     pub arms: BTreeMap<String, Arm>,
 }
@@ -26,10 +35,11 @@ pub struct MlpArch {
     /// The family (default: the plain MLP).
     #[serde(default)]
     pub kind: ArchKind,
-    /// Number of blocks n.
+    /// Number of blocks n (for `resnet` and `wrn`: the network's depth, 50 or 6n + 4).
     pub depth: usize,
     /// Thin width w: the MLP's layer width, the residual block's hidden width, the encoder
-    /// layer's FFN width.
+    /// layer's FFN width; for `resnet` the bottleneck's width factor, for `wrn` the widening
+    /// factor k.
     pub thin: i64,
     /// Wide width W, the same quantity in the teacher.
     pub wide: i64,
@@ -69,6 +79,97 @@ pub enum ArchKind {
     /// whose heads and FFN are widened; per-position logits. No pairs; imitation compares the
     /// non-affine LayerNorm of the stream.
     Encoder,
+    /// torchvision's bottleneck ResNet (depth 50, 101 or 152) on images; the teacher widens
+    /// the 3×3 bottleneck (`wide` is its width factor, 4 in the paper). Imitation unit: the
+    /// four stages, compared directly (their outputs have the same width in S and B).
+    Resnet,
+    /// The pre-activation Wide-ResNet WRN-depth-k on images (`thin` and `wide` are k).
+    /// Imitation unit: the three stages, through a 1×1 widening convolution that the loss
+    /// alone uses (nothing to merge).
+    Wrn,
+}
+
+impl ArchKind {
+    /// Whether the family is convolutional, trained on streamed augmented image batches with
+    /// the teacher's targets computed batch by batch.
+    pub fn is_conv(self) -> bool {
+        matches!(self, ArchKind::Resnet | ArchKind::Wrn)
+    }
+}
+
+/// How a convolutional family's batches are prepared.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImagePipeline {
+    /// Per-channel mean subtracted after augmentation (and at test).
+    pub mean: Vec<f64>,
+    /// Per-channel standard deviation divided by.
+    pub std: Vec<f64>,
+    /// Training augmentation (identity by default).
+    #[serde(default)]
+    pub augment: Augment,
+    /// Centre-crop test images to this side (none: as loaded). With `data.image_size`
+    /// `{ resize: 256, crop: 256 }` and 224 here, the test protocol is ImageNet's standard one.
+    #[serde(default)]
+    pub eval_crop: Option<i64>,
+    /// Test batch size.
+    #[serde(default = "eval_batch")]
+    pub eval_batch: usize,
+    /// Save a checkpoint every this many steps (and at the end of every stage).
+    #[serde(default = "checkpoint_steps")]
+    pub checkpoint_steps: u64,
+    /// Test batches over which the per-stage imitation error is measured.
+    #[serde(default = "fit_batches")]
+    pub fit_batches: usize,
+}
+
+fn eval_batch() -> usize {
+    256
+}
+fn checkpoint_steps() -> u64 {
+    1000
+}
+fn fit_batches() -> usize {
+    10
+}
+
+/// A stage's update rule.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Optim {
+    /// Adam with PyTorch's defaults, no weight decay.
+    #[default]
+    Adam,
+    /// PyTorch's SGD with momentum and L2 weight decay.
+    Sgd {
+        /// Momentum.
+        momentum: f64,
+        /// Weight decay (added to the gradient).
+        #[serde(default)]
+        weight_decay: f64,
+        /// Nesterov momentum.
+        #[serde(default)]
+        nesterov: bool,
+    },
+}
+
+/// A stage's learning-rate schedule.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Sched {
+    /// Cosine from the stage's rate to 0 over the stage.
+    #[default]
+    Cosine,
+    /// The rate times `gamma` at each milestone, after a linear warm-up from 0.
+    Step {
+        /// Epochs (of the stage) at which the rate drops.
+        milestones: Vec<f64>,
+        /// Factor per milestone.
+        gamma: f64,
+        /// Linear warm-up from 0, in epochs.
+        #[serde(default)]
+        warmup_epochs: f64,
+    },
 }
 
 /// An arm: its stages, and the depths it runs at (all when empty).
@@ -99,7 +200,7 @@ pub enum Stage {
     CopyHead,
 }
 
-/// Training with a loss for some epochs, Adam with a cosine schedule to 0.
+/// Training with a loss for some epochs (by default Adam with a cosine schedule to 0).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrainStage {
@@ -107,8 +208,14 @@ pub struct TrainStage {
     pub loss: Loss,
     /// Epochs.
     pub epochs: f64,
-    /// Adam learning rate (cosine to 0 over the stage).
+    /// Learning rate (the schedule's base).
     pub lr: f64,
+    /// Update rule (default Adam).
+    #[serde(default)]
+    pub optimizer: Optim,
+    /// Learning-rate schedule (default cosine to 0 over the stage).
+    #[serde(default)]
+    pub lr_schedule: Sched,
 }
 
 /// A training loss.
@@ -130,8 +237,14 @@ pub enum Loss {
 pub struct ImitateStage {
     /// Epochs per block (progressive) or in total (joint).
     pub epochs: f64,
-    /// Adam learning rate (cosine to 0 per block).
+    /// Learning rate (the schedule's base, per block).
     pub lr: f64,
+    /// Update rule (default Adam).
+    #[serde(default)]
+    pub optimizer: Optim,
+    /// Learning-rate schedule of each block's imitation (default cosine to 0).
+    #[serde(default)]
+    pub lr_schedule: Sched,
     /// Initialisation of the linear pairs.
     #[serde(default)]
     pub m_init: MInit,
@@ -202,6 +315,12 @@ pub struct HintStage {
     pub block: usize,
     /// Epochs.
     pub epochs: f64,
-    /// Adam learning rate.
+    /// Learning rate (the schedule's base).
     pub lr: f64,
+    /// Update rule (default Adam).
+    #[serde(default)]
+    pub optimizer: Optim,
+    /// Learning-rate schedule (default cosine to 0).
+    #[serde(default)]
+    pub lr_schedule: Sched,
 }

@@ -9,6 +9,7 @@
 //! sweep over depths and seeds.
 
 pub mod config;
+pub mod conv;
 pub mod model;
 pub mod report;
 pub mod stream;
@@ -53,19 +54,66 @@ pub fn validate(tree: &SpecTree) -> Result<(), SpecError> {
     )?;
     let kind = a.kind;
     let mlp = kind == ArchKind::Mlp;
+    let conv = kind.is_conv();
     tree.require(
         "deepthin.arch.stream",
-        if mlp {
+        if mlp || conv {
             a.stream.is_none()
         } else {
             a.stream.is_some_and(|s| s >= 1)
         },
         if mlp {
             "the plain MLP has no shared stream (its widths are thin and wide)"
+        } else if conv {
+            "a convolutional family's stage widths follow from its depth and width factor"
         } else {
             "the shared stream width is needed (at least 1)"
         },
     )?;
+    match kind {
+        ArchKind::Resnet => tree.require(
+            "deepthin.arch.depth",
+            conv::resnet_layers(a.depth).is_some(),
+            "a bottleneck ResNet has depth 50, 101 or 152",
+        )?,
+        ArchKind::Wrn => tree.require(
+            "deepthin.arch.depth",
+            a.depth >= 10 && (a.depth - 4).is_multiple_of(6),
+            "a Wide-ResNet has depth 6n + 4 (at least 10)",
+        )?,
+        _ => {}
+    }
+    tree.require(
+        "deepthin.images",
+        conv == c.images.is_some(),
+        if conv {
+            "a convolutional family needs `images` (normalisation, augmentation, eval crop)"
+        } else {
+            "`images` is for the convolutional families (resnet, wrn)"
+        },
+    )?;
+    if let Some(im) = &c.images {
+        tree.require(
+            "deepthin.images",
+            im.mean.len() == 3
+                && im.std.len() == 3
+                && im.std.iter().all(|&s| s > 0.0 && s.is_finite())
+                && im.mean.iter().all(|m| m.is_finite()),
+            "mean and std need 3 finite values each, std positive",
+        )?;
+        tree.require(
+            "deepthin.images.eval_crop",
+            im.eval_crop.is_none_or(|c| c >= 1),
+            "must be at least 1",
+        )?;
+        tree.require(
+            "deepthin.images",
+            im.eval_batch >= 1 && im.checkpoint_steps >= 1 && im.fit_batches >= 1,
+            "eval_batch, checkpoint_steps and fit_batches must be at least 1",
+        )?;
+    }
+    // Where the thin and wide stage widths differ, imitation needs a widening map.
+    let widths_differ = conv && conv::stage_widths(a, a.thin) != conv::stage_widths(a, a.wide);
     let enc = kind == ArchKind::Encoder;
     for (key, v) in [("heads", a.heads), ("head_dim", a.head_dim)] {
         tree.require(
@@ -104,6 +152,12 @@ pub fn validate(tree: &SpecTree) -> Result<(), SpecError> {
         pos(c.teacher.epochs) && pos(c.teacher.lr),
         "epochs and lr must be positive",
     )?;
+    check_rule(
+        tree,
+        "deepthin.teacher",
+        c.teacher.optimizer,
+        &c.teacher.lr_schedule,
+    )?;
     for (name, arm) in &c.arms {
         if !(arm.depths.is_empty() || arm.depths.contains(&a.depth)) {
             continue;
@@ -120,6 +174,7 @@ pub fn validate(tree: &SpecTree) -> Result<(), SpecError> {
                         pos(t.epochs) && pos(t.lr),
                         "epochs and lr must be positive",
                     )?;
+                    check_rule(tree, &sp, t.optimizer, &t.lr_schedule)?;
                     if let Loss::Kd { temperature } = t.loss {
                         tree.require(&sp, pos(temperature), "the temperature must be positive")?;
                     }
@@ -131,13 +186,33 @@ pub fn validate(tree: &SpecTree) -> Result<(), SpecError> {
                         "epochs and lr must be positive",
                     )?;
                     tree.require(&sp, !glued, "a second imitation before a merge")?;
+                    check_rule(tree, &sp, m.optimizer, &m.lr_schedule)?;
+                    if conv {
+                        tree.require(
+                            &sp,
+                            m.lower_blocks == config::Lower::Frozen
+                                && m.schedule == config::ImitationSchedule::Progressive,
+                            "the convolutional families imitate progressively with frozen lower stages",
+                        )?;
+                        tree.require(
+                            &sp,
+                            !widths_differ
+                                || (m.m_init == config::MInit::Random
+                                    && m.input == config::Input::StudentPrefix),
+                            "thin and wide stage widths differ: the widening maps start random (`m_init: random`) and the input is the student's prefix",
+                        )?;
+                    }
                     glued = mlp;
                 }
                 Stage::Merge => {
                     tree.require(
                         &sp,
                         mlp,
-                        "nothing to merge: this family shares its stream width, so imitation uses no linear pairs",
+                        if conv {
+                            "nothing to merge: a convolutional family's widening maps serve the imitation loss only"
+                        } else {
+                            "nothing to merge: this family shares its stream width, so imitation uses no linear pairs"
+                        },
                     )?;
                     tree.require(&sp, glued, "a merge needs an imitation stage before it")?;
                     glued = false;
@@ -148,18 +223,33 @@ pub fn validate(tree: &SpecTree) -> Result<(), SpecError> {
                         !mlp,
                         "the MLP's teacher head reads the wide space: the merge folds it in, there is no head to copy",
                     )?;
-                }
-                Stage::Hint(h) => {
                     tree.require(
                         &sp,
-                        h.block >= 1 && h.block <= a.depth,
-                        "block must be between 1 and the depth",
+                        !(kind == ArchKind::Wrn && a.thin != a.wide),
+                        "the Wide-ResNet's head reads the last stage, whose width differs between thin and wide",
+                    )?;
+                }
+                Stage::Hint(h) => {
+                    let blocks = if conv {
+                        conv::num_stages(kind)
+                    } else {
+                        a.depth
+                    };
+                    tree.require(
+                        &sp,
+                        h.block >= 1 && h.block <= blocks,
+                        if conv {
+                            "block must be between 1 and the number of stages"
+                        } else {
+                            "block must be between 1 and the depth"
+                        },
                     )?;
                     tree.require(
                         &sp,
                         pos(h.epochs) && pos(h.lr),
                         "epochs and lr must be positive",
                     )?;
+                    check_rule(tree, &sp, h.optimizer, &h.lr_schedule)?;
                 }
             }
         }
@@ -167,6 +257,45 @@ pub fn validate(tree: &SpecTree) -> Result<(), SpecError> {
             &p,
             !glued,
             "ends with linear pairs that were never merged: add a `merge` stage",
+        )?;
+    }
+    Ok(())
+}
+
+/// Checks a stage's update rule and schedule.
+fn check_rule(
+    tree: &SpecTree,
+    at: &str,
+    o: config::Optim,
+    s: &config::Sched,
+) -> Result<(), SpecError> {
+    if let config::Optim::Sgd {
+        momentum,
+        weight_decay,
+        ..
+    } = o
+    {
+        tree.require(
+            at,
+            (0.0..1.0).contains(&momentum) && weight_decay >= 0.0 && weight_decay.is_finite(),
+            "SGD needs momentum in [0, 1) and a non-negative weight decay",
+        )?;
+    }
+    if let config::Sched::Step {
+        milestones,
+        gamma,
+        warmup_epochs,
+    } = s
+    {
+        tree.require(
+            at,
+            milestones.iter().all(|m| *m >= 0.0 && m.is_finite())
+                && milestones.windows(2).all(|w| w[0] <= w[1])
+                && *gamma > 0.0
+                && gamma.is_finite()
+                && *warmup_epochs >= 0.0
+                && warmup_epochs.is_finite(),
+            "a step schedule needs non-decreasing milestones (epochs), a positive gamma and a non-negative warm-up",
         )?;
     }
     Ok(())
@@ -224,6 +353,9 @@ impl Model {
                 dev,
                 seed,
             ))),
+            ArchKind::Resnet | ArchKind::Wrn => {
+                unreachable!("the convolutional families run in `conv`")
+            }
         }
     }
 }
@@ -350,6 +482,9 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
             }
         }
     }
+    if c.arch.kind.is_conv() {
+        return conv::run(ctx, &c);
+    }
     let (x, y, x_test, y_test, classes) = if h.data.dataset == SORT_TASK {
         let sizes = h.data.split.ok_or_else(|| {
             Error::Data(format!("dataset `{SORT_TASK}` needs `data.split` sizes"))
@@ -388,10 +523,14 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
         batch: c.batch,
     };
     let t0 = Instant::now();
-    if tfile.is_file() {
-        let named = Tensor::read_safetensors(&tfile)?;
+    let from = c
+        .teacher_from
+        .clone()
+        .or_else(|| tfile.is_file().then(|| tfile.clone()));
+    if let Some(f) = from {
+        let named = Tensor::read_safetensors(&f)?;
         model::load_named(teacher.net(), named)
-            .map_err(|e| Error::msg(format!("{}: {e}", tfile.display())))?;
+            .map_err(|e| Error::msg(format!("{}: {e}", f.display())))?;
     } else {
         train::train(
             teacher.net(),

@@ -21,37 +21,40 @@ fn num(v: &Value) -> f64 {
 pub fn report_run(dir: &Path) -> Result<String> {
     let (h, s) = reprise_core::run::finished_run(dir)?;
     let mut md = format!(
-        "# {} — depth {}, seed {}\n\n{}\n\nTeacher test accuracy: {:.2} %.\n\n",
-        h.name,
-        s["depth"],
-        h.seed,
-        h.description,
-        num(&s["teacher_acc"])
+        "# {} — depth {}, seed {}\n\n{}\n\n",
+        h.name, s["depth"], h.seed, h.description,
     );
+    md += &match s["teacher_acc"].as_f64() {
+        Some(t) => format!("Teacher test accuracy: {t:.2} %.\n\n"),
+        None => "No teacher in this run (no arm needs one).\n\n".into(),
+    };
     let mut rows = Vec::new();
-    if let Some(arms) = s["arms"].as_object() {
-        for (name, a) in arms {
-            rows.push(vec![
-                name.clone(),
-                format!("{:.2}", num(&a["acc"])),
-                a.get("acc_after_merge")
+    let arms = s["arms"].as_object();
+    // Top-5 where the runs measure it (the convolutional families).
+    let top5 = arms.is_some_and(|a| a.values().any(|x| x.get("top5").is_some()));
+    for (name, a) in arms.into_iter().flatten() {
+        let mut row = vec![name.clone(), format!("{:.2}", num(&a["acc"]))];
+        if top5 {
+            row.push(
+                a.get("top5")
                     .map_or("—".into(), |v| format!("{:.2}", num(v))),
-                a.get("merge_error")
-                    .map_or("—".into(), |v| format!("{:.1e}", num(v))),
-                format!("{:.1}", num(&a["secs"])),
-            ]);
+            );
         }
+        row.extend([
+            a.get("acc_after_merge")
+                .map_or("—".into(), |v| format!("{:.2}", num(v))),
+            a.get("merge_error")
+                .map_or("—".into(), |v| format!("{:.1e}", num(v))),
+            format!("{:.1}", num(&a["secs"])),
+        ]);
+        rows.push(row);
     }
-    md += &markdown_table(
-        &[
-            "arm",
-            "test accuracy %",
-            "after merge %",
-            "merge error",
-            "seconds",
-        ],
-        &rows,
-    );
+    let mut header = vec!["arm", "test accuracy %"];
+    if top5 {
+        header.push("top-5 %");
+    }
+    header.extend(["after merge %", "merge error", "seconds"]);
+    md += &markdown_table(&header, &rows);
     if let Some(fits) = s["arms"]["win"]["fits"].as_array() {
         md += "\nWIN imitation, normalised error (MSE / teacher feature variance) per block:\n\n";
         let rows: Vec<Vec<String>> = fits
@@ -99,6 +102,8 @@ pub struct Results {
     pub seq: BTreeMap<(String, usize), BTreeMap<u64, f64>>,
     /// (arm, depth) → seed → seconds the arm (or the teacher) took.
     pub secs: BTreeMap<(String, usize), BTreeMap<u64, f64>>,
+    /// (arm, depth) → seed → top-5 accuracy (the convolutional families).
+    pub top5: BTreeMap<(String, usize), BTreeMap<u64, f64>>,
 }
 
 /// Per-(arm, depth, seed) values.
@@ -133,7 +138,14 @@ impl Results {
                 "teacher",
                 depth,
                 seed,
-                Some(num(&s["teacher_acc"])),
+                s["teacher_acc"].as_f64(),
+            );
+            put(
+                &mut r.top5,
+                "teacher",
+                depth,
+                seed,
+                s["teacher_top5"].as_f64(),
             );
             put(
                 &mut r.seq,
@@ -154,6 +166,7 @@ impl Results {
                     put(&mut r.acc, name, depth, seed, Some(num(&a["acc"])));
                     put(&mut r.seq, name, depth, seed, a["seq_acc"].as_f64());
                     put(&mut r.secs, name, depth, seed, a["secs"].as_f64());
+                    put(&mut r.top5, name, depth, seed, a["top5"].as_f64());
                 }
             }
             let w = &s["arms"]["win"];
@@ -583,6 +596,137 @@ pub fn stream_verdicts(r: &Results) -> (String, Claims) {
     (md, claims)
 }
 
+/// The claims of the convolutional families at paper scale: the paper's ImageNet claim (WIN at
+/// the smallest depth beats scratch at the largest, ResNet-50 vs ResNet-101) where the sweep
+/// has two depths, WIN against scratch and distillation at the smallest depth, and the teacher.
+pub fn conv_verdicts(r: &Results) -> (String, Claims) {
+    let mut md = format!("\n## Claims at paper scale (`{}`)\n\n", r.kind);
+    let depths = r.depths();
+    let (Some(&lo), Some(&hi)) = (depths.first(), depths.last()) else {
+        let none = Claims {
+            verdict: "no runs".into(),
+            claims: vec![],
+        };
+        return (md + "No runs.\n", none);
+    };
+    let imagenet = r.kind == "resnet";
+    let p1 = match (r.mean("win", lo), r.mean("scratch", hi)) {
+        (Some(w), Some(s)) if hi > lo => Some((w, s)),
+        _ => None,
+    };
+    match p1 {
+        Some((w, s)) => {
+            let _ = writeln!(
+                md,
+                "- **P1 WIN at depth {lo} beats scratch at depth {hi}** {}: {w:.2} % vs {s:.2} %",
+                held(w > s)
+            );
+        }
+        None => md += "- P1 (WIN at the smaller depth vs scratch at the larger): not measured (one depth, or an arm missing)\n",
+    }
+    let (w1, d) = r.beats("win", "scratch", lo);
+    let paired = d
+        .iter()
+        .map(|x| format!("{x:+.2}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let _ = writeln!(
+        md,
+        "- **W1 WIN beats scratch at depth {lo}** {}: paired differences {paired} (every seed > 0 and mean ≥ 1)",
+        held(w1)
+    );
+    let w2 = r
+        .best_kd(lo)
+        .map(|best| (best, mean(&r.diffs("win", best, lo))));
+    if let Some((best, g)) = w2 {
+        let _ = writeln!(
+            md,
+            "- **W2 versus distillation** (reported): WIN − `{best}` = {g:+.2} pt"
+        );
+    }
+    if let (Some(f), Some(w)) = (r.mean("fitnet", lo), r.mean("win", lo)) {
+        let _ = writeln!(md, "- FitNets at depth {lo}: {f:.2} % vs WIN {w:.2} %");
+    }
+    let dt = r.diffs("teacher", "scratch", lo);
+    let w3 = !dt.is_empty() && mean(&dt) >= 1.0;
+    let _ = writeln!(
+        md,
+        "- **W3 the teacher is better than scratch** {}: {:+.2} pt (≥ 1.0)",
+        held(w3),
+        mean(&dt)
+    );
+    let verdict = if !w3 {
+        "inconclusive (W3 fails: nothing to transfer)".to_string()
+    } else {
+        match (p1, w1) {
+            (Some((w, s)), _) if w > s => {
+                "WIN at the smaller depth beats scratch at the larger (P1)".into()
+            }
+            (Some(_), true) => {
+                "WIN beats scratch at its depth (W1) but not the deeper network (P1 fails)".into()
+            }
+            (Some(_), false) => "WIN beats neither (P1 and W1 fail)".into(),
+            (None, true) => "WIN beats scratch (W1)".into(),
+            (None, false) => "WIN does not beat scratch (W1 fails)".into(),
+        }
+    };
+    let _ = writeln!(md, "\n**Outcome:** {verdict}.");
+    md += if imagenet {
+        "\nReference (not from the paper): torchvision's ImageNet top-1 is 76.13 % for ResNet-50 and 77.37 % for ResNet-101; WRN-50-2 (a 2× bottleneck) 78.48 %.\n"
+    } else {
+        "\nReference (RepDistiller, CIFAR-100, WRN-40-2 → WRN-40-1; not from the paper): teacher 75.61, scratch 71.98, KD 73.54, FitNet 72.24, CRD 74.14 (top-1 %).\n"
+    };
+    let row =
+        |claim: &str, what: &str, paper: &str, ours: String, ok: Option<bool>, gating: bool| {
+            ClaimRow {
+                claim: claim.into(),
+                what: what.into(),
+                paper: paper.into(),
+                ours,
+                verdict: verdict_word(ok),
+                gating,
+            }
+        };
+    let claims = Claims {
+        verdict,
+        claims: vec![
+            row(
+                "P1",
+                "WIN at the smaller depth beats scratch at the larger",
+                "ImageNet: ResNet-50 trained with WIN > ResNet-101 (claim verified, numbers unverified)",
+                p1.map_or("not measured".into(), |(w, s)| format!("{w:.2} % vs {s:.2} %")),
+                p1.map(|(w, s)| w > s),
+                true,
+            ),
+            row(
+                "W1",
+                "WIN beats scratch at the same depth",
+                "—",
+                format!("depth {lo}: paired {paired}"),
+                Some(w1),
+                true,
+            ),
+            row(
+                "W2",
+                "versus plain distillation (reported)",
+                "—",
+                w2.map_or("no distillation arm".into(), |(b, g)| format!("WIN − `{b}`: {g:+.2} pt")),
+                None,
+                false,
+            ),
+            row(
+                "W3",
+                "the wide teacher is better than thin scratch",
+                "—",
+                format!("{:+.2} pt", mean(&dt)),
+                Some(w3),
+                true,
+            ),
+        ],
+    };
+    (md, claims)
+}
+
 /// A table of arms (rows) by depth (columns): mean ± std over seeds.
 fn arm_table(m: &PerSeed, depths: &[usize]) -> String {
     let arms: BTreeSet<String> = m.keys().map(|k| k.0.clone()).collect();
@@ -623,6 +767,10 @@ pub fn report_sweep(dir: &Path, runs: &[RunSummary]) -> Result<String> {
     if !r.seq.is_empty() {
         md += "\n## Sequences entirely right (%), mean ± std over seeds\n\n";
         md += &arm_table(&r.seq, &depths);
+    }
+    if !r.top5.is_empty() {
+        md += "\n## Top-5 test accuracy (%), mean ± std over seeds\n\n";
+        md += &arm_table(&r.top5, &depths);
     }
     if !r.secs.is_empty() {
         md += "\n## Seconds per arm (each run's process; the teacher is trained once per run and shared)\n\n";
@@ -718,14 +866,19 @@ pub fn report_sweep(dir: &Path, runs: &[RunSummary]) -> Result<String> {
         )?;
         md += "\n![accuracy vs depth](figures/acc-vs-depth.png)\n";
     }
+    let conv = r.kind == "resnet" || r.kind == "wrn";
     let (claims_md, claims) = if r.kind == "mlp" {
         verdicts(&r)
+    } else if conv {
+        conv_verdicts(&r)
     } else {
         stream_verdicts(&r)
     };
     md += &claims_md;
     claims.write(dir)?;
-    md += "\nThe paper's claims (ImageNet and SQuAD; numbers unverified, claims verified from the abstracts): ResNet-50 trained with WIN outperforms a normally trained ResNet-101 — not tested here (no ImageNet); BERT-base trained with WIN is comparable with BERT-large on SQuAD — not tested here.\n";
+    if !conv {
+        md += "\nThe paper's claims (ImageNet and SQuAD; numbers unverified, claims verified from the abstracts): ResNet-50 trained with WIN outperforms a normally trained ResNet-101 — not tested here (no ImageNet); BERT-base trained with WIN is comparable with BERT-large on SQuAD — not tested here.\n";
+    }
     let _ = writeln!(md, "\nGenerated from {} finished runs.", runs.len());
     Ok(md)
 }

@@ -3,7 +3,7 @@
 //! input), FitNets' hint, and the merge.
 
 use crate::config::{
-    HintStage, ImitateStage, ImitationSchedule, Input, Loss, Lower, MInit, TrainStage,
+    HintStage, ImitateStage, ImitationSchedule, Input, Loss, Lower, MInit, Optim, Sched, TrainStage,
 };
 use crate::model::{merge, merge_error, Affine, Glue, Mlp, Net, Widened};
 use reprise_core::data::batch_indices;
@@ -109,8 +109,29 @@ pub fn test_accuracy(net: &dyn Net, d: &Data) -> f64 {
 }
 
 fn adam(groups: Vec<(Vec<Tensor>, f64)>) -> Optimizer {
+    stage_optimizer(Optim::Adam, groups)
+}
+
+/// A stage's optimizer over parameter groups `(parameters, learning-rate multiplier)`; empty
+/// groups are dropped.
+pub fn stage_optimizer(o: Optim, groups: Vec<(Vec<Tensor>, f64)>) -> Optimizer {
+    let (rule, weight_decay) = match o {
+        Optim::Adam => (Rule::adam(), 0.0),
+        Optim::Sgd {
+            momentum,
+            weight_decay,
+            nesterov,
+        } => (
+            Rule::Sgd {
+                momentum,
+                dampening: 0.0,
+                nesterov,
+            },
+            weight_decay,
+        ),
+    };
     Optimizer::new(
-        Rule::adam(),
+        rule,
         groups
             .into_iter()
             .filter(|(p, _)| !p.is_empty())
@@ -122,10 +143,36 @@ fn adam(groups: Vec<(Vec<Tensor>, f64)>) -> Optimizer {
                     .map(|(i, t)| (format!("{g}.{i}"), t))
                     .collect(),
                 lr_mult,
-                weight_decay: 0.0,
+                weight_decay,
             })
             .collect(),
     )
+}
+
+/// A stage's schedule over `steps` steps of `per_epoch` per epoch: the step schedule and the
+/// warm-up length in steps.
+pub fn stage_schedule(s: &Sched, steps: u64, per_epoch: u64) -> (Schedule, u64) {
+    let at = |e: f64| (e * per_epoch as f64).round() as u64;
+    match s {
+        Sched::Cosine => (
+            Schedule::Cosine {
+                total: steps,
+                min: 0.0,
+            },
+            0,
+        ),
+        Sched::Step {
+            milestones,
+            gamma,
+            warmup_epochs,
+        } => (
+            Schedule::MultiStep {
+                milestones: milestones.iter().map(|&e| at(e)).collect(),
+                gamma: *gamma,
+            },
+            at(*warmup_epochs),
+        ),
+    }
 }
 
 fn check(loss: f64, what: &str, step: u64) -> Result<()> {
@@ -220,11 +267,8 @@ pub fn optimizer(net: &dyn Net) -> Optimizer {
 /// Trains every parameter of `net` with a loss; returns the last epoch's mean loss.
 pub fn train(net: &dyn Net, d: &Data, s: &TrainStage) -> Result<f64> {
     let steps = d.steps(s.epochs);
-    let mut opt = adam(vec![(net.params(), 1.0)]);
-    let sched = Schedule::Cosine {
-        total: steps,
-        min: 0.0,
-    };
+    let mut opt = stage_optimizer(s.optimizer, vec![(net.params(), 1.0)]);
+    let (sched, warm) = stage_schedule(&s.lr_schedule, steps, d.per_epoch());
     let (mut sum, mut k) = (0.0, 0);
     for (step, idx) in d.batches(steps).enumerate() {
         let step = step as u64;
@@ -238,7 +282,7 @@ pub fn train(net: &dyn Net, d: &Data, s: &TrainStage) -> Result<f64> {
             &d.x.index_select(0, &idx),
             &target,
             s.loss,
-            sched.lr(s.lr, step, 0),
+            sched.lr(s.lr, step, warm),
         )
         .map_err(at_step("training", step))?;
         check(l, "training", step)?;
@@ -330,11 +374,8 @@ pub fn imitate(
         ImitationSchedule::Joint => {
             let steps = d.steps(s.epochs);
             let all: Vec<Tensor> = (0..n).flat_map(own).collect();
-            let mut opt = adam(vec![(all, 1.0)]);
-            let sched = Schedule::Cosine {
-                total: steps,
-                min: 0.0,
-            };
+            let mut opt = stage_optimizer(s.optimizer, vec![(all, 1.0)]);
+            let (sched, warm) = stage_schedule(&s.lr_schedule, steps, d.per_epoch());
             for (step, idx) in d.batches(steps).enumerate() {
                 let x = d.x.index_select(0, &idx);
                 let mut u = x.shallow_clone();
@@ -350,7 +391,7 @@ pub fn imitate(
                 }
                 opt.zero_grad();
                 backward(&loss).map_err(at_step("joint imitation", step as u64))?;
-                opt.step(sched.lr(s.lr, step as u64, 0));
+                opt.step(sched.lr(s.lr, step as u64, warm));
                 check(loss.double_value(&[]), "imitation", step as u64)?;
             }
         }
@@ -366,11 +407,8 @@ pub fn imitate(
                     Lower::Full => (lower, 1.0),
                 };
                 let frozen = lower.is_empty();
-                let mut opt = adam(vec![(own(i), 1.0), (lower, mult)]);
-                let sched = Schedule::Cosine {
-                    total: steps,
-                    min: 0.0,
-                };
+                let mut opt = stage_optimizer(s.optimizer, vec![(own(i), 1.0), (lower, mult)]);
+                let (sched, warm) = stage_schedule(&s.lr_schedule, steps, d.per_epoch());
                 if frozen && s.input == Input::StudentPrefix {
                     cached = Some(match (i, &cached) {
                         (0, _) => d.x.shallow_clone(),
@@ -400,7 +438,7 @@ pub fn imitate(
                         &mut opt,
                         &inp,
                         &target,
-                        sched.lr(s.lr, step as u64, 0),
+                        sched.lr(s.lr, step as u64, warm),
                     )
                     .map_err(|e| {
                         at_step(&format!("imitation of block {}", i + 1), step as u64)(e)
@@ -426,11 +464,8 @@ pub fn hint(thin: &dyn Net, d: &Data, s: &HintStage, seed: u64) -> Result<f64> {
     let mut params: Vec<Tensor> = (0..k).flat_map(|i| thin.block_params(i)).collect();
     params.extend(reg.params());
     let steps = d.steps(s.epochs);
-    let mut opt = adam(vec![(params, 1.0)]);
-    let sched = Schedule::Cosine {
-        total: steps,
-        min: 0.0,
-    };
+    let mut opt = stage_optimizer(s.optimizer, vec![(params, 1.0)]);
+    let (sched, warm) = stage_schedule(&s.lr_schedule, steps, d.per_epoch());
     let mut last = f64::NAN;
     for (step, idx) in d.batches(steps).enumerate() {
         let mut h = d.x.index_select(0, &idx);
@@ -443,7 +478,7 @@ pub fn hint(thin: &dyn Net, d: &Data, s: &HintStage, seed: u64) -> Result<f64> {
         );
         opt.zero_grad();
         backward(&loss).map_err(at_step("hint", step as u64))?;
-        opt.step(sched.lr(s.lr, step as u64, 0));
+        opt.step(sched.lr(s.lr, step as u64, warm));
         last = loss.double_value(&[]);
         check(last, "hint", step as u64)?;
     }
@@ -519,6 +554,8 @@ mod tests {
         let stage = ImitateStage {
             epochs: 30.0,
             lr: 1e-2,
+            optimizer: Optim::Adam,
+            lr_schedule: Sched::Cosine,
             m_init: MInit::Pca,
             input,
             lower_blocks: Lower::Frozen,

@@ -2,7 +2,7 @@
 //! across arms: they depend only on the transfer seed), and per-batch input transforms.
 
 use crate::config::{Target, Transform};
-use reprise_core::data::formats::ImageFolderIndex;
+pub use reprise_core::data::Images;
 use reprise_core::data::{self, labels_vec, Dataset, Rng, Splits};
 use reprise_core::spec::DataSpec;
 use reprise_core::{Error, Result};
@@ -32,81 +32,23 @@ pub fn select_classes(ds: &Dataset, classes: &[i64]) -> Result<Dataset> {
     })
 }
 
-/// Images with labels, in memory or decoded batch by batch from an ImageFolder tree.
-#[derive(Debug)]
-pub enum Images {
-    /// In memory.
-    Memory(Dataset),
-    /// Streamed (`data.stream: true`).
-    Folder(ImageFolderIndex),
-}
-
-impl Images {
-    /// Number of examples.
-    pub fn len(&self) -> usize {
-        match self {
-            Images::Memory(d) => d.len(),
-            Images::Folder(f) => f.len(),
-        }
-    }
-
-    /// Whether it is empty.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Number of classes.
-    pub fn classes(&self) -> usize {
-        match self {
-            Images::Memory(d) => d.classes,
-            Images::Folder(f) => f.classes.len(),
-        }
-    }
-
-    /// The examples at `idx` (inputs, labels), on the CPU.
-    pub fn batch(&self, idx: &[i64]) -> Result<(Tensor, Tensor)> {
-        match self {
-            Images::Memory(d) => {
-                let i = Tensor::from_slice(idx);
-                Ok((d.x.index_select(0, &i), d.y.index_select(0, &i)))
-            }
-            Images::Folder(f) => f.load(idx),
-        }
-    }
-}
-
 /// The source's train and holdout data: the header's dataset, restricted to `classes` before
 /// it is split with `data.split` (seeded by `data.split_seed`). A streamed ImageFolder
 /// (`data.stream: true`) keeps its `train/` and `val/` trees and is decoded per batch.
 pub fn source_splits(spec: &DataSpec, classes: Option<&[i64]>) -> Result<(Images, Images)> {
-    if spec.stream {
-        if spec.dataset != "imagefolder" || classes.is_some() {
-            return Err(Error::Data(
-                "`data.stream` is for an imagefolder dataset without `source.classes`".into(),
-            ));
-        }
-        let dir = spec
-            .path
-            .clone()
-            .ok_or_else(|| Error::Data("imagefolder needs `data.path`".into()))?;
-        let size = spec
-            .image_size
-            .ok_or_else(|| Error::Data("imagefolder needs `data.image_size`".into()))?;
-        return Ok((
-            Images::Folder(ImageFolderIndex::new(&dir.join("train"), size)?),
-            Images::Folder(ImageFolderIndex::new(&dir.join("val"), size)?),
+    if spec.stream && classes.is_some() {
+        return Err(Error::Data(
+            "`data.stream` is for an imagefolder dataset without `source.classes`".into(),
         ));
     }
-    let s = match classes {
-        None => data::load_splits(spec)?,
-        Some(cl) => {
-            let all = select_classes(&data::load(spec)?, cl)?;
-            let sizes = spec
-                .split
-                .ok_or_else(|| Error::Data("the source data needs `data.split` sizes".into()))?;
-            data::split(&all, sizes, spec.split_seed, spec.stratified)?
-        }
+    let Some(cl) = classes else {
+        return data::image_splits(spec);
     };
+    let all = select_classes(&data::load(spec)?, cl)?;
+    let sizes = spec
+        .split
+        .ok_or_else(|| Error::Data("the source data needs `data.split` sizes".into()))?;
+    let s = data::split(&all, sizes, spec.split_seed, spec.stratified)?;
     Ok((Images::Memory(s.train), Images::Memory(s.test)))
 }
 

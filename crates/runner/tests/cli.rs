@@ -1057,18 +1057,7 @@ fn deepthin_runs_are_deterministic_and_merge_exactly() {
 fn robust_transfer_streams_an_image_folder() {
     let d = setup();
     let p = d.path();
-    // A tiny ImageFolder tree: two classes of 24×20 PNGs, bright and dark, train/ and val/.
-    for split in ["train", "val"] {
-        for (c, v) in [("bright", 220u8), ("dark", 30u8)] {
-            let dir = p.join("folder").join(split).join(c);
-            fs::create_dir_all(&dir).unwrap();
-            for i in 0..6u8 {
-                let img =
-                    image::RgbImage::from_pixel(24, 20, image::Rgb([v, v.wrapping_add(i), 100]));
-                img.save(dir.join(format!("{i}.png"))).unwrap();
-            }
-        }
-    }
+    write_image_folder(p, 6);
     let spec = format!(
         "name: stream
 paper: robust-transfer
@@ -1098,6 +1087,147 @@ robust-transfer:
     // Bright vs dark is easy: the streamed source learns it.
     assert!(s["src_clean"].as_f64().unwrap() >= 90.0, "{s}");
     assert!(!s["src_robust"].as_object().unwrap().is_empty(), "{s}");
+}
+
+/// Writes a tiny ImageFolder tree under `<p>/folder`: `per` PNGs per class of two classes,
+/// bright and dark (24×20), in `train/` and `val/`.
+fn write_image_folder(p: &Path, per: u8) {
+    for split in ["train", "val"] {
+        for (c, v) in [("bright", 220u8), ("dark", 30u8)] {
+            let dir = p.join("folder").join(split).join(c);
+            fs::create_dir_all(&dir).unwrap();
+            for i in 0..per {
+                let img = image::RgbImage::from_pixel(
+                    24,
+                    20,
+                    image::Rgb([v, v.wrapping_add(i * 3), 100 + i]),
+                );
+                img.save(dir.join(format!("{i}.png"))).unwrap();
+            }
+        }
+    }
+}
+
+/// A tiny streamed convolutional deepthin run: WRN-10-2 teaches WRN-10-1 on an ImageFolder.
+fn tiny_conv(p: &Path) -> String {
+    format!(
+        "name: tiny-conv
+paper: deepthin
+description: tiny convolutional deepthin
+seed: 2
+device: cpu
+data: {{ dataset: imagefolder, path: {}, image_size: {{ resize: 20, crop: 16 }}, stream: true }}
+deepthin:
+  arch: {{ kind: wrn, depth: 10, thin: 1, wide: 2 }}
+  batch: 4
+  images:
+    mean: [0.5, 0.5, 0.5]
+    std: [0.25, 0.25, 0.25]
+    augment: {{ hflip: true }}
+    eval_batch: 8
+    checkpoint_steps: 2
+    fit_batches: 2
+  teacher:
+    loss: ce
+    epochs: 4
+    lr: 0.05
+    optimizer: {{ sgd: {{ momentum: 0.9, weight_decay: 5.0e-4 }} }}
+    lr_schedule: {{ step: {{ milestones: [3], gamma: 0.1, warmup_epochs: 1 }} }}
+  arms:
+    scratch:
+      stages: [{{ train: {{ loss: ce, epochs: 4, lr: 0.05, optimizer: {{ sgd: {{ momentum: 0.9 }} }} }} }}]
+    win:
+      stages:
+        - {{ imitate: {{ epochs: 1, lr: 0.05, m_init: random, optimizer: {{ sgd: {{ momentum: 0.9 }} }} }} }}
+        - {{ train: {{ loss: {{ kd: {{ temperature: 4 }} }}, epochs: 2, lr: 0.05, optimizer: {{ sgd: {{ momentum: 0.9 }} }} }} }}
+        - {{ train: {{ loss: ce, epochs: 1, lr: 0.005, optimizer: {{ sgd: {{ momentum: 0.9 }} }} }} }}
+",
+        p.join("folder").display()
+    )
+}
+
+/// The newest checkpoint step in a run folder, if any.
+fn newest_checkpoint(run: &Path) -> Option<u64> {
+    fs::read_dir(run.join("checkpoints"))
+        .ok()?
+        .filter_map(|e| {
+            let n = e.ok()?.file_name().into_string().ok()?;
+            n.strip_prefix("step-")?
+                .strip_suffix(".safetensors")?
+                .parse()
+                .ok()
+        })
+        .max()
+}
+
+#[test]
+fn deepthin_conv_streams_an_image_folder_and_resumes_inside_a_phase() {
+    let d = setup();
+    let p = d.path();
+    write_image_folder(p, 16);
+    write(p, "tiny-conv.yaml", &tiny_conv(p));
+    let o = runner(
+        p,
+        &["run", "t/tiny-conv", "--out", "full", "--threads", "1"],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let full = runs_under(&p.join("full/tiny-conv")).remove(0);
+    let reference = summary(&full);
+    // Bright vs dark is easy: every network learns it from the streamed images.
+    for k in ["teacher_acc", "acc_scratch", "acc_win"] {
+        assert!(reference[k].as_f64().unwrap() >= 90.0, "{k}: {reference}");
+    }
+    let fits = reference["arms"]["win"]["fits"].as_array().unwrap();
+    assert_eq!(fits.len(), 3, "one fit per WRN stage");
+    // 32 images in batches of 4: 8 steps per epoch. The plan: teacher 0..32, scratch
+    // 32..64, WIN imitation 64..72, 72..80, 80..88, KD 88..104, CE 104..112. Kill once in
+    // the teacher and once in the second imitation block.
+    for (i, at) in [10u64, 74].iter().enumerate() {
+        let out = format!("cut{i}");
+        let mut child = spawn_runner(
+            p,
+            &["run", "t/tiny-conv", "--out", &out, "--threads", "1"],
+            false,
+        );
+        let base = p.join(&out).join("tiny-conv");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        loop {
+            let reached = base.is_dir()
+                && runs_under(&base)
+                    .first()
+                    .and_then(|r| newest_checkpoint(r))
+                    .is_some_and(|s| s >= *at);
+            if reached || std::time::Instant::now() > deadline {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        let _ = child.kill(); // SIGKILL
+        let status = child.wait().unwrap();
+        let cut = runs_under(&base).remove(0);
+        if status.success() {
+            eprintln!("the run ended before the kill at step {at}; inconclusive");
+            continue;
+        }
+        assert!(!cut.join("summary.json").exists());
+        let o = runner(
+            p,
+            &["run", "--resume", cut.to_str().unwrap(), "--threads", "1"],
+        );
+        assert!(o.status.success(), "{}", text(&o));
+        let s = summary(&cut);
+        let strip = |v: &serde_json::Value| {
+            let mut v = v.clone();
+            for a in v["arms"].as_object_mut().unwrap().values_mut() {
+                a.as_object_mut().unwrap().remove("secs");
+            }
+            for k in ["teacher_secs", "wall_seconds"] {
+                v.as_object_mut().unwrap().remove(k);
+            }
+            v
+        };
+        assert_eq!(strip(&s), strip(&reference), "after a kill at step {at}");
+    }
 }
 
 const TINY_TS: &str = "name: tiny-ts

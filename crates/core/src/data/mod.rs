@@ -260,6 +260,76 @@ pub fn read_csv_images(path: &Path, h: i64, w: i64, max: f64, classes: usize) ->
     })
 }
 
+/// Images with labels, in memory or decoded batch by batch from an ImageFolder tree.
+#[derive(Debug)]
+pub enum Images {
+    /// In memory.
+    Memory(Dataset),
+    /// Decoded batch by batch (`data.stream: true`).
+    Folder(formats::ImageFolderIndex),
+}
+
+impl Images {
+    /// Number of examples.
+    pub fn len(&self) -> usize {
+        match self {
+            Images::Memory(d) => d.len(),
+            Images::Folder(f) => f.len(),
+        }
+    }
+
+    /// Whether it is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Number of classes.
+    pub fn classes(&self) -> usize {
+        match self {
+            Images::Memory(d) => d.classes,
+            Images::Folder(f) => f.classes.len(),
+        }
+    }
+
+    /// The examples at `idx` (inputs, labels), on the CPU.
+    pub fn batch(&self, idx: &[i64]) -> Result<(Tensor, Tensor)> {
+        match self {
+            Images::Memory(d) => {
+                let i = Tensor::from_slice(idx);
+                Ok((d.x.index_select(0, &i), d.y.index_select(0, &i)))
+            }
+            Images::Folder(f) => f.load(idx),
+        }
+    }
+}
+
+/// The train and test images of a spec: a streamed ImageFolder (`data.stream: true`) keeps its
+/// `train/` and `val/` trees and is decoded per batch; any other dataset is loaded and split
+/// in memory ([`load_splits`]).
+pub fn image_splits(spec: &DataSpec) -> Result<(Images, Images)> {
+    if spec.stream {
+        if spec.dataset != "imagefolder" {
+            return Err(Error::Data(format!(
+                "`data.stream` is for an imagefolder dataset, not `{}`",
+                spec.dataset
+            )));
+        }
+        let dir = spec
+            .path
+            .clone()
+            .ok_or_else(|| Error::Data("imagefolder needs `data.path`".into()))?;
+        let size = spec
+            .image_size
+            .ok_or_else(|| Error::Data("imagefolder needs `data.image_size`".into()))?;
+        return Ok((
+            Images::Folder(formats::ImageFolderIndex::new(&dir.join("train"), size)?),
+            Images::Folder(formats::ImageFolderIndex::new(&dir.join("val"), size)?),
+        ));
+    }
+    let s = load_splits(spec)?;
+    Ok((Images::Memory(s.train), Images::Memory(s.test)))
+}
+
 /// Loads the train and test parts of a dataset that comes with its own split, from
 /// `data.path`: `mnist-idx` and `fashion-mnist` (IDX files, plain or gzip, under their usual
 /// names), `cifar10` and `cifar100` (binary batches), `imagefolder` (`train/` and `val/`

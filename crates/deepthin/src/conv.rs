@@ -1,0 +1,1166 @@
+//! The convolutional families, at paper scale: torchvision's bottleneck ResNet whose teacher
+//! widens the 3×3 bottleneck (ResNet-50 → 4×, the paper's ImageNet setting) and the
+//! Wide-ResNet (WRN-40-2 → WRN-40-1). Their data cannot be held in memory with the teacher's
+//! feature maps, so every stage streams augmented batches (an in-memory dataset or an
+//! ImageFolder decoded batch by batch) and computes the frozen teacher's targets batch by batch.
+//!
+//! The run is a fixed plan of phases — the teacher's training, then each arm's stages, an
+//! imitation stage being one phase per network stage — numbered by one global step counter.
+//! Checkpoints (every `images.checkpoint_steps` steps and at the end of every phase) hold the
+//! network being trained, any imitation map, the optimizer and the arm's log, so an
+//! interrupted run resumes inside the phase it stopped in.
+
+use crate::config::{
+    ArchKind, Arm, Config, HintStage, ImagePipeline, ImitateStage, Input, Loss, MlpArch, Stage,
+    TrainStage,
+};
+use crate::train::{kd_loss, stage_optimizer, stage_schedule, BlockFit};
+use reprise_core::checkpoint::Checkpoint;
+use reprise_core::data::{self, batch_indices, Images, Rng};
+use reprise_core::models::{Block, ResNet, ResNetConfig, Stem, Wrn, WrnConfig, WrnNorm};
+use reprise_core::nn::Activation;
+use reprise_core::optim::Optimizer;
+use reprise_core::run::{json_f64, RunContext};
+use reprise_core::{Error, Result};
+use serde_json::{json, Map, Value};
+use std::cell::RefCell;
+use std::time::Instant;
+use tch::nn;
+use tch::{Device, Kind, Tensor};
+
+/// Blocks per stage of torchvision's bottleneck ResNet of this depth.
+pub fn resnet_layers(depth: usize) -> Option<Vec<usize>> {
+    match depth {
+        50 => Some(vec![3, 4, 6, 3]),
+        101 => Some(vec![3, 4, 23, 3]),
+        152 => Some(vec![3, 8, 36, 3]),
+        _ => None,
+    }
+}
+
+/// Number of stages (imitation units) of a convolutional family.
+pub fn num_stages(kind: ArchKind) -> usize {
+    match kind {
+        ArchKind::Wrn => 3,
+        _ => 4,
+    }
+}
+
+/// Channels of each stage's output for width factor `k`.
+pub fn stage_widths(a: &MlpArch, k: i64) -> Vec<i64> {
+    match a.kind {
+        // The bottleneck's width factor changes only its inner width.
+        ArchKind::Resnet => vec![256, 512, 1024, 2048],
+        _ => vec![16 * k, 32 * k, 64 * k],
+    }
+}
+
+#[derive(Debug)]
+enum Body {
+    ResNet(ResNet),
+    Wrn(Wrn),
+}
+
+/// Which part of a network a variable belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Part {
+    Stem,
+    Stage(usize),
+    Head,
+    /// The Wide-ResNet's energy head, kept for checkpoint shape only.
+    Unused,
+}
+
+/// A thin or wide convolutional network and its variables.
+#[derive(Debug)]
+pub struct ConvNet {
+    vs: nn::VarStore,
+    body: Body,
+}
+
+impl ConvNet {
+    /// Builds S (`wide` false) or B, seeded: torchvision's initialisation for the ResNet
+    /// (Kaiming-normal fan-out convolutions, BN γ = 1, β = 0, PyTorch's linear default for
+    /// `fc`), PyTorch's defaults for the Wide-ResNet.
+    pub fn new(a: &MlpArch, wide: bool, classes: i64, dev: Device, seed: u64) -> ConvNet {
+        tch::manual_seed(seed as i64);
+        let vs = nn::VarStore::new(dev);
+        let k = if wide { a.wide } else { a.thin };
+        let body = match a.kind {
+            ArchKind::Resnet => Body::ResNet(ResNet::new(
+                &vs.root(),
+                &ResNetConfig {
+                    block: Block::Bottleneck,
+                    layers: resnet_layers(a.depth).expect("validated: a bottleneck depth"),
+                    stem: Stem::Imagenet,
+                    base: 64,
+                    width_factor: k,
+                    in_channels: 3,
+                    classes,
+                },
+            )),
+            ArchKind::Wrn => Body::Wrn(Wrn::new(
+                &vs.root(),
+                &WrnConfig {
+                    depth: a.depth,
+                    widen: k,
+                    norm: WrnNorm::Batch,
+                    dropout: 0.0,
+                    act: Activation::Relu,
+                    in_channels: 3,
+                    classes,
+                },
+            )),
+            k => unreachable!("{k:?} is not a convolutional family"),
+        };
+        ConvNet { vs, body }
+    }
+
+    /// Number of stages.
+    pub fn stages(&self) -> usize {
+        match &self.body {
+            Body::ResNet(r) => r.num_stages(),
+            Body::Wrn(_) => 3,
+        }
+    }
+
+    /// The stem on normalised images.
+    pub fn stem(&self, x: &Tensor, train: bool) -> Tensor {
+        match &self.body {
+            Body::ResNet(r) => r.stem_t(x, train),
+            Body::Wrn(w) => w.stem(x),
+        }
+    }
+
+    /// Stage `i` (0-based) on the previous stage's output.
+    pub fn stage(&self, i: usize, h: &Tensor, train: bool) -> Tensor {
+        match &self.body {
+            Body::ResNet(r) => r.stage_t(i, h, train),
+            Body::Wrn(w) => w.stage_t(i, h, train),
+        }
+    }
+
+    /// The head on the last stage's output: logits.
+    pub fn head(&self, h: &Tensor, train: bool) -> Tensor {
+        match &self.body {
+            Body::ResNet(r) => h.adaptive_avg_pool2d([1, 1]).flatten(1, -1).apply(&r.fc),
+            Body::Wrn(w) => w.pool_t(h, train).apply(&w.class_output),
+        }
+    }
+
+    /// The stem and stages `0..=i`.
+    pub fn prefix(&self, x: &Tensor, i: usize, train: bool) -> Tensor {
+        let mut h = self.stem(x, train);
+        for j in 0..=i {
+            h = self.stage(j, &h, train);
+        }
+        h
+    }
+
+    /// The logits.
+    pub fn forward(&self, x: &Tensor, train: bool) -> Tensor {
+        let h = self.prefix(x, self.stages() - 1, train);
+        self.head(&h, train)
+    }
+
+    fn part(&self, name: &str) -> Part {
+        let top = name.split('.').next().unwrap_or("");
+        if let Some(k) = top.strip_prefix("layer") {
+            return Part::Stage(k.parse::<usize>().map_or(0, |k| k - 1));
+        }
+        match (&self.body, top) {
+            (_, "conv1") | (Body::ResNet(_), "bn1") => Part::Stem,
+            (Body::Wrn(_), "energy_output") => Part::Unused,
+            _ => Part::Head,
+        }
+    }
+
+    /// Every variable by name (BatchNorm statistics included), sorted.
+    pub fn named(&self) -> Vec<(String, Tensor)> {
+        let mut v: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    fn params_where(&self, keep: impl Fn(Part) -> bool) -> Vec<Tensor> {
+        self.named()
+            .into_iter()
+            .filter(|(n, t)| t.requires_grad() && keep(self.part(n)))
+            .map(|(_, t)| t)
+            .collect()
+    }
+
+    /// The trainable parameters of stage `i`, with the stem's for stage 0.
+    pub fn stage_params(&self, i: usize) -> Vec<Tensor> {
+        self.params_where(|p| p == Part::Stage(i) || (i == 0 && p == Part::Stem))
+    }
+
+    /// The trainable parameters of the stem and stages `0..=i`.
+    pub fn prefix_params(&self, i: usize) -> Vec<Tensor> {
+        self.params_where(|p| p == Part::Stem || matches!(p, Part::Stage(j) if j <= i))
+    }
+
+    /// Every trainable parameter (the Wide-ResNet's unused energy head excluded).
+    pub fn params(&self) -> Vec<Tensor> {
+        self.params_where(|p| p != Part::Unused)
+    }
+
+    /// Copies the head's variables (`fc`, or the Wide-ResNet's final BN and `class_output`)
+    /// from `src`; returns how many tensors were copied.
+    pub fn copy_head(&self, src: &ConvNet) -> Result<usize> {
+        let from: std::collections::HashMap<String, Tensor> = src.named().into_iter().collect();
+        let mut n = 0;
+        tch::no_grad(|| -> Result<()> {
+            for (name, mut t) in self.named() {
+                if self.part(&name) != Part::Head {
+                    continue;
+                }
+                let s = from
+                    .get(&name)
+                    .ok_or_else(|| Error::msg(format!("the teacher has no `{name}`")))?;
+                if s.size() != t.size() {
+                    return Err(Error::msg(format!(
+                        "head tensor `{name}`: teacher {:?}, thin {:?}",
+                        s.size(),
+                        t.size()
+                    )));
+                }
+                t.copy_(s);
+                n += 1;
+            }
+            Ok(())
+        })?;
+        Ok(n)
+    }
+
+    /// Loads every variable from named tensors (all must be present with their shapes).
+    pub fn load(&self, named: &[(String, Tensor)], prefix: &str) -> Result<()> {
+        let from: std::collections::HashMap<&str, &Tensor> = named
+            .iter()
+            .filter_map(|(k, t)| k.strip_prefix(prefix).map(|k| (k, t)))
+            .collect();
+        tch::no_grad(|| {
+            for (name, mut t) in self.named() {
+                let s = from
+                    .get(name.as_str())
+                    .ok_or_else(|| Error::msg(format!("missing tensor `{prefix}{name}`")))?;
+                if s.size() != t.size() {
+                    return Err(Error::msg(format!(
+                        "tensor `{prefix}{name}` has shape {:?}, the network {:?}",
+                        s.size(),
+                        t.size()
+                    )));
+                }
+                t.copy_(s);
+            }
+            Ok(())
+        })
+    }
+}
+
+/// A 1×1 widening convolution (thin channels → wide), used by the imitation and hint losses
+/// only; PyTorch's default initialisation (Kaiming-uniform, a = √5, and its bias bound).
+#[derive(Debug)]
+struct Proj {
+    w: Tensor,
+    b: Tensor,
+}
+
+impl Proj {
+    fn new(inp: i64, out: i64, dev: Device, seed: u64) -> Proj {
+        tch::manual_seed(seed as i64);
+        let bound = 1.0 / (inp as f64).sqrt();
+        let opts = (Kind::Float, dev);
+        Proj {
+            w: (Tensor::rand([out, inp, 1, 1], opts) * 2.0 - 1.0) * bound,
+            b: (Tensor::rand([out], opts) * 2.0 - 1.0) * bound,
+        }
+        .requires_grad()
+    }
+
+    fn requires_grad(self) -> Proj {
+        Proj {
+            w: self.w.set_requires_grad(true),
+            b: self.b.set_requires_grad(true),
+        }
+    }
+
+    fn apply(&self, h: &Tensor) -> Tensor {
+        h.conv2d(&self.w, Some(&self.b), [1, 1], [0, 0], [1, 1], 1)
+    }
+
+    fn named(&self) -> Vec<(String, Tensor)> {
+        vec![
+            ("proj.b".into(), self.b.shallow_clone()),
+            ("proj.w".into(), self.w.shallow_clone()),
+        ]
+    }
+}
+
+/// Training and test batches: index order per (seed, epoch), augmentation per (seed, step),
+/// then per-channel normalisation; test images centre-cropped to `eval_crop`.
+pub struct Pipeline<'a> {
+    train: &'a Images,
+    test: &'a Images,
+    p: &'a ImagePipeline,
+    batch: usize,
+    seed: u64,
+    dev: Device,
+    mean: Tensor,
+    std: Tensor,
+    order: RefCell<Option<(u64, Vec<Vec<i64>>)>>,
+}
+
+impl<'a> Pipeline<'a> {
+    /// A pipeline over `train` and `test`.
+    pub fn new(
+        train: &'a Images,
+        test: &'a Images,
+        p: &'a ImagePipeline,
+        batch: usize,
+        seed: u64,
+        dev: Device,
+    ) -> Pipeline<'a> {
+        let ch = |v: &[f64]| {
+            Tensor::from_slice(&v.iter().map(|&a| a as f32).collect::<Vec<_>>())
+                .view([1, -1, 1, 1])
+                .to_device(dev)
+        };
+        Pipeline {
+            train,
+            test,
+            p,
+            batch,
+            seed,
+            dev,
+            mean: ch(&p.mean),
+            std: ch(&p.std),
+            order: RefCell::new(None),
+        }
+    }
+
+    /// Steps per epoch (the last batch may be short).
+    pub fn per_epoch(&self) -> u64 {
+        self.train.len().div_ceil(self.batch) as u64
+    }
+
+    /// Steps of a stage of `epochs` epochs (at least one).
+    pub fn steps(&self, epochs: f64) -> u64 {
+        ((epochs * self.per_epoch() as f64).round() as u64).max(1)
+    }
+
+    fn normalize(&self, x: &Tensor) -> Tensor {
+        (x - &self.mean) / &self.std
+    }
+
+    /// The training batch of a stage's step `step` (every stage sees the same sequence).
+    pub fn train_batch(&self, step: u64) -> Result<(Tensor, Tensor)> {
+        let per = self.per_epoch();
+        let epoch = step / per;
+        let mut o = self.order.borrow_mut();
+        if o.as_ref().is_none_or(|(e, _)| *e != epoch) {
+            let b = batch_indices(self.train.len(), self.batch, self.seed, epoch, true, false);
+            *o = Some((epoch, b));
+        }
+        let idx = &o.as_ref().expect("set above").1[(step % per) as usize];
+        let (x, y) = self.train.batch(idx)?;
+        let mut x = x.to_device(self.dev);
+        if !self.p.augment.is_identity() {
+            let mut rng = Rng::new(self.seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            x = self.p.augment.apply(&x, &mut rng);
+        }
+        Ok((self.normalize(&x), y.to_device(self.dev)))
+    }
+
+    /// The test batches (the first `limit` of them when given), in order.
+    pub fn test_batches(
+        &self,
+        limit: Option<usize>,
+    ) -> impl Iterator<Item = Result<(Tensor, Tensor)>> + '_ {
+        let n = self.test.len() as i64;
+        let b = self.p.eval_batch.max(1) as i64;
+        (0..n)
+            .step_by(b as usize)
+            .take(limit.unwrap_or(usize::MAX))
+            .map(move |i| {
+                let idx: Vec<i64> = (i..(i + b).min(n)).collect();
+                let (x, y) = self.test.batch(&idx)?;
+                let mut x = x.to_device(self.dev);
+                if let Some(c) = self.p.eval_crop {
+                    let (h, w) = (x.size()[2], x.size()[3]);
+                    if c > h || c > w {
+                        return Err(Error::Data(format!(
+                            "images.eval_crop {c} is larger than the test images ({h}×{w})"
+                        )));
+                    }
+                    x = x.narrow(2, (h - c) / 2, c).narrow(3, (w - c) / 2, c);
+                }
+                Ok((self.normalize(&x), y.to_device(self.dev)))
+            })
+    }
+}
+
+/// Top-1 and top-5 test accuracy (%), final weights, eval mode, under no_grad. Ties go to the
+/// lower class (LibTorch's argmax and topk keep the first maximum).
+pub fn evaluate(net: &ConvNet, p: &Pipeline<'_>) -> Result<(f64, f64)> {
+    tch::no_grad(|| {
+        let (mut top1, mut top5, mut n) = (0i64, 0i64, 0i64);
+        for b in p.test_batches(None) {
+            let (x, y) = b?;
+            let z = net.forward(&x, false);
+            if z.isfinite().all().int64_value(&[]) == 0 {
+                return Err(Error::msg(
+                    "the test logits are not finite: the network diverged",
+                ));
+            }
+            let k = z.size()[1].min(5);
+            let (_, idx) = z.topk(k, 1, true, true);
+            let hit = idx.eq_tensor(&y.unsqueeze(1));
+            top1 += hit.narrow(1, 0, 1).sum(Kind::Int64).int64_value(&[]);
+            top5 += hit.sum(Kind::Int64).int64_value(&[]);
+            n += y.size()[0];
+        }
+        if n == 0 {
+            return Err(Error::Data("the test set is empty".into()));
+        }
+        Ok((
+            100.0 * top1 as f64 / n as f64,
+            100.0 * top5 as f64 / n as f64,
+        ))
+    })
+}
+
+/// One phase of the plan.
+#[derive(Debug, Clone)]
+struct Phase {
+    /// `teacher`, or `<arm>/<stage index>` with `/<block>` for an imitation block.
+    name: String,
+    /// Steps (a head copy counts one).
+    steps: u64,
+}
+
+/// Where a run resumes: the phase and the steps of it already done, with the checkpoint.
+struct Resume {
+    phase: usize,
+    local: u64,
+    ck: Checkpoint,
+}
+
+/// Runs phases with checkpoints and resume.
+struct Exec<'c, 'p> {
+    ctx: &'c mut RunContext,
+    p: &'p Pipeline<'p>,
+    plan: Vec<Phase>,
+    offsets: Vec<u64>,
+    resume: Option<Resume>,
+    every: u64,
+}
+
+/// What a phase entry found.
+enum Entry {
+    /// Run from this step (0 for a fresh phase).
+    From(u64),
+    /// A later phase's checkpoint exists: this one is done.
+    Done,
+}
+
+impl Exec<'_, '_> {
+    fn index(&self, name: &str) -> usize {
+        self.plan
+            .iter()
+            .position(|p| p.name == name)
+            .expect("phases are looked up by the names the plan was built with")
+    }
+
+    /// Enters phase `name`: restores `state`, the optimizer and the arm's log from the
+    /// checkpoint if the run resumes inside it.
+    fn enter(
+        &mut self,
+        name: &str,
+        state: &[(String, Tensor)],
+        opt: Option<&mut Optimizer>,
+        log: &mut Map<String, Value>,
+    ) -> Result<Entry> {
+        let i = self.index(name);
+        let Some(r) = &self.resume else {
+            return Ok(Entry::From(0));
+        };
+        if r.phase > i {
+            return Ok(Entry::Done);
+        }
+        if r.phase < i {
+            return Ok(Entry::From(0));
+        }
+        let got: String = r.ck.get("phase_name")?;
+        if got != name {
+            return Err(Error::msg(format!(
+                "the checkpoint is of phase `{got}`, the plan has `{name}` there: the arms changed since it was written"
+            )));
+        }
+        tch::no_grad(|| -> Result<()> {
+            for (k, t) in state {
+                let mut t = t.shallow_clone();
+                t.copy_(r.ck.tensor(k)?);
+            }
+            Ok(())
+        })?;
+        if let Some(o) = opt {
+            o.load(&r.ck, "opt")?;
+        }
+        let text: String = r.ck.get("log")?;
+        *log = serde_json::from_str(&text).map_err(|e| Error::msg(e.to_string()))?;
+        let local = r.local;
+        tracing::info!("resuming {name} at its step {local}");
+        eprintln!("resuming {name} at its step {local}");
+        self.resume = None;
+        Ok(Entry::From(local))
+    }
+
+    fn save(
+        &self,
+        name: &str,
+        local: u64,
+        state: &[(String, Tensor)],
+        opt: &Optimizer,
+        log: &Map<String, Value>,
+    ) -> Result<()> {
+        let i = self.index(name);
+        let mut ck = Checkpoint::new();
+        for (k, t) in state {
+            ck.put(k.clone(), t);
+        }
+        opt.save(&mut ck, "opt");
+        ck.set("phase", i);
+        ck.set("phase_name", name);
+        ck.set("local", local);
+        ck.set(
+            "log",
+            serde_json::to_string(log).map_err(|e| Error::msg(e.to_string()))?,
+        );
+        self.ctx.checkpoints().save(self.offsets[i] + local, &ck)?;
+        Ok(())
+    }
+
+    /// Runs `f(step, x, y) -> loss` for the steps of phase `name` from `from`, checkpointing
+    /// `state` and `opt`; returns the mean loss of the last epoch's steps run in this sitting.
+    #[allow(clippy::too_many_arguments)]
+    fn steps(
+        &mut self,
+        name: &str,
+        from: u64,
+        state: &[(String, Tensor)],
+        opt: &mut Optimizer,
+        log: &Map<String, Value>,
+        mut f: impl FnMut(&mut Optimizer, u64, &Tensor, &Tensor) -> Result<f64>,
+    ) -> Result<f64> {
+        let i = self.index(name);
+        let total = self.plan[i].steps;
+        let per = self.p.per_epoch();
+        let mut progress = self.ctx.progress(total, from);
+        let (mut sum, mut k) = (0.0, 0u64);
+        for step in from..total {
+            let (x, y) = self.p.train_batch(step)?;
+            let l = f(opt, step, &x, &y)
+                .map_err(|e| Error::msg(format!("{name}, step {step}: {e}")))?;
+            if !l.is_finite() {
+                return Err(Error::Diverged {
+                    step: self.offsets[i] + step,
+                    why: format!("{name}: loss {l} at its step {step}"),
+                });
+            }
+            if step + per >= total {
+                sum += l;
+                k += 1;
+            }
+            progress.set(step + 1, &format!("{name} loss {l:.4}"));
+            let done = step + 1;
+            if done.is_multiple_of(per) || done == total {
+                self.ctx.log_metrics(
+                    self.offsets[i] + done,
+                    done as f64 / per as f64,
+                    &[("loss", l)],
+                )?;
+            }
+            if done == total || done.is_multiple_of(self.every) {
+                self.save(name, done, state, opt, log)?;
+            }
+            if self.ctx.interrupted() && done < total {
+                self.save(name, done, state, opt, log)?;
+                return Err(Error::Interrupted {
+                    step: self.offsets[i] + done,
+                    dir: self.ctx.dir().to_path_buf(),
+                });
+            }
+        }
+        progress.finish();
+        Ok(sum / k.max(1) as f64)
+    }
+}
+
+fn backward(loss: &Tensor) -> Result<()> {
+    loss.f_backward()
+        .map_err(|e| Error::msg(format!("the backward pass failed: {e}")))
+}
+
+fn mse(a: &Tensor, b: &Tensor) -> Tensor {
+    (a - b).square().mean(Kind::Float)
+}
+
+fn prefixed(prefix: &str, v: Vec<(String, Tensor)>) -> Vec<(String, Tensor)> {
+    v.into_iter()
+        .map(|(k, t)| (format!("{prefix}{k}"), t))
+        .collect()
+}
+
+/// The phases of a stage: one per network stage for an imitation.
+fn stage_phases(
+    arm: &str,
+    i: usize,
+    s: &Stage,
+    p: &Pipeline<'_>,
+    n: usize,
+    it: &dyn Fn(u64) -> u64,
+) -> Vec<Phase> {
+    let one = |steps: u64| Phase {
+        name: format!("{arm}/{i}"),
+        steps,
+    };
+    match s {
+        Stage::Train(t) => vec![one(it(p.steps(t.epochs)))],
+        Stage::Hint(h) => vec![one(it(p.steps(h.epochs)))],
+        Stage::CopyHead | Stage::Merge => vec![one(1)],
+        Stage::Imitate(m) => (0..n)
+            .map(|b| Phase {
+                name: format!("{arm}/{i}/{b}"),
+                steps: it(p.steps(m.epochs)),
+            })
+            .collect(),
+    }
+}
+
+/// Whether an arm needs the teacher.
+fn needs_teacher(arm: &Arm) -> bool {
+    arm.stages.iter().any(|s| match s {
+        Stage::Train(t) => matches!(t.loss, Loss::Kd { .. }),
+        Stage::Imitate(_) | Stage::Hint(_) | Stage::CopyHead => true,
+        Stage::Merge => false,
+    })
+}
+
+/// Trains `net` with a loss: the teacher's stage 1, or an arm's end-to-end stage.
+fn train_phase(
+    ex: &mut Exec<'_, '_>,
+    name: &str,
+    net: &ConvNet,
+    teacher: Option<&ConvNet>,
+    t: &TrainStage,
+    log: &mut Map<String, Value>,
+) -> Result<Option<f64>> {
+    let state = prefixed("net.", net.named());
+    let mut opt = stage_optimizer(t.optimizer, vec![(net.params(), 1.0)]);
+    let Entry::From(from) = ex.enter(name, &state, Some(&mut opt), log)? else {
+        return Ok(None);
+    };
+    let total = ex.plan[ex.index(name)].steps;
+    let (sched, warm) = stage_schedule(&t.lr_schedule, total, ex.p.per_epoch());
+    let snapshot = log.clone();
+    let l = ex.steps(
+        name,
+        from,
+        &state,
+        &mut opt,
+        &snapshot,
+        |opt, step, x, y| {
+            let z = net.forward(x, true);
+            let loss = match (t.loss, teacher) {
+                (Loss::Ce, _) => z.cross_entropy_for_logits(y),
+                (Loss::Kd { temperature }, Some(b)) => {
+                    let zt = tch::no_grad(|| b.forward(x, false));
+                    kd_loss(&z, &zt, temperature)
+                }
+                (Loss::Kd { .. }, None) => {
+                    return Err(Error::msg("distillation without a teacher"));
+                }
+            };
+            opt.zero_grad();
+            backward(&loss)?;
+            opt.step(sched.lr(t.lr, step, warm));
+            Ok(loss.double_value(&[]))
+        },
+    )?;
+    Ok(Some(l))
+}
+
+/// The normalised imitation error of stage `i`: MSE over the mean per-feature variance of the
+/// teacher's output, on the first `fit_batches` training and test batches.
+fn stage_fit(
+    p: &Pipeline<'_>,
+    thin: &ConvNet,
+    teacher: &ConvNet,
+    proj: Option<&Proj>,
+    i: usize,
+    input: Input,
+) -> Result<BlockFit> {
+    let k = p.p.fit_batches.max(1);
+    let fit = |x: &Tensor| -> (f64, f64) {
+        let target = teacher.prefix(x, i, false);
+        let inp = match (input, i) {
+            (_, 0) => thin.stem(x, false),
+            (Input::Teacher, _) => teacher.prefix(x, i - 1, false),
+            (Input::StudentPrefix, _) => thin.prefix(x, i - 1, false),
+        };
+        let out = thin.stage(i, &inp, false);
+        let out = proj.map_or(out.shallow_clone(), |q| q.apply(&out));
+        let var = target
+            .var_dim([0].as_slice(), true, false)
+            .mean(Kind::Float)
+            .double_value(&[]);
+        (mse(&out, &target).double_value(&[]), var)
+    };
+    tch::no_grad(|| {
+        let mut tr = (0.0, 0.0);
+        for s in 0..k as u64 {
+            let (x, _) = p.train_batch(s)?;
+            let (a, b) = fit(&x);
+            tr = (tr.0 + a, tr.1 + b);
+        }
+        let mut te = (0.0, 0.0);
+        for b in p.test_batches(Some(k)) {
+            let (x, _) = b?;
+            let (a, v) = fit(&x);
+            te = (te.0 + a, te.1 + v);
+        }
+        Ok(BlockFit {
+            block: i + 1,
+            nmse_train: tr.0 / tr.1.max(1e-12),
+            nmse_test: te.0 / te.1.max(1e-12),
+        })
+    })
+}
+
+/// Imitation of stage `i`: the thin stage (with the stem for stage 0) and, where the widths
+/// differ, a 1×1 widening map learn to reproduce the teacher's stage output from the thin
+/// prefix (frozen, eval mode) or the teacher's.
+#[allow(clippy::too_many_arguments)]
+fn imitate_phase(
+    ex: &mut Exec<'_, '_>,
+    name: &str,
+    thin: &ConvNet,
+    teacher: &ConvNet,
+    proj: Option<&Proj>,
+    i: usize,
+    m: &ImitateStage,
+    log: &mut Map<String, Value>,
+) -> Result<bool> {
+    let mut params = thin.stage_params(i);
+    let mut state = prefixed("net.", thin.named());
+    if let Some(q) = proj {
+        params.extend(q.named().into_iter().map(|(_, t)| t));
+        state.extend(q.named());
+    }
+    let mut opt = stage_optimizer(m.optimizer, vec![(params, 1.0)]);
+    let Entry::From(from) = ex.enter(name, &state, Some(&mut opt), log)? else {
+        return Ok(false);
+    };
+    let total = ex.plan[ex.index(name)].steps;
+    let (sched, warm) = stage_schedule(&m.lr_schedule, total, ex.p.per_epoch());
+    let snapshot = log.clone();
+    ex.steps(
+        name,
+        from,
+        &state,
+        &mut opt,
+        &snapshot,
+        |opt, step, x, _| {
+            let (inp, target) = tch::no_grad(|| {
+                let target = teacher.prefix(x, i, false);
+                let inp = match (m.input, i) {
+                    (_, 0) => None,
+                    (Input::Teacher, _) => Some(teacher.prefix(x, i - 1, false)),
+                    (Input::StudentPrefix, _) => Some(thin.prefix(x, i - 1, false)),
+                };
+                (inp, target)
+            });
+            let inp = inp.unwrap_or_else(|| thin.stem(x, true));
+            let out = thin.stage(i, &inp, true);
+            let out = proj.map_or(out.shallow_clone(), |q| q.apply(&out));
+            let loss = mse(&out, &target);
+            opt.zero_grad();
+            backward(&loss)?;
+            opt.step(sched.lr(m.lr, step, warm));
+            Ok(loss.double_value(&[]))
+        },
+    )?;
+    Ok(true)
+}
+
+/// FitNets' hint: the stem and stages `0..block` with a 1×1 regressor match the teacher's
+/// stage `block` output.
+fn hint_phase(
+    ex: &mut Exec<'_, '_>,
+    name: &str,
+    thin: &ConvNet,
+    teacher: &ConvNet,
+    reg: &Proj,
+    h: &HintStage,
+    log: &mut Map<String, Value>,
+) -> Result<Option<f64>> {
+    let k = h.block - 1;
+    let mut params = thin.prefix_params(k);
+    params.extend(reg.named().into_iter().map(|(_, t)| t));
+    let mut state = prefixed("net.", thin.named());
+    state.extend(reg.named());
+    let mut opt = stage_optimizer(h.optimizer, vec![(params, 1.0)]);
+    let Entry::From(from) = ex.enter(name, &state, Some(&mut opt), log)? else {
+        return Ok(None);
+    };
+    let total = ex.plan[ex.index(name)].steps;
+    let (sched, warm) = stage_schedule(&h.lr_schedule, total, ex.p.per_epoch());
+    let snapshot = log.clone();
+    let l = ex.steps(
+        name,
+        from,
+        &state,
+        &mut opt,
+        &snapshot,
+        |opt, step, x, _| {
+            let target = tch::no_grad(|| teacher.prefix(x, k, false));
+            let loss = mse(&reg.apply(&thin.prefix(x, k, true)), &target);
+            opt.zero_grad();
+            backward(&loss)?;
+            opt.step(sched.lr(h.lr, step, warm));
+            Ok(loss.double_value(&[]))
+        },
+    )?;
+    Ok(Some(l))
+}
+
+/// One arm on a fresh thin network: its stages, then its test accuracy.
+#[allow(clippy::too_many_arguments)]
+fn run_arm(
+    ex: &mut Exec<'_, '_>,
+    c: &Config,
+    classes: i64,
+    teacher: Option<&ConvNet>,
+    name: &str,
+    arm: &Arm,
+    seed: u64,
+) -> Result<Map<String, Value>> {
+    let t0 = Instant::now();
+    let dev = ex.p.dev;
+    let thin = ConvNet::new(&c.arch, false, classes, dev, seed);
+    let mut log = Map::new();
+    log.insert("stages".into(), json!([]));
+    let need = || teacher.ok_or_else(|| Error::msg("this arm needs the teacher"));
+    let (tw, ww) = (
+        stage_widths(&c.arch, c.arch.thin),
+        stage_widths(&c.arch, c.arch.wide),
+    );
+    for (si, s) in arm.stages.iter().enumerate() {
+        let key = format!("{name}/{si}");
+        let mut entry = Map::new();
+        let ran = match s {
+            Stage::Train(t) => {
+                let l = train_phase(ex, &key, &thin, teacher, t, &mut log)?;
+                entry.insert(
+                    "kind".into(),
+                    json!(match t.loss {
+                        Loss::Ce => "ce".to_string(),
+                        Loss::Kd { temperature } => format!("kd T={temperature}"),
+                    }),
+                );
+                if let Some(l) = l {
+                    entry.insert("final_loss".into(), json_f64(l));
+                }
+                l.is_some()
+            }
+            Stage::Imitate(m) => {
+                let b = need()?;
+                let mut any = false;
+                for i in 0..thin.stages() {
+                    let proj = (tw[i] != ww[i]).then(|| {
+                        Proj::new(
+                            tw[i],
+                            ww[i],
+                            dev,
+                            seed.wrapping_mul(31).wrapping_add(i as u64),
+                        )
+                    });
+                    let key = format!("{key}/{i}");
+                    if imitate_phase(ex, &key, &thin, b, proj.as_ref(), i, m, &mut log)? {
+                        let fit = stage_fit(ex.p, &thin, b, proj.as_ref(), i, m.input)?;
+                        let fits = log.entry("fits").or_insert_with(|| json!([]));
+                        if let Value::Array(a) = fits {
+                            a.push(
+                                serde_json::to_value(&fit)
+                                    .map_err(|e| Error::msg(e.to_string()))?,
+                            );
+                        }
+                        any = true;
+                    }
+                }
+                entry.insert("kind".into(), json!("imitate"));
+                if any {
+                    log.insert(
+                        "acc_after_imitation".into(),
+                        json_f64(evaluate(&thin, ex.p)?.0),
+                    );
+                }
+                any
+            }
+            Stage::Hint(h) => {
+                let b = need()?;
+                let k = h.block - 1;
+                let reg = Proj::new(tw[k], ww[k], dev, seed.wrapping_mul(131).wrapping_add(3));
+                let l = hint_phase(ex, &key, &thin, b, &reg, h, &mut log)?;
+                entry.insert("kind".into(), json!("hint"));
+                if let Some(l) = l {
+                    entry.insert("final_mse".into(), json_f64(l));
+                }
+                l.is_some()
+            }
+            Stage::CopyHead => {
+                let b = need()?;
+                let state = prefixed("net.", thin.named());
+                match ex.enter(&key, &state, None, &mut log)? {
+                    Entry::Done => false,
+                    Entry::From(_) => {
+                        let n = thin.copy_head(b)?;
+                        entry.insert("kind".into(), json!("copy_head"));
+                        entry.insert("tensors".into(), json!(n));
+                        log.insert("acc_after_head".into(), json_f64(evaluate(&thin, ex.p)?.0));
+                        true
+                    }
+                }
+            }
+            Stage::Merge => unreachable!("validated: the convolutional families do not merge"),
+        };
+        if ran {
+            entry.insert("stage".into(), json!(si));
+            entry.insert("acc".into(), json_f64(evaluate(&thin, ex.p)?.0));
+            if let Some(Value::Array(a)) = log.get_mut("stages") {
+                a.push(Value::Object(entry));
+            }
+        }
+    }
+    let (top1, top5) = evaluate(&thin, ex.p)?;
+    log.insert("acc".into(), json_f64(top1));
+    log.insert("top5".into(), json_f64(top5));
+    log.insert("secs".into(), json!(t0.elapsed().as_secs_f64()));
+    tracing::info!("{name}: top-1 {top1:.2}, top-5 {top5:.2}");
+    Ok(log)
+}
+
+/// A convolutional run: the teacher (trained, loaded from `teacher_from`, or skipped when no
+/// arm needs it), then every arm that applies at this depth; `arms.json` keeps finished arms.
+pub fn run(ctx: &mut RunContext, c: &Config) -> Result<()> {
+    let h = ctx.header().clone();
+    let seed = h.seed;
+    let dev = ctx.device();
+    let pipe = c
+        .images
+        .as_ref()
+        .ok_or_else(|| Error::msg("validated: convolutional families have `images`"))?;
+    let (train, test) = data::image_splits(&h.data)?;
+    if train.is_empty() || test.is_empty() {
+        return Err(Error::Data("the train or the test set is empty".into()));
+    }
+    if c.batch > train.len() {
+        return Err(Error::Data(format!(
+            "batch {} is larger than the training set ({})",
+            c.batch,
+            train.len()
+        )));
+    }
+    let classes = train.classes() as i64;
+    let p = Pipeline::new(&train, &test, pipe, c.batch, seed, dev);
+    let todo: Vec<(&String, &Arm)> = c
+        .arms
+        .iter()
+        .filter(|(_, a)| a.depths.is_empty() || a.depths.contains(&c.arch.depth))
+        .collect();
+    let with_teacher = todo.iter().any(|(_, a)| needs_teacher(a));
+    let it = |s: u64| ctx.iterations(s);
+    let n = num_stages(c.arch.kind);
+    let mut plan = vec![Phase {
+        name: "teacher".into(),
+        steps: if with_teacher && c.teacher_from.is_none() {
+            it(p.steps(c.teacher.epochs))
+        } else {
+            0
+        },
+    }];
+    for (name, arm) in &todo {
+        for (i, s) in arm.stages.iter().enumerate() {
+            plan.extend(stage_phases(name, i, s, &p, n, &it));
+        }
+    }
+    let mut offsets = Vec::with_capacity(plan.len());
+    let mut g = 0;
+    for ph in &plan {
+        offsets.push(g);
+        g += ph.steps;
+    }
+    let resume = match ctx.checkpoints().latest() {
+        Some((_, ck)) => Some(Resume {
+            phase: ck.get("phase")?,
+            local: ck.get("local")?,
+            ck,
+        }),
+        None => None,
+    };
+    let dir = ctx.dir().to_path_buf();
+    ctx.begin(
+        resume
+            .as_ref()
+            .map_or(0, |r| offsets[r.phase.min(offsets.len() - 1)] + r.local),
+    )?;
+    let every = pipe.checkpoint_steps.max(1);
+    let mut ex = Exec {
+        ctx,
+        p: &p,
+        plan,
+        offsets,
+        resume,
+        every,
+    };
+    // Stage 1.
+    let t0 = Instant::now();
+    let teacher =
+        with_teacher.then(|| ConvNet::new(&c.arch, true, classes, dev, seed ^ 0x7ea_c4e5));
+    let tfile = dir.join("teacher.safetensors");
+    let mut summary = Map::new();
+    if let Some(b) = &teacher {
+        let from = c
+            .teacher_from
+            .clone()
+            .or_else(|| tfile.is_file().then(|| tfile.clone()));
+        if let Some(f) = from {
+            let named = Tensor::read_safetensors(&f)?;
+            b.load(&named, "")
+                .map_err(|e| Error::msg(format!("{}: {e}", f.display())))?;
+        } else {
+            let mut log = Map::new();
+            let stage = TrainStage {
+                loss: Loss::Ce,
+                ..c.teacher.clone()
+            };
+            train_phase(&mut ex, "teacher", b, None, &stage, &mut log)?;
+            let tmp = dir.join("teacher.tmp.safetensors");
+            Tensor::write_safetensors(&b.named(), &tmp)?;
+            std::fs::rename(&tmp, &tfile).map_err(|e| Error::Io(tfile.clone(), e))?;
+        }
+        let (top1, top5) = evaluate(b, &p)?;
+        eprintln!(
+            "teacher ({}-{}): top-1 {top1:.2}, top-5 {top5:.2}",
+            c.arch.depth, c.arch.wide
+        );
+        summary.insert("teacher_acc".into(), json_f64(top1));
+        summary.insert("teacher_top5".into(), json_f64(top5));
+        summary.insert("teacher_secs".into(), json_f64(t0.elapsed().as_secs_f64()));
+    }
+    let arms_file = dir.join("arms.json");
+    let mut done: Map<String, Value> = std::fs::read(&arms_file)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    for (name, arm) in &todo {
+        if done.contains_key(*name) {
+            continue;
+        }
+        let r = run_arm(&mut ex, c, classes, teacher.as_ref(), name, arm, seed)?;
+        done.insert((*name).clone(), Value::Object(r));
+        reprise_core::checkpoint::write_atomic(
+            &arms_file,
+            serde_json::to_string_pretty(&done)
+                .map_err(|e| Error::msg(e.to_string()))?
+                .as_bytes(),
+        )?;
+    }
+    let ctx = ex.ctx;
+    summary.insert("depth".into(), json!(c.arch.depth));
+    summary.insert("kind".into(), json!(c.arch.kind));
+    summary.insert("seed".into(), json!(seed));
+    for (name, r) in &done {
+        summary.insert(format!("acc_{name}"), r["acc"].clone());
+    }
+    summary.insert("arms".into(), Value::Object(done));
+    ctx.write_summary(&Value::Object(summary))?;
+    let md = crate::report::report_run(ctx.dir())?;
+    ctx.write_report(&md)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn arch(kind: ArchKind, depth: usize, thin: i64, wide: i64) -> MlpArch {
+        MlpArch {
+            kind,
+            depth,
+            thin,
+            wide,
+            stream: None,
+            heads: None,
+            head_dim: None,
+        }
+    }
+
+    fn count(v: &[Tensor]) -> i64 {
+        v.iter().map(Tensor::numel).sum::<usize>() as i64
+    }
+
+    #[test]
+    fn stages_and_head_partition_the_parameters_and_compose_the_forward() {
+        for (a, wide) in [
+            (arch(ArchKind::Resnet, 50, 1, 4), false),
+            (arch(ArchKind::Wrn, 16, 1, 2), true),
+        ] {
+            let net = ConvNet::new(&a, wide, 10, Device::Cpu, 3);
+            let n = net.stages();
+            let parts: i64 = (0..n).map(|i| count(&net.stage_params(i))).sum::<i64>()
+                + count(&net.params_where(|p| p == Part::Head));
+            assert_eq!(parts, count(&net.params()), "{:?}", a.kind);
+            assert_eq!(
+                count(&net.prefix_params(n - 1)) + count(&net.params_where(|p| p == Part::Head)),
+                count(&net.params())
+            );
+            let x = Tensor::randn([2, 3, 32, 32], (Kind::Float, Device::Cpu));
+            let (a1, b1) = tch::no_grad(|| {
+                (
+                    net.forward(&x, false),
+                    net.head(&net.prefix(&x, n - 1, false), false),
+                )
+            });
+            assert_eq!(a1.size(), [2, 10]);
+            assert!(a1.equal(&b1));
+            for (i, w) in stage_widths(&a, if wide { a.wide } else { a.thin })
+                .iter()
+                .enumerate()
+            {
+                let h = tch::no_grad(|| net.prefix(&x, i, false));
+                assert_eq!(h.size()[1], *w, "stage {i}");
+            }
+        }
+    }
+
+    #[test]
+    fn resnet50_has_torchvision_s_parameter_count_and_the_teacher_widens_the_bottleneck() {
+        let a = arch(ArchKind::Resnet, 50, 1, 4);
+        let thin = ConvNet::new(&a, false, 1000, Device::Cpu, 0);
+        // torchvision.models.resnet50(): 25,557,032 parameters.
+        assert_eq!(count(&thin.params()), 25_557_032);
+        let wide = ConvNet::new(&a, true, 1000, Device::Cpu, 0);
+        // The same layout with a 4x inner width (the spec's "~223 M").
+        assert_eq!(count(&wide.params()), 223_439_144);
+        let x = Tensor::randn([2, 3, 32, 32], (Kind::Float, Device::Cpu));
+        let z = tch::no_grad(|| wide.forward(&x, false));
+        eprintln!(
+            "eval logits at init: max |z| = {}",
+            z.abs().max().double_value(&[])
+        );
+        // The same stage outputs: the teacher's head reads a thin network's last stage.
+        assert_eq!(thin.copy_head(&wide).unwrap(), 2);
+    }
+}
