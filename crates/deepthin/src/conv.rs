@@ -353,8 +353,8 @@ impl<'a> Pipeline<'a> {
         (x - &self.mean) / &self.std
     }
 
-    /// The training batch of a stage's step `step` (every stage sees the same sequence).
-    pub fn train_batch(&self, step: u64) -> Result<(Tensor, Tensor)> {
+    /// The example indices of a stage's step `step` (every stage sees the same sequence).
+    fn indices(&self, step: u64) -> Vec<i64> {
         let per = self.per_epoch();
         let epoch = step / per;
         let mut o = self.order.borrow_mut();
@@ -362,14 +362,23 @@ impl<'a> Pipeline<'a> {
             let b = batch_indices(self.train.len(), self.batch, self.seed, epoch, true, false);
             *o = Some((epoch, b));
         }
-        let idx = &o.as_ref().expect("set above").1[(step % per) as usize];
-        let (x, y) = self.train.batch(idx)?;
+        o.as_ref().expect("set above").1[(step % per) as usize].clone()
+    }
+
+    /// Augments (seeded by the step) and normalises a decoded batch on the device.
+    fn prepare(&self, step: u64, x: Tensor, y: Tensor) -> (Tensor, Tensor) {
         let mut x = x.to_device(self.dev);
         if !self.p.augment.is_identity() {
             let mut rng = Rng::new(self.seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15));
             x = self.p.augment.apply(&x, &mut rng);
         }
-        Ok((self.normalize(&x), y.to_device(self.dev)))
+        (self.normalize(&x), y.to_device(self.dev))
+    }
+
+    /// The training batch of a stage's step `step`.
+    pub fn train_batch(&self, step: u64) -> Result<(Tensor, Tensor)> {
+        let (x, y) = self.train.batch(&self.indices(step))?;
+        Ok(self.prepare(step, x, y))
     }
 
     /// The test batches (the first `limit` of them when given), in order.
@@ -558,40 +567,62 @@ impl Exec<'_, '_> {
         let per = self.p.per_epoch();
         let mut progress = self.ctx.progress(total, from);
         let (mut sum, mut k) = (0.0, 0u64);
-        for step in from..total {
-            let (x, y) = self.p.train_batch(step)?;
-            let l = f(opt, step, &x, &y)
-                .map_err(|e| Error::msg(format!("{name}, step {step}: {e}")))?;
-            if !l.is_finite() {
-                return Err(Error::Diverged {
-                    step: self.offsets[i] + step,
-                    why: format!("{name}: loss {l} at its step {step}"),
-                });
+        let p = self.p;
+        // A streamed ImageFolder decodes the next batch on other threads while this step runs.
+        let folder = match p.train {
+            Images::Folder(f) => Some(f),
+            Images::Memory(_) => None,
+        };
+        std::thread::scope(|scope| -> Result<()> {
+            let mut next: Option<std::thread::ScopedJoinHandle<'_, Result<(Tensor, Tensor)>>> =
+                None;
+            for step in from..total {
+                let decoded = match next.take() {
+                    Some(h) => h
+                        .join()
+                        .map_err(|_| Error::msg("a decoding thread panicked"))?,
+                    None => p.train.batch(&p.indices(step)),
+                };
+                if let (Some(f), true) = (folder, step + 1 < total) {
+                    let idx = p.indices(step + 1);
+                    next = Some(scope.spawn(move || f.load(&idx)));
+                }
+                let (x, y) = decoded?;
+                let (x, y) = p.prepare(step, x, y);
+                let l = f(opt, step, &x, &y)
+                    .map_err(|e| Error::msg(format!("{name}, step {step}: {e}")))?;
+                if !l.is_finite() {
+                    return Err(Error::Diverged {
+                        step: self.offsets[i] + step,
+                        why: format!("{name}: loss {l} at its step {step}"),
+                    });
+                }
+                if step + per >= total {
+                    sum += l;
+                    k += 1;
+                }
+                progress.set(step + 1, &format!("{name} loss {l:.4}"));
+                let done = step + 1;
+                if done.is_multiple_of(per) || done == total {
+                    self.ctx.log_metrics(
+                        self.offsets[i] + done,
+                        done as f64 / per as f64,
+                        &[("loss", l)],
+                    )?;
+                }
+                if done == total || done.is_multiple_of(self.every) {
+                    self.save(name, done, state, opt, log)?;
+                }
+                if self.ctx.interrupted() && done < total {
+                    self.save(name, done, state, opt, log)?;
+                    return Err(Error::Interrupted {
+                        step: self.offsets[i] + done,
+                        dir: self.ctx.dir().to_path_buf(),
+                    });
+                }
             }
-            if step + per >= total {
-                sum += l;
-                k += 1;
-            }
-            progress.set(step + 1, &format!("{name} loss {l:.4}"));
-            let done = step + 1;
-            if done.is_multiple_of(per) || done == total {
-                self.ctx.log_metrics(
-                    self.offsets[i] + done,
-                    done as f64 / per as f64,
-                    &[("loss", l)],
-                )?;
-            }
-            if done == total || done.is_multiple_of(self.every) {
-                self.save(name, done, state, opt, log)?;
-            }
-            if self.ctx.interrupted() && done < total {
-                self.save(name, done, state, opt, log)?;
-                return Err(Error::Interrupted {
-                    step: self.offsets[i] + done,
-                    dir: self.ctx.dir().to_path_buf(),
-                });
-            }
-        }
+            Ok(())
+        })?;
         progress.finish();
         Ok(sum / k.max(1) as f64)
     }
