@@ -11,8 +11,8 @@
 //! interrupted run resumes inside the phase it stopped in.
 
 use crate::config::{
-    ArchKind, Arm, Config, HintStage, ImagePipeline, ImitateStage, Input, Loss, MlpArch, Stage,
-    TrainStage,
+    ArchKind, Arm, Config, HintStage, ImagePipeline, ImitateStage, Input, Loss, MlpArch, Optim,
+    Sched, Stage, TrainStage,
 };
 use crate::train::{kd_loss, stage_optimizer, stage_schedule, BlockFit};
 use reprise_core::checkpoint::Checkpoint;
@@ -678,6 +678,36 @@ fn needs_teacher(arm: &Arm) -> bool {
     })
 }
 
+/// Phase `name`: enters it (restoring `state` on resume), builds its optimizer over `params`
+/// and its schedule, and steps on `loss(x, y)` at the scheduled rate; the last epoch's mean loss,
+/// or None when a later checkpoint shows the phase done.
+#[allow(clippy::too_many_arguments)]
+fn run_phase(
+    ex: &mut Exec<'_, '_>,
+    name: &str,
+    state: &[(String, Tensor)],
+    params: Vec<Tensor>,
+    (o, sched, lr): (Optim, &Sched, f64),
+    log: &mut Map<String, Value>,
+    mut loss: impl FnMut(&Tensor, &Tensor) -> Result<Tensor>,
+) -> Result<Option<f64>> {
+    let mut opt = stage_optimizer(o, vec![(params, 1.0)]);
+    let Entry::From(from) = ex.enter(name, state, Some(&mut opt), log)? else {
+        return Ok(None);
+    };
+    let total = ex.plan[ex.index(name)].steps;
+    let (sched, warm) = stage_schedule(sched, total, ex.p.per_epoch());
+    let snapshot = log.clone();
+    let l = ex.steps(name, from, state, &mut opt, &snapshot, |opt, step, x, y| {
+        let l = loss(x, y)?;
+        opt.zero_grad();
+        backward(&l)?;
+        opt.step(sched.lr(lr, step, warm));
+        Ok(l.double_value(&[]))
+    })?;
+    Ok(Some(l))
+}
+
 /// Trains `net` with a loss: the teacher's stage 1, or an arm's end-to-end stage.
 fn train_phase(
     ex: &mut Exec<'_, '_>,
@@ -688,38 +718,18 @@ fn train_phase(
     log: &mut Map<String, Value>,
 ) -> Result<Option<f64>> {
     let state = prefixed("net.", net.named());
-    let mut opt = stage_optimizer(t.optimizer, vec![(net.params(), 1.0)]);
-    let Entry::From(from) = ex.enter(name, &state, Some(&mut opt), log)? else {
-        return Ok(None);
-    };
-    let total = ex.plan[ex.index(name)].steps;
-    let (sched, warm) = stage_schedule(&t.lr_schedule, total, ex.p.per_epoch());
-    let snapshot = log.clone();
-    let l = ex.steps(
-        name,
-        from,
-        &state,
-        &mut opt,
-        &snapshot,
-        |opt, step, x, y| {
-            let z = net.forward(x, true);
-            let loss = match (t.loss, teacher) {
-                (Loss::Ce, _) => z.cross_entropy_for_logits(y),
-                (Loss::Kd { temperature }, Some(b)) => {
-                    let zt = tch::no_grad(|| b.forward(x, false));
-                    kd_loss(&z, &zt, temperature)
-                }
-                (Loss::Kd { .. }, None) => {
-                    return Err(Error::msg("distillation without a teacher"));
-                }
-            };
-            opt.zero_grad();
-            backward(&loss)?;
-            opt.step(sched.lr(t.lr, step, warm));
-            Ok(loss.double_value(&[]))
-        },
-    )?;
-    Ok(Some(l))
+    let rule = (t.optimizer, &t.lr_schedule, t.lr);
+    run_phase(ex, name, &state, net.params(), rule, log, |x, y| {
+        let z = net.forward(x, true);
+        match (t.loss, teacher) {
+            (Loss::Ce, _) => Ok(z.cross_entropy_for_logits(y)),
+            (Loss::Kd { temperature }, Some(b)) => {
+                let zt = tch::no_grad(|| b.forward(x, false));
+                Ok(kd_loss(&z, &zt, temperature))
+            }
+            (Loss::Kd { .. }, None) => Err(Error::msg("distillation without a teacher")),
+        }
+    })
 }
 
 /// The normalised imitation error of stage `i`: MSE over the mean per-feature variance of the
@@ -789,40 +799,23 @@ fn imitate_phase(
         params.extend(q.named().into_iter().map(|(_, t)| t));
         state.extend(q.named());
     }
-    let mut opt = stage_optimizer(m.optimizer, vec![(params, 1.0)]);
-    let Entry::From(from) = ex.enter(name, &state, Some(&mut opt), log)? else {
-        return Ok(false);
-    };
-    let total = ex.plan[ex.index(name)].steps;
-    let (sched, warm) = stage_schedule(&m.lr_schedule, total, ex.p.per_epoch());
-    let snapshot = log.clone();
-    ex.steps(
-        name,
-        from,
-        &state,
-        &mut opt,
-        &snapshot,
-        |opt, step, x, _| {
-            let (inp, target) = tch::no_grad(|| {
-                let target = teacher.prefix(x, i, false);
-                let inp = match (m.input, i) {
-                    (_, 0) => None,
-                    (Input::Teacher, _) => Some(teacher.prefix(x, i - 1, false)),
-                    (Input::StudentPrefix, _) => Some(thin.prefix(x, i - 1, false)),
-                };
-                (inp, target)
-            });
-            let inp = inp.unwrap_or_else(|| thin.stem(x, true));
-            let out = thin.stage(i, &inp, true);
-            let out = proj.map_or(out.shallow_clone(), |q| q.apply(&out));
-            let loss = mse(&out, &target);
-            opt.zero_grad();
-            backward(&loss)?;
-            opt.step(sched.lr(m.lr, step, warm));
-            Ok(loss.double_value(&[]))
-        },
-    )?;
-    Ok(true)
+    let rule = (m.optimizer, &m.lr_schedule, m.lr);
+    let ran = run_phase(ex, name, &state, params, rule, log, |x, _| {
+        let (inp, target) = tch::no_grad(|| {
+            let target = teacher.prefix(x, i, false);
+            let inp = match (m.input, i) {
+                (_, 0) => None,
+                (Input::Teacher, _) => Some(teacher.prefix(x, i - 1, false)),
+                (Input::StudentPrefix, _) => Some(thin.prefix(x, i - 1, false)),
+            };
+            (inp, target)
+        });
+        let inp = inp.unwrap_or_else(|| thin.stem(x, true));
+        let out = thin.stage(i, &inp, true);
+        let out = proj.map_or(out.shallow_clone(), |q| q.apply(&out));
+        Ok(mse(&out, &target))
+    })?;
+    Ok(ran.is_some())
 }
 
 /// FitNets' hint: the stem and stages `0..block` with a 1×1 regressor match the teacher's
@@ -841,29 +834,11 @@ fn hint_phase(
     params.extend(reg.named().into_iter().map(|(_, t)| t));
     let mut state = prefixed("net.", thin.named());
     state.extend(reg.named());
-    let mut opt = stage_optimizer(h.optimizer, vec![(params, 1.0)]);
-    let Entry::From(from) = ex.enter(name, &state, Some(&mut opt), log)? else {
-        return Ok(None);
-    };
-    let total = ex.plan[ex.index(name)].steps;
-    let (sched, warm) = stage_schedule(&h.lr_schedule, total, ex.p.per_epoch());
-    let snapshot = log.clone();
-    let l = ex.steps(
-        name,
-        from,
-        &state,
-        &mut opt,
-        &snapshot,
-        |opt, step, x, _| {
-            let target = tch::no_grad(|| teacher.prefix(x, k, false));
-            let loss = mse(&reg.apply(&thin.prefix(x, k, true)), &target);
-            opt.zero_grad();
-            backward(&loss)?;
-            opt.step(sched.lr(h.lr, step, warm));
-            Ok(loss.double_value(&[]))
-        },
-    )?;
-    Ok(Some(l))
+    let rule = (h.optimizer, &h.lr_schedule, h.lr);
+    run_phase(ex, name, &state, params, rule, log, |x, _| {
+        let target = tch::no_grad(|| teacher.prefix(x, k, false));
+        Ok(mse(&reg.apply(&thin.prefix(x, k, true)), &target))
+    })
 }
 
 /// One arm on a fresh thin network: its stages, then its test accuracy.
@@ -1091,22 +1066,14 @@ pub fn run(ctx: &mut RunContext, c: &Config) -> Result<()> {
         summary.insert("teacher_secs".into(), json_f64(t0.elapsed().as_secs_f64()));
     }
     let arms_file = dir.join("arms.json");
-    let mut done: Map<String, Value> = std::fs::read(&arms_file)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or_default();
+    let mut done = crate::read_arms(&arms_file);
     for (name, arm) in &todo {
         if done.contains_key(*name) {
             continue;
         }
         let r = run_arm(&mut ex, c, classes, teacher.as_ref(), name, arm, seed)?;
         done.insert((*name).clone(), Value::Object(r));
-        reprise_core::checkpoint::write_atomic(
-            &arms_file,
-            serde_json::to_string_pretty(&done)
-                .map_err(|e| Error::msg(e.to_string()))?
-                .as_bytes(),
-        )?;
+        crate::write_arms(&arms_file, &done)?;
     }
     let ctx = ex.ctx;
     summary.insert("depth".into(), json!(c.arch.depth));

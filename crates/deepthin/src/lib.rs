@@ -262,6 +262,24 @@ pub fn validate(tree: &SpecTree) -> Result<(), SpecError> {
     Ok(())
 }
 
+/// The finished arms of a run (`arms.json`; empty if absent or unreadable).
+fn read_arms(path: &std::path::Path) -> Map<String, Value> {
+    std::fs::read(path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+/// Writes the finished arms atomically.
+fn write_arms(path: &std::path::Path, done: &Map<String, Value>) -> Result<()> {
+    reprise_core::checkpoint::write_atomic(
+        path,
+        serde_json::to_string_pretty(done)
+            .map_err(|e| Error::msg(e.to_string()))?
+            .as_bytes(),
+    )
+}
+
 /// Checks a stage's update rule and schedule.
 fn check_rule(
     tree: &SpecTree,
@@ -566,10 +584,7 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
         c.arch.depth, c.arch.wide
     );
     let arms_file = dir.join("arms.json");
-    let mut done: Map<String, Value> = std::fs::read(&arms_file)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or_default();
+    let mut done = read_arms(&arms_file);
     let todo: Vec<(&String, &Arm)> = c
         .arms
         .iter()
@@ -580,12 +595,7 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
         if !done.contains_key(*name) {
             let r = run_arm(name, arm, &c, &d, &teacher, seed)?;
             done.insert((*name).clone(), Value::Object(r));
-            reprise_core::checkpoint::write_atomic(
-                &arms_file,
-                serde_json::to_string_pretty(&done)
-                    .map_err(|e| Error::msg(e.to_string()))?
-                    .as_bytes(),
-            )?;
+            write_arms(&arms_file, &done)?;
         }
         progress.set(
             k as u64 + 1,

@@ -254,6 +254,14 @@ impl Results {
     }
 }
 
+/// Paired differences as `+1.23, -0.40`.
+fn signed(d: &[f64]) -> String {
+    d.iter()
+        .map(|x| format!("{x:+.2}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn held(b: bool) -> &'static str {
     if b {
         "**held**"
@@ -314,10 +322,7 @@ pub fn verdicts(r: &Results) -> (String, Claims) {
         md,
         "- **C1 WIN beats scratch at depth {hi}** {}: paired differences {} (mean {:+.2} pt)",
         held(c1),
-        d_hi.iter()
-            .map(|x| format!("{x:+.2}"))
-            .collect::<Vec<_>>()
-            .join(", "),
+        signed(&d_hi),
         mean(&d_hi)
     );
     let c1_some = depths.iter().any(|&n| r.beats("win", "scratch", n).0);
@@ -420,7 +425,7 @@ pub fn verdicts(r: &Results) -> (String, Claims) {
                 "ResNet-50 trained this way beats a normally trained ResNet-101 on ImageNet (claim verified; numbers unverified)",
                 format!(
                     "depth {hi}: {win:.2} % vs {scratch:.2} %; paired {}",
-                    d_hi.iter().map(|x| format!("{x:+.2}")).collect::<Vec<_>>().join(", ")
+                    signed(&d_hi)
                 ),
                 Some(c1),
                 true,
@@ -478,11 +483,7 @@ pub fn stream_verdicts(r: &Results) -> (String, Claims) {
         r.win.len()
     );
     let (b1, d) = r.beats("win", "scratch", n);
-    let paired = d
-        .iter()
-        .map(|x| format!("{x:+.2}"))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let paired = signed(&d);
     let _ = writeln!(
         md,
         "- **B1 WIN beats scratch at depth {n}** {}: paired differences {paired} (mean {:+.2} pt; every seed > 0 and mean ≥ 1)",
@@ -625,11 +626,7 @@ pub fn conv_verdicts(r: &Results) -> (String, Claims) {
         None => md += "- P1 (WIN at the smaller depth vs scratch at the larger): not measured (one depth, or an arm missing)\n",
     }
     let (w1, d) = r.beats("win", "scratch", lo);
-    let paired = d
-        .iter()
-        .map(|x| format!("{x:+.2}"))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let paired = signed(&d);
     let _ = writeln!(
         md,
         "- **W1 WIN beats scratch at depth {lo}** {}: paired differences {paired} (every seed > 0 and mean ≥ 1)",

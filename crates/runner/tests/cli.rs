@@ -939,6 +939,30 @@ robust-transfer:
       sgd: { steps: 60, batch: 16, lr: [0.01, 0.001], momentum: 0.9, weight_decay: 5.0e-4, decay_at: [0.7] }
 ";
 
+/// Starts `t/<name>` into `<p>/<out>`, SIGKILLs it once its run folder satisfies `reached`
+/// (or after 120 s), and returns its exit status and run folder.
+fn kill_when(
+    p: &Path,
+    name: &str,
+    out: &str,
+    reached: impl Fn(&Path) -> bool,
+) -> (std::process::ExitStatus, PathBuf) {
+    let spec = format!("t/{name}");
+    let mut child = spawn_runner(p, &["run", &spec, "--out", out, "--threads", "1"], false);
+    let base = p.join(out).join(name);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let hit = base.is_dir() && runs_under(&base).first().is_some_and(|r| reached(r));
+        if hit || std::time::Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    let _ = child.kill(); // SIGKILL
+    let status = child.wait().unwrap();
+    (status, runs_under(&base).remove(0))
+}
+
 #[test]
 fn robust_transfer_killed_anywhere_resumes_to_the_uninterrupted_result() {
     let d = setup();
@@ -952,33 +976,11 @@ fn robust_transfer_killed_anywhere_resumes_to_the_uninterrupted_result() {
     // Kill once while the source trains and once while it transfers.
     for (i, stage) in ["checkpoints", "transfers.jsonl"].iter().enumerate() {
         let out = format!("cut{i}");
-        let child = spawn_runner(
-            p,
-            &["run", "t/tiny-rt", "--out", &out, "--threads", "1"],
-            false,
-        );
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-        let base = p.join(&out).join("tiny-rt");
-        loop {
-            let reached = base.is_dir()
-                && runs_under(&base).first().is_some_and(|r| {
-                    let f = r.join(stage);
-                    f.is_dir() && fs::read_dir(&f).is_ok_and(|mut e| e.next().is_some())
-                        || f.is_file() && fs::metadata(&f).is_ok_and(|m| m.len() > 0)
-                });
-            if reached || std::time::Instant::now() > deadline {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
-        Command::new("kill")
-            .arg("-KILL")
-            .arg(child.id().to_string())
-            .status()
-            .unwrap();
-        let mut child = child;
-        let status = child.wait().unwrap();
-        let cut = runs_under(&base).remove(0);
+        let (status, cut) = kill_when(p, "tiny-rt", &out, |r| {
+            let f = r.join(stage);
+            f.is_dir() && fs::read_dir(&f).is_ok_and(|mut e| e.next().is_some())
+                || f.is_file() && fs::metadata(&f).is_ok_and(|m| m.len() > 0)
+        });
         if status.success() {
             eprintln!("the run ended before the kill; inconclusive for stage {stage}");
             continue;
@@ -1184,27 +1186,9 @@ fn deepthin_conv_streams_an_image_folder_and_resumes_inside_a_phase() {
     // the teacher and once in the second imitation block.
     for (i, at) in [10u64, 74].iter().enumerate() {
         let out = format!("cut{i}");
-        let mut child = spawn_runner(
-            p,
-            &["run", "t/tiny-conv", "--out", &out, "--threads", "1"],
-            false,
-        );
-        let base = p.join(&out).join("tiny-conv");
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-        loop {
-            let reached = base.is_dir()
-                && runs_under(&base)
-                    .first()
-                    .and_then(|r| newest_checkpoint(r))
-                    .is_some_and(|s| s >= *at);
-            if reached || std::time::Instant::now() > deadline {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(2));
-        }
-        let _ = child.kill(); // SIGKILL
-        let status = child.wait().unwrap();
-        let cut = runs_under(&base).remove(0);
+        let (status, cut) = kill_when(p, "tiny-conv", &out, |r| {
+            newest_checkpoint(r).is_some_and(|s| s >= *at)
+        });
         if status.success() {
             eprintln!("the run ended before the kill at step {at}; inconclusive");
             continue;
