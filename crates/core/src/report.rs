@@ -24,6 +24,27 @@ pub struct ClaimRow {
     pub gating: bool,
 }
 
+impl ClaimRow {
+    /// A row; `ok` is the verdict (`None`: open).
+    pub fn new(
+        claim: &str,
+        what: &str,
+        paper: &str,
+        ours: String,
+        ok: Option<bool>,
+        gating: bool,
+    ) -> ClaimRow {
+        ClaimRow {
+            claim: claim.into(),
+            what: what.into(),
+            paper: paper.into(),
+            ours,
+            verdict: verdict_word(ok),
+            gating,
+        }
+    }
+}
+
 /// The claims an experiment's sweep tested, and its overall verdict; written as `claims.json`
 /// beside the sweep's report.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -2,9 +2,7 @@
 //! the specification's §6.4, computed from the runs' summaries.
 
 use reprise_core::plot::{line_plot, Series};
-use reprise_core::report::{
-    fmt_mean_std, markdown_table, mean_std, verdict_word, ClaimRow, Claims,
-};
+use reprise_core::report::{fmt_mean_std, markdown_table, mean_std, ClaimRow, Claims};
 use reprise_core::run::RunSummary;
 use reprise_core::spec::SpecTree;
 use reprise_core::{Error, Result};
@@ -390,17 +388,7 @@ pub fn verdicts(r: &Results) -> (String, Claims) {
         "**Not reproduced** (C1 fails at every depth)"
     };
     let _ = writeln!(md, "\n**Outcome:** {outcome}.");
-    let row =
-        |claim: &str, what: &str, paper: &str, ours: String, ok: Option<bool>, gating: bool| {
-            ClaimRow {
-                claim: claim.into(),
-                what: what.into(),
-                paper: paper.into(),
-                ours,
-                verdict: verdict_word(ok),
-                gating,
-            }
-        };
+    let row = ClaimRow::new;
     let win = r.mean("win", hi).unwrap_or(f64::NAN);
     let scratch = r.mean("scratch", hi).unwrap_or(f64::NAN);
     let claims = Claims {
@@ -551,13 +539,8 @@ pub fn stream_verdicts(r: &Results) -> (String, Claims) {
         _ => verdict.to_string(),
     };
     let _ = writeln!(md, "\n**Outcome for this family:** {verdict}.");
-    let row = |claim: &str, what: &str, ours: String, ok: Option<bool>, gating: bool| ClaimRow {
-        claim: claim.into(),
-        what: what.into(),
-        paper: "—".into(),
-        ours,
-        verdict: verdict_word(ok),
-        gating,
+    let row = |claim: &str, what: &str, ours: String, ok: Option<bool>, gating: bool| {
+        ClaimRow::new(claim, what, "—", ours, ok, gating)
     };
     let claims = Claims {
         verdict,
@@ -673,17 +656,7 @@ pub fn conv_verdicts(r: &Results) -> (String, Claims) {
     } else {
         "\nReference (RepDistiller, CIFAR-100, WRN-40-2 → WRN-40-1; not from the paper): teacher 75.61, scratch 71.98, KD 73.54, FitNet 72.24, CRD 74.14 (top-1 %).\n"
     };
-    let row =
-        |claim: &str, what: &str, paper: &str, ours: String, ok: Option<bool>, gating: bool| {
-            ClaimRow {
-                claim: claim.into(),
-                what: what.into(),
-                paper: paper.into(),
-                ours,
-                verdict: verdict_word(ok),
-                gating,
-            }
-        };
+    let row = ClaimRow::new;
     let claims = Claims {
         verdict,
         claims: vec![

@@ -572,14 +572,14 @@ pub fn report_sweep(dir: &Path, runs: &[RunSummary]) -> Result<String> {
             .iter()
             .map(|(c, ok, why)| {
                 let (what, paper) = claim_text(*c);
-                reprise_core::report::ClaimRow {
-                    claim: format!("{c:?}"),
-                    what: what.into(),
-                    paper: paper.into(),
-                    ours: why.clone(),
-                    verdict: reprise_core::report::verdict_word(*ok),
-                    gating: gates.contains(c),
-                }
+                reprise_core::report::ClaimRow::new(
+                    &format!("{c:?}"),
+                    what,
+                    paper,
+                    why.clone(),
+                    *ok,
+                    gates.contains(c),
+                )
             })
             .collect(),
     }

@@ -6,9 +6,7 @@ use crate::config::{Arm, Config};
 use crate::transfer::{Mode, Outcome};
 use reprise_core::attack::Norm;
 use reprise_core::plot::{line_plot, Series};
-use reprise_core::report::{
-    fmt_mean_std, markdown_table, mean_std, verdict_word, ClaimRow, Claims,
-};
+use reprise_core::report::{fmt_mean_std, markdown_table, mean_std, ClaimRow, Claims};
 use reprise_core::run::RunSummary;
 use reprise_core::spec::SpecTree;
 use reprise_core::{Error, Result};
@@ -864,15 +862,9 @@ pub fn verdicts(res: &Results, refs: &[(Norm, f64)], cfg: Option<&Config>) -> (S
         "**Not reproduced at small scale** (V0 holds, R1 fails on every target)"
     };
     let _ = writeln!(md, "\n**Verdict:** {verdict}.");
-    let row =
-        |claim: &str, what: &str, paper: &str, ours: String, ok: bool, gating: bool| ClaimRow {
-            claim: claim.into(),
-            what: what.into(),
-            paper: paper.into(),
-            ours,
-            verdict: verdict_word(Some(ok)),
-            gating,
-        };
+    let row = |claim: &str, what: &str, paper: &str, ours: String, ok: bool, gating: bool| {
+        ClaimRow::new(claim, what, paper, ours, Some(ok), gating)
+    };
     let claims = Claims {
         verdict: verdict.replace("**", ""),
         claims: vec![

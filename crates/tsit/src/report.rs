@@ -2,9 +2,7 @@
 //! (A1–A3 for style transfer, S1–S3 for semantic synthesis, the scenes-AST checks), computed
 //! on the final checkpoint and, beside it, on the mean of the last two evaluations.
 
-use reprise_core::report::{
-    fmt_mean_std, markdown_table, mean_std, verdict_word, ClaimRow, Claims,
-};
+use reprise_core::report::{fmt_mean_std, markdown_table, mean_std, ClaimRow, Claims};
 use reprise_core::run::{finished_run, RunSummary};
 use reprise_core::Result;
 use serde_json::Value;
@@ -183,17 +181,7 @@ fn reference(arms: &BTreeMap<String, ArmValues>, r: &str, m: &str) -> f64 {
 
 /// The claims of one evaluation point (`final` or `last2`).
 fn claims_at(arms: &BTreeMap<String, ArmValues>, which: &str) -> (Option<String>, Vec<ClaimRow>) {
-    let row =
-        |claim: &str, what: &str, paper: &str, ours: String, ok: Option<bool>, gating: bool| {
-            ClaimRow {
-                claim: claim.into(),
-                what: what.into(),
-                paper: paper.into(),
-                ours,
-                verdict: verdict_word(ok),
-                gating,
-            }
-        };
+    let row = ClaimRow::new;
     let mut rows = Vec::new();
     let mut verdict = None;
     if let (Some(full), Some(nof)) = (arms.get("full"), arms.get("no-fadain")) {
