@@ -468,7 +468,8 @@ pub fn train_step(
         ));
     }
     opt.zero_grad();
-    loss.backward();
+    loss.f_backward()
+        .map_err(|e| format!("the backward pass failed: {e}"))?;
     opt.step(lr);
     Ok(StepStats {
         loss: lv,

@@ -50,6 +50,7 @@ fn bench_one(c: &mut Criterion, name: &str, model: ModelConfig, chans: i64, size
                 &y,
                 0.01,
             )
+            .expect("a training step")
         })
     });
 }

@@ -74,16 +74,8 @@ fn main() {
         Arm::Adv(Norm::L2, 1.0)
     };
     let ms = reprise_core::timing::median_ms(dev, 3, iters, || {
-        let _ = robust_transfer::train::train_step(
-            &net,
-            &mut opt,
-            arm,
-            arm.eps(),
-            &attack,
-            &x,
-            &y,
-            0.01,
-        );
+        robust_transfer::train::train_step(&net, &mut opt, arm, arm.eps(), &attack, &x, &y, 0.01)
+            .expect("a training step");
     });
     println!("{ms:.2}");
 }

@@ -305,7 +305,8 @@ fn train_source(
             1.0
         };
         let lr = schedule.lr(s.lr, step, 0);
-        let loss = train::train_step(net, &mut opt, arm, arm.eps() * ramp, &s.attack, &x, &y, lr);
+        let loss = train::train_step(net, &mut opt, arm, arm.eps() * ramp, &s.attack, &x, &y, lr)
+            .map_err(|e| Error::msg(format!("source training, step {step}: {e}")))?;
         if !loss.is_finite() {
             return Err(Error::Diverged {
                 step,

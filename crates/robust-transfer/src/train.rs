@@ -55,6 +55,12 @@ pub fn training_inputs(
     }
 }
 
+/// The backward pass of `loss`: an autograd error is an error, not a panic.
+pub fn backward(loss: &Tensor) -> Result<()> {
+    loss.f_backward()
+        .map_err(|e| reprise_core::Error::msg(format!("the backward pass failed: {e}")))
+}
+
 /// One training step on the inputs `training_inputs` builds; returns the loss.
 #[allow(clippy::too_many_arguments)]
 pub fn train_step(
@@ -66,13 +72,13 @@ pub fn train_step(
     x: &Tensor,
     y: &Tensor,
     lr: f64,
-) -> f64 {
+) -> Result<f64> {
     let xin = training_inputs(net, arm, eps, a, x, y);
     let loss = net.forward_t(&xin, true).cross_entropy_for_logits(y);
     opt.zero_grad();
-    loss.backward();
+    backward(&loss)?;
     opt.step(lr);
-    loss.double_value(&[])
+    Ok(loss.double_value(&[]))
 }
 
 /// Accuracy (%) of `net` in eval mode on `ds`, clean or under `attack`; predictions are argmax
@@ -177,6 +183,19 @@ mod tests {
             use_best: true,
             fgsm: false,
         }
+    }
+
+    #[test]
+    fn an_autograd_error_in_a_step_is_an_error_not_a_panic() {
+        let n = net();
+        let mut opt = Optimizer::for_vars(reprise_core::optim::Rule::adam(), &n.vs, 0.0);
+        for (_, t) in n.params(true) {
+            let _ = t.set_requires_grad(false);
+        }
+        let x = Tensor::rand([2, 1, 28, 28], (Kind::Float, Device::Cpu));
+        let y = Tensor::from_slice(&[0i64, 1]);
+        let e = train_step(&n, &mut opt, Arm::Std, 0.0, &attack(), &x, &y, 0.1).unwrap_err();
+        assert!(e.to_string().contains("backward pass failed"), "{e}");
     }
 
     #[test]

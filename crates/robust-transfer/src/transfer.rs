@@ -109,7 +109,7 @@ pub fn fixed_logistic(
     (train, test): (&Dataset, &Dataset),
     (iterations, lr, wd): (u64, f64, f64),
     batch: usize,
-) -> (f64, f64) {
+) -> Result<(f64, f64)> {
     let dev = src.vs.device();
     let ftr = batched(train, t, batch, dev, &|x| src.features_t(x, false));
     let fte = batched(test, t, batch, dev, &|x| src.features_t(x, false));
@@ -133,11 +133,11 @@ pub fn fixed_logistic(
         let logits = ftr.matmul(&w.tr()) + &b;
         let loss = logits.cross_entropy_for_logits(&ytr) + w.square().sum(Kind::Float) * (wd / 2.0);
         opt.zero_grad();
-        loss.backward();
+        crate::train::backward(&loss)?;
         opt.step(lr);
     }
     let logits = tch::no_grad(|| fte.matmul(&w.tr()) + &b);
-    accuracies(&logits, &test.y, test.classes)
+    Ok(accuracies(&logits, &test.y, test.classes))
 }
 
 /// What a fine-tuning run needs to know about the networks.
@@ -236,7 +236,8 @@ pub fn finetune(
         };
         let loss = logits.cross_entropy_for_logits(&y);
         opt.zero_grad();
-        loss.backward();
+        crate::train::backward(&loss)
+            .map_err(|e| Error::msg(format!("fine-tuning, step {step}: {e}")))?;
         opt.step(schedule.lr(lr, step, 0));
     }
     Ok(net)
@@ -289,7 +290,7 @@ pub fn transfer(
                 (train, test),
                 (*iterations, *lr, *weight_decay),
                 eval_batch,
-            );
+            )?;
             return Ok(outcome(a, *lr));
         }
         Solver::Sgd(s) => s,
