@@ -52,9 +52,9 @@ pub fn weight_init(kind: InitKind, dims: &[i64]) -> Init {
     Init::Randn { mean: 0.0, stdev }
 }
 
-/// `LeakyReLU(0.2)` (one lerp, see `reprise_core::nn::Activation`).
+/// `LeakyReLU(0.2)` ([`reprise_core::nn::leaky_relu`]).
 pub fn lrelu(x: &Tensor) -> Tensor {
-    x.lerp(&x.relu(), 0.8)
+    reprise_core::nn::leaky_relu(x, 0.2)
 }
 
 /// Nearest-neighbour ×½ (PyTorch's `interpolate(scale_factor=0.5)`: plain decimation).
