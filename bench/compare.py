@@ -181,7 +181,8 @@ def main():
     out = os.path.join(ROOT, "docs", "performance.md")
     if a.only is not None:
         splice(out, [row(*x) for x in rows], f"Rows whose step contains `{a.only}` were measured {date} on {cpu} "
-               f"by `bench/compare.py --only` ({a.reps} repetitions, {a.threads} thread(s)); the others as above.")
+               f"by `bench/compare.py --only` ({a.reps} repetitions, {a.threads} thread(s)); the others as above.",
+               a.only)
         return
     for x in rows:
         lines.append(row(*x))
@@ -204,15 +205,16 @@ def main():
     print("wrote", os.path.normpath(out))
 
 
-def splice(path, new_rows, note):
+def splice(path, new_rows, note, key):
     """Replaces the table rows of the same steps in the generated part of `path` (or appends them
-    to the table) and puts `note` below the table, in place of an earlier one."""
+    to the table) and puts `note` below the table, in place of an earlier note of the same `--only`
+    key (notes of other keys stay)."""
     marker = "<!-- end of the generated part -->"
     with open(path) as f:
         gen, sep, rest = f.read().partition(marker)
     lines = []
     for line in gen.split("\n"):
-        if line.startswith("Rows whose step contains"):
+        if line.startswith(f"Rows whose step contains `{key}`"):
             if lines and lines[-1] == "":
                 lines.pop()
             continue
