@@ -51,7 +51,7 @@ pub fn stage_widths(a: &MlpArch, k: i64) -> Vec<i64> {
     match a.kind {
         // The bottleneck's width factor changes only its inner width.
         ArchKind::Resnet => vec![256, 512, 1024, 2048],
-        _ => vec![16 * k, 32 * k, 64 * k],
+        _ => [16, 32, 64].iter().map(|c| k.saturating_mul(*c)).collect(),
     }
 }
 

@@ -83,6 +83,13 @@ pub fn validate(tree: &SpecTree) -> Result<(), SpecError> {
         )?,
         _ => {}
     }
+    if conv {
+        tree.require(
+            "deepthin.arch.wide",
+            a.wide <= 64,
+            "a width factor above 64 is not a network this machine or a GPU can hold",
+        )?;
+    }
     tree.require(
         "deepthin.images",
         conv == c.images.is_some(),
