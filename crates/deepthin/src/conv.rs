@@ -14,6 +14,7 @@ use crate::config::{
     ArchKind, Arm, Config, HintStage, ImagePipeline, ImitateStage, Input, Loss, MlpArch, Optim,
     Sched, Stage, TrainStage,
 };
+use crate::model::copy_tensors;
 use crate::train::{kd_loss, stage_optimizer, stage_schedule, BlockFit};
 use reprise_core::checkpoint::Checkpoint;
 use reprise_core::data::{self, batch_indices, Images, Rng};
@@ -208,53 +209,12 @@ impl ConvNet {
     /// Copies the head's variables (`fc`, or the Wide-ResNet's final BN and `class_output`)
     /// from `src`; returns how many tensors were copied.
     pub fn copy_head(&self, src: &ConvNet) -> Result<usize> {
-        let from: std::collections::HashMap<String, Tensor> = src.named().into_iter().collect();
-        let mut n = 0;
-        tch::no_grad(|| -> Result<()> {
-            for (name, mut t) in self.named() {
-                if self.part(&name) != Part::Head {
-                    continue;
-                }
-                let s = from
-                    .get(&name)
-                    .ok_or_else(|| Error::msg(format!("the teacher has no `{name}`")))?;
-                if s.size() != t.size() {
-                    return Err(Error::msg(format!(
-                        "head tensor `{name}`: teacher {:?}, thin {:?}",
-                        s.size(),
-                        t.size()
-                    )));
-                }
-                t.copy_(s);
-                n += 1;
-            }
-            Ok(())
-        })?;
-        Ok(n)
+        copy_tensors(self.named(), src.named(), |k| self.part(k) == Part::Head)
     }
 
     /// Loads every variable from named tensors (all must be present with their shapes).
-    pub fn load(&self, named: &[(String, Tensor)], prefix: &str) -> Result<()> {
-        let from: std::collections::HashMap<&str, &Tensor> = named
-            .iter()
-            .filter_map(|(k, t)| k.strip_prefix(prefix).map(|k| (k, t)))
-            .collect();
-        tch::no_grad(|| {
-            for (name, mut t) in self.named() {
-                let s = from
-                    .get(name.as_str())
-                    .ok_or_else(|| Error::msg(format!("missing tensor `{prefix}{name}`")))?;
-                if s.size() != t.size() {
-                    return Err(Error::msg(format!(
-                        "tensor `{prefix}{name}` has shape {:?}, the network {:?}",
-                        s.size(),
-                        t.size()
-                    )));
-                }
-                t.copy_(s);
-            }
-            Ok(())
-        })
+    pub fn load(&self, named: Vec<(String, Tensor)>) -> Result<()> {
+        copy_tensors(self.named(), named, |_| true).map(|_| ())
     }
 }
 
@@ -1037,13 +997,9 @@ pub fn run(ctx: &mut RunContext, c: &Config) -> Result<()> {
     let tfile = dir.join("teacher.safetensors");
     let mut summary = Map::new();
     if let Some(b) = &teacher {
-        let from = c
-            .teacher_from
-            .clone()
-            .or_else(|| tfile.is_file().then(|| tfile.clone()));
-        if let Some(f) = from {
+        if let Some(f) = crate::teacher_source(c, &tfile) {
             let named = Tensor::read_safetensors(&f)?;
-            b.load(&named, "")
+            b.load(named)
                 .map_err(|e| Error::msg(format!("{}: {e}", f.display())))?;
         } else {
             let mut log = Map::new();

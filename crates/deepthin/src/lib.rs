@@ -269,6 +269,14 @@ pub fn validate(tree: &SpecTree) -> Result<(), SpecError> {
     Ok(())
 }
 
+/// Where a run's teacher comes from instead of stage 1: `teacher_from`, else the run folder's
+/// `teacher.safetensors` if an earlier sitting wrote it.
+fn teacher_source(c: &Config, tfile: &std::path::Path) -> Option<std::path::PathBuf> {
+    c.teacher_from
+        .clone()
+        .or_else(|| tfile.is_file().then(|| tfile.to_path_buf()))
+}
+
 /// The finished arms of a run (`arms.json`; empty if absent or unreadable).
 fn read_arms(path: &std::path::Path) -> Map<String, Value> {
     std::fs::read(path)
@@ -548,11 +556,7 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
         batch: c.batch,
     };
     let t0 = Instant::now();
-    let from = c
-        .teacher_from
-        .clone()
-        .or_else(|| tfile.is_file().then(|| tfile.clone()));
-    if let Some(f) = from {
+    if let Some(f) = teacher_source(&c, &tfile) {
         let named = Tensor::read_safetensors(&f)?;
         model::load_named(teacher.net(), named)
             .map_err(|e| Error::msg(format!("{}: {e}", f.display())))?;

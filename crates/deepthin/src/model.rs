@@ -120,14 +120,18 @@ pub trait Net {
     }
 }
 
-/// Copies `src`'s tensors whose names start with `prefix` into `dst`'s of the same name (their
-/// shapes must agree); returns how many were copied.
-pub fn copy_named(dst: &dyn Net, src: &dyn Net, prefix: &str) -> reprise_core::Result<usize> {
-    let from: std::collections::BTreeMap<String, Tensor> = src.named().into_iter().collect();
+/// Copies into each tensor of `dst` that `keep` selects the tensor of the same name in `src`
+/// (it must be there, with the same shape); returns how many were copied.
+pub fn copy_tensors(
+    dst: Vec<(String, Tensor)>,
+    src: Vec<(String, Tensor)>,
+    keep: impl Fn(&str) -> bool,
+) -> reprise_core::Result<usize> {
+    let from: std::collections::BTreeMap<String, Tensor> = src.into_iter().collect();
     let mut n = 0;
     tch::no_grad(|| {
-        for (k, mut t) in dst.named() {
-            if !k.starts_with(prefix) {
+        for (k, mut t) in dst {
+            if !keep(&k) {
                 continue;
             }
             let s = from
@@ -145,6 +149,12 @@ pub fn copy_named(dst: &dyn Net, src: &dyn Net, prefix: &str) -> reprise_core::R
         }
         Ok(n)
     })
+}
+
+/// Copies `src`'s tensors whose names start with `prefix` into `dst`'s of the same name (their
+/// shapes must agree); returns how many were copied.
+pub fn copy_named(dst: &dyn Net, src: &dyn Net, prefix: &str) -> reprise_core::Result<usize> {
+    copy_tensors(dst.named(), src.named(), |k| k.starts_with(prefix))
 }
 
 /// Loads named tensors into a network's (every name must be there with its shape).
