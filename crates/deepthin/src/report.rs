@@ -272,16 +272,21 @@ fn mean(v: &[f64]) -> f64 {
     v.iter().sum::<f64>() / v.len().max(1) as f64
 }
 
+/// The section and claims of a sweep without finished runs.
+fn no_runs(md: String) -> (String, Claims) {
+    let none = Claims {
+        verdict: "no runs".into(),
+        claims: vec![],
+    };
+    (md + "No runs.\n", none)
+}
+
 /// The claims C0–C4 and the outcome, as markdown.
 pub fn verdicts(r: &Results) -> (String, Claims) {
     let mut md = String::from("\n## Claims (spec §6.4), computed from the runs\n\n");
     let depths = r.depths();
     let (Some(&lo), Some(&hi)) = (depths.first(), depths.last()) else {
-        let none = Claims {
-            verdict: "no runs".into(),
-            claims: vec![],
-        };
-        return (md + "No runs.\n", none);
+        return no_runs(md);
     };
     // C0.
     let merge_ok = r.win.iter().all(|w| w.merge_error <= 1e-4);
@@ -450,11 +455,7 @@ pub fn stream_verdicts(r: &Results) -> (String, Claims) {
         r.kind
     );
     let Some(&n) = r.depths().last() else {
-        let none = Claims {
-            verdict: "no runs".into(),
-            claims: vec![],
-        };
-        return (md + "No runs.\n", none);
+        return no_runs(md);
     };
     let fit_ok = r.win.iter().all(|w| w.max_nmse < 1.0);
     let det_ok = r.win.iter().all(|w| w.deterministic);
@@ -587,11 +588,7 @@ pub fn conv_verdicts(r: &Results) -> (String, Claims) {
     let mut md = format!("\n## Claims at paper scale (`{}`)\n\n", r.kind);
     let depths = r.depths();
     let (Some(&lo), Some(&hi)) = (depths.first(), depths.last()) else {
-        let none = Claims {
-            verdict: "no runs".into(),
-            claims: vec![],
-        };
-        return (md + "No runs.\n", none);
+        return no_runs(md);
     };
     let imagenet = r.kind == "resnet";
     let p1 = match (r.mean("win", lo), r.mean("scratch", hi)) {

@@ -963,6 +963,29 @@ fn kill_when(
     (status, runs_under(&base).remove(0))
 }
 
+/// `kill_when`, then `--resume` of the cut run to its end: the resumed run's summary, or None
+/// when the run finished before the kill (the cut is then inconclusive; `what` says where).
+fn kill_and_resume(
+    p: &Path,
+    name: &str,
+    out: &str,
+    what: &str,
+    reached: impl Fn(&Path) -> bool,
+) -> Option<serde_json::Value> {
+    let (status, cut) = kill_when(p, name, out, reached);
+    if status.success() {
+        eprintln!("the run ended before the kill {what}; inconclusive");
+        return None;
+    }
+    assert!(!cut.join("summary.json").exists());
+    let o = runner(
+        p,
+        &["run", "--resume", cut.to_str().unwrap(), "--threads", "1"],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    Some(summary(&cut))
+}
+
 #[test]
 fn robust_transfer_killed_anywhere_resumes_to_the_uninterrupted_result() {
     let d = setup();
@@ -976,22 +999,14 @@ fn robust_transfer_killed_anywhere_resumes_to_the_uninterrupted_result() {
     // Kill once while the source trains and once while it transfers.
     for (i, stage) in ["checkpoints", "transfers.jsonl"].iter().enumerate() {
         let out = format!("cut{i}");
-        let (status, cut) = kill_when(p, "tiny-rt", &out, |r| {
+        let during = format!("during {stage}");
+        let Some(s) = kill_and_resume(p, "tiny-rt", &out, &during, |r| {
             let f = r.join(stage);
             f.is_dir() && fs::read_dir(&f).is_ok_and(|mut e| e.next().is_some())
                 || f.is_file() && fs::metadata(&f).is_ok_and(|m| m.len() > 0)
-        });
-        if status.success() {
-            eprintln!("the run ended before the kill; inconclusive for stage {stage}");
+        }) else {
             continue;
-        }
-        assert!(!cut.join("summary.json").exists());
-        let o = runner(
-            p,
-            &["run", "--resume", cut.to_str().unwrap(), "--threads", "1"],
-        );
-        assert!(o.status.success(), "{}", text(&o));
-        let s = summary(&cut);
+        };
         for k in ["src_clean", "src_robust", "transfers"] {
             let strip = |v: &serde_json::Value| {
                 let mut v = v.clone();
@@ -1186,20 +1201,12 @@ fn deepthin_conv_streams_an_image_folder_and_resumes_inside_a_phase() {
     // the teacher and once in the second imitation block.
     for (i, at) in [10u64, 74].iter().enumerate() {
         let out = format!("cut{i}");
-        let (status, cut) = kill_when(p, "tiny-conv", &out, |r| {
+        let when = format!("at step {at}");
+        let Some(s) = kill_and_resume(p, "tiny-conv", &out, &when, |r| {
             newest_checkpoint(r).is_some_and(|s| s >= *at)
-        });
-        if status.success() {
-            eprintln!("the run ended before the kill at step {at}; inconclusive");
+        }) else {
             continue;
-        }
-        assert!(!cut.join("summary.json").exists());
-        let o = runner(
-            p,
-            &["run", "--resume", cut.to_str().unwrap(), "--threads", "1"],
-        );
-        assert!(o.status.success(), "{}", text(&o));
-        let s = summary(&cut);
+        };
         let strip = |v: &serde_json::Value| {
             let mut v = v.clone();
             for a in v["arms"].as_object_mut().unwrap().values_mut() {
