@@ -13,6 +13,8 @@ usage: python scripts/reproduce_all.py [--smoke] [--collect-only] [--state DIR] 
 - --smoke runs every experiment's --smoke budget (state in runs/reproduce-all-smoke, results
   written to that folder) to test this script; --collect-only rewrites the results page from
   the state file without running anything.
+- Without --smoke or --results, the README's block between the `reproduce-all` markers gets
+  the verdicts and wall times too, with the date and machine.
 """
 import argparse
 import datetime
@@ -150,7 +152,7 @@ def write_results(state, path, avail, note):
         "| paper | experiment | verdict | wall time (2 cores, `--jobs 2`) | report |",
         "|---|---|---|---|---|",
     ]
-    rows = []
+    rows, headline = [], []
     for exp in EXPERIMENTS:
         paper = exp.split("/")[0]
         title, doc = PAPERS[paper]
@@ -170,6 +172,7 @@ def write_results(state, path, avail, note):
             verdict, wall = claims["verdict"], fmt(e.get("seconds", 0))
         link = f"[{paper}]({os.path.relpath(os.path.join(ROOT, doc), os.path.dirname(path))})" if doc else "—"
         lines.append(f"| {title} | `{exp}` | {verdict} | {wall} | {link} |")
+        headline.append((exp, verdict, wall))
         if claims:
             for c in claims["claims"]:
                 rows.append((paper, exp, c))
@@ -187,6 +190,33 @@ def write_results(state, path, avail, note):
     with open(path, "w") as f:
         f.write("\n".join(lines))
     print("wrote", os.path.relpath(path, ROOT))
+    return headline, total
+
+
+README_START = "<!-- reproduce-all: start -->"
+README_END = "<!-- reproduce-all: end -->"
+
+
+def update_readme(readme, headline, total, note, results):
+    """Rewrites the README's block between the reproduce-all markers: the verdict of every
+    experiment and its wall time, the date and machine, a link to the results page."""
+    try:
+        with open(readme) as f:
+            text = f.read()
+    except OSError:
+        return
+    a, b = text.find(README_START), text.find(README_END)
+    if a < 0 or b < a:
+        print(f"{os.path.relpath(readme, ROOT)} has no {README_START} block; not updated")
+        return
+    rel = os.path.relpath(results, os.path.dirname(readme))
+    block = [README_START, "", f"{note} Every claim with the paper's number beside ours: [{rel}]({rel}).", "",
+             "| experiment | verdict | wall time |", "|---|---|---|"]
+    block += [f"| `{exp}` | {verdict} | {wall} |" for exp, verdict, wall in headline]
+    block += ["", f"Experiments' wall time in all: {fmt(total)} (`just reproduce-all`).", "", README_END]
+    with open(readme, "w") as f:
+        f.write(text[:a] + "\n".join(block) + text[b + len(README_END):])
+    print("updated", os.path.relpath(readme, ROOT))
 
 
 def main():
@@ -231,7 +261,9 @@ def main():
     measured = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
     note = a.smoke and "> **Smoke run**: every experiment's `--smoke` budget; the numbers test the plumbing only." or \
         f"Measured {measured} on {machine()}."
-    write_results(state, results, avail, a.note or note)
+    headline, total = write_results(state, results, avail, a.note or note)
+    if not a.smoke and a.results is None:
+        update_readme(os.path.join(ROOT, "README.md"), headline, total, a.note or note, results)
 
 
 if __name__ == "__main__":
