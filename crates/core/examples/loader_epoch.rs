@@ -11,6 +11,7 @@ use reprise_core::data::augment::{Augment, Loader};
 use tch::{Device, Kind, Tensor};
 
 fn main() {
+    reprise_core::memory::keep_freed_memory();
     let a: Vec<String> = std::env::args().collect();
     let dataset = a.get(1).map_or("digits", String::as_str);
     let aug_name = a.get(2).map_or("plain", String::as_str);

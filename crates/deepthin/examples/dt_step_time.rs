@@ -11,6 +11,7 @@ use deepthin::train::{block_optimizer, imitation_step, optimizer, train_step};
 use tch::{Device, Kind, Tensor};
 
 fn main() {
+    reprise_core::memory::keep_freed_memory();
     let a: Vec<String> = std::env::args().collect();
     let what = a.get(1).map_or("imitate", String::as_str);
     let iters: usize = a.get(2).and_then(|s| s.parse().ok()).unwrap_or(200);

@@ -12,6 +12,7 @@ use reprise_core::optim::{Optimizer, Rule};
 use tch::{Kind, Tensor};
 
 fn main() {
+    reprise_core::memory::keep_freed_memory();
     let a: Vec<String> = std::env::args().collect();
     let arch = a.get(1).map_or("cnn", String::as_str);
     let k: usize = a.get(2).and_then(|s| s.parse().ok()).unwrap_or(20);

@@ -11,6 +11,7 @@ use robust_transfer::model::Net;
 use tch::{Kind, Tensor};
 
 fn main() {
+    reprise_core::memory::keep_freed_memory();
     let a: Vec<String> = std::env::args().collect();
     let arch = a.get(1).map_or("small", String::as_str);
     let k: usize = a.get(2).and_then(|s| s.parse().ok()).unwrap_or(3);

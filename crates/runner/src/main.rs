@@ -33,6 +33,8 @@ pub fn paper(name: &str) -> Result<Paper> {
 }
 
 fn main() -> ExitCode {
+    // Tensor memory freed by one step is kept for the next (no page faults per step).
+    reprise_core::memory::keep_freed_memory();
     reprise_core::logging::init();
     let flag = reprise_core::run::interrupt_flag();
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {

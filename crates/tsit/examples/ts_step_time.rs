@@ -6,6 +6,7 @@
 //! usage: cargo run --release -p tsit --example ts_step_time -- [small|256] [ITERS] [THREADS]
 
 fn main() {
+    reprise_core::memory::keep_freed_memory();
     let a: Vec<String> = std::env::args().collect();
     let paper = a.get(1).is_some_and(|s| s == "256");
     let iters: usize = a.get(2).and_then(|s| s.parse().ok()).unwrap_or(20);
