@@ -80,6 +80,9 @@ STEPS = [
     ("JEM iteration, digits-mlp", "64x1x8x8, K=20", jem("mlp", 20, 40, "iter"), (2 * 20 + 9) * F_MLP),
     ("one SGLD step, mnist-cnn", "64x1x28x28", jem("cnn", 20, 40, "sgld"), 2 * F_CNN),
     ("one SGLD step, digits-mlp", "64x1x8x8", jem("mlp", 20, 200, "sgld"), 2 * F_MLP),
+    # The SGLD step's forward with a full backward (input and parameter gradients): what the step
+    # would cost if it did not take the input gradient alone. 3F (the backward is two products).
+    ("forward + full backward (SGLD's energy), mnist-cnn", "64x1x28x28", jem("cnn", 20, 40, "fwdbwd"), 3 * F_CNN),
     ("robust-transfer PGD-3 step, SmallCNN", "32x1x28x28", rt("small", 3, 40, 32), 10 * F_RT_SMALL),
     ("robust-transfer standard step, SmallCNN", "32x1x28x28", rt("small", 0, 100, 32), 3 * F_RT_SMALL),
     ("robust-transfer PGD-3 step, ResNet-50", "2x3x224x224", rt("r50", 3, 3, 2), 10 * F_RT_R50),

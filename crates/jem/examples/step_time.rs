@@ -1,8 +1,10 @@
 //! Median milliseconds of one JEM training iteration, for side-by-side timing with
 //! `bench/pytorch/jem_step.py` (same model, shapes, K and thread count).
 //!
-//! usage: cargo run --release -p jem --example step_time -- [cnn|mlp|wrn] [K] [ITERS] [THREADS] [BATCH] [iter|sgld]
-//! (`sgld` times one SGLD step alone: a forward and an input-only backward).
+//! usage: cargo run --release -p jem --example step_time -- [cnn|mlp|wrn] [K] [ITERS] [THREADS] [BATCH] [iter|sgld|fwdbwd]
+//! (`sgld` times one SGLD step alone: a forward and an input-only backward; `fwdbwd` the same
+//! forward with a full backward, to the input and every parameter, which is what the SGLD step
+//! would cost if it also computed parameter gradients).
 
 use jem::model::Classifier;
 use jem::sampler::ReplayBuffer;
@@ -41,10 +43,20 @@ fn main() {
     let x = Tensor::rand(dims.as_slice(), (Kind::Float, dev)) * 2.0 - 1.0;
     let y = Tensor::randint(10, [batch], (Kind::Int64, dev));
     let mut rng = Rng::new(0);
+    let params = m.vs.trainable_variables();
     let ms = reprise_core::timing::median_ms(dev, 3, iters, || {
         if what == "sgld" {
             let f = |t: &Tensor| m.forward_t(t, false);
             let _ = jem::sampler::sgld(&f, &x, None, &c.sgld, 1);
+        } else if what == "fwdbwd" {
+            let xg = x.detach().set_requires_grad(true);
+            let e = m
+                .forward_t(&xg, false)
+                .logsumexp([1], false)
+                .sum(Kind::Float);
+            let mut wrt: Vec<&Tensor> = vec![&xg];
+            wrt.extend(params.iter());
+            let _ = Tensor::run_backward(&[e], &wrt, false, false);
         } else {
             train_step(
                 &m,
