@@ -39,9 +39,10 @@ def jem(arch, k, iters, what):
     return cmds
 
 
-def rt(arch, k, iters, batch):
+def rt(arch, k, iters, batch, what="train"):
+    size = 224 if arch == "r50" else 28
     def cmds(threads):
-        args = [arch, str(k), str(iters), str(threads), str(batch)]
+        args = [arch, str(k), str(iters), str(threads), str(batch), str(size), what]
         return [RT_RUST] + args, [sys.executable, RT_TWIN] + args
     return cmds
 
@@ -85,6 +86,12 @@ STEPS = [
     ("forward + full backward (SGLD's energy), mnist-cnn", "64x1x28x28", jem("cnn", 20, 40, "fwdbwd"), 3 * F_CNN),
     ("robust-transfer PGD-3 step, SmallCNN", "32x1x28x28", rt("small", 3, 40, 32), 10 * F_RT_SMALL),
     ("robust-transfer standard step, SmallCNN", "32x1x28x28", rt("small", 0, 100, 32), 3 * F_RT_SMALL),
+    # The PGD-3 attack alone (3 forward + input-backward pairs, the use-best forward) against one
+    # forward of its loss with a full backward (input and parameter gradients, 3F).
+    ("robust-transfer PGD-3 attack alone, SmallCNN", "32x1x28x28", rt("small", 3, 60, 32, "attack"),
+     7 * F_RT_SMALL),
+    ("forward + full backward (the attack's loss), SmallCNN", "32x1x28x28",
+     rt("small", 3, 100, 32, "fwdbwd"), 3 * F_RT_SMALL),
     ("robust-transfer PGD-3 step, ResNet-50", "2x3x224x224", rt("r50", 3, 3, 2), 10 * F_RT_R50),
     # deepthin, batch 128: imitation of one block (256->16->16->256, 8448 MAC per sample) and
     # distillation of the thin depth-16 MLP (16.5 k MAC per sample); 3 passes at 2 FLOP per MAC.

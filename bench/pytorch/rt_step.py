@@ -120,6 +120,9 @@ def main():
         net, chans, size, classes = SmallCnn(), 1, 28, 5
         norm = Normalize([0.1307], [0.3081])
     size = int(a[5]) if len(a) > 5 else size
+    # train: the training step; attack: the k-step attack alone; fwdbwd: the attack's loss with a
+    # full backward (input and parameters)
+    what = a[6] if len(a) > 6 else "train"
     model = nn.Sequential(norm, net).to(dev)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     x = torch.rand(batch, chans, size, size, device=dev)
@@ -127,16 +130,24 @@ def main():
     times = []
     for i in range(iters + 3):
         t = time.perf_counter()
-        if k > 0:
+        if what == "attack":
+            model.eval()
+            pgd_l2(model, x, y, 1.0, 2.0 / 3.0, k)
+        elif what == "fwdbwd":
+            model.eval()
+            xg = x.detach().requires_grad_(True)
+            torch.autograd.grad(F.cross_entropy(model(xg), y), [xg] + list(model.parameters()))
+        elif k > 0:
             model.eval()
             xa = pgd_l2(model, x, y, 1.0, 2.0 / 3.0, k)
         else:
             xa = x
-        model.train()
-        loss = F.cross_entropy(model(xa), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        if what == "train":
+            model.train()
+            loss = F.cross_entropy(model(xa), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
         if dev.type == "cuda":
             torch.cuda.synchronize()
         if i >= 3:

@@ -2,12 +2,18 @@
 //! attack in eval mode, update in train mode, SGD with momentum), for side-by-side timing with
 //! `bench/pytorch/rt_step.py` (same network, shapes, k and thread count).
 //!
-//! usage: cargo run --release -p robust-transfer --example rt_step_time -- [small|r50] [K] [ITERS] [THREADS] [BATCH] [SIZE]
+//! usage: cargo run --release -p robust-transfer --example rt_step_time -- [small|r50] [K] [ITERS] [THREADS] [BATCH] [SIZE] [train|attack|fwdbwd]
+//!
+//! `attack` times the k-step attack alone (each step a forward and an input-only backward, then the
+//! use-best forward); `fwdbwd` one forward of the attack's loss with a full backward, to the input
+//! and every parameter, which is what each attack step would cost if it also computed parameter
+//! gradients.
 
 use reprise_core::attack::Norm;
 use reprise_core::optim::{Group, Optimizer, Rule};
 use robust_transfer::config::{Arm, AttackConfig, InitKind, ModelConfig, NormSpec, ResnetArch};
 use robust_transfer::model::Net;
+use tch::nn::ModuleT;
 use tch::{Kind, Tensor};
 
 fn main() {
@@ -74,9 +80,32 @@ fn main() {
     } else {
         Arm::Adv(Norm::L2, 1.0)
     };
-    let ms = reprise_core::timing::median_ms(dev, 3, iters, || {
-        robust_transfer::train::train_step(&net, &mut opt, arm, arm.eps(), &attack, &x, &y, 0.01)
+    let what = a.get(7).map_or("train", String::as_str);
+    let params = net.vs.trainable_variables();
+    let ms = reprise_core::timing::median_ms(dev, 3, iters, || match what {
+        "attack" => {
+            let _ = robust_transfer::train::training_inputs(&net, arm, arm.eps(), &attack, &x, &y);
+        }
+        "fwdbwd" => {
+            let xg = x.detach().set_requires_grad(true);
+            let loss = net.forward_t(&xg, false).cross_entropy_for_logits(&y);
+            let mut wrt: Vec<&Tensor> = vec![&xg];
+            wrt.extend(params.iter());
+            let _ = Tensor::run_backward(&[loss], &wrt, false, false);
+        }
+        _ => {
+            robust_transfer::train::train_step(
+                &net,
+                &mut opt,
+                arm,
+                arm.eps(),
+                &attack,
+                &x,
+                &y,
+                0.01,
+            )
             .expect("a training step");
+        }
     });
     println!("{ms:.2}");
 }
