@@ -13,6 +13,7 @@ usage: python scripts/reproduce_all.py [--smoke] [--collect-only] [--state DIR] 
 - --smoke runs every experiment's --smoke budget (state in runs/reproduce-all-smoke, results
   written to that folder) to test this script; --collect-only rewrites the results page from
   the state file without running anything.
+- Anything on the results page after a line `<!-- end of the generated part -->` is kept.
 - Without --smoke or --results, the README's block between the `reproduce-all` markers gets
   the verdicts and wall times too, with the date and machine.
 """
@@ -28,7 +29,10 @@ import sys
 import time
 
 ROOT = os.path.normpath(os.path.join(os.path.dirname(__file__), ".."))
-RUNNER = os.path.join(ROOT, "target", "release", "runner")
+# REPRISE_RUNNER replaces the runner (scripts/test_reproduce_all.py gives it a stand-in).
+RUNNER = os.environ.get("REPRISE_RUNNER") or os.path.join(ROOT, "target", "release", "runner")
+# Hand-written sections of the results page after this line are kept when it is rewritten.
+KEEP_MARKER = "<!-- end of the generated part -->"
 EXPERIMENTS = [
     "jem/digits-calibration",
     "jem/mnist-small",
@@ -186,9 +190,17 @@ def write_results(state, path, avail, note):
                      f"{cell(c['ours'])} | {c['verdict']}{role} |")
     total = sum(state.get(x, {}).get("seconds", 0) for x in EXPERIMENTS)
     lines += ["", f"Total wall time of the experiments above: {fmt(total)}.", ""]
+    kept = ""
+    try:
+        with open(path) as f:
+            old = f.read()
+        if KEEP_MARKER in old:
+            kept = KEEP_MARKER + old.split(KEEP_MARKER, 1)[1]
+    except OSError:
+        pass
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as f:
-        f.write("\n".join(lines))
+        f.write("\n".join(lines) + kept)
     print("wrote", os.path.relpath(path, ROOT))
     return headline, total
 

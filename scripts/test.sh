@@ -71,6 +71,9 @@ assert len(keys) >= 265 and not bad, f"{len(keys)} backbone tensors, differing: 
 print(f"converted backbone loaded exactly: {len(keys)} tensors")
 PY
 
+echo "== reproduce-all: interrupted and run again, against a stand-in runner"
+python scripts/test_reproduce_all.py
+
 echo "== unit and integration tests"
 log="$out/cargo-test.log"
 cargo test --release --workspace --lib --bins --tests 2>&1 | tee "$log"

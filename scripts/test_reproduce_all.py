@@ -1,0 +1,124 @@
+#!/usr/bin/env python3
+"""Tests scripts/reproduce_all.py against a stand-in runner (no training): an interruption by
+SIGINT during the second experiment, then a second invocation that skips the finished one,
+resumes the interrupted one from its folder and starts the rest; the results page (verdicts,
+claims, kept hand-written part) and the README block. Run by scripts/test.sh.
+
+usage: python scripts/test_reproduce_all.py
+"""
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import reproduce_all as ra  # noqa: E402
+
+STUB = r'''
+import json, os, signal, sys, time
+a = sys.argv[1:]
+out, state = os.environ["STUB_OUT"], os.environ["STUB_STATE"]
+with open(os.path.join(out, "calls.log"), "a") as f:
+    f.write(" ".join(a) + "\n")
+if a[0] == "list":
+    print("experiment expected_minutes")
+    for e in os.environ["STUB_LIST"].split(","):
+        print(e, "2")
+    sys.exit(0)
+def finish(d, exp):
+    with open(os.path.join(d, "claims.json"), "w") as f:
+        json.dump({"verdict": "stub verdict " + exp, "claims": [
+            {"claim": "C1", "what": "a | b", "paper": "1.0 (verified)", "ours": "2.0 ± 0.1",
+             "verdict": "holds"},
+            {"claim": "C2", "what": "reported", "paper": "-", "ours": "3", "verdict": "n/a",
+             "gating": False}]}, f)
+if a[0] == "run" and a[1] == "--resume":
+    d = a[2]
+    finish(d, json.load(open(os.path.join(d, "exp.json"))))
+    sys.exit(0)
+exp = a[1]
+d = os.path.join(out, exp.replace("/", "-"))
+os.makedirs(d)
+json.dump(exp, open(os.path.join(d, "exp.json"), "w"))
+print("sweep: " + d, flush=True)
+if exp == os.environ["STUB_INTERRUPT_AT"]:
+    # Wait until the script has recorded the sweep folder, then interrupt it as Ctrl-C would;
+    # it passes SIGINT on to this process, which exits as the runner does.
+    signal.signal(signal.SIGINT, lambda *_: sys.exit(130))
+    for _ in range(200):
+        try:
+            if json.load(open(state)).get(exp, {}).get("dir") == d:
+                break
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.05)
+    os.kill(os.getppid(), signal.SIGINT)
+    time.sleep(20)
+    sys.exit(1)
+finish(d, exp)
+'''
+
+
+def main():
+    tmp = tempfile.mkdtemp(prefix="reproduce-all-test-")
+    stub = os.path.join(tmp, "runner")
+    with open(stub, "w") as f:
+        f.write(f"#!{sys.executable}\n{STUB}")
+    os.chmod(stub, 0o755)
+    listed = ra.EXPERIMENTS[:-1]  # the last one plays an experiment this build lacks
+    sdir = os.path.join(tmp, "state")
+    results = os.path.join(tmp, "RESULTS.md")
+    env = dict(os.environ, REPRISE_RUNNER=stub, STUB_OUT=tmp, STUB_STATE=os.path.join(sdir, "state.json"),
+               STUB_LIST=",".join(listed), STUB_INTERRUPT_AT=listed[1])
+    cmd = [sys.executable, os.path.join(HERE, "reproduce_all.py"), "--state", sdir, "--results", results]
+    calls = os.path.join(tmp, "calls.log")
+
+    first = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
+    assert first.returncode == 130, (first.returncode, first.stdout, first.stderr)
+    assert "interrupted during " + listed[1] in first.stderr, first.stderr
+    state = json.load(open(env["STUB_STATE"]))
+    assert state[listed[0]]["done"] is True, state
+    assert not state[listed[1]].get("done") and state[listed[1]]["dir"].endswith(listed[1].replace("/", "-")), state
+    assert listed[2] not in state, state
+    with open(calls) as f:
+        assert [c.split()[:2] for c in f.read().splitlines()] == [["list"], ["run", listed[0]], ["run", listed[1]]]
+
+    with open(results, "w") as f:
+        f.write("old generated text\n" + ra.KEEP_MARKER + "\n\n## Notes\n\nhand-written\n")
+    os.remove(calls)
+    second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
+    assert second.returncode == 0, (second.returncode, second.stdout, second.stderr)
+    assert f"[1/{len(listed)}] {listed[0]}: done before" in second.stdout, second.stdout
+    assert f"{ra.EXPERIMENTS[-1]}: not implemented in this build yet" in second.stdout, second.stdout
+    with open(calls) as f:
+        got = [c.split() for c in f.read().splitlines()]
+    want = [["list"], ["run", "--resume", state[listed[1]]["dir"], "--jobs", "2"]]
+    want += [["run", e, "--jobs", "2"] for e in listed[2:]]
+    assert got == want, got
+    state = json.load(open(env["STUB_STATE"]))
+    assert all(state[e]["done"] for e in listed), state
+
+    page = open(results).read()
+    for e in listed:
+        assert f"| `{e}` | stub verdict {e} |" in page, e
+    assert f"| `{ra.EXPERIMENTS[-1]}` | not implemented yet | — |" in page
+    assert "| a \\| b | 1.0 (verified) | 2.0 ± 0.1 | holds |" in page
+    assert "| n/a (reported, not gating) |" in page
+    assert "old generated text" not in page
+    assert page.endswith(ra.KEEP_MARKER + "\n\n## Notes\n\nhand-written\n"), page[-200:]
+
+    readme = os.path.join(tmp, "README.md")
+    with open(readme, "w") as f:
+        f.write(f"# title\n\nbefore\n\n{ra.README_START}\nold block\n{ra.README_END}\n\nafter\n")
+    ra.update_readme(readme, [(listed[0], "reproduced", "1m00s")], 60, "Measured today.", results)
+    text = open(readme).read()
+    assert text.startswith("# title\n\nbefore\n\n" + ra.README_START) and text.endswith(ra.README_END + "\n\nafter\n")
+    assert "old block" not in text and f"| `{listed[0]}` | reproduced | 1m00s |" in text, text
+    assert "Measured today. Every claim with the paper's number beside ours: [RESULTS.md](RESULTS.md)." in text
+    print("reproduce_all.py: interrupted, resumed, results page and README block as expected")
+
+
+if __name__ == "__main__":
+    main()
