@@ -8,6 +8,7 @@ usage: python scripts/test_reproduce_all.py
 """
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -46,7 +47,10 @@ print("sweep: " + d, flush=True)
 if exp == os.environ["STUB_INTERRUPT_AT"]:
     # Wait until the script has recorded the sweep folder, then interrupt it as Ctrl-C would;
     # it passes SIGINT on to this process, which exits as the runner does.
-    signal.signal(signal.SIGINT, lambda *_: sys.exit(130))
+    def on_int(*_):
+        open(os.path.join(out, "runner-got-sigint"), "w").close()
+        sys.exit(130)
+    signal.signal(signal.SIGINT, on_int)
     for _ in range(200):
         try:
             if json.load(open(state)).get(exp, {}).get("dir") == d:
@@ -74,10 +78,14 @@ def main():
                STUB_LIST=",".join(listed), STUB_INTERRUPT_AT=listed[1])
     cmd = [sys.executable, os.path.join(HERE, "reproduce_all.py"), "--state", sdir, "--results", results]
     calls = os.path.join(tmp, "calls.log")
+    # A shell's background job starts with SIGINT ignored, and Python then installs no Ctrl-C
+    # handler; give the script the default disposition a terminal's foreground job has.
+    dfl = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731
 
-    first = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
+    first = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60, preexec_fn=dfl)
     assert first.returncode == 130, (first.returncode, first.stdout, first.stderr)
     assert "interrupted during " + listed[1] in first.stderr, first.stderr
+    assert os.path.exists(os.path.join(tmp, "runner-got-sigint")), "the interruption was not passed on"
     state = json.load(open(env["STUB_STATE"]))
     assert state[listed[0]]["done"] is True, state
     assert not state[listed[1]].get("done") and state[listed[1]]["dir"].endswith(listed[1].replace("/", "-")), state
@@ -88,7 +96,7 @@ def main():
     with open(results, "w") as f:
         f.write("old generated text\n" + ra.KEEP_MARKER + "\n\n## Notes\n\nhand-written\n")
     os.remove(calls)
-    second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
+    second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60, preexec_fn=dfl)
     assert second.returncode == 0, (second.returncode, second.stdout, second.stderr)
     assert f"[1/{len(listed)}] {listed[0]}: done before" in second.stdout, second.stdout
     assert f"{ra.EXPERIMENTS[-1]}: not implemented in this build yet" in second.stdout, second.stdout
