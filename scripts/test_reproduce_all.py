@@ -8,6 +8,7 @@ usage: python scripts/test_reproduce_all.py
 """
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -126,7 +127,8 @@ def main():
     assert "old block" not in text and f"| `{listed[0]}` | reproduced | 1m00s |" in text, text
     assert "Measured today. Every claim with the paper's number beside ours: [RESULTS.md](RESULTS.md)." in text
     print("reproduce_all.py: interrupted, resumed, results page and README block as expected")
+    return tmp
 
 
 if __name__ == "__main__":
-    main()
+    shutil.rmtree(main())
