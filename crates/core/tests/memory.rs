@@ -17,24 +17,38 @@ fn freed_activations_are_reused_without_new_page_faults() {
         after.split(' ').nth(7).unwrap().parse().unwrap()
     }
     assert!(reprise_core::memory::keep_freed_memory());
-    // A step's activations: four 4 MiB tensors alive together, then freed. With glibc's
-    // starting thresholds the 16 MiB freed exceed the trim threshold it adapts to (twice the
-    // largest freed block), so rounds fault pages in again: about 20 000 faults in 20 rounds
-    // without `keep_freed_memory`, none with it (after the warm-up rounds settle the heap).
-    let step = || {
-        let live: Vec<Tensor> = (0..4)
-            .map(|_| Tensor::ones([1 << 20], (Kind::Float, Device::Cpu)))
-            .collect();
-        drop(live);
+    // A step's activations: `n` tensors of `mib` MiB alive together, then freed; the number of
+    // page faults over 20 such rounds after 3 warm-up rounds.
+    let faults_per_20_rounds = |n: usize, mib: i64| {
+        let step = || {
+            let live: Vec<Tensor> = (0..n)
+                .map(|_| Tensor::ones([mib << 18], (Kind::Float, Device::Cpu)))
+                .collect();
+            drop(live);
+        };
+        for _ in 0..3 {
+            step();
+        }
+        let before = minflt();
+        for _ in 0..20 {
+            step();
+        }
+        minflt() - before
     };
-    for _ in 0..3 {
-        step();
-    }
-    let before = minflt();
-    for _ in 0..20 {
-        step();
-    }
-    let faults = minflt() - before;
-    assert!(faults < 500, "{faults} page faults in 20 rounds");
-    println!("freed activations reused: {faults} page faults in 20 rounds of 16 MiB");
+    // Four 4 MiB tensors: with glibc's starting thresholds the 16 MiB freed exceed the trim
+    // threshold it adapts to (twice the largest freed block), so rounds fault pages in again:
+    // about 20 000 faults in 20 rounds without `keep_freed_memory`, none with it.
+    let small = faults_per_20_rounds(4, 4);
+    assert!(small < 500, "{small} page faults in 20 rounds of 4 x 4 MiB");
+    // Two 48 MiB tensors, above the largest mmap threshold glibc takes: mapped afresh and
+    // faulted in every round (24 500 faults a round) unless mmap is off.
+    let large = faults_per_20_rounds(2, 48);
+    assert!(
+        large < 2_000,
+        "{large} page faults in 20 rounds of 2 x 48 MiB"
+    );
+    println!(
+        "freed activations reused: {small} page faults in 20 rounds of 4 x 4 MiB, \
+         {large} in 20 rounds of 2 x 48 MiB"
+    );
 }
