@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""`just reproduce-all`: every small-scale experiment of the four papers, one after the other,
-then docs/RESULTS.md from the claims each sweep's report computed (`claims.json`).
+"""`just reproduce-all`: every small-scale experiment of the four papers, in order, then
+docs/RESULTS.md from the claims each sweep's report computed (`claims.json`).
 
 usage: python scripts/reproduce_all.py [--smoke] [--collect-only] [--state DIR] [--results FILE]
 
@@ -9,6 +9,9 @@ usage: python scripts/reproduce_all.py [--smoke] [--collect-only] [--state DIR] 
   are skipped, a half-finished one resumes from its checkpoints (`runner run --resume`).
 - One progress line per experiment, and a status line every 30 s: which one, its elapsed time,
   the expected remaining time (the specs' `expected_minutes`).
+- The experiments share the cores through a pipe of tokens (`runner run --slots`, one token per
+  core, each run holding one): the next experiment starts as soon as every run of the running
+  one has started, so the cores its last runs leave free are not idle.
 - Experiments that have no implementation in this build yet are listed as such, not run.
 - --smoke runs every experiment's --smoke budget (state in runs/reproduce-all-smoke, results
   written to that folder) to test this script; --collect-only rewrites the results page from
@@ -24,8 +27,10 @@ import os
 import platform
 import re
 import signal
+import stat
 import subprocess
 import sys
+import threading
 import time
 
 ROOT = os.path.normpath(os.path.join(os.path.dirname(__file__), ".."))
@@ -33,6 +38,10 @@ ROOT = os.path.normpath(os.path.join(os.path.dirname(__file__), ".."))
 RUNNER = os.environ.get("REPRISE_RUNNER") or os.path.join(ROOT, "target", "release", "runner")
 # Hand-written sections of the results page after this line are kept when it is rewritten.
 KEEP_MARKER = "<!-- end of the generated part -->"
+# Cores shared by the experiments' runs (one token each in the slots pipe) and runs per sweep.
+CORES = os.cpu_count() or 2
+# Guards the state file: the threads reading the runners' output record sweep folders in it.
+STATE_LOCK = threading.Lock()
 EXPERIMENTS = [
     "jem/digits-calibration",
     "jem/mnist-small",
@@ -86,49 +95,155 @@ def save_state(path, state):
     os.replace(tmp, path)
 
 
-def run_one(exp, entry, state, state_path, log_path, smoke, i, n, expected, t_all, remaining_after):
-    """Runs or resumes one experiment; returns the runner's exit code."""
-    if entry.get("dir") and os.path.isdir(entry["dir"]):
-        cmd = [RUNNER, "run", "--resume", entry["dir"], "--jobs", "2"]
-        how = "resuming " + entry["dir"]
-    else:
-        cmd = [RUNNER, "run", exp, "--jobs", "2"] + (["--smoke"] if smoke else [])
-        how = "starting"
-    print(f"[{i}/{n}] {exp}: {how} (expected {expected:.0f} min)", flush=True)
-    t0 = time.time()
-    last = t0
-    with open(log_path, "a") as log:
-        p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                             bufsize=1)
-        try:
-            for line in p.stdout:
+class Job:
+    """One experiment's runner process: its output goes to the experiment's log, and what the
+    output says (the sweep or run folder, that every run has started) is noted as it comes."""
+
+    def __init__(self, exp, entry, state, state_path, log_path, smoke, slots, i, n, expected):
+        self.exp, self.entry, self.i, self.n, self.expected = exp, entry, i, n, expected
+        self.state, self.state_path, self.log_path = state, state_path, log_path
+        if entry.get("dir") and os.path.isdir(entry["dir"]):
+            cmd = [RUNNER, "run", "--resume", entry["dir"]]
+            how = "resuming " + entry["dir"]
+        else:
+            cmd = [RUNNER, "run", exp] + (["--smoke"] if smoke else [])
+            how = "starting"
+        cmd += ["--jobs", str(CORES), "--slots", slots]
+        print(f"[{i}/{n}] {exp}: {how} (expected {expected:.0f} min)", flush=True)
+        # Every run started: the next experiment may take the cores its last runs leave free.
+        self.all_started = False
+        self.t0 = time.time()
+        # A session of its own: a terminal's Ctrl-C reaches this script alone, which passes it on
+        # once (a second SIGINT would stop the runner before its workers wrote checkpoints).
+        self.p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  text=True, bufsize=1, start_new_session=True)
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self):
+        with open(self.log_path, "a") as log:
+            for line in self.p.stdout:
                 log.write(line)
-                m = re.match(r"(?:sweep|run): (\S+)", line)
-                if m and not entry.get("dir"):
-                    entry["dir"] = os.path.join(ROOT, m.group(1)) if not os.path.isabs(m.group(1)) else m.group(1)
-                    save_state(state_path, state)
-                now = time.time()
-                if now - last >= 30:
-                    last = now
-                    done = now - t0
-                    rest = max(expected * 60 - done, 0) + remaining_after
-                    print(f"[{i}/{n}] {exp}: {fmt(done)} elapsed; all: {fmt(now - t_all)} elapsed, "
-                          f"about {fmt(rest)} to go", flush=True)
-            rc = p.wait()
-        except KeyboardInterrupt:
-            # Pass the interruption on (a terminal's Ctrl-C reaches the runner too): it writes a
-            # checkpoint and exits; wait for it.
-            if p.poll() is None:
-                p.send_signal(signal.SIGINT)
-            rc = p.wait()
-            entry["seconds"] = entry.get("seconds", 0.0) + time.time() - t0
-            save_state(state_path, state)
-            raise
-    entry["seconds"] = entry.get("seconds", 0.0) + time.time() - t0
-    entry["done"] = rc == 0
-    entry["rc"] = rc
-    save_state(state_path, state)
-    return rc
+                m = re.match(r"(sweep|run): (\S+)", line)
+                if m:
+                    d = m.group(2) if os.path.isabs(m.group(2)) else os.path.join(ROOT, m.group(2))
+                    if not self.entry.get("dir"):
+                        with STATE_LOCK:
+                            self.entry["dir"] = d
+                            save_state(self.state_path, self.state)
+                    if m.group(1) == "run" and os.path.normpath(d) == os.path.normpath(self.entry["dir"]):
+                        self.all_started = True  # a single run: it holds its cores now
+                elif re.match(r"sweep \S+: every run started", line):
+                    self.all_started = True
+
+    def elapsed(self):
+        return time.time() - self.t0
+
+    def finish(self, rc):
+        """Records the exit code and the time this invocation spent on the experiment."""
+        self.reader.join()
+        with STATE_LOCK:
+            self.entry["seconds"] = self.entry.get("seconds", 0.0) + self.elapsed()
+            if rc is not None:
+                self.entry["done"] = rc == 0
+                self.entry["rc"] = rc
+            save_state(self.state_path, self.state)
+
+
+def make_slots(sdir):
+    """The named pipe the runners share cores through (`runner run --slots`), holding one byte
+    per core; returns its path and the open end that keeps its contents alive."""
+    path = os.path.join(sdir, "slots.fifo")
+    if os.path.lexists(path) and not stat.S_ISFIFO(os.lstat(path).st_mode):
+        os.remove(path)
+    if not os.path.exists(path):
+        os.mkfifo(path, 0o600)
+    fd = os.open(path, os.O_RDWR | os.O_NONBLOCK)
+    try:
+        while os.read(fd, 4096):  # tokens an earlier, interrupted invocation left
+            pass
+    except BlockingIOError:
+        pass
+    os.write(fd, b"+" * CORES)
+    return path, fd
+
+
+def run_all(todo, state, state_path, sdir, smoke, avail):
+    """Runs the unfinished experiments of `todo` in order, each as `runner run --jobs CORES
+    --slots FIFO`, and starts the next one as soon as every run of the running ones has
+    started, so the cores their last runs leave free go to it. Returns the exit code."""
+    slots, fd = make_slots(sdir)
+    if "_wall_seconds" not in state:
+        # A state written when experiments ran one after the other: their times add up.
+        state["_wall_seconds"] = sum(e.get("seconds", 0) for k, e in state.items()
+                                     if not k.startswith("_") and isinstance(e, dict))
+    budget = lambda x: 0.5 if smoke else (avail.get(x) or 10)  # noqa: E731
+    pending = []
+    for i, exp in enumerate(todo, 1):
+        entry = state.get(exp, {})
+        if entry.get("done") and entry.get("dir") and os.path.isdir(entry["dir"]):
+            print(f"[{i}/{len(todo)}] {exp}: done before ({fmt(entry.get('seconds', 0))}), skipped", flush=True)
+        else:
+            pending.append((i, exp))
+    jobs, t_all, last, code = [], time.time(), time.time(), 0
+    try:
+        while pending or jobs:
+            if pending and code == 0 and all(j.all_started for j in jobs):
+                i, exp = pending.pop(0)
+                log_path = os.path.join(sdir, exp.replace("/", "_") + ".log")
+                with STATE_LOCK:
+                    entry = state.setdefault(exp, {})
+                jobs.append(Job(exp, entry, state, state_path, log_path, smoke, slots, i, len(todo),
+                                budget(exp)))
+            for j in [j for j in jobs if j.p.poll() is not None]:
+                rc = j.p.returncode
+                j.finish(rc)
+                jobs.remove(j)
+                print(f"[{j.i}/{j.n}] {j.exp}: {'finished' if rc == 0 else f'FAILED (exit {rc}; see {j.log_path})'} "
+                      f"in {fmt(j.entry['seconds'])}", flush=True)
+                if rc == 130:
+                    # The runner was interrupted (SIGINT or SIGTERM sent to it alone): stop the rest.
+                    code = 130
+                    for k in jobs:
+                        k.p.send_signal(signal.SIGTERM)
+            if not jobs and code:
+                print(f"\nan experiment was interrupted; run `just reproduce-all` again to continue "
+                      f"(finished experiments are kept)", file=sys.stderr)
+                break
+            now = time.time()
+            if jobs and now - last >= 30:
+                last = now
+                rest = sum(max(j.expected * 60 - j.elapsed(), 0) for j in jobs)
+                rest += sum(budget(x) for _, x in pending) * 60
+                running = ", ".join(f"[{j.i}/{j.n}] {j.exp}: {fmt(j.elapsed())} elapsed" for j in jobs)
+                print(f"{running}; all: {fmt(now - t_all)} elapsed, about {fmt(rest)} to go", flush=True)
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        # Pass the interruption on as SIGTERM (which the runner takes as it takes SIGINT, and
+        # which a shell never starts a background job ignoring): the runners write checkpoints
+        # and exit; wait for them.
+        for j in jobs:
+            if j.p.poll() is None:
+                j.p.send_signal(signal.SIGTERM)
+        for j in jobs:
+            j.p.wait()
+            j.finish(None)
+        add_wall(state, state_path, time.time() - t_all)
+        names = ", ".join(j.exp for j in jobs)
+        print(f"\ninterrupted during {names}; run `just reproduce-all` again to continue "
+              f"(finished experiments are kept)", file=sys.stderr)
+        return 130
+    finally:
+        os.close(fd)
+    add_wall(state, state_path, time.time() - t_all)
+    return code
+
+
+def add_wall(state, state_path, secs):
+    """Adds an invocation's wall time to the state's total (`_wall_seconds`)."""
+    with STATE_LOCK:
+        state["_wall_seconds"] = state.get("_wall_seconds", 0.0) + secs
+        save_state(state_path, state)
 
 
 def machine():
@@ -188,7 +303,7 @@ def write_results(state, path, avail, note):
         cell = lambda s: str(s).replace("|", "\\|").replace("\n", " ")
         lines.append(f"| {paper} | `{exp}` | {c['claim']} | {cell(c['what'])} | {cell(c['paper'])} | "
                      f"{cell(c['ours'])} | {c['verdict']}{role} |")
-    total = sum(state.get(x, {}).get("seconds", 0) for x in EXPERIMENTS)
+    total = state.get("_wall_seconds", sum(state.get(x, {}).get("seconds", 0) for x in EXPERIMENTS))
     lines += ["", f"Total wall time of the experiments above: {fmt(total)}.", ""]
     kept = ""
     try:
@@ -249,27 +364,10 @@ def main():
     for x in EXPERIMENTS:
         if x not in avail:
             print(f"{x}: not implemented in this build yet, skipped")
-    t_all = time.time()
     if not a.collect_only:
-        for i, exp in enumerate(todo, 1):
-            entry = state.setdefault(exp, {})
-            if entry.get("done") and entry.get("dir") and os.path.isdir(entry["dir"]):
-                print(f"[{i}/{len(todo)}] {exp}: done before ({fmt(entry.get('seconds', 0))}), skipped", flush=True)
-                continue
-            expected = 0.5 if a.smoke else (avail.get(exp) or 10)
-            after = sum(0.5 if a.smoke else (avail.get(x) or 10) for x in todo[i:]
-                        if not state.get(x, {}).get("done")) * 60
-            log_path = os.path.join(sdir, exp.replace("/", "_") + ".log")
-            try:
-                rc = run_one(exp, entry, state, state_path, log_path, a.smoke, i, len(todo), expected, t_all, after)
-            except KeyboardInterrupt:
-                print(f"\ninterrupted during {exp}; run `just reproduce-all` again to continue "
-                      f"(finished experiments are kept)", file=sys.stderr)
-                sys.exit(130)
-            print(f"[{i}/{len(todo)}] {exp}: {'finished' if rc == 0 else f'FAILED (exit {rc}; see {log_path})'} "
-                  f"in {fmt(entry['seconds'])}", flush=True)
-            if rc == 130:
-                sys.exit(130)
+        rc = run_all(todo, state, state_path, sdir, a.smoke, avail)
+        if rc == 130:
+            sys.exit(130)
     measured = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
     note = a.smoke and "> **Smoke run**: every experiment's `--smoke` budget; the numbers test the plumbing only." or \
         f"Measured {measured} on {machine()}."

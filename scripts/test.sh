@@ -40,6 +40,26 @@ trap 'rm -rf "$out"' EXIT
     "$runner" run "$exp" --smoke --out "$out" --jobs 2
 done
 
+echo "== two experiments sharing two cores through --slots (a sweep and a single run)"
+fifo="$out/slots.fifo"
+mkfifo "$fifo"
+exec 3<>"$fifo"
+printf '++' >&3
+"$runner" run deepthin/mnist-residual --smoke --out "$out/slots" --jobs 2 --slots "$fifo" &
+sweep_pid=$!
+"$runner" run tsit/summer2winter-ast --smoke --out "$out/slots" --slots "$fifo"
+wait "$sweep_pid"
+# Both tokens are back in the pipe once both have finished.
+python - <<'PY'
+import os
+os.set_blocking(3, False)
+back = os.read(3, 64)
+assert back == b"++", f"tokens left in the pipe: {back!r}"
+print("both cores' tokens came back")
+PY
+exec 3>&-
+ls "$out"/slots/deepthin-mnist-residual/*/report.md "$out"/slots/tsit-summer2winter-ast/*/report.md >/dev/null
+
 echo "== robust-transfer: a robustness-library checkpoint converts and transfers"
 src=$(ls "$out"/robust-transfer-imagenet-r50-l2-eps3/*/source.safetensors | head -1)
 python - "$src" "$out/fake-robustness.ckpt" <<'PY'

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Tests scripts/reproduce_all.py against a stand-in runner (no training): an interruption by
 SIGINT during the second experiment, then a second invocation that skips the finished one,
-resumes the interrupted one from its folder and starts the rest; the results page (verdicts,
-claims, kept hand-written part) and the README block. Run by scripts/test.sh.
+resumes the interrupted one from its folder and starts the rest, the fourth while the third
+still holds a core (after it said every run had started); the results page (verdicts, claims,
+kept hand-written part) and the README block. Run by scripts/test.sh.
 
 usage: python scripts/test_reproduce_all.py
 """
@@ -45,13 +46,39 @@ d = os.path.join(out, exp.replace("/", "-"))
 os.makedirs(d)
 json.dump(exp, open(os.path.join(d, "exp.json"), "w"))
 print("sweep: " + d, flush=True)
+if exp == os.environ["STUB_OVERLAP_AT"]:
+    # Holds a core from the slots pipe, says every run has started, and finishes only once
+    # the script has started the next experiment (which must find the other core free).
+    fd = os.open(a[a.index("--slots") + 1], os.O_RDWR | os.O_NONBLOCK)
+    assert os.read(fd, 1) == b"+"
+    print("sweep " + d + ": every run started", flush=True)
+    nxt = os.environ["STUB_OVERLAP_NEXT"]
+    for _ in range(200):
+        with open(os.path.join(out, "calls.log")) as f:
+            if any(l.split()[:2] == ["run", nxt] for l in f):
+                break
+        time.sleep(0.05)
+    else:
+        sys.exit(1)
+    for _ in range(200):
+        if os.path.exists(os.path.join(out, "next-got-a-core")):
+            break
+        time.sleep(0.05)
+    else:
+        sys.exit(1)
+    os.write(fd, b"+")
+if exp == os.environ["STUB_OVERLAP_NEXT"]:
+    fd = os.open(a[a.index("--slots") + 1], os.O_RDWR | os.O_NONBLOCK)
+    assert os.read(fd, 1) == b"+"
+    open(os.path.join(out, "next-got-a-core"), "w").close()
+    os.write(fd, b"+")
 if exp == os.environ["STUB_INTERRUPT_AT"]:
     # Wait until the script has recorded the sweep folder, then interrupt it as Ctrl-C would;
-    # it passes SIGINT on to this process, which exits as the runner does.
+    # it passes the interruption on to this process (as SIGTERM), which exits as the runner does.
     def on_int(*_):
-        open(os.path.join(out, "runner-got-sigint"), "w").close()
+        open(os.path.join(out, "runner-got-sigterm"), "w").close()
         sys.exit(130)
-    signal.signal(signal.SIGINT, on_int)
+    signal.signal(signal.SIGTERM, on_int)
     for _ in range(200):
         try:
             if json.load(open(state)).get(exp, {}).get("dir") == d:
@@ -76,7 +103,8 @@ def main():
     sdir = os.path.join(tmp, "state")
     results = os.path.join(tmp, "RESULTS.md")
     env = dict(os.environ, REPRISE_RUNNER=stub, STUB_OUT=tmp, STUB_STATE=os.path.join(sdir, "state.json"),
-               STUB_LIST=",".join(listed), STUB_INTERRUPT_AT=listed[1])
+               STUB_LIST=",".join(listed), STUB_INTERRUPT_AT=listed[1], STUB_OVERLAP_AT=listed[2],
+               STUB_OVERLAP_NEXT=listed[3])
     cmd = [sys.executable, os.path.join(HERE, "reproduce_all.py"), "--state", sdir, "--results", results]
     calls = os.path.join(tmp, "calls.log")
     # A shell's background job starts with SIGINT ignored, and Python then installs no Ctrl-C
@@ -86,7 +114,7 @@ def main():
     first = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60, preexec_fn=dfl)
     assert first.returncode == 130, (first.returncode, first.stdout, first.stderr)
     assert "interrupted during " + listed[1] in first.stderr, first.stderr
-    assert os.path.exists(os.path.join(tmp, "runner-got-sigint")), "the interruption was not passed on"
+    assert os.path.exists(os.path.join(tmp, "runner-got-sigterm")), "the interruption was not passed on"
     state = json.load(open(env["STUB_STATE"]))
     assert state[listed[0]]["done"] is True, state
     assert not state[listed[1]].get("done") and state[listed[1]]["dir"].endswith(listed[1].replace("/", "-")), state
@@ -103,9 +131,13 @@ def main():
     assert f"{ra.EXPERIMENTS[-1]}: not implemented in this build yet" in second.stdout, second.stdout
     with open(calls) as f:
         got = [c.split() for c in f.read().splitlines()]
-    want = [["list"], ["run", "--resume", state[listed[1]]["dir"], "--jobs", "2"]]
-    want += [["run", e, "--jobs", "2"] for e in listed[2:]]
+    slots = ["--jobs", str(ra.CORES), "--slots", os.path.join(sdir, "slots.fifo")]
+    want = [["list"], ["run", "--resume", state[listed[1]]["dir"]] + slots]
+    want += [["run", e] + slots for e in listed[2:]]
     assert got == want, got
+    # The fourth experiment started while the third still ran (once all its runs had started).
+    out = second.stdout
+    assert out.index(f"{listed[3]}: starting") < out.index(f"{listed[2]}: finished"), out
     state = json.load(open(env["STUB_STATE"]))
     assert all(state[e]["done"] for e in listed), state
 

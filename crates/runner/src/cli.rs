@@ -86,6 +86,13 @@ pub struct RunArgs {
     /// Sweep runs to execute at once, as separate processes.
     #[arg(long, default_value_t = 1)]
     pub jobs: usize,
+    /// Share cores with other runner processes through a named pipe holding one byte per
+    /// free core (make's jobserver, without make): each run takes one before it starts and
+    /// puts it back when it ends, in addition to the --jobs limit; a single run takes every
+    /// free one and runs with that many threads (unless --threads). `just reproduce-all`
+    /// uses it to start the next experiment while the last runs of one finish.
+    #[arg(long, value_name = "FIFO")]
+    pub slots: Option<PathBuf>,
 }
 
 /// Parses `I/N`.

@@ -3,6 +3,7 @@
 
 mod cli;
 mod experiments;
+mod slots;
 mod sweep;
 
 use anyhow::{bail, Context, Result};

@@ -2,6 +2,7 @@
 //! worker processes), resuming them, and writing their reports.
 
 use crate::cli::RunArgs;
+use crate::slots::Slots;
 use anyhow::{bail, Context, Result};
 use reprise_core::checkpoint::write_atomic;
 use reprise_core::run::{
@@ -119,10 +120,11 @@ pub fn start(
             eprintln!("nothing to do: a single run belongs to shard 0");
             return Ok(());
         }
+        let (_held, threads) = single_run_slots(a)?;
         let dir = create_unique_dir(&parent, &stamp)?;
         let (_, t) = runs.into_iter().next().expect("one run");
-        crate::set_threads(a.threads)?;
-        prepare(&dir, t, a.smoke, a.threads)?;
+        crate::set_threads(threads)?;
+        prepare(&dir, t, a.smoke, threads)?;
         return exec(&dir);
     }
     // Shards of one sweep, started on different machines, share one folder named by the spec.
@@ -148,7 +150,7 @@ pub fn start(
         &sdir.join("sweep.json"),
         serde_json::to_string_pretty(&meta)?.as_bytes(),
     )?;
-    let threads = a.threads.or((a.jobs > 1).then_some(1));
+    let threads = a.threads.or((a.jobs > 1 || a.slots.is_some()).then_some(1));
     let mut todo = Vec::new();
     for (i, (name, t)) in runs.into_iter().enumerate() {
         if shard.is_some_and(|(s, n)| i % n != s) {
@@ -173,7 +175,7 @@ pub fn start(
         todo.len(),
         names.len()
     );
-    run_all(&sdir, &todo, a.jobs, threads)
+    run_all(&sdir, &todo, a.jobs, threads, a.slots.as_deref())
 }
 
 /// Continues a run folder or a sweep folder.
@@ -190,7 +192,8 @@ pub fn resume(dir: &Path, a: &RunArgs, shard: Option<(usize, usize)>) -> Result<
         bail!("--from-step goes with overrides (e.g. a lower learning rate): without them the run would go the same way again");
     }
     if dir.join("spec.yaml").is_file() {
-        crate::set_threads(a.threads)?;
+        let (_held, threads) = single_run_slots(a)?;
+        crate::set_threads(threads)?;
         return exec(dir);
     }
     let meta_path = dir.join("sweep.json");
@@ -205,7 +208,7 @@ pub fn resume(dir: &Path, a: &RunArgs, shard: Option<(usize, usize)>) -> Result<
     let smoke = meta["smoke"].as_bool().unwrap_or(false);
     let tree = SpecTree::load(&dir.join("sweep.yaml"))?;
     let runs = crate::experiments::check(&tree)?;
-    let threads = a.threads.or((a.jobs > 1).then_some(1));
+    let threads = a.threads.or((a.jobs > 1 || a.slots.is_some()).then_some(1));
     let mut todo = Vec::new();
     for (i, (name, t)) in runs.into_iter().enumerate() {
         if shard.is_some_and(|(s, n)| i % n != s) {
@@ -218,7 +221,7 @@ pub fn resume(dir: &Path, a: &RunArgs, shard: Option<(usize, usize)>) -> Result<
         }
         todo.push(d);
     }
-    run_all(dir, &todo, a.jobs, threads)
+    run_all(dir, &todo, a.jobs, threads, a.slots.as_deref())
 }
 
 /// Keys that identify a run: they cannot change once it has started.
@@ -320,9 +323,28 @@ fn override_run(dir: &Path, overrides: &[String], from_step: Option<u64>) -> Res
     Ok(())
 }
 
-fn run_all(sdir: &Path, todo: &[PathBuf], jobs: usize, threads: Option<usize>) -> Result<()> {
+/// With `--slots`, the tokens a run executed in this process holds until it ends (every free
+/// one, at least one, waiting for it) and the threads it runs with: as many as it holds, unless
+/// `--threads` says. Without, no tokens and `--threads`.
+fn single_run_slots(a: &RunArgs) -> Result<(Option<Slots>, Option<usize>)> {
+    let Some(path) = &a.slots else {
+        return Ok((None, a.threads));
+    };
+    let mut slots = Slots::open(path)?;
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    let held = slots.take_for_one_run(a.threads.unwrap_or(cores))?;
+    Ok((Some(slots), a.threads.or(Some(held))))
+}
+
+fn run_all(
+    sdir: &Path,
+    todo: &[PathBuf],
+    jobs: usize,
+    threads: Option<usize>,
+    slots: Option<&Path>,
+) -> Result<()> {
     let mut failed: Vec<String> = Vec::new();
-    if jobs <= 1 {
+    if jobs <= 1 && slots.is_none() {
         crate::set_threads(threads)?;
         for d in todo {
             if let Err(e) = exec(d) {
@@ -337,7 +359,8 @@ fn run_all(sdir: &Path, todo: &[PathBuf], jobs: usize, threads: Option<usize>) -
             }
         }
     } else {
-        failed = run_parallel(todo, jobs, threads)?;
+        let slots = slots.map(Slots::open).transpose()?;
+        failed = run_parallel(sdir, todo, jobs, threads, slots)?;
     }
     report(sdir)?;
     if !failed.is_empty() {
@@ -356,18 +379,39 @@ fn spawn(dir: &Path, threads: Option<usize>) -> Result<Child> {
         .with_context(|| format!("cannot start a worker for {}", dir.display()))
 }
 
-fn run_parallel(todo: &[PathBuf], jobs: usize, threads: Option<usize>) -> Result<Vec<String>> {
+/// Runs the runs of `todo` as worker processes, `jobs` at a time and, with `slots`, each
+/// holding a token of the shared pipe while it runs. Says once when every run has started
+/// (`sweep DIR: every run started`), the moment a scheduler sharing the slots may start more.
+fn run_parallel(
+    sdir: &Path,
+    todo: &[PathBuf],
+    jobs: usize,
+    threads: Option<usize>,
+    mut slots: Option<Slots>,
+) -> Result<Vec<String>> {
     let interrupt = reprise_core::run::interrupt_flag();
-    let mut queue = todo.iter();
+    let mut queue = todo.iter().peekable();
     let mut running: Vec<(PathBuf, Child)> = Vec::new();
     let mut failed = Vec::new();
     let mut forwarded = false;
+    let mut announced = false;
     loop {
         while running.len() < jobs && !interrupt.load(std::sync::atomic::Ordering::SeqCst) {
-            let Some(d) = queue.next() else { break };
-            running.push((d.clone(), spawn(d, threads)?));
+            let Some(d) = queue.peek() else { break };
+            if let Some(s) = slots.as_mut() {
+                if !s.try_take()? {
+                    break;
+                }
+            }
+            running.push((d.to_path_buf(), spawn(d, threads)?));
+            queue.next();
         }
-        if running.is_empty() {
+        if queue.peek().is_none() && !announced {
+            eprintln!("sweep {}: every run started", sdir.display());
+            announced = true;
+        }
+        let stopping = interrupt.load(std::sync::atomic::Ordering::SeqCst);
+        if running.is_empty() && (stopping || queue.peek().is_none()) {
             break;
         }
         if interrupt.load(std::sync::atomic::Ordering::SeqCst) && !forwarded {
@@ -385,6 +429,9 @@ fn run_parallel(todo: &[PathBuf], jobs: usize, threads: Option<usize>) -> Result
             match running[i].1.try_wait()? {
                 Some(status) => {
                     let (d, _) = running.remove(i);
+                    if let Some(s) = slots.as_mut() {
+                        s.give_back()?;
+                    }
                     if !status.success() {
                         failed.push(d.display().to_string());
                     }

