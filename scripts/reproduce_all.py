@@ -3,6 +3,7 @@
 docs/RESULTS.md from the claims each sweep's report computed (`claims.json`).
 
 usage: python scripts/reproduce_all.py [--smoke] [--collect-only] [--state DIR] [--results FILE]
+                                     [--only EXP,EXP]
 
 - Resumable: runs/reproduce-all/state.json records each experiment's sweep folder as soon as it
   starts and whether it finished. Run again after an interruption (Ctrl-C): finished experiments
@@ -15,7 +16,8 @@ usage: python scripts/reproduce_all.py [--smoke] [--collect-only] [--state DIR] 
 - Experiments that have no implementation in this build yet are listed as such, not run.
 - --smoke runs every experiment's --smoke budget (state in runs/reproduce-all-smoke, results
   written to that folder) to test this script; --collect-only rewrites the results page from
-  the state file without running anything.
+  the state file without running anything; --only runs some of the experiments (state and
+  results page in runs/reproduce-all-only unless --state and --results say).
 - Anything on the results page after a line `<!-- end of the generated part -->` is kept.
 - Without --smoke or --results, the README's block between the `reproduce-all` markers gets
   the verdicts and wall times too, with the date and machine.
@@ -353,14 +355,21 @@ def main():
     ap.add_argument("--state", default=None)
     ap.add_argument("--results", default=None)
     ap.add_argument("--note", default=None, help="replaces the 'Measured <date> on <machine>' line")
+    ap.add_argument("--only", default=None, metavar="EXP,EXP",
+                    help="run only these experiments (with --state and --results elsewhere, to keep the full state)")
     a = ap.parse_args()
-    sdir = a.state or os.path.join(ROOT, "runs", "reproduce-all-smoke" if a.smoke else "reproduce-all")
+    only = a.only.split(",") if a.only else None
+    if only and not set(only) <= set(EXPERIMENTS):
+        sys.exit(f"--only: not among the experiments: {', '.join(sorted(set(only) - set(EXPERIMENTS)))}")
+    part = a.smoke or only is not None  # a smoke run or a part: its own state and page, not docs/
+    sdir = a.state or os.path.join(ROOT, "runs", "reproduce-all" + ("-smoke" if a.smoke else "")
+                                   + ("-only" if only else ""))
     os.makedirs(sdir, exist_ok=True)
     state_path = os.path.join(sdir, "state.json")
-    results = a.results or (os.path.join(sdir, "RESULTS.md") if a.smoke else os.path.join(ROOT, "docs", "RESULTS.md"))
+    results = a.results or (os.path.join(sdir, "RESULTS.md") if part else os.path.join(ROOT, "docs", "RESULTS.md"))
     state = load_state(state_path)
     avail = available()
-    todo = [x for x in EXPERIMENTS if x in avail]
+    todo = [x for x in EXPERIMENTS if x in avail and (only is None or x in only)]
     for x in EXPERIMENTS:
         if x not in avail:
             print(f"{x}: not implemented in this build yet, skipped")
@@ -372,7 +381,7 @@ def main():
     note = a.smoke and "> **Smoke run**: every experiment's `--smoke` budget; the numbers test the plumbing only." or \
         f"Measured {measured} on {machine()}."
     headline, total = write_results(state, results, avail, a.note or note)
-    if not a.smoke and a.results is None:
+    if not part and a.results is None:
         update_readme(os.path.join(ROOT, "README.md"), headline, total, a.note or note, results)
 
 
