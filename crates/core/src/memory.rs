@@ -8,8 +8,8 @@
 //! step pays page faults for memory it had a step before: with the starting thresholds 3 500
 //! faults (14 MB of fresh pages) per SGLD step of JEM's CNN at batch 64, against none in a
 //! PyTorch process whose thresholds have grown; and at sizes where single activations and
-//! convolution buffers pass 32 MiB (TSIT at 256×256 with the official widths) about 4 million
-//! faults an iteration in both, a third of reprise's iteration time (measured with
+//! convolution buffers pass 32 MiB (TSIT at 256×256 with the official widths) 3 to 4.5 million
+//! faults an iteration in either, 40 % of reprise's iteration time (measured with
 //! `perf stat -e page-faults` and `/usr/bin/time -v`, see docs/performance.md).
 //!
 //! [`keep_freed_memory`] turns both mechanisms off: blocks of every size come from the heap

@@ -304,11 +304,18 @@ mod tests {
                 .filter(|(a, b)| !a.equal(b))
                 .count()
         };
-        // Every generator parameter took an update, and every discriminator parameter but the
-        // two logit biases: at init D ≈ 0 on both halves, so the hinge gradient of a logit
-        // bias is mean(−1[real < 1]) + mean(1[fake > −1]) = −1 + 1 = 0 exactly.
+        // Every generator parameter took an update, and every discriminator parameter but
+        // perhaps the two logit biases: at init D ≈ 0 on both halves, so the hinge gradient of a
+        // logit bias is mean(−1[real < 1]) + mean(1[fake > −1]) = −1 + 1 = 0 in exact
+        // arithmetic; on a CPU with AVX-512 one of them moved (presumably a rounding residue of
+        // the means, which Adam turns into a full step).
         assert_eq!(moved(&g0, gan.g.vs().trainable_variables()), g0.len());
-        assert_eq!(moved(&d0, gan.d.vs.trainable_variables()), d0.len() - 2);
+        let d_moved = moved(&d0, gan.d.vs.trainable_variables());
+        assert!(
+            (d0.len() - 2..=d0.len()).contains(&d_moved),
+            "{d_moved} of {} discriminator parameters moved",
+            d0.len()
+        );
         // D is trainable again after the generator step.
         assert!(gan
             .d
