@@ -270,7 +270,7 @@ def write_results(state, path, avail, note):
         "",
         "## Verdicts",
         "",
-        "| paper | experiment | verdict | wall time (2 cores, `--jobs 2`) | report |",
+        f"| paper | experiment | verdict | wall time ({CORES} cores, start to end; neighbours overlap) | report |",
         "|---|---|---|---|---|",
     ]
     rows, headline = [], []
