@@ -175,10 +175,7 @@ def run_all(todo, state, state_path, sdir, smoke, avail):
     --slots FIFO`, and starts the next one as soon as every run of the running ones has
     started, so the cores their last runs leave free go to it. Returns the exit code."""
     slots, fd = make_slots(sdir)
-    if "_wall_seconds" not in state:
-        # A state written when experiments ran one after the other: their times add up.
-        state["_wall_seconds"] = sum(e.get("seconds", 0) for k, e in state.items()
-                                     if not k.startswith("_") and isinstance(e, dict))
+    state.setdefault("_wall_seconds", serial_seconds(state))
     budget = lambda x: 0.5 if smoke else (avail.get(x) or 10)  # noqa: E731
     pending = []
     for i, exp in enumerate(todo, 1):
@@ -187,10 +184,26 @@ def run_all(todo, state, state_path, sdir, smoke, avail):
             print(f"[{i}/{len(todo)}] {exp}: done before ({fmt(entry.get('seconds', 0))}), skipped", flush=True)
         else:
             pending.append((i, exp))
-    jobs, t_all, last, code = [], time.time(), time.time(), 0
+    jobs, t_all, last = [], time.time(), time.time()
+
+    def stop(names):
+        # Pass the interruption on as SIGTERM (which the runner takes as it takes SIGINT, and
+        # which a shell never starts a background job ignoring): the runners write checkpoints
+        # and exit; wait for them.
+        for j in jobs:
+            if j.p.poll() is None:
+                j.p.send_signal(signal.SIGTERM)
+        for j in jobs:
+            j.p.wait()
+            j.finish(None)
+        add_wall(state, state_path, time.time() - t_all)
+        print(f"\ninterrupted during {', '.join(names + [j.exp for j in jobs])}; run `just reproduce-all` "
+              f"again to continue (finished experiments are kept)", file=sys.stderr)
+        return 130
+
     try:
         while pending or jobs:
-            if pending and code == 0 and all(j.all_started for j in jobs):
+            if pending and all(j.all_started for j in jobs):
                 i, exp = pending.pop(0)
                 log_path = os.path.join(sdir, exp.replace("/", "_") + ".log")
                 with STATE_LOCK:
@@ -205,13 +218,7 @@ def run_all(todo, state, state_path, sdir, smoke, avail):
                       f"in {fmt(j.entry['seconds'])}", flush=True)
                 if rc == 130:
                     # The runner was interrupted (SIGINT or SIGTERM sent to it alone): stop the rest.
-                    code = 130
-                    for k in jobs:
-                        k.p.send_signal(signal.SIGTERM)
-            if not jobs and code:
-                print(f"\nan experiment was interrupted; run `just reproduce-all` again to continue "
-                      f"(finished experiments are kept)", file=sys.stderr)
-                break
+                    return stop([j.exp])
             now = time.time()
             if jobs and now - last >= 30:
                 last = now
@@ -221,24 +228,17 @@ def run_all(todo, state, state_path, sdir, smoke, avail):
                 print(f"{running}; all: {fmt(now - t_all)} elapsed, about {fmt(rest)} to go", flush=True)
             time.sleep(0.2)
     except KeyboardInterrupt:
-        # Pass the interruption on as SIGTERM (which the runner takes as it takes SIGINT, and
-        # which a shell never starts a background job ignoring): the runners write checkpoints
-        # and exit; wait for them.
-        for j in jobs:
-            if j.p.poll() is None:
-                j.p.send_signal(signal.SIGTERM)
-        for j in jobs:
-            j.p.wait()
-            j.finish(None)
-        add_wall(state, state_path, time.time() - t_all)
-        names = ", ".join(j.exp for j in jobs)
-        print(f"\ninterrupted during {names}; run `just reproduce-all` again to continue "
-              f"(finished experiments are kept)", file=sys.stderr)
-        return 130
+        return stop([])
     finally:
         os.close(fd)
     add_wall(state, state_path, time.time() - t_all)
-    return code
+    return 0
+
+
+def serial_seconds(state):
+    """The wall time of a state written when experiments ran one after the other (no
+    `_wall_seconds`): their times add up."""
+    return sum(state.get(x, {}).get("seconds", 0) for x in EXPERIMENTS)
 
 
 def add_wall(state, state_path, secs):
@@ -305,7 +305,7 @@ def write_results(state, path, avail, note):
         cell = lambda s: str(s).replace("|", "\\|").replace("\n", " ")
         lines.append(f"| {paper} | `{exp}` | {c['claim']} | {cell(c['what'])} | {cell(c['paper'])} | "
                      f"{cell(c['ours'])} | {c['verdict']}{role} |")
-    total = state.get("_wall_seconds", sum(state.get(x, {}).get("seconds", 0) for x in EXPERIMENTS))
+    total = state.get("_wall_seconds", serial_seconds(state))
     lines += ["", f"Total wall time of the experiments above: {fmt(total)}.", ""]
     kept = ""
     try:

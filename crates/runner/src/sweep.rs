@@ -414,7 +414,7 @@ fn run_parallel(
         if running.is_empty() && (stopping || queue.peek().is_none()) {
             break;
         }
-        if interrupt.load(std::sync::atomic::Ordering::SeqCst) && !forwarded {
+        if stopping && !forwarded {
             // Workers checkpoint and stop on SIGTERM, as on SIGINT.
             for (_, c) in &running {
                 let _ = Command::new("kill")
@@ -442,12 +442,9 @@ fn run_parallel(
         std::thread::sleep(Duration::from_millis(100));
     }
     if interrupt.load(std::sync::atomic::Ordering::SeqCst) {
-        let sweep = todo
-            .first()
-            .and_then(|d| d.parent())
-            .map_or(String::new(), |p| p.display().to_string());
         return Err(anyhow::Error::new(crate::Interrupted(format!(
-            "interrupted; the workers wrote checkpoints; resume the sweep with: runner run --resume {sweep}"
+            "interrupted; the workers wrote checkpoints; resume the sweep with: runner run --resume {}",
+            sdir.display()
         ))));
     }
     Ok(failed)
