@@ -7,7 +7,8 @@ usage: python scripts/reproduce_all.py [--smoke] [--collect-only] [--state DIR] 
 
 - Resumable: runs/reproduce-all/state.json records each experiment's sweep folder as soon as it
   starts and whether it finished. Run again after an interruption (Ctrl-C): finished experiments
-  are skipped, a half-finished one resumes from its checkpoints (`runner run --resume`).
+  are skipped, a half-finished one resumes from its checkpoints (`runner run --resume`). A
+  second Ctrl-C while the runners write their checkpoints is ignored (they would go on alone).
 - One progress line per experiment, and a status line every 30 s: which one, its elapsed time,
   the expected remaining time (the specs' `expected_minutes`).
 - The experiments share the cores through a pipe of tokens (`runner run --slots`, one token per
@@ -114,6 +115,7 @@ class Job:
         print(f"[{i}/{n}] {exp}: {how} (expected {expected:.0f} min)", flush=True)
         # Every run started: the next experiment may take the cores its last runs leave free.
         self.all_started = False
+        self.finished = False
         self.t0 = time.time()
         # A session of its own: a terminal's Ctrl-C reaches this script alone, which passes it on
         # once (a second SIGINT would stop the runner before its workers wrote checkpoints).
@@ -142,9 +144,13 @@ class Job:
         return time.time() - self.t0
 
     def finish(self, rc):
-        """Records the exit code and the time this invocation spent on the experiment."""
+        """Records the exit code and the time this invocation spent on the experiment (once,
+        should an interruption come between this and the job's removal from the running ones)."""
         self.reader.join()
         with STATE_LOCK:
+            if self.finished:
+                return
+            self.finished = True
             self.entry["seconds"] = self.entry.get("seconds", 0.0) + self.elapsed()
             if rc is not None:
                 self.entry["done"] = rc == 0
@@ -189,7 +195,13 @@ def run_all(todo, state, state_path, sdir, smoke, avail):
     def stop(names):
         # Pass the interruption on as SIGTERM (which the runner takes as it takes SIGINT, and
         # which a shell never starts a background job ignoring): the runners write checkpoints
-        # and exit; wait for them.
+        # and exit; wait for them. A second Ctrl-C meanwhile would leave them running unwatched
+        # (they are in sessions of their own) and their time unrecorded: it is ignored.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if any(j.p.poll() is None for j in jobs):
+            print("\nstopping: the runners are writing their checkpoints (Ctrl-C again is ignored)",
+                  file=sys.stderr, flush=True)
         for j in jobs:
             if j.p.poll() is None:
                 j.p.send_signal(signal.SIGTERM)

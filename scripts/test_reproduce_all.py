@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Tests scripts/reproduce_all.py against a stand-in runner (no training): an interruption by
-SIGINT during the second experiment, then a second invocation that skips the finished one,
+SIGINT during the second experiment (and a second SIGINT while it waits for the runner to stop),
+then a second invocation that skips the finished one,
 resumes the interrupted one from its folder and starts the rest, the fourth while the third
 still holds a core (after it said every run had started); the results page (verdicts, claims,
 kept hand-written part) and the README block. Run by scripts/test.sh.
@@ -74,9 +75,12 @@ if exp == os.environ["STUB_OVERLAP_NEXT"]:
     os.write(fd, b"+")
 if exp == os.environ["STUB_INTERRUPT_AT"]:
     # Wait until the script has recorded the sweep folder, then interrupt it as Ctrl-C would;
-    # it passes the interruption on to this process (as SIGTERM), which exits as the runner does.
+    # it passes the interruption on to this process (as SIGTERM), which exits as the runner does,
+    # after a second Ctrl-C that the script, waiting for it, must ignore.
     def on_int(*_):
         open(os.path.join(out, "runner-got-sigterm"), "w").close()
+        os.kill(os.getppid(), signal.SIGINT)
+        time.sleep(0.5)
         sys.exit(130)
     signal.signal(signal.SIGTERM, on_int)
     for _ in range(200):
@@ -114,10 +118,13 @@ def main():
     first = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60, preexec_fn=dfl)
     assert first.returncode == 130, (first.returncode, first.stdout, first.stderr)
     assert "interrupted during " + listed[1] in first.stderr, first.stderr
+    assert "Ctrl-C again is ignored" in first.stderr, first.stderr
     assert os.path.exists(os.path.join(tmp, "runner-got-sigterm")), "the interruption was not passed on"
     state = json.load(open(env["STUB_STATE"]))
     assert state[listed[0]]["done"] is True, state
     assert not state[listed[1]].get("done") and state[listed[1]]["dir"].endswith(listed[1].replace("/", "-")), state
+    # The interrupted experiment's time is recorded once, within the invocation's wall time.
+    assert 0.5 <= state[listed[1]]["seconds"] <= state["_wall_seconds"] - state[listed[0]]["seconds"] + 0.1, state
     assert listed[2] not in state, state
     with open(calls) as f:
         assert [c.split()[:2] for c in f.read().splitlines()] == [["list"], ["run", listed[0]], ["run", listed[1]]]
