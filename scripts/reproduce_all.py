@@ -11,6 +11,9 @@ usage: python scripts/reproduce_all.py [--smoke] [--collect-only] [--state DIR] 
   second Ctrl-C while the runners write their checkpoints is ignored (they would go on alone).
 - One progress line per experiment, and a status line every 30 s: which one, its elapsed time,
   the expected remaining time (the specs' `expected_minutes`).
+- Each experiment's peak memory: the largest resident set of its runner and the run processes
+  the runner waited for (the kernel's `ru_maxrss` of the reaped runner, as `/usr/bin/time -v`
+  reports it), the largest over its sittings when it was resumed.
 - The experiments share the cores through a pipe of tokens (`runner run --slots`, one token per
   core, each run holding one): the next experiment starts as soon as every run of the running
   one has started, so the cores its last runs leave free are not idle.
@@ -70,6 +73,11 @@ def fmt(secs):
     return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
 
 
+def fmt_rss(mb):
+    """Peak memory in GB (— when it was not measured)."""
+    return f"{mb / 1024:.2f} GB" if mb else "—"
+
+
 def available():
     """Experiment name -> expected minutes, for the specs this build can run."""
     out = subprocess.run([RUNNER, "list"], capture_output=True, text=True, check=True).stdout
@@ -116,6 +124,7 @@ class Job:
         # Every run started: the next experiment may take the cores its last runs leave free.
         self.all_started = False
         self.finished = False
+        self.maxrss_kb = None  # set when the runner is reaped
         self.t0 = time.time()
         # A session of its own: a terminal's Ctrl-C reaches this script alone, which passes it on
         # once (a second SIGINT would stop the runner before its workers wrote checkpoints).
@@ -143,6 +152,25 @@ class Job:
     def elapsed(self):
         return time.time() - self.t0
 
+    def poll(self):
+        """The runner's exit code once it has ended, None before. It is reaped here with wait4,
+        which also gives its peak memory (that of the runs it waited for included)."""
+        if self.p.returncode is None:
+            try:
+                pid, status, usage = os.wait4(self.p.pid, os.WNOHANG)
+            except ChildProcessError:  # reaped elsewhere: the exit code without the memory
+                return self.p.poll()
+            if pid == 0:
+                return None
+            self.p.returncode = os.waitstatus_to_exitcode(status)
+            self.maxrss_kb = usage.ru_maxrss
+        return self.p.returncode
+
+    def wait(self):
+        while self.poll() is None:
+            time.sleep(0.1)
+        return self.p.returncode
+
     def finish(self, rc):
         """Records the exit code and the time this invocation spent on the experiment (once,
         should an interruption come between this and the job's removal from the running ones)."""
@@ -152,6 +180,8 @@ class Job:
                 return
             self.finished = True
             self.entry["seconds"] = self.entry.get("seconds", 0.0) + self.elapsed()
+            if self.maxrss_kb:
+                self.entry["peak_rss_mb"] = max(self.entry.get("peak_rss_mb", 0.0), self.maxrss_kb / 1024)
             if rc is not None:
                 self.entry["done"] = rc == 0
                 self.entry["rc"] = rc
@@ -199,14 +229,14 @@ def run_all(todo, state, state_path, sdir, smoke, avail):
         # (they are in sessions of their own) and their time unrecorded: it is ignored.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        if any(j.p.poll() is None for j in jobs):
+        if any(j.poll() is None for j in jobs):
             print("\nstopping: the runners are writing their checkpoints (Ctrl-C again is ignored)",
                   file=sys.stderr, flush=True)
         for j in jobs:
-            if j.p.poll() is None:
+            if j.poll() is None:
                 j.p.send_signal(signal.SIGTERM)
         for j in jobs:
-            j.p.wait()
+            j.wait()
             j.finish(None)
         add_wall(state, state_path, time.time() - t_all)
         print(f"\ninterrupted during {', '.join(names + [j.exp for j in jobs])}; run `just reproduce-all` "
@@ -222,7 +252,7 @@ def run_all(todo, state, state_path, sdir, smoke, avail):
                     entry = state.setdefault(exp, {})
                 jobs.append(Job(exp, entry, state, state_path, log_path, smoke, slots, i, len(todo),
                                 budget(exp)))
-            for j in [j for j in jobs if j.p.poll() is not None]:
+            for j in [j for j in jobs if j.poll() is not None]:
                 rc = j.p.returncode
                 j.finish(rc)
                 jobs.remove(j)
@@ -282,8 +312,9 @@ def write_results(state, path, avail, note):
         "",
         "## Verdicts",
         "",
-        f"| paper | experiment | verdict | wall time ({CORES} cores, start to end; neighbours overlap) | report |",
-        "|---|---|---|---|---|",
+        f"| paper | experiment | verdict | wall time ({CORES} cores, start to end; neighbours overlap) "
+        "| peak memory (largest process) | report |",
+        "|---|---|---|---|---|---|",
     ]
     rows, headline = [], []
     for exp in EXPERIMENTS:
@@ -304,8 +335,9 @@ def write_results(state, path, avail, note):
         else:
             verdict, wall = claims["verdict"], fmt(e.get("seconds", 0))
         link = f"[{paper}]({os.path.relpath(os.path.join(ROOT, doc), os.path.dirname(path))})" if doc else "—"
-        lines.append(f"| {title} | `{exp}` | {verdict} | {wall} | {link} |")
-        headline.append((exp, verdict, wall))
+        mem = fmt_rss(e.get("peak_rss_mb")) if exp in avail else "—"
+        lines.append(f"| {title} | `{exp}` | {verdict} | {wall} | {mem} | {link} |")
+        headline.append((exp, verdict, wall, mem))
         if claims:
             for c in claims["claims"]:
                 rows.append((paper, exp, c))
@@ -352,8 +384,8 @@ def update_readme(readme, headline, total, note, results):
         return
     rel = os.path.relpath(results, os.path.dirname(readme))
     block = [README_START, "", f"{note} Every claim with the paper's number beside ours: [{rel}]({rel}).", "",
-             "| experiment | verdict | wall time |", "|---|---|---|"]
-    block += [f"| `{exp}` | {verdict} | {wall} |" for exp, verdict, wall in headline]
+             "| experiment | verdict | wall time | peak memory |", "|---|---|---|---|"]
+    block += [f"| `{exp}` | {verdict} | {wall} | {mem} |" for exp, verdict, wall, mem in headline]
     block += ["", f"Experiments' wall time in all: {fmt(total)} (`just reproduce-all`).", "", README_END]
     with open(readme, "w") as f:
         f.write(text[:a] + "\n".join(block) + text[b + len(README_END):])

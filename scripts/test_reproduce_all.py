@@ -40,6 +40,10 @@ def finish(d, exp):
              "gating": False}]}, f)
 if a[0] == "run" and a[1] == "--resume":
     d = a[2]
+    # A run process of its own, larger than this one: the peak memory must count it.
+    import subprocess
+    subprocess.run([sys.executable, "-c", "b = bytearray(200 << 20); b[::4096] = b'x' * len(b[::4096])"],
+                   check=True)
     finish(d, json.load(open(os.path.join(d, "exp.json"))))
     sys.exit(0)
 exp = a[1]
@@ -147,11 +151,17 @@ def main():
     assert out.index(f"{listed[3]}: starting") < out.index(f"{listed[2]}: finished"), out
     state = json.load(open(env["STUB_STATE"]))
     assert all(state[e]["done"] for e in listed), state
+    # Peak memory: the resumed experiment's runner waited for a 200 MB process; the others' stubs
+    # are small (a python interpreter), and every one was measured.
+    assert state[listed[1]]["peak_rss_mb"] >= 200, state
+    assert all(0 < state[e]["peak_rss_mb"] < 100 for e in listed if e != listed[1]), state
 
     page = open(results).read()
     for e in listed:
         assert f"| `{e}` | stub verdict {e} |" in page, e
-    assert f"| `{ra.EXPERIMENTS[-1]}` | not implemented yet | — |" in page
+    assert f"| `{listed[1]}` | stub verdict {listed[1]} | {ra.fmt(state[listed[1]]['seconds'])} | " \
+           f"{state[listed[1]]['peak_rss_mb'] / 1024:.2f} GB |" in page, page
+    assert f"| `{ra.EXPERIMENTS[-1]}` | not implemented yet | — | — |" in page
     assert "| a \\| b | 1.0 (verified) | 2.0 ± 0.1 | holds |" in page
     assert "| n/a (reported, not gating) |" in page
     assert "old generated text" not in page
@@ -160,10 +170,10 @@ def main():
     readme = os.path.join(tmp, "README.md")
     with open(readme, "w") as f:
         f.write(f"# title\n\nbefore\n\n{ra.README_START}\nold block\n{ra.README_END}\n\nafter\n")
-    ra.update_readme(readme, [(listed[0], "reproduced", "1m00s")], 60, "Measured today.", results)
+    ra.update_readme(readme, [(listed[0], "reproduced", "1m00s", "0.50 GB")], 60, "Measured today.", results)
     text = open(readme).read()
     assert text.startswith("# title\n\nbefore\n\n" + ra.README_START) and text.endswith(ra.README_END + "\n\nafter\n")
-    assert "old block" not in text and f"| `{listed[0]}` | reproduced | 1m00s |" in text, text
+    assert "old block" not in text and f"| `{listed[0]}` | reproduced | 1m00s | 0.50 GB |" in text, text
     assert "Measured today. Every claim with the paper's number beside ours: [RESULTS.md](RESULTS.md)." in text
     print("reproduce_all.py: interrupted, resumed, results page and README block as expected")
     return tmp
