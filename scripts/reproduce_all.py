@@ -141,7 +141,7 @@ class Job:
         self.reader.start()
 
     def _read(self):
-        with open(self.log_path, "a") as log:
+        with open(self.log_path, "a", buffering=1) as log:  # line by line, for `tail -f`
             for line in self.p.stdout:
                 log.write(line)
                 m = re.match(r"(sweep|run): (\S+)", line)

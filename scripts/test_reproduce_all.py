@@ -57,6 +57,15 @@ if exp == os.environ["STUB_OVERLAP_AT"]:
     fd = os.open(a[a.index("--slots") + 1], os.O_RDWR | os.O_NONBLOCK)
     assert os.read(fd, 1) == b"+"
     print("sweep " + d + ": every run started", flush=True)
+    # The experiment's log shows each line as it comes (someone may be following it).
+    log = os.path.join(os.path.dirname(state), exp.replace("/", "_") + ".log")
+    for _ in range(200):
+        if os.path.exists(log) and "every run started" in open(log).read():
+            break
+        time.sleep(0.05)
+    else:
+        open(os.path.join(out, "log-lags"), "w").close()
+        sys.exit(1)
     nxt = os.environ["STUB_OVERLAP_NEXT"]
     for _ in range(200):
         with open(os.path.join(out, "calls.log")) as f:
@@ -141,6 +150,7 @@ def main():
         f.write("old generated text\n" + ra.KEEP_MARKER + "\n\n## Notes\n\nhand-written\n")
     os.remove(calls)
     second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60, preexec_fn=dfl)
+    assert not os.path.exists(os.path.join(tmp, "log-lags")), "an experiment's log is written behind its output"
     assert second.returncode == 0, (second.returncode, second.stdout, second.stderr)
     assert f"[1/{len(listed)}] {listed[0]}: done before" in second.stdout, second.stdout
     assert f"{missing}: not implemented in this build yet" in second.stdout, second.stdout
