@@ -163,10 +163,8 @@ class Job:
         """The runner's exit code once it has ended, None before. It is reaped here with wait4,
         which also gives its peak memory (that of the runs it waited for included)."""
         if self.p.returncode is None:
-            try:
-                pid, status, usage = os.wait4(self.p.pid, os.WNOHANG)
-            except ChildProcessError:  # reaped elsewhere: the exit code without the memory
-                return self.p.poll()
+            # Nothing else reaps it (Popen.poll on an already reaped child would say 0: success).
+            pid, status, usage = os.wait4(self.p.pid, os.WNOHANG)
             if pid == 0:
                 return None
             self.p.returncode = os.waitstatus_to_exitcode(status)
