@@ -15,6 +15,7 @@ pub mod models;
 pub mod nn;
 pub mod optim;
 pub mod plot;
+pub mod predictions;
 pub mod progress;
 pub mod report;
 pub mod run;

@@ -1,4 +1,5 @@
-//! Metrics: accuracy, top-k, NLL, expected calibration error and its reliability table, AUROC,
+//! Metrics: accuracy, top-k, NLL, expected calibration error and its reliability table, bootstrap
+//! intervals, AUROC,
 //! Fréchet distance, KID, Inception Score, pixel accuracy and mIoU, PSNR.
 
 use tch::{Kind, Tensor};
@@ -77,6 +78,73 @@ pub fn ece_from(conf: &[f64], correct: &[bool], bins: usize) -> (f64, Vec<Bin>) 
         }
     }
     (e, out)
+}
+
+/// Accuracy, NLL and calibration of a classifier's predictions on one test set.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Calibration {
+    /// Accuracy.
+    pub acc: f64,
+    /// Mean NLL.
+    pub nll: f64,
+    /// ECE (fraction, not %).
+    pub ece: f64,
+    /// Mean confidence − accuracy (positive: over-confident).
+    pub conf_minus_acc: f64,
+    /// The reliability bins.
+    pub bins: Vec<Bin>,
+}
+
+/// Accuracy, NLL, ECE with `bins` bins, its reliability bins and the confidence gap of `logits`
+/// (rows of class scores, on the host) against the labels `y`.
+pub fn calibration(logits: &Tensor, y: &Tensor, bins: usize) -> Calibration {
+    let (ece, b) = ece(logits, y, bins);
+    let conf = logits
+        .softmax(-1, Kind::Double)
+        .amax([1].as_slice(), false)
+        .mean(Kind::Double)
+        .double_value(&[]);
+    let acc = accuracy(logits, y);
+    Calibration {
+        acc,
+        nll: nll(logits, y),
+        ece,
+        conf_minus_acc: conf - acc,
+        bins: b,
+    }
+}
+
+/// The `level` (e.g. 0.95) percentile bootstrap interval of a statistic of `n` paired examples:
+/// `draws` resamples of `0..n` with replacement, drawn from `seed`, each passed to `stat`;
+/// the interval's ends are the (1 − level)/2 and (1 + level)/2 quantiles of the draws
+/// (linear interpolation, as numpy's default). `(NaN, NaN)` for `n == 0` or no draws.
+pub fn bootstrap_interval(
+    n: usize,
+    draws: usize,
+    seed: u64,
+    level: f64,
+    mut stat: impl FnMut(&[usize]) -> f64,
+) -> (f64, f64) {
+    if n == 0 || draws == 0 {
+        return (f64::NAN, f64::NAN);
+    }
+    let mut rng = crate::data::Rng::new(seed);
+    let mut idx = vec![0usize; n];
+    let mut vals: Vec<f64> = (0..draws)
+        .map(|_| {
+            for i in idx.iter_mut() {
+                *i = rng.below(n);
+            }
+            stat(&idx)
+        })
+        .collect();
+    vals.sort_by(f64::total_cmp);
+    let q = |p: f64| {
+        let pos = p * (draws - 1) as f64;
+        let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+        vals[lo] + (vals[hi] - vals[lo]) * (pos - lo as f64)
+    };
+    (q((1.0 - level) / 2.0), q((1.0 + level) / 2.0))
 }
 
 /// Fraction of rows whose label is among the `k` largest logits.
@@ -210,6 +278,38 @@ pub fn psnr(a: &Tensor, b: &Tensor) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bootstrap_interval_of_a_mean() {
+        // The mean of 400 values 0..399: the 95 % interval is about ± 1.96·σ/√n = ± 11.3
+        // around 199.5 (σ = 115.5).
+        let v: Vec<f64> = (0..400).map(f64::from).collect();
+        let (lo, hi) = bootstrap_interval(400, 2000, 3, 0.95, |idx| {
+            idx.iter().map(|&i| v[i]).sum::<f64>() / idx.len() as f64
+        });
+        assert!((hi - lo - 22.6).abs() < 3.0, "{lo} {hi}");
+        assert!((0.5 * (lo + hi) - 199.5).abs() < 3.0, "{lo} {hi}");
+        // Seeded: the same seed gives the same interval; a constant statistic a point.
+        let again = bootstrap_interval(400, 2000, 3, 0.95, |idx| {
+            idx.iter().map(|&i| v[i]).sum::<f64>() / idx.len() as f64
+        });
+        assert_eq!((lo, hi), again);
+        assert_eq!(bootstrap_interval(10, 50, 0, 0.95, |_| 1.5), (1.5, 1.5));
+        assert!(bootstrap_interval(0, 50, 0, 0.95, |_| 1.5).0.is_nan());
+    }
+
+    #[test]
+    fn calibration_by_hand() {
+        // Two rows, both predicted class 0 with confidence e²/(e²+1) = 0.881; one is right.
+        let logits = Tensor::from_slice(&[2.0f64, 0.0, 2.0, 0.0]).view([2, 2]);
+        let y = Tensor::from_slice(&[0i64, 1]);
+        let c = calibration(&logits, &y, 10);
+        let p = 2f64.exp() / (2f64.exp() + 1.0);
+        assert!((c.acc - 0.5).abs() < 1e-12);
+        assert!((c.conf_minus_acc - (p - 0.5)).abs() < 1e-12);
+        assert!((c.ece - (p - 0.5)).abs() < 1e-12);
+        assert!((c.nll - 0.5 * (-(p.ln()) - (1.0 - p).ln())).abs() < 1e-9);
+    }
 
     #[test]
     fn accuracy_and_nll_by_hand() {

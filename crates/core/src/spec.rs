@@ -172,6 +172,10 @@ pub struct DataSpec {
     /// Seed of the split, independent of the run's seed so every run sees the same data.
     #[serde(default)]
     pub split_seed: u64,
+    /// K-fold cross-validation in place of `split`: the test set is one fold of the dataset,
+    /// the training set the other folds (stratified with `stratified`, drawn with `split_seed`).
+    #[serde(default)]
+    pub cv: Option<CvSpec>,
     /// Size images of an ImageFolder dataset are brought to.
     #[serde(default)]
     pub image_size: Option<crate::data::formats::ImageSize>,
@@ -193,6 +197,22 @@ pub struct SplitSpec {
     /// Test examples.
     pub test: usize,
 }
+
+/// K-fold cross-validation: which fold of how many is the test set.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CvSpec {
+    /// Number of folds (at least 2).
+    pub folds: usize,
+    /// The test fold, `0..folds`. Absent, the run's seed names it (seed k tests fold k), so a
+    /// spec with `seeds: [0, 1, …, folds − 1]` runs the whole cross-validation; [`SpecTree::header`]
+    /// fills it in.
+    #[serde(default)]
+    pub fold: Option<usize>,
+}
+
+/// The most folds a cross-validation may have.
+pub const MAX_FOLDS: usize = 1000;
 
 /// What `--smoke` runs: a few iterations, and overrides that shrink the experiment.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
@@ -506,7 +526,49 @@ impl SpecTree {
                 )));
             }
         }
-        let header: Header = head.typed("")?;
+        let mut header: Header = head.typed("")?;
+        if let Some(cv) = header.data.cv.as_mut() {
+            if header.data.split.is_some() {
+                return Err(self.locate_error(SpecError::new(
+                    "data.cv",
+                    "give either `data.split` (sizes) or `data.cv` (folds), not both",
+                )));
+            }
+            if !(2..=MAX_FOLDS).contains(&cv.folds) {
+                return Err(self.locate_error(SpecError::new(
+                    "data.cv.folds",
+                    format!("must be between 2 and {MAX_FOLDS}"),
+                )));
+            }
+            match cv.fold {
+                Some(f) if f >= cv.folds => {
+                    return Err(self.locate_error(SpecError::new(
+                        "data.cv.fold",
+                        format!("must be below data.cv.folds ({})", cv.folds),
+                    )))
+                }
+                Some(_) => {}
+                None => {
+                    // Seed k tests fold k: every seed the spec runs must name a fold.
+                    let (path, seeds) = if header.seeds.is_empty() {
+                        ("seed", vec![header.seed])
+                    } else {
+                        ("seeds", header.seeds.clone())
+                    };
+                    if let Some(bad) = seeds.iter().find(|&&s| s >= cv.folds as u64) {
+                        return Err(self.locate_error(SpecError::new(
+                            path,
+                            format!(
+                                "seed {bad} names no fold: without `data.cv.fold`, seed k tests fold k, \
+                                 so seeds must be below data.cv.folds ({})",
+                                cv.folds
+                            ),
+                        )));
+                    }
+                    cv.fold = Some(header.seed as usize);
+                }
+            }
+        }
         for (k, vals) in &header.sweep {
             if vals.is_empty() {
                 return Err(self.locate_error(SpecError::new(
@@ -774,6 +836,49 @@ jem:
         assert_eq!(h.data.split.unwrap().train, 100);
         let j: Jem = t.typed("jem").unwrap();
         assert_eq!(j.width, 8);
+    }
+
+    #[test]
+    fn cv_fold_follows_the_seed_and_is_checked() {
+        let base = "name: t\npaper: p\ndescription: d\ndata: { dataset: digits, cv: { folds: 5 } }\np: {}\n";
+        let t = SpecTree::from_str("t.yaml", &format!("{base}seeds: [0, 1, 2, 3, 4]\n")).unwrap();
+        let runs = t.expand().unwrap();
+        let folds: Vec<usize> = runs
+            .iter()
+            .map(|(_, r)| r.header().unwrap().data.cv.unwrap().fold.unwrap())
+            .collect();
+        assert_eq!(folds, vec![0, 1, 2, 3, 4]);
+        let e = SpecTree::from_str("t.yaml", &format!("{base}seeds: [0, 5]\n"))
+            .unwrap()
+            .header()
+            .unwrap_err();
+        assert!(e.to_string().contains("seed 5 names no fold"), "{e}");
+        let fixed = base.replace("folds: 5", "folds: 5, fold: 3");
+        let h = SpecTree::from_str("t.yaml", &format!("{fixed}seeds: [7]\n"))
+            .unwrap()
+            .header()
+            .unwrap();
+        assert_eq!(
+            h.data.cv.unwrap().fold,
+            Some(3),
+            "an explicit fold ignores the seed"
+        );
+        for (bad, says) in [
+            ("folds: 5, fold: 5", "must be below data.cv.folds"),
+            ("folds: 1", "between 2 and"),
+        ] {
+            let e = SpecTree::from_str("t.yaml", &base.replace("folds: 5", bad))
+                .unwrap()
+                .header()
+                .unwrap_err();
+            assert!(e.to_string().contains(says), "{bad}: {e}");
+        }
+        let both = base.replace("cv:", "split: { train: 10, test: 5 }, cv:");
+        let e = SpecTree::from_str("t.yaml", &both)
+            .unwrap()
+            .header()
+            .unwrap_err();
+        assert!(e.to_string().contains("not both"), "{e}");
     }
 
     #[test]

@@ -7,8 +7,7 @@ use crate::sampler::sgld;
 use reprise_core::attack::{Norm, Pgd};
 use reprise_core::data::synth::{ood_interp, ood_inverted, ood_shuffled, ood_uniform};
 use reprise_core::data::Rng;
-use reprise_core::metrics::{self, Bin};
-use serde::Serialize;
+use reprise_core::metrics;
 use tch::{Device, Kind, Tensor};
 
 /// Gaussian noise of `sigma` shaped like `like`, from the project's generator (repeatable).
@@ -30,6 +29,9 @@ pub struct EvalData {
     pub x: Tensor,
     /// Test labels.
     pub y: Tensor,
+    /// Each test image's position in the dataset it was drawn from (0, 1, … unless set), saved
+    /// with the test predictions so the folds of a cross-validation can be pooled.
+    pub index: Vec<i64>,
     /// OOD sets by name: uniform, shuffled, interp, inverted, then any user datasets.
     pub ood: Vec<(String, Tensor)>,
 }
@@ -56,6 +58,7 @@ impl EvalData {
             clean: clean.shallow_clone(),
             x,
             y: y.shallow_clone(),
+            index: (0..n).collect(),
             ood: ood.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
         }
     }
@@ -87,37 +90,16 @@ impl EvalData {
 }
 
 /// Classification and calibration on the noisy test set.
-#[derive(Debug, Clone, Serialize)]
-pub struct ClassMetrics {
-    /// Accuracy.
-    pub acc: f64,
-    /// Mean NLL.
-    pub nll: f64,
-    /// ECE (fraction, not %).
-    pub ece: f64,
-    /// Mean confidence − accuracy (positive: over-confident).
-    pub conf_minus_acc: f64,
-    /// The reliability bins.
-    pub bins: Vec<Bin>,
+pub use reprise_core::metrics::Calibration as ClassMetrics;
+
+/// The model's logits on the noisy test images, on the host.
+pub fn test_logits(m: &Classifier, d: &EvalData) -> Tensor {
+    m.logits(&d.x, 100).to_device(Device::Cpu)
 }
 
 /// Accuracy, NLL, ECE and the reliability bins.
 pub fn classify(m: &Classifier, d: &EvalData, bins: usize) -> ClassMetrics {
-    let logits = m.logits(&d.x, 100).to_device(Device::Cpu);
-    let (ece, b) = metrics::ece(&logits, &d.y, bins);
-    let conf = logits
-        .softmax(-1, Kind::Double)
-        .amax([1].as_slice(), false)
-        .mean(Kind::Double)
-        .double_value(&[]);
-    let acc = metrics::accuracy(&logits, &d.y);
-    ClassMetrics {
-        acc,
-        nll: metrics::nll(&logits, &d.y),
-        ece,
-        conf_minus_acc: conf - acc,
-        bins: b,
-    }
+    metrics::calibration(&test_logits(m, d), &d.y, bins)
 }
 
 /// The three OOD scores of a set, higher meaning more in-distribution.

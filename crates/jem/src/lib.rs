@@ -24,6 +24,7 @@ use reprise_core::checkpoint::Checkpoint;
 use reprise_core::data::augment::{Augment, Loader};
 use reprise_core::data::{self, Rng};
 use reprise_core::optim::{Optimizer, Rule, Schedule};
+use reprise_core::predictions::Predictions;
 use reprise_core::run::{Paper, RunContext};
 use reprise_core::spec::{SpecError, SpecTree};
 use reprise_core::{Error, Result};
@@ -165,17 +166,17 @@ pub fn validate(tree: &SpecTree) -> Result<(), SpecError> {
             c.optim.batch <= s.train.max(1) || s.train == 0,
             "is larger than the training split",
         )?;
-        let classes = match h.data.dataset.as_str() {
-            "cifar100" | "synthetic-cifar100" => 100,
-            _ => 10,
-        };
-        check(
-            tree,
-            "jem.buffer.size",
-            c.buffer.size.is_multiple_of(classes),
-            "must be a multiple of the number of classes",
-        )?;
     }
+    let classes = match h.data.dataset.as_str() {
+        "cifar100" | "synthetic-cifar100" => 100,
+        _ => 10,
+    };
+    check(
+        tree,
+        "jem.buffer.size",
+        c.buffer.size.is_multiple_of(classes),
+        "must be a multiple of the number of classes",
+    )?;
     Ok(())
 }
 
@@ -210,10 +211,12 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
     let train_y = splits.train.y.shallow_clone();
     let mut test_x = &splits.test.x * 2.0 - 1.0;
     let mut test_y = splits.test.y.shallow_clone();
+    let mut test_index = splits.test_index;
     if let Some(m) = c.eval.max_test {
         let m = (m as i64).min(test_x.size()[0]);
         test_x = test_x.narrow(0, 0, m);
         test_y = test_y.narrow(0, 0, m);
+        test_index.truncate(m as usize);
     }
     if c.optim.batch > splits.train.len() {
         return Err(Error::Data(format!(
@@ -267,6 +270,7 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
     );
     let per_epoch = lab.per_epoch();
     let mut eval_data = EvalData::new(&test_x, &test_y, c.noise_sigma);
+    eval_data.index = test_index;
     for (name, spec) in &c.eval.ood_datasets {
         eval_data.add_dataset(name, spec, c.noise_sigma)?;
     }
@@ -499,7 +503,11 @@ fn final_eval(
     s.insert("step_ms".into(), reprise_core::run::json_f64(step_ms));
     s.insert("classes".into(), json!(classes));
     s.insert("shape".into(), json!(shape));
-    let m = eval::classify(model, d, c.eval.ece_bins);
+    // The test predictions, kept so a sweep can pool them (the folds of a cross-validation).
+    let logits = eval::test_logits(model, d);
+    Predictions::new(d.index.clone(), &logits, &d.y)?
+        .save(&ctx.dir().join(reprise_core::predictions::FILE))?;
+    let m = reprise_core::metrics::calibration(&logits, &d.y, c.eval.ece_bins);
     for (k, v) in [
         ("acc", m.acc),
         ("nll", m.nll),

@@ -5,8 +5,9 @@ use crate::config::{Arm, Claim, Config};
 use crate::eval::Scores;
 use crate::model::Classifier;
 use reprise_core::checkpoint::{Checkpoint, CheckpointDir};
-use reprise_core::metrics::Bin;
+use reprise_core::metrics::{Bin, Calibration};
 use reprise_core::plot::{line_plot, Series};
+use reprise_core::predictions::{ece_difference_interval, Predictions};
 use reprise_core::report::{fmt_mean_std, markdown_table, mean_std};
 use reprise_core::run::RunSummary;
 use reprise_core::spec::SpecTree;
@@ -301,6 +302,14 @@ pub fn report_sweep(dir: &Path, runs: &[RunSummary]) -> Result<String> {
     let any_diverged = unfinished
         .iter()
         .any(|(n, d)| *d && (n.contains("arm=jem") || n.contains("arm=base,")));
+    let bins = spec
+        .typed::<Config>("jem")
+        .map(|c| c.eval.ece_bins)
+        .unwrap_or(20);
+    let cv = match h.data.cv {
+        Some(cv) => Some((cv.folds, pool_folds(&arms, bins)?)),
+        None => None,
+    };
     let mut md = format!("# {}\n\n{}\n\n", h.name, h.description);
     if smoke {
         md +=
@@ -379,8 +388,43 @@ pub fn report_sweep(dir: &Path, runs: &[RunSummary]) -> Result<String> {
     let header_refs: Vec<&str> = header.iter().map(String::as_str).collect();
     md += "## Arms\n\n";
     md += &markdown_table(&header_refs, &rows);
+    if let Some((folds, pooled)) = &cv {
+        md += &format!(
+            "\n## Pooled out-of-fold predictions ({folds}-fold cross-validation)\n\n\
+             Seed k is trained on the other folds and tested on fold k, so every image is tested once per arm; \
+             these metrics are computed on the pooled predictions of all folds.\n\n"
+        );
+        let rows: Vec<Vec<String>> = pooled
+            .iter()
+            .map(|(a, (p, m))| {
+                vec![
+                    format!("`{}`", a.name()),
+                    p.len().to_string(),
+                    pct(m.acc),
+                    pct(m.ece),
+                    format!("{:.4}", m.nll),
+                    format!("{:+.2}", 100.0 * m.conf_minus_acc),
+                ]
+            })
+            .collect();
+        md += &markdown_table(
+            &[
+                "arm",
+                "images",
+                "accuracy (%)",
+                "ECE (%)",
+                "NLL",
+                "confidence − accuracy (points)",
+            ],
+            &rows,
+        );
+    }
     // Per-seed values of the gating metrics.
-    md += "\n## Per seed\n\n";
+    md += if cv.is_some() {
+        "\n## Per fold (seed k tests fold k)\n\n"
+    } else {
+        "\n## Per seed\n\n"
+    };
     let mut seed_rows = Vec::new();
     for (a, ar) in &arms {
         for (seed, r) in &ar.by_seed {
@@ -431,18 +475,47 @@ pub fn report_sweep(dir: &Path, runs: &[RunSummary]) -> Result<String> {
     // Claims.
     let (base, jem) = (arms.get(&Arm::Base), arms.get(&Arm::Jem));
     let mut claims: Vec<(Claim, Option<bool>, String)> = Vec::new();
+    let pooled_pair = cv
+        .as_ref()
+        .and_then(|(_, p)| Some((p.get(&Arm::Base)?, p.get(&Arm::Jem)?)));
     if let (Some(b), Some(j)) = (base, jem) {
-        let (ab, aj) = (b.mean("acc"), j.mean("acc"));
+        // With cross-validation the claims are judged on the pooled out-of-fold predictions.
+        let (ab, aj) = match pooled_pair {
+            Some((pb, pj)) => (pb.1.acc, pj.1.acc),
+            None => (b.mean("acc"), j.mean("acc")),
+        };
+        let of = if pooled_pair.is_some() {
+            "pooled, "
+        } else {
+            ""
+        };
         claims.push((
             Claim::P1,
             Some(aj >= ab - 0.03),
             format!(
-                "jem {} % vs base {} % (needs ≥ base − 3 points)",
+                "{of}jem {} % vs base {} % (needs ≥ base − 3 points)",
                 pct(aj),
                 pct(ab)
             ),
         ));
-        let (eb, ej) = (b.mean("ece"), j.mean("ece"));
+        let (eb, ej, nb, nj, gb, gj) = match pooled_pair {
+            Some((pb, pj)) => (
+                pb.1.ece,
+                pj.1.ece,
+                pb.1.nll,
+                pj.1.nll,
+                pb.1.conf_minus_acc,
+                pj.1.conf_minus_acc,
+            ),
+            None => (
+                b.mean("ece"),
+                j.mean("ece"),
+                b.mean("nll"),
+                j.mean("nll"),
+                b.mean("conf_minus_acc"),
+                j.mean("conf_minus_acc"),
+            ),
+        };
         let paired: Vec<bool> = j
             .by_seed
             .iter()
@@ -454,19 +527,33 @@ pub fn report_sweep(dir: &Path, runs: &[RunSummary]) -> Result<String> {
             .collect();
         let wins = paired.iter().filter(|&&w| w).count();
         let p2 = ej < eb && wins * 2 > paired.len();
+        let (unit, interval) = match pooled_pair {
+            Some((pb, pj)) => {
+                let (lo, hi) = ece_difference_interval(&pj.0, &pb.0, bins, 1000, 0, 0.95)?;
+                (
+                    "folds",
+                    format!(
+                        "; pooled ECE jem − base {:+.2} points, bootstrap 95 % interval [{:+.2}, {:+.2}] (1000 resamples of the {} images)",
+                        100.0 * (ej - eb),
+                        100.0 * lo,
+                        100.0 * hi,
+                        pj.0.len()
+                    ),
+                )
+            }
+            None => ("seeds", String::new()),
+        };
         claims.push((
             Claim::P2,
             Some(p2),
             format!(
-                "ECE jem {} % vs base {} %; lower in {wins} of {} seeds; NLL {:.3} vs {:.3}; confidence − accuracy {:+.2} vs {:+.2} points (base {})",
+                "{of}ECE jem {} % vs base {} %; lower in {wins} of {} {unit}; NLL {nj:.3} vs {nb:.3}; confidence − accuracy {:+.2} vs {:+.2} points (base {}){interval}",
                 pct(ej),
                 pct(eb),
                 paired.len(),
-                j.mean("nll"),
-                b.mean("nll"),
-                100.0 * j.mean("conf_minus_acc"),
-                100.0 * b.mean("conf_minus_acc"),
-                if b.mean("conf_minus_acc") > 0.0 { "over-confident" } else { "under-confident" }
+                100.0 * gj,
+                100.0 * gb,
+                if gb > 0.0 { "over-confident" } else { "under-confident" }
             ),
         ));
         let (ob, oj) = (b.mean("auroc_px_mean"), j.mean("auroc_px_mean"));
@@ -590,18 +677,28 @@ pub fn report_sweep(dir: &Path, runs: &[RunSummary]) -> Result<String> {
     // Figures: pooled reliability per arm, and links to the first seed's figures.
     let figs = dir.join("figures");
     std::fs::create_dir_all(&figs).map_err(|e| Error::Io(figs.clone(), e))?;
-    let pooled: Vec<(String, Vec<Bin>)> = arms
-        .iter()
-        .map(|(a, ar)| {
-            (
-                a.name().to_string(),
-                pool_bins(ar.by_seed.values().map(|r| &r.summary)),
-            )
-        })
-        .collect();
+    let pooled: Vec<(String, Vec<Bin>)> = match &cv {
+        Some((_, p)) => p
+            .iter()
+            .map(|(a, (_, m))| (a.name().to_string(), m.bins.clone()))
+            .collect(),
+        None => arms
+            .iter()
+            .map(|(a, ar)| {
+                (
+                    a.name().to_string(),
+                    pool_bins(ar.by_seed.values().map(|r| &r.summary)),
+                )
+            })
+            .collect(),
+    };
     if !pooled.is_empty() {
         reliability_figure(&figs.join("reliability.png"), &pooled)?;
-        md += "\n## Figures\n\nReliability diagram, bins pooled over seeds:\n\n![reliability](figures/reliability.png)\n";
+        md += if cv.is_some() {
+            "\n## Figures\n\nReliability diagram of the pooled out-of-fold predictions:\n\n![reliability](figures/reliability.png)\n"
+        } else {
+            "\n## Figures\n\nReliability diagram, bins pooled over seeds:\n\n![reliability](figures/reliability.png)\n"
+        };
     }
     for (a, ar) in &arms {
         if let Some(r) = ar.by_seed.values().next() {
@@ -620,6 +717,33 @@ pub fn report_sweep(dir: &Path, runs: &[RunSummary]) -> Result<String> {
         }
     }
     Ok(md)
+}
+
+/// Each arm's runs' test predictions pooled (the folds of a cross-validation: every image once),
+/// with the metrics of the pool. An arm some of whose runs saved no predictions is left out.
+fn pool_folds(
+    arms: &BTreeMap<Arm, ArmRuns>,
+    bins: usize,
+) -> Result<BTreeMap<Arm, (Predictions, Calibration)>> {
+    let mut out = BTreeMap::new();
+    for (a, ar) in arms {
+        let files: Vec<_> = ar
+            .by_seed
+            .values()
+            .map(|r| r.dir.join(reprise_core::predictions::FILE))
+            .collect();
+        if files.is_empty() || !files.iter().all(|f| f.exists()) {
+            continue;
+        }
+        let parts = files
+            .iter()
+            .map(|f| Predictions::load(f))
+            .collect::<Result<Vec<_>>>()?;
+        let p = Predictions::pool(&parts)?;
+        let m = p.calibration(bins);
+        out.insert(*a, (p, m));
+    }
+    Ok(out)
 }
 
 fn pool_bins<'a>(summaries: impl Iterator<Item = &'a Value>) -> Vec<Bin> {

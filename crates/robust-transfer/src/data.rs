@@ -87,10 +87,18 @@ impl TargetPool {
             Some(k) => Ok(TargetPool::Draw(pick(data::load(&t.data)?)?, k)),
             None => {
                 let s = data::load_splits(&t.data)?;
+                // The test examples `pick` keeps, in order.
+                let test_index = labels_vec(&s.test.y)
+                    .iter()
+                    .zip(&s.test_index)
+                    .filter(|(l, _)| t.classes.as_ref().is_none_or(|c| c.contains(l)))
+                    .map(|(_, &i)| i)
+                    .collect();
                 Ok(TargetPool::Fixed(Splits {
                     train: pick(s.train)?,
                     val: s.val,
                     test: pick(s.test)?,
+                    test_index,
                 }))
             }
         }

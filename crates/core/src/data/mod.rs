@@ -430,11 +430,25 @@ pub fn load_splits(spec: &DataSpec) -> Result<Splits> {
         } else {
             test
         };
+        let test_index = (0..test.len() as i64).collect();
         return Ok(Splits {
             train: train.subset(&tr),
             val: train.subset(va),
             test,
+            test_index,
         });
+    }
+    if let Some(cv) = spec.cv {
+        let fold = cv.fold.ok_or_else(|| {
+            Error::Data("data.cv.fold is not set (the spec's header fills it from the seed)".into())
+        })?;
+        return kfold(
+            &load(spec)?,
+            cv.folds,
+            fold,
+            spec.split_seed,
+            spec.stratified,
+        );
     }
     let sizes = spec.split.ok_or_else(|| {
         Error::Data(format!(
@@ -513,6 +527,9 @@ pub struct Splits {
     pub val: Dataset,
     /// Test set.
     pub test: Dataset,
+    /// Where each test example sits in the dataset it was drawn from (its row in the file,
+    /// or in the dataset's own test part), so predictions of several runs can be pooled.
+    pub test_index: Vec<i64>,
 }
 
 /// Splits a dataset with a fixed seed; with `stratified`, each split keeps the class proportions.
@@ -560,6 +577,57 @@ pub fn split(ds: &Dataset, sizes: SplitSpec, seed: u64, stratified: bool) -> Res
         train: ds.subset(tr),
         val: ds.subset(va),
         test: ds.subset(te),
+        test_index: te.to_vec(),
+    })
+}
+
+/// The fold (`0..folds`) of each example: the examples are shuffled with `seed` and, with
+/// `stratified`, grouped class after class; the i-th of that order goes to fold `i mod folds`.
+/// So fold sizes differ by at most one, and with `stratified` so do every class's counts.
+pub fn fold_assignment(
+    labels: &[i64],
+    classes: usize,
+    folds: usize,
+    seed: u64,
+    stratified: bool,
+) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..labels.len()).collect();
+    Rng::new(seed).shuffle(&mut order);
+    if stratified {
+        // A stable sort keeps the shuffled order inside each class.
+        order.sort_by_key(|&i| labels[i].clamp(0, classes as i64));
+    }
+    let mut fold = vec![0; labels.len()];
+    for (pos, &i) in order.iter().enumerate() {
+        fold[i] = pos % folds.max(1);
+    }
+    fold
+}
+
+/// K-fold cross-validation: fold `fold` of `folds` (see [`fold_assignment`]) is the test set,
+/// the other folds the training set, both in the dataset's order; no validation set.
+pub fn kfold(
+    ds: &Dataset,
+    folds: usize,
+    fold: usize,
+    seed: u64,
+    stratified: bool,
+) -> Result<Splits> {
+    if folds < 2 || fold >= folds || folds > ds.len() {
+        return Err(Error::Data(format!(
+            "fold {fold} of {folds} does not exist for a dataset of {} examples",
+            ds.len()
+        )));
+    }
+    let labels = labels_vec(&ds.y);
+    let of = fold_assignment(&labels, ds.classes, folds, seed, stratified);
+    let (te, tr): (Vec<i64>, Vec<i64>) =
+        (0..ds.len() as i64).partition(|&i| of[i as usize] == fold);
+    Ok(Splits {
+        train: ds.subset(&tr),
+        val: ds.subset(&[]),
+        test: ds.subset(&te),
+        test_index: te,
     })
 }
 
@@ -690,6 +758,55 @@ mod tests {
             false
         )
         .is_err());
+    }
+
+    #[test]
+    fn kfold_tests_every_example_once_in_balanced_stratified_folds() {
+        // 103 examples with unequal classes: 0 and 1 have 35 and 34, class 2 has 34.
+        let ds = toy(103, 3);
+        let ids = |d: &Dataset| -> Vec<i64> {
+            Vec::<f32>::try_from(&d.x.view(-1))
+                .unwrap()
+                .iter()
+                .map(|&v| v as i64)
+                .collect()
+        };
+        let mut tested = Vec::new();
+        for fold in 0..5 {
+            let s = kfold(&ds, 5, fold, 11, true).unwrap();
+            assert_eq!(ids(&s.test), s.test_index, "test_index names the test rows");
+            assert_eq!(s.train.len() + s.test.len(), 103);
+            assert!(
+                (20..=21).contains(&s.test.len()),
+                "fold {fold}: {}",
+                s.test.len()
+            );
+            let mut both = [ids(&s.train), ids(&s.test)].concat();
+            both.sort();
+            assert_eq!(
+                both,
+                (0..103).collect::<Vec<_>>(),
+                "train and test partition the data"
+            );
+            let ys = labels_vec(&s.test.y);
+            for c in 0..3 {
+                let n = ys.iter().filter(|&&y| y == c).count();
+                assert!((6..=7).contains(&n), "fold {fold} class {c}: {n}");
+            }
+            tested.extend(s.test_index);
+        }
+        tested.sort();
+        assert_eq!(
+            tested,
+            (0..103).collect::<Vec<_>>(),
+            "each example tested exactly once"
+        );
+        // The split seed moves the folds; the same seed repeats them.
+        let a = kfold(&ds, 5, 0, 11, true).unwrap().test_index;
+        assert_eq!(a, kfold(&ds, 5, 0, 11, true).unwrap().test_index);
+        assert_ne!(a, kfold(&ds, 5, 0, 12, true).unwrap().test_index);
+        assert!(kfold(&ds, 5, 5, 11, true).is_err());
+        assert!(kfold(&ds, 1, 0, 11, true).is_err());
     }
 
     #[test]
