@@ -118,23 +118,37 @@ impl Checkpoint {
             .ok_or_else(|| Error::msg(format!("checkpoint has no valid metadata `{name}`")))
     }
 
-    /// Serializes to safetensors bytes with a sha256 of the data in the metadata.
+    /// Serializes to safetensors bytes with, in the metadata, a sha256 of everything else the
+    /// file holds: every metadata entry, and each tensor's name, dtype, shape and data
+    /// ([`canonical_digest`]).
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
-        let mut datas = Vec::with_capacity(self.tensors.len());
-        let mut hasher = Sha256::new();
-        for (name, t) in &self.tensors {
-            let bytes = tensor_bytes(t);
-            hasher.update(name.as_bytes());
-            hasher.update(&bytes);
-            let shape: Vec<usize> = t.size().iter().map(|&d| d as usize).collect();
-            datas.push((name.clone(), dtype(t.kind())?, shape, bytes));
+        self.to_bytes_with(&[])
+    }
+
+    /// [`Checkpoint::to_bytes`] with `extra` metadata entries added (covered by the checksum).
+    pub fn to_bytes_with(&self, extra: &[(&str, &str)]) -> Result<Vec<u8>> {
+        let mut all = self.meta.clone();
+        for (k, v) in extra {
+            all.insert((*k).to_string(), (*v).to_string());
         }
-        let mut meta: std::collections::HashMap<String, String> = self
-            .meta
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        meta.insert("sha256".into(), hex(&hasher.finalize()));
+        if all.contains_key(HASH_KEY) || all.contains_key(LEGACY_HASH_KEY) {
+            return Err(Error::msg(format!(
+                "`{HASH_KEY}` and `{LEGACY_HASH_KEY}` are reserved metadata names"
+            )));
+        }
+        let mut datas = Vec::with_capacity(self.tensors.len());
+        for (name, t) in &self.tensors {
+            let shape: Vec<usize> = t.size().iter().map(|&d| d as usize).collect();
+            datas.push((name.clone(), dtype(t.kind())?, shape, tensor_bytes(t)));
+        }
+        let digest = canonical_digest(
+            &all,
+            datas
+                .iter()
+                .map(|(n, d, s, b)| (n.as_str(), *d, s.as_slice(), b.as_slice())),
+        );
+        let mut meta: std::collections::HashMap<String, String> = all.into_iter().collect();
+        meta.insert(HASH_KEY.into(), digest);
         let views: Vec<(String, TensorView<'_>)> = datas
             .iter()
             .map(|(n, d, s, b)| {
@@ -151,9 +165,11 @@ impl Checkpoint {
         write_atomic(path, &self.to_bytes()?)
     }
 
-    /// Loads and verifies; a truncated or corrupted file is an error naming it.
+    /// Loads and verifies; a truncated or corrupted file, one bit flipped in its data or its
+    /// header included, is an error naming it. Files of earlier versions, whose sha256 covers
+    /// only the tensors' names and data, are checked by that older rule.
     pub fn load(path: &Path) -> Result<Checkpoint> {
-        let bytes = fs::read(path).map_err(|e| Error::Io(path.to_path_buf(), e))?;
+        let bytes = read_bounded(path, MAX_CHECKPOINT_BYTES)?;
         let bad = |why: String| Error::Corrupt(path.to_path_buf(), why);
         let (_, header) =
             safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
@@ -163,17 +179,41 @@ impl Checkpoint {
             .as_ref()
             .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
             .unwrap_or_default();
-        let want = meta
-            .remove("sha256")
-            .ok_or_else(|| bad("no sha256 in its metadata".into()))?;
+        let (want, legacy) = match (meta.remove(HASH_KEY), meta.remove(LEGACY_HASH_KEY)) {
+            (Some(h), None) => (h, false),
+            (None, Some(h)) => (h, true),
+            (None, None) => return Err(bad("no checksum in its metadata".into())),
+            (Some(_), Some(_)) => return Err(bad("two checksums in its metadata".into())),
+        };
         let mut names: Vec<String> = st.names().into_iter().map(str::to_string).collect();
         names.sort();
-        let mut hasher = Sha256::new();
+        let mut views = Vec::with_capacity(names.len());
+        for name in &names {
+            let v = st.tensor(name).map_err(|e| bad(e.to_string()))?;
+            views.push((name.as_str(), v));
+        }
+        let got = if legacy {
+            let mut hasher = Sha256::new();
+            for (name, v) in &views {
+                hasher.update(name.as_bytes());
+                hasher.update(v.data());
+            }
+            hex(&hasher.finalize())
+        } else {
+            canonical_digest(
+                &meta,
+                views
+                    .iter()
+                    .map(|(n, v)| (*n, v.dtype(), v.shape(), v.data())),
+            )
+        };
+        if got != want {
+            return Err(bad(
+                "checksum mismatch: the data or the header is corrupted".into(),
+            ));
+        }
         let mut tensors = BTreeMap::new();
-        for name in names {
-            let v = st.tensor(&name).map_err(|e| bad(e.to_string()))?;
-            hasher.update(name.as_bytes());
-            hasher.update(v.data());
+        for (name, v) in views {
             let k = kind(v.dtype()).ok_or_else(|| {
                 bad(format!(
                     "tensor `{name}` has unsupported dtype {:?}",
@@ -183,13 +223,128 @@ impl Checkpoint {
             let shape: Vec<i64> = v.shape().iter().map(|&d| d as i64).collect();
             let t =
                 Tensor::f_from_data_size(v.data(), &shape, k).map_err(|e| bad(e.to_string()))?;
-            tensors.insert(name, t);
-        }
-        if hex(&hasher.finalize()) != want {
-            return Err(bad("checksum mismatch: the data is corrupted".into()));
+            tensors.insert(name.to_string(), t);
         }
         Ok(Checkpoint { tensors, meta })
     }
+
+    /// The tensor `name`, which must have the kind and shape of `like` (the live tensor it is
+    /// to be copied into); anything else is a corrupt or foreign checkpoint, said as such.
+    pub fn tensor_like(&self, name: &str, like: &Tensor) -> Result<&Tensor> {
+        let t = self.tensor(name)?;
+        if t.kind() != like.kind() || t.size() != like.size() {
+            return Err(Error::msg(format!(
+                "checkpoint tensor `{name}` is {:?} {:?}, the run needs {:?} {:?}",
+                t.kind(),
+                t.size(),
+                like.kind(),
+                like.size()
+            )));
+        }
+        Ok(t)
+    }
+
+    /// Checks that every variable of `vs` is in the checkpoint as `<prefix>.<name>` with its
+    /// kind and shape, copying nothing.
+    pub fn check_vars(&self, prefix: &str, vs: &tch::nn::VarStore) -> Result<()> {
+        for (k, v) in vs.variables() {
+            self.tensor_like(&format!("{prefix}.{k}"), &v)?;
+        }
+        Ok(())
+    }
+
+    /// Copies `<prefix>.<name>` into every variable of `vs`, after [`Checkpoint::check_vars`]
+    /// found all of them there with the right kind and shape (so a bad file changes nothing).
+    pub fn load_vars(&self, prefix: &str, vs: &tch::nn::VarStore) -> Result<()> {
+        self.check_vars(prefix, vs)?;
+        tch::no_grad(|| -> Result<()> {
+            for (k, mut v) in vs.variables() {
+                v.f_copy_(self.tensor(&format!("{prefix}.{k}"))?)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Puts every variable of `vs` into the checkpoint as `<prefix>.<name>`.
+    pub fn put_vars(&mut self, prefix: &str, vs: &tch::nn::VarStore) {
+        for (k, v) in vs.variables() {
+            self.put(format!("{prefix}.{k}"), &v);
+        }
+    }
+}
+
+/// The metadata key of the checksum over the whole file.
+pub const HASH_KEY: &str = "sha256-all";
+
+/// The metadata key of the checksum of earlier versions (tensor names and data only).
+pub const LEGACY_HASH_KEY: &str = "sha256";
+
+/// The largest checkpoint file read (64 GiB).
+pub const MAX_CHECKPOINT_BYTES: u64 = 64 << 30;
+
+/// The sha256 (hex) of a checkpoint's canonical form: a version tag, then every metadata
+/// entry (sorted by key) and every tensor (sorted by name) with its dtype, shape and data, each
+/// field length-prefixed so no two different files share a canonical form.
+pub fn canonical_digest<'a>(
+    meta: &BTreeMap<String, String>,
+    tensors: impl Iterator<Item = (&'a str, Dtype, &'a [usize], &'a [u8])>,
+) -> String {
+    let mut h = Sha256::new();
+    let mut field = |b: &[u8]| {
+        h.update((b.len() as u64).to_le_bytes());
+        h.update(b);
+    };
+    field(b"reprise-checkpoint-2");
+    field(&(meta.len() as u64).to_le_bytes());
+    for (k, v) in meta {
+        field(k.as_bytes());
+        field(v.as_bytes());
+    }
+    let mut sorted: Vec<_> = tensors.collect();
+    sorted.sort_by(|a, b| a.0.cmp(b.0));
+    field(&(sorted.len() as u64).to_le_bytes());
+    for (name, d, shape, data) in sorted {
+        field(name.as_bytes());
+        field(format!("{d:?}").as_bytes());
+        let dims: Vec<u8> = shape
+            .iter()
+            .flat_map(|&x| (x as u64).to_le_bytes())
+            .collect();
+        field(&dims);
+        field(data);
+    }
+    hex(&h.finalize())
+}
+
+/// Reads a whole regular file of at most `max` bytes; anything else (a folder, a FIFO, a
+/// device, a larger file) is an error naming it, raised before reading.
+pub fn read_bounded(path: &Path, max: u64) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let f = fs::File::open(path).map_err(|e| Error::Io(path.to_path_buf(), e))?;
+    let md = f.metadata().map_err(|e| Error::Io(path.to_path_buf(), e))?;
+    if !md.is_file() {
+        return Err(Error::Corrupt(
+            path.to_path_buf(),
+            "not a regular file".into(),
+        ));
+    }
+    if md.len() > max {
+        return Err(Error::Corrupt(
+            path.to_path_buf(),
+            format!("{} bytes, more than the {max} read", md.len()),
+        ));
+    }
+    let mut buf = Vec::with_capacity(md.len() as usize);
+    f.take(max + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| Error::Io(path.to_path_buf(), e))?;
+    if buf.len() as u64 > max {
+        return Err(Error::Corrupt(
+            path.to_path_buf(),
+            format!("grew beyond the {max} bytes read"),
+        ));
+    }
+    Ok(buf)
 }
 
 /// Lower-case hex of bytes.
@@ -202,7 +357,11 @@ pub fn hex(bytes: &[u8]) -> String {
 pub struct CheckpointDir {
     dir: PathBuf,
     keep: usize,
+    run: Option<String>,
 }
+
+/// The metadata key naming the run a checkpoint belongs to.
+pub const RUN_KEY: &str = "run";
 
 impl CheckpointDir {
     /// A checkpoint folder keeping the last `keep` step checkpoints (at least 1).
@@ -210,7 +369,15 @@ impl CheckpointDir {
         CheckpointDir {
             dir: dir.into(),
             keep: keep.max(1),
+            run: None,
         }
+    }
+
+    /// Checkpoints of the run `id`: each one saved is stamped with it, and one stamped with
+    /// another run's id is refused on loading (it was copied in from elsewhere).
+    pub fn for_run(mut self, id: &str) -> Self {
+        self.run = (!id.is_empty()).then(|| id.to_string());
+        self
     }
 
     /// The folder.
@@ -246,7 +413,8 @@ impl CheckpointDir {
     pub fn save(&self, step: u64, ck: &Checkpoint) -> Result<PathBuf> {
         fs::create_dir_all(&self.dir).map_err(|e| Error::Io(self.dir.clone(), e))?;
         let path = self.step_path(step);
-        ck.save(&path)?;
+        let extra: Vec<(&str, &str)> = self.run.iter().map(|r| (RUN_KEY, r.as_str())).collect();
+        write_atomic(&path, &ck.to_bytes_with(&extra)?)?;
         let steps = self.steps();
         if steps.len() > self.keep {
             for (_, p) in &steps[..steps.len() - self.keep] {
@@ -265,10 +433,50 @@ impl CheckpointDir {
     /// The newest step checkpoint that loads and verifies; a bad one is skipped with a warning
     /// naming it, and the previous good one is used.
     pub fn latest(&self) -> Option<(u64, Checkpoint)> {
+        self.latest_valid(|_| Ok(()))
+    }
+
+    /// The newest step checkpoint that loads, verifies, belongs to this run, records its step
+    /// as the file name says, and passes `fits` (which checks, copying nothing, that its
+    /// tensors have the kinds and shapes of the run's model, optimizer and buffers). Each one
+    /// skipped is said on stderr and in the log, naming the file and the reason; the previous
+    /// one is tried.
+    pub fn latest_valid(
+        &self,
+        fits: impl Fn(&Checkpoint) -> Result<()>,
+    ) -> Option<(u64, Checkpoint)> {
         for (step, path) in self.steps().into_iter().rev() {
-            match Checkpoint::load(&path) {
+            let ok = Checkpoint::load(&path).and_then(|ck| {
+                let owner = ck.meta.get(RUN_KEY);
+                if let (Some(want), Some(got)) = (&self.run, owner) {
+                    if want != got {
+                        return Err(Error::msg(format!(
+                            "it belongs to run {got}, not to this run ({want})"
+                        )));
+                    }
+                }
+                if let Some(s) = ck.meta.get("step") {
+                    if s.parse::<u64>().ok() != Some(step) {
+                        return Err(Error::msg(format!(
+                            "it records step {s}, its file name step {step}"
+                        )));
+                    }
+                }
+                fits(&ck)?;
+                Ok(ck)
+            });
+            match ok {
                 Ok(ck) => return Some((step, ck)),
-                Err(e) => tracing::warn!("skipping checkpoint: {e}; trying the previous one"),
+                Err(e) => {
+                    tracing::warn!(
+                        "skipping checkpoint {}: {e}; trying the previous one",
+                        path.display()
+                    );
+                    eprintln!(
+                        "warning: skipping checkpoint {}: {e}; trying the previous one",
+                        path.display()
+                    );
+                }
             }
         }
         None
@@ -325,6 +533,96 @@ mod tests {
         fs::write(&p, &flipped).unwrap();
         let e = Checkpoint::load(&p).unwrap_err();
         assert!(e.to_string().contains("checksum"), "{e}");
+    }
+
+    /// Replaces the first `from` in the file's JSON header by `to` (same length).
+    fn edit_header(p: &Path, from: &str, to: &str) {
+        assert_eq!(from.len(), to.len());
+        let mut b = fs::read(p).unwrap();
+        let n = u64::from_le_bytes(b[..8].try_into().unwrap()) as usize;
+        let head = String::from_utf8(b[8..8 + n].to_vec()).unwrap();
+        let at = head
+            .find(from)
+            .unwrap_or_else(|| panic!("{from} not in {head}"));
+        b[8 + at..8 + at + to.len()].copy_from_slice(to.as_bytes());
+        fs::write(p, b).unwrap();
+    }
+
+    #[test]
+    fn the_checksum_covers_the_header() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("a.safetensors");
+        let mut ck = sample();
+        ck.set("step", 950);
+        for (from, to) in [
+            ("\"950\"", "\"150\""), // a metadata digit
+            ("\"F32\"", "\"I32\""), // a tensor's dtype
+            ("[3,1]", "[1,3]"),     // a tensor's shape
+        ] {
+            ck.save(&p).unwrap();
+            edit_header(&p, from, to);
+            let e = Checkpoint::load(&p).unwrap_err();
+            assert!(matches!(e, Error::Corrupt(..)), "{from}: {e}");
+            assert!(e.to_string().contains("checksum mismatch"), "{from}: {e}");
+        }
+        // A file of earlier versions (sha256 of names and data only) still loads.
+        let mut h = Sha256::new();
+        for (name, t) in &ck.tensors {
+            h.update(name.as_bytes());
+            h.update(tensor_bytes(t));
+        }
+        let datas: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = ck
+            .tensors
+            .iter()
+            .map(|(n, t)| {
+                let shape = t.size().iter().map(|&x| x as usize).collect();
+                (n.clone(), dtype(t.kind()).unwrap(), shape, tensor_bytes(t))
+            })
+            .collect();
+        let views: Vec<(String, TensorView<'_>)> = datas
+            .iter()
+            .map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap()))
+            .collect();
+        let mut meta: std::collections::HashMap<String, String> =
+            ck.meta.clone().into_iter().collect();
+        meta.insert(LEGACY_HASH_KEY.into(), hex(&h.finalize()));
+        fs::write(&p, safetensors::serialize(views, Some(meta)).unwrap()).unwrap();
+        assert_eq!(
+            Checkpoint::load(&p).unwrap().get::<u64>("step").unwrap(),
+            950
+        );
+    }
+
+    #[test]
+    fn a_checkpoint_that_does_not_fit_or_belongs_to_another_run_is_skipped() {
+        let d = tempfile::tempdir().unwrap();
+        let mine = CheckpointDir::new(d.path().join("ck"), 3).for_run("run-a");
+        for s in [10u64, 20] {
+            let mut ck = sample();
+            ck.set("step", s);
+            mine.save(s, &ck).unwrap();
+        }
+        // Step 30 comes from another run with the same shapes: refused.
+        let other = CheckpointDir::new(d.path().join("ck"), 3).for_run("run-b");
+        let mut ck = sample();
+        ck.set("step", 30);
+        other.save(30, &ck).unwrap();
+        let (step, _) = mine.latest().unwrap();
+        assert_eq!(step, 20);
+        // A check that the run's tensors fit: `w` as I32 does not fit, so 20 is skipped too.
+        let like_w = Tensor::zeros([3, 1], (Kind::Int, Device::Cpu));
+        let fits = |ck: &Checkpoint| ck.tensor_like("w", &like_w).map(|_| ());
+        let e = ck.tensor_like("w", &like_w).unwrap_err().to_string();
+        assert!(
+            e.contains("Float [3, 1]") && e.contains("Int [3, 1]"),
+            "{e}"
+        );
+        assert!(mine.latest_valid(fits).is_none());
+        // A file whose recorded step is not its name's is skipped.
+        let mut ck = sample();
+        ck.set("step", 5);
+        mine.save(40, &ck).unwrap();
+        assert_eq!(mine.latest().unwrap().0, 20);
     }
 
     #[test]

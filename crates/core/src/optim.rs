@@ -2,7 +2,7 @@
 //! checkpoints (tch's built-in optimizers cannot save theirs), and learning-rate schedules.
 
 use crate::checkpoint::Checkpoint;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
@@ -212,24 +212,36 @@ impl Optimizer {
         }
     }
 
-    /// Restores the state written by [`Optimizer::save`].
+    /// Checks, copying nothing, that a checkpoint holds this optimizer's state under `prefix`:
+    /// a step count per parameter, and moments (where present) of the parameter's kind and shape.
+    pub fn check(&self, ck: &Checkpoint, prefix: &str) -> Result<()> {
+        for g in &self.groups {
+            for (name, p) in &g.params {
+                ck.get::<u64>(&format!("{prefix}.{name}.step"))?;
+                for k in ["m", "v"] {
+                    let key = format!("{prefix}.{name}.{k}");
+                    if ck.tensors.contains_key(&key) {
+                        ck.tensor_like(&key, p)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Restores the state written by [`Optimizer::save`] (all checked before any is copied).
     pub fn load(&mut self, ck: &Checkpoint, prefix: &str) -> Result<()> {
+        self.check(ck, prefix)?;
         for (g, states) in self.groups.iter().zip(&mut self.state) {
             for ((name, p), st) in g.params.iter().zip(states.iter_mut()) {
                 st.step = ck.get(&format!("{prefix}.{name}.step"))?;
-                let load = |k: &str| -> Result<Option<Tensor>> {
-                    match ck.tensors.get(&format!("{prefix}.{name}.{k}")) {
-                        None => Ok(None),
-                        Some(t) if t.size() != p.size() => Err(Error::msg(format!(
-                            "optimizer state {prefix}.{name}.{k} has shape {:?}, the parameter {:?}",
-                            t.size(),
-                            p.size()
-                        ))),
-                        Some(t) => Ok(Some(t.to_device(p.device()).to_kind(p.kind()).copy())),
-                    }
+                let load = |k: &str| -> Option<Tensor> {
+                    ck.tensors
+                        .get(&format!("{prefix}.{name}.{k}"))
+                        .map(|t| t.to_device(p.device()).copy())
                 };
-                st.m = load("m")?;
-                st.v = load("v")?;
+                st.m = load("m");
+                st.v = load("v");
             }
         }
         Ok(())

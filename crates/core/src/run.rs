@@ -62,6 +62,23 @@ pub struct RunInfo {
     pub versions: Map<String, Json>,
     /// UTC start time.
     pub started: String,
+    /// The run's identity, stamped into each of its checkpoints so that a checkpoint of another
+    /// run is never resumed from (empty in run folders of earlier versions: not checked).
+    #[serde(default)]
+    pub id: String,
+}
+
+/// A new run identity: a sha256 prefix of the folder, the time and the process.
+pub fn new_run_id(dir: &Path) -> String {
+    use sha2::{Digest, Sha256};
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let mut h = Sha256::new();
+    h.update(dir.as_os_str().as_encoded_bytes());
+    h.update(now.to_le_bytes());
+    h.update(std::process::id().to_le_bytes());
+    crate::checkpoint::hex(&h.finalize())[..16].to_string()
 }
 
 static INTERRUPT: OnceLock<Arc<AtomicBool>> = OnceLock::new();
@@ -156,7 +173,7 @@ impl RunContext {
         let spec = SpecTree::load(&dir.join("spec.yaml"))?;
         let header = spec.header()?;
         let info_path = dir.join("run.json");
-        let text = fs::read(&info_path).map_err(|e| Error::Io(info_path.clone(), e))?;
+        let text = crate::checkpoint::read_bounded(&info_path, 1 << 20)?;
         let info: RunInfo = serde_json::from_slice(&text)
             .map_err(|e| Error::Corrupt(info_path.clone(), e.to_string()))?;
         let device = match device {
@@ -179,7 +196,7 @@ impl RunContext {
         }
         Ok(RunContext {
             dir: dir.to_path_buf(),
-            checkpoints: CheckpointDir::new(dir.join("checkpoints"), 2),
+            checkpoints: CheckpointDir::new(dir.join("checkpoints"), 2).for_run(&info.id),
             spec,
             header,
             info,
@@ -453,6 +470,7 @@ mod tests {
             threads: 1,
             versions: Map::new(),
             started: utc_stamp(),
+            id: "test-run".into(),
         }
     }
 

@@ -269,7 +269,7 @@ struct Source {
 #[derive(Debug, Clone)]
 pub struct SpecTree {
     value: Value,
-    sources: Vec<Source>,
+    sources: std::sync::Arc<Vec<Source>>,
     overrides: Vec<(String, String)>,
 }
 
@@ -294,8 +294,121 @@ pub fn merge(base: &mut Value, child: Value) {
     }
 }
 
+/// The most bytes a spec file may have.
+pub const MAX_SPEC_BYTES: u64 = 1 << 20;
+
+/// The most values (scalars, lists and mappings) a spec may hold once its YAML aliases are
+/// expanded: an anchored list aliased N times would otherwise cost N² values.
+pub const MAX_SPEC_VALUES: usize = 20_000;
+
+/// The most values all the runs of a spec may hold together (runs × values per run).
+pub const MAX_EXPANDED_VALUES: usize = 10_000_000;
+
+/// Counts the values of YAML text as a deserializer walks it, aliases expanded, without
+/// building them; stops with an error past the budget.
+struct CountValues<'a>(&'a std::cell::Cell<usize>);
+
+impl<'de> serde::de::DeserializeSeed<'de> for CountValues<'_> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for CountValues<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any YAML value")
+    }
+    fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<(), E> {
+        self.tick()
+    }
+    fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<(), E> {
+        self.tick()
+    }
+    fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<(), E> {
+        self.tick()
+    }
+    fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<(), E> {
+        self.tick()
+    }
+    fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<(), E> {
+        self.tick()
+    }
+    fn visit_unit<E: serde::de::Error>(self) -> Result<(), E> {
+        self.tick()
+    }
+    fn visit_none<E: serde::de::Error>(self) -> Result<(), E> {
+        self.tick()
+    }
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        serde::de::DeserializeSeed::deserialize(CountValues(self.0), d)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<(), A::Error> {
+        self.tick()?;
+        while a.next_element_seed(CountValues(self.0))?.is_some() {}
+        Ok(())
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut a: A) -> Result<(), A::Error> {
+        self.tick()?;
+        while a.next_key_seed(CountValues(self.0))?.is_some() {
+            a.next_value_seed(CountValues(self.0))?;
+        }
+        Ok(())
+    }
+    fn visit_enum<A: serde::de::EnumAccess<'de>>(self, a: A) -> Result<(), A::Error> {
+        use serde::de::VariantAccess;
+        self.tick()?;
+        let ((), v) = a.variant_seed(CountValues(self.0))?;
+        v.newtype_variant_seed(CountValues(self.0))
+    }
+}
+
+impl CountValues<'_> {
+    fn tick<E: serde::de::Error>(&self) -> Result<(), E> {
+        self.0.set(self.0.get() + 1);
+        if self.0.get() > MAX_SPEC_VALUES {
+            return Err(E::custom(format!(
+                "more than {MAX_SPEC_VALUES} values once its aliases are expanded"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Parses YAML text into a value, refusing text whose aliases expand beyond
+/// [`MAX_SPEC_VALUES`] values before any is built.
+fn bounded_yaml(text: &str) -> Result<Value, serde_norway::Error> {
+    use serde::de::DeserializeSeed;
+    let n = std::cell::Cell::new(0);
+    if let Some(doc) = serde_norway::Deserializer::from_str(text).next() {
+        CountValues(&n).deserialize(doc)?;
+    }
+    serde_norway::from_str(text)
+}
+
+/// How many values a tree holds.
+fn count_values(v: &Value) -> usize {
+    1 + match v {
+        Value::Sequence(xs) => xs.iter().map(count_values).sum(),
+        Value::Mapping(m) => m
+            .iter()
+            .map(|(k, v)| count_values(k) + count_values(v))
+            .sum(),
+        Value::Tagged(t) => count_values(&t.value),
+        _ => 0,
+    }
+}
+
 fn parse_yaml(file: &Path, text: &str) -> Result<Value, SpecError> {
-    let value: Value = serde_norway::from_str(text).map_err(|e| {
+    if text.starts_with('\u{feff}') {
+        return Err(SpecError::new(
+            "",
+            "the file starts with a UTF-8 byte-order mark: save it without one",
+        )
+        .in_file(file));
+    }
+    let value: Value = bounded_yaml(text).map_err(|e| {
         let line = e.location().map(|l| l.line());
         let mut msg = e.to_string();
         // serde_norway appends " at line L column C"; the line is printed in front already.
@@ -331,8 +444,17 @@ impl SpecTree {
             return Err(SpecError::new("extends", "`extends` forms a cycle").in_file(file));
         }
         chain.push(canonical);
-        let text = std::fs::read_to_string(file)
-            .map_err(|e| SpecError::new("", format!("cannot read the spec: {e}")).in_file(file))?;
+        let bytes = crate::checkpoint::read_bounded(file, MAX_SPEC_BYTES).map_err(|e| {
+            let why = match e {
+                crate::Error::Corrupt(_, why) => why,
+                crate::Error::Io(_, e) => e.to_string(),
+                other => other.to_string(),
+            };
+            SpecError::new("", format!("cannot read the spec: {why}")).in_file(file)
+        })?;
+        let text = String::from_utf8(bytes).map_err(|_| {
+            SpecError::new("", "cannot read the spec: it is not UTF-8 text").in_file(file)
+        })?;
         let mut value = parse_yaml(file, &text)?;
         let me = Source {
             file: file.to_path_buf(),
@@ -344,7 +466,7 @@ impl SpecTree {
         let Some(extends) = extends else {
             return Ok(SpecTree {
                 value,
-                sources: vec![me],
+                sources: std::sync::Arc::new(vec![me]),
                 overrides: vec![],
             });
         };
@@ -367,7 +489,7 @@ impl SpecTree {
             }
         })?;
         merge(&mut tree.value, value);
-        tree.sources.insert(0, me);
+        std::sync::Arc::make_mut(&mut tree.sources).insert(0, me);
         Ok(tree)
     }
 
@@ -377,10 +499,10 @@ impl SpecTree {
         let value = parse_yaml(&file, text)?;
         Ok(SpecTree {
             value,
-            sources: vec![Source {
+            sources: std::sync::Arc::new(vec![Source {
                 file,
                 text: text.to_string(),
-            }],
+            }]),
             overrides: vec![],
         })
     }
@@ -405,7 +527,7 @@ impl SpecTree {
         let parsed: Value = if v.trim().is_empty() {
             Value::Null
         } else {
-            serde_norway::from_str(v).map_err(|e| SpecError {
+            bounded_yaml(v).map_err(|e| SpecError {
                 from_override: Some(arg.to_string()),
                 ..SpecError::new(k, format!("the value is not valid YAML: {e}"))
             })?
@@ -527,6 +649,19 @@ impl SpecTree {
             }
         }
         let mut header: Header = head.typed("")?;
+        if let Err(why) = check_name(&header.name) {
+            return Err(self.locate_error(SpecError::new("name", why)));
+        }
+        if let Err(why) = run_count(&header) {
+            return Err(self.locate_error(SpecError::new("sweep", why)));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        if let Some(dup) = header.seeds.iter().find(|s| !seen.insert(**s)) {
+            return Err(self.locate_error(SpecError::new(
+                "seeds",
+                format!("seed {dup} is listed twice (each seed is one run)"),
+            )));
+        }
         if let Some(cv) = header.data.cv.as_mut() {
             if header.data.split.is_some() {
                 return Err(self.locate_error(SpecError::new(
@@ -613,7 +748,7 @@ impl SpecTree {
         };
         // The deepest prefix of the path found in any source, child first.
         for n in (1..=parts.len()).rev() {
-            for s in &self.sources {
+            for s in self.sources.iter() {
                 if let Some(line) = locate(&s.text, &parts[..n]) {
                     e.file = Some(s.file.clone());
                     e.line = Some(line);
@@ -655,7 +790,18 @@ impl SpecTree {
             }
             points = next;
         }
-        let mut out = Vec::new();
+        let per_run = count_values(&base.value);
+        if per_run.saturating_mul(points.len() * seeds.len()) > MAX_EXPANDED_VALUES {
+            return Err(self.locate_error(SpecError::new(
+                "sweep",
+                format!(
+                    "{} runs of {per_run} values each are more than the {MAX_EXPANDED_VALUES} values one sweep may hold",
+                    points.len() * seeds.len()
+                ),
+            )));
+        }
+        let mut out: Vec<(String, SpecTree)> = Vec::new();
+        let mut folders: BTreeMap<String, String> = BTreeMap::new();
         for p in &points {
             for &seed in &seeds {
                 let mut t = base.clone();
@@ -669,7 +815,18 @@ impl SpecTree {
                 }
                 t.set("seed", Value::Number(seed.into()))?;
                 name_parts.push(format!("seed={seed}"));
-                out.push((sanitize(&name_parts.join(",")), t));
+                let joined = name_parts.join(",");
+                let folder = sanitize(&joined);
+                if let Some(other) = folders.insert(folder.clone(), joined.clone()) {
+                    return Err(self.locate_error(SpecError::new(
+                        "sweep",
+                        format!(
+                            "the runs `{other}` and `{joined}` would share the folder `{folder}`: \
+                             give sweep values that differ in letters, digits or `=,._-+`"
+                        ),
+                    )));
+                }
+                out.push((folder, t));
             }
         }
         Ok(out)
@@ -736,6 +893,56 @@ fn scalar_text(v: &Value) -> String {
             .unwrap_or_default()
             .trim()
             .to_string(),
+    }
+}
+
+/// The most runs one spec may expand to (sweep points × seeds).
+pub const MAX_RUNS: usize = 10_000;
+
+/// The longest experiment name (it names a folder).
+pub const MAX_NAME_LEN: usize = 128;
+
+/// An experiment name names the folder `<out>/<name>`: it must be one plain folder name, so a
+/// run cannot be written outside `--out` (no separators, `..`, absolute paths or NUL).
+pub fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("the experiment name is empty".into());
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err(format!("is longer than {MAX_NAME_LEN} bytes"));
+    }
+    if name.contains(['/', '\\', '\0']) || name.contains("..") || name.starts_with('.') {
+        return Err(format!(
+            "`{}` is not a plain folder name: no `/`, `\\`, `..`, NUL or leading `.`",
+            name.escape_default()
+        ));
+    }
+    if name.chars().any(char::is_control) {
+        return Err("contains a control character".into());
+    }
+    Ok(())
+}
+
+/// How many runs a header's sweep and seeds expand to, counted without overflow; an error
+/// beyond [`MAX_RUNS`].
+pub fn run_count(h: &Header) -> Result<usize, String> {
+    let seeds = h.seeds.len().max(1);
+    let mut sizes: Vec<String> = Vec::new();
+    let mut n = Some(seeds);
+    for (k, v) in &h.sweep {
+        n = n.and_then(|n| n.checked_mul(v.len()));
+        sizes.push(format!("{} ({k})", v.len()));
+    }
+    match n {
+        Some(n) if n <= MAX_RUNS => Ok(n),
+        _ => {
+            sizes.push(format!("{seeds} (seeds)"));
+            Err(format!(
+                "expands to {} runs ({}), more than the {MAX_RUNS} one spec may have",
+                n.map_or_else(|| "more than 2^64".to_string(), |n| n.to_string()),
+                sizes.join(" × ")
+            ))
+        }
     }
 }
 
@@ -836,6 +1043,68 @@ jem:
         assert_eq!(h.data.split.unwrap().train, 100);
         let j: Jem = t.typed("jem").unwrap();
         assert_eq!(j.width, 8);
+    }
+
+    #[test]
+    fn names_must_be_plain_folder_names() {
+        let spec = |name: &str| {
+            format!(
+                "name: {name}\npaper: p\ndescription: d\ndata: {{ dataset: digits }}\np: {{}}\n"
+            )
+        };
+        for bad in [
+            "../../../escaped",
+            "/tmp/abs",
+            "a/b",
+            "'a\\b'",
+            "'..'",
+            "'.hidden'",
+            "''",
+            "\"a\\0b\"",
+        ] {
+            let t = SpecTree::from_str("t.yaml", &spec(bad)).unwrap();
+            let e = t.header().unwrap_err();
+            assert_eq!(e.path, "name", "{bad}: {e}");
+        }
+        let mut t = SpecTree::from_str("t.yaml", &spec("fine-name_1")).unwrap();
+        t.header().unwrap();
+        // An override is checked the same way, and blamed on the override.
+        t.apply_override("name=../up").unwrap();
+        let e = t.header().unwrap_err();
+        assert_eq!(e.from_override.as_deref(), Some("name=../up"), "{e}");
+    }
+
+    #[test]
+    fn expansion_is_bounded_and_never_merges_runs() {
+        let head =
+            "name: t\npaper: p\ndescription: d\ndata: { dataset: digits }\np: { a: 1, b: 1 }\n";
+        // 64 keys of 2 values: 2^64 runs, counted without wrapping.
+        let keys: String = (0..64).map(|i| format!("  p.k{i}: [0, 1]\n")).collect();
+        let t = SpecTree::from_str("t.yaml", &format!("{head}sweep:\n{keys}")).unwrap();
+        let e = t.header().unwrap_err().to_string();
+        assert!(e.contains("more than 2^64") && e.contains("10000"), "{e}");
+        let seeds: Vec<String> = (0..20_000).map(|i| i.to_string()).collect();
+        let t =
+            SpecTree::from_str("t.yaml", &format!("{head}seeds: [{}]\n", seeds.join(","))).unwrap();
+        assert!(t.header().unwrap_err().to_string().contains("20000 runs"));
+        let t = SpecTree::from_str("t.yaml", &format!("{head}seeds: [1, 2, 1]\n")).unwrap();
+        assert!(t
+            .header()
+            .unwrap_err()
+            .to_string()
+            .contains("seed 1 is listed twice"));
+        // `a/b` and `a?b` both become the folder `a_b`.
+        let t = SpecTree::from_str("t.yaml", &format!("{head}sweep:\n  p.a: ['a/b', 'a?b']\n"))
+            .unwrap();
+        let e = t.expand().unwrap_err().to_string();
+        assert!(e.contains("would share the folder"), "{e}");
+        let t = SpecTree::from_str(
+            "t.yaml",
+            &format!("{head}sweep:\n  p.a: [1, 2]\nseeds: [0, 1]\n"),
+        )
+        .unwrap();
+        assert_eq!(run_count(&t.header().unwrap()), Ok(4));
+        assert_eq!(t.expand().unwrap().len(), 4);
     }
 
     #[test]

@@ -466,10 +466,17 @@ impl Exec<'_, '_> {
                 "the checkpoint is of phase `{got}`, the plan has `{name}` there: the arms changed since it was written"
             )));
         }
+        // Every tensor checked (kind and shape) before any is copied.
+        for (k, t) in state {
+            r.ck.tensor_like(k, t)?;
+        }
+        if let Some(o) = opt.as_deref() {
+            o.check(&r.ck, "opt")?;
+        }
         tch::no_grad(|| -> Result<()> {
             for (k, t) in state {
                 let mut t = t.shallow_clone();
-                t.copy_(r.ck.tensor(k)?);
+                t.f_copy_(r.ck.tensor(k)?)?;
             }
             Ok(())
         })?;
@@ -967,7 +974,22 @@ pub fn run(ctx: &mut RunContext, c: &Config) -> Result<()> {
         offsets.push(g);
         g += ph.steps;
     }
-    let resume = match ctx.checkpoints().latest() {
+    // The plan position and the arm's log must be there; the tensors are checked against the
+    // phase's state when it is entered.
+    let fits = |ck: &Checkpoint| -> Result<()> {
+        let phase: usize = ck.get("phase")?;
+        ck.get::<u64>("local")?;
+        ck.get::<String>("phase_name")?;
+        ck.get::<String>("log")?;
+        if phase >= plan.len() {
+            return Err(Error::msg(format!(
+                "phase {phase} is beyond the plan's {} phases",
+                plan.len()
+            )));
+        }
+        Ok(())
+    };
+    let resume = match ctx.checkpoints().latest_valid(fits) {
         Some((_, ck)) => Some(Resume {
             phase: ck.get("phase")?,
             local: ck.get("local")?,

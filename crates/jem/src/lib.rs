@@ -242,11 +242,20 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
     let mut buffer = (w_px > 0.0 || w_xy > 0.0)
         .then(|| ReplayBuffer::new(c.buffer.size, &shape, classes, seed ^ 0xb0ff));
     let mut step = 0u64;
-    if let Some((_, ck)) = ctx.checkpoints().latest() {
+    // The newest checkpoint whose every tensor fits this run's model, optimizer and buffer.
+    let fits = |ck: &Checkpoint| -> Result<()> {
+        model.check(ck)?;
+        opt.check(ck, "optim")?;
+        if let Some(b) = buffer.as_ref() {
+            ck.tensor_like("buffer", &b.data)?;
+        }
+        ck.get::<u64>("step").map(|_| ())
+    };
+    if let Some((_, ck)) = ctx.checkpoints().latest_valid(fits) {
         model.load(&ck)?;
         opt.load(&ck, "optim")?;
         if let Some(b) = buffer.as_mut() {
-            b.data = ck.tensor("buffer")?.copy();
+            b.data = ck.tensor_like("buffer", &b.data)?.copy();
         }
         step = ck.get("step")?;
         tracing::info!("resuming from step {step}");

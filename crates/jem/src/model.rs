@@ -93,18 +93,16 @@ impl Classifier {
 
     /// Puts the weights into a checkpoint.
     pub fn save(&self, ck: &mut Checkpoint) {
-        for (k, v) in self.vs.variables() {
-            ck.put(format!("model.{k}"), &v);
-        }
+        ck.put_vars("model", &self.vs);
     }
 
-    /// Loads the weights from a checkpoint.
+    /// Checks, copying nothing, that a checkpoint holds every weight with its kind and shape.
+    pub fn check(&self, ck: &Checkpoint) -> Result<()> {
+        ck.check_vars("model", &self.vs)
+    }
+
+    /// Loads the weights from a checkpoint (all checked before any is copied).
     pub fn load(&mut self, ck: &Checkpoint) -> Result<()> {
-        tch::no_grad(|| -> Result<()> {
-            for (k, mut v) in self.vs.variables() {
-                v.f_copy_(ck.tensor(&format!("model.{k}"))?)?;
-            }
-            Ok(())
-        })
+        ck.load_vars("model", &self.vs)
     }
 }

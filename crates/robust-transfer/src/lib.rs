@@ -204,20 +204,24 @@ pub fn validate(tree: &SpecTree) -> Result<(), SpecError> {
 
 fn save_source(ctx: &RunContext, net: &Net, opt: &Optimizer, step: u64) -> Result<()> {
     let mut ck = Checkpoint::new();
-    for (k, v) in net.vs.variables() {
-        ck.put(format!("model.{k}"), &v);
-    }
+    ck.put_vars("model", &net.vs);
     opt.save(&mut ck, "optim");
     ck.set("step", step);
     ctx.checkpoints().save(step, &ck)?;
     Ok(())
 }
 
+/// Checks, copying nothing, that a source checkpoint holds every weight and optimizer state
+/// with its kind and shape, and the step.
+fn source_checkpoint_fits(net: &Net, opt: &Optimizer, ck: &Checkpoint) -> Result<()> {
+    ck.check_vars("model", &net.vs)?;
+    opt.check(ck, "optim")?;
+    ck.get::<u64>("step").map(|_| ())
+}
+
 fn load_source_checkpoint(net: &Net, opt: &mut Optimizer, ck: &Checkpoint) -> Result<u64> {
-    for (k, mut v) in net.vs.variables() {
-        let t = ck.tensor(&format!("model.{k}"))?;
-        tch::no_grad(|| v.copy_(t));
-    }
+    source_checkpoint_fits(net, opt, ck)?;
+    ck.load_vars("model", &net.vs)?;
     opt.load(ck, "optim")?;
     ck.get("step")
 }
@@ -268,7 +272,8 @@ fn train_source(
         }],
     );
     let mut step = 0;
-    if let Some((_, ck)) = ctx.checkpoints().latest() {
+    let fits = |ck: &Checkpoint| source_checkpoint_fits(net, &opt, ck);
+    if let Some((_, ck)) = ctx.checkpoints().latest_valid(fits) {
         step = load_source_checkpoint(net, &mut opt, &ck)?;
         eprintln!("resuming from step {step}");
         tracing::info!("resuming from step {step}");

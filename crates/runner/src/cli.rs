@@ -181,7 +181,7 @@ fn list() -> Result<()> {
         let name = experiments::name_of(f);
         match reprise_core::spec::SpecTree::load(f).and_then(|t| t.header()) {
             Ok(h) => {
-                let runs = h.sweep.values().map(Vec::len).product::<usize>() * h.seeds.len().max(1);
+                let runs = reprise_core::spec::run_count(&h).unwrap_or(0);
                 let time = h
                     .expected_minutes
                     .map_or("?".to_string(), |m| format!("{m:.0} min"));

@@ -50,6 +50,7 @@ fn prepare(dir: &Path, tree: SpecTree, smoke: bool, threads: Option<usize>) -> R
         threads: threads.map_or_else(tch::get_num_threads, |t| t as i32),
         versions: versions(),
         started: utc_stamp(),
+        id: reprise_core::run::new_run_id(dir),
     };
     RunContext::create(dir, tree, info, device)?;
     Ok(())
@@ -108,7 +109,13 @@ pub fn start(
     shard: Option<(usize, usize)>,
 ) -> Result<()> {
     let header = tree.header()?;
-    let parent = a.out.join(&header.name);
+    std::fs::create_dir_all(&a.out)
+        .with_context(|| format!("cannot create {}", a.out.display()))?;
+    let out = a
+        .out
+        .canonicalize()
+        .with_context(|| format!("cannot resolve --out {}", a.out.display()))?;
+    let parent = out.join(&header.name);
     let stamp = if a.smoke {
         format!("{}-smoke", utc_stamp())
     } else {
@@ -122,6 +129,7 @@ pub fn start(
         }
         let (_held, threads) = single_run_slots(a)?;
         let dir = create_unique_dir(&parent, &stamp)?;
+        inside(&out, &dir)?;
         let (_, t) = runs.into_iter().next().expect("one run");
         crate::set_threads(threads)?;
         prepare(&dir, t, a.smoke, threads)?;
@@ -142,6 +150,7 @@ pub fn start(
         }
         None => create_unique_dir(&parent, &stamp)?,
     };
+    inside(&out, &sdir)?;
     let names: Vec<String> = runs.iter().map(|(n, _)| n.clone()).collect();
     let meta =
         json!({ "name": header.name, "paper": header.paper, "smoke": a.smoke, "runs": names });
@@ -176,6 +185,24 @@ pub fn start(
         names.len()
     );
     run_all(&sdir, &todo, a.jobs, threads, a.slots.as_deref())
+}
+
+/// Refuses a folder that does not resolve to a place under `out` (the canonical `--out`): a
+/// link planted at `<out>/<name>` would otherwise carry the run elsewhere.
+fn inside(out: &Path, dir: &Path) -> Result<()> {
+    let real = dir
+        .canonicalize()
+        .with_context(|| format!("cannot resolve {}", dir.display()))?;
+    if !real.starts_with(out) {
+        let _ = std::fs::remove_dir(dir);
+        bail!(
+            "{} resolves to {}, outside --out {}: refusing to write there",
+            dir.display(),
+            real.display(),
+            out.display()
+        );
+    }
+    Ok(())
 }
 
 /// Continues a run folder or a sweep folder.

@@ -518,12 +518,8 @@ fn build_gan(c: &Config, p: Perceptual, in_c: i64, dev: Device) -> Gan {
 
 fn save(ctx: &RunContext, gan: &Gan, step: u64) -> Result<()> {
     let mut ck = Checkpoint::new();
-    for (k, v) in gan.g.vs().variables() {
-        ck.put(format!("g.{k}"), &v);
-    }
-    for (k, v) in gan.d.vs.variables() {
-        ck.put(format!("d.{k}"), &v);
-    }
+    ck.put_vars("g", gan.g.vs());
+    ck.put_vars("d", &gan.d.vs);
     gan.opt_g.save(&mut ck, "opt_g");
     gan.opt_d.save(&mut ck, "opt_d");
     ck.set("step", step);
@@ -531,15 +527,20 @@ fn save(ctx: &RunContext, gan: &Gan, step: u64) -> Result<()> {
     Ok(())
 }
 
+/// Checks, copying nothing, that a checkpoint holds every tensor of G, D and their optimizers
+/// with its kind and shape, and the step.
+fn fits(gan: &Gan, ck: &Checkpoint) -> Result<()> {
+    ck.check_vars("g", gan.g.vs())?;
+    ck.check_vars("d", &gan.d.vs)?;
+    gan.opt_g.check(ck, "opt_g")?;
+    gan.opt_d.check(ck, "opt_d")?;
+    ck.get::<u64>("step").map(|_| ())
+}
+
 fn load(gan: &mut Gan, ck: &Checkpoint) -> Result<()> {
-    tch::no_grad(|| -> Result<()> {
-        for (prefix, vs) in [("g", gan.g.vs()), ("d", &gan.d.vs)] {
-            for (k, mut v) in vs.variables() {
-                v.copy_(ck.tensor(&format!("{prefix}.{k}"))?);
-            }
-        }
-        Ok(())
-    })?;
+    fits(gan, ck)?;
+    ck.load_vars("g", gan.g.vs())?;
+    ck.load_vars("d", &gan.d.vs)?;
     gan.opt_g.load(ck, "opt_g")?;
     gan.opt_d.load(ck, "opt_d")?;
     Ok(())
@@ -697,7 +698,7 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
     let mut gan = build_gan(&c, p, in_c, dev);
     let total = ctx.iterations(c.iterations);
     let mut step = 0u64;
-    if let Some((_, ck)) = ctx.checkpoints().latest() {
+    if let Some((_, ck)) = ctx.checkpoints().latest_valid(|ck| fits(&gan, ck)) {
         load(&mut gan, &ck)?;
         step = ck.get("step")?;
         eprintln!("resuming from step {step}");
