@@ -433,19 +433,23 @@ impl CheckpointDir {
     /// The newest step checkpoint that loads and verifies; a bad one is skipped with a warning
     /// naming it, and the previous good one is used.
     pub fn latest(&self) -> Option<(u64, Checkpoint)> {
-        self.latest_valid(|_| Ok(()))
+        self.latest_valid(|_| Ok(())).ok().flatten()
     }
 
     /// The newest step checkpoint that loads, verifies, belongs to this run, records its step
     /// as the file name says, and passes `fits` (which checks, copying nothing, that its
     /// tensors have the kinds and shapes of the run's model, optimizer and buffers). Each one
     /// skipped is said on stderr and in the log, naming the file and the reason; the previous
-    /// one is tried.
+    /// one is tried. `Ok(None)` when there is no step checkpoint (a new run); an
+    /// [`Error::Unresumable`] when there are some and none can be used, so that a run never
+    /// silently starts over (after an override that changes a shape, say).
     pub fn latest_valid(
         &self,
         fits: impl Fn(&Checkpoint) -> Result<()>,
-    ) -> Option<(u64, Checkpoint)> {
-        for (step, path) in self.steps().into_iter().rev() {
+    ) -> Result<Option<(u64, Checkpoint)>> {
+        let steps = self.steps();
+        let mut newest_why = None;
+        for (step, path) in steps.iter().rev().cloned() {
             let ok = Checkpoint::load(&path).and_then(|ck| {
                 let owner = ck.meta.get(RUN_KEY);
                 if let (Some(want), Some(got)) = (&self.run, owner) {
@@ -466,8 +470,9 @@ impl CheckpointDir {
                 Ok(ck)
             });
             match ok {
-                Ok(ck) => return Some((step, ck)),
+                Ok(ck) => return Ok(Some((step, ck))),
                 Err(e) => {
+                    newest_why.get_or_insert_with(|| format!("{}: {e}", path.display()));
                     tracing::warn!(
                         "skipping checkpoint {}: {e}; trying the previous one",
                         path.display()
@@ -479,7 +484,14 @@ impl CheckpointDir {
                 }
             }
         }
-        None
+        match newest_why {
+            None => Ok(None),
+            Some(why) => Err(Error::Unresumable {
+                dir: self.dir.clone(),
+                n: steps.len(),
+                why,
+            }),
+        }
     }
 }
 
@@ -617,7 +629,11 @@ mod tests {
             e.contains("Float [3, 1]") && e.contains("Int [3, 1]"),
             "{e}"
         );
-        assert!(mine.latest_valid(fits).is_none());
+        let e = mine.latest_valid(fits).unwrap_err().to_string();
+        assert!(
+            e.contains("none of its 3 checkpoint(s)") && e.contains("step-000000030"),
+            "{e}"
+        );
         // A file whose recorded step is not its name's is skipped.
         let mut ck = sample();
         ck.set("step", 5);

@@ -33,6 +33,17 @@ pub enum Error {
         /// The run folder.
         dir: PathBuf,
     },
+    /// A run has step checkpoints but none it can continue from (each corrupt, of another
+    /// run, or not fitting its model as the spec now describes it).
+    #[error("{dir}: none of its {n} checkpoint(s) can be continued from: {why}; move them aside to start the run over", dir = .dir.display())]
+    Unresumable {
+        /// The checkpoint folder.
+        dir: PathBuf,
+        /// How many step checkpoints there are.
+        n: usize,
+        /// Why the newest one was refused.
+        why: String,
+    },
     /// A LibTorch error.
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),

@@ -83,6 +83,41 @@ pub fn new_run_id(dir: &Path) -> String {
 
 static INTERRUPT: OnceLock<Arc<AtomicBool>> = OnceLock::new();
 
+/// How many loops that check the interrupt flag are running in this process.
+static CHECKERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Held while a loop that checks [`interrupt_flag`] runs (a training loop from
+/// [`RunContext::begin`] on, a sweep waiting for its workers): a signal then asks that loop to
+/// stop after its step; with none held, the process has nothing to stop gracefully and a
+/// signal ends it at once.
+#[derive(Debug)]
+pub struct StopChecked(());
+
+impl StopChecked {
+    /// Marks a flag-checking loop as running until the guard is dropped.
+    pub fn new() -> Self {
+        CHECKERS.fetch_add(1, Ordering::SeqCst);
+        StopChecked(())
+    }
+}
+
+impl Default for StopChecked {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for StopChecked {
+    fn drop(&mut self) {
+        CHECKERS.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Whether some loop of this process checks the interrupt flag now.
+pub fn stop_is_checked() -> bool {
+    CHECKERS.load(Ordering::SeqCst) > 0
+}
+
 /// The flag set by SIGINT/SIGTERM; training loops check it through [`RunContext::interrupted`].
 pub fn interrupt_flag() -> Arc<AtomicBool> {
     INTERRUPT
@@ -156,6 +191,7 @@ pub struct RunContext {
     started: Instant,
     wall_offset: f64,
     interrupt: Arc<AtomicBool>,
+    stop_checked: Option<StopChecked>,
 }
 
 impl RunContext {
@@ -194,6 +230,7 @@ impl RunContext {
             let p = dir.join(sub);
             fs::create_dir_all(&p).map_err(|e| Error::Io(p, e))?;
         }
+        remove_stale_temporaries(dir);
         Ok(RunContext {
             dir: dir.to_path_buf(),
             checkpoints: CheckpointDir::new(dir.join("checkpoints"), 2).for_run(&info.id),
@@ -205,6 +242,7 @@ impl RunContext {
             started: Instant::now(),
             wall_offset: 0.0,
             interrupt: interrupt_flag(),
+            stop_checked: None,
         })
     }
 
@@ -274,6 +312,8 @@ impl RunContext {
     /// Prepares the metrics log for a run starting (or resuming) after `step`: lines of later
     /// steps, written after the checkpoint the run resumes from, are dropped.
     pub fn begin(&mut self, step: u64) -> Result<()> {
+        // From here the run's loop checks the interrupt flag (see `StopChecked`).
+        self.stop_checked.get_or_insert_with(StopChecked::new);
         let path = self.dir.join("metrics.jsonl");
         // The lines up to the checkpoint are kept as written, byte for byte.
         let mut text = String::new();
@@ -352,10 +392,35 @@ impl RunContext {
         write_atomic(&self.dir.join("report.md"), markdown.as_bytes())
     }
 
-    /// Ends the run: writes `metrics.csv` from `metrics.jsonl`.
+    /// Ends the run: writes `metrics.csv` from `metrics.jsonl`, then, last, the `finished`
+    /// marker: a run killed before it (after its summary, say) is continued by a resume, which
+    /// writes whatever is missing.
     pub fn finish(&mut self) -> Result<()> {
         self.metrics = None;
-        write_metrics_csv(&self.dir)
+        write_metrics_csv(&self.dir)?;
+        write_atomic(&self.dir.join(FINISHED), b"")
+    }
+}
+
+/// Removes the temporary files an atomic write killed midway left in a run folder and its
+/// `checkpoints/` (`.<name>.tmp-<pid>`): whoever opens the folder owns it, so none is in use.
+fn remove_stale_temporaries(dir: &Path) {
+    for d in [dir.to_path_buf(), dir.join("checkpoints")] {
+        for e in fs::read_dir(&d).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let stale = name.starts_with('.')
+                && name.rsplit_once(".tmp-").is_some_and(|(_, pid)| {
+                    !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit())
+                });
+            if stale && e.file_type().is_ok_and(|t| t.is_file()) {
+                match fs::remove_file(e.path()) {
+                    Ok(()) => {
+                        tracing::info!("removed {}, left by a killed write", e.path().display())
+                    }
+                    Err(err) => tracing::warn!("cannot remove {}: {err}", e.path().display()),
+                }
+            }
+        }
     }
 }
 
@@ -424,6 +489,27 @@ pub fn expected_runs(sweep: &Path) -> Vec<String> {
             })
         })
         .unwrap_or_default()
+}
+
+/// The marker a run writes once every output is in place (the last file it writes).
+pub const FINISHED: &str = "finished";
+
+/// Whether a run folder's run has finished: its `finished` marker is there or, in folders of
+/// earlier versions that wrote none, its summary, report and `metrics.csv` all are.
+pub fn is_finished(dir: &Path) -> bool {
+    dir.join(FINISHED).is_file()
+        || (!dir.join("run.json").is_file() || !run_json_has_id(dir))
+            && ["summary.json", "report.md", "metrics.csv"]
+                .iter()
+                .all(|f| dir.join(f).is_file())
+}
+
+/// Whether `run.json` carries a run id (written by versions that also write the marker).
+fn run_json_has_id(dir: &Path) -> bool {
+    crate::checkpoint::read_bounded(&dir.join("run.json"), 1 << 20)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<RunInfo>(&b).ok())
+        .is_some_and(|i| !i.id.is_empty())
 }
 
 /// Reads `summary.json` of a run folder, if the run finished.
@@ -520,6 +606,25 @@ mod tests {
 
     fn info_with_started(dir: &Path) -> RunInfo {
         serde_json::from_slice(&fs::read(dir.join("run.json")).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn opening_a_run_removes_what_killed_writes_left() {
+        let d = tempfile::tempdir().unwrap();
+        let spec = SpecTree::from_str("s.yaml", SPEC).unwrap();
+        drop(RunContext::create(d.path(), spec, info(), tch::Device::Cpu).unwrap());
+        let stale = [
+            d.path().join(".summary.json.tmp-123"),
+            d.path()
+                .join("checkpoints/.step-000000040.safetensors.tmp-99"),
+        ];
+        let kept = d.path().join("checkpoints/notes.tmp-x");
+        for f in stale.iter().chain([&kept]) {
+            fs::write(f, b"partial").unwrap();
+        }
+        RunContext::open(d.path(), Some(tch::Device::Cpu)).unwrap();
+        assert!(stale.iter().all(|f| !f.exists()));
+        assert!(kept.exists());
     }
 
     #[test]

@@ -989,7 +989,7 @@ pub fn run(ctx: &mut RunContext, c: &Config) -> Result<()> {
         }
         Ok(())
     };
-    let resume = match ctx.checkpoints().latest_valid(fits) {
+    let resume = match ctx.checkpoints().latest_valid(fits)? {
         Some((_, ck)) => Some(Resume {
             phase: ck.get("phase")?,
             local: ck.get("local")?,

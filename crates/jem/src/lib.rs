@@ -251,7 +251,7 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
         }
         ck.get::<u64>("step").map(|_| ())
     };
-    if let Some((_, ck)) = ctx.checkpoints().latest_valid(fits) {
+    if let Some((_, ck)) = ctx.checkpoints().latest_valid(fits)? {
         model.load(&ck)?;
         opt.load(&ck, "optim")?;
         if let Some(b) = buffer.as_mut() {

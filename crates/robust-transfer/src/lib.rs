@@ -273,7 +273,7 @@ fn train_source(
     );
     let mut step = 0;
     let fits = |ck: &Checkpoint| source_checkpoint_fits(net, &opt, ck);
-    if let Some((_, ck)) = ctx.checkpoints().latest_valid(fits) {
+    if let Some((_, ck)) = ctx.checkpoints().latest_valid(fits)? {
         step = load_source_checkpoint(net, &mut opt, &ck)?;
         eprintln!("resuming from step {step}");
         tracing::info!("resuming from step {step}");

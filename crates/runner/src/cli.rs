@@ -1,6 +1,6 @@
 //! The command line: subcommands and their dispatch.
 
-use crate::{experiments, set_threads, sweep};
+use crate::{experiments, sweep};
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use reprise_core::spec::DeviceSpec;
@@ -42,9 +42,16 @@ enum Command {
     Exec {
         /// The run folder.
         dir: PathBuf,
-        /// Intra-op threads.
+        /// Intra-op threads (default: those the run recorded).
         #[arg(long)]
         threads: Option<usize>,
+        /// Device (default: the one the run recorded).
+        #[arg(long)]
+        device: Option<String>,
+        /// The slots pipe the sweep's runner took this worker's token from: the worker puts it
+        /// back if that runner goes away before it.
+        #[arg(long)]
+        token_from: Option<PathBuf>,
     },
 }
 
@@ -117,10 +124,12 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Command::Info => info(),
         Command::Report { dir } => sweep::report(&dir),
         Command::Data { names } => data(&names),
-        Command::Exec { dir, threads } => {
-            set_threads(threads)?;
-            sweep::exec(&dir)
-        }
+        Command::Exec {
+            dir,
+            threads,
+            device,
+            token_from,
+        } => sweep::exec_worker(&dir, threads, device.as_deref(), token_from.as_deref()),
     }
 }
 
@@ -156,11 +165,11 @@ fn run(a: RunArgs) -> Result<()> {
     let tree = experiments::load(&file, a.smoke, &overrides)?;
     let runs = experiments::check(&tree)?;
     if a.print_config {
-        print!("{}", tree.to_yaml());
+        say_raw!("{}", tree.to_yaml())?;
         if runs.len() > 1 {
-            println!("# expands to {} runs:", runs.len());
+            say!("# expands to {} runs:", runs.len())?;
             for (name, _) in &runs {
-                println!("#   {name}");
+                say!("#   {name}")?;
             }
         }
         return Ok(());
@@ -193,12 +202,15 @@ fn list() -> Result<()> {
             Err(e) => rows.push(format!("{name:<36} INVALID: {e}")),
         }
     }
-    println!(
+    say!(
         "{:<36} {:<16} {:>8} {:>5}  description",
-        "experiment", "paper", "expected", "runs"
-    );
+        "experiment",
+        "paper",
+        "expected",
+        "runs"
+    )?;
     for r in rows {
-        println!("{r}");
+        say!("{r}")?;
     }
     Ok(())
 }
@@ -222,14 +234,14 @@ fn validate(names: &[String]) -> Result<()> {
             Ok(experiments::check(&tree)?.len())
         };
         match check(false).and_then(|n| check(true).map(|_| n)) {
-            Ok(n) => println!(
+            Ok(n) => say!(
                 "ok      {} ({n} run{})",
                 f.display(),
                 if n == 1 { "" } else { "s" }
-            ),
+            )?,
             Err(e) => {
                 bad += 1;
-                println!("INVALID {e:#}");
+                say!("INVALID {e:#}")?;
             }
         }
     }
@@ -240,42 +252,42 @@ fn validate(names: &[String]) -> Result<()> {
 }
 
 fn info() -> Result<()> {
-    println!("reprise   {}", env!("CARGO_PKG_VERSION"));
-    println!("tch       {}", reprise_core::TCH_VERSION);
-    println!(
+    say!("reprise   {}", env!("CARGO_PKG_VERSION"))?;
+    say!("tch       {}", reprise_core::TCH_VERSION)?;
+    say!(
         "libtorch  {} ({})",
         env!("REPRISE_LIBTORCH_VERSION"),
         env!("REPRISE_LIBTORCH_LIB")
-    );
-    println!(
+    )?;
+    say!(
         "threads   {} intra-op, {} inter-op",
         tch::get_num_threads(),
         tch::get_num_interop_threads()
-    );
+    )?;
     let cuda = tch::Cuda::is_available();
-    println!(
+    say!(
         "cuda      {}",
         if cuda { "available" } else { "not available" }
-    );
-    println!(
+    )?;
+    say!(
         "cudnn     {}",
         if tch::Cuda::cudnn_is_available() {
             "available"
         } else {
             "not available"
         }
-    );
+    )?;
     let n = tch::Cuda::device_count();
-    println!(
+    say!(
         "devices   cpu{}",
         (0..n).map(|i| format!(", cuda:{i}")).collect::<String>()
-    );
+    )?;
     if cuda {
         // Allocating on each device proves the CUDA library is linked and usable.
         for i in 0..n as usize {
             let t = tch::Tensor::ones([2, 2], (tch::Kind::Float, tch::Device::Cuda(i)));
             let s = t.sum(tch::Kind::Float).double_value(&[]);
-            println!("cuda:{i}    ok (test sum {s})");
+            say!("cuda:{i}    ok (test sum {s})")?;
         }
     }
     Ok(())
@@ -303,7 +315,7 @@ fn data(names: &[String]) -> Result<()> {
     };
     for r in chosen {
         let p = reprise_core::data::ensure(&r, &dir)?;
-        println!("ok {} -> {} (sha256 verified)", r.name, p.display());
+        say!("ok {} -> {} (sha256 verified)", r.name, p.display())?;
     }
     Ok(())
 }

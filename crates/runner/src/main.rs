@@ -1,6 +1,23 @@
 //! `runner`: the command line of reprise. It parses specs, dispatches them to the paper crates
 //! and reports; it holds no method of its own.
 
+/// `println!` that returns the write's error (a reader that went away, as `runner list | head`
+/// does) instead of panicking; `main` ends quietly on a broken pipe.
+macro_rules! say {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($t)*)
+    }};
+}
+
+/// `print!` in the manner of [`say!`].
+macro_rules! say_raw {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        write!(std::io::stdout().lock(), $($t)*)
+    }};
+}
+
 mod cli;
 mod experiments;
 mod slots;
@@ -38,15 +55,45 @@ fn main() -> ExitCode {
     reprise_core::memory::keep_freed_memory();
     reprise_core::logging::init();
     let flag = reprise_core::run::interrupt_flag();
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        // A second signal ends the process at once; the first asks the run to checkpoint and stop.
-        let _ = signal_hook::flag::register_conditional_shutdown(sig, 130, flag.clone());
-        let _ = signal_hook::flag::register(sig, flag.clone());
+    // The first SIGINT or SIGTERM asks a running loop (training, a sweep waiting for its
+    // workers) to checkpoint and stop after its step; a second one, or any while no such loop
+    // runs (loading data, say), ends the process at once.
+    if let Ok(mut signals) = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ]) {
+        std::thread::spawn(move || {
+            for _ in signals.forever() {
+                if flag.load(std::sync::atomic::Ordering::SeqCst)
+                    || !reprise_core::run::stop_is_checked()
+                {
+                    std::process::exit(130);
+                }
+                flag.store(true, std::sync::atomic::Ordering::SeqCst);
+                eprintln!(
+                    "stopping after this step, with a checkpoint (a second signal stops at once)"
+                );
+            }
+        });
     }
+    // A file-size limit (`ulimit -f`) then fails the write with EFBIG, which names the file,
+    // instead of killing the process without a word.
+    let _ = signal_hook::flag::register(
+        signal_hook::consts::SIGXFSZ,
+        std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
+    );
     let cli = cli::Cli::parse();
     match cli::dispatch(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            let broken_pipe = e.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            });
+            if broken_pipe {
+                // The reader of our output has gone (`runner list | head`): nothing to say.
+                return ExitCode::SUCCESS;
+            }
             if e.downcast_ref::<Interrupted>().is_some()
                 || matches!(
                     e.downcast_ref(),

@@ -64,6 +64,7 @@ impl Slots {
     /// how many it holds. Gives up with [`crate::Interrupted`] on SIGINT/SIGTERM.
     pub fn take_for_one_run(&mut self, most: usize) -> Result<usize> {
         let interrupt = reprise_core::run::interrupt_flag();
+        let _checked = reprise_core::run::StopChecked::new();
         let mut announced = false;
         while !self.try_take()? {
             if interrupt.load(Ordering::SeqCst) {
@@ -79,6 +80,17 @@ impl Slots {
         }
         while self.held < most.max(1) && self.try_take()? {}
         Ok(self.held)
+    }
+
+    /// The pipe's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Counts one token as held that another process took for this one (a worker whose
+    /// sweep runner took its token): dropping it then puts the token back.
+    pub fn adopt_one(&mut self) {
+        self.held += 1;
     }
 
     /// Puts one held token back.

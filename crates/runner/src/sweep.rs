@@ -6,7 +6,7 @@ use crate::slots::Slots;
 use anyhow::{bail, Context, Result};
 use reprise_core::checkpoint::write_atomic;
 use reprise_core::run::{
-    create_unique_dir, finished_runs, read_summary, utc_stamp, RunContext, RunInfo,
+    create_unique_dir, finished_runs, is_finished, utc_stamp, RunContext, RunInfo,
 };
 use reprise_core::spec::SpecTree;
 use serde_json::{json, Map, Value as Json};
@@ -56,13 +56,170 @@ fn prepare(dir: &Path, tree: SpecTree, smoke: bool, threads: Option<usize>) -> R
     Ok(())
 }
 
-/// Executes the run prepared in `dir`, resuming from its checkpoints if it has any.
-pub fn exec(dir: &Path) -> Result<()> {
-    if read_summary(dir).is_some() {
+/// The device a run records in `run.json` (`Cpu`, `Cuda(0)`), if it reads as one.
+fn recorded_device(s: &str) -> Option<tch::Device> {
+    match s {
+        "Cpu" => Some(tch::Device::Cpu),
+        _ => s
+            .strip_prefix("Cuda(")?
+            .strip_suffix(')')?
+            .parse()
+            .ok()
+            .map(tch::Device::Cuda),
+    }
+}
+
+/// The threads and device a run continues with: those it recorded when it started (so a
+/// resumed run computes what an uninterrupted one would), unless `threads` or `device` are
+/// given, which is said when they differ from the recorded ones.
+fn continue_with(
+    dir: &Path,
+    threads: Option<usize>,
+    device: Option<&str>,
+) -> Result<(usize, Option<tch::Device>)> {
+    let info_path = dir.join("run.json");
+    let Ok(bytes) = reprise_core::checkpoint::read_bounded(&info_path, 1 << 20) else {
+        return Ok((
+            threads.unwrap_or(tch::get_num_threads().max(1) as usize),
+            None,
+        ));
+    };
+    let info: RunInfo = serde_json::from_slice(&bytes)
+        .with_context(|| format!("{} is not a valid run.json", info_path.display()))?;
+    let recorded_threads = usize::try_from(info.threads).unwrap_or(1).max(1);
+    let t = match threads {
+        Some(t) if t != recorded_threads => {
+            eprintln!(
+                "note: {} ran with {recorded_threads} thread(s); continuing with {t} as asked, so its numbers can differ from an uninterrupted run",
+                dir.display()
+            );
+            t
+        }
+        Some(t) => t,
+        None => recorded_threads,
+    };
+    let recorded = recorded_device(&info.device);
+    let dev = match device {
+        Some(d) => {
+            let want = d
+                .parse::<reprise_core::spec::DeviceSpec>()
+                .map_err(|e| anyhow::anyhow!("--device: {e}"))?
+                .resolve()
+                .map_err(anyhow::Error::msg)?;
+            if recorded.is_some_and(|r| r != want) {
+                eprintln!(
+                    "note: {} ran on {}; continuing on {want:?} as asked, so its numbers can differ from an uninterrupted run",
+                    dir.display(),
+                    info.device
+                );
+            }
+            Some(want)
+        }
+        None => match recorded {
+            Some(tch::Device::Cuda(i)) if i >= tch::Cuda::device_count().max(0) as usize => bail!(
+                "{} ran on {}, which this machine does not have; continue it elsewhere, or here with --device cpu (its numbers will differ)",
+                dir.display(),
+                info.device
+            ),
+            r => r,
+        },
+    };
+    Ok((t, dev))
+}
+
+/// Executes the run prepared in `dir`, resuming from its checkpoints if it has any, with the
+/// threads and device it recorded unless `threads` or `device` say otherwise.
+pub fn exec(dir: &Path, threads: Option<usize>, device: Option<&str>) -> Result<()> {
+    let _lock = lock_folder(dir, "run folder")?;
+    exec_locked(dir, threads, device)
+}
+
+/// An exclusive lock on a run or sweep folder (`.lock`, holding the owner's pid and host),
+/// released when dropped or when the process ends, however it ends.
+struct FolderLock(#[allow(dead_code)] std::fs::File);
+
+/// Takes the folder's lock, or says which process holds it.
+fn lock_folder(dir: &Path, what: &str) -> Result<FolderLock> {
+    use std::io::Write as _;
+    let path = dir.join(".lock");
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    match f.try_lock() {
+        Ok(()) => {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+            f.set_len(0)?;
+            write!(
+                f,
+                "pid {} on {} since {}",
+                std::process::id(),
+                host.trim(),
+                utc_stamp()
+            )?;
+            Ok(FolderLock(f))
+        }
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let holder = std::fs::read_to_string(&path).unwrap_or_default();
+            bail!(
+                "{what} {} is in use by another runner process ({}); wait for it to end or stop it first",
+                dir.display(),
+                if holder.is_empty() { "unknown" } else { holder.trim() }
+            )
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("cannot lock {}", path.display()))
+        }
+    }
+}
+
+/// A sweep's worker process: runs `dir` as [`exec`] does, and stops it (with a checkpoint, as
+/// on SIGTERM) if the sweep's runner that started it goes away, killed or crashed; the worker
+/// then puts back the slots token (`token_from`) its runner took for it, which nobody else would.
+pub fn exec_worker(
+    dir: &Path,
+    threads: Option<usize>,
+    device: Option<&str>,
+    token_from: Option<&Path>,
+) -> Result<()> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let parent = std::os::unix::process::parent_id();
+    let orphaned = std::sync::Arc::new(AtomicBool::new(false));
+    let watch = orphaned.clone();
+    let stop = reprise_core::run::interrupt_flag();
+    std::thread::spawn(move || loop {
+        std::thread::sleep(Duration::from_millis(200));
+        if std::os::unix::process::parent_id() != parent {
+            eprintln!("the sweep's runner (pid {parent}) has gone: checkpointing and stopping");
+            watch.store(true, Ordering::SeqCst);
+            stop.store(true, Ordering::SeqCst);
+            break;
+        }
+    });
+    let result = exec(dir, threads, device);
+    if orphaned.load(Ordering::SeqCst) {
+        if let Some(fifo) = token_from {
+            let mut token = Slots::open(fifo)?;
+            token.adopt_one();
+            // Dropping it writes the token back.
+            drop(token);
+        }
+    }
+    result
+}
+
+/// [`exec`] for a caller that holds the run folder's lock.
+fn exec_locked(dir: &Path, threads: Option<usize>, device: Option<&str>) -> Result<()> {
+    if is_finished(dir) {
         eprintln!("already finished: {}", dir.display());
         return Ok(());
     }
-    let mut ctx = RunContext::open(dir, None)
+    let (threads, device) = continue_with(dir, threads, device)?;
+    crate::set_threads(Some(threads))?;
+    let mut ctx = RunContext::open(dir, device)
         .with_context(|| format!("opening run folder {}", dir.display()))?;
     let paper = crate::paper(&ctx.header().paper)?;
     reprise_core::logging::set_log_file(Some(&dir.join("run.log")))
@@ -75,12 +232,28 @@ pub fn exec(dir: &Path) -> Result<()> {
         ctx.smoke()
     );
     eprintln!("run: {}", dir.display());
-    let result = (paper.run)(&mut ctx)
-        .map_err(anyhow::Error::from)
-        .and_then(|()| {
-            ctx.finish()?;
-            Ok(())
-        });
+    // A panic inside the paper's code (a LibTorch error through one of tch's panicking calls,
+    // an allocation LibTorch refuses) ends the run with one error line, not a backtrace.
+    let run = paper.run;
+    let caught = catch_quietly(|| run(&mut ctx));
+    let result = match caught {
+        Ok(r) => r.map_err(anyhow::Error::from),
+        Err(msg) => {
+            let after = reprise_core::run::read_metrics(dir)
+                .last()
+                .map_or("before its first logged step".to_string(), |m| {
+                    format!("after step {}", m.step)
+                });
+            Err(anyhow::anyhow!(
+                "the run failed {after}: {}",
+                msg.lines().next().unwrap_or("").trim()
+            ))
+        }
+    }
+    .and_then(|()| {
+        ctx.finish()?;
+        Ok(())
+    });
     match &result {
         Ok(()) => tracing::info!("finished"),
         Err(e) if is_interrupt(e) => tracing::info!("{e:#}"),
@@ -99,6 +272,23 @@ pub fn exec(dir: &Path) -> Result<()> {
     result?;
     eprintln!("done: {} (report.md, summary.json)", dir.display());
     Ok(())
+}
+
+/// Runs `f`, turning a panic into its message (the default hook, which prints a backtrace
+/// note, is silenced meanwhile; the message goes to the run's log by the caller).
+fn catch_quietly<T>(f: impl FnOnce() -> T) -> std::result::Result<T, String> {
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|info| {
+        tracing::error!("panic: {info}");
+    }));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    std::panic::set_hook(hook);
+    r.map_err(|p| {
+        p.downcast_ref::<String>()
+            .cloned()
+            .or_else(|| p.downcast_ref::<&str>().map(|s| (*s).to_string()))
+            .unwrap_or_else(|| "an internal error".into())
+    })
 }
 
 /// Starts a new experiment: one run folder, or a sweep folder with one sub-folder per run.
@@ -133,7 +323,7 @@ pub fn start(
         let (_, t) = runs.into_iter().next().expect("one run");
         crate::set_threads(threads)?;
         prepare(&dir, t, a.smoke, threads)?;
-        return exec(&dir);
+        return exec(&dir, threads, None);
     }
     // Shards of one sweep, started on different machines, share one folder named by the spec.
     let sdir = match shard {
@@ -151,6 +341,10 @@ pub fn start(
         None => create_unique_dir(&parent, &stamp)?,
     };
     inside(&out, &sdir)?;
+    let _lock = match shard {
+        None => Some(lock_folder(&sdir, "sweep folder")?),
+        Some(_) => None,
+    };
     let names: Vec<String> = runs.iter().map(|(n, _)| n.clone()).collect();
     let meta =
         json!({ "name": header.name, "paper": header.paper, "smoke": a.smoke, "runs": names });
@@ -184,7 +378,7 @@ pub fn start(
         todo.len(),
         names.len()
     );
-    run_all(&sdir, &todo, a.jobs, threads, a.slots.as_deref())
+    run_all(&sdir, &todo, a.jobs, threads, None, a.slots.as_deref())
 }
 
 /// Refuses a folder that does not resolve to a place under `out` (the canonical `--out`): a
@@ -207,21 +401,36 @@ fn inside(out: &Path, dir: &Path) -> Result<()> {
 
 /// Continues a run folder or a sweep folder.
 pub fn resume(dir: &Path, a: &RunArgs, shard: Option<(usize, usize)>) -> Result<()> {
-    if !a.overrides.is_empty() {
-        if !dir.join("spec.yaml").is_file() {
-            bail!(
-                "--resume with overrides changes one run folder (spec.yaml), not a sweep: give the run's folder under {}",
-                dir.display()
-            );
-        }
-        override_run(dir, &a.overrides, a.from_step)?;
-    } else if a.from_step.is_some() {
+    if !a.overrides.is_empty() && !dir.join("spec.yaml").is_file() {
+        bail!(
+            "--resume with overrides changes one run folder (spec.yaml), not a sweep: give the run's folder under {}",
+            dir.display()
+        );
+    }
+    if a.overrides.is_empty() && a.from_step.is_some() {
         bail!("--from-step goes with overrides (e.g. a lower learning rate): without them the run would go the same way again");
     }
     if dir.join("spec.yaml").is_file() {
+        // Held from before the spec may change until the run ends: no other process can
+        // rewrite its spec or checkpoints meanwhile.
+        let _lock = lock_folder(dir, "run folder")?;
+        let undo = if a.overrides.is_empty() {
+            None
+        } else {
+            Some(override_run(dir, &a.overrides, a.from_step)?)
+        };
         let (_held, threads) = single_run_slots(a)?;
-        crate::set_threads(threads)?;
-        return exec(dir);
+        let result = exec_locked(dir, threads, a.device.as_deref());
+        if let (Err(e), Some(undo)) = (&result, undo) {
+            if matches!(
+                e.downcast_ref(),
+                Some(reprise_core::Error::Unresumable { .. })
+            ) {
+                // The overridden spec fits none of the run's checkpoints: keep the run as it was.
+                undo.apply(dir)?;
+            }
+        }
+        return result;
     }
     let meta_path = dir.join("sweep.json");
     if !meta_path.is_file() {
@@ -230,12 +439,19 @@ pub fn resume(dir: &Path, a: &RunArgs, shard: Option<(usize, usize)>) -> Result<
             dir.display()
         );
     }
+    // Shards of one sweep share its folder by design; a whole sweep resumed is one owner.
+    let _lock = match shard {
+        None => Some(lock_folder(dir, "sweep folder")?),
+        Some(_) => None,
+    };
     let meta: Json = serde_json::from_slice(&std::fs::read(&meta_path)?)
         .with_context(|| format!("{} is not valid JSON", meta_path.display()))?;
     let smoke = meta["smoke"].as_bool().unwrap_or(false);
     let tree = SpecTree::load(&dir.join("sweep.yaml"))?;
     let runs = crate::experiments::check(&tree)?;
-    let threads = a.threads.or((a.jobs > 1 || a.slots.is_some()).then_some(1));
+    // Runs not yet prepared get the threads a new sweep would give them; prepared runs continue
+    // with the threads and device they recorded, unless --threads or --device say otherwise.
+    let fresh = a.threads.or((a.jobs > 1 || a.slots.is_some()).then_some(1));
     let mut todo = Vec::new();
     for (i, (name, t)) in runs.into_iter().enumerate() {
         if shard.is_some_and(|(s, n)| i % n != s) {
@@ -244,11 +460,18 @@ pub fn resume(dir: &Path, a: &RunArgs, shard: Option<(usize, usize)>) -> Result<
         let d = dir.join(&name);
         if !d.join("spec.yaml").exists() {
             std::fs::create_dir_all(&d)?;
-            prepare(&d, t, smoke, threads)?;
+            prepare(&d, t, smoke, fresh)?;
         }
         todo.push(d);
     }
-    run_all(dir, &todo, a.jobs, threads, a.slots.as_deref())
+    run_all(
+        dir,
+        &todo,
+        a.jobs,
+        a.threads,
+        a.device.as_deref(),
+        a.slots.as_deref(),
+    )
 }
 
 /// Keys that identify a run: they cannot change once it has started.
@@ -256,13 +479,42 @@ const FIXED_ON_RESUME: [&str; 8] = [
     "name", "paper", "seed", "seeds", "sweep", "data", "smoke", "extends",
 ];
 
+/// What [`override_run`] changed, to put back when the overridden run cannot continue.
+struct Undo {
+    spec: Vec<u8>,
+    diverged: Option<Vec<u8>>,
+}
+
+impl Undo {
+    fn apply(self, dir: &Path) -> Result<()> {
+        write_atomic(&dir.join("spec.yaml"), &self.spec)?;
+        if let Some(d) = self.diverged {
+            write_atomic(&dir.join("diverged.json"), &d)?;
+        }
+        let line = format!(
+            "{} the overrides were undone: no checkpoint fits the run they describe; spec.yaml is as before\n",
+            utc_stamp()
+        );
+        let log = dir.join("run.log");
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, line.as_bytes()))
+            .with_context(|| format!("cannot write {}", log.display()))?;
+        eprintln!("{}: {}", dir.display(), line.trim_end());
+        Ok(())
+    }
+}
+
 /// Applies overrides to a started run's spec before it continues from its newest good
 /// checkpoint, e.g. a lower learning rate after a divergence. The spec as it was is kept once
-/// as `spec.orig.yaml`, and `run.log` records each change.
-fn override_run(dir: &Path, overrides: &[String], from_step: Option<u64>) -> Result<()> {
-    if read_summary(dir).is_some() {
+/// as `spec.orig.yaml`, and `run.log` records each change. Returns what to put back if the run
+/// then fits none of its checkpoints (an override of a width, say).
+fn override_run(dir: &Path, overrides: &[String], from_step: Option<u64>) -> Result<Undo> {
+    if is_finished(dir) {
         bail!(
-            "{} has finished (summary.json): there is nothing to continue with other settings; start a new run",
+            "{} has finished: there is nothing to continue with other settings; start a new run",
             dir.display()
         );
     }
@@ -323,6 +575,10 @@ fn override_run(dir: &Path, overrides: &[String], from_step: Option<u64>) -> Res
             }
         ));
     }
+    let undo = Undo {
+        spec: std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?,
+        diverged: std::fs::read(&diverged).ok(),
+    };
     let orig = dir.join("spec.orig.yaml");
     if !orig.exists() {
         std::fs::copy(&path, &orig)
@@ -347,7 +603,7 @@ fn override_run(dir: &Path, overrides: &[String], from_step: Option<u64>) -> Res
         .and_then(|mut f| std::io::Write::write_all(&mut f, line.as_bytes()))
         .with_context(|| format!("cannot write {}", log.display()))?;
     eprintln!("{}: {}", dir.display(), line.trim_end());
-    Ok(())
+    Ok(undo)
 }
 
 /// With `--slots`, the tokens a run executed in this process holds until it ends (every free
@@ -368,13 +624,13 @@ fn run_all(
     todo: &[PathBuf],
     jobs: usize,
     threads: Option<usize>,
+    device: Option<&str>,
     slots: Option<&Path>,
 ) -> Result<()> {
     let mut failed: Vec<String> = Vec::new();
     if jobs <= 1 && slots.is_none() {
-        crate::set_threads(threads)?;
         for d in todo {
-            if let Err(e) = exec(d) {
+            if let Err(e) = exec(d, threads, device) {
                 if is_interrupt(&e) {
                     return Err(anyhow::Error::new(crate::Interrupted(format!(
                         "{e:#}\nresume the whole sweep with: runner run --resume {}",
@@ -387,7 +643,7 @@ fn run_all(
         }
     } else {
         let slots = slots.map(Slots::open).transpose()?;
-        failed = run_parallel(sdir, todo, jobs, threads, slots)?;
+        failed = run_parallel(sdir, todo, jobs, threads, device, slots)?;
     }
     report(sdir)?;
     if !failed.is_empty() {
@@ -396,11 +652,22 @@ fn run_all(
     Ok(())
 }
 
-fn spawn(dir: &Path, threads: Option<usize>) -> Result<Child> {
+fn spawn(
+    dir: &Path,
+    threads: Option<usize>,
+    device: Option<&str>,
+    slots: Option<&Path>,
+) -> Result<Child> {
     let mut c = Command::new(std::env::current_exe().context("cannot find the runner binary")?);
     c.arg("exec").arg(dir);
     if let Some(t) = threads {
         c.arg("--threads").arg(t.to_string());
+    }
+    if let Some(d) = device {
+        c.arg("--device").arg(d);
+    }
+    if let Some(s) = slots {
+        c.arg("--token-from").arg(s);
     }
     c.spawn()
         .with_context(|| format!("cannot start a worker for {}", dir.display()))
@@ -414,9 +681,11 @@ fn run_parallel(
     todo: &[PathBuf],
     jobs: usize,
     threads: Option<usize>,
+    device: Option<&str>,
     mut slots: Option<Slots>,
 ) -> Result<Vec<String>> {
     let interrupt = reprise_core::run::interrupt_flag();
+    let _checked = reprise_core::run::StopChecked::new();
     let mut queue = todo.iter().peekable();
     let mut running: Vec<(PathBuf, Child)> = Vec::new();
     let mut failed = Vec::new();
@@ -430,7 +699,8 @@ fn run_parallel(
                     break;
                 }
             }
-            running.push((d.to_path_buf(), spawn(d, threads)?));
+            let fifo = slots.as_ref().map(|s| s.path().to_path_buf());
+            running.push((d.to_path_buf(), spawn(d, threads, device, fifo.as_deref())?));
             queue.next();
         }
         if queue.peek().is_none() && !announced {

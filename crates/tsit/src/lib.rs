@@ -698,7 +698,7 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
     let mut gan = build_gan(&c, p, in_c, dev);
     let total = ctx.iterations(c.iterations);
     let mut step = 0u64;
-    if let Some((_, ck)) = ctx.checkpoints().latest_valid(|ck| fits(&gan, ck)) {
+    if let Some((_, ck)) = ctx.checkpoints().latest_valid(|ck| fits(&gan, ck))? {
         load(&mut gan, &ck)?;
         step = ck.get("step")?;
         eprintln!("resuming from step {step}");

@@ -1,0 +1,140 @@
+//! Helpers shared by the runner's end-to-end tests: the runner binary in a temporary
+//! experiments folder, a tiny real experiment, and checks on run folders and errors.
+#![allow(dead_code)]
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+pub fn runner(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_runner"))
+        .current_dir(dir)
+        .env("REPRISE_DATA", root().join("data"))
+        .env("REPRISE_EXPERIMENTS", dir.join("experiments"))
+        .args(args)
+        .output()
+        .expect("the runner starts")
+}
+
+/// Starts the runner without waiting for it; `capture` pipes its output (read it with
+/// `wait_with_output`), else it is discarded.
+pub fn spawn_runner(dir: &Path, args: &[&str], capture: bool) -> std::process::Child {
+    let out = || {
+        if capture {
+            std::process::Stdio::piped()
+        } else {
+            std::process::Stdio::null()
+        }
+    };
+    Command::new(env!("CARGO_BIN_EXE_runner"))
+        .current_dir(dir)
+        .env("REPRISE_DATA", root().join("data"))
+        .env("REPRISE_EXPERIMENTS", dir.join("experiments"))
+        .args(args)
+        .stdout(out())
+        .stderr(out())
+        .spawn()
+        .expect("the runner starts")
+}
+
+/// A run folder's `summary.json`.
+pub fn summary(run: &Path) -> serde_json::Value {
+    serde_json::from_slice(&fs::read(run.join("summary.json")).unwrap()).unwrap()
+}
+
+/// Asserts that two safetensors files hold the same tensors, byte for byte.
+pub fn assert_same_tensors(a: &Path, b: &Path) {
+    let (a, b) = (fs::read(a).unwrap(), fs::read(b).unwrap());
+    let (a, b) = (
+        safetensors::SafeTensors::deserialize(&a).unwrap(),
+        safetensors::SafeTensors::deserialize(&b).unwrap(),
+    );
+    let mut names = a.names();
+    names.sort();
+    let mut other = b.names();
+    other.sort();
+    assert!(names.len() > 4, "{names:?}");
+    assert_eq!(names, other);
+    for n in names {
+        assert!(
+            a.tensor(n).unwrap().data() == b.tensor(n).unwrap().data(),
+            "{n} differs"
+        );
+    }
+}
+
+/// Runs `t/tiny` with `overrides` to the end into `<p>/full` and returns its run folder: the
+/// uninterrupted reference of the kill and interrupt tests.
+pub fn uninterrupted(p: &Path, overrides: &[&str]) -> PathBuf {
+    let mut args = vec!["run", "t/tiny", "--out", "full"];
+    args.extend(overrides);
+    let o = runner(p, &args);
+    assert!(o.status.success(), "{}", text(&o));
+    runs_under(&p.join("full/tiny")).remove(0)
+}
+
+pub fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// A tiny real experiment (the digits MLP) in a temporary experiments folder.
+pub const TINY: &str = "name: tiny
+paper: jem
+description: tiny digits JEM
+seed: 0
+device: cpu
+data:
+  dataset: digits
+  split: { train: 300, test: 100 }
+smoke:
+  iterations: 3
+jem:
+  model: { mlp: { width: 16, depth: 1 } }
+  arm: jem
+  iterations: 60
+  noise_sigma: 0.03
+  sgld: { steps: 3 }
+  buffer: { size: 100 }
+  optim: { lr: 0.01, batch: 32 }
+  eval: { every: 20, chains_per_class: 1, sample_steps: 5 }
+  checkpoint_every: 20
+";
+
+pub fn setup() -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    fs::create_dir_all(d.path().join("experiments/t")).unwrap();
+    fs::write(d.path().join("experiments/t/tiny.yaml"), TINY).unwrap();
+    d
+}
+
+pub fn write(d: &Path, name: &str, body: &str) {
+    fs::write(d.join("experiments/t").join(name), body).unwrap();
+}
+
+pub fn runs_under(p: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = fs::read_dir(p)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    v.sort();
+    v
+}
+
+pub fn assert_clean_error(o: &Output, needle: &str) {
+    let t = text(o);
+    assert!(!o.status.success(), "expected failure: {t}");
+    assert!(t.contains(needle), "expected `{needle}` in: {t}");
+    assert!(
+        !t.contains("panicked") && !t.contains("RUST_BACKTRACE"),
+        "a panic: {t}"
+    );
+}
