@@ -37,9 +37,9 @@ reproduce-all: data
 test: setup
     bash scripts/test.sh
 
-# Fuzz spec parsing and override application for SECS seconds (cargo-fuzz; not in CI)
-fuzz secs="120": setup
-    bash scripts/fuzz.sh {{secs}}
+# Fuzz for SECS seconds: TARGET `spec` (parsing, overrides, validation) or `run` (runs what validates); cargo-fuzz, not in CI
+fuzz secs="120" target="spec": setup
+    bash scripts/fuzz.sh {{secs}} {{target}}
 
 # Criterion benchmarks
 bench: setup

@@ -214,6 +214,17 @@ pub struct CvSpec {
 /// The most folds a cross-validation may have.
 pub const MAX_FOLDS: usize = 1000;
 
+impl SplitSpec {
+    /// Train + validation + test examples (the sizes are bounded by [`MAX_SPLIT`] when the
+    /// header is checked, so the sum cannot overflow).
+    pub fn total(&self) -> usize {
+        self.train + self.val + self.test
+    }
+}
+
+/// The most examples one part of a split may ask for.
+pub const MAX_SPLIT: usize = 1 << 32;
+
 /// What `--smoke` runs: a few iterations, and overrides that shrink the experiment.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 #[serde(deny_unknown_fields)]
@@ -692,6 +703,16 @@ impl SpecTree {
             }
         }
         let mut header: Header = head.typed("")?;
+        if let Some(s) = header.data.split {
+            for (k, v) in [("train", s.train), ("val", s.val), ("test", s.test)] {
+                if v > MAX_SPLIT {
+                    return Err(self.locate_error(SpecError::new(
+                        format!("data.split.{k}"),
+                        format!("{v} examples: more than the {MAX_SPLIT} a split may have"),
+                    )));
+                }
+            }
+        }
         if let Err(why) = check_name(&header.name) {
             return Err(self.locate_error(SpecError::new("name", why)));
         }
@@ -773,6 +794,23 @@ impl SpecTree {
         }
     }
 
+    /// `Ok` when every `(path, value, lo, hi)` has `lo <= value <= hi`, else the error at the
+    /// first path that does not. The bounds a paper puts on its sizes keep what a spec can make
+    /// it allocate (a width, a batch, a depth) within what a machine can hold.
+    pub fn require_ranges(&self, checks: &[(&str, i128, i128, i128)]) -> Result<(), SpecError> {
+        for &(path, v, lo, hi) in checks {
+            if v < lo || v > hi {
+                let msg = if hi == i128::MAX {
+                    format!("is {v}: must be at least {lo}")
+                } else {
+                    format!("is {v}: must be between {lo} and {hi}")
+                };
+                return Err(self.locate_error(SpecError::at(path, msg)));
+            }
+        }
+        Ok(())
+    }
+
     /// Adds the file and line (or the override) to an error about a dotted path.
     pub fn locate_error(&self, mut e: SpecError) -> SpecError {
         if let Some((_, arg)) = self
@@ -789,6 +827,16 @@ impl SpecTree {
         } else {
             e.path.split('.').map(str::to_string).collect()
         };
+        // An error at a key no override touched can still come from an override (a smaller
+        // split making the batch too large): say which ones were applied.
+        if !self.overrides.is_empty() {
+            let applied: Vec<&str> = self.overrides.iter().map(|(_, a)| a.as_str()).collect();
+            e.message = format!(
+                "{} (after the override(s) `{}`)",
+                e.message,
+                applied.join("`, `")
+            );
+        }
         // The deepest prefix of the path found in any source, child first.
         for n in (1..=parts.len()).rev() {
             for s in self.sources.iter() {

@@ -266,6 +266,27 @@ pub fn validate(tree: &SpecTree) -> Result<(), SpecError> {
             "ends with linear pairs that were never merged: add a `merge` stage",
         )?;
     }
+    // Sizes that decide what a run allocates (after the checks with more specific messages).
+    tree.require_ranges(&[
+        ("deepthin.arch.depth", a.depth as i128, 2, 1000),
+        ("deepthin.arch.thin", a.thin.into(), 1, 1 << 16),
+        ("deepthin.arch.wide", a.wide.into(), 1, 1 << 16),
+        (
+            "deepthin.arch.stream",
+            a.stream.unwrap_or(1).into(),
+            1,
+            1 << 16,
+        ),
+        ("deepthin.batch", c.batch as i128, 1, 1 << 16),
+    ])?;
+    for (k, tw) in [("heads", a.heads), ("head_dim", a.head_dim)] {
+        if let Some(tw) = tw {
+            tree.require_ranges(&[
+                (&format!("deepthin.arch.{k}.thin"), tw.thin.into(), 1, 4096),
+                (&format!("deepthin.arch.{k}.wide"), tw.wide.into(), 1, 4096),
+            ])?;
+        }
+    }
     Ok(())
 }
 

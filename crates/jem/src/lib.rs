@@ -177,6 +177,66 @@ pub fn validate(tree: &SpecTree) -> Result<(), SpecError> {
         c.buffer.size.is_multiple_of(classes),
         "must be a multiple of the number of classes",
     )?;
+    // Sizes that decide what a run allocates, and counts that decide how long it runs (after the checks with more specific messages).
+    let mut sizes: Vec<(String, i128, i128, i128)> = vec![
+        ("jem.iterations".into(), c.iterations.into(), 1, 1 << 32),
+        ("jem.optim.batch".into(), c.optim.batch as i128, 1, 1 << 16),
+        (
+            "jem.buffer.size".into(),
+            c.buffer.size as i128,
+            1,
+            10_000_000,
+        ),
+        ("jem.sgld.steps".into(), c.sgld.steps as i128, 0, 100_000),
+        (
+            "jem.eval.ece_bins".into(),
+            c.eval.ece_bins as i128,
+            1,
+            100_000,
+        ),
+        (
+            "jem.eval.chains_per_class".into(),
+            c.eval.chains_per_class as i128,
+            0,
+            10_000,
+        ),
+        (
+            "jem.eval.sample_steps".into(),
+            c.eval.sample_steps as i128,
+            0,
+            1_000_000,
+        ),
+        (
+            "jem.eval.max_test".into(),
+            c.eval.max_test.map_or(1, |m| m as i128),
+            1,
+            i128::MAX,
+        ),
+    ];
+    match &c.model {
+        config::ModelConfig::Mlp { width, depth, .. } => {
+            sizes.push(("jem.model.mlp.width".into(), (*width).into(), 1, 1 << 16));
+            sizes.push(("jem.model.mlp.depth".into(), *depth as i128, 1, 1000));
+        }
+        config::ModelConfig::Cnn(cc) => {
+            sizes.push(("jem.model.cnn.size".into(), cc.size.into(), 1, 4096));
+            for (i, (ch, _)) in cc.convs.iter().enumerate() {
+                sizes.push((format!("jem.model.cnn.convs.{i}"), (*ch).into(), 1, 1 << 14));
+            }
+            for (i, w) in cc.fc.iter().enumerate() {
+                sizes.push((format!("jem.model.cnn.fc.{i}"), (*w).into(), 1, 1 << 16));
+            }
+        }
+        config::ModelConfig::Wrn(w) => {
+            sizes.push(("jem.model.wrn.depth".into(), w.depth as i128, 10, 1000));
+            sizes.push(("jem.model.wrn.widen".into(), w.widen.into(), 1, 64));
+        }
+    }
+    let refs: Vec<(&str, i128, i128, i128)> = sizes
+        .iter()
+        .map(|(p, v, lo, hi)| (p.as_str(), *v, *lo, *hi))
+        .collect();
+    tree.require_ranges(&refs)?;
     Ok(())
 }
 

@@ -199,6 +199,52 @@ pub fn validate(tree: &SpecTree) -> Result<(), SpecError> {
         let e = sgd_ok(&f.sgd);
         tree.require(&at("transfer.full.sgd"), e.is_none(), e.unwrap_or(""))?;
     }
+    // Sizes that decide what a run allocates, and counts that decide how long it runs (after the checks with more specific messages).
+    let width = match c.model {
+        config::ModelConfig::SmallCnn { width } => width,
+        config::ModelConfig::Resnet { .. } => 1,
+    };
+    let s = &c.source;
+    let mut sizes: Vec<(String, i128, i128, i128)> = vec![
+        (at("model.small_cnn.width"), width.into(), 1, 4096),
+        (at("source.epochs"), s.epochs.into(), 0, 100_000),
+        (at("source.batch"), s.batch as i128, 1, 1 << 16),
+        (at("source.attack.steps"), s.attack.steps as i128, 0, 10_000),
+        (
+            at("source.checkpoint_every"),
+            s.checkpoint_every.into(),
+            1,
+            i128::MAX,
+        ),
+        (at("eval.pgd_steps"), c.eval.pgd_steps as i128, 0, 10_000),
+        (at("eval.batch"), c.eval.batch as i128, 1, 1 << 16),
+    ];
+    for (i, t) in c.transfer.targets.iter().enumerate() {
+        if let Some(k) = t.per_class {
+            sizes.push((
+                at(&format!("transfer.targets.{i}.per_class")),
+                k as i128,
+                1,
+                10_000_000,
+            ));
+        }
+    }
+    if let Some(f) = &c.transfer.full {
+        sizes.push((
+            at("transfer.full.sgd.batch"),
+            f.sgd.batch as i128,
+            1,
+            1 << 16,
+        ));
+        if let Some(n) = f.sgd.steps {
+            sizes.push((at("transfer.full.sgd.steps"), n.into(), 1, 1 << 32));
+        }
+    }
+    let refs: Vec<(&str, i128, i128, i128)> = sizes
+        .iter()
+        .map(|(p, v, lo, hi)| (p.as_str(), *v, *lo, *hi))
+        .collect();
+    tree.require_ranges(&refs)?;
     Ok(())
 }
 

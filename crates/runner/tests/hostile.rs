@@ -524,3 +524,95 @@ fn numbers_beyond_f64_are_named_as_such() {
     let o = runner(d.path(), &["validate", "t/inf"]);
     assert!(text(&o).contains("not a finite number"), "{}", text(&o));
 }
+
+/// Copies the project's experiment specs into the test's experiments folder.
+fn with_project_specs(p: &Path) {
+    for e in fs::read_dir(root().join("experiments")).unwrap().flatten() {
+        let dst = p.join("experiments").join(e.file_name());
+        fs::create_dir_all(&dst).unwrap();
+        for f in fs::read_dir(e.path()).unwrap().flatten() {
+            fs::copy(f.path(), dst.join(f.file_name())).unwrap();
+        }
+    }
+}
+
+#[test]
+fn the_smallest_accepted_sizes_run_or_fail_with_one_error_line() {
+    let d = setup();
+    let p = d.path();
+    with_project_specs(p);
+    // One run, not a sweep: its failure is the one error line.
+    let one_run = ["--smoke", "sweep={}", "seeds=[]"];
+    let cases: Vec<(&str, Vec<&str>)> = vec![
+        (
+            "t/tiny",
+            vec![
+                "jem.model.mlp.width=1",
+                "jem.optim.batch=1",
+                "jem.buffer.size=10",
+                "jem.sgld.steps=0",
+                "jem.eval.chains_per_class=0",
+                "jem.eval.sample_steps=0",
+                "jem.eval.max_test=1",
+            ],
+        ),
+        (
+            "t/tiny",
+            vec!["data.split={train: 10, test: 1}", "jem.optim.batch=10"],
+        ),
+        (
+            "jem/digits-calibration",
+            vec!["data.cv={folds: 2}", "jem.eval.ece_bins=1"],
+        ),
+        ("tsit/digits-ast", vec!["tsit.eval.grid=0"]),
+        (
+            "robust-transfer/mnist-eps-sweep",
+            vec![
+                "robust-transfer.model.small_cnn.width=1",
+                "robust-transfer.source.batch=1",
+                "robust-transfer.source.attack.steps=0",
+                "robust-transfer.eval.pgd_steps=0",
+                "robust-transfer.eval.batch=1",
+            ],
+        ),
+        (
+            "deepthin/mnist-mlp-depth",
+            vec![
+                "deepthin.arch.thin=1",
+                "deepthin.arch.wide=1",
+                "deepthin.batch=1",
+            ],
+        ),
+        (
+            "tsit/digits-ast",
+            vec![
+                "tsit.batch=1",
+                "tsit.eval.n_test=1",
+                "tsit.model.nf=1",
+                "tsit.model.ndf=1",
+                "tsit.model.num_d=1",
+                "tsit.model.n_layers_d=1",
+                "tsit.eval.grid=1",
+            ],
+        ),
+    ];
+    for (exp, overrides) in cases {
+        let mut args = vec!["run", exp, "--out", "out", "--threads", "1"];
+        if exp != "t/tiny" {
+            args.extend(one_run);
+        }
+        args.extend(&overrides);
+        let o = runner(p, &args);
+        let t = text(&o);
+        assert!(
+            !t.contains("panicked") && !t.contains("RUST_BACKTRACE") && !t.contains("libtorch:"),
+            "{exp} {overrides:?}: {t}"
+        );
+        let errors = t.lines().filter(|l| l.starts_with("error")).count();
+        assert!(
+            o.status.success() || (o.status.code() == Some(1) && errors == 1),
+            "{exp} {overrides:?}: {:?}\n{t}",
+            o.status
+        );
+    }
+}

@@ -49,6 +49,58 @@ pub fn paper() -> Paper {
 /// Checks the `tsit:` section.
 pub fn validate(tree: &SpecTree) -> Result<(), SpecError> {
     let c: Config = tree.typed("tsit")?;
+    let m = &c.model;
+    // Sizes that decide what a run allocates, and counts that decide how long it runs.
+    tree.require_ranges(&[
+        ("tsit.size", c.size.into(), 8, 4096),
+        ("tsit.aspect", c.aspect.into(), 1, 8),
+        ("tsit.train", c.train as i128, 0, 10_000_000),
+        ("tsit.test", c.test as i128, 0, 10_000_000),
+        ("tsit.batch", c.batch.into(), 1, 4096),
+        ("tsit.iterations", c.iterations.into(), 1, 1 << 32),
+        (
+            "tsit.checkpoint_every",
+            c.checkpoint_every.into(),
+            1,
+            i128::MAX,
+        ),
+        ("tsit.model.nf", m.nf.into(), 1, 4096),
+        ("tsit.model.cap", m.cap.into(), 1, 1 << 14),
+        ("tsit.model.ndf", m.ndf.into(), 1, 4096),
+        ("tsit.model.num_d", m.num_d as i128, 1, 8),
+        ("tsit.model.n_layers_d", m.n_layers_d as i128, 1, 8),
+        ("tsit.model.z_dim", m.z_dim.into(), 1, 4096),
+        ("tsit.model.vae_size", m.vae_size.into(), 8, 4096),
+        ("tsit.model.p2phd.ngf", m.p2phd.ngf.into(), 1, 4096),
+        ("tsit.model.p2phd.n_down", m.p2phd.n_down as i128, 1, 8),
+        ("tsit.model.p2phd.n_blocks", m.p2phd.n_blocks as i128, 0, 64),
+        ("tsit.eval.every", c.eval.every.into(), 1, i128::MAX),
+        ("tsit.eval.n_test", c.eval.n_test as i128, 1, 10_000_000),
+        ("tsit.eval.grid", c.eval.grid as i128, 1, 64),
+    ])?;
+    if let Some(f) = &c.folder {
+        tree.require_ranges(&[
+            (
+                "tsit.folder.load_size",
+                f.load_size.unwrap_or(c.size).into(),
+                8,
+                8192,
+            ),
+            ("tsit.folder.label_nc", f.label_nc.into(), 0, 1024),
+            (
+                "tsit.folder.style_repeat",
+                f.style_repeat as i128,
+                0,
+                1_000_000,
+            ),
+            (
+                "tsit.folder.content_repeat",
+                f.content_repeat as i128,
+                0,
+                1_000_000,
+            ),
+        ])?;
+    }
     let s = c.size;
     tree.require(
         "tsit.size",

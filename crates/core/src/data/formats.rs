@@ -14,12 +14,20 @@ use tch::Tensor;
 
 /// Reads a file, un-gzipping it when its name ends in `.gz` or it starts with the gzip magic.
 pub fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
-    let raw = std::fs::read(path).map_err(|e| Error::Io(path.to_path_buf(), e))?;
+    let raw = crate::checkpoint::read_bounded(path, MAX_DATA_FILE_BYTES)?;
     if raw.starts_with(&[0x1f, 0x8b]) {
         let mut out = Vec::new();
+        // Bounded, so a small file that inflates without end (a gzip bomb) is refused.
         GzDecoder::new(&raw[..])
+            .take(MAX_DATA_FILE_BYTES + 1)
             .read_to_end(&mut out)
             .map_err(|e| Error::Corrupt(path.to_path_buf(), format!("bad gzip data: {e}")))?;
+        if out.len() as u64 > MAX_DATA_FILE_BYTES {
+            return Err(Error::Corrupt(
+                path.to_path_buf(),
+                format!("inflates to more than {MAX_DATA_FILE_BYTES} bytes"),
+            ));
+        }
         Ok(out)
     } else if path.extension().is_some_and(|e| e == "gz") {
         Err(Error::Corrupt(
@@ -30,6 +38,9 @@ pub fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
         Ok(raw)
     }
 }
+
+/// The largest data file (IDX, CIFAR batch, CSV) read whole, compressed or inflated: 4 GiB.
+pub const MAX_DATA_FILE_BYTES: u64 = 4 << 30;
 
 fn be_u32(b: &[u8], at: usize) -> u32 {
     u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
@@ -57,12 +68,16 @@ fn read_idx(path: &Path, want_dims: usize) -> Result<(Vec<usize>, Vec<u8>)> {
         return Err(bad("truncated header".into()));
     }
     let dims: Vec<usize> = (0..nd).map(|i| be_u32(&b, 4 + 4 * i) as usize).collect();
-    let n: usize = dims.iter().product();
-    if b.len() != head + n {
+    // Checked: dimensions whose product wraps around must not pass for the file's length.
+    let n = dims
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .ok_or_else(|| bad(format!("dimensions {dims:?} overflow")))?;
+    if b.len() - head != n {
         return Err(bad(format!(
             "{} data bytes, the header promises {n} ({})",
             b.len() - head,
-            if b.len() < head + n {
+            if b.len() - head < n {
                 "truncated"
             } else {
                 "trailing bytes"
@@ -386,6 +401,10 @@ mod tests {
         assert!(e.contains("lab") && e.contains("label 12"), "{e}");
         std::fs::write(d.path().join("lab"), idx(&[3], &[1, 2, 3])).unwrap();
         assert!(load_idx(&p, &d.path().join("lab")).is_err());
+        // 2^31 · 2^31 · 4 = 2^64 wraps to 0, which an empty data part would have matched.
+        std::fs::write(&p, idx(&[1 << 31, 1 << 31, 4], &[])).unwrap();
+        let e = load_idx(&p, &d.path().join("lab")).unwrap_err().to_string();
+        assert!(e.contains("img") && e.contains("overflow"), "{e}");
     }
 
     #[test]

@@ -476,7 +476,7 @@ pub fn load(spec: &DataSpec) -> Result<Dataset> {
         "synthetic-cifar10" | "synthetic-cifar100" => {
             let s = spec.split.ok_or_else(|| Error::Data("synthetic data needs `data.split` sizes".into()))?;
             let k = if spec.dataset.ends_with("100") { 100 } else { 10 };
-            Ok(synthetic(s.train + s.val + s.test, k, spec.split_seed))
+            Ok(synthetic(s.total(), k, spec.split_seed))
         }
         other => Err(Error::Data(format!(
             "unknown dataset `{other}` (known: mnist-5k, digits, synthetic-cifar10, synthetic-cifar100; \
@@ -535,10 +535,13 @@ pub struct Splits {
 /// Splits a dataset with a fixed seed; with `stratified`, each split keeps the class proportions.
 pub fn split(ds: &Dataset, sizes: SplitSpec, seed: u64, stratified: bool) -> Result<Splits> {
     let n = ds.len();
-    let want = sizes.train + sizes.val + sizes.test;
-    if want > n {
+    let want = sizes
+        .train
+        .checked_add(sizes.val)
+        .and_then(|s| s.checked_add(sizes.test));
+    if want.is_none_or(|w| w > n) {
         return Err(Error::Data(format!(
-            "split {} + {} + {} = {want} is larger than the dataset ({n} examples)",
+            "split {} + {} + {} is larger than the dataset ({n} examples)",
             sizes.train, sizes.val, sizes.test
         )));
     }
@@ -758,6 +761,13 @@ mod tests {
             false
         )
         .is_err());
+        // Sizes whose sum wraps around are an error, not a split of the wrapped size.
+        let huge = SplitSpec {
+            train: usize::MAX,
+            val: 0,
+            test: 2,
+        };
+        assert!(split(&ds, huge, 0, false).is_err());
     }
 
     #[test]
