@@ -145,6 +145,17 @@ pub struct LossConfig {
     /// KL term of the VAE λ_kld (official 0.05).
     #[serde(default = "lambda_kld")]
     pub lambda_kld: f64,
+    /// The devices the official trainer splits a batch over for the KL term: each GPU sums the
+    /// KL divergence over its share of the batch and the GPUs' losses are averaged
+    /// (`models/pix2pix_model.py` under DataParallel, then the trainer's mean), so the term is
+    /// λ_kld · Σ_batch / `kld_devices`. The official SIS scripts run batch 16 on 2 GPUs: 2.
+    /// Default 1, the sum over the whole batch (one device).
+    #[serde(default = "one_device")]
+    pub kld_devices: usize,
+}
+
+fn one_device() -> usize {
+    1
 }
 
 /// TTUR Adam.

@@ -77,7 +77,13 @@ pub fn validate(tree: &SpecTree) -> Result<(), SpecError> {
         ("tsit.eval.every", c.eval.every.into(), 1, i128::MAX),
         ("tsit.eval.n_test", c.eval.n_test as i128, 1, 10_000_000),
         ("tsit.eval.grid", c.eval.grid as i128, 1, 64),
+        ("tsit.loss.kld_devices", c.loss.kld_devices as i128, 1, 1024),
     ])?;
+    tree.require(
+        "tsit.loss.kld_devices",
+        c.batch % c.loss.kld_devices.max(1) as i64 == 0,
+        "must divide tsit.batch (each device takes an equal share of the batch)",
+    )?;
     if let Some(f) = &c.folder {
         tree.require_ranges(&[
             (

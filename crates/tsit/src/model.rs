@@ -715,7 +715,10 @@ impl Generator for P2phd {
 }
 
 /// One PatchGAN (kernel 4, pad 2): conv + LReLU; `n_layers − 1` convs with spectral and
-/// instance norm (stride 1 for the last of them); a final conv to one channel.
+/// instance norm, stride 2 except the fourth conv (`n == 3`), as the official
+/// `NLayerDiscriminator` (TSIT `models/networks/discriminator.py`: `stride = 1 if n == 3 else 2`;
+/// SPADE's rule, stride 1 on the last of them, differs at `n_layers = 3`); a final stride-1 conv
+/// to one channel.
 #[derive(Debug)]
 struct PatchGan {
     convs: Vec<Conv>,
@@ -738,7 +741,7 @@ impl PatchGan {
         for n in 1..n_layers {
             let prev = nf;
             nf = (nf * 2).min(512);
-            let stride = if n == n_layers - 1 { 1 } else { 2 };
+            let stride = if n == 3 { 1 } else { 2 };
             convs.push(Conv::new(
                 &p / format!("model{n}"),
                 prev,
@@ -855,6 +858,27 @@ mod tests {
     }
 
     #[test]
+    fn discriminator_strides_follow_the_official_rule() {
+        // Kernel 4, pad 2: a stride-s conv takes S to ⌊S/s⌋ + 1. Official strides 2, 2, 2 (then
+        // the stride-1 logit conv) at n_layers_D = 3; 2, 2, 2, 1 (then 1) at 4.
+        for (n_layers, sides) in [(3, vec![17, 9, 5, 6]), (4, vec![17, 9, 5, 6, 7])] {
+            let m = ModelConfig {
+                n_layers_d: n_layers,
+                num_d: 1,
+                ndf: 4,
+                ..mini(4, 8)
+            };
+            let d = Discriminator::new(&m, 3, Device::Cpu);
+            let out = d.forward(
+                &Tensor::zeros([1, 3, 32, 32], (Kind::Float, Device::Cpu)),
+                Mode::TRAIN,
+            );
+            let got: Vec<i64> = out[0].iter().map(|t| t.size()[2]).collect();
+            assert_eq!(got, sides, "n_layers_D = {n_layers}");
+        }
+    }
+
+    #[test]
     fn parameter_counts_match_the_cost_model() {
         // Spec §8: mini G AST (S = 32, nf 16) 3.26 M, mini G SIS (7-ch) 2.81 M, smoke G
         // (S = 8, nf 8) 0.11 M, mini G AST nf 8 0.82 M; mini D (3-ch) 0.09 M; p2phd-lite ≈ 2.9 M.
@@ -910,8 +934,9 @@ mod tests {
         let o = d.forward(&y, Mode::TRAIN);
         assert_eq!(o.len(), 2);
         assert_eq!(o[0].len(), 4);
-        assert_eq!(o[0][3].size(), vec![2, 1, 11, 11]);
-        assert_eq!(o[1][3].size(), vec![2, 1, 7, 7]);
+        // The official strides at n_layers_D = 3 (2, 2, 2, then 1): 32 → 17 → 9 → 5 → 6.
+        assert_eq!(o[0][3].size(), vec![2, 1, 6, 6]);
+        assert_eq!(o[1][3].size(), vec![2, 1, 4, 4]);
         let mut mv = mini(8, 8);
         mv.vae = true;
         mv.vae_size = 32;

@@ -177,7 +177,8 @@ impl Gan {
         };
         let mut loss = &gan + &fm * c.loss.lambda_feat + &vgg * c.loss.lambda_vgg;
         if let Some(k) = &out.kld {
-            loss += k * c.loss.lambda_kld;
+            let k = kld_term(k, &c.loss);
+            loss += &k * c.loss.lambda_kld;
             st.g_kld = k.double_value(&[]);
         }
         let lv = loss.double_value(&[]);
@@ -273,9 +274,36 @@ pub fn bench_setup(paper_scale: bool, dev: tch::Device) -> (Gan, Config, [Tensor
     (gan, c, [x, s])
 }
 
+/// The KL term as the official trainer weighs it: the batch's summed KL divergence over the
+/// `kld_devices` it would be split across (each sums its share, the devices are averaged).
+pub fn kld_term(kld_sum: &Tensor, loss: &crate::config::LossConfig) -> Tensor {
+    kld_sum / loss.kld_devices.max(1) as f64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_kl_term_is_the_mean_over_devices_of_their_sums() {
+        // 4 samples' KL divergences on 2 devices: (1 + 2) and (3 + 4), averaged = 5.
+        let per_sample = Tensor::from_slice(&[1.0f32, 2.0, 3.0, 4.0]);
+        let official = (per_sample.narrow(0, 0, 2).sum(Kind::Float)
+            + per_sample.narrow(0, 2, 2).sum(Kind::Float))
+            / 2.0;
+        let loss = |kld_devices| crate::config::LossConfig {
+            lambda_feat: 10.0,
+            lambda_vgg: 10.0,
+            lambda_kld: 0.05,
+            kld_devices,
+        };
+        let sum = per_sample.sum(Kind::Float);
+        assert_eq!(
+            kld_term(&sum, &loss(2)).double_value(&[]),
+            official.double_value(&[])
+        );
+        assert_eq!(kld_term(&sum, &loss(1)).double_value(&[]), 10.0);
+    }
 
     #[test]
     fn the_benchmark_iteration_runs_and_updates_both_networks() {
