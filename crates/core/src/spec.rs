@@ -704,6 +704,12 @@ impl SpecTree {
         }
         let mut header: Header = head.typed("")?;
         if let Some(s) = header.data.split {
+            if s.test == 0 && !crate::data::has_own_test_set(&header.data.dataset) {
+                return Err(self.locate_error(SpecError::new(
+                    "data.split.test",
+                    "must be at least 1: the test set would be empty",
+                )));
+            }
             for (k, v) in [("train", s.train), ("val", s.val), ("test", s.test)] {
                 if v > MAX_SPLIT {
                     return Err(self.locate_error(SpecError::new(

@@ -246,7 +246,7 @@ fn exec_locked(dir: &Path, threads: Option<usize>, device: Option<&str>) -> Resu
                 });
             Err(anyhow::anyhow!(
                 "the run failed {after}: {}",
-                msg.lines().next().unwrap_or("").trim()
+                first_line(&msg)
             ))
         }
     }
@@ -272,6 +272,20 @@ fn exec_locked(dir: &Path, threads: Option<usize>, device: Option<&str>) -> Resu
     result?;
     eprintln!("done: {} (report.md, summary.json)", dir.display());
     Ok(())
+}
+
+/// The informative start of a panic's message: up to its first line break, printed or escaped
+/// (a LibTorch error's C++ backtrace follows it), without the `unwrap` wording around it.
+fn first_line(msg: &str) -> String {
+    let line = msg.split("\\n").next().unwrap_or(msg);
+    let line = line.lines().next().unwrap_or("").trim();
+    let line = line
+        .strip_prefix("called `Result::unwrap()` on an `Err` value: ")
+        .unwrap_or(line);
+    match line.strip_prefix("Torch(\"") {
+        Some(rest) => format!("libtorch: {}", rest.trim_end_matches("\")")),
+        None => line.to_string(),
+    }
 }
 
 /// Runs `f`, turning a panic into its message (the default hook, which prints a backtrace
@@ -779,6 +793,19 @@ pub fn report(dir: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_libtorch_panic_reads_as_one_line() {
+        let msg = "called `Result::unwrap()` on an `Err` value: Torch(\"stack expects a non-empty TensorList\\nException raised from stack at TensorShape.cpp:3462\\nframe #0: ...\")";
+        assert_eq!(
+            first_line(msg),
+            "libtorch: stack expects a non-empty TensorList"
+        );
+        assert_eq!(
+            first_line("index out of bounds\nat src/x.rs"),
+            "index out of bounds"
+        );
+    }
 
     #[test]
     fn short_hash_is_stable() {

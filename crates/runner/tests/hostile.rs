@@ -565,6 +565,7 @@ fn the_smallest_accepted_sizes_run_or_fail_with_one_error_line() {
             vec!["data.cv={folds: 2}", "jem.eval.ece_bins=1"],
         ),
         ("tsit/digits-ast", vec!["tsit.eval.grid=0"]),
+        ("t/tiny", vec!["data.split={train: 300, test: 0}"]),
         (
             "robust-transfer/mnist-eps-sweep",
             vec![

@@ -394,14 +394,7 @@ pub fn synthetic(n: usize, classes: usize, seed: u64) -> Dataset {
 /// (and train and test cut to `split.train` and `split.test` when those are non-zero); any
 /// other dataset is split by [`split`]. Both use `data.split_seed`, not the run's seed.
 pub fn load_splits(spec: &DataSpec) -> Result<Splits> {
-    let own = [
-        "mnist-idx",
-        "fashion-mnist",
-        "cifar10",
-        "cifar100",
-        "imagefolder",
-    ];
-    if own.contains(&spec.dataset.as_str()) {
+    if has_own_test_set(&spec.dataset) {
         let (train, test) = load_train_test(spec)?;
         let s = spec.split.unwrap_or(SplitSpec {
             train: 0,
@@ -458,6 +451,19 @@ pub fn load_splits(spec: &DataSpec) -> Result<Splits> {
     })?;
     let all = load(spec)?;
     split(&all, sizes, spec.split_seed, spec.stratified)
+}
+
+/// Whether a dataset comes with its own train and test files (see [`load_train_test`]): its
+/// `data.split` sizes cut those parts (0: all of it) instead of splitting one set.
+pub fn has_own_test_set(dataset: &str) -> bool {
+    [
+        "mnist-idx",
+        "fashion-mnist",
+        "cifar10",
+        "cifar100",
+        "imagefolder",
+    ]
+    .contains(&dataset)
 }
 
 /// Loads a dataset named in a spec (fetching a remote one if it is missing).
