@@ -683,6 +683,10 @@ fn spawn(
     if let Some(s) = slots {
         c.arg("--token-from").arg(s);
     }
+    // A process group of its own: Ctrl-C in a terminal reaches this runner alone, which asks
+    // each worker once (SIGTERM) to checkpoint and stop; the worker taking the terminal's
+    // SIGINT as well would read the forwarded SIGTERM as a second signal and stop at once.
+    std::os::unix::process::CommandExt::process_group(&mut c, 0);
     c.spawn()
         .with_context(|| format!("cannot start a worker for {}", dir.display()))
 }

@@ -228,11 +228,11 @@ fn one_process_per_run_folder() {
             .replace("iterations: 60", "iterations: 10000000")
             .replace("arm: jem", "arm: base"),
     );
-    let mut first = spawn_runner(
+    let mut first = Reaper(spawn_runner(
         p,
         &["run", "t/long", "--out", "out", "--threads", "1"],
         false,
-    );
+    ));
     // Wait until the run has started (its folder and lock exist).
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     let run = loop {
@@ -364,7 +364,7 @@ fn a_killed_sweep_runner_takes_its_workers_and_their_tokens_with_it() {
         .open(&fifo)
         .unwrap();
     owner.write_all(b"++").unwrap();
-    let mut parent = spawn_runner(
+    let mut parent = Reaper(spawn_runner(
         p,
         &[
             "run",
@@ -377,7 +377,7 @@ fn a_killed_sweep_runner_takes_its_workers_and_their_tokens_with_it() {
             fifo.to_str().unwrap(),
         ],
         false,
-    );
+    ));
     let started = |r: &Path| r.join("metrics.jsonl").exists();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     let runs = loop {
@@ -437,15 +437,17 @@ fn a_signal_outside_a_training_loop_ends_the_runner_at_once() {
         .status()
         .unwrap()
         .success());
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_runner"))
-        .current_dir(p)
-        .env("REPRISE_DATA", &data)
-        .env("REPRISE_EXPERIMENTS", p.join("experiments"))
-        .args(["run", "t/tiny", "--out", "out"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = Reaper(
+        std::process::Command::new(env!("CARGO_BIN_EXE_runner"))
+            .current_dir(p)
+            .env("REPRISE_DATA", &data)
+            .env("REPRISE_EXPERIMENTS", p.join("experiments"))
+            .args(["run", "t/tiny", "--out", "out"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     // Once it is in its run (the run folder exists), stopped in the read.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while !p.join("out/tiny").exists() {
@@ -614,6 +616,81 @@ fn the_smallest_accepted_sizes_run_or_fail_with_one_error_line() {
             o.status.success() || (o.status.code() == Some(1) && errors == 1),
             "{exp} {overrides:?}: {:?}\n{t}",
             o.status
+        );
+    }
+}
+
+#[test]
+fn ctrl_c_in_a_terminal_stops_a_sweep_with_every_worker_checkpointed() {
+    use std::os::unix::process::CommandExt;
+    let d = setup();
+    let p = d.path();
+    // No periodic checkpoints: the only ones are those the interruption writes. Slow steps
+    // (3000 SGLD steps each), so a second signal would land in the middle of one.
+    write(
+        p,
+        "sweep.yaml",
+        &format!(
+            "{}seeds: [0, 1]\n",
+            TINY.replace("iterations: 60", "iterations: 10000000")
+                .replace("sgld: { steps: 3 }", "sgld: { steps: 3000 }")
+                .replace("checkpoint_every: 20", "checkpoint_every: 1000000000")
+                .replace("every: 20", "every: 2")
+        ),
+    );
+    // The runner leads its own process group, as a shell's foreground job does.
+    let mut parent = Reaper(
+        std::process::Command::new(env!("CARGO_BIN_EXE_runner"))
+            .current_dir(p)
+            .env("REPRISE_DATA", root().join("data"))
+            .env("REPRISE_EXPERIMENTS", p.join("experiments"))
+            .args(["run", "t/sweep", "--out", "out", "--jobs", "2"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let runs = loop {
+        let runs: Vec<_> = fs::read_dir(p.join("out/tiny"))
+            .ok()
+            .and_then(|mut e| e.next())
+            .and_then(Result::ok)
+            .map(|s| ["seed=0", "seed=1"].map(|n| s.path().join(n)).to_vec())
+            .unwrap_or_default();
+        if runs.len() == 2 && runs.iter().all(|r| r.join("metrics.jsonl").exists()) {
+            break runs;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the workers did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    // Ctrl-C: SIGINT to the terminal's foreground process group.
+    assert!(std::process::Command::new("kill")
+        .args(["-s", "INT", "--", &format!("-{}", parent.id())])
+        .status()
+        .unwrap()
+        .success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = parent.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "Ctrl-C did not stop the sweep"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert_eq!(status.code(), Some(130));
+    for r in &runs {
+        assert!(
+            fs::read_dir(r.join("checkpoints")).unwrap().count() > 0,
+            "{} stopped without its checkpoint",
+            r.display()
         );
     }
 }

@@ -138,3 +138,27 @@ pub fn assert_clean_error(o: &Output, needle: &str) {
         "a panic: {t}"
     );
 }
+
+/// A child process killed (and reaped) when the guard is dropped, a failed assertion included,
+/// so a test that stops early leaves no runner behind to load the machine.
+pub struct Reaper(pub std::process::Child);
+
+impl std::ops::Deref for Reaper {
+    type Target = std::process::Child;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Reaper {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
