@@ -505,20 +505,25 @@ impl Undo {
         if let Some(d) = self.diverged {
             write_atomic(&dir.join("diverged.json"), &d)?;
         }
-        let line = format!(
-            "{} the overrides were undone: no checkpoint fits the run they describe; spec.yaml is as before\n",
-            utc_stamp()
-        );
-        let log = dir.join("run.log");
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .and_then(|mut f| std::io::Write::write_all(&mut f, line.as_bytes()))
-            .with_context(|| format!("cannot write {}", log.display()))?;
-        eprintln!("{}: {}", dir.display(), line.trim_end());
-        Ok(())
+        note_in_log(
+            dir,
+            "the overrides were undone: no checkpoint fits the run they describe; spec.yaml is as before",
+        )
     }
+}
+
+/// Appends a time-stamped line to the run's `run.log` and says it on stderr.
+fn note_in_log(dir: &Path, what: &str) -> Result<()> {
+    let line = format!("{} {what}\n", utc_stamp());
+    let log = dir.join("run.log");
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, line.as_bytes()))
+        .with_context(|| format!("cannot write {}", log.display()))?;
+    eprintln!("{}: {}", dir.display(), line.trim_end());
+    Ok(())
 }
 
 /// Applies overrides to a started run's spec before it continues from its newest good
@@ -603,20 +608,14 @@ fn override_run(dir: &Path, overrides: &[String], from_step: Option<u64>) -> Res
         std::fs::remove_file(&diverged)
             .with_context(|| format!("cannot remove {}", diverged.display()))?;
     }
-    let line = format!(
-        "{} resumed with overrides: {}{}\n",
-        utc_stamp(),
-        overrides.join(" "),
-        notes.iter().map(|n| format!("; {n}")).collect::<String>()
-    );
-    let log = dir.join("run.log");
-    std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log)
-        .and_then(|mut f| std::io::Write::write_all(&mut f, line.as_bytes()))
-        .with_context(|| format!("cannot write {}", log.display()))?;
-    eprintln!("{}: {}", dir.display(), line.trim_end());
+    note_in_log(
+        dir,
+        &format!(
+            "resumed with overrides: {}{}",
+            overrides.join(" "),
+            notes.iter().map(|n| format!("; {n}")).collect::<String>()
+        ),
+    )?;
     Ok(undo)
 }
 

@@ -49,6 +49,28 @@ fn edit_header(p: &Path, from: &str, to: &str) {
     fs::write(p, b).unwrap();
 }
 
+/// Waits (a minute at most) until both runs, `seed=0` and `seed=1`, of the one sweep under
+/// `<p>/out/tiny` are in their training loop (their `metrics.jsonl` exists); returns their folders.
+fn both_seeds_training(p: &Path) -> Vec<std::path::PathBuf> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let runs: Vec<_> = fs::read_dir(p.join("out/tiny"))
+            .ok()
+            .and_then(|mut e| e.next())
+            .and_then(Result::ok)
+            .map(|s| ["seed=0", "seed=1"].map(|n| s.path().join(n)).to_vec())
+            .unwrap_or_default();
+        if runs.len() == 2 && runs.iter().all(|r| r.join("metrics.jsonl").exists()) {
+            return runs;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the workers did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
 #[test]
 fn run_folders_never_leave_out() {
     let d = setup();
@@ -378,24 +400,7 @@ fn a_killed_sweep_runner_takes_its_workers_and_their_tokens_with_it() {
         ],
         false,
     ));
-    let started = |r: &Path| r.join("metrics.jsonl").exists();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    let runs = loop {
-        let runs: Vec<_> = fs::read_dir(p.join("out/tiny"))
-            .ok()
-            .and_then(|mut e| e.next())
-            .and_then(Result::ok)
-            .map(|s| ["seed=0", "seed=1"].map(|n| s.path().join(n)).to_vec())
-            .unwrap_or_default();
-        if runs.len() == 2 && runs.iter().all(|r| started(r)) {
-            break runs;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the workers did not start"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    };
+    let runs = both_seeds_training(p);
     parent.kill().unwrap();
     parent.wait().unwrap();
     // Each worker notices, checkpoints, stops and puts its token back.
@@ -651,23 +656,7 @@ fn ctrl_c_in_a_terminal_stops_a_sweep_with_every_worker_checkpointed() {
             .spawn()
             .unwrap(),
     );
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    let runs = loop {
-        let runs: Vec<_> = fs::read_dir(p.join("out/tiny"))
-            .ok()
-            .and_then(|mut e| e.next())
-            .and_then(Result::ok)
-            .map(|s| ["seed=0", "seed=1"].map(|n| s.path().join(n)).to_vec())
-            .unwrap_or_default();
-        if runs.len() == 2 && runs.iter().all(|r| r.join("metrics.jsonl").exists()) {
-            break runs;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the workers did not start"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    };
+    let runs = both_seeds_training(p);
     // Ctrl-C: SIGINT to the terminal's foreground process group.
     assert!(std::process::Command::new("kill")
         .args(["-s", "INT", "--", &format!("-{}", parent.id())])
