@@ -724,6 +724,15 @@ mod tests {
         }
     }
 
+    /// The rows of `toy` a part holds (each row's one value is its index).
+    fn ids(d: &Dataset) -> Vec<i64> {
+        Vec::<f32>::try_from(&d.x.view(-1))
+            .unwrap()
+            .iter()
+            .map(|&v| v as i64)
+            .collect()
+    }
+
     const SIXTY_TWENTY_TWENTY: SplitSpec = SplitSpec {
         train: 60,
         val: 20,
@@ -734,13 +743,6 @@ mod tests {
     fn splits_are_disjoint_seeded_and_stratified() {
         let ds = toy(100, 4);
         let s = split(&ds, SIXTY_TWENTY_TWENTY, 7, true).unwrap();
-        let ids = |d: &Dataset| -> Vec<i64> {
-            Vec::<f32>::try_from(&d.x.view(-1))
-                .unwrap()
-                .iter()
-                .map(|&v| v as i64)
-                .collect()
-        };
         let mut all = [ids(&s.train), ids(&s.val), ids(&s.test)].concat();
         all.sort();
         all.dedup();
@@ -778,15 +780,8 @@ mod tests {
 
     #[test]
     fn kfold_tests_every_example_once_in_balanced_stratified_folds() {
-        // 103 examples with unequal classes: 0 and 1 have 35 and 34, class 2 has 34.
+        // 103 examples with unequal classes: class 0 has 35, classes 1 and 2 have 34.
         let ds = toy(103, 3);
-        let ids = |d: &Dataset| -> Vec<i64> {
-            Vec::<f32>::try_from(&d.x.view(-1))
-                .unwrap()
-                .iter()
-                .map(|&v| v as i64)
-                .collect()
-        };
         let mut tested = Vec::new();
         for fold in 0..5 {
             let s = kfold(&ds, 5, fold, 11, true).unwrap();
