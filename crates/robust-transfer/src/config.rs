@@ -281,9 +281,15 @@ pub struct Target {
     /// rest; absent: the dataset's own train and test split (`data.split` sizes).
     #[serde(default)]
     pub per_class: Option<usize>,
-    /// Transforms applied to every input batch, in order.
+    /// Transforms applied to every input batch, in order (before any augmentation).
     #[serde(default)]
     pub transform: Vec<Transform>,
+    /// Transforms of the evaluation inputs (validation and test) in place of `transform`;
+    /// absent: `transform`. The official transfer code tests CIFAR as Resize(256) →
+    /// CenterCrop(224) (`src/utils/constants.py`, `TEST_TRANSFORMS`) while it trains on
+    /// RandomResizedCrop(224) of the 32² image.
+    #[serde(default)]
+    pub test_transform: Option<Vec<Transform>>,
     /// Also report mean per-class accuracy.
     #[serde(default)]
     pub mean_per_class: bool,
@@ -308,6 +314,16 @@ pub enum Transform {
     Pad(i64),
     /// Gray to RGB by repeating the channel.
     Rgb,
+    /// The centre square of this side (torchvision's `CenterCrop`: the offset rounds
+    /// half-way cases, `round((H − side) / 2)`).
+    CenterCrop(i64),
+}
+
+impl Target {
+    /// The transforms of evaluation inputs: `test_transform`, or else `transform`.
+    pub fn eval_transform(&self) -> &[Transform] {
+        self.test_transform.as_deref().unwrap_or(&self.transform)
+    }
 }
 
 /// Fixed-feature transfer: only a new head is trained.
@@ -383,6 +399,11 @@ pub struct SgdConfig {
     /// Augmentation of the training batches (after the target's transforms).
     #[serde(default)]
     pub augment: Augment,
+    /// With an `lr` grid: after the rate is chosen on the validation part, train it again on
+    /// the whole training set and test that network (default); `false` tests the network
+    /// trained without the validation part.
+    #[serde(default = "yes")]
+    pub retrain: bool,
 }
 
 /// BatchNorm mode of a frozen backbone.

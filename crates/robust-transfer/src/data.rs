@@ -61,6 +61,12 @@ pub fn transform(x: &Tensor, ts: &[Transform]) -> Tensor {
             Transform::Bilinear(s) => x.upsample_bilinear2d([s, s], false, None, None),
             Transform::Pad(p) => x.constant_pad_nd([p, p, p, p]),
             Transform::Rgb => x.repeat([1, 3, 1, 1]),
+            Transform::CenterCrop(c) => {
+                let s = x.size();
+                // torchvision: int(round((H − c) / 2)), round half to even.
+                let off = |n: i64| ((n - c) as f64 / 2.0).round_ties_even() as i64;
+                x.narrow(2, off(s[2]), c).narrow(3, off(s[3]), c)
+            }
         };
     }
     x
@@ -210,5 +216,18 @@ mod tests {
         );
         assert_eq!(y.size(), vec![2, 3, 28, 28]);
         assert_eq!(y.sum(Kind::Float).double_value(&[]), 2.0 * 3.0 * 400.0);
+    }
+
+    #[test]
+    fn centre_crops_take_torchvision_s_offsets() {
+        let x = Tensor::arange(7 * 6, (Kind::Float, Device::Cpu)).view([1, 1, 7, 6]);
+        // Rows: (7 − 4) / 2 = 1.5 rounds to 2 (half to even); columns: (6 − 4) / 2 = 1.
+        let y = transform(&x, &[Transform::CenterCrop(4)]);
+        assert_eq!(y.size(), vec![1, 1, 4, 4]);
+        assert_eq!(y.double_value(&[0, 0, 0, 0]), (2 * 6 + 1) as f64);
+        // Resize(256) → CenterCrop(224) of a 32² image keeps its centre 28².
+        let z = Tensor::rand([2, 3, 32, 32], (Kind::Float, Device::Cpu));
+        let t = transform(&z, &[Transform::Bilinear(256), Transform::CenterCrop(224)]);
+        assert_eq!(t.size(), vec![2, 3, 224, 224]);
     }
 }

@@ -101,6 +101,8 @@ pub fn validate(tree: &SpecTree) -> Result<(), SpecError> {
         pos(c.source.attack.step_ratio),
         "must be a positive number",
     )?;
+    let aug = c.source.augment.problem();
+    tree.require(&at("source.augment"), aug.is_none(), aug.unwrap_or(""))?;
     tree.require(
         &at("source.checkpoint_every"),
         c.source.checkpoint_every > 0,
@@ -143,13 +145,20 @@ pub fn validate(tree: &SpecTree) -> Result<(), SpecError> {
                 "needs at least two classes",
             )?;
         }
-        for tr in &t.transform {
-            let ok = match tr {
-                config::Transform::Area(s) | config::Transform::Bilinear(s) => *s > 0,
-                config::Transform::Pad(p) => *p >= 0,
-                config::Transform::Rgb => true,
-            };
-            tree.require(&format!("{p}.transform"), ok, "sizes must be positive")?;
+        for (key, ts) in [
+            ("transform", Some(&t.transform)),
+            ("test_transform", t.test_transform.as_ref()),
+        ] {
+            for tr in ts.into_iter().flatten() {
+                let ok = match tr {
+                    config::Transform::Area(s)
+                    | config::Transform::Bilinear(s)
+                    | config::Transform::CenterCrop(s) => *s > 0,
+                    config::Transform::Pad(p) => *p >= 0,
+                    config::Transform::Rgb => true,
+                };
+                tree.require(&format!("{p}.{key}"), ok, "sizes must be positive")?;
+            }
         }
     }
     let sgd_ok = |s: &config::SgdConfig| -> Option<&'static str> {
@@ -162,6 +171,8 @@ pub fn validate(tree: &SpecTree) -> Result<(), SpecError> {
         } else if !(0.0..1.0).contains(&s.val_fraction) || (s.lr.len() > 1 && s.val_fraction == 0.0)
         {
             Some("val_fraction must be in (0, 1) when lr is a grid")
+        } else if let Some(e) = s.augment.problem() {
+            Some(e)
         } else {
             None
         }
@@ -341,15 +352,13 @@ fn train_source(
                 .wrapping_mul(1_000_003)
                 .wrapping_add(step as i64),
         );
-        let (x, y) = train.batch(&batches[(step % per_epoch) as usize])?;
-        let mut x = x.to_device(dev);
-        if !s.augment.is_identity() {
-            x = s.augment.apply(
-                &x,
-                &mut Rng::new(seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
-            );
-        }
-        let y = y.to_device(dev);
+        // A streamed ImageFolder crops each whole decoded image (`Images::train_batch`).
+        let (x, y) = train.train_batch(
+            &batches[(step % per_epoch) as usize],
+            &s.augment,
+            &mut Rng::new(seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
+        )?;
+        let (x, y) = (x.to_device(dev), y.to_device(dev));
         let ramp = if s.eps_ramp_epochs > 0 {
             ((step + 1) as f64 / (s.eps_ramp_epochs * per_epoch) as f64).min(1.0)
         } else {

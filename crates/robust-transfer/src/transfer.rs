@@ -2,7 +2,9 @@
 //! features extracted once, or SGD on the head with the frozen backbone run every step) and
 //! full-network fine-tuning.
 
-use crate::config::{BnMode, InitKind, ModelConfig, NormSpec, SgdConfig, Solver, Target};
+use crate::config::{
+    BnMode, InitKind, ModelConfig, NormSpec, SgdConfig, Solver, Target, Transform,
+};
 use crate::data::transform;
 use crate::model::Net;
 use reprise_core::data::{batch_indices, labels_vec, Dataset, Rng};
@@ -81,7 +83,7 @@ pub fn accuracies(logits: &Tensor, y: &Tensor, classes: usize) -> (f64, f64) {
 /// concatenates its outputs.
 fn batched(
     ds: &Dataset,
-    t: &Target,
+    ts: &[Transform],
     batch: usize,
     dev: tch::Device,
     f: &dyn Fn(&Tensor) -> Tensor,
@@ -92,10 +94,7 @@ fn batched(
     tch::no_grad(|| {
         while i < n {
             let m = (batch as i64).min(n - i);
-            out.push(f(&transform(
-                &ds.x.narrow(0, i, m).to_device(dev),
-                &t.transform,
-            )));
+            out.push(f(&transform(&ds.x.narrow(0, i, m).to_device(dev), ts)));
             i += m;
         }
     });
@@ -111,8 +110,12 @@ pub fn fixed_logistic(
     batch: usize,
 ) -> Result<(f64, f64)> {
     let dev = src.vs.device();
-    let ftr = batched(train, t, batch, dev, &|x| src.features_t(x, false));
-    let fte = batched(test, t, batch, dev, &|x| src.features_t(x, false));
+    let ftr = batched(train, &t.transform, batch, dev, &|x| {
+        src.features_t(x, false)
+    });
+    let fte = batched(test, t.eval_transform(), batch, dev, &|x| {
+        src.features_t(x, false)
+    });
     let c = train.classes as i64;
     let d = ftr.size()[1];
     let w = Tensor::zeros([c, d], (Kind::Float, dev)).set_requires_grad(true);
@@ -245,7 +248,7 @@ pub fn finetune(
 
 /// Accuracies of a fine-tuned network on `test` (eval mode).
 pub fn evaluate(net: &Net, t: &Target, test: &Dataset, batch: usize) -> (f64, f64) {
-    let logits = batched(test, t, batch, net.vs.device(), &|x| {
+    let logits = batched(test, t.eval_transform(), batch, net.vs.device(), &|x| {
         net.forward_t(x, false)
     });
     accuracies(&logits, &test.y, test.classes)
@@ -253,7 +256,8 @@ pub fn evaluate(net: &Net, t: &Target, test: &Dataset, batch: usize) -> (f64, f6
 
 /// One transfer of `src` to target `t` at transfer seed `seed`: fits the head (or the whole
 /// network), choosing the learning rate on a validation part of the training set when `sgd.lr`
-/// holds more than one, and evaluates on the test set.
+/// holds more than one (then, with `sgd.retrain`, fitting the chosen rate again on the whole
+/// training set), and evaluates on the test set.
 #[allow(clippy::too_many_arguments)]
 pub fn transfer(
     src: &Net,
@@ -295,10 +299,30 @@ pub fn transfer(
         }
         Solver::Sgd(s) => s,
     };
+    let (net, lr) = fit_sgd(src, arch, t, train, mode, sgd, seed, eval_batch, stop)?;
+    Ok(outcome(evaluate(&net, t, test, eval_batch), lr))
+}
+
+/// The fine-tuned network [`transfer`] tests, and its learning rate: with one rate, trained
+/// on `train`; with a grid, each rate trained on `train` less a validation part (seeded by
+/// `seed`), the best on that part kept, and, with `sgd.retrain`, trained again on all of
+/// `train`.
+#[allow(clippy::too_many_arguments)]
+pub fn fit_sgd(
+    src: &Net,
+    arch: Arch<'_>,
+    t: &Target,
+    train: &Dataset,
+    mode: Mode,
+    sgd: &SgdConfig,
+    seed: u64,
+    eval_batch: usize,
+    stop: &dyn Fn() -> bool,
+) -> Result<(Net, f64)> {
     let head_seed = seed.wrapping_mul(7919).wrapping_add(0x7e57);
     if sgd.lr.len() == 1 {
         let net = finetune(src, arch, t, train, mode, sgd, sgd.lr[0], head_seed, stop)?;
-        return Ok(outcome(evaluate(&net, t, test, eval_batch), sgd.lr[0]));
+        return Ok((net, sgd.lr[0]));
     }
     // Choose the rate on a seeded validation part of the training set.
     let n = train.len();
@@ -321,12 +345,122 @@ pub fn transfer(
         }
     }
     let (_, lr, net) = best.expect("at least one rate");
-    Ok(outcome(evaluate(&net, t, test, eval_batch), lr))
+    if sgd.retrain {
+        Ok((
+            finetune(src, arch, t, train, mode, sgd, lr, head_seed, stop)?,
+            lr,
+        ))
+    } else {
+        Ok((net, lr))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tch::Device;
+
+    fn toy(n: i64, seed: i64) -> Dataset {
+        tch::manual_seed(seed);
+        let y = Tensor::arange(n, (Kind::Int64, Device::Cpu)).remainder(2);
+        // Class 1 is brighter: learnable in a few steps.
+        let x = Tensor::rand([n, 1, 8, 8], (Kind::Float, Device::Cpu)) * 0.5
+            + y.to_kind(Kind::Float).view([n, 1, 1, 1]) * 0.5;
+        Dataset { x, y, classes: 2 }
+    }
+
+    #[test]
+    fn a_chosen_rate_is_retrained_on_the_whole_training_set() {
+        let target: Target = serde_json::from_value(serde_json::json!({
+            "name": "toy",
+            "data": { "dataset": "digits" },
+            "test_transform": [{ "bilinear": 10 }, { "center_crop": 8 }],
+        }))
+        .unwrap();
+        let sgd: SgdConfig = serde_json::from_value(serde_json::json!({
+            "steps": 6, "batch": 8, "lr": [0.05, 0.0001], "momentum": 0.9, "weight_decay": 0.0,
+        }))
+        .unwrap();
+        assert!(sgd.retrain, "retraining is the default");
+        let model = ModelConfig::SmallCnn { width: 1 };
+        let norm = NormSpec {
+            mean: vec![0.5],
+            std: vec![0.25],
+        };
+        let arch = Arch {
+            model: &model,
+            norm: &norm,
+        };
+        let src = Net::new(&model, &norm, 2, InitKind::HeNormal, Device::Cpu, 1);
+        let (train, test) = (toy(40, 1), toy(30, 2));
+        let no = &|| false;
+        let logits = |net: &Net| {
+            batched(&test, target.eval_transform(), 30, Device::Cpu, &|x| {
+                net.forward_t(x, false)
+            })
+        };
+        let fit = |sgd: &SgdConfig| {
+            fit_sgd(&src, arch, &target, &train, Mode::Full, sgd, 3, 30, no).unwrap()
+        };
+        let head_seed = 3u64.wrapping_mul(7919).wrapping_add(0x7e57);
+        let (net, lr) = fit(&sgd);
+        let whole = finetune(
+            &src,
+            arch,
+            &target,
+            &train,
+            Mode::Full,
+            &sgd,
+            lr,
+            head_seed,
+            no,
+        )
+        .unwrap();
+        assert!(
+            logits(&net).equal(&logits(&whole)),
+            "the whole training set, at the chosen rate"
+        );
+        // Without the retrain, the network fitted on the training set less its validation
+        // part (4 of 40 examples, seeded) is tested.
+        let (part_net, part_lr) = fit(&SgdConfig {
+            retrain: false,
+            ..sgd.clone()
+        });
+        assert_eq!(part_lr, lr);
+        let mut order: Vec<i64> = (0..40).collect();
+        Rng::new(3 ^ 0x7a1).shuffle(&mut order);
+        let part = train.subset(&order[4..]);
+        let fitted = finetune(
+            &src,
+            arch,
+            &target,
+            &part,
+            Mode::Full,
+            &sgd,
+            lr,
+            head_seed,
+            no,
+        )
+        .unwrap();
+        assert!(logits(&part_net).equal(&logits(&fitted)));
+        assert!(
+            !logits(&net).equal(&logits(&part_net)),
+            "two different fits"
+        );
+        let out = transfer(
+            &src,
+            arch,
+            &target,
+            (&train, &test),
+            Mode::Full,
+            &Solver::Sgd(sgd.clone()),
+            3,
+            30,
+            no,
+        )
+        .unwrap();
+        assert_eq!((out.acc, out.mpc_acc), evaluate(&whole, &target, &test, 30));
+    }
 
     #[test]
     fn mean_per_class_accuracy_weights_classes_equally() {

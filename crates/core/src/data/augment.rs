@@ -1,5 +1,6 @@
-//! Augmentation (pad + random crop, horizontal flip, additive Gaussian noise) and a loader
-//! that prepares the next batch on a background thread while the current step runs.
+//! Augmentation (random resized crop, pad + random crop, horizontal flip, colour jitter, PCA
+//! lighting, additive Gaussian noise) and a loader that prepares the next batch on a
+//! background thread while the current step runs.
 
 use super::{batch_indices, Rng};
 use serde::{Deserialize, Serialize};
@@ -39,6 +40,70 @@ pub struct Augment {
     /// resized bilinearly.
     #[serde(default)]
     pub resized_crop: i64,
+    /// torchvision's `ColorJitter(j, j, j)` (brightness, contrast, saturation; no hue), after
+    /// the flip: per image, three factors uniform in [max(0, 1 − j), 1 + j] applied in a random
+    /// order ([`color_jitter`]); 3-channel images only. 0: off.
+    #[serde(default)]
+    pub jitter: f64,
+    /// The robustness library's PCA `Lighting(σ)` with the ImageNet eigenvalues and
+    /// eigenvectors (`robustness/data_augmentation.py`), last but for the noise: per image,
+    /// α ~ N(0, σ²)³ ([`lighting`]); 3-channel images only. 0: off.
+    #[serde(default)]
+    pub lighting: f64,
+}
+
+/// The eigenvalues of the ImageNet pixel covariance (RGB), as the robustness library's
+/// `IMAGENET_PCA` lists them.
+pub const IMAGENET_EIGVAL: [f64; 3] = [0.2175, 0.0188, 0.0045];
+
+/// The eigenvectors of the ImageNet pixel covariance, one per column (`IMAGENET_PCA['eigvec']`).
+pub const IMAGENET_EIGVEC: [[f64; 3]; 3] = [
+    [-0.5675, 0.7192, 0.4009],
+    [-0.5808, -0.0045, -0.8140],
+    [-0.5836, -0.6948, 0.4203],
+];
+
+/// The luma of RGB images `…×3×H×W` with torchvision's weights (`rgb_to_grayscale`), keeping
+/// a channel dimension of 1.
+fn grayscale(x: &Tensor) -> Tensor {
+    let c = |i: i64| x.narrow(-3, i, 1);
+    c(0) * 0.2989 + c(1) * 0.587 + c(2) * 0.114
+}
+
+/// torchvision's `ColorJitter` on one image `3×H×W` in [0, 1] with its drawn parameters:
+/// `factors` = (brightness, contrast, saturation), applied in `order` (0, 1, 2 name them),
+/// each a blend `clamp(f·x + (1 − f)·d, 0, 1)` with black, the image's mean luma, and its
+/// luma image respectively (torchvision's tensor `adjust_brightness`, `adjust_contrast`,
+/// `adjust_saturation`).
+pub fn color_jitter(x: &Tensor, factors: [f64; 3], order: [usize; 3]) -> Tensor {
+    let mut x = x.shallow_clone();
+    for &k in &order {
+        let f = factors[k];
+        let other = match k {
+            0 => x.zeros_like(),
+            1 => grayscale(&x).mean_dim([-3i64, -2, -1].as_slice(), true, x.kind()),
+            _ => grayscale(&x),
+        };
+        x = (&x * f + other * (1.0 - f)).clamp(0.0, 1.0);
+    }
+    x
+}
+
+/// The robustness library's `Lighting` on an image `3×H×W` with its drawn `alpha`: adds
+/// `Σ_j eigvec[c][j]·alpha[j]·eigval[j]` to channel c, without clamping.
+pub fn lighting(x: &Tensor, alpha: [f64; 3]) -> Tensor {
+    let rgb: Vec<f32> = IMAGENET_EIGVEC
+        .iter()
+        .map(|row| {
+            (0..3)
+                .map(|j| row[j] * alpha[j] * IMAGENET_EIGVAL[j])
+                .sum::<f64>() as f32
+        })
+        .collect();
+    x + Tensor::from_slice(&rgb)
+        .view([3, 1, 1])
+        .to_device(x.device())
+        .to_kind(x.kind())
 }
 
 /// One `RandomResizedCrop` box `(top, left, height, width)` in an `h×w` image.
@@ -71,7 +136,27 @@ pub fn resized_crop_box(h: i64, w: i64, rng: &mut Rng) -> (i64, i64, i64, i64) {
 impl Augment {
     /// Whether it changes anything.
     pub fn is_identity(&self) -> bool {
-        self.pad_crop == 0 && !self.hflip && self.noise == 0.0 && self.resized_crop == 0
+        self.pad_crop == 0
+            && !self.hflip
+            && self.noise == 0.0
+            && self.resized_crop == 0
+            && self.jitter == 0.0
+            && self.lighting == 0.0
+    }
+
+    /// What makes it unusable, if anything: a negative or non-finite size, noise, jitter or
+    /// lighting, or a jitter above 1.
+    pub fn problem(&self) -> Option<&'static str> {
+        let ok = |v: f64| v.is_finite() && v >= 0.0;
+        if self.pad_crop < 0 || self.resized_crop < 0 {
+            Some("augment sizes must not be negative")
+        } else if !ok(self.noise) || !ok(self.lighting) {
+            Some("augment noise and lighting must be finite and not negative")
+        } else if !ok(self.jitter) || self.jitter > 1.0 {
+            Some("augment jitter must be in [0, 1]")
+        } else {
+            None
+        }
     }
 
     /// Applies the augmentation to a batch `N×C×H×W`, drawing every random number from `rng`.
@@ -115,6 +200,27 @@ impl Augment {
                 let flipped = x.index_select(0, &idx).flip([3]);
                 x = x.index_copy(0, &idx, &flipped);
             }
+        }
+        if self.jitter > 0.0 || self.lighting > 0.0 {
+            let lo = (1.0 - self.jitter).max(0.0);
+            let per_image: Vec<Tensor> = (0..n)
+                .map(|i| {
+                    let mut img = x.get(i);
+                    if self.jitter > 0.0 {
+                        let mut order = [0usize, 1, 2];
+                        rng.shuffle(&mut order);
+                        let factors =
+                            [(); 3].map(|_| lo + (1.0 + self.jitter - lo) * rng.uniform());
+                        img = color_jitter(&img, factors, order);
+                    }
+                    if self.lighting > 0.0 {
+                        let alpha = [(); 3].map(|_| rng.normal() * self.lighting);
+                        img = lighting(&img, alpha);
+                    }
+                    img
+                })
+                .collect();
+            x = Tensor::stack(&per_image, 0);
         }
         if self.noise > 0.0 {
             // Drawn from `rng`, not LibTorch's global generator, so the loader thread stays
@@ -290,6 +396,74 @@ mod tests {
         let c = Tensor::full([2, 1, 10, 10], 0.25, (Kind::Float, tch::Device::Cpu));
         let d = aug.apply(&c, &mut Rng::new(2)) - 0.25;
         assert!(d.abs().max().double_value(&[]) < 1e-6);
+    }
+
+    #[test]
+    fn jitter_and_lighting_by_hand() {
+        let cpu = (Kind::Float, tch::Device::Cpu);
+        // One pixel per channel: r, g, b = 0.2, 0.6, 0.9; luma 0.5689.
+        let x = Tensor::from_slice(&[0.2f32, 0.6, 0.9]).view([3, 1, 1]);
+        let luma = 0.2989 * 0.2 + 0.587 * 0.6 + 0.114 * 0.9;
+        let v = |t: &Tensor| Vec::<f32>::try_from(t.flatten(0, -1)).unwrap();
+        let close = |a: Vec<f32>, b: [f64; 3]| {
+            a.iter()
+                .zip(b)
+                .all(|(p, q)| (f64::from(*p) - q).abs() < 1e-6)
+        };
+        // Brightness alone, then clamped.
+        let b = color_jitter(&x, [1.5, 1.0, 1.0], [0, 1, 2]);
+        assert!(close(v(&b), [0.3, 0.9, 1.0]), "{:?}", v(&b));
+        // Saturation 0 is the luma image.
+        let s = color_jitter(&x, [1.0, 1.0, 0.0], [2, 0, 1]);
+        assert!(close(v(&s), [luma; 3]), "{:?}", v(&s));
+        // Contrast blends with the mean luma; the order matters once clamping bites.
+        let c = color_jitter(&x, [1.0, 0.5, 1.0], [1, 0, 2]);
+        assert!(close(
+            v(&c),
+            [0.1 + 0.5 * luma, 0.3 + 0.5 * luma, 0.45 + 0.5 * luma]
+        ));
+        let bc = color_jitter(&x, [1.5, 0.5, 1.0], [0, 1, 2]);
+        let cb = color_jitter(&x, [1.5, 0.5, 1.0], [1, 0, 2]);
+        assert!(!bc.allclose(&cb, 1e-6, 1e-6, false));
+        // Lighting adds eigvec · (α ⊙ eigval) to every pixel, unclamped.
+        let img = Tensor::ones([3, 2, 2], cpu);
+        let l = lighting(&img, [1.0, 0.0, -2.0]);
+        for (c, row) in IMAGENET_EIGVEC.iter().enumerate() {
+            let want = 1.0 + row[0] * 0.2175 - 2.0 * row[2] * 0.0045;
+            let got = l.get(c as i64).double_value(&[1, 1]);
+            assert!((got - want).abs() < 1e-6, "{c}: {got} {want}");
+        }
+        // In a batch: seeded, and the identity factors are the identity.
+        let aug = Augment {
+            jitter: 0.1,
+            lighting: 0.05,
+            ..Default::default()
+        };
+        assert!(aug.problem().is_none());
+        let xs = Tensor::rand([4, 3, 5, 5], cpu);
+        let a = aug.apply(&xs, &mut Rng::new(3));
+        assert!(a.equal(&aug.apply(&xs, &mut Rng::new(3))));
+        assert!(!a.allclose(&xs, 1e-4, 1e-4, false));
+        let d = (a - &xs).abs().max().double_value(&[]);
+        assert!(d < 0.5, "small perturbations: {d}");
+        let same = color_jitter(&xs.get(0), [1.0; 3], [2, 1, 0]);
+        assert!(same.allclose(&xs.get(0), 1e-6, 1e-6, false));
+        for bad in [
+            Augment {
+                jitter: 1.5,
+                ..Default::default()
+            },
+            Augment {
+                lighting: f64::NAN,
+                ..Default::default()
+            },
+            Augment {
+                resized_crop: -1,
+                ..Default::default()
+            },
+        ] {
+            assert!(bad.problem().is_some(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! and every fault (truncation, a wrong magic number, an unreadable image, a label out of range)
 //! is an error naming the file.
 
-use super::Dataset;
+use super::augment::resized_crop_box;
+use super::{Dataset, Rng};
 use crate::error::{Error, Result};
 use flate2::read::GzDecoder;
 use std::io::Read;
@@ -270,30 +271,71 @@ impl ImageFolderIndex {
     /// Decodes the images at `idx` (resize + centre crop, CHW in [0, 1]) with their labels,
     /// on all available cores.
     pub fn load(&self, idx: &[i64]) -> Result<(Tensor, Tensor)> {
-        let c = self.size.crop as usize;
+        self.decode(idx, self.size.crop, |_, img| {
+            resize_center_crop(img, self.size)
+        })
+    }
+
+    /// Decodes the images at `idx` as torchvision's `RandomResizedCrop(side)` does from the
+    /// whole decoded image: the k-th image's box is drawn by [`resized_crop_box`] from
+    /// `Rng::new(seeds[k])` on the image's own size, and the box is resized to `side × side`
+    /// with a triangle (bilinear, antialiased) filter, as PIL's bilinear resize is.
+    pub fn load_resized_crops(
+        &self,
+        idx: &[i64],
+        side: u32,
+        seeds: &[u64],
+    ) -> Result<(Tensor, Tensor)> {
+        if seeds.len() != idx.len() || side == 0 {
+            return Err(Error::Data(format!(
+                "{} crop seeds for {} images of side {side}",
+                seeds.len(),
+                idx.len()
+            )));
+        }
+        self.decode(idx, side, |k, img| {
+            let (w, h) = img.dimensions();
+            let mut rng = Rng::new(seeds[k]);
+            let (t, l, ch, cw) = resized_crop_box(i64::from(h), i64::from(w), &mut rng);
+            let b = image::imageops::crop_imm(img, l as u32, t as u32, cw as u32, ch as u32);
+            image::imageops::resize(&*b, side, side, image::imageops::FilterType::Triangle)
+        })
+    }
+
+    /// Decodes the images at `idx` on all available cores, bringing each to `side × side`
+    /// with `f(position in idx, decoded image)`.
+    fn decode(
+        &self,
+        idx: &[i64],
+        side: u32,
+        f: impl Fn(usize, &image::RgbImage) -> image::RgbImage + Sync,
+    ) -> Result<(Tensor, Tensor)> {
+        let c = side as usize;
         let per = 3 * c * c;
         let mut px = vec![0f32; idx.len() * per];
         let threads = std::thread::available_parallelism()
             .map_or(1, |n| n.get())
             .min(idx.len().max(1));
         let chunk = idx.len().div_ceil(threads).max(1);
+        let f = &f;
         let results: Vec<Result<()>> = std::thread::scope(|s| {
             let handles: Vec<_> = px
                 .chunks_mut(chunk * per)
                 .zip(idx.chunks(chunk))
-                .map(|(out, ids)| {
+                .enumerate()
+                .map(|(part, (out, ids))| {
                     s.spawn(move || -> Result<()> {
                         for (k, &i) in ids.iter().enumerate() {
-                            let f = self.files.get(i as usize).ok_or_else(|| {
+                            let file = self.files.get(i as usize).ok_or_else(|| {
                                 Error::Data(format!(
                                     "image index {i} out of range ({})",
                                     self.files.len()
                                 ))
                             })?;
-                            let img = image::open(f).map_err(|e| {
-                                Error::Corrupt(f.clone(), format!("unreadable image: {e}"))
+                            let img = image::open(file).map_err(|e| {
+                                Error::Corrupt(file.clone(), format!("unreadable image: {e}"))
                             })?;
-                            let rgb = resize_center_crop(&img.to_rgb8(), self.size);
+                            let rgb = f(part * chunk + k, &img.to_rgb8());
                             let dst = &mut out[k * per..(k + 1) * per];
                             // HWC bytes to CHW floats.
                             for (j, p) in rgb.pixels().enumerate() {
@@ -473,5 +515,39 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("out of range"));
+    }
+
+    #[test]
+    fn random_resized_crops_come_from_the_whole_decoded_image() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("a")).unwrap();
+        // 40 × 20, red rising left to right, green top to bottom.
+        let img = image::RgbImage::from_fn(40, 20, |x, y| {
+            image::Rgb([(x * 6) as u8, (y * 12) as u8, 7])
+        });
+        img.save(d.path().join("a/x.png")).unwrap();
+        img.save(d.path().join("a/y.png")).unwrap();
+        // The eval size (a 4² centre crop) does not limit the training crops.
+        let ix = ImageFolderIndex::new(d.path(), ImageSize { resize: 6, crop: 4 }).unwrap();
+        let (x, y) = ix.load_resized_crops(&[1, 0, 1], 16, &[5, 9, 5]).unwrap();
+        assert_eq!(x.size(), vec![3, 3, 16, 16]);
+        assert_eq!(super::super::labels_vec(&y), vec![0, 0, 0]);
+        assert!(x.get(0).equal(&x.get(2)), "the seed fixes the box");
+        let mut rng = Rng::new(9);
+        let (t, l, h, w) = resized_crop_box(20, 40, &mut rng);
+        let want = image::imageops::resize(
+            &*image::imageops::crop_imm(&img, l as u32, t as u32, w as u32, h as u32),
+            16,
+            16,
+            image::imageops::FilterType::Triangle,
+        );
+        for (j, p) in want.pixels().enumerate() {
+            let (r, c) = (j as i64 / 16, j as i64 % 16);
+            for ch in 0..3 {
+                let got = x.double_value(&[1, ch, r, c]);
+                assert!((got - f64::from(p.0[ch as usize]) / 255.0).abs() < 1e-6);
+            }
+        }
+        assert!(ix.load_resized_crops(&[0, 1], 16, &[1]).is_err());
     }
 }

@@ -301,6 +301,44 @@ impl Images {
             Images::Folder(f) => f.load(idx),
         }
     }
+
+    /// The training examples at `idx` (on the CPU) with `aug` applied, every random number
+    /// drawn from `rng`. A streamed ImageFolder takes `aug.resized_crop` from each whole
+    /// decoded image ([`formats::ImageFolderIndex::load_resized_crops`]), as torchvision's
+    /// `RandomResizedCrop` does, and the rest of `aug` after it; in memory, `aug` applies to
+    /// the stored images.
+    pub fn train_batch(
+        &self,
+        idx: &[i64],
+        aug: &augment::Augment,
+        rng: &mut Rng,
+    ) -> Result<(Tensor, Tensor)> {
+        match self {
+            Images::Folder(f) if aug.resized_crop > 0 => {
+                let side = u32::try_from(aug.resized_crop)
+                    .map_err(|_| Error::Data("resized_crop is too large".into()))?;
+                let seeds: Vec<u64> = idx.iter().map(|_| rng.next_u64()).collect();
+                let (x, y) = f.load_resized_crops(idx, side, &seeds)?;
+                let rest = augment::Augment {
+                    resized_crop: 0,
+                    ..*aug
+                };
+                Ok((apply_augment(&rest, x, rng), y))
+            }
+            _ => {
+                let (x, y) = self.batch(idx)?;
+                Ok((apply_augment(aug, x, rng), y))
+            }
+        }
+    }
+}
+
+fn apply_augment(aug: &augment::Augment, x: Tensor, rng: &mut Rng) -> Tensor {
+    if aug.is_identity() {
+        x
+    } else {
+        aug.apply(&x, rng)
+    }
 }
 
 /// The train and test images of a spec: a streamed ImageFolder (`data.stream: true`) keeps its
