@@ -176,6 +176,33 @@ pub struct OptimConfig {
     /// of `niter + niter_decay`); 1 keeps them constant.
     #[serde(default = "one")]
     pub decay_from: f64,
+    /// When the decayed rates change: once an epoch, as the official trainer's
+    /// `update_learning_rate` does at each epoch's end (default), or every iteration.
+    #[serde(default)]
+    pub decay_per: DecayPer,
+}
+
+/// When a linearly decaying learning rate changes.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum DecayPer {
+    /// At each epoch's end (official).
+    #[default]
+    Epoch,
+    /// At every iteration.
+    Iteration,
+}
+
+/// How training batches are drawn.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Sampling {
+    /// Epochs of a seeded shuffle, the last partial batch dropped, as the official data
+    /// loader (`shuffle=True, drop_last=True`) draws them (default).
+    #[default]
+    Epochs,
+    /// Each example of a batch drawn uniformly with replacement (the small-scale runs).
+    Replacement,
 }
 
 /// The frozen feature network of the perceptual loss.
@@ -286,6 +313,10 @@ pub struct Config {
     pub batch: i64,
     /// Training iterations (one G step then one D step each).
     pub iterations: u64,
+    /// How batches are drawn; an epoch is ⌊training items / batch⌋ iterations, for the
+    /// sampling and the learning-rate decay alike.
+    #[serde(default)]
+    pub sampling: Sampling,
     /// Loss weights.
     pub loss: LossConfig,
     /// Optimizers.

@@ -380,6 +380,13 @@ impl TaskData {
     pub fn batch(&self, b: usize, rng: &mut Rng) -> Batch {
         let n = self.train_len();
         let ci: Vec<usize> = (0..b).map(|_| rng.below(n)).collect();
+        self.batch_of(&ci, rng)
+    }
+
+    /// The training batch whose content items are `ci`; styles (and their items) are drawn
+    /// from `rng`.
+    pub fn batch_of(&self, ci: &[usize], rng: &mut Rng) -> Batch {
+        let (n, b) = (self.train_len(), ci.len());
         match self.task {
             Task::DigitsAst => {
                 let si: Vec<i64> = (0..b).map(|_| rng.below(n) as i64).collect();
@@ -434,7 +441,7 @@ impl TaskData {
                         * 2.0
                         - 1.0
                 };
-                let content = ims(&ci, false, rng);
+                let content = ims(ci, false, rng);
                 let style = ims(&si, true, rng);
                 Batch {
                     target: content.shallow_clone(),

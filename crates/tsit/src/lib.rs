@@ -18,7 +18,7 @@ pub mod train;
 
 pub use config::Config;
 
-use crate::config::{Arm, PerceptualConfig, Task};
+use crate::config::{Arm, PerceptualConfig, Sampling, Task};
 use crate::data::TaskData;
 use crate::eval::{Evaluator, Judges, Metrics};
 use crate::model::{Discriminator, GenInput, Generator, Mode, P2phd, Tsit};
@@ -656,6 +656,28 @@ fn bn1_cancel(c: &Config, gan: &Gan, ev: &Evaluator, dev: Device) -> Option<(f64
     Some((diff(&mut g, 1e-5), diff(&mut g, 1e-12)))
 }
 
+/// The training items of `step`'s batch of `b` from `n`: the step's slice of its epoch's
+/// seeded shuffle, the last partial batch dropped (`Sampling::Epochs`), or `b` draws from
+/// `rng` with replacement.
+fn batch_items(
+    n: usize,
+    b: usize,
+    (sampling, seed, step): (Sampling, u64, u64),
+    rng: &mut Rng,
+) -> Vec<usize> {
+    match sampling {
+        Sampling::Replacement => (0..b).map(|_| rng.below(n)).collect(),
+        Sampling::Epochs => {
+            let per = (n / b.max(1)).max(1) as u64;
+            let order = reprise_core::data::batch_indices(n, b, seed, step / per, true, true);
+            order[(step % per) as usize]
+                .iter()
+                .map(|&i| i as usize)
+                .collect()
+        }
+    }
+}
+
 /// Where a run's training batches come from.
 enum Source {
     /// The small-scale tasks (generated or installed data, held in memory).
@@ -672,12 +694,19 @@ impl Source {
         }
     }
 
-    fn batch(&self, task: Task, b: usize, rng: &mut Rng) -> Result<data::Batch> {
+    /// The training batch of `step`: its content items are the step's slice of its epoch's
+    /// seeded shuffle (`Sampling::Epochs`), or drawn from `rng` with replacement.
+    fn batch(
+        &self,
+        task: Task,
+        b: usize,
+        (sampling, seed, step): (Sampling, u64, u64),
+        rng: &mut Rng,
+    ) -> Result<data::Batch> {
+        let idx = batch_items(self.train_len(), b, (sampling, seed, step), rng);
         match self {
-            Source::Small(d) => Ok(d.batch(b, rng)),
+            Source::Small(d) => Ok(d.batch_of(&idx, rng)),
             Source::Folder(f) => {
-                let n = f.train.len();
-                let idx: Vec<usize> = (0..b).map(|_| rng.below(n)).collect();
                 let (content, img) = f.load(true, &idx, Some(rng))?;
                 Ok(if task.is_ast() {
                     data::Batch {
@@ -755,6 +784,8 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
     tch::manual_seed(seed as i64);
     let mut gan = build_gan(&c, p, in_c, dev);
     let total = ctx.iterations(c.iterations);
+    // An epoch as the official loader counts it (drop_last): ⌊items / batch⌋ iterations.
+    let per_epoch = (src.train_len() / (c.batch as usize).max(1)).max(1) as u64;
     let mut step = 0u64;
     if let Some((_, ck)) = ctx.checkpoints().latest_valid(|ck| fits(&gan, ck))? {
         load(&mut gan, &ck)?;
@@ -776,9 +807,9 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
                 .wrapping_add(step as i64),
         );
         let mut rng = Rng::new(seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        let b = src.batch(c.task, c.batch as usize, &mut rng)?;
+        let b = src.batch(c.task, c.batch as usize, (c.sampling, seed, step), &mut rng)?;
         data_secs += t0.elapsed().as_secs_f64();
-        let f = train::lr_factor(&c.optim, step, total);
+        let f = train::lr_factor(&c.optim, step, total, per_epoch);
         let st = gan
             .step(
                 &c,
@@ -986,4 +1017,36 @@ pub fn label_colours(labels: &Tensor) -> Tensor {
     let rgb = pal.index_select(0, &labels.flatten(0, -1).to_device(Device::Cpu));
     let s = labels.size();
     rgb.view([s[0], s[1], s[2], 3]).permute([0, 3, 1, 2]) * 2.0 - 1.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn epoch_sampling_visits_each_item_at_most_once_an_epoch() {
+        let (n, b) = (11, 3);
+        let mut rng = Rng::new(0);
+        let epoch = |e: u64, rng: &mut Rng| -> Vec<usize> {
+            (3 * e..3 * e + 3)
+                .flat_map(|step| batch_items(n, b, (Sampling::Epochs, 7, step), rng))
+                .collect()
+        };
+        let first = epoch(0, &mut rng);
+        let mut seen = first.clone();
+        seen.sort_unstable();
+        seen.dedup();
+        assert_eq!(seen.len(), 9, "3 batches of 3 distinct items; 2 dropped");
+        let second = epoch(1, &mut rng);
+        assert_ne!(first, second, "a new shuffle each epoch");
+        assert_eq!(
+            first,
+            epoch(0, &mut Rng::new(5)),
+            "seeded by the run, not the step rng"
+        );
+        let drawn = batch_items(n, b, (Sampling::Replacement, 7, 0), &mut Rng::new(1));
+        assert_eq!(drawn.len(), 3);
+        let mut r = Rng::new(1);
+        assert_eq!(drawn, (0..3).map(|_| r.below(n)).collect::<Vec<_>>());
+    }
 }

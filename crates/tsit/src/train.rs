@@ -2,7 +2,7 @@
 //! [+ KL]), then a discriminator step on a freshly generated fake (hinge), each with its own
 //! TTUR Adam.
 
-use crate::config::{Config, OptimConfig};
+use crate::config::{Config, DecayPer, OptimConfig};
 use crate::model::{Discriminator, GenInput, Generator, Mode};
 use crate::nets::Perceptual;
 use reprise_core::optim::{Optimizer, Rule};
@@ -22,8 +22,26 @@ pub fn adam(o: &OptimConfig, vs: &tch::nn::VarStore) -> Optimizer {
     )
 }
 
-/// The learning-rate factor at `step` of `total`: 1, then linear to 0 after `decay_from`.
-pub fn lr_factor(o: &OptimConfig, step: u64, total: u64) -> f64 {
+/// The learning-rate factor at `step` of `total` with `per_epoch` iterations an epoch: 1, then
+/// linear to 0 after `decay_from`. Per epoch (official `Pix2PixTrainer.update_learning_rate`,
+/// called with the 1-based epoch e after it ends: the rate drops by lr/niter_decay once
+/// e > niter), epoch k (0-based) of E, niter = round(decay_from·E), trains at
+/// 1 − max(0, k − niter)/(E − niter); per iteration, at (total − step)/(total − start).
+pub fn lr_factor(o: &OptimConfig, step: u64, total: u64, per_epoch: u64) -> f64 {
+    let (step, total) = match o.decay_per {
+        DecayPer::Iteration => (step, total),
+        DecayPer::Epoch => {
+            let per = per_epoch.max(1);
+            let epochs = total.div_ceil(per);
+            let start = (o.decay_from * epochs as f64).round() as u64;
+            let k = step / per;
+            return if k <= start || epochs <= start {
+                1.0
+            } else {
+                1.0 - (k - start) as f64 / (epochs - start) as f64
+            };
+        }
+    };
     let start = (o.decay_from * total as f64).round() as u64;
     if step < start || total <= start {
         1.0
@@ -351,12 +369,47 @@ mod tests {
             .trainable_variables()
             .iter()
             .all(|t| t.requires_grad()));
-        assert!((lr_factor(&c.optim, 0, 10) - 1.0).abs() < 1e-12);
+        assert!((lr_factor(&c.optim, 0, 10, 1) - 1.0).abs() < 1e-12);
         let decay = OptimConfig {
             decay_from: 0.5,
+            decay_per: DecayPer::Iteration,
             ..c.optim.clone()
         };
-        assert!((lr_factor(&decay, 5, 10) - 1.0).abs() < 1e-12);
-        assert!((lr_factor(&decay, 8, 10) - 0.4).abs() < 1e-12);
+        assert!((lr_factor(&decay, 5, 10, 1) - 1.0).abs() < 1e-12);
+        assert!((lr_factor(&decay, 8, 10, 1) - 0.4).abs() < 1e-12);
+    }
+
+    #[test]
+    fn the_rate_decays_once_an_epoch_as_the_official_trainer_updates_it() {
+        // The official loop: lr = 2e-4 for niter = 2 epochs, then 2 decay epochs; after epoch
+        // e (1-based) ends, update_learning_rate(e) takes lr/niter_decay off once e > niter.
+        let (niter, niter_decay, per) = (2u64, 2u64, 3u64);
+        let lr0 = 2e-4;
+        let mut lr = lr0;
+        let mut official = Vec::new();
+        for e in 1..=niter + niter_decay {
+            official.extend(std::iter::repeat_n(lr / lr0, per as usize));
+            if e > niter {
+                lr -= lr0 / niter_decay as f64;
+            }
+        }
+        let o = OptimConfig {
+            lr_g: 1e-4,
+            lr_d: 4e-4,
+            beta1: 0.0,
+            beta2: 0.9,
+            decay_from: 0.5,
+            decay_per: DecayPer::Epoch,
+        };
+        let total = (niter + niter_decay) * per;
+        let ours: Vec<f64> = (0..total).map(|s| lr_factor(&o, s, total, per)).collect();
+        for (s, (a, b)) in ours.iter().zip(&official).enumerate() {
+            assert!((a - b).abs() < 1e-12, "iteration {s}: {a} vs official {b}");
+        }
+        assert_eq!(
+            official[3 * per as usize],
+            0.5,
+            "the last epoch at lr / niter_decay"
+        );
     }
 }
