@@ -8,6 +8,7 @@ pub mod attack;
 pub mod checkpoint;
 pub mod data;
 pub mod error;
+pub mod fixture;
 pub mod logging;
 pub mod memory;
 pub mod metrics;

@@ -314,6 +314,14 @@ pub struct WrnConfig {
     pub in_channels: i64,
     /// Classes.
     pub classes: i64,
+    /// PyTorch's `momentum` of the batch norms' running statistics (0.1, PyTorch's default;
+    /// the official JEM network builds its batch norms with 0.9, `wideresnet.py`, `get_norm`).
+    #[serde(default = "bn_momentum")]
+    pub bn_momentum: f64,
+}
+
+fn bn_momentum() -> f64 {
+    0.1
 }
 
 fn lrelu() -> Activation {
@@ -328,10 +336,19 @@ enum Norm {
 }
 
 impl Norm {
-    fn new(p: nn::Path<'_>, kind: WrnNorm, c: i64) -> Norm {
+    fn new(p: nn::Path<'_>, kind: WrnNorm, c: i64, momentum: f64) -> Norm {
         match kind {
             WrnNorm::None => Norm::None,
-            WrnNorm::Batch => Norm::Batch(batch_norm2d(p, c)),
+            WrnNorm::Batch => Norm::Batch(nn::batch_norm2d(
+                p,
+                c,
+                nn::BatchNormConfig {
+                    momentum,
+                    ws_init: nn::Init::Const(1.0),
+                    bs_init: nn::Init::Const(0.0),
+                    ..Default::default()
+                },
+            )),
             WrnNorm::Instance => Norm::Instance(InstanceNorm::new(p, c, true)),
         }
     }
@@ -423,9 +440,9 @@ impl Wrn {
                 let stride = if si > 0 && bi == 0 { 2 } else { 1 };
                 let q = p / format!("layer{}", si + 1) / bi;
                 blocks.push(WideBasic {
-                    bn1: Norm::new(&q / "bn1", c.norm, inp),
+                    bn1: Norm::new(&q / "bn1", c.norm, inp, c.bn_momentum),
                     conv1: conv_b(&q / "conv1", inp, w, 3, 1),
-                    bn2: Norm::new(&q / "bn2", c.norm, w),
+                    bn2: Norm::new(&q / "bn2", c.norm, w, c.bn_momentum),
                     conv2: conv_b(&q / "conv2", w, w, 3, stride),
                     shortcut: (stride != 1 || inp != w)
                         .then(|| conv_b(&q / "shortcut" / 0, inp, w, 1, stride)),
@@ -438,7 +455,7 @@ impl Wrn {
         Wrn {
             conv1,
             blocks,
-            bn: Norm::new(p / "bn1", c.norm, inp),
+            bn: Norm::new(p / "bn1", c.norm, inp, c.bn_momentum),
             act: c.act,
             class_output: linear(p / "class_output", inp, c.classes),
             energy_output: linear(p / "energy_output", inp, 1),
@@ -646,6 +663,7 @@ mod tests {
                 act: lrelu(),
                 in_channels: 3,
                 classes: 10,
+                bn_momentum: 0.1,
             },
         );
         // The backbone counted by hand from the block layout (biases on every conv, no norm),

@@ -110,6 +110,7 @@ impl ConvNet {
                     act: Activation::Relu,
                     in_channels: 3,
                     classes,
+                    bn_momentum: 0.1,
                 },
             )),
             k => unreachable!("{k:?} is not a convolutional family"),

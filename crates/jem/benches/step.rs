@@ -43,7 +43,7 @@ fn bench_model(cr: &mut Criterion, name: &str, c: &Config, shape: &[i64], batch:
                 (1.0, 0.0),
                 (&x, &y),
                 Some(&x),
-                &mut rng,
+                (&mut rng, &mut jem::sampler::gaussian),
                 1e-4,
             )
             .expect("no divergence")

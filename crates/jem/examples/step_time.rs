@@ -66,7 +66,7 @@ fn main() {
                 (1.0, 0.0),
                 (&x, &y),
                 Some(&x),
-                &mut rng,
+                (&mut rng, &mut jem::sampler::gaussian),
                 1e-4,
             )
             .expect("step");

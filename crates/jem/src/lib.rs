@@ -19,7 +19,7 @@ pub use config::{Arm, Config};
 
 use crate::eval::EvalData;
 use crate::model::Classifier;
-use crate::sampler::{sgld, ReplayBuffer};
+use crate::sampler::{sgld_with, ReplayBuffer};
 use reprise_core::checkpoint::Checkpoint;
 use reprise_core::data::augment::{Augment, Loader};
 use reprise_core::data::{self, Rng};
@@ -367,7 +367,7 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
             (w_px, w_xy),
             (&b.x, &b.y),
             xd.as_ref(),
-            &mut rng,
+            (&mut rng, &mut sampler::gaussian),
             lr,
         )
         .map_err(|why| Error::Diverged { step, why })?;
@@ -468,7 +468,8 @@ pub struct StepStats {
 /// One JEM iteration: cross-entropy on the labelled batch `lab` and, with a buffer and
 /// `w_px > 0`, the p(x) term on the unlabelled batch `x_data` against SGLD samples drawn from
 /// the buffer (which is updated); then one Adam step at `lr`. The divergence guards
-/// (|L|, and the mean energies) stop it before the update, with the reason.
+/// (|L|, and the mean energies) stop it before the update, with the reason. The SGLD noise
+/// comes from `noise` ([`sampler::gaussian`] in training).
 #[allow(clippy::too_many_arguments)]
 pub fn train_step(
     model: &Classifier,
@@ -478,7 +479,7 @@ pub fn train_step(
     (w_px, w_xy): (f64, f64),
     lab: (&Tensor, &Tensor),
     x_data: Option<&Tensor>,
-    rng: &mut Rng,
+    (rng, noise): (&mut Rng, &mut dyn FnMut(&Tensor) -> Tensor),
     lr: f64,
 ) -> std::result::Result<StepStats, String> {
     let dev = model.vs.device();
@@ -493,7 +494,14 @@ pub fn train_step(
         let ys = Vec::<i64>::try_from(&lab.1.to_device(Device::Cpu)).map_err(|e| e.to_string())?;
         let (slots, x0) = buf.draw(ys.len(), Some(&ys), c.buffer.reinit, rng);
         let f = |x: &Tensor| model.forward_t(x, false);
-        let xq = sgld(&f, &x0.to_device(dev), Some(&y_l), &c.sgld, c.sgld.steps);
+        let xq = sgld_with(
+            &f,
+            &x0.to_device(dev),
+            Some(&y_l),
+            &c.sgld,
+            c.sgld.steps,
+            noise,
+        );
         buf.write(&slots, &xq);
         let fq_y = sampler::score(&model.forward_t(&xq, true), Some(&y_l)).mean(Kind::Float);
         let fl_y = sampler::score(&logits_l, Some(&y_l)).mean(Kind::Float);
@@ -509,7 +517,14 @@ pub fn train_step(
         let (slots, x0) = buf.draw(n, ys.as_deref(), c.buffer.reinit, rng);
         let yq = ys.map(|v| Tensor::from_slice(&v).to_device(dev));
         let f = |x: &Tensor| model.forward_t(x, false);
-        let xq = sgld(&f, &x0.to_device(dev), yq.as_ref(), &c.sgld, c.sgld.steps);
+        let xq = sgld_with(
+            &f,
+            &x0.to_device(dev),
+            yq.as_ref(),
+            &c.sgld,
+            c.sgld.steps,
+            noise,
+        );
         buf.write(&slots, &xq);
         let lse_d = model
             .forward_t(&xd.to_device(dev), true)

@@ -12,15 +12,33 @@ pub fn score(logits: &Tensor, y: Option<&Tensor>) -> Tensor {
     }
 }
 
-/// Runs `cfg.steps` SGLD steps from `x0`: x ← x + α ∇ₓ Σ score(x) + σ_s ε. `f` must run the
-/// model in eval mode. Gradients are taken on x only: no parameter gradient accumulates.
-/// Noise comes from LibTorch's generator (the caller seeds it).
+/// Runs `steps` SGLD steps from `x0`: x ← x + α ∇ₓ Σ score(x) + σ_s ε (official
+/// `train_wrn_ebm.py`, `sample_q`). `f` must run the model in eval mode. Gradients are taken
+/// on x only: no parameter gradient accumulates. Noise comes from LibTorch's generator (the
+/// caller seeds it).
 pub fn sgld(
     f: &dyn Fn(&Tensor) -> Tensor,
     x0: &Tensor,
     y: Option<&Tensor>,
     cfg: &SgldConfig,
     steps: usize,
+) -> Tensor {
+    sgld_with(f, x0, y, cfg, steps, &mut gaussian)
+}
+
+/// Standard normal noise shaped like `x`, from LibTorch's generator.
+pub fn gaussian(x: &Tensor) -> Tensor {
+    x.randn_like()
+}
+
+/// [`sgld`] with each step's ε drawn by `noise` (given the current iterate).
+pub fn sgld_with(
+    f: &dyn Fn(&Tensor) -> Tensor,
+    x0: &Tensor,
+    y: Option<&Tensor>,
+    cfg: &SgldConfig,
+    steps: usize,
+    noise: &mut dyn FnMut(&Tensor) -> Tensor,
 ) -> Tensor {
     let mut x = x0.detach();
     for _ in 0..steps {
@@ -36,7 +54,7 @@ pub fn sgld(
             }
             let mut nx = xg.detach() + step;
             if cfg.noise > 0.0 {
-                nx += nx.randn_like() * cfg.noise;
+                nx += noise(&nx) * cfg.noise;
             }
             if cfg.clamp {
                 nx = nx.clamp(-1.0, 1.0);
