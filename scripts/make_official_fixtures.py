@@ -136,6 +136,183 @@ def jem(path):
     sys.path.remove(path)
 
 
+# ---------------------------------------------------------------------------------------------
+# Robust transfer (MadryLab/robustness, microsoft/robust-models-transfer)
+
+WIDTH_DIV, BLOCKS = 8, [1, 1, 1, 1]  # ResNet-18's BasicBlock at base width 8, one block a stage
+IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+CIFAR10_MEAN, CIFAR10_STD = [0.4914, 0.4822, 0.4465], [0.2023, 0.1994, 0.2010]
+
+
+def robustness(path, transfer_path):
+    sys.path.insert(0, path)
+    from robustness.attacker import AttackerModel  # noqa: E402
+    from robustness.imagenet_models import resnet as official_resnet  # noqa: E402
+    from robustness import data_augmentation as da  # noqa: E402
+
+    meta = {"repository": "MadryLab/robustness", "commit": commit(path), "base": 64 // WIDTH_DIV,
+            "blocks": BLOCKS}
+    out = {}
+    def nocuda():
+        return patched(torch.Tensor, cuda=lambda self, *a, **k: self)
+
+    def network(classes, seed, mean, std):
+        # The official ResNet with BasicBlocks, one block a stage, every width divided by
+        # WIDTH_DIV: the module's nn.Conv2d, BatchNorm2d and Linear are narrowed (3 input
+        # channels kept), so the class's own code builds and runs it.
+        torch.manual_seed(seed)
+        narrow = lambda c: c if c == 3 else c // WIDTH_DIV
+
+        class Conv2d(torch.nn.Conv2d):
+            def __init__(self, i, o, *a, **k):
+                super().__init__(narrow(i), narrow(o), *a, **k)
+
+        class BatchNorm2d(torch.nn.BatchNorm2d):
+            def __init__(self, c, *a, **k):
+                super().__init__(narrow(c), *a, **k)
+
+        class Linear(torch.nn.Linear):
+            def __init__(self, i, o, *a, **k):
+                super().__init__(narrow(i), o, *a, **k)
+
+        nn = argparse.Namespace(**{k: getattr(torch.nn, k) for k in dir(torch.nn) if not k.startswith("_")})
+        nn.Conv2d, nn.BatchNorm2d, nn.Linear = Conv2d, BatchNorm2d, Linear
+        with patched(official_resnet, nn=nn):
+            net = official_resnet.ResNet(official_resnet.BasicBlock, BLOCKS, num_classes=classes)
+        # Non-trivial batch-norm parameters and running statistics.
+        with torch.no_grad():
+            for k, v in net.state_dict().items():
+                if "bn" in k or "downsample.1" in k:
+                    if k.endswith("running_var"):
+                        v.copy_(0.5 + torch.rand_like(v))
+                    elif v.is_floating_point():
+                        v.add_(torch.randn_like(v) * 0.1)
+        ds = argparse.Namespace(mean=torch.tensor(mean), std=torch.tensor(std))
+        return net, AttackerModel(net, ds)
+
+    def weights(net, prefix):
+        for k, v in net.state_dict().items():
+            if not k.endswith("num_batches_tracked"):
+                out[f"{prefix}/{k}"] = v.clone()
+
+    net, model = network(10, 3, IMAGENET_MEAN, IMAGENET_STD)
+    weights(net, "source")
+    torch.manual_seed(4)
+    x, y = torch.rand(4, 3, 32, 32), torch.tensor([1, 7, 7, 0])
+    out["x"], out["y"] = x, y
+    # PGD of the official Attacker, with the random starts' numbers drawn here.
+    cases = [
+        ("l2", "2", 0.5, 2.5 * 0.5 / 3, 3, False, True),
+        ("l2_start", "2", 0.5, 0.25, 3, True, True),
+        ("linf_start_final", "inf", 8 / 255, 2 / 255, 3, True, False),
+        ("linf", "inf", 4 / 255, 1 / 255, 5, False, True),
+    ]
+    model.eval()
+    for name, constraint, eps, step, iters, start, best in cases:
+        r = torch.randn_like(x) if constraint == "2" else torch.rand_like(x)
+        out[f"pgd/{name}/start"] = r
+        with nocuda(), patched(torch, randn_like=lambda t: r.clone(), rand_like=lambda t: r.clone()):
+            logits, adv = model(x, y, make_adv=True, constraint=constraint, eps=eps, step_size=step,
+                                iterations=iters, random_start=start, use_best=best)
+        out[f"pgd/{name}/adv"], out[f"pgd/{name}/logits"] = adv, logits
+        meta[f"pgd/{name}"] = f"{constraint} eps={eps!r} step={step!r} steps={iters} random_start={start} use_best={best}"
+    # One adversarial training step as robustness/train.py's _model_loop takes it: the attack in
+    # eval mode, the update in train mode, SGD with momentum and weight decay on every parameter.
+    model.train()
+    opt = torch.optim.SGD(net.parameters(), 0.1, momentum=0.9, weight_decay=1e-4)
+    with nocuda():
+        logits, adv = model(x, y, make_adv=True, constraint="2", eps=0.5, step_size=0.5 * 2 / 3,
+                            iterations=3, random_start=False, use_best=True)
+    loss = torch.nn.CrossEntropyLoss()(logits, y)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    out["adv_step/adv"], out["adv_step/loss"] = adv, loss.reshape(1)
+    weights(net, "adv_step/after")
+
+    # Transfer steps as robust-models-transfer's main.py sets them up: the source's fc replaced by
+    # a fresh Linear (PyTorch's default init), the target's normaliser, the whole model in train
+    # mode; fixed-feature (--freeze-level 4) updates the head only, full-network everything.
+    sys.path.insert(0, os.path.join(transfer_path, "src"))
+    from utils import fine_tunify  # noqa: E402
+    from main import freeze_model  # noqa: E402
+    meta["transfer"] = f"microsoft/robust-models-transfer {commit(transfer_path)}"
+    src_state = {k[len("source/"):]: v for k, v in out.items() if k.startswith("source/")}
+    torch.manual_seed(5)
+    xt, yt = torch.rand(4, 3, 32, 32), torch.tensor([4, 0, 2, 4])
+    out["target/x"], out["target/y"] = xt, yt
+    for mode, level in [("fixed", 4), ("full", -1)]:
+        net, _ = network(10, 3, IMAGENET_MEAN, IMAGENET_STD)
+        net.load_state_dict(src_state, strict=False)
+        torch.manual_seed(6)
+        fine_tunify.ft("resnet18", net, 5, 0)
+        ds = argparse.Namespace(mean=torch.tensor(CIFAR10_MEAN), std=torch.tensor(CIFAR10_STD))
+        model = AttackerModel(net, ds)
+        out["target/fc.weight"], out["target/fc.bias"] = net.fc.weight.clone(), net.fc.bias.clone()
+        params = freeze_model(model, level)
+        params = list(model.parameters()) if params is None else params
+        # lr and weight decay larger than the paper's (0.01, 5e-4), so that one step shows
+        # where the decay applies.
+        opt = torch.optim.SGD(params, 0.1, momentum=0.9, weight_decay=5e-2)
+        model.train()
+        logits, _ = model(xt, yt, make_adv=False)
+        loss = torch.nn.CrossEntropyLoss()(logits, yt)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        out[f"{mode}/loss"] = loss.reshape(1)
+        weights(net, f"{mode}/after")
+    save(out, "robust-transfer", "official-robustness.safetensors", meta)
+
+    # The train and test transforms on fixed images, every random parameter given: torchvision
+    # on PIL images as the official code runs them (8-bit after each operation), and the tensor
+    # functions for the colour jitter.
+    import numpy as np  # noqa: E402
+    import torchvision.transforms.functional as TF  # noqa: E402
+    from PIL import Image  # noqa: E402
+    out = {}
+    g = torch.Generator().manual_seed(7)
+    # 301 × 199: Resize(256) makes it 387 wide (256·301/199 = 387.2, truncated) and the centre
+    # crop's offset (387 − 224)/2 = 81.5 rounds to 82.
+    yy, xx = torch.meshgrid(torch.arange(199.0), torch.arange(301.0), indexing="ij")
+    base = torch.stack([xx / 301 * 200, yy / 199 * 180 + 40, (xx + yy) % 97 * 2], -1)
+    big = (base + torch.rand(199, 301, 3, generator=g) * 40).clamp(0, 255).to(torch.uint8)
+    small = (torch.rand(32, 32, 3, generator=g) * 255).to(torch.uint8)
+    out["imagenet/image"], out["cifar/image"] = big, small
+    pil = lambda t: Image.fromarray(t.numpy())
+    tensor = lambda im: torch.from_numpy(np.asarray(im).copy())
+    box = (23, 57, 131, 170)
+    out["imagenet/box"] = torch.tensor(box)
+    out["imagenet/train_crop"] = tensor(TF.resized_crop(pil(big), *box, [224, 224]))
+    out["imagenet/eval"] = tensor(TF.center_crop(TF.resize(pil(big), 256), 224))
+    # ColorJitter(0.1, 0.1, 0.1) then Lighting(0.05) with given factors, order and α.
+    factors, order = [1.07, 0.93, 1.09], [2, 0, 1]
+    jit = TF.resize(pil(big), 40)
+    out["jitter/factors"], out["jitter/order"] = torch.tensor(factors), torch.tensor(order)
+    ops = [TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation]
+    t = TF.to_tensor(jit)
+    p = jit
+    for k in order:
+        t = ops[k](t, factors[k])
+        p = ops[k](p, factors[k])
+    out["jitter/input"] = TF.to_tensor(jit)
+    out["jitter/tensor"], out["jitter/pil"] = t, TF.to_tensor(p)
+    torch.manual_seed(8)
+    alpha = torch.empty(3).normal_(0, 0.05)
+    torch.manual_seed(8)
+    lit = da.Lighting(0.05, da.IMAGENET_PCA["eigval"], da.IMAGENET_PCA["eigvec"])(t)
+    out["lighting/alpha"], out["lighting/out"] = alpha, lit
+    # CIFAR transfer: RandomResizedCrop(224) of the 32 px image; test Resize(256), CenterCrop(224).
+    cbox = (3, 5, 22, 26)
+    out["cifar/box"] = torch.tensor(cbox)
+    out["cifar/train_crop"] = tensor(TF.resized_crop(pil(small), *cbox, [224, 224]))
+    out["cifar/test"] = tensor(TF.center_crop(TF.resize(pil(small), 256), 224))
+    meta = {"repository": "MadryLab/robustness + microsoft/robust-models-transfer (torchvision 0.26 on PIL)",
+            "commit": commit(path), "transfer": commit(transfer_path)}
+    save(out, "robust-transfer", "official-transforms.safetensors", meta)
+    sys.path.remove(path)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--jem", help="checkout of wgrathwohl/JEM")
@@ -144,6 +321,10 @@ def main():
     a = ap.parse_args()
     if a.jem:
         jem(a.jem)
+    if a.robustness:
+        if not a.transfer:
+            ap.error("--robustness needs --transfer (the transfer code)")
+        robustness(a.robustness, a.transfer)
 
 
 if __name__ == "__main__":

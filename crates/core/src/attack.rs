@@ -107,21 +107,45 @@ impl Pgd {
 
     /// A random start in the ε-ball around `x`, clamped to `[0, 1]` (LibTorch's generator).
     pub fn random_perturb(&self, x: &Tensor) -> Tensor {
+        self.random_perturb_from(x, &self.draw(x))
+    }
+
+    /// The random numbers a start takes: uniform on [0, 1) (L∞) or standard normal (L2),
+    /// shaped like `x`, from LibTorch's generator.
+    pub fn draw(&self, x: &Tensor) -> Tensor {
         match self.norm {
-            Norm::Linf => (x + (x.rand_like() - 0.5) * (2.0 * self.eps)).clamp(0.0, 1.0),
-            Norm::L2 => {
-                let r = x.randn_like();
-                (x + &r / (per_example_norm(&r) + 1e-10) * self.eps).clamp(0.0, 1.0)
-            }
+            Norm::Linf => x.rand_like(),
+            Norm::L2 => x.randn_like(),
+        }
+    }
+
+    /// The random start built from `r` ([`Pgd::draw`]'s numbers), as the robustness library's
+    /// `LinfStep.random_perturb` (x + 2(r − ½)ε) and `L2Step.random_perturb`
+    /// (x + ε r/(‖r‖ + 1e-10)) do, clamped to `[0, 1]`.
+    pub fn random_perturb_from(&self, x: &Tensor, r: &Tensor) -> Tensor {
+        match self.norm {
+            Norm::Linf => (x + (r - 0.5) * (2.0 * self.eps)).clamp(0.0, 1.0),
+            Norm::L2 => (x + r / (per_example_norm(r) + 1e-10) * self.eps).clamp(0.0, 1.0),
         }
     }
 
     /// Attacks `f` (run in eval mode by the caller's closure) at `(x, y)`; returns `x_adv`.
     pub fn run(&self, f: &dyn Fn(&Tensor) -> Tensor, x: &Tensor, y: &Tensor) -> Tensor {
+        self.run_with(f, x, y, &|x: &Tensor| self.draw(x))
+    }
+
+    /// [`Pgd::run`] with the random start's numbers from `draw` (given the clean batch).
+    pub fn run_with(
+        &self,
+        f: &dyn Fn(&Tensor) -> Tensor,
+        x: &Tensor,
+        y: &Tensor,
+        draw: &dyn Fn(&Tensor) -> Tensor,
+    ) -> Tensor {
         let x0 = x.detach();
         let m = if self.targeted { -1.0 } else { 1.0 };
         let mut xa = if self.random_start {
-            tch::no_grad(|| self.random_perturb(&x0))
+            tch::no_grad(|| self.random_perturb_from(&x0, &draw(&x0)))
         } else {
             x0.shallow_clone()
         };

@@ -305,8 +305,11 @@ impl Normalize {
 }
 
 impl Module for Normalize {
+    /// `(clamp(x, 0, 1) − mean) / std`: the robustness library's `InputNormalize`
+    /// (`tools/helpers.py`) clamps first, so an input that augmentation pushed out of `[0, 1]`
+    /// (PCA lighting does) reaches the network clamped.
     fn forward(&self, x: &Tensor) -> Tensor {
-        (x - self.mean.view([1, -1, 1, 1])) / self.std.view([1, -1, 1, 1])
+        (x.clamp(0.0, 1.0) - self.mean.view([1, -1, 1, 1])) / self.std.view([1, -1, 1, 1])
     }
 }
 
@@ -425,6 +428,11 @@ mod tests {
         assert_eq!(
             Vec::<f32>::try_from(n.forward(&x).view(-1)).unwrap(),
             vec![1.0, 0.5]
+        );
+        // Inputs outside [0, 1] are clamped first, as the robustness library's normaliser does.
+        assert_eq!(
+            Vec::<f32>::try_from(n.forward(&(x * 1.5 - 2.0)).view(-1)).unwrap(),
+            vec![-1.0, 0.0]
         );
         assert!(vs.trainable_variables().is_empty());
     }

@@ -72,6 +72,8 @@ fn r50(c: &mut Criterion) {
         "pgd3_step_resnet50_224_b2",
         ModelConfig::Resnet {
             arch: ResnetArch::Resnet50,
+            base: None,
+            blocks: None,
         },
         3,
         224,

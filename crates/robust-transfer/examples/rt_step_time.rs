@@ -30,6 +30,8 @@ fn main() {
         "r50" => (
             ModelConfig::Resnet {
                 arch: ResnetArch::Resnet50,
+                base: None,
+                blocks: None,
             },
             NormSpec {
                 mean: vec![0.485, 0.456, 0.406],

@@ -39,6 +39,13 @@ pub enum ModelConfig {
     Resnet {
         /// Which one.
         arch: ResnetArch,
+        /// Channels of the stem and first stage (torchvision: 64; the later stages double
+        /// it); smaller for tests at reduced width.
+        #[serde(default)]
+        base: Option<i64>,
+        /// Blocks per stage (default the architecture's own, `[2, 2, 2, 2]` for ResNet-18).
+        #[serde(default)]
+        blocks: Option<[usize; 4]>,
     },
 }
 

@@ -230,6 +230,14 @@ pub fn validate(tree: &SpecTree) -> Result<(), SpecError> {
         (at("eval.pgd_steps"), c.eval.pgd_steps as i128, 0, 10_000),
         (at("eval.batch"), c.eval.batch as i128, 1, 1 << 16),
     ];
+    if let config::ModelConfig::Resnet { base, blocks, .. } = c.model {
+        if let Some(b) = base {
+            sizes.push((at("model.resnet.base"), b.into(), 1, 1024));
+        }
+        for (i, n) in blocks.iter().flatten().enumerate() {
+            sizes.push((at(&format!("model.resnet.blocks.{i}")), *n as i128, 1, 64));
+        }
+    }
     for (i, t) in c.transfer.targets.iter().enumerate() {
         if let Some(k) = t.per_class {
             sizes.push((

@@ -109,7 +109,7 @@ impl Net {
                 Body::Small(SmallCnn::new(&root, inp, *width, classes, init)),
                 64 * width,
             ),
-            ModelConfig::Resnet { arch } => {
+            ModelConfig::Resnet { arch, base, blocks } => {
                 let mut c = match arch {
                     ResnetArch::Resnet18 => ResNetConfig::resnet18(classes),
                     ResnetArch::Resnet50 | ResnetArch::WideResnet50_2 => {
@@ -120,6 +120,12 @@ impl Net {
                     c.width_factor = 2;
                 }
                 c.in_channels = inp;
+                if let Some(b) = base {
+                    c.base = *b;
+                }
+                if let Some(l) = blocks {
+                    c.layers = l.to_vec();
+                }
                 let d = c.feature_dim();
                 (Body::Res(Box::new(ResNet::new(&root, &c))), d)
             }

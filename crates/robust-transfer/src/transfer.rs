@@ -177,6 +177,24 @@ pub fn finetune(
         seed,
     );
     net.copy_backbone(src)?;
+    train_net(net, t, train, mode, sgd, lr, seed, stop)
+}
+
+/// The SGD loop of [`finetune`] on a network already holding the source's backbone and a
+/// fresh head: freezes the backbone for `Mode::Fixed`, then trains for `sgd`'s steps at `lr`
+/// (batches and augmentation seeded by `seed`).
+#[allow(clippy::too_many_arguments)]
+pub fn train_net(
+    net: Net,
+    t: &Target,
+    train: &Dataset,
+    mode: Mode,
+    sgd: &SgdConfig,
+    lr: f64,
+    seed: u64,
+    stop: &dyn Fn() -> bool,
+) -> Result<Net> {
+    let dev = net.vs.device();
     let full = mode == Mode::Full;
     if !full {
         for (name, mut v) in net.vs.variables() {

@@ -133,6 +133,15 @@ pub fn resized_crop_box(h: i64, w: i64, rng: &mut Rng) -> (i64, i64, i64, i64) {
     ((h - ch) / 2, (w - cw) / 2, ch, cw)
 }
 
+/// The box `(top, left, height, width)` of images `N×C×H×W` resized bilinearly
+/// (align_corners = false, no antialiasing) to `side × side`: torchvision's `resized_crop` for
+/// an upsampling crop of images held as tensors.
+pub fn resized_crop(x: &Tensor, (t, l, h, w): (i64, i64, i64, i64), side: i64) -> Tensor {
+    x.narrow(2, t, h)
+        .narrow(3, l, w)
+        .upsample_bilinear2d([side, side], false, None, None)
+}
+
 impl Augment {
     /// Whether it changes anything.
     pub fn is_identity(&self) -> bool {
@@ -167,11 +176,8 @@ impl Augment {
             let out = self.resized_crop;
             let crops: Vec<Tensor> = (0..s[0])
                 .map(|i| {
-                    let (t, l, ch, cw) = resized_crop_box(s[2], s[3], rng);
-                    x.narrow(0, i, 1)
-                        .narrow(2, t, ch)
-                        .narrow(3, l, cw)
-                        .upsample_bilinear2d([out, out], false, None, None)
+                    let b = resized_crop_box(s[2], s[3], rng);
+                    resized_crop(&x.narrow(0, i, 1), b, out)
                 })
                 .collect();
             x = Tensor::cat(&crops, 0);

@@ -296,9 +296,11 @@ impl ImageFolderIndex {
         self.decode(idx, side, |k, img| {
             let (w, h) = img.dimensions();
             let mut rng = Rng::new(seeds[k]);
-            let (t, l, ch, cw) = resized_crop_box(i64::from(h), i64::from(w), &mut rng);
-            let b = image::imageops::crop_imm(img, l as u32, t as u32, cw as u32, ch as u32);
-            image::imageops::resize(&*b, side, side, image::imageops::FilterType::Triangle)
+            crop_resize(
+                img,
+                resized_crop_box(i64::from(h), i64::from(w), &mut rng),
+                side,
+            )
         })
     }
 
@@ -379,16 +381,33 @@ pub fn load_image_folder(root: &Path, size: ImageSize) -> Result<(Dataset, Vec<S
     ))
 }
 
-fn resize_center_crop(img: &image::RgbImage, size: ImageSize) -> image::RgbImage {
+/// The box `(top, left, height, width)` of `img` resized to `side × side` with a triangle
+/// (bilinear, antialiased) filter: torchvision's `resized_crop` on a PIL image.
+pub fn crop_resize(
+    img: &image::RgbImage,
+    (t, l, h, w): (i64, i64, i64, i64),
+    side: u32,
+) -> image::RgbImage {
+    let b = image::imageops::crop_imm(img, l as u32, t as u32, w as u32, h as u32);
+    image::imageops::resize(&*b, side, side, image::imageops::FilterType::Triangle)
+}
+
+/// `img` resized so its shorter side is `size.resize` (triangle filter), then its centre
+/// `size.crop` square: torchvision's `Resize` then `CenterCrop`.
+pub fn resize_center_crop(img: &image::RgbImage, size: ImageSize) -> image::RgbImage {
     let (w, h) = img.dimensions();
-    let s = size.resize as f64 / w.min(h) as f64;
-    let (nw, nh) = (
-        ((w as f64 * s).round() as u32).max(size.crop),
-        ((h as f64 * s).round() as u32).max(size.crop),
-    );
+    // torchvision: the shorter side becomes `resize`, the longer int(resize · long / short)
+    // (truncated); the crop's offset is round((side − crop) / 2), half to even.
+    let long = |l: u32, s: u32| ((u64::from(size.resize) * u64::from(l)) / u64::from(s)) as u32;
+    let (nw, nh) = if w <= h {
+        (size.resize, long(h, w))
+    } else {
+        (long(w, h), size.resize)
+    };
+    let (nw, nh) = (nw.max(size.crop), nh.max(size.crop));
     let r = image::imageops::resize(img, nw, nh, image::imageops::FilterType::Triangle);
-    let (x0, y0) = ((nw - size.crop) / 2, (nh - size.crop) / 2);
-    image::imageops::crop_imm(&r, x0, y0, size.crop, size.crop).to_image()
+    let off = |n: u32| (f64::from(n - size.crop) / 2.0).round_ties_even() as u32;
+    image::imageops::crop_imm(&r, off(nw), off(nh), size.crop, size.crop).to_image()
 }
 
 #[cfg(test)]
