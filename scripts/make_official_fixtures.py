@@ -4,18 +4,19 @@ Run with a PyTorch 2.11 that also has torchvision (and tqdm, which the JEM train
 local checkout of each official repository (their code is imported from there, never copied here):
 
     python scripts/make_official_fixtures.py --jem PATH/JEM --robustness PATH/robustness \
-        --transfer PATH/robust-models-transfer
+        --transfer PATH/robust-models-transfer --tsit PATH/TSIT
 
-It writes safetensors files under crates/<paper>/tests/fixtures/ that the Rust tests
-crates/jem/tests/official.rs and crates/robust-transfer/tests/official.rs load and compare to 1e-5
-(relative, float32). Weights carry the official parameter names; every random number of a step (SGLD
+(the robustness library also imports dill, pandas, cox and tensorboardX). It writes safetensors files
+under crates/<paper>/tests/fixtures/ that the Rust tests crates/{jem,robust-transfer,tsit}/tests/official.rs
+load and compare to 1e-5 (relative, float32). Weights carry the official parameter names; every random number of a step (SGLD
 noise, buffer indices, PGD random starts, crop boxes, jitter factors) is drawn here and stored, so the Rust
 side consumes the same numbers. Each file's metadata names the commit of the official repository that
 produced it. The fixtures this script wrote last were made from:
 
     wgrathwohl/JEM              3d01161 (train_wrn_ebm.py: CCF, get_sample_q; wideresnet.py)
     MadryLab/robustness         a954124 (attacker.py: Attacker; attack_steps.py; data_augmentation.py)
-    microsoft/robust-models-transfer  cea2c37 (src/utils/constants.py: TRAIN_TRANSFORMS, TEST_TRANSFORMS)
+    microsoft/robust-models-transfer  cea2c37 (src/utils/constants.py, fine_tunify.py; src/main.py: freeze_model)
+    EndlessSora/TSIT            69c0f42 (models/pix2pix_model.py: Pix2PixModel; trainers/pix2pix_trainer.py steps)
 """
 import argparse
 import contextlib
@@ -313,11 +314,117 @@ def robustness(path, transfer_path):
     sys.path.remove(path)
 
 
+# ---------------------------------------------------------------------------------------------
+# TSIT (EndlessSora/TSIT)
+
+
+def tsit(path):
+    import types
+
+    sys.path.insert(0, path)
+    # The checkout lacks models/networks/sync_batchnorm (SPADE's synchronized batch norm); on one
+    # device it computes what BatchNorm2d computes, which stands in for it here.
+    shim = types.ModuleType("models.networks.sync_batchnorm")
+    shim.SynchronizedBatchNorm2d = torch.nn.BatchNorm2d
+    sys.modules["models.networks.sync_batchnorm"] = shim
+    from models.pix2pix_model import Pix2PixModel  # noqa: E402
+    import torch.nn.functional as F  # noqa: E402
+
+    meta = {"repository": "EndlessSora/TSIT", "commit": commit(path), "ngf": 1, "ndf": 2, "size": 256}
+    out = {}
+
+    def options(task, label_nc):
+        sis = task == "SIS"
+        return argparse.Namespace(
+            task=task, isTrain=True, gpu_ids=[], netG="tsit", netD="multiscale", netD_subarch="n_layer",
+            norm_G="spectralfadesyncbatch3x3", norm_D="spectralinstance", norm_S="spectralinstance",
+            norm_E="spectralinstance", ngf=1, ndf=2, label_nc=label_nc, output_nc=3,
+            semantic_nc=label_nc if sis else 3, contain_dontcare_label=False, no_instance=True,
+            crop_size=256, aspect_ratio=1.0, num_upsampling_layers="more", use_vae=sis, z_dim=256,
+            alpha=1.0, no_ss=sis, n_layers_D=4, num_D=2, no_ganFeat_loss=False, no_vgg_loss=True,
+            gan_mode="hinge", lambda_feat=10.0, lambda_vgg=0.0, lambda_kld=0.05,
+            # A larger init than the official 0.02 (xavier gain), so every path carries signal.
+            init_type="xavier", init_variance=1.0, continue_train=False, no_TTUR=False, lr=2e-4,
+            beta1=0.0, beta2=0.9,
+        )
+
+    def up(t):
+        return F.interpolate(t, scale_factor=16, mode="nearest")
+
+    for task, tag in [("AST", "ast"), ("SIS", "sis")]:
+        torch.manual_seed(10)
+        opt = options(task, 4)
+        model = Pix2PixModel(opt)
+        nets = {"G": model.netG, "D": model.netD}
+        if model.netE is not None:
+            nets["E"] = model.netE
+        with torch.no_grad():
+            for n, net in nets.items():
+                for k, v in net.state_dict().items():
+                    if k.endswith("running_var"):
+                        v.copy_(0.5 + torch.rand_like(v))
+                    elif k.endswith("running_mean"):
+                        v.copy_(torch.randn_like(v) * 0.1)
+        for n, net in nets.items():
+            for k, v in net.state_dict().items():
+                if not k.endswith("num_batches_tracked"):
+                    out[f"{tag}/before/{n}/{k}"] = v.clone()
+        # 16² inputs brought to 256² by nearest ×16 on both sides.
+        if task == "SIS":
+            label16 = torch.randint(0, 4, (1, 1, 16, 16))
+            image16 = torch.rand(1, 3, 16, 16) * 2 - 1
+            out[f"{tag}/label16"], out[f"{tag}/image16"] = label16, image16
+            data = {"label": up(label16.float()).long(), "instance": torch.zeros(1), "image": up(image16)}
+            draws = [torch.randn(1, 256), torch.randn(1, 256)]
+            noise_fn = dict(randn_like=lambda t: draws_it.pop(0).clone())
+        else:
+            content16, style16 = torch.rand(1, 3, 16, 16) * 2 - 1, torch.rand(1, 3, 16, 16) * 2 - 1
+            out[f"{tag}/content16"], out[f"{tag}/style16"] = content16, style16
+            data = {"label": up(content16), "instance": torch.zeros(1), "image": up(style16)}
+            draws = [torch.randn(1, 3, 2, 2), torch.randn(1, 3, 2, 2)]
+            noise_fn = dict(randn=lambda *a, **k: draws_it.pop(0).clone())
+        out[f"{tag}/noise"] = torch.stack(draws)
+        draws_it = list(draws)
+        # create_optimizers passes betas (0, 0.9): PyTorch 2.11 wants both floats.
+        adam = torch.optim.Adam
+        floats = lambda params, lr, betas: adam(params, lr=lr, betas=tuple(float(b) for b in betas))
+        with patched(torch.optim, Adam=floats):
+            opt_g, opt_d = model.create_optimizers(opt)
+        model.train()
+        with patched(torch, **noise_fn):
+            # Pix2PixTrainer.run_generator_one_step, then run_discriminator_one_step.
+            opt_g.zero_grad()
+            g_losses, generated = model(dict(data), mode="generator")
+            g_loss = sum(g_losses.values()).mean()
+            g_loss.backward()
+            for n, net in nets.items():
+                for k, v in net.named_parameters():
+                    if n != "D" and v.grad is not None:
+                        out[f"{tag}/grad/{n}/{k}"] = v.grad.clone()
+            opt_g.step()
+            opt_d.zero_grad()
+            d_losses = model(dict(data), mode="discriminator")
+            d_loss = sum(d_losses.values()).mean()
+            d_loss.backward()
+            opt_d.step()
+        assert not draws_it, "one noise draw for each generator pass"
+        out[f"{tag}/fake_pooled"] = F.avg_pool2d(generated.detach(), 8)
+        for k, v in {**g_losses, **d_losses}.items():
+            out[f"{tag}/loss/{k}"] = v.detach().reshape(1)
+        for n, net in nets.items():
+            for k, v in net.state_dict().items():
+                if not k.endswith("num_batches_tracked"):
+                    out[f"{tag}/after/{n}/{k}"] = v.clone()
+    save(out, "tsit", "official-tsit.safetensors", meta)
+    sys.path.remove(path)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--jem", help="checkout of wgrathwohl/JEM")
     ap.add_argument("--robustness", help="checkout of MadryLab/robustness")
     ap.add_argument("--transfer", help="checkout of microsoft/robust-models-transfer")
+    ap.add_argument("--tsit", help="checkout of EndlessSora/TSIT")
     a = ap.parse_args()
     if a.jem:
         jem(a.jem)
@@ -325,6 +432,8 @@ def main():
         if not a.transfer:
             ap.error("--robustness needs --transfer (the transfer code)")
         robustness(a.robustness, a.transfer)
+    if a.tsit:
+        tsit(a.tsit)
 
 
 if __name__ == "__main__":

@@ -166,10 +166,31 @@ impl Gan {
         lr: (f64, f64),
     ) -> std::result::Result<StepStats, StepError> {
         let dev = real.device();
+        self.step_with(c, content, style, real, target, lr, &mut |n| {
+            draw_noise(c, n, dev)
+        })
+    }
+
+    /// [`Gan::step`] with each generator pass's bottleneck noise (or VAE ε) for a batch of
+    /// `n` from `noise`: the generator step's first, the discriminator step's second (as the
+    /// official `Pix2PixTrainer` runs `run_generator_one_step`, then
+    /// `run_discriminator_one_step` on a freshly generated fake).
+    #[allow(clippy::too_many_arguments)]
+    pub fn step_with(
+        &mut self,
+        c: &Config,
+        content: &Tensor,
+        style: Option<&Tensor>,
+        real: &Tensor,
+        target: &Tensor,
+        lr: (f64, f64),
+        noise_of: &mut dyn FnMut(i64) -> Option<Tensor>,
+    ) -> std::result::Result<StepStats, StepError> {
+        let dev = real.device();
         let n = real.size()[0];
         let mut st = StepStats::default();
         // Generator step: D's weights take no gradient (they are frozen for this pass).
-        let noise = draw_noise(c, n, dev);
+        let noise = noise_of(n);
         let out = self
             .g
             .forward(&Self::input(c, content, style, real, &noise), Mode::TRAIN);
@@ -219,7 +240,7 @@ impl Gan {
         self.opt_g.step(lr.0);
         self.d.vs.unfreeze();
         // Discriminator step on a fresh fake (new noise / new z), generated without gradient.
-        let noise = draw_noise(c, n, dev);
+        let noise = noise_of(n);
         let inp = Self::input(c, content, style, real, &noise);
         let fake = tch::no_grad(|| self.g.forward(&inp, Mode::TRAIN).image);
         let pred = self.d_pass(content, &fake, real);
