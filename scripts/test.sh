@@ -91,6 +91,34 @@ assert len(keys) >= 265 and not bad, f"{len(keys)} backbone tensors, differing: 
 print(f"converted backbone loaded exactly: {len(keys)} tensors")
 PY
 
+echo "== jem: an official JEM checkpoint converts and is evaluated without training"
+python - crates/jem/tests/fixtures/official-jem.safetensors "$out/official-jem.pt" <<'PY'
+import sys, torch
+sys.path.insert(0, "scripts")
+from convert_robustness_ckpt import read_safetensors
+fx = read_safetensors(sys.argv[1])
+# The fixture's network under the official names (f.*, class_output.*, energy_output.*), saved
+# as the official train_wrn_ebm.py checkpoints it.
+sd = {k[5:]: v for k, v in fx.items() if k.startswith(("step/f.", "step/class_output.", "step/energy_output."))}
+torch.save({"model_state_dict": sd, "replay_buffer": fx["step/buffer"]}, sys.argv[2])
+PY
+python scripts/convert_jem_ckpt.py "$out/official-jem.pt" "$out/jem-converted.safetensors"
+"$runner" run jem/cifar10-eval --smoke --out "$out" jem.from="$out/jem-converted.safetensors" \
+    jem.model.wrn.depth=10 jem.model.wrn.widen=1 jem.buffer.size=10
+evaluated=$(ls -t "$out"/jem-cifar10-eval/*/model.safetensors | head -1)
+python - crates/jem/tests/fixtures/official-jem.safetensors "$evaluated" <<'PY'
+import sys
+sys.path.insert(0, "scripts")
+from convert_robustness_ckpt import read_safetensors
+fx, got = read_safetensors(sys.argv[1]), read_safetensors(sys.argv[2])
+want = {k[5:].removeprefix("f."): v for k, v in fx.items()
+        if k.startswith(("step/f.", "step/class_output.", "step/energy_output."))
+        and not k.startswith("step/f.linear.")}  # built by the official WRN, never used
+bad = [k for k in want if k not in got or not got[k].equal(want[k])]
+assert len(want) >= 20 and not bad and set(got) == set(want), f"differing: {bad[:5]}"
+print(f"the official weights were evaluated exactly: {len(want)} tensors")
+PY
+
 echo "== reproduce-all: interrupted and run again, against a stand-in runner"
 python scripts/test_reproduce_all.py
 

@@ -313,6 +313,66 @@ impl Module for Normalize {
     }
 }
 
+/// Copies named tensors into the variables of `vs` that `keep` selects (BatchNorm running
+/// statistics included): every selected variable must be among `named` with its shape; other
+/// names are ignored. `from` names the source in errors. Nothing is copied unless all fit.
+pub fn load_named(
+    vs: &nn::VarStore,
+    named: &[(String, Tensor)],
+    keep: &dyn Fn(&str) -> bool,
+    from: &str,
+) -> crate::Result<()> {
+    let map: std::collections::HashMap<&str, &Tensor> =
+        named.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let mut missing = Vec::new();
+    let mut pairs = Vec::new();
+    for (name, var) in vs.variables() {
+        if !keep(&name) {
+            continue;
+        }
+        match map.get(name.as_str()) {
+            Some(t) if t.size() == var.size() => pairs.push((var, *t)),
+            Some(t) => {
+                return Err(crate::Error::msg(format!(
+                    "{from}: `{name}` has shape {:?}, the model needs {:?}",
+                    t.size(),
+                    var.size()
+                )))
+            }
+            None => missing.push(name),
+        }
+    }
+    if !missing.is_empty() {
+        missing.sort();
+        let n = missing.len();
+        missing.truncate(5);
+        return Err(crate::Error::msg(format!(
+            "{from}: {n} tensors missing (e.g. {}); is it the same architecture?",
+            missing.join(", ")
+        )));
+    }
+    tch::no_grad(|| {
+        for (mut var, t) in pairs {
+            var.copy_(&t.to_device(var.device()).to_kind(var.kind()));
+        }
+    });
+    Ok(())
+}
+
+/// Reads a safetensors file of named weights; the error names the file and, when it is
+/// missing, `hint` (how to make one).
+pub fn read_weights(path: &std::path::Path, hint: &str) -> crate::Result<Vec<(String, Tensor)>> {
+    if !path.is_file() {
+        return Err(crate::Error::msg(format!(
+            "{}: no such file ({hint})",
+            path.display()
+        )));
+    }
+    Tensor::read_safetensors(path).map_err(|e| {
+        crate::Error::Corrupt(path.to_path_buf(), format!("cannot read safetensors: {e}"))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -418,6 +478,33 @@ mod tests {
             names.contains(&"c.weight_u".to_string()) && names.contains(&"c.weight_v".to_string())
         );
         assert_eq!(vs.trainable_variables().len(), 1);
+    }
+
+    #[test]
+    fn named_tensors_load_only_when_every_one_fits() {
+        let vs = nn::VarStore::new(tch::Device::Cpu);
+        let a = vs.root().var("a", &[2], nn::Init::Const(0.0));
+        let _b = vs.root().var("head.b", &[3], nn::Init::Const(0.0));
+        let t = |n: &str, v: &[f32]| (n.to_string(), Tensor::from_slice(v));
+        let body = |n: &str| !n.starts_with("head.");
+        load_named(&vs, &[t("a", &[1.0, 2.0]), t("extra", &[9.0])], &body, "f").unwrap();
+        assert_eq!(Vec::<f32>::try_from(&a).unwrap(), vec![1.0, 2.0]);
+        let e = load_named(&vs, &[t("a", &[1.0])], &body, "f")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("shape"), "{e}");
+        let e = load_named(&vs, &[t("a", &[5.0, 5.0])], &|_| true, "f")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("1 tensors missing") && e.contains("head.b"),
+            "{e}"
+        );
+        assert_eq!(
+            Vec::<f32>::try_from(&a).unwrap(),
+            vec![1.0, 2.0],
+            "nothing copied"
+        );
     }
 
     #[test]

@@ -208,6 +208,11 @@ pub enum Claim {
 pub struct Config {
     /// The classifier.
     pub model: ModelConfig,
+    /// Evaluate these weights instead of training: a safetensors file with the model's names
+    /// (an official JEM checkpoint converts with `scripts/convert_jem_ckpt.py`), whose
+    /// `replay_buffer`, when there, replaces the run's buffer.
+    #[serde(default)]
+    pub from: Option<std::path::PathBuf>,
     /// This run's arm.
     pub arm: Arm,
     /// Iterations of the `base` and `jem` arms.

@@ -289,7 +289,12 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
     let mut model = Classifier::new(&c.model, &shape, classes as i64, dev, seed);
     let mut opt = Optimizer::for_vars(Rule::adam(), &model.vs, c.optim.weight_decay);
     let (w_px, w_xy, full) = c.arm_budget();
-    let total = ctx.iterations(full);
+    // Evaluating given weights trains nothing.
+    let total = if c.from.is_some() {
+        0
+    } else {
+        ctx.iterations(full)
+    };
     let schedule = Schedule::MultiStep {
         milestones: c
             .optim
@@ -311,7 +316,9 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
         }
         ck.get::<u64>("step").map(|_| ())
     };
-    if let Some((_, ck)) = ctx.checkpoints().latest_valid(fits)? {
+    if let Some(f) = &c.from {
+        load_weights(ctx, f, &model, buffer.as_mut())?;
+    } else if let Some((_, ck)) = ctx.checkpoints().latest_valid(fits)? {
         model.load(&ck)?;
         opt.load(&ck, "optim")?;
         if let Some(b) = buffer.as_mut() {
@@ -438,6 +445,39 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
     ctx.write_summary(&summary)?;
     let md = report::report_run(ctx.dir())?;
     ctx.write_report(&md)?;
+    Ok(())
+}
+
+/// Loads the weights (and the replay buffer, when the file has one and the run keeps a buffer)
+/// of `jem.from`, and writes the weights evaluated to `model.safetensors` in the run folder.
+fn load_weights(
+    ctx: &RunContext,
+    f: &std::path::Path,
+    model: &Classifier,
+    buffer: Option<&mut ReplayBuffer>,
+) -> Result<()> {
+    let named = reprise_core::nn::read_weights(
+        f,
+        "an official JEM checkpoint converts with scripts/convert_jem_ckpt.py",
+    )?;
+    let from = f.display().to_string();
+    reprise_core::nn::load_named(&model.vs, &named, &|_| true, &from)?;
+    if let (Some(b), Some((_, t))) = (buffer, named.iter().find(|(k, _)| k == "replay_buffer")) {
+        let want = &b.data.size()[1..];
+        if t.dim() != b.data.dim() || &t.size()[1..] != want || t.size()[0] == 0 {
+            return Err(Error::msg(format!(
+                "{from}: replay_buffer has shape {:?}, the run's samples are {want:?}",
+                t.size()
+            )));
+        }
+        b.data = t.to_kind(tch::Kind::Float).copy();
+    }
+    model
+        .vs
+        .save(ctx.dir().join("model.safetensors"))
+        .map_err(|e| Error::msg(format!("cannot write model.safetensors: {e}")))?;
+    eprintln!("evaluating {from} (no training)");
+    tracing::info!("evaluating {from} (no training)");
     Ok(())
 }
 

@@ -170,49 +170,15 @@ impl Net {
     /// Copies the backbone variables from named tensors; every backbone variable must be there
     /// with its shape (extra names, the normaliser and the head are ignored).
     pub fn load_backbone(&mut self, named: &[(String, Tensor)], from: &str) -> Result<()> {
-        let map: std::collections::HashMap<&str, &Tensor> =
-            named.iter().map(|(k, v)| (k.as_str(), v)).collect();
-        let mut missing = Vec::new();
-        for (name, mut var) in self.vs.variables() {
-            if !Net::is_backbone(&name) {
-                continue;
-            }
-            match map.get(name.as_str()) {
-                Some(t) if t.size() == var.size() => tch::no_grad(|| {
-                    var.copy_(&t.to_device(var.device()).to_kind(var.kind()));
-                }),
-                Some(t) => {
-                    return Err(Error::msg(format!(
-                        "{from}: `{name}` has shape {:?}, the model needs {:?}",
-                        t.size(),
-                        var.size()
-                    )))
-                }
-                None => missing.push(name),
-            }
-        }
-        if !missing.is_empty() {
-            missing.sort();
-            let n = missing.len();
-            missing.truncate(5);
-            return Err(Error::msg(format!(
-                "{from}: {n} backbone tensors missing (e.g. {}); is it the same architecture?",
-                missing.join(", ")
-            )));
-        }
-        Ok(())
+        reprise_core::nn::load_named(&self.vs, named, &Net::is_backbone, from)
     }
 
     /// Loads the backbone from a safetensors file (see [`Net::load_backbone`]).
     pub fn load_backbone_file(&mut self, path: &Path) -> Result<()> {
-        if !path.is_file() {
-            return Err(Error::msg(format!(
-                "{}: no such file (a robustness-library checkpoint converts with scripts/convert_robustness_ckpt.py)",
-                path.display()
-            )));
-        }
-        let named = Tensor::read_safetensors(path)
-            .map_err(|e| Error::msg(format!("{}: cannot read safetensors: {e}", path.display())))?;
+        let named = reprise_core::nn::read_weights(
+            path,
+            "a robustness-library checkpoint converts with scripts/convert_robustness_ckpt.py",
+        )?;
         self.load_backbone(&named, &path.display().to_string())
     }
 
