@@ -484,7 +484,7 @@ mod tests {
     fn named_tensors_load_only_when_every_one_fits() {
         let vs = nn::VarStore::new(tch::Device::Cpu);
         let a = vs.root().var("a", &[2], nn::Init::Const(0.0));
-        let _b = vs.root().var("head.b", &[3], nn::Init::Const(0.0));
+        let _b = (vs.root() / "head").var("b", &[3], nn::Init::Const(0.0));
         let t = |n: &str, v: &[f32]| (n.to_string(), Tensor::from_slice(v));
         let body = |n: &str| !n.starts_with("head.");
         load_named(&vs, &[t("a", &[1.0, 2.0]), t("extra", &[9.0])], &body, "f").unwrap();
