@@ -119,6 +119,39 @@ assert len(want) >= 20 and not bad and set(got) == set(want), f"differing: {bad[
 print(f"the official weights were evaluated exactly: {len(want)} tensors")
 PY
 
+echo "== tsit: official TSIT checkpoints convert and are evaluated without training"
+python - crates/tsit/tests/fixtures/official-tsit.safetensors "$out" <<'PY'
+import sys, torch
+sys.path.insert(0, "scripts")
+from convert_robustness_ckpt import read_safetensors
+fx = read_safetensors(sys.argv[1])
+# The semantic-synthesis networks of the equivalence fixture, saved as the official
+# util.save_network saves them.
+for net in "GDE":
+    p = f"sis/before/{net}/"
+    torch.save({k[len(p):]: v for k, v in fx.items() if k.startswith(p)}, f"{sys.argv[2]}/latest_net_{net}.pth")
+PY
+python scripts/convert_tsit_ckpt.py --G "$out/latest_net_G.pth" --D "$out/latest_net_D.pth" \
+    --E "$out/latest_net_E.pth" "$out/tsit-converted.safetensors"
+"$runner" run tsit/cityscapes-sis --smoke --out "$out" tsit.from="$out/tsit-converted.safetensors" \
+    tsit.size=256 'tsit.model={ nf: 1, cap: 16, ndf: 2, num_d: 2, n_layers_d: 4, vae: true, z_dim: 256, vae_size: 256 }' \
+    tsit.folder.label_nc=4 tsit.folder.instance_edge=false tsit.batch=2 tsit.aspect=1
+evaluated=$(ls -t "$out"/tsit-cityscapes-sis/*/generator.safetensors | head -1)
+python - crates/tsit/tests/fixtures/official-tsit.safetensors "$evaluated" <<'PY'
+import sys, torch
+sys.path.insert(0, "scripts")
+from convert_robustness_ckpt import read_safetensors
+fx, got = read_safetensors(sys.argv[1]), read_safetensors(sys.argv[2])
+g = {k[len("sis/before/G/"):]: v for k, v in fx.items() if k.startswith("sis/before/G/")}
+same = [k for k in g if k.startswith(("content_stream.", "fc.", "conv_img."))]
+bad = [k for k in same if not got[k].equal(g[k])]
+fused = torch.cat([g[f"head_0.norm_{n}.mlp_{p}.weight"] for n in "01" for p in ("gamma", "beta")])
+enc = fx["sis/before/E/fc_mu.weight"]
+assert len(same) > 40 and not bad, f"differing: {bad[:5]}"
+assert got["block_7.gamma_beta.weight"].equal(fused) and got["encoder.fc_mu.weight"].equal(enc)
+print(f"the official generator and encoder were evaluated: {len(got)} tensors, {len(same)} compared by name")
+PY
+
 echo "== reproduce-all: interrupted and run again, against a stand-in runner"
 python scripts/test_reproduce_all.py
 

@@ -313,6 +313,11 @@ pub struct Config {
     pub batch: i64,
     /// Training iterations (one G step then one D step each).
     pub iterations: u64,
+    /// Evaluate these weights instead of training: the official `latest_net_G/D/E.pth` put
+    /// in one safetensors file by `scripts/convert_tsit_ckpt.py` (`G/…`, `D/…`, `E/…`, the
+    /// official names; `D/…` optional), mapped to reprise's by `tsit::official`.
+    #[serde(default)]
+    pub from: Option<std::path::PathBuf>,
     /// How batches are drawn; an epoch is ⌊training items / batch⌋ iterations, for the
     /// sampling and the learning-rate decay alike.
     #[serde(default)]

@@ -13,6 +13,7 @@ pub mod eval;
 pub mod folders;
 pub mod model;
 pub mod nets;
+pub mod official;
 pub mod report;
 pub mod train;
 
@@ -604,6 +605,29 @@ fn load(gan: &mut Gan, ck: &Checkpoint) -> Result<()> {
     Ok(())
 }
 
+/// Loads official weights (`tsit.from`, see [`official`]) into the generator (and the
+/// discriminator when the file has it), and writes the generator evaluated to
+/// `generator.safetensors` in the run folder.
+fn load_official(ctx: &RunContext, f: &std::path::Path, gan: &Gan) -> Result<()> {
+    let named = reprise_core::nn::read_weights(
+        f,
+        "the official latest_net_G/D/E.pth convert with scripts/convert_tsit_ckpt.py",
+    )?;
+    let map = official::to_reprise(&named)?;
+    let from = f.display().to_string();
+    official::load(gan.g.vs(), official::Store::G, &map, &from)?;
+    if map.keys().any(|(s, _)| *s == official::Store::D) {
+        official::load(&gan.d.vs, official::Store::D, &map, &from)?;
+    }
+    gan.g
+        .vs()
+        .save(ctx.dir().join("generator.safetensors"))
+        .map_err(|e| Error::msg(format!("cannot write generator.safetensors: {e}")))?;
+    eprintln!("evaluating {from} (no training)");
+    tracing::info!("evaluating {from} (no training)");
+    Ok(())
+}
+
 fn metrics_json(m: &Metrics) -> Value {
     Value::Object(m.iter().map(|(k, v)| (k.clone(), json_f64(*v))).collect())
 }
@@ -786,8 +810,11 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
     let total = ctx.iterations(c.iterations);
     // An epoch as the official loader counts it (drop_last): ⌊items / batch⌋ iterations.
     let per_epoch = (src.train_len() / (c.batch as usize).max(1)).max(1) as u64;
+    let total = if c.from.is_some() { 0 } else { total };
     let mut step = 0u64;
-    if let Some((_, ck)) = ctx.checkpoints().latest_valid(|ck| fits(&gan, ck))? {
+    if let Some(f) = &c.from {
+        load_official(ctx, f, &gan)?;
+    } else if let Some((_, ck)) = ctx.checkpoints().latest_valid(|ck| fits(&gan, ck))? {
         load(&mut gan, &ck)?;
         step = ck.get("step")?;
         eprintln!("resuming from step {step}");

@@ -18,6 +18,7 @@ use tch::{Device, Kind, Tensor};
 use tsit::config::Config;
 use tsit::model::{Discriminator, GenInput, Generator, Mode, Tsit};
 use tsit::nets::Perceptual;
+use tsit::official::{load, Store};
 use tsit::train::{adam, Gan};
 
 const TOL: f64 = 1e-5;
@@ -45,98 +46,17 @@ fn config(sis: bool) -> Config {
     serde_json::from_value(v).unwrap()
 }
 
-/// The official generator blocks, by reprise's block index j (`block_j` takes stream level j).
-const BLOCKS: [(&str, usize); 7] = [
-    ("head_0", 7),
-    ("G_middle_0", 6),
-    ("G_middle_1", 5),
-    ("up_0", 4),
-    ("up_1", 3),
-    ("up_2", 2),
-    ("up_3", 1),
-];
-
-/// Reprise's name of an official tensor of network `net` (G, D or E), with, for the FADE γ/β
-/// convolutions that reprise holds as one, the part of it: (name, Some(index of the part)).
-fn ours(net: &str, key: &str) -> (String, Option<i64>) {
-    match net {
-        "E" => (format!("encoder.{}", key.replacen(".0.", ".", 1)), None),
-        "D" => {
-            // discriminator_k.model0.0.w, model{n}.0.0.w (spectral + instance norm), last .0.w
-            let parts: Vec<&str> = key.split('.').collect();
-            let (d, m, leaf) = (parts[0], parts[1], parts[parts.len() - 1]);
-            (format!("{d}.{m}.{leaf}"), None)
-        }
-        _ => {
-            for (off, j) in BLOCKS {
-                if let Some(rest) = key.strip_prefix(&format!("{off}.")) {
-                    let norm = |n: &str| match n {
-                        "norm_0" => 0,
-                        "norm_1" => 1,
-                        _ => 2,
-                    };
-                    let p: Vec<&str> = rest.split('.').collect();
-                    if p[0].starts_with("norm_") {
-                        let k = norm(p[0]);
-                        return match p[1] {
-                            "param_free_norm" => (format!("block_{j}.norm_{k}.{}", p[2]), None),
-                            gb => {
-                                let part = 2 * k + i64::from(gb == "mlp_beta");
-                                (format!("block_{j}.gamma_beta.{}", p[2]), Some(part))
-                            }
-                        };
-                    }
-                    return (format!("block_{j}.{rest}"), None);
-                }
-            }
-            (key.to_string(), None)
-        }
-    }
-}
-
-/// The official tensors of `{tag}/{phase}/` in reprise's layout, by reprise's names (the FADE
-/// γ/β parts concatenated in reprise's order: γ₀ β₀ γ₁ β₁ γ_s β_s).
-fn official(fx: &Fixture, tag: &str, phase: &str) -> BTreeMap<String, Tensor> {
-    let mut parts: BTreeMap<String, BTreeMap<i64, Tensor>> = BTreeMap::new();
-    let mut whole = BTreeMap::new();
+/// The official tensors of `{tag}/{phase}/` in reprise's layout (`tsit::official`, the names
+/// the official-checkpoint loading uses).
+fn official(fx: &Fixture, tag: &str, phase: &str) -> BTreeMap<(Store, String), Tensor> {
+    let mut named = Vec::new();
     for net in ["G", "D", "E"] {
         let prefix = format!("{tag}/{phase}/{net}/");
         for key in fx.names_under(&prefix) {
-            let t = fx.get(&format!("{prefix}{key}"));
-            let (name, part) = ours(net, &key);
-            let store = if net == "D" { "d:" } else { "g:" };
-            match part {
-                Some(i) => {
-                    parts
-                        .entry(format!("{store}{name}"))
-                        .or_default()
-                        .insert(i, t);
-                }
-                None => {
-                    assert!(
-                        whole.insert(format!("{store}{name}"), t).is_none(),
-                        "{key} twice"
-                    );
-                }
-            }
+            named.push((format!("{net}/{key}"), fx.get(&format!("{prefix}{key}"))));
         }
     }
-    for (name, ps) in parts {
-        let v: Vec<Tensor> = ps.into_values().collect();
-        whole.insert(name, Tensor::cat(&v, 0));
-    }
-    whole
-}
-
-fn load(vs: &VarStore, store: &str, from: &BTreeMap<String, Tensor>) {
-    tch::no_grad(|| {
-        for (name, mut v) in vs.variables() {
-            let src = from
-                .get(&format!("{store}{name}"))
-                .unwrap_or_else(|| panic!("no official tensor for {store}{name}"));
-            v.copy_(&src.view(v.size().as_slice()));
-        }
-    });
+    tsit::official::to_reprise(&named).unwrap()
 }
 
 /// Whether a generator parameter is one the next train-mode normalisation can make
@@ -153,13 +73,13 @@ fn scale_free(name: &str, v: &Tensor) -> bool {
 /// [`check_gradients`]), which each side moved by at most lr_g = 1e-4, so they are at most
 /// 2·lr_g apart, and the running means they feed, at most the batch-norm momentum (0.1) times
 /// that apart.
-fn compare(vs: &VarStore, store: &str, want: &BTreeMap<String, Tensor>) {
+fn compare(vs: &VarStore, store: Store, want: &BTreeMap<(Store, String), Tensor>) {
     let mut bad = Vec::new();
     for (name, v) in vs.variables() {
-        let key = format!("{store}{name}");
-        let w = want[&key].view(v.size().as_slice());
+        let key = format!("{store:?}:{name}");
+        let w = want[&(store, name.clone())].view(v.size().as_slice());
         let diff = (&v - &w).abs().max().double_value(&[]);
-        let ok = if store == "g:" && v.requires_grad() && scale_free(&name, &v) {
+        let ok = if store == Store::G && v.requires_grad() && scale_free(&name, &v) {
             diff <= 2.0 * 1.01e-4
         } else if name.ends_with("running_mean") {
             diff <= 0.1 * 2.0 * 1.01e-4 + 1e-6
@@ -184,7 +104,7 @@ fn compare(vs: &VarStore, store: &str, want: &BTreeMap<String, Tensor>) {
 /// float32 gradients differ from its float64 ones by up to 2.2e-4 there (measured on the
 /// fixture's SIS iteration). Adam's first step is insensitive to that; the parameters after
 /// it are compared to 1e-5. Returns how many gradients were compared.
-fn check_gradients(vs: &VarStore, grads: &BTreeMap<String, Tensor>) -> usize {
+fn check_gradients(vs: &VarStore, grads: &BTreeMap<(Store, String), Tensor>) -> usize {
     let mut n = 0;
     for (name, v) in vs
         .variables()
@@ -194,7 +114,7 @@ fn check_gradients(vs: &VarStore, grads: &BTreeMap<String, Tensor>) -> usize {
         if scale_free(&name, &v) {
             continue;
         }
-        let w = grads[&format!("g:{name}")].view(v.size().as_slice());
+        let w = grads[&(Store::G, name.clone())].view(v.size().as_slice());
         let e = reprise_core::fixture::relative_error(&v.grad(), &w);
         assert!(e <= 1e-3, "gradient of {name}: relative error {e:.2e}");
         n += 1;
@@ -232,8 +152,8 @@ fn one_iteration(sis: bool) {
         before.len(),
         "every official tensor has its place, and no more"
     );
-    load(&g.vs, "g:", &before);
-    load(&d.vs, "d:", &before);
+    load(&g.vs, Store::G, &before, "fixture").unwrap();
+    load(&d.vs, Store::D, &before, "fixture").unwrap();
     let mut p = Perceptual::vgg_mini(dev, 10);
     p.vs.freeze();
     let (opt_g, opt_d) = (adam(&c.optim, &g.vs), adam(&c.optim, &d.vs));
@@ -257,7 +177,7 @@ fn one_iteration(sis: bool) {
     // training-mode pass runs a power iteration and updates batch statistics).
     let fake = {
         let g2 = Tsit::new(&c.model, (256, 256), in_c, !sis, !sis, dev);
-        load(&g2.vs, "g:", &before);
+        load(&g2.vs, Store::G, &before, "fixture").unwrap();
         let n0 = noise.get(0);
         let inp = GenInput {
             content: &content,
@@ -305,8 +225,8 @@ fn one_iteration(sis: bool) {
     assert_close("D real", &one(st.d_real), &loss("D_real"), TOL);
     let grads = official(&fx, tag, "grad");
     assert!(check_gradients(gan.g.vs(), &grads) > 40);
-    compare(gan.g.vs(), "g:", &after);
-    compare(&gan.d.vs, "d:", &after);
+    compare(gan.g.vs(), Store::G, &after);
+    compare(&gan.d.vs, Store::D, &after);
 }
 
 #[test]
