@@ -25,7 +25,6 @@ import subprocess
 import sys
 
 import torch
-from safetensors.torch import save_file
 
 torch.set_num_threads(1)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -39,6 +38,8 @@ def commit(path):
 
 
 def save(tensors, paper, name, meta):
+    from safetensors.torch import save_file
+
     out = os.path.join(ROOT, "crates", paper, "tests", "fixtures")
     os.makedirs(out, exist_ok=True)
     path = os.path.join(out, name)
@@ -419,12 +420,89 @@ def tsit(path):
     sys.path.remove(path)
 
 
+# ---------------------------------------------------------------------------------------------
+# FID (the pytorch-fid package: pytorch_fid.inception.InceptionV3, fid_score)
+
+
+def formula_weight(name, shape):
+    """The deterministic weights both sides fill the FID network with (its real weights are a
+    100 MB download): t_k = 2·((k + 1)·48271·(s + 1) mod (2³¹ − 1))/(2³¹ − 1) − 1, k the flat index,
+    s = Σ (i + 1)·byte_i mod 997 of the name, scaled by the kind of tensor. reprise's test computes
+    the same with LibTorch."""
+    s = sum((i + 1) * b for i, b in enumerate(name.encode())) % 997
+    n = 1
+    for d in shape:
+        n *= d
+    # Exact integer arithmetic: a multiplicative (Lehmer) sequence, uniform in [−1, 1).
+    t = (torch.arange(1, n + 1, dtype=torch.int64) * (48271 * (s + 1)) % 2147483647).double() / 2147483647 * 2 - 1
+    if name.endswith("running_var"):
+        v = 0.5 + t.abs() * 0.5
+    elif name.endswith("running_mean") or name.endswith("bias"):
+        v = t * 0.1
+    elif name.endswith("bn.weight"):
+        v = 1.0 + t * 0.1
+    else:
+        fan_in = n // shape[0]
+        v = t * (3.0 / fan_in) ** 0.5
+    return v.reshape(shape).float()
+
+
+def fid():
+    import pytorch_fid
+    from pytorch_fid import inception as pfi  # noqa: E402
+    from pytorch_fid.fid_score import calculate_frechet_distance  # noqa: E402
+    import numpy as np  # noqa: E402
+
+    meta = {"package": f"pytorch-fid {pytorch_fid.__version__}"}
+    # fid_inception_v3 downloads its weights at the end: build it without them.
+    with patched(pfi, load_state_dict_from_url=lambda *a, **k: None), \
+            patched(torch.nn.Module, load_state_dict=lambda self, sd, *a, **k: None):
+        net = pfi.InceptionV3([pfi.InceptionV3.DEFAULT_BLOCK_INDEX]).eval()
+    with torch.no_grad():
+        for k, v in net.state_dict().items():
+            if not k.endswith("num_batches_tracked"):
+                # Names as torchvision's Inception3 has them (blocks.i.* are its modules).
+                v.copy_(formula_weight(TORCHVISION_NAME[k], tuple(v.shape)))
+    torch.manual_seed(11)
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        feats = net(x)[0].flatten(1)
+    g = torch.Generator().manual_seed(12)
+    a, b = torch.randn(40, 6, generator=g, dtype=torch.float64), torch.randn(50, 6, generator=g, dtype=torch.float64) * 1.3 + 0.4
+    stats = lambda f: (f.mean(0).numpy(), np.cov(f.numpy(), rowvar=False))
+    d = calculate_frechet_distance(*stats(a), *stats(b))
+    out = {"x": x, "features": feats, "frechet/a": a, "frechet/b": b, "frechet/distance": torch.tensor([d])}
+    # The network's names and shapes, so that a weights file can be made without pytorch-fid
+    # (scripts/test.sh does, for the paper-scale FID path).
+    import json  # noqa: E402
+    meta["shapes"] = json.dumps({TORCHVISION_NAME[k]: list(v.shape) for k, v in net.state_dict().items()
+                                 if not k.endswith("num_batches_tracked")})
+    save(out, "core", "pytorch-fid.safetensors", meta)
+
+
+# pytorch-fid's InceptionV3 keeps torchvision's modules in `blocks`: block index and position to
+# the torchvision name.
+_STEM = [["Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3"], ["Conv2d_3b_1x1", "Conv2d_4a_3x3"],
+         ["Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c", "Mixed_6d", "Mixed_6e"],
+         ["Mixed_7a", "Mixed_7b", "Mixed_7c"]]
+
+
+class _Names(dict):
+    def __missing__(self, k):
+        _, b, i, rest = k.split(".", 3)
+        return f"{_STEM[int(b)][int(i)]}.{rest}"
+
+
+TORCHVISION_NAME = _Names()
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--jem", help="checkout of wgrathwohl/JEM")
     ap.add_argument("--robustness", help="checkout of MadryLab/robustness")
     ap.add_argument("--transfer", help="checkout of microsoft/robust-models-transfer")
     ap.add_argument("--tsit", help="checkout of EndlessSora/TSIT")
+    ap.add_argument("--fid", action="store_true", help="pytorch-fid's Inception (the installed package)")
     a = ap.parse_args()
     if a.jem:
         jem(a.jem)
@@ -434,6 +512,8 @@ def main():
         robustness(a.robustness, a.transfer)
     if a.tsit:
         tsit(a.tsit)
+    if a.fid:
+        fid()
 
 
 if __name__ == "__main__":

@@ -152,6 +152,25 @@ assert got["block_7.gamma_beta.weight"].equal(fused) and got["encoder.fc_mu.weig
 print(f"the official generator and encoder were evaluated: {len(got)} tensors, {len(same)} compared by name")
 PY
 
+echo "== tsit: the paper-scale FID on pytorch-fid's Inception-v3, from a weights file"
+python - crates/core/tests/fixtures/pytorch-fid.safetensors "$out/fid-inception.safetensors" <<'PY'
+import json, struct, sys
+sys.path.insert(0, "scripts")
+from convert_robustness_ckpt import write_safetensors
+from make_official_fixtures import formula_weight
+with open(sys.argv[1], "rb") as f:
+    shapes = json.loads(json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))["__metadata__"]["shapes"])
+write_safetensors({k: formula_weight(k, tuple(s)) for k, s in shapes.items()}, sys.argv[2])
+PY
+"$runner" run tsit/summer2winter-ast --smoke --out "$out" tsit.eval.fid_inception="$out/fid-inception.safetensors"
+python - "$(ls -td "$out"/tsit-summer2winter-ast/*/ | head -1)" <<'PY'
+import json, math, pathlib, sys
+s = json.loads(next(pathlib.Path(sys.argv[1]).rglob("summary.json")).read_text())
+assert isinstance(s.get("fid"), float) and math.isfinite(s["fid"]) and s["fid"] >= 0, s.get("fid")
+print(f"paper-scale FID computed in the run: {s['fid']:.3f}")
+PY
+rm -f "$out/fid-inception.safetensors"
+
 echo "== reproduce-all: interrupted and run again, against a stand-in runner"
 python scripts/test_reproduce_all.py
 

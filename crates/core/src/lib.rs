@@ -9,6 +9,7 @@ pub mod checkpoint;
 pub mod data;
 pub mod error;
 pub mod fixture;
+pub mod inception;
 pub mod logging;
 pub mod memory;
 pub mod metrics;

@@ -254,6 +254,11 @@ pub struct EvalConfig {
     /// and photo→art (spec §3.4); running statistics otherwise (the default).
     #[serde(default)]
     pub train_bn: bool,
+    /// Paper scale: pytorch-fid's Inception-v3 weights (safetensors, converted by
+    /// `scripts/convert_fid_inception.py`); when given, the FID of the test outputs against
+    /// the test images (the target domain's for style transfer) is computed and reported.
+    #[serde(default)]
+    pub fid_inception: Option<std::path::PathBuf>,
 }
 
 /// How a paper-scale dataset's folders are read (spec §7).

@@ -335,6 +335,15 @@ fn write_test_outputs(
     std::fs::create_dir_all(&out_dir).map_err(|e| Error::Io(out_dir.clone(), e))?;
     let n = f.test.len().min(c.eval.n_test);
     let dev = ctx.device();
+    let inception = match &c.eval.fid_inception {
+        Some(p) => {
+            let net = reprise_core::inception::FidInception::new(dev);
+            net.load(p)?;
+            Some(net)
+        }
+        None => None,
+    };
+    let (mut feats_fake, mut feats_real) = (Vec::new(), Vec::new());
     let mut shown = Vec::new();
     let mut i = 0;
     while i < n {
@@ -358,6 +367,11 @@ fn write_test_outputs(
                 .image
                 .to_device(Device::Cpu)
         });
+        if let Some(net) = &inception {
+            // Images in [−1, 1] to pytorch-fid's [0, 1].
+            feats_fake.push(net.features(&((&out + 1.0) / 2.0)).to_device(Device::Cpu));
+            feats_real.push(net.features(&((&img + 1.0) / 2.0)).to_device(Device::Cpu));
+        }
         for j in 0..k {
             let name = f.test[i + j].b.file_stem().map_or_else(
                 || format!("{}", i + j),
@@ -408,6 +422,10 @@ fn write_test_outputs(
         let grid = Tensor::cat(&shown, 0);
         reprise_core::plot::image_grid(&ctx.figures().join("grid.png"), &grid, cols, 1, -1.0, 1.0)?;
     }
+    let fid = (!feats_fake.is_empty()).then(|| {
+        let to = |v: &[Tensor]| Tensor::cat(v, 0).to_kind(tch::Kind::Double);
+        reprise_core::metrics::frechet_distance(&to(&feats_fake), &to(&feats_real))
+    });
     Ok(json!({
         "task": serde_json::to_value(c.task).expect("enum"),
         "arm": c.arm.name(),
@@ -417,7 +435,12 @@ fn write_test_outputs(
         "params_g": model::param_count(gan.g.vs()),
         "params_d": model::param_count(&gan.d.vs),
         "test_outputs": n,
-        "evaluation": "test outputs written to test_outputs/ for an external FID (Inception-v3) and segmenter (DRN-D-105 / UperNet-101); no in-project metric at paper scale",
+        "fid": fid.map(json_f64),
+        "evaluation": if fid.is_some() {
+            "FID of the test outputs against the test images on pytorch-fid's Inception-v3 (tsit.eval.fid_inception); outputs also written to test_outputs/ for a segmenter (DRN-D-105 / UperNet-101)"
+        } else {
+            "test outputs written to test_outputs/ for an external FID (Inception-v3; or give tsit.eval.fid_inception) and segmenter (DRN-D-105 / UperNet-101)"
+        },
     }))
 }
 
