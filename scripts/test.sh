@@ -152,7 +152,7 @@ assert got["block_7.gamma_beta.weight"].equal(fused) and got["encoder.fc_mu.weig
 print(f"the official generator and encoder were evaluated: {len(got)} tensors, {len(same)} compared by name")
 PY
 
-echo "== tsit: the paper-scale FID on pytorch-fid's Inception-v3, from a weights file"
+echo "== tsit and jem: the paper-scale FID on pytorch-fid's Inception-v3, from a weights file"
 python - crates/core/tests/fixtures/pytorch-fid.safetensors "$out/fid-inception.safetensors" <<'PY'
 import json, struct, sys
 sys.path.insert(0, "scripts")
@@ -168,6 +168,14 @@ import json, math, pathlib, sys
 s = json.loads(next(pathlib.Path(sys.argv[1]).rglob("summary.json")).read_text())
 assert isinstance(s.get("fid"), float) and math.isfinite(s["fid"]) and s["fid"] >= 0, s.get("fid")
 print(f"paper-scale FID computed in the run: {s['fid']:.3f}")
+PY
+"$runner" run jem/cifar10-wrn28-10 --smoke --out "$out" jem.eval.fid_inception="$out/fid-inception.safetensors"
+python - "$(ls -td "$out"/jem-cifar10-wrn28-10/*/ | head -1)" <<'PY'
+import json, math, pathlib, sys
+s = json.loads(next(pathlib.Path(sys.argv[1]).rglob("summary.json")).read_text())
+fids = [s.get("fid_buffer"), s.get("fid_samples")]
+assert all(isinstance(f, float) and math.isfinite(f) for f in fids), fids
+print("JEM sample and replay-buffer FIDs computed in the run")
 PY
 rm -f "$out/fid-inception.safetensors"
 

@@ -179,6 +179,11 @@ pub struct EvalConfig {
     /// Further OOD sets from datasets a user points to (same image shape as the test set), by name.
     #[serde(default)]
     pub ood_datasets: std::collections::BTreeMap<String, reprise_core::spec::DataSpec>,
+    /// Paper scale: pytorch-fid's Inception-v3 weights (safetensors, converted by
+    /// `scripts/convert_fid_inception.py`); when given, the FID of the replay buffer's samples
+    /// and of the class-conditional samples against the test images is reported.
+    #[serde(default)]
+    pub fid_inception: Option<std::path::PathBuf>,
 }
 
 fn ten() -> usize {

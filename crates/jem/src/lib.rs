@@ -670,6 +670,19 @@ fn final_eval(
         &per_set,
         |sc| &sc.pxgrad,
     )?;
+    let inception = match &c.eval.fid_inception {
+        Some(p) => {
+            let net = reprise_core::inception::FidInception::new(model.vs.device());
+            net.load(p)?;
+            Some(net)
+        }
+        None => None,
+    };
+    // Images in [−1, 1] to pytorch-fid's [0, 1]; the FID against the test images.
+    let fid_to_test = |net: &reprise_core::inception::FidInception, x: &Tensor| {
+        let to01 = |t: &Tensor| ((t + 1.0) / 2.0).clamp(0.0, 1.0);
+        reprise_core::inception::fid(net, &to01(x), &to01(&d.clean), 50)
+    };
     if c.arm != Arm::BaseLong && c.eval.chains_per_class > 0 {
         let (samples, ys) = eval::conditional_samples(
             model,
@@ -700,6 +713,12 @@ fn final_eval(
             )
         });
         s.insert("self_agreement".into(), json!(self_agree));
+        if let Some(net) = &inception {
+            s.insert("fid_samples".into(), json!(fid_to_test(net, &samples)));
+        }
+    }
+    if let (Some(net), Some(b)) = (&inception, buffer) {
+        s.insert("fid_buffer".into(), json!(fid_to_test(net, &b.data)));
     }
     if let Some(b) = buffer {
         // Buffer samples binned by predicted class, as the paper's "conditional" grids.
