@@ -334,7 +334,7 @@ def tsit(path):
     meta = {"repository": "EndlessSora/TSIT", "commit": commit(path), "ngf": 1, "ndf": 2, "size": 256}
     out = {}
 
-    def options(task, label_nc):
+    def options(task, label_nc, vgg=False):
         sis = task == "SIS"
         return argparse.Namespace(
             task=task, isTrain=True, gpu_ids=[], netG="tsit", netD="multiscale", netD_subarch="n_layer",
@@ -342,8 +342,8 @@ def tsit(path):
             norm_E="spectralinstance", ngf=1, ndf=2, label_nc=label_nc, output_nc=3,
             semantic_nc=label_nc if sis else 3, contain_dontcare_label=False, no_instance=True,
             crop_size=256, aspect_ratio=1.0, num_upsampling_layers="more", use_vae=sis, z_dim=256,
-            alpha=1.0, no_ss=sis, n_layers_D=4, num_D=2, no_ganFeat_loss=False, no_vgg_loss=True,
-            gan_mode="hinge", lambda_feat=10.0, lambda_vgg=0.0, lambda_kld=0.05,
+            alpha=1.0, no_ss=sis, n_layers_D=4, num_D=2, no_ganFeat_loss=False, no_vgg_loss=not vgg,
+            gan_mode="hinge", lambda_feat=10.0, lambda_vgg=2.0 if vgg else 0.0, lambda_kld=0.05,
             # A larger init than the official 0.02 (xavier gain), so every path carries signal.
             init_type="xavier", init_variance=1.0, continue_train=False, no_TTUR=False, lr=2e-4,
             beta1=0.0, beta2=0.9,
@@ -352,10 +352,24 @@ def tsit(path):
     def up(t):
         return F.interpolate(t, scale_factor=16, mode="nearest")
 
+    import torchvision  # noqa: E402
+
+    # VGGLoss builds torchvision's ImageNet VGG-19 (a download) and moves it to CUDA: both sides
+    # use VGG-19 with formula_weight's weights (gain 6, He's scale) instead, on the CPU.
+    plain_vgg19 = torchvision.models.vgg19
+
+    def vgg19(*a, **k):
+        net = plain_vgg19(weights=None)
+        with torch.no_grad():
+            for name, v in net.features.state_dict().items():
+                v.copy_(formula_weight(f"features.{name}", tuple(v.shape), 6.0))
+        return net
+
     for task, tag in [("AST", "ast"), ("SIS", "sis")]:
         torch.manual_seed(10)
         opt = options(task, 4)
-        model = Pix2PixModel(opt)
+        with patched(torchvision.models, vgg19=vgg19), patched(torch.nn.Module, cuda=lambda self, *a: self):
+            model = Pix2PixModel(opt)
         nets = {"G": model.netG, "D": model.netD}
         if model.netE is not None:
             nets["E"] = model.netE
@@ -370,6 +384,7 @@ def tsit(path):
             for k, v in net.state_dict().items():
                 if not k.endswith("num_batches_tracked"):
                     out[f"{tag}/before/{n}/{k}"] = v.clone()
+        before = {n: {k: v.clone() for k, v in net.state_dict().items()} for n, net in nets.items()}
         # 16² inputs brought to 256² by nearest ×16 on both sides.
         if task == "SIS":
             label16 = torch.randint(0, 4, (1, 1, 16, 16))
@@ -416,6 +431,20 @@ def tsit(path):
             for k, v in net.state_dict().items():
                 if not k.endswith("num_batches_tracked"):
                     out[f"{tag}/after/{n}/{k}"] = v.clone()
+        # The generator step's losses with the VGG loss on (weight 2 for both tasks; the official
+        # 1 and 20), from the same state: its L1 terms make float32 gradients, and so Adam's
+        # sign-like first step, rounding-dependent, so only the losses are compared.
+        with patched(torchvision.models, vgg19=vgg19), patched(torch.nn.Module, cuda=lambda self, *a: self):
+            vmodel = Pix2PixModel(options(task, 4, vgg=True))
+        for n, net in {"G": vmodel.netG, "D": vmodel.netD, "E": vmodel.netE}.items():
+            if net is not None:
+                net.load_state_dict(before[n])
+        vmodel.train()
+        draws_it = [draws[0]]
+        with patched(torch, **noise_fn):
+            v_losses, _ = vmodel(dict(data), mode="generator")
+        for k, v in v_losses.items():
+            out[f"{tag}/vgg/loss/{k}"] = v.detach().reshape(1)
     save(out, "tsit", "official-tsit.safetensors", meta)
     sys.path.remove(path)
 
@@ -424,11 +453,11 @@ def tsit(path):
 # FID (the pytorch-fid package: pytorch_fid.inception.InceptionV3, fid_score)
 
 
-def formula_weight(name, shape):
+def formula_weight(name, shape, gain=3.0):
     """The deterministic weights both sides fill the FID network with (its real weights are a
     100 MB download): t_k = 2·((k + 1)·48271·(s + 1) mod (2³¹ − 1))/(2³¹ − 1) − 1, k the flat index,
-    s = Σ (i + 1)·byte_i mod 997 of the name, scaled by the kind of tensor. reprise's test computes
-    the same with LibTorch."""
+    s = Σ (i + 1)·byte_i mod 997 of the name, scaled by the kind of tensor (a weight by
+    √(gain/fan_in)). reprise's `fixture::formula_weight` computes the same with LibTorch."""
     s = sum((i + 1) * b for i, b in enumerate(name.encode())) % 997
     n = 1
     for d in shape:
@@ -443,7 +472,7 @@ def formula_weight(name, shape):
         v = 1.0 + t * 0.1
     else:
         fan_in = n // shape[0]
-        v = t * (3.0 / fan_in) ** 0.5
+        v = t * (gain / fan_in) ** 0.5
     return v.reshape(shape).float()
 
 

@@ -58,6 +58,39 @@ pub fn assert_close(what: &str, got: &Tensor, want: &Tensor, tol: f64) {
     assert!(e <= tol, "{what}: relative error {e:.3e} > {tol:.0e}");
 }
 
+/// Deterministic stand-in weights for a network whose real weights are a large download
+/// (pytorch-fid's Inception-v3, ImageNet VGG-19), the same as `scripts/make_official_fixtures.py`
+/// `formula_weight` computes: t_k = 2·((k + 1)·48271·(s + 1) mod (2³¹ − 1))/(2³¹ − 1) − 1 over
+/// the flat index k, s = Σ (i + 1)·byte_i mod 997 of `name`; running variances 0.5 + |t|/2,
+/// running means and biases t/10, batch-norm weights 1 + t/10, other weights t·√(gain/fan_in).
+/// Exact integer arithmetic, so both sides get the same numbers.
+pub fn formula_weight(name: &str, shape: &[i64], gain: f64) -> Tensor {
+    let s: i64 = (name
+        .bytes()
+        .enumerate()
+        .map(|(i, b)| (i as u64 + 1) * u64::from(b))
+        .sum::<u64>()
+        % 997) as i64;
+    let n: i64 = shape.iter().product();
+    let k = Tensor::arange_start(1, n + 1, (Kind::Int64, tch::Device::Cpu));
+    let t = (k * (48271 * (s + 1)))
+        .remainder(2147483647)
+        .to_kind(Kind::Double)
+        / 2147483647.0
+        * 2.0
+        - 1.0;
+    let v = if name.ends_with("running_var") {
+        t.abs() * 0.5 + 0.5
+    } else if name.ends_with("running_mean") || name.ends_with("bias") {
+        t * 0.1
+    } else if name.ends_with("bn.weight") {
+        t * 0.1 + 1.0
+    } else {
+        t * (gain / (n / shape[0]) as f64).sqrt()
+    };
+    v.reshape(shape).to_kind(Kind::Float)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,37 +6,9 @@
 //! deterministic weights instead (a function of each tensor's torchvision name and shape), so
 //! every layer, pool and branch is exercised. Pool features agree to 1e-5 relative.
 
-use reprise_core::fixture::{assert_close, Fixture};
+use reprise_core::fixture::{assert_close, formula_weight, Fixture};
 use reprise_core::inception::FidInception;
-use tch::{Device, Kind, Tensor};
-
-/// The weights of `make_official_fixtures.py`'s `formula_weight`.
-fn formula_weight(name: &str, shape: &[i64]) -> Tensor {
-    let s: u64 = name
-        .bytes()
-        .enumerate()
-        .map(|(i, b)| (i as u64 + 1) * u64::from(b))
-        .sum::<u64>()
-        % 997;
-    let n: i64 = shape.iter().product();
-    let k = Tensor::arange_start(1, n + 1, (Kind::Int64, Device::Cpu));
-    let t = (k * (48271 * (s as i64 + 1)))
-        .remainder(2147483647)
-        .to_kind(Kind::Double)
-        / 2147483647.0
-        * 2.0
-        - 1.0;
-    let v = if name.ends_with("running_var") {
-        t.abs() * 0.5 + 0.5
-    } else if name.ends_with("running_mean") || name.ends_with("bias") {
-        t * 0.1
-    } else if name.ends_with("bn.weight") {
-        t * 0.1 + 1.0
-    } else {
-        t * (3.0 / (n / shape[0]) as f64).sqrt()
-    };
-    v.reshape(shape).to_kind(Kind::Float)
-}
+use tch::Device;
 
 #[test]
 fn fid_inception_features_and_frechet_distance_match_pytorch_fid() {
@@ -49,7 +21,7 @@ fn fid_inception_features_and_frechet_distance_match_pytorch_fid() {
     let mut count = 0;
     tch::no_grad(|| {
         for (name, mut v) in net.vs.variables() {
-            v.copy_(&formula_weight(&name, &v.size()));
+            v.copy_(&formula_weight(&name, &v.size(), 3.0));
             count += 1;
         }
     });
