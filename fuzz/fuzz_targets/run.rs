@@ -68,6 +68,7 @@ fuzz_target!(|data: &[u8]| {
         versions: Default::default(),
         started: reprise_core::run::utc_stamp(),
         id: "fuzz".into(),
+        provenance: Default::default(),
     };
     let Ok(mut ctx) = RunContext::create(dir.path(), run, info, tch::Device::Cpu) else {
         return;

@@ -66,6 +66,56 @@ pub struct RunInfo {
     /// run is never resumed from (empty in run folders of earlier versions: not checked).
     #[serde(default)]
     pub id: String,
+    /// Where the run came from: the code's commit, the command, the host (absent in run folders
+    /// of earlier versions).
+    #[serde(default)]
+    pub provenance: Provenance,
+}
+
+/// Where a run came from, recorded in `run.json`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct Provenance {
+    /// The git commit of the checkout the experiments were read from (`None` outside git).
+    pub commit: Option<String>,
+    /// Whether that checkout had changes not committed (tracked files modified or untracked
+    /// files present).
+    pub dirty: Option<bool>,
+    /// The command line that started the run.
+    pub command: Vec<String>,
+    /// The machine's host name.
+    pub host: String,
+}
+
+impl Provenance {
+    /// The provenance of a run started now from the checkout holding `dir`.
+    pub fn of(dir: &Path) -> Provenance {
+        let git = |args: &[&str]| {
+            std::process::Command::new("git")
+                .arg("-C")
+                .arg(dir)
+                .args(args)
+                .stderr(std::process::Stdio::null())
+                .output()
+                .ok()
+                .filter(|o| o.status.success())
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        };
+        let commit = git(&["rev-parse", "HEAD"]);
+        let dirty = commit
+            .as_ref()
+            .and_then(|_| git(&["status", "--porcelain"]))
+            .map(|s| !s.is_empty());
+        let host = fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .map_or_else(String::new, |h| h.trim().to_string());
+        Provenance {
+            commit,
+            dirty,
+            command: std::env::args().collect(),
+            host,
+        }
+    }
 }
 
 /// A new run identity: a sha256 prefix of the folder, the time and the process.
@@ -557,6 +607,7 @@ mod tests {
             versions: Map::new(),
             started: utc_stamp(),
             id: "test-run".into(),
+            provenance: Provenance::default(),
         }
     }
 
@@ -602,6 +653,45 @@ mod tests {
         let steps: Vec<u64> = read_metrics(&dir).iter().map(|r| r.step).collect();
         assert_eq!(steps, vec![1, 2, 3, 4]);
         assert_eq!(again.info(), &info_with_started(&dir));
+    }
+
+    #[test]
+    fn provenance_names_the_commit_and_whether_the_tree_is_dirty() {
+        let d = tempfile::tempdir().unwrap();
+        let git = |args: &[&str]| {
+            let ok = std::process::Command::new("git")
+                .arg("-C")
+                .arg(d.path())
+                .args(["-c", "user.name=t", "-c", "user.email=t@t"])
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(ok.status.success(), "{ok:?}");
+            String::from_utf8_lossy(&ok.stdout).trim().to_string()
+        };
+        let outside = Provenance::of(d.path());
+        assert_eq!(
+            (outside.commit.as_deref(), outside.dirty),
+            (None, None),
+            "not a git checkout"
+        );
+        assert!(!outside.command.is_empty());
+        git(&["init", "-q"]);
+        fs::write(d.path().join("a"), "1").unwrap();
+        git(&["add", "a"]);
+        git(&["commit", "-q", "-m", "a"]);
+        let head = git(&["rev-parse", "HEAD"]);
+        let clean = Provenance::of(d.path());
+        assert_eq!(
+            (clean.commit.as_deref(), clean.dirty),
+            (Some(head.as_str()), Some(false))
+        );
+        fs::write(d.path().join("a"), "2").unwrap();
+        assert_eq!(Provenance::of(d.path()).dirty, Some(true));
+        // run.json of an earlier version (no provenance) still reads.
+        let old = r#"{"smoke":false,"smoke_iterations":null,"device":"Cpu","threads":1,"versions":{},"started":"x"}"#;
+        let r: RunInfo = serde_json::from_str(old).unwrap();
+        assert_eq!(r.provenance, Provenance::default());
     }
 
     fn info_with_started(dir: &Path) -> RunInfo {

@@ -51,6 +51,7 @@ fn prepare(dir: &Path, tree: SpecTree, smoke: bool, threads: Option<usize>) -> R
         versions: versions(),
         started: utc_stamp(),
         id: reprise_core::run::new_run_id(dir),
+        provenance: reprise_core::run::Provenance::of(&crate::experiments::experiments_dir()),
     };
     RunContext::create(dir, tree, info, device)?;
     Ok(())
