@@ -4,7 +4,6 @@
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use reprise_core::attack::Norm;
-use reprise_core::optim::{Group, Optimizer, Rule};
 use robust_transfer::config::{Arm, AttackConfig, InitKind, ModelConfig, NormSpec, ResnetArch};
 use robust_transfer::model::Net;
 use std::time::Duration;
@@ -17,18 +16,7 @@ fn bench_one(c: &mut Criterion, name: &str, model: ModelConfig, chans: i64, size
         std: vec![0.25; chans as usize],
     };
     let net = Net::new(&model, &norm, 10, InitKind::HeNormal, Device::Cpu, 0);
-    let mut opt = Optimizer::new(
-        Rule::Sgd {
-            momentum: 0.9,
-            dampening: 0.0,
-            nesterov: false,
-        },
-        vec![Group {
-            params: net.params(true),
-            lr_mult: 1.0,
-            weight_decay: 5e-4,
-        }],
-    );
+    let mut opt = robust_transfer::train::sgd(net.params(true), 0.9, 5e-4);
     let attack = AttackConfig {
         steps: 3,
         step_ratio: 2.0 / 3.0,

@@ -10,7 +10,6 @@
 //! gradients.
 
 use reprise_core::attack::Norm;
-use reprise_core::optim::{Group, Optimizer, Rule};
 use robust_transfer::config::{Arm, AttackConfig, InitKind, ModelConfig, NormSpec, ResnetArch};
 use robust_transfer::model::Net;
 use tch::nn::ModuleT;
@@ -56,18 +55,7 @@ fn main() {
         .unwrap_or(default_size);
     let classes = if arch == "r50" { 1000 } else { 5 };
     let net = Net::new(&model, &norm, classes, InitKind::HeNormal, dev, 0);
-    let mut opt = Optimizer::new(
-        Rule::Sgd {
-            momentum: 0.9,
-            dampening: 0.0,
-            nesterov: false,
-        },
-        vec![Group {
-            params: net.params(true),
-            lr_mult: 1.0,
-            weight_decay: 5e-4,
-        }],
-    );
+    let mut opt = robust_transfer::train::sgd(net.params(true), 0.9, 5e-4);
     let attack = AttackConfig {
         steps: k,
         step_ratio: 2.0 / 3.0,

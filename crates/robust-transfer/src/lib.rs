@@ -21,7 +21,7 @@ use crate::transfer::{Arch, Mode, Outcome};
 use reprise_core::attack::Pgd;
 use reprise_core::checkpoint::Checkpoint;
 use reprise_core::data::{batch_indices, Rng};
-use reprise_core::optim::{Optimizer, Rule, Schedule};
+use reprise_core::optim::{Optimizer, Schedule};
 use reprise_core::run::{Paper, RunContext};
 use reprise_core::spec::{SpecError, SpecTree};
 use reprise_core::{Error, Result};
@@ -324,18 +324,7 @@ fn train_source(
         milestones: s.decay_epochs.iter().map(|e| e * per_epoch).collect(),
         gamma: s.gamma,
     };
-    let mut opt = Optimizer::new(
-        Rule::Sgd {
-            momentum: s.momentum,
-            dampening: 0.0,
-            nesterov: false,
-        },
-        vec![reprise_core::optim::Group {
-            params: net.params(true),
-            lr_mult: 1.0,
-            weight_decay: s.weight_decay,
-        }],
-    );
+    let mut opt = train::sgd(net.params(true), s.momentum, s.weight_decay);
     let mut step = 0;
     let fits = |ck: &Checkpoint| source_checkpoint_fits(net, &opt, ck);
     if let Some((_, ck)) = ctx.checkpoints().latest_valid(fits)? {

@@ -55,6 +55,24 @@ pub fn training_inputs(
     }
 }
 
+/// SGD with momentum (no dampening, not Nesterov) over `params`, weight decay on them only,
+/// as the robustness library (`train.py`, `make_optimizer_and_schedule`) and the transfer code
+/// build it.
+pub fn sgd(params: Vec<(String, Tensor)>, momentum: f64, weight_decay: f64) -> Optimizer {
+    Optimizer::new(
+        reprise_core::optim::Rule::Sgd {
+            momentum,
+            dampening: 0.0,
+            nesterov: false,
+        },
+        vec![reprise_core::optim::Group {
+            params,
+            lr_mult: 1.0,
+            weight_decay,
+        }],
+    )
+}
+
 /// The backward pass of `loss`: an autograd error is an error, not a panic.
 pub fn backward(loss: &Tensor) -> Result<()> {
     loss.f_backward()

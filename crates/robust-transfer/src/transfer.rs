@@ -203,18 +203,7 @@ pub fn train_net(
             }
         }
     }
-    let mut opt = Optimizer::new(
-        Rule::Sgd {
-            momentum: sgd.momentum,
-            dampening: 0.0,
-            nesterov: false,
-        },
-        vec![Group {
-            params: net.params(full),
-            lr_mult: 1.0,
-            weight_decay: sgd.weight_decay,
-        }],
-    );
+    let mut opt = crate::train::sgd(net.params(full), sgd.momentum, sgd.weight_decay);
     let n = train.len();
     let per_epoch = n.div_ceil(sgd.batch) as u64;
     let steps = match (sgd.steps, sgd.epochs) {

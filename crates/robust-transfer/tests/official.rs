@@ -13,7 +13,6 @@ use reprise_core::data::augment::{color_jitter, lighting, resized_crop};
 use reprise_core::data::formats::{crop_resize, resize_center_crop, ImageSize};
 use reprise_core::data::Dataset;
 use reprise_core::fixture::{assert_close, relative_error, Fixture};
-use reprise_core::optim::{Group, Optimizer, Rule};
 use robust_transfer::config::{
     Arm, AttackConfig, InitKind, ModelConfig, NormSpec, ResnetArch, SgdConfig, Target, Transform,
 };
@@ -142,18 +141,7 @@ fn an_adversarial_training_step_matches_the_official_loop() {
     let arm = Arm::Adv(Norm::L2, 0.5);
     let adv = robust_transfer::train::training_inputs(&net, arm, 0.5, &a, &x, &y);
     assert_close("adversarial inputs", &adv, &fx.get("adv_step/adv"), TOL);
-    let mut opt = Optimizer::new(
-        Rule::Sgd {
-            momentum: 0.9,
-            dampening: 0.0,
-            nesterov: false,
-        },
-        vec![Group {
-            params: net.params(true),
-            lr_mult: 1.0,
-            weight_decay: 1e-4,
-        }],
-    );
+    let mut opt = robust_transfer::train::sgd(net.params(true), 0.9, 1e-4);
     let loss =
         robust_transfer::train::train_step(&net, &mut opt, arm, 0.5, &a, &x, &y, 0.1).unwrap();
     assert_close(

@@ -172,7 +172,7 @@ impl Gan {
     }
 
     /// [`Gan::step`] with each generator pass's bottleneck noise (or VAE ε) for a batch of
-    /// `n` from `noise`: the generator step's first, the discriminator step's second (as the
+    /// `n` from `noise_of`: the generator step's first, the discriminator step's second (as the
     /// official `Pix2PixTrainer` runs `run_generator_one_step`, then
     /// `run_discriminator_one_step` on a freshly generated fake).
     #[allow(clippy::too_many_arguments)]
