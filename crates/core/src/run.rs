@@ -26,12 +26,25 @@ pub struct Paper {
     pub title: &'static str,
     /// Checks a spec's paper section (types, values); errors name the key and line.
     pub validate: fn(&SpecTree) -> Result<(), SpecError>,
+    /// The paper section as its typed config reads it, every default filled in (what
+    /// `--print-config` shows as the knobs a user can turn); see [`section_with_defaults`].
+    pub config: fn(&SpecTree) -> Result<Json, SpecError>,
     /// Runs one (non-sweep) spec in its run folder, resuming from its checkpoints if any.
     pub run: fn(&mut RunContext) -> Result<()>,
     /// Renders `report.md` of a finished run folder again; returns the markdown.
     pub report: fn(&Path) -> Result<String>,
     /// Renders the report of a sweep folder from the summaries of its finished runs.
     pub report_sweep: fn(&Path, &[RunSummary]) -> Result<String>,
+}
+
+/// The section `name` of a spec read as `T` and written back: the keys the spec gives and
+/// every default of the ones it leaves out.
+pub fn section_with_defaults<T: serde::de::DeserializeOwned + Serialize>(
+    tree: &SpecTree,
+    name: &str,
+) -> Result<Json, SpecError> {
+    let c: T = tree.typed(name)?;
+    serde_json::to_value(c).map_err(|e| SpecError::at(name, e.to_string()))
 }
 
 /// A finished run of a sweep: its folder, resolved spec and summary.

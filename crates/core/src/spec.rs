@@ -282,6 +282,8 @@ pub struct SpecTree {
     value: Value,
     sources: std::sync::Arc<Vec<Source>>,
     overrides: Vec<(String, String)>,
+    /// The tree as the files gave it, before the first override (for examples in errors).
+    before_overrides: Option<std::sync::Arc<Value>>,
 }
 
 fn key(s: &str) -> Value {
@@ -516,6 +518,7 @@ impl SpecTree {
                 value,
                 sources: std::sync::Arc::new(vec![me]),
                 overrides: vec![],
+                before_overrides: None,
             });
         };
         let Value::String(base) = extends else {
@@ -552,6 +555,7 @@ impl SpecTree {
                 text: text.to_string(),
             }]),
             overrides: vec![],
+            before_overrides: None,
         })
     }
 
@@ -572,6 +576,9 @@ impl SpecTree {
             ..SpecError::new("", "expected key=value (e.g. jem.optim.lr=0.001)")
         })?;
         let k = k.trim();
+        if self.before_overrides.is_none() {
+            self.before_overrides = Some(std::sync::Arc::new(self.value.clone()));
+        }
         let parsed: Value = if v.trim().is_empty() {
             Value::Null
         } else {
@@ -585,6 +592,66 @@ impl SpecTree {
             e
         })?;
         self.overrides.push((k.to_string(), arg.to_string()));
+        Ok(())
+    }
+
+    /// Applies a command-line sweep `key.sub=a,b,c` (or `key.sub=[a, b, c]`, for values that
+    /// hold commas): the run is repeated for each value, as a `sweep:` entry in the spec
+    /// would (and replacing one for the same key).
+    pub fn apply_sweep(&mut self, arg: &str) -> Result<(), SpecError> {
+        let fail = |path: &str, msg: String| SpecError {
+            from_override: Some(format!("--sweep {arg}")),
+            ..SpecError::new(path, msg)
+        };
+        let (k, v) = arg.split_once('=').ok_or_else(|| {
+            fail(
+                "sweep",
+                "expected key=a,b (e.g. --sweep jem.arm=jem,base)".into(),
+            )
+        })?;
+        let k = k.trim();
+        if k.is_empty() || k.split('.').any(str::is_empty) || k == "seed" {
+            return Err(fail(
+                "sweep",
+                format!("`{k}` is not a key to sweep (seeds are swept with `seeds=[0, 1, 2]`)"),
+            ));
+        }
+        let values: Vec<Value> = if v.trim_start().starts_with('[') {
+            match bounded_yaml(v) {
+                Ok(Value::Sequence(s)) => s,
+                Ok(_) => return Err(fail(k, "expected a list `[a, b]`".into())),
+                Err(e) => return Err(fail(k, format!("the values are not valid YAML: {e}"))),
+            }
+        } else {
+            v.split(',')
+                .map(|x| {
+                    bounded_yaml(x.trim())
+                        .map_err(|e| fail(k, format!("`{x}` is not valid YAML: {e}")))
+                })
+                .collect::<Result<_, _>>()?
+        };
+        if values.is_empty() || values.iter().any(Value::is_null) {
+            return Err(fail(
+                k,
+                "expected one or more values, none of them empty".into(),
+            ));
+        }
+        let root = self
+            .value
+            .as_mapping_mut()
+            .ok_or_else(|| fail("", "the spec is not a mapping".into()))?;
+        let sweep = root
+            .entry(key("sweep"))
+            .or_insert_with(|| Value::Mapping(Mapping::new()));
+        if sweep.is_null() {
+            *sweep = Value::Mapping(Mapping::new());
+        }
+        let Value::Mapping(m) = sweep else {
+            return Err(fail("sweep", "is not a mapping of keys to lists".into()));
+        };
+        m.insert(key(k), Value::Sequence(values));
+        self.overrides
+            .push((format!("sweep.{k}"), format!("--sweep {arg}")));
         Ok(())
     }
 
@@ -677,8 +744,43 @@ impl SpecTree {
                 Some(i) => msg[..i].to_string(),
                 None => msg,
             };
-            self.locate_error(SpecError::new(path, beyond_f64(&msg).unwrap_or(msg)))
+            let msg = beyond_f64(&msg).unwrap_or_else(|| self.shape_hint(&path, msg));
+            self.locate_error(SpecError::new(path, msg))
         })
+    }
+
+    /// Says in YAML words what serde calls `expected struct ImageSize` or `expected string or
+    /// map`, with the value the spec itself gives at `path` (before any override) as an
+    /// example of the shape.
+    fn shape_hint(&self, path: &str, msg: String) -> String {
+        let Some((head, expected)) = msg.split_once(", expected ") else {
+            return msg;
+        };
+        let shape = if expected.starts_with("struct ") || expected == "a map" {
+            "a mapping of keys to values (`{ key: value, ... }`)"
+        } else if expected == "string or map" {
+            "a name, or a mapping of one name to its settings (`{ name: ... }`)"
+        } else if expected == "a sequence" || expected.starts_with("tuple") {
+            "a list (`[a, b, ...]`)"
+        } else {
+            return msg;
+        };
+        let example = self
+            .before_overrides
+            .as_deref()
+            .unwrap_or(&self.value)
+            .clone();
+        let example = path
+            .split('.')
+            .filter(|p| !p.is_empty())
+            .try_fold(&example, |cur, p| match cur {
+                Value::Sequence(s) => s.get(p.parse::<usize>().ok()?),
+                _ => cur.as_mapping()?.get(key(p)),
+            })
+            .filter(|v| matches!(v, Value::Mapping(_) | Value::Sequence(_)))
+            .map(|v| format!("; the spec has `{}`", flow_yaml(v)))
+            .unwrap_or_default();
+        format!("{head}, expected {shape}{example}")
     }
 
     /// The header of the spec, checked (the paper section and sweep keys are left to others).
@@ -819,12 +921,12 @@ impl SpecTree {
 
     /// Adds the file and line (or the override) to an error about a dotted path.
     pub fn locate_error(&self, mut e: SpecError) -> SpecError {
-        if let Some((_, arg)) = self
-            .overrides
-            .iter()
-            .rev()
-            .find(|(k, _)| path_overlaps(k, &e.path))
-        {
+        if let Some((_, arg)) = self.overrides.iter().rev().find(|(k, _)| {
+            // A command-line sweep (`sweep.jem.width`) sets the values of `jem.width`.
+            path_overlaps(k, &e.path)
+                || k.strip_prefix("sweep.")
+                    .is_some_and(|swept| path_overlaps(swept, &e.path))
+        }) {
             e.from_override = Some(arg.clone());
             return e;
         }
@@ -861,8 +963,47 @@ impl SpecTree {
     ///
     /// Without either the result is the tree itself, unnamed. The returned trees hold no
     /// `sweep` or `seeds` key and have `seed` set, so each replays exactly one run.
+    ///
+    /// An override of a swept key (`jem.arm=jem`), or of `seed` when `seeds` is given,
+    /// narrows that dimension of the sweep to the overriding value, which must be one of the
+    /// listed ones (a sweep over other values is `--sweep key=a,b`, see
+    /// [`SpecTree::apply_sweep`]).
     pub fn expand(&self) -> Result<Vec<(String, SpecTree)>, SpecError> {
-        let header = self.header()?;
+        let mut header = self.header()?;
+        for (k, arg) in &self.overrides {
+            let narrowed = |listed: &[Value]| -> Result<Value, SpecError> {
+                let v = self.get(k).cloned().unwrap_or(Value::Null);
+                if listed.iter().any(|x| same_value(x, &v)) {
+                    return Ok(v);
+                }
+                let listed: Vec<String> = listed.iter().map(scalar_text).collect();
+                Err(SpecError {
+                    from_override: Some(arg.clone()),
+                    ..SpecError::new(
+                        k.as_str(),
+                        format!(
+                            "the sweep runs it over [{}]; `{}` is not one of them (an override \
+                             of a swept key picks one of its values; to sweep others give \
+                             `--sweep {k}=a,b`)",
+                            listed.join(", "),
+                            scalar_text(&v)
+                        ),
+                    )
+                })
+            };
+            if let Some(vals) = header.sweep.get(k) {
+                let v = narrowed(vals)?;
+                header.sweep.insert(k.clone(), vec![v]);
+            } else if k == "seed" && !header.seeds.is_empty() {
+                let listed: Vec<Value> = header
+                    .seeds
+                    .iter()
+                    .map(|&s| Value::Number(s.into()))
+                    .collect();
+                narrowed(&listed)?;
+                header.seeds = vec![header.seed];
+            }
+        }
         let mut base = self.clone();
         base.remove_top("sweep");
         base.remove_top("seeds");
@@ -990,6 +1131,34 @@ fn scalar_text(v: &Value) -> String {
             .unwrap_or_default()
             .trim()
             .to_string(),
+    }
+}
+
+/// A YAML value on one line, in flow style (`{resize: 256, crop: 224}`).
+fn flow_yaml(v: &Value) -> String {
+    match v {
+        Value::Mapping(m) => {
+            let items: Vec<String> = m
+                .iter()
+                .map(|(k, v)| format!("{}: {}", scalar_text(k), flow_yaml(v)))
+                .collect();
+            format!("{{{}}}", items.join(", "))
+        }
+        Value::Sequence(s) => {
+            let items: Vec<String> = s.iter().map(flow_yaml).collect();
+            format!("[{}]", items.join(", "))
+        }
+        Value::Tagged(t) => format!("!{} {}", t.tag, flow_yaml(&t.value)),
+        other => scalar_text(other),
+    }
+}
+
+/// Whether two YAML values are the same sweep value (numbers compared as numbers, so that an
+/// override `lr=1e-3` picks the listed `0.001`).
+fn same_value(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => x.as_f64() == y.as_f64(),
+        _ => a == b,
     }
 }
 
@@ -1395,6 +1564,115 @@ jem:
         assert_eq!(r.header().unwrap().seed, 1);
         let j: Jem = r.typed("jem").unwrap();
         assert_eq!((j.width, j.optim.lr), (8, 0.01));
+    }
+
+    #[test]
+    fn an_override_of_a_swept_key_narrows_the_sweep_to_it() {
+        let text = format!(
+            "{BASE}sweep:\n  jem.width: [4, 8]\n  jem.optim.lr: [0.1, 0.001]\nseeds: [0, 1, 2]\n"
+        );
+        let names = |overrides: &[&str]| -> Result<Vec<String>, SpecError> {
+            let mut t = SpecTree::from_str("x.yaml", &text).unwrap();
+            for o in overrides {
+                t.apply_override(o)?;
+            }
+            Ok(t.expand()?.into_iter().map(|(n, _)| n).collect())
+        };
+        assert_eq!(names(&[]).unwrap().len(), 12);
+        let n = names(&["jem.width=8"]).unwrap();
+        assert_eq!(n.len(), 6);
+        assert!(n.iter().all(|n| n.contains("width=8")), "{n:?}");
+        // 1e-3 is the listed 0.001.
+        let n = names(&["jem.width=4", "jem.optim.lr=1e-3", "seed=2"]).unwrap();
+        assert_eq!(n, vec!["lr=0.001,width=4,seed=2".to_string()]);
+        let e = names(&["jem.width=16"]).unwrap_err();
+        assert_eq!(e.path, "jem.width");
+        assert_eq!(e.from_override.as_deref(), Some("jem.width=16"));
+        assert!(
+            e.message.contains("[4, 8]") && e.message.contains("--sweep"),
+            "{e}"
+        );
+        let e = names(&["seed=7"]).unwrap_err();
+        assert!(e.message.contains("[0, 1, 2]"), "{e}");
+        // Removing the sweep runs the spec's own values, once per seed.
+        assert_eq!(names(&["sweep={}"]).unwrap().len(), 3);
+        assert_eq!(
+            names(&["sweep={}", "seeds=[]"]).unwrap(),
+            vec![String::new()]
+        );
+    }
+
+    #[test]
+    fn a_command_line_sweep_adds_or_replaces_a_sweep_key() {
+        let text = format!("{BASE}sweep:\n  jem.width: [4, 8]\n");
+        let mut t = SpecTree::from_str("x.yaml", &text).unwrap();
+        t.apply_sweep("jem.width=2,16,32").unwrap();
+        t.apply_sweep("jem.optim.lr=[0.1, 0.2]").unwrap();
+        let runs = t.expand().unwrap();
+        assert_eq!(runs.len(), 6);
+        let j: Jem = runs[0].1.typed("jem").unwrap();
+        assert_eq!((j.width, j.optim.lr), (2, 0.1));
+        t.apply_override("jem.width=16").unwrap();
+        assert_eq!(t.expand().unwrap().len(), 2);
+        let mut plain = SpecTree::from_str("x.yaml", BASE).unwrap();
+        plain.apply_sweep("jem.width=1,2").unwrap();
+        assert_eq!(plain.expand().unwrap().len(), 2);
+        for bad in [
+            "jem.width",
+            "jem.width=",
+            "=1,2",
+            "seed=1,2",
+            "jem..w=1",
+            "jem.width=[1",
+        ] {
+            let e = plain.clone().apply_sweep(bad).unwrap_err();
+            assert_eq!(
+                e.from_override.as_deref(),
+                Some(&*format!("--sweep {bad}")),
+                "{bad}"
+            );
+        }
+        // A type error in a swept value is located at the command line.
+        let mut t = SpecTree::from_str("x.yaml", BASE).unwrap();
+        t.apply_sweep("jem.width=4,wide").unwrap();
+        let runs = t.expand().unwrap();
+        let e = runs[1].1.typed::<Jem>("jem").unwrap_err();
+        assert_eq!(
+            e.from_override.as_deref(),
+            Some("--sweep jem.width=4,wide"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_structured_value_of_the_wrong_shape_says_the_shape_not_a_type_name() {
+        #[derive(Debug, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code)]
+        struct Size {
+            resize: u32,
+            crop: u32,
+        }
+        #[derive(Debug, Deserialize)]
+        #[allow(dead_code)]
+        struct Jem {
+            width: u32,
+            size: Size,
+        }
+        let mut t = SpecTree::from_str(
+            "x.yaml",
+            &BASE.replace("  width: 8", "  width: 8\n  size: { resize: 6, crop: 4 }"),
+        )
+        .unwrap();
+        assert!(t.typed::<Jem>("jem").is_ok());
+        t.apply_override("jem.size=28").unwrap();
+        let e = t.typed::<Jem>("jem").unwrap_err();
+        assert!(!e.message.contains("struct"), "{e}");
+        assert!(
+            e.message.contains("a mapping of keys") && e.message.contains("{resize: 6, crop: 4}"),
+            "{e}"
+        );
+        assert_eq!(e.from_override.as_deref(), Some("jem.size=28"));
     }
 
     #[test]

@@ -35,6 +35,7 @@ pub fn paper() -> Paper {
         name: "deepthin",
         title: "Go Wide, Then Narrow: Efficient Training of Deep Thin Networks (arXiv 2007.00811)",
         validate,
+        config: |t| reprise_core::run::section_with_defaults::<Config>(t, "deepthin"),
         run,
         report: report::report_run,
         report_sweep: report::report_sweep,

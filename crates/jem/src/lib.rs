@@ -38,6 +38,7 @@ pub fn paper() -> Paper {
         name: "jem",
         title: "Your Classifier is Secretly an Energy Based Model (arXiv 1912.03263)",
         validate,
+        config: |t| reprise_core::run::section_with_defaults::<Config>(t, "jem"),
         run,
         report: report::report_run,
         report_sweep: report::report_sweep,

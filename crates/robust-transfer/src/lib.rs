@@ -37,6 +37,7 @@ pub fn paper() -> Paper {
         name: "robust-transfer",
         title: "Do Adversarially Robust ImageNet Models Transfer Better? (arXiv 2007.08489)",
         validate,
+        config: |t| reprise_core::run::section_with_defaults::<Config>(t, SECTION),
         run,
         report: report::report_run,
         report_sweep: report::report_sweep,

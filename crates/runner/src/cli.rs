@@ -81,9 +81,16 @@ pub struct RunArgs {
     /// step (0: from the start); later ones are set aside, not deleted.
     #[arg(long, requires = "resume")]
     pub from_step: Option<u64>,
-    /// Print the resolved spec and the runs it expands to; run nothing.
+    /// Print the resolved spec, every key with its default, and the runs it expands to (with
+    /// --smoke: the smoke budget too); run nothing.
     #[arg(long)]
     pub print_config: bool,
+    /// Sweep a key over values from the command line: `--sweep jem.arm=jem,base` (or
+    /// `key=[a, b]` for values holding commas); repeatable, and replacing a `sweep:` entry of
+    /// the same key. `sweep={}` removes the spec's sweep, `seeds=[0]` its seeds, and an
+    /// override of a swept key (`jem.arm=jem`) runs only that value.
+    #[arg(long, value_name = "KEY=A,B", conflicts_with = "resume")]
+    pub sweep: Vec<String>,
     /// Run the spec's `smoke:` budget: a few iterations, end to end.
     #[arg(long)]
     pub smoke: bool,
@@ -162,19 +169,65 @@ fn run(a: RunArgs) -> Result<()> {
     if let Some(d) = &a.device {
         overrides.push(format!("device={d}"));
     }
-    let tree = experiments::load(&file, a.smoke, &overrides)?;
+    let mut tree = experiments::load(&file, a.smoke, &overrides)?;
+    for s in &a.sweep {
+        tree.apply_sweep(s)?;
+    }
     let runs = experiments::check(&tree)?;
     if a.print_config {
-        say_raw!("{}", tree.to_yaml())?;
-        if runs.len() > 1 {
-            say!("# expands to {} runs:", runs.len())?;
-            for (name, _) in &runs {
-                say!("#   {name}")?;
-            }
-        }
-        return Ok(());
+        return print_config(&tree, &runs, a.smoke);
     }
     sweep::start(&tree, runs, &a, shard)
+}
+
+/// `--print-config`: the resolved spec; then, as a second YAML document, every key a run
+/// reads with the defaults of those the spec leaves out; then the runs it makes.
+fn print_config(
+    tree: &reprise_core::spec::SpecTree,
+    runs: &[(String, reprise_core::spec::SpecTree)],
+    smoke: bool,
+) -> Result<()> {
+    say_raw!("{}", tree.to_yaml())?;
+    let (_, first) = runs.first().context("the spec expands to no run")?;
+    let header = first.header()?;
+    let paper = crate::paper(&header.paper)?;
+    let mut knobs = serde_json::Map::new();
+    knobs.insert("seed".into(), header.seed.into());
+    knobs.insert("device".into(), header.device.to_string().into());
+    knobs.insert("data".into(), serde_json::to_value(&header.data)?);
+    knobs.insert(paper.name.into(), (paper.config)(first)?);
+    say!(
+        "--- # every key a run reads, defaults filled in{}",
+        if runs.len() > 1 {
+            " (the first run's swept values)"
+        } else {
+            ""
+        }
+    )?;
+    say_raw!("{}", serde_norway::to_string(&knobs)?)?;
+    if smoke {
+        let iters = header
+            .smoke
+            .iterations
+            .map_or("the spec's own".to_string(), |n| n.to_string());
+        say!("# --smoke: {iters} training iterations per run")?;
+        for (k, v) in &header.smoke.set {
+            let v = serde_norway::to_string(v)?;
+            say!("#   smoke.set {k} = {}", v.trim())?;
+        }
+    }
+    say!(
+        "# expands to {} run{}{}",
+        runs.len(),
+        if runs.len() == 1 { "" } else { "s" },
+        if runs.len() > 1 { ":" } else { "" }
+    )?;
+    if runs.len() > 1 {
+        for (name, _) in runs {
+            say!("#   {name}")?;
+        }
+    }
+    Ok(())
 }
 
 fn list() -> Result<()> {

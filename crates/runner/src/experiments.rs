@@ -72,13 +72,7 @@ pub fn resolve(arg: &str) -> Result<PathBuf> {
         }
     }
     let names: Vec<String> = all().iter().map(|p| name_of(p)).collect();
-    let close: Vec<&String> = names
-        .iter()
-        .filter(|n| {
-            let last = arg.rsplit('/').next().unwrap_or(arg);
-            n.contains(last) || last.contains(n.rsplit('/').next().unwrap_or(n))
-        })
-        .collect();
+    let close = suggestions(arg, &names);
     if close.is_empty() {
         bail!(
             "no experiment `{arg}`: not a file, and not a name under {} (see `runner list`)",
@@ -93,6 +87,45 @@ pub fn resolve(arg: &str) -> Result<PathBuf> {
             .collect::<Vec<_>>()
             .join(", ")
     )
+}
+
+/// The known names `arg` is probably a misspelling of, closest first: those within a few
+/// edits of it (a quarter of its length, at least 2), then those whose last part contains
+/// its last part or the other way round.
+pub fn suggestions<'a>(arg: &str, names: &'a [String]) -> Vec<&'a str> {
+    fn last(s: &str) -> &str {
+        s.rsplit('/').next().unwrap_or(s)
+    }
+    let budget = (arg.chars().count() / 4).max(2);
+    let mut close: Vec<(usize, &str)> = names
+        .iter()
+        .filter_map(|n| {
+            let d = edit_distance(arg, n).min(edit_distance(last(arg), last(n)));
+            let contains = !last(arg).is_empty()
+                && (last(n).contains(last(arg)) || last(arg).contains(last(n)));
+            (d <= budget || contains).then_some((d, n.as_str()))
+        })
+        .collect();
+    close.sort();
+    close.into_iter().take(5).map(|(_, n)| n).collect()
+}
+
+/// Levenshtein distance over characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, &cb) in b.iter().enumerate() {
+            let here = (prev + usize::from(ca != cb))
+                .min(row[j] + 1)
+                .min(row[j + 1] + 1);
+            prev = row[j + 1];
+            row[j + 1] = here;
+        }
+    }
+    row[b.len()]
 }
 
 /// Loads a spec, applies the smoke overrides (if asked) and the command line's overrides.
@@ -127,4 +160,39 @@ pub fn check(tree: &SpecTree) -> Result<Vec<(String, SpecTree)>> {
         (paper.validate)(r)?;
     }
     Ok(runs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn misspelt_names_get_the_closest_suggestions() {
+        let names: Vec<String> = [
+            "jem/digits-calibration",
+            "jem/mnist-small",
+            "robust-transfer/mnist-eps-sweep",
+            "tsit/scenes-sis",
+            "tsit/scenes-ast",
+        ]
+        .map(String::from)
+        .to_vec();
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        assert_eq!(edit_distance("", "abc"), 3);
+        assert_eq!(
+            suggestions("jem/mnist-smal", &names),
+            vec!["jem/mnist-small"]
+        );
+        assert_eq!(
+            suggestions("jem/digit-calibration", &names),
+            vec!["jem/digits-calibration"]
+        );
+        // The paper folder left out, or the wrong one given.
+        assert_eq!(
+            suggestions("mnist-eps-swep", &names),
+            vec!["robust-transfer/mnist-eps-sweep"]
+        );
+        assert_eq!(suggestions("tsit/scenes-sys", &names)[0], "tsit/scenes-sis");
+        assert!(suggestions("imagenet", &names).is_empty());
+    }
 }

@@ -95,6 +95,65 @@ fn print_config_applies_extends_and_overrides() {
 }
 
 #[test]
+fn overrides_of_swept_keys_narrow_and_command_line_sweeps_add() {
+    let d = setup();
+    let p = d.path();
+    write(
+        p,
+        "sw.yaml",
+        "extends: tiny.yaml\nname: sw\nsweep:\n  jem.model.mlp.width: [8, 16]\nseeds: [1, 2]\n",
+    );
+    let runs = |args: &[&str]| -> Vec<String> {
+        let mut a = vec!["run", "t/sw", "--print-config"];
+        a.extend_from_slice(args);
+        let o = runner(p, &a);
+        let t = text(&o);
+        assert!(o.status.success(), "{t}");
+        t.lines()
+            .filter_map(|l| l.strip_prefix("#   "))
+            .filter(|l| l.contains("seed="))
+            .map(str::to_string)
+            .collect()
+    };
+    assert_eq!(runs(&[]).len(), 4);
+    assert_eq!(
+        runs(&["jem.model.mlp.width=16"]),
+        vec!["width=16,seed=1", "width=16,seed=2"]
+    );
+    assert_eq!(
+        runs(&["jem.model.mlp.width=16", "seed=2"]),
+        Vec::<String>::new(),
+        "one run lists no names"
+    );
+    assert_eq!(
+        runs(&["--sweep", "jem.optim.lr=0.1,0.2", "seeds=[5]"]),
+        vec![
+            "width=8,lr=0.1,seed=5",
+            "width=8,lr=0.2,seed=5",
+            "width=16,lr=0.1,seed=5",
+            "width=16,lr=0.2,seed=5"
+        ]
+    );
+    assert_clean_error(
+        &runner(
+            p,
+            &["run", "t/sw", "--print-config", "jem.model.mlp.width=32"],
+        ),
+        "jem.model.mlp.width: the sweep runs it over [8, 16]; `32` is not one of them",
+    );
+    // Every default is printed (keys the spec leaves out), and the smoke budget.
+    let o = runner(p, &["run", "t/sw", "--print-config", "--smoke"]);
+    let t = text(&o);
+    assert!(
+        t.contains("--- # every key a run reads") && t.contains("ce_weight: 1.0"),
+        "{t}"
+    );
+    assert!(t.contains("# --smoke:"), "{t}");
+    // A misspelt name gets the closest one.
+    assert_clean_error(&runner(p, &["run", "t/tinny"]), "did you mean `t/tiny`");
+}
+
+#[test]
 fn a_run_folder_holds_everything_and_replays() {
     let d = setup();
     let p = d.path();

@@ -41,6 +41,7 @@ pub fn paper() -> Paper {
         name: "tsit",
         title: "TSIT: A Simple and Versatile Framework for Image-to-Image Translation (arXiv 2007.12072)",
         validate,
+        config: |t| reprise_core::run::section_with_defaults::<Config>(t, "tsit"),
         run,
         report: report::report_run,
         report_sweep: report::report_sweep,
