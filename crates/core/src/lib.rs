@@ -10,6 +10,7 @@ pub mod data;
 pub mod error;
 pub mod fixture;
 pub mod inception;
+pub mod inputs;
 pub mod logging;
 pub mod memory;
 pub mod metrics;

@@ -28,6 +28,16 @@ pub fn human_duration(secs: f64) -> String {
     }
 }
 
+/// A loss term for a progress line: `—` where the arm does not compute it (NaN), which a
+/// printed `NaN` would make read as a divergence.
+pub fn term(v: f64, decimals: usize) -> String {
+    if v.is_nan() {
+        "—".to_string()
+    } else {
+        format!("{v:.decimals$}")
+    }
+}
+
 impl Progress {
     /// A display for `total` steps, of which `done` are already done (a resumed run).
     pub fn new(label: &str, total: u64, done: u64) -> Self {
@@ -48,6 +58,15 @@ impl Progress {
             .ok()
             .and_then(|s| s.parse().ok())
             .map_or(Duration::from_secs(10), Duration::from_secs_f64);
+        if bar.is_none() {
+            // Said before the first step, which on a large model can take minutes.
+            let from = if done > 0 {
+                format!(", continuing after step {done}")
+            } else {
+                String::new()
+            };
+            eprintln!("[{label}] {total} steps{from}: started");
+        }
         Progress {
             bar,
             label: label.to_string(),
@@ -110,5 +129,12 @@ mod tests {
         assert_eq!(human_duration(5.4), "5s");
         assert_eq!(human_duration(245.0), "4m05s");
         assert_eq!(human_duration(3720.0), "1h02m");
+    }
+
+    #[test]
+    fn terms_an_arm_does_not_compute_show_a_dash() {
+        assert_eq!(term(f64::NAN, 2), "—");
+        assert_eq!(term(1.23456, 2), "1.23");
+        assert_eq!(term(f64::INFINITY, 1), "inf");
     }
 }

@@ -29,6 +29,9 @@ pub struct Paper {
     /// The paper section as its typed config reads it, every default filled in (what
     /// `--print-config` shows as the knobs a user can turn); see [`section_with_defaults`].
     pub config: fn(&SpecTree) -> Result<Json, SpecError>,
+    /// The files and folders a run of the spec reads that reprise cannot fetch (datasets,
+    /// pretrained weights), checked before it starts and listed by `runner data --check`.
+    pub inputs: fn(&SpecTree) -> Result<Vec<crate::inputs::Input>, SpecError>,
     /// Runs one (non-sweep) spec in its run folder, resuming from its checkpoints if any.
     pub run: fn(&mut RunContext) -> Result<()>,
     /// Renders `report.md` of a finished run folder again; returns the markdown.
@@ -83,6 +86,50 @@ pub struct RunInfo {
     /// of earlier versions).
     #[serde(default)]
     pub provenance: Provenance,
+    /// Where the run stands, kept up to date by the runner (absent in run folders of earlier
+    /// versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<RunStatus>,
+    /// UTC time the run last ended (finished, failed, diverged or interrupted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended: Option<String>,
+    /// The error that ended it, when it failed or diverged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Where a run stands (`run.json`'s `status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunStatus {
+    /// Its folder is made; it has not started (a sweep's run waiting for a worker).
+    Prepared,
+    /// A process is running it.
+    Running,
+    /// It ended with its summary and report.
+    Finished,
+    /// It stopped on an error (`error` says which).
+    Failed,
+    /// Its loss or energy diverged (`error` and `diverged.json` say where).
+    Diverged,
+    /// It was stopped by a signal after a checkpoint; `--resume` continues it.
+    Interrupted,
+}
+
+/// Records in `dir/run.json` that the run is now `status` (with the error that ended it), and
+/// when it ended if it did.
+pub fn set_status(dir: &Path, status: RunStatus, error: Option<String>) -> Result<()> {
+    let path = dir.join("run.json");
+    let bytes = crate::checkpoint::read_bounded(&path, 1 << 20)?;
+    let mut info: RunInfo =
+        serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt(path.clone(), e.to_string()))?;
+    info.status = Some(status);
+    info.ended = (status != RunStatus::Running && status != RunStatus::Prepared).then(utc_stamp);
+    info.error = error;
+    write_atomic(
+        &path,
+        &serde_json::to_vec_pretty(&info).expect("RunInfo serializes"),
+    )
 }
 
 /// Where a run came from, recorded in `run.json`.
@@ -431,7 +478,17 @@ impl RunContext {
 
     /// A progress display for `total` steps starting at `done`.
     pub fn progress(&self, total: u64, done: u64) -> Progress {
-        Progress::new(&self.header.name, total, done)
+        // In a sweep the run's folder names it (`arm=jem,seed=3`).
+        let run = self
+            .dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .filter(|n| n.contains('='));
+        let label = match run {
+            Some(r) => format!("{} {r}", self.header.name),
+            None => self.header.name.clone(),
+        };
+        Progress::new(&label, total, done)
     }
 
     /// Writes `summary.json` (final metrics, machine-readable).
@@ -621,6 +678,9 @@ mod tests {
             started: utc_stamp(),
             id: "test-run".into(),
             provenance: Provenance::default(),
+            status: None,
+            ended: None,
+            error: None,
         }
     }
 
@@ -705,6 +765,27 @@ mod tests {
         let old = r#"{"smoke":false,"smoke_iterations":null,"device":"Cpu","threads":1,"versions":{},"started":"x"}"#;
         let r: RunInfo = serde_json::from_str(old).unwrap();
         assert_eq!(r.provenance, Provenance::default());
+    }
+
+    #[test]
+    fn the_status_is_kept_in_run_json() {
+        let d = tempfile::tempdir().unwrap();
+        let spec = SpecTree::from_str("s.yaml", SPEC).unwrap();
+        drop(RunContext::create(d.path(), spec, info(), tch::Device::Cpu).unwrap());
+        set_status(d.path(), RunStatus::Running, None).unwrap();
+        let r = info_with_started(d.path());
+        assert_eq!(
+            (r.status, r.ended, r.error),
+            (Some(RunStatus::Running), None, None)
+        );
+        set_status(d.path(), RunStatus::Failed, Some("no data".into())).unwrap();
+        let r = info_with_started(d.path());
+        assert_eq!(r.status, Some(RunStatus::Failed));
+        assert!(r.ended.is_some() && r.error.as_deref() == Some("no data"));
+        let text = fs::read_to_string(d.path().join("run.json")).unwrap();
+        assert!(text.contains("\"status\": \"failed\""), "{text}");
+        // Everything else is as it was written.
+        assert_eq!(r.id, "test-run");
     }
 
     fn info_with_started(dir: &Path) -> RunInfo {

@@ -154,6 +154,41 @@ impl DeviceSpec {
     }
 }
 
+/// What an experiment needs at its full size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Requires {
+    /// Sized for a CPU (the small-scale experiments): runs anywhere.
+    #[default]
+    Cpu,
+    /// Paper scale: needs a CUDA GPU.
+    Gpu,
+}
+
+impl Requires {
+    /// Why a full (not `--smoke`) run of `name` on `device` must not start, if it must not:
+    /// a GPU-scale experiment whose device is not forced to the CPU, on a machine without CUDA.
+    pub fn refusal(
+        self,
+        name: &str,
+        device: DeviceSpec,
+        cuda: bool,
+        expected_minutes: Option<f64>,
+    ) -> Option<String> {
+        if self != Requires::Gpu || cuda || device == DeviceSpec::Cpu {
+            return None;
+        }
+        let time = expected_minutes.map_or(String::new(), |m| {
+            format!(" (about {:.0} GPU-hours on one GPU)", m / 60.0)
+        });
+        Some(format!(
+            "`{name}` is a paper-scale experiment that needs a CUDA GPU{time}, and CUDA is not \
+             available here; `--smoke` runs its few-iteration check on the CPU, and the override \
+             `device=cpu` (or --device cpu) runs all of it on the CPU if you mean to"
+        ))
+    }
+}
+
 /// Which dataset an experiment reads and how it is split.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -256,6 +291,11 @@ pub struct Header {
     /// Device.
     #[serde(default)]
     pub device: DeviceSpec,
+    /// What the experiment needs to run at its full size: `gpu` for the paper-scale specs,
+    /// which the runner then refuses to start on a machine without CUDA unless the device is
+    /// forced (`device=cpu`); `--smoke` runs are exempt.
+    #[serde(default)]
+    pub requires: Requires,
     /// Data.
     pub data: DataSpec,
     /// The `--smoke` budget.
@@ -1299,6 +1339,44 @@ jem:
     struct Jem {
         width: u32,
         optim: Optim,
+    }
+
+    #[test]
+    fn a_gpu_scale_spec_is_refused_without_cuda_unless_forced_to_the_cpu() {
+        let t = SpecTree::from_str(
+            "x.yaml",
+            &format!("{BASE}requires: gpu\nexpected_minutes: 600\n"),
+        )
+        .unwrap();
+        let h = t.header().unwrap();
+        assert_eq!(h.requires, Requires::Gpu);
+        let why = h
+            .requires
+            .refusal("demo", h.device, false, h.expected_minutes)
+            .unwrap();
+        assert!(
+            why.contains("device=cpu") && why.contains("10 GPU-hours"),
+            "{why}"
+        );
+        assert!(h.requires.refusal("demo", h.device, true, None).is_none());
+        assert!(h
+            .requires
+            .refusal("demo", DeviceSpec::Cpu, false, None)
+            .is_none());
+        assert!(h
+            .requires
+            .refusal("demo", DeviceSpec::Cuda(0), false, None)
+            .is_some());
+        let plain = SpecTree::from_str("x.yaml", BASE)
+            .unwrap()
+            .header()
+            .unwrap();
+        assert!(plain
+            .requires
+            .refusal("demo", plain.device, false, None)
+            .is_none());
+        let bad = SpecTree::from_str("x.yaml", &format!("{BASE}requires: tpu\n")).unwrap();
+        assert_eq!(bad.header().unwrap_err().path, "requires");
     }
 
     #[test]

@@ -22,6 +22,7 @@ use crate::model::{Glue, Mlp, Net};
 use crate::stream::{EncoderShape, Residual};
 use crate::train::Data;
 use reprise_core::data;
+use reprise_core::inputs::{of_data, Input, InputKind};
 use reprise_core::run::{json_f64, Paper, RunContext};
 use reprise_core::spec::{SpecError, SpecTree};
 use reprise_core::{Error, Result};
@@ -36,10 +37,23 @@ pub fn paper() -> Paper {
         title: "Go Wide, Then Narrow: Efficient Training of Deep Thin Networks (arXiv 2007.00811)",
         validate,
         config: |t| reprise_core::run::section_with_defaults::<Config>(t, "deepthin"),
+        inputs,
         run,
         report: report::report_run,
         report_sweep: report::report_sweep,
     }
+}
+
+/// The inputs a run reads that reprise cannot fetch: the dataset and a teacher to load.
+pub fn inputs(tree: &SpecTree) -> Result<Vec<Input>, SpecError> {
+    let c: Config = tree.typed("deepthin")?;
+    let h = tree.header()?;
+    let mut v: Vec<Input> = of_data("data", &h.data).into_iter().collect();
+    v.extend(
+        c.teacher_from
+            .map(|p| Input::new("deepthin.teacher_from", p, InputKind::RunCheckpoint)),
+    );
+    Ok(v)
 }
 
 /// Checks the `deepthin:` section.

@@ -23,6 +23,7 @@ use crate::sampler::{sgld_with, ReplayBuffer};
 use reprise_core::checkpoint::Checkpoint;
 use reprise_core::data::augment::{Augment, Loader};
 use reprise_core::data::{self, Rng};
+use reprise_core::inputs::{of_data, Input, InputKind};
 use reprise_core::optim::{Optimizer, Rule, Schedule};
 use reprise_core::predictions::Predictions;
 use reprise_core::run::{Paper, RunContext};
@@ -39,10 +40,32 @@ pub fn paper() -> Paper {
         title: "Your Classifier is Secretly an Energy Based Model (arXiv 1912.03263)",
         validate,
         config: |t| reprise_core::run::section_with_defaults::<Config>(t, "jem"),
+        inputs,
         run,
         report: report::report_run,
         report_sweep: report::report_sweep,
     }
+}
+
+/// The inputs a run reads that reprise cannot fetch: the dataset, the released checkpoint
+/// (`jem.from`), the FID Inception weights and any user OOD set.
+pub fn inputs(tree: &SpecTree) -> Result<Vec<Input>, SpecError> {
+    let c: Config = tree.typed("jem")?;
+    let h = tree.header()?;
+    let mut v: Vec<Input> = of_data("data", &h.data).into_iter().collect();
+    for (name, d) in &c.eval.ood_datasets {
+        v.extend(of_data(&format!("jem.eval.ood_datasets.{name}"), d));
+    }
+    v.extend(
+        c.from
+            .map(|p| Input::new("jem.from", p, InputKind::JemCheckpoint)),
+    );
+    v.extend(
+        c.eval
+            .fid_inception
+            .map(|p| Input::new("jem.eval.fid_inception", p, InputKind::FidInception)),
+    );
+    Ok(v)
 }
 
 fn check(tree: &SpecTree, path: &str, ok: bool, msg: &str) -> Result<(), SpecError> {
@@ -386,7 +409,15 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
         sum_fd += fd;
         sum_fq += fq;
         n_log += 1;
-        progress.set(step, &format!("ce {:.3} f_d {fd:.2} f_q {fq:.2}", st.ce));
+        progress.set(
+            step,
+            &format!(
+                "ce {:.3} f_d {} f_q {}",
+                st.ce,
+                reprise_core::progress::term(fd, 2),
+                reprise_core::progress::term(fq, 2)
+            ),
+        );
         let eval_now = step.is_multiple_of(c.eval.every) || step == total;
         if step.is_multiple_of(100) || eval_now {
             let k = n_log.max(1) as f64;

@@ -21,6 +21,7 @@ use crate::transfer::{Arch, Mode, Outcome};
 use reprise_core::attack::Pgd;
 use reprise_core::checkpoint::Checkpoint;
 use reprise_core::data::{batch_indices, Rng};
+use reprise_core::inputs::{of_data, Input, InputKind};
 use reprise_core::optim::{Optimizer, Schedule};
 use reprise_core::run::{Paper, RunContext};
 use reprise_core::spec::{SpecError, SpecTree};
@@ -38,10 +39,42 @@ pub fn paper() -> Paper {
         title: "Do Adversarially Robust ImageNet Models Transfer Better? (arXiv 2007.08489)",
         validate,
         config: |t| reprise_core::run::section_with_defaults::<Config>(t, SECTION),
+        inputs,
         run,
         report: report::report_run,
         report_sweep: report::report_sweep,
     }
+}
+
+/// The inputs a run reads that reprise cannot fetch: the source's dataset (unless the source
+/// is loaded), the source weights (`source.from`: a file, or a run folder's
+/// `source.safetensors`) and each transfer target's dataset.
+pub fn inputs(tree: &SpecTree) -> Result<Vec<Input>, SpecError> {
+    let c: Config = tree.typed(SECTION)?;
+    let h = tree.header()?;
+    let mut v = Vec::new();
+    match &c.source.from {
+        Some(p) => {
+            let file = if p.is_dir() {
+                p.join("source.safetensors")
+            } else {
+                p.clone()
+            };
+            v.push(Input::new(
+                format!("{SECTION}.source.from"),
+                file,
+                InputKind::RobustResnet50,
+            ));
+        }
+        None => v.extend(of_data("data", &h.data)),
+    }
+    for (i, t) in c.transfer.targets.iter().enumerate() {
+        v.extend(of_data(
+            &format!("{SECTION}.transfer.targets.{i}.data"),
+            &t.data,
+        ));
+    }
+    Ok(v)
 }
 
 const SECTION: &str = "robust-transfer";

@@ -32,10 +32,16 @@ enum Command {
         /// A run folder (holding spec.yaml) or a sweep folder (holding sweep.json).
         dir: PathBuf,
     },
-    /// Fetch and verify the small datasets into data/ (all when none is named).
+    /// Fetch and verify the small datasets into data/ (all when none is named); with --check,
+    /// list what experiments read and whether it is in place.
     Data {
-        /// Dataset names (mnist-5k, digits).
+        /// Dataset names (mnist-5k, digits), or with --check experiment names.
         names: Vec<String>,
+        /// List the datasets and weights the named experiments need, each present or missing
+        /// (with its layout, where to get it and the key that points at it); fetch nothing.
+        /// Exits non-zero if anything is missing.
+        #[arg(long)]
+        check: bool,
     },
     /// Run one prepared run folder (used by `run --jobs` for its worker processes).
     #[command(hide = true)]
@@ -130,7 +136,11 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Command::Validate { experiments } => validate(&experiments),
         Command::Info => info(),
         Command::Report { dir } => sweep::report(&dir),
-        Command::Data { names } => data(&names),
+        Command::Data {
+            names,
+            check: false,
+        } => data(&names),
+        Command::Data { names, check: true } => data_check(&names),
         Command::Exec {
             dir,
             threads,
@@ -247,8 +257,12 @@ fn list() -> Result<()> {
                 let time = h
                     .expected_minutes
                     .map_or("?".to_string(), |m| format!("{m:.0} min"));
+                let needs = match h.requires {
+                    reprise_core::spec::Requires::Cpu => "cpu",
+                    reprise_core::spec::Requires::Gpu => "GPU",
+                };
                 rows.push(format!(
-                    "{name:<36} {:<16} {:>8} {:>5}  {}",
+                    "{name:<36} {:<16} {needs:<5} {:>8} {:>5}  {}",
                     h.paper, time, runs, h.description
                 ));
             }
@@ -256,9 +270,10 @@ fn list() -> Result<()> {
         }
     }
     say!(
-        "{:<36} {:<16} {:>8} {:>5}  description",
+        "{:<36} {:<16} {:<5} {:>8} {:>5}  description",
         "experiment",
         "paper",
+        "needs",
         "expected",
         "runs"
     )?;
@@ -342,6 +357,63 @@ fn info() -> Result<()> {
             let s = t.sum(tch::Kind::Float).double_value(&[]);
             say!("cuda:{i}    ok (test sum {s})")?;
         }
+    }
+    Ok(())
+}
+
+fn data_check(names: &[String]) -> Result<()> {
+    if names.is_empty() {
+        bail!("--check lists what experiments need: name one or more (see `runner list`)");
+    }
+    let mut missing = 0;
+    for n in names {
+        let file = experiments::resolve(n)?;
+        let tree = experiments::load(&file, false, &[])?;
+        let runs = experiments::check(&tree)?;
+        let paper = crate::paper(&tree.header()?.paper)?;
+        say!("{n}:")?;
+        let mut seen = Vec::new();
+        let mut small = Vec::new();
+        for (_, r) in &runs {
+            for i in (paper.inputs)(r)? {
+                if !seen.contains(&i) {
+                    seen.push(i);
+                }
+            }
+            let d = r.header()?.data.dataset;
+            if let Some(rm) = reprise_core::data::remote(&d) {
+                if !small.contains(&rm.name) {
+                    small.push(rm.name);
+                    let p = reprise_core::data::data_dir().join(rm.file);
+                    let state = if p.is_file() {
+                        "present"
+                    } else {
+                        "fetched by `runner data`"
+                    };
+                    say!(
+                        "  ok       {:<40} {} ({state})",
+                        "data.dataset",
+                        p.display()
+                    )?;
+                }
+            }
+        }
+        if seen.is_empty() && small.is_empty() {
+            say!("  nothing to provide")?;
+        }
+        for i in &seen {
+            let m = i.missing();
+            if m.is_empty() {
+                say!("  ok       {:<40} {}", i.key, i.path.display())?;
+            } else {
+                missing += 1;
+                say!("  MISSING  {:<40} {}", i.key, i.path.display())?;
+                say!("           {}", i.explain(&m))?;
+            }
+        }
+    }
+    if missing > 0 {
+        bail!("{missing} input(s) missing");
     }
     Ok(())
 }

@@ -6,13 +6,14 @@ use crate::slots::Slots;
 use anyhow::{bail, Context, Result};
 use reprise_core::checkpoint::write_atomic;
 use reprise_core::run::{
-    create_unique_dir, finished_runs, is_finished, utc_stamp, RunContext, RunInfo,
+    create_unique_dir, finished_runs, is_finished, set_status, utc_stamp, RunContext, RunInfo,
+    RunStatus,
 };
 use reprise_core::spec::SpecTree;
 use serde_json::{json, Map, Value as Json};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// A short, stable hex hash (FNV-1a, 64 bits) of a text: names the folder shards share.
 fn short_hash(s: &str) -> String {
@@ -52,6 +53,9 @@ fn prepare(dir: &Path, tree: SpecTree, smoke: bool, threads: Option<usize>) -> R
         started: utc_stamp(),
         id: reprise_core::run::new_run_id(dir),
         provenance: reprise_core::run::Provenance::of(&crate::experiments::experiments_dir()),
+        status: Some(RunStatus::Prepared),
+        ended: None,
+        error: None,
     };
     RunContext::create(dir, tree, info, device)?;
     Ok(())
@@ -232,6 +236,7 @@ fn exec_locked(dir: &Path, threads: Option<usize>, device: Option<&str>) -> Resu
         tch::get_num_threads(),
         ctx.smoke()
     );
+    set_status(dir, RunStatus::Running, None)?;
     eprintln!("run: {}", dir.display());
     // A panic inside the paper's code (a LibTorch error through one of tch's panicking calls,
     // an allocation LibTorch refuses) ends the run with one error line, not a backtrace.
@@ -256,8 +261,14 @@ fn exec_locked(dir: &Path, threads: Option<usize>, device: Option<&str>) -> Resu
         Ok(())
     });
     match &result {
-        Ok(()) => tracing::info!("finished"),
-        Err(e) if is_interrupt(e) => tracing::info!("{e:#}"),
+        Ok(()) => {
+            tracing::info!("finished");
+            set_status(dir, RunStatus::Finished, None)?;
+        }
+        Err(e) if is_interrupt(e) => {
+            tracing::info!("{e:#}");
+            set_status(dir, RunStatus::Interrupted, None)?;
+        }
         Err(e) => {
             tracing::error!("{e:#}");
             if let Some(reprise_core::Error::Diverged { step, why }) =
@@ -266,6 +277,10 @@ fn exec_locked(dir: &Path, threads: Option<usize>, device: Option<&str>) -> Resu
                 // Where it went bad, for a restart with other settings (see override_run).
                 let rec = json!({ "step": step, "why": why });
                 write_atomic(&dir.join("diverged.json"), rec.to_string().as_bytes())?;
+                set_status(dir, RunStatus::Diverged, Some(format!("{e:#}")))?;
+            } else {
+                // Best effort: the error itself may be that the folder cannot be written.
+                let _ = set_status(dir, RunStatus::Failed, Some(format!("{e:#}")));
             }
         }
     }
@@ -314,6 +329,17 @@ pub fn start(
     shard: Option<(usize, usize)>,
 ) -> Result<()> {
     let header = tree.header()?;
+    if !a.smoke {
+        if let Some(why) = header.requires.refusal(
+            &header.name,
+            header.device,
+            tch::Cuda::is_available(),
+            header.expected_minutes,
+        ) {
+            bail!("{why}");
+        }
+    }
+    check_inputs(&header.paper, &runs)?;
     std::fs::create_dir_all(&a.out)
         .with_context(|| format!("cannot create {}", a.out.display()))?;
     let out = a
@@ -337,7 +363,11 @@ pub fn start(
         inside(&out, &dir)?;
         let (_, t) = runs.into_iter().next().expect("one run");
         crate::set_threads(threads)?;
-        prepare(&dir, t, a.smoke, threads)?;
+        if let Err(e) = prepare(&dir, t, a.smoke, threads) {
+            // Nothing ran: leave no half-made folder behind.
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(e);
+        }
         return exec(&dir, threads, None);
     }
     // Shards of one sweep, started on different machines, share one folder named by the spec.
@@ -394,6 +424,37 @@ pub fn start(
         names.len()
     );
     run_all(&sdir, &todo, a.jobs, threads, None, a.slots.as_deref())
+}
+
+/// Checks, once for a whole sweep and before any folder is made, what its runs read: the small
+/// datasets `runner data` fetches (fetched now if missing, and verified) and the paper-scale
+/// inputs reprise cannot fetch (each missing one named with its layout, source and key).
+fn check_inputs(paper: &str, runs: &[(String, SpecTree)]) -> Result<()> {
+    let paper = crate::paper(paper)?;
+    let mut inputs = Vec::new();
+    let mut remotes = Vec::new();
+    for (_, r) in runs {
+        for i in (paper.inputs)(r)? {
+            if !inputs.contains(&i) {
+                inputs.push(i);
+            }
+        }
+        let d = r.header()?.data;
+        if let Some(rm) = reprise_core::data::remote(&d.dataset) {
+            if !remotes
+                .iter()
+                .any(|x: &reprise_core::data::Remote| x.name == rm.name)
+            {
+                remotes.push(rm);
+            }
+        }
+    }
+    let dir = reprise_core::data::data_dir();
+    for rm in remotes {
+        reprise_core::data::ensure(&rm, &dir)?;
+    }
+    reprise_core::inputs::check_all(&inputs)?;
+    Ok(())
 }
 
 /// Refuses a folder that does not resolve to a place under `out` (the canonical `--out`): a
@@ -643,8 +704,11 @@ fn run_all(
 ) -> Result<()> {
     let mut failed: Vec<String> = Vec::new();
     if jobs <= 1 && slots.is_none() {
+        let mut eta = SweepEta::new(todo.len());
         for d in todo {
-            if let Err(e) = exec(d, threads, device) {
+            let r = exec(d, threads, device);
+            eta.one_ended(d, r.is_ok());
+            if let Err(e) = r {
                 if is_interrupt(&e) {
                     return Err(anyhow::Error::new(crate::Interrupted(format!(
                         "{e:#}\nresume the whole sweep with: runner run --resume {}",
@@ -664,6 +728,41 @@ fn run_all(
         bail!("{} run(s) failed: {}", failed.len(), failed.join(", "));
     }
     Ok(())
+}
+
+/// The sweep-level progress line: which run of how many ended, and the sweep's ETA from the
+/// rate at which runs have ended so far (all runs at once, with `--jobs`).
+struct SweepEta {
+    total: usize,
+    ended: usize,
+    started: Instant,
+}
+
+impl SweepEta {
+    fn new(total: usize) -> Self {
+        SweepEta {
+            total,
+            ended: 0,
+            started: Instant::now(),
+        }
+    }
+
+    fn one_ended(&mut self, dir: &Path, ok: bool) {
+        self.ended += 1;
+        let el = self.started.elapsed().as_secs_f64();
+        let left = self.total.saturating_sub(self.ended);
+        let eta = el / self.ended as f64 * left as f64;
+        let name = dir.file_name().map(|n| n.to_string_lossy().into_owned());
+        eprintln!(
+            "sweep: run {} of {} {} ({}), elapsed {}, eta {}",
+            self.ended,
+            self.total,
+            if ok { "ended" } else { "FAILED" },
+            name.unwrap_or_default(),
+            reprise_core::progress::human_duration(el),
+            reprise_core::progress::human_duration(eta),
+        );
+    }
 }
 
 fn spawn(
@@ -709,6 +808,7 @@ fn run_parallel(
     let mut failed = Vec::new();
     let mut forwarded = false;
     let mut announced = false;
+    let mut eta = SweepEta::new(todo.len());
     loop {
         while running.len() < jobs && !interrupt.load(std::sync::atomic::Ordering::SeqCst) {
             let Some(d) = queue.peek() else { break };
@@ -746,6 +846,9 @@ fn run_parallel(
                     let (d, _) = running.remove(i);
                     if let Some(s) = slots.as_mut() {
                         s.give_back()?;
+                    }
+                    if !stopping {
+                        eta.one_ended(&d, status.success());
                     }
                     if !status.success() {
                         failed.push(d.display().to_string());

@@ -154,6 +154,95 @@ fn overrides_of_swept_keys_narrow_and_command_line_sweeps_add() {
 }
 
 #[test]
+fn a_gpu_scale_spec_without_cuda_is_refused_and_leaves_no_folder() {
+    let d = setup();
+    let p = d.path();
+    if text(&runner(p, &["info"])).contains("cuda      available") {
+        return; // the refusal is for machines without CUDA
+    }
+    write(
+        p,
+        "big.yaml",
+        "extends: tiny.yaml\nname: big\ndevice: auto\nrequires: gpu\nexpected_minutes: 600\n",
+    );
+    let o = runner(p, &["run", "t/big", "--out", "out"]);
+    assert_clean_error(&o, "needs a CUDA GPU (about 10 GPU-hours on one GPU)");
+    assert!(text(&o).contains("device=cpu"), "{}", text(&o));
+    assert!(!p.join("out/big").exists(), "a refused run made a folder");
+    let l = text(&runner(p, &["list"]));
+    assert!(
+        l.lines()
+            .any(|r| r.starts_with("t/big") && r.contains(" GPU ")),
+        "{l}"
+    );
+    assert!(
+        l.lines()
+            .any(|r| r.starts_with("t/tiny") && r.contains(" cpu ")),
+        "{l}"
+    );
+    // Forced to the CPU it runs, and --smoke runs anywhere.
+    for args in [&["device=cpu"][..], &["--smoke"]] {
+        let mut a = vec!["run", "t/big", "--out", "out"];
+        a.extend_from_slice(args);
+        let o = runner(p, &a);
+        assert!(o.status.success(), "{}", text(&o));
+    }
+    // run.json says how each ended.
+    for run in runs_under(&p.join("out/big")) {
+        let info: serde_json::Value =
+            serde_json::from_slice(&fs::read(run.join("run.json")).unwrap()).unwrap();
+        assert_eq!(info["status"], "finished", "{info}");
+        assert!(info["ended"].is_string(), "{info}");
+    }
+}
+
+#[test]
+fn missing_inputs_are_named_before_a_folder_is_made_and_a_failed_run_says_why() {
+    let d = setup();
+    let p = d.path();
+    write(p, "nodata.yaml", "extends: tiny.yaml\nname: nodata\ndata:\n  dataset: cifar10\n  path: cifar\n  split: { train: 100, test: 10 }\n");
+    let o = runner(p, &["run", "t/nodata", "--out", "out"]);
+    assert_clean_error(&o, "CIFAR-10 (binary version) not found");
+    assert!(
+        text(&o).contains("Point `data.path` elsewhere"),
+        "{}",
+        text(&o)
+    );
+    assert!(!p.join("out/nodata").exists());
+    let o = runner(p, &["data", "--check", "t/nodata", "t/tiny"]);
+    assert_clean_error(&o, "1 input(s) missing");
+    let t = text(&o);
+    assert!(
+        t.contains("MISSING  data.path") && t.contains("cs.toronto.edu"),
+        "{t}"
+    );
+    assert!(t.contains("t/tiny:\n  ok       data.dataset"), "{t}");
+    // Files in place but not CIFAR: the run starts, fails inside, and run.json says why.
+    fs::create_dir_all(p.join("cifar")).unwrap();
+    for f in [
+        "data_batch_1",
+        "data_batch_2",
+        "data_batch_3",
+        "data_batch_4",
+        "data_batch_5",
+        "test_batch",
+    ] {
+        fs::write(p.join(format!("cifar/{f}.bin")), b"not cifar").unwrap();
+    }
+    assert!(runner(p, &["data", "--check", "t/nodata"]).status.success());
+    let o = runner(p, &["run", "t/nodata", "--out", "out"]);
+    assert!(!o.status.success());
+    let run = &runs_under(&p.join("out/nodata"))[0];
+    let info: serde_json::Value =
+        serde_json::from_slice(&fs::read(run.join("run.json")).unwrap()).unwrap();
+    assert_eq!(info["status"], "failed", "{info}");
+    assert!(
+        info["error"].as_str().unwrap().contains("data_batch_1"),
+        "{info}"
+    );
+}
+
+#[test]
 fn a_run_folder_holds_everything_and_replays() {
     let d = setup();
     let p = d.path();

