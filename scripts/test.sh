@@ -91,6 +91,25 @@ assert len(keys) >= 265 and not bad, f"{len(keys)} backbone tensors, differing: 
 print(f"converted backbone loaded exactly: {len(keys)} tensors")
 PY
 
+echo "== runner export: the robust ResNet-50 source as a torch.load-able state dict with torchvision's names"
+src_run=$(dirname "$src")
+"$runner" export "$src_run" --out "$out/exported"
+python - "$src" "$out/exported" <<'PY'
+import json, sys, torch
+sys.path.insert(0, "scripts")
+from convert_robustness_ckpt import read_safetensors
+sd = torch.load(f"{sys.argv[2]}/source.pt")  # weights_only=True, PyTorch's default
+orig = read_safetensors(sys.argv[1])
+want = {k: v for k, v in orig.items() if not k.startswith("normalizer.")}
+assert set(sd) == set(want), sorted(set(sd) ^ set(want))[:5]
+assert all(sd[k].equal(v) for k, v in want.items())
+for k in ["conv1.weight", "bn1.running_mean", "layer4.2.bn3.running_var", "fc.weight"]:
+    assert k in sd, k  # torchvision's resnet50() names
+cfg = json.load(open(f"{sys.argv[2]}/config.json"))
+assert cfg["normalize"]["mean"] == [float(x) for x in orig["normalizer.mean"].flatten()], cfg["normalize"]
+print(f"exported {len(sd)} tensors, loaded by torch.load")
+PY
+
 echo "== jem: an official JEM checkpoint converts and is evaluated without training"
 python - crates/jem/tests/fixtures/official-jem.safetensors "$out/official-jem.pt" <<'PY'
 import sys, torch

@@ -358,6 +358,7 @@ pub struct CheckpointDir {
     dir: PathBuf,
     keep: usize,
     run: Option<String>,
+    about: Vec<(String, String)>,
 }
 
 /// The metadata key naming the run a checkpoint belongs to.
@@ -370,6 +371,7 @@ impl CheckpointDir {
             dir: dir.into(),
             keep: keep.max(1),
             run: None,
+            about: Vec::new(),
         }
     }
 
@@ -378,6 +380,23 @@ impl CheckpointDir {
     pub fn for_run(mut self, id: &str) -> Self {
         self.run = (!id.is_empty()).then(|| id.to_string());
         self
+    }
+
+    /// Metadata stamped into every checkpoint saved (covered by its checksum), so that one
+    /// copied out of its folder still says what it is: the experiment, the sha256 of the
+    /// resolved spec and the commit of the code (see [`crate::run::RunContext`]).
+    pub fn described(mut self, about: Vec<(String, String)>) -> Self {
+        self.about = about;
+        self
+    }
+
+    /// The metadata [`CheckpointDir::save`] adds to a checkpoint.
+    fn extra(&self) -> Vec<(&str, &str)> {
+        self.run
+            .iter()
+            .map(|r| (RUN_KEY, r.as_str()))
+            .chain(self.about.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .collect()
     }
 
     /// The folder.
@@ -413,8 +432,7 @@ impl CheckpointDir {
     pub fn save(&self, step: u64, ck: &Checkpoint) -> Result<PathBuf> {
         fs::create_dir_all(&self.dir).map_err(|e| Error::Io(self.dir.clone(), e))?;
         let path = self.step_path(step);
-        let extra: Vec<(&str, &str)> = self.run.iter().map(|r| (RUN_KEY, r.as_str())).collect();
-        write_atomic(&path, &ck.to_bytes_with(&extra)?)?;
+        write_atomic(&path, &ck.to_bytes_with(&self.extra())?)?;
         let steps = self.steps();
         if steps.len() > self.keep {
             for (_, p) in &steps[..steps.len() - self.keep] {
@@ -427,7 +445,10 @@ impl CheckpointDir {
     /// Saves `best.safetensors`.
     pub fn save_best(&self, ck: &Checkpoint) -> Result<()> {
         fs::create_dir_all(&self.dir).map_err(|e| Error::Io(self.dir.clone(), e))?;
-        ck.save(&self.dir.join("best.safetensors"))
+        write_atomic(
+            &self.dir.join("best.safetensors"),
+            &ck.to_bytes_with(&self.extra())?,
+        )
     }
 
     /// The newest step checkpoint that loads and verifies; a bad one is skipped with a warning

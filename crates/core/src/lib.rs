@@ -23,7 +23,9 @@ pub mod progress;
 pub mod report;
 pub mod run;
 pub mod spec;
+pub mod tensorboard;
 pub mod timing;
+pub mod torch_save;
 
 pub use error::{Error, Result};
 

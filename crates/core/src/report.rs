@@ -163,6 +163,25 @@ pub fn aggregate_table(runs: &[RunSummary]) -> String {
     markdown_table(&header, &rows)
 }
 
+/// Writes a CSV file atomically through the `csv` crate: a header row, then the rows, each
+/// field quoted where it must be (an arm or target name from YAML may hold a comma or a quote).
+pub fn write_csv<S: AsRef<str>>(
+    path: &std::path::Path,
+    header: &[&str],
+    rows: &[Vec<S>],
+) -> crate::Result<()> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    let bad = |e: csv::Error| crate::Error::msg(format!("{}: {e}", path.display()));
+    w.write_record(header).map_err(bad)?;
+    for r in rows {
+        w.write_record(r.iter().map(AsRef::as_ref)).map_err(bad)?;
+    }
+    let bytes = w
+        .into_inner()
+        .map_err(|e| crate::Error::msg(format!("{}: {e}", path.display())))?;
+    crate::checkpoint::write_atomic(path, &bytes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -186,5 +205,29 @@ mod tests {
     fn tables_render() {
         let t = markdown_table(&["a", "b"], &[vec!["1".into(), "2".into()]]);
         assert_eq!(t, "| a | b |\n|---|---|\n| 1 | 2 |\n");
+    }
+
+    #[test]
+    fn csv_fields_with_commas_and_quotes_read_back_as_written() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("r.csv");
+        let rows = vec![vec!["a,b", "say \"hi\"", "1.5"], vec!["plain", "", "nan"]];
+        write_csv(&p, &["name", "note", "v"], &rows).unwrap();
+        let mut r = csv::Reader::from_path(&p).unwrap();
+        assert_eq!(r.headers().unwrap(), vec!["name", "note", "v"]);
+        let back: Vec<Vec<String>> = r
+            .records()
+            .map(|x| x.unwrap().iter().map(String::from).collect())
+            .collect();
+        assert_eq!(
+            back,
+            rows.iter()
+                .map(|r| r.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .collect::<Vec<_>>()
+        );
+        // Plain fields are written bare, as before.
+        assert!(std::fs::read_to_string(&p)
+            .unwrap()
+            .contains("\nplain,,nan\n"));
     }
 }

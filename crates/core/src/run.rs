@@ -32,12 +32,26 @@ pub struct Paper {
     /// The files and folders a run of the spec reads that reprise cannot fetch (datasets,
     /// pretrained weights), checked before it starts and listed by `runner data --check`.
     pub inputs: fn(&SpecTree) -> Result<Vec<crate::inputs::Input>, SpecError>,
+    /// The trained networks of a run, which `runner export` writes as PyTorch state dicts.
+    pub exports: &'static [Export],
     /// Runs one (non-sweep) spec in its run folder, resuming from its checkpoints if any.
     pub run: fn(&mut RunContext) -> Result<()>,
     /// Renders `report.md` of a finished run folder again; returns the markdown.
     pub report: fn(&Path) -> Result<String>,
     /// Renders the report of a sweep folder from the summaries of its finished runs.
     pub report_sweep: fn(&Path, &[RunSummary]) -> Result<String>,
+}
+
+/// A trained network of a run folder, for `runner export`: the file a finished run writes it
+/// to, or else the tensors under `prefix.` in the run's newest step checkpoint.
+#[derive(Debug, Clone, Copy)]
+pub struct Export {
+    /// The exported file's stem (`model` → `model.pt`).
+    pub name: &'static str,
+    /// A safetensors file in the run folder holding the network, if the run writes one.
+    pub file: Option<&'static str>,
+    /// The prefix of the network's tensors in a step checkpoint (`model`).
+    pub prefix: &'static str,
 }
 
 /// The section `name` of a spec read as `T` and written back: the keys the spec gives and
@@ -48,6 +62,29 @@ pub fn section_with_defaults<T: serde::de::DeserializeOwned + Serialize>(
 ) -> Result<Json, SpecError> {
     let c: T = tree.typed(name)?;
     serde_json::to_value(c).map_err(|e| SpecError::at(name, e.to_string()))
+}
+
+/// What every checkpoint of a run says about itself: the experiment, the sha256 of its resolved
+/// spec (`spec.yaml`) and the commit of the code that wrote it (with `+dirty` when the checkout
+/// had uncommitted changes).
+fn checkpoint_about(spec: &SpecTree, header: &Header, info: &RunInfo) -> Vec<(String, String)> {
+    use sha2::Digest as _;
+    let mut about = vec![
+        ("experiment".to_string(), header.name.clone()),
+        (
+            "spec_sha256".to_string(),
+            crate::checkpoint::hex(&sha2::Sha256::digest(spec.to_yaml().as_bytes())),
+        ),
+    ];
+    if let Some(c) = &info.provenance.commit {
+        let dirty = if info.provenance.dirty == Some(true) {
+            "+dirty"
+        } else {
+            ""
+        };
+        about.push(("commit".to_string(), format!("{c}{dirty}")));
+    }
+    about
 }
 
 /// A finished run of a sweep: its folder, resolved spec and summary.
@@ -302,6 +339,7 @@ pub struct RunContext {
     wall_offset: f64,
     interrupt: Arc<AtomicBool>,
     stop_checked: Option<StopChecked>,
+    tensorboard: Option<crate::tensorboard::EventFile>,
 }
 
 impl RunContext {
@@ -343,7 +381,9 @@ impl RunContext {
         remove_stale_temporaries(dir);
         Ok(RunContext {
             dir: dir.to_path_buf(),
-            checkpoints: CheckpointDir::new(dir.join("checkpoints"), 2).for_run(&info.id),
+            checkpoints: CheckpointDir::new(dir.join("checkpoints"), 2)
+                .for_run(&info.id)
+                .described(checkpoint_about(&spec, &header, &info)),
             spec,
             header,
             info,
@@ -353,6 +393,7 @@ impl RunContext {
             wall_offset: 0.0,
             interrupt: interrupt_flag(),
             stop_checked: None,
+            tensorboard: None,
         })
     }
 
@@ -427,6 +468,7 @@ impl RunContext {
         let path = self.dir.join("metrics.jsonl");
         // The lines up to the checkpoint are kept as written, byte for byte.
         let mut text = String::new();
+        let mut kept = Vec::new();
         self.wall_offset = 0.0;
         if step > 0 {
             for line in fs::read_to_string(&path).unwrap_or_default().lines() {
@@ -435,17 +477,67 @@ impl RunContext {
                         text.push_str(line);
                         text.push('\n');
                         self.wall_offset = r.wall;
+                        kept.push(r);
                     }
                 }
             }
         }
         write_atomic(&path, text.as_bytes())?;
+        // The event file is written again from the lines kept, so that a resumed run's
+        // TensorBoard curves hold no step twice.
+        self.tensorboard = None;
+        if self.header.tensorboard {
+            let mut tb = crate::tensorboard::EventFile::new(&self.dir.join("tensorboard"))?;
+            for r in &kept {
+                for (k, v) in &r.values {
+                    if let Some(v) = v.as_f64() {
+                        tb.scalar(k, r.step, v, r.wall)?;
+                    }
+                }
+            }
+            self.tensorboard = Some(tb);
+        }
         let f = OpenOptions::new()
             .append(true)
             .open(&path)
             .map_err(|e| Error::Io(path.clone(), e))?;
         self.metrics = Some(f);
         self.started = Instant::now();
+        Ok(())
+    }
+
+    /// Adds the run's figures (`figures/*.png`) to its event file as images at its last step.
+    fn figures_to_tensorboard(&mut self) -> Result<()> {
+        let step = read_metrics(&self.dir).last().map_or(0, |r| r.step);
+        let wall = self.wall();
+        let mut pngs: Vec<PathBuf> = fs::read_dir(self.figures())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "png"))
+            .collect();
+        pngs.sort();
+        if pngs.is_empty() {
+            return Ok(());
+        }
+        let dir = self.dir.join("tensorboard");
+        let tb = match self.tensorboard.take() {
+            Some(tb) => tb,
+            // A run continued past its loop, or one that logged nothing (an evaluation).
+            None => crate::tensorboard::EventFile::append_or_new(&dir)?,
+        };
+        let tb = self.tensorboard.insert(tb);
+        for p in pngs {
+            let bytes = crate::checkpoint::read_bounded(&p, 64 << 20)?;
+            let tag = format!(
+                "figures/{}",
+                p.file_stem()
+                    .map_or(String::new(), |s| s.to_string_lossy().into_owned())
+            );
+            tb.image(&tag, step, &bytes, wall)?;
+        }
+        self.tensorboard = None;
         Ok(())
     }
 
@@ -473,7 +565,13 @@ impl RunContext {
         }
         let f = self.metrics.as_mut().expect("begin opened it");
         let path = self.dir.join("metrics.jsonl");
-        writeln!(f, "{line}").map_err(|e| Error::Io(path, e))
+        writeln!(f, "{line}").map_err(|e| Error::Io(path, e))?;
+        if let Some(tb) = self.tensorboard.as_mut() {
+            for (k, v) in values {
+                tb.scalar(k, step, *v, rec.wall)?;
+            }
+        }
+        Ok(())
     }
 
     /// A progress display for `total` steps starting at `done`.
@@ -518,6 +616,9 @@ impl RunContext {
     pub fn finish(&mut self) -> Result<()> {
         self.metrics = None;
         write_metrics_csv(&self.dir)?;
+        if self.header.tensorboard {
+            self.figures_to_tensorboard()?;
+        }
         write_atomic(&self.dir.join(FINISHED), b"")
     }
 }
@@ -560,26 +661,23 @@ pub fn write_metrics_csv(dir: &Path) -> Result<()> {
             }
         }
     }
-    let mut out = String::from("step,epoch,wall");
-    for c in &cols {
-        out.push(',');
-        out.push_str(c);
-    }
-    out.push('\n');
-    for r in &recs {
-        out.push_str(&format!("{},{},{}", r.step, r.epoch, r.wall));
-        for c in &cols {
-            out.push(',');
-            match r.values.get(c) {
-                Some(Json::Number(n)) => out.push_str(&n.to_string()),
-                Some(Json::Null) => out.push_str("nan"),
-                Some(other) => out.push_str(&other.to_string()),
-                None => {}
-            }
-        }
-        out.push('\n');
-    }
-    write_atomic(&dir.join("metrics.csv"), out.as_bytes())
+    let mut header = vec!["step", "epoch", "wall"];
+    header.extend(cols.iter().map(String::as_str));
+    let rows: Vec<Vec<String>> = recs
+        .iter()
+        .map(|r| {
+            let mut row = vec![r.step.to_string(), r.epoch.to_string(), r.wall.to_string()];
+            row.extend(cols.iter().map(|c| match r.values.get(c) {
+                Some(Json::Number(n)) => n.to_string(),
+                Some(Json::Null) => "nan".to_string(),
+                Some(Json::String(s)) => s.clone(),
+                Some(other) => other.to_string(),
+                None => String::new(),
+            }));
+            row
+        })
+        .collect();
+    crate::report::write_csv(&dir.join("metrics.csv"), &header, &rows)
 }
 
 /// A finished run's header and summary, for its report: an error naming the folder when the
@@ -786,6 +884,33 @@ mod tests {
         assert!(text.contains("\"status\": \"failed\""), "{text}");
         // Everything else is as it was written.
         assert_eq!(r.id, "test-run");
+    }
+
+    #[test]
+    fn a_checkpoint_says_which_experiment_spec_and_commit_wrote_it() {
+        use sha2::Digest as _;
+        let d = tempfile::tempdir().unwrap();
+        let spec = SpecTree::from_str("s.yaml", SPEC).unwrap();
+        let mut i = info();
+        i.provenance.commit = Some("abc123".into());
+        i.provenance.dirty = Some(true);
+        let ctx = RunContext::create(d.path(), spec, i, tch::Device::Cpu).unwrap();
+        let mut ck = crate::checkpoint::Checkpoint::new();
+        ck.put(
+            "w",
+            &tch::Tensor::ones([2], (tch::Kind::Float, tch::Device::Cpu)),
+        );
+        let p = ctx.checkpoints().save(3, &ck).unwrap();
+        ctx.checkpoints().save_best(&ck).unwrap();
+        let spec_text = fs::read(d.path().join("spec.yaml")).unwrap();
+        let want = crate::checkpoint::hex(&sha2::Sha256::digest(&spec_text));
+        for f in [p, d.path().join("checkpoints/best.safetensors")] {
+            let back = crate::checkpoint::Checkpoint::load(&f).unwrap();
+            assert_eq!(back.meta["experiment"], "t");
+            assert_eq!(back.meta["spec_sha256"], want);
+            assert_eq!(back.meta["commit"], "abc123+dirty");
+            assert_eq!(back.meta["run"], "test-run");
+        }
     }
 
     fn info_with_started(dir: &Path) -> RunInfo {

@@ -154,6 +154,10 @@ impl DeviceSpec {
     }
 }
 
+fn yes() -> bool {
+    true
+}
+
 /// What an experiment needs at its full size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -301,6 +305,10 @@ pub struct Header {
     /// The `--smoke` budget.
     #[serde(default)]
     pub smoke: SmokeSpec,
+    /// Write TensorBoard event files (`tensorboard/` in each run folder: the logged metrics
+    /// and, at the end, the figures); `tensorboard=false` turns them off.
+    #[serde(default = "yes")]
+    pub tensorboard: bool,
     /// A grid over dotted keys; each point is one run.
     #[serde(default)]
     pub sweep: BTreeMap<String, Vec<Value>>,

@@ -38,6 +38,11 @@ pub fn paper() -> Paper {
         validate,
         config: |t| reprise_core::run::section_with_defaults::<Config>(t, "deepthin"),
         inputs,
+        exports: &[reprise_core::run::Export {
+            name: "teacher",
+            file: Some("teacher.safetensors"),
+            prefix: "teacher",
+        }],
         run,
         report: report::report_run,
         report_sweep: report::report_sweep,

@@ -41,6 +41,11 @@ pub fn paper() -> Paper {
         validate,
         config: |t| reprise_core::run::section_with_defaults::<Config>(t, "jem"),
         inputs,
+        exports: &[reprise_core::run::Export {
+            name: "model",
+            file: Some("model.safetensors"),
+            prefix: "model",
+        }],
         run,
         report: report::report_run,
         report_sweep: report::report_sweep,

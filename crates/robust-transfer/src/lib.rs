@@ -40,6 +40,11 @@ pub fn paper() -> Paper {
         validate,
         config: |t| reprise_core::run::section_with_defaults::<Config>(t, SECTION),
         inputs,
+        exports: &[reprise_core::run::Export {
+            name: "source",
+            file: Some("source.safetensors"),
+            prefix: "model",
+        }],
         run,
         report: report::report_run,
         report_sweep: report::report_sweep,

@@ -428,9 +428,21 @@ pub fn collect(runs: &[RunSummary]) -> Results {
 }
 
 fn write_csv(dir: &Path, runs: &[RunSummary]) -> Result<()> {
-    let mut csv = String::from(
-        "target,k,mode,arm,norm,eps,source_seed,transfer_seed,acc,mpc_acc,src_clean,src_robust\n",
-    );
+    let header = [
+        "target",
+        "k",
+        "mode",
+        "arm",
+        "norm",
+        "eps",
+        "source_seed",
+        "transfer_seed",
+        "acc",
+        "mpc_acc",
+        "src_clean",
+        "src_robust",
+    ];
+    let mut rows: Vec<Vec<String>> = Vec::new();
     for r in runs {
         let s = &r.summary;
         let Some(arm) = s["arm"].as_str().and_then(|a| Arm::parse(a).ok()) else {
@@ -454,23 +466,23 @@ fn write_csv(dir: &Path, runs: &[RunSummary]) -> Result<()> {
                 .and_then(|c| c.transfer.targets.iter().find(|t| t.name == o.target))
                 .and_then(|t| t.per_class)
                 .map_or(String::new(), |k| k.to_string());
-            let _ = writeln!(
-                csv,
-                "{},{k},{},{},{norm},{},{},{},{:.4},{:.4},{:.4},{}",
-                o.target,
-                o.mode.name(),
-                arm.kind(),
-                arm.eps(),
-                s["source_seed"].as_u64().unwrap_or(0),
-                o.seed,
-                o.acc,
-                o.mpc_acc,
-                f(s, "src_clean"),
-                own.map_or(String::new(), |v| format!("{v:.4}"))
-            );
+            rows.push(vec![
+                o.target.clone(),
+                k,
+                o.mode.name().to_string(),
+                arm.kind().to_string(),
+                norm.to_string(),
+                arm.eps().to_string(),
+                s["source_seed"].as_u64().unwrap_or(0).to_string(),
+                o.seed.to_string(),
+                format!("{:.4}", o.acc),
+                format!("{:.4}", o.mpc_acc),
+                format!("{:.4}", f(s, "src_clean")),
+                own.map_or(String::new(), |v| format!("{v:.4}")),
+            ]);
         }
     }
-    reprise_core::checkpoint::write_atomic(&dir.join("results.csv"), csv.as_bytes())
+    reprise_core::report::write_csv(&dir.join("results.csv"), &header, &rows)
 }
 
 /// `log10(1 + ε/0.01)`: a symmetric-log axis that keeps ε = 0 and spreads 0.01 … 5.

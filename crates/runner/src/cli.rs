@@ -32,6 +32,23 @@ enum Command {
         /// A run folder (holding spec.yaml) or a sweep folder (holding sweep.json).
         dir: PathBuf,
     },
+    /// A variant's sweep (or run) folder beside its parent's, metric by metric: the means over
+    /// seeds, the difference and whether it exceeds the seed spread.
+    Compare {
+        /// The parent: a sweep or run folder.
+        a: PathBuf,
+        /// The variant: a sweep or run folder.
+        b: PathBuf,
+    },
+    /// Write a finished run's trained networks as PyTorch state dicts (`torch.load`-able
+    /// `.pt` files with the model's own names, no `model.` prefix) and a `config.json`.
+    Export {
+        /// A run folder (one run of a sweep).
+        run: PathBuf,
+        /// The folder to write into.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Fetch and verify the small datasets into data/ (all when none is named); with --check,
     /// list what experiments read and whether it is in place.
     Data {
@@ -136,6 +153,11 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Command::Validate { experiments } => validate(&experiments),
         Command::Info => info(),
         Command::Report { dir } => sweep::report(&dir),
+        Command::Export { run, out } => crate::export::export(&run, &out),
+        Command::Compare { a, b } => {
+            say_raw!("{}", crate::compare::table(&a, &b)?)?;
+            Ok(())
+        }
         Command::Data {
             names,
             check: false,
@@ -204,6 +226,8 @@ fn print_config(
     let mut knobs = serde_json::Map::new();
     knobs.insert("seed".into(), header.seed.into());
     knobs.insert("device".into(), header.device.to_string().into());
+    knobs.insert("requires".into(), serde_json::to_value(header.requires)?);
+    knobs.insert("tensorboard".into(), header.tensorboard.into());
     knobs.insert("data".into(), serde_json::to_value(&header.data)?);
     knobs.insert(paper.name.into(), (paper.config)(first)?);
     say!(

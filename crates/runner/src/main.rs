@@ -19,7 +19,9 @@ macro_rules! say_raw {
 }
 
 mod cli;
+mod compare;
 mod experiments;
+mod export;
 mod slots;
 mod sweep;
 

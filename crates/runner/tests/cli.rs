@@ -243,6 +243,164 @@ fn missing_inputs_are_named_before_a_folder_is_made_and_a_failed_run_says_why() 
 }
 
 #[test]
+fn compare_puts_a_variant_beside_its_parent_metric_by_metric() {
+    let d = setup();
+    let p = d.path();
+    for (out, lr) in [("a", "0.01"), ("b", "0.03")] {
+        let lr = format!("jem.optim.lr={lr}");
+        let o = runner(
+            p,
+            &[
+                "run",
+                "t/tiny",
+                "--smoke",
+                "--out",
+                out,
+                "seeds=[0, 1]",
+                &lr,
+            ],
+        );
+        assert!(o.status.success(), "{}", text(&o));
+    }
+    let a = &runs_under(&p.join("a/tiny"))[0];
+    let b = &runs_under(&p.join("b/tiny"))[0];
+    let o = runner(p, &["compare", a.to_str().unwrap(), b.to_str().unwrap()]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    let acc = t
+        .lines()
+        .find(|l| l.starts_with("| all | acc |"))
+        .unwrap_or_else(|| panic!("no acc row: {t}"));
+    assert!(acc.matches("(n=2)").count() == 2, "{acc}");
+    assert!(acc.ends_with("| yes |") || acc.ends_with("| no |"), "{acc}");
+    // A run folder against a sweep, and a folder that is neither.
+    let run_a = a.join("seed=0");
+    assert!(runner(
+        p,
+        &["compare", run_a.to_str().unwrap(), b.to_str().unwrap()]
+    )
+    .status
+    .success());
+    assert_clean_error(
+        &runner(p, &["compare", "nowhere", b.to_str().unwrap()]),
+        "neither a run folder",
+    );
+}
+
+#[test]
+fn tensorboard_reads_back_the_metrics_and_figures_a_run_writes() {
+    let d = setup();
+    let p = d.path();
+    let o = runner(p, &["run", "t/tiny", "--out", "out"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let run = &runs_under(&p.join("out/tiny"))[0];
+    assert!(run.join("tensorboard").is_dir());
+    let python = std::env::var_os("REPRISE_VENV")
+        .map(|v| PathBuf::from(v).join("bin/python"))
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| PathBuf::from("python3"));
+    // TensorBoard's own reader against metrics.jsonl, value by value (float32 in the events).
+    let script = r#"
+import json, math, sys
+try:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+except ImportError:
+    sys.exit("the tensorboard package is missing from the venv: `just setup` installs it")
+run = sys.argv[1]
+ea = EventAccumulator(run + "/tensorboard", size_guidance={"scalars": 0, "images": 0})
+ea.Reload()
+want = {}
+for line in open(run + "/metrics.jsonl"):
+    r = json.loads(line)
+    for k, v in r["values"].items():
+        if v is not None:
+            want.setdefault(k, []).append((r["step"], v))
+tags = ea.Tags()
+assert sorted(tags["scalars"]) == sorted(want), (tags["scalars"], sorted(want))
+for k, pts in want.items():
+    got = [(e.step, e.value) for e in ea.Scalars(k)]
+    assert [s for s, _ in got] == [s for s, _ in pts], k
+    for (_, a), (_, b) in zip(got, pts):
+        assert math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-30), (k, a, b)
+import os
+figs = sorted(f[:-4] for f in os.listdir(run + "/figures") if f.endswith(".png"))
+assert figs and sorted(t.split("/", 1)[1] for t in tags["images"]) == figs, (tags["images"], figs)
+img = ea.Images(tags["images"][0])[0]
+assert img.width > 0 and img.height > 0 and img.encoded_image_string[:4] == b"\x89PNG"
+print(f"{len(want)} scalars and {len(figs)} figures read back")
+"#;
+    let o = Command::new(&python)
+        .arg("-c")
+        .arg(script)
+        .arg(run)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    // Switched off, no event file.
+    let o = runner(
+        p,
+        &[
+            "run",
+            "t/tiny",
+            "--smoke",
+            "--out",
+            "off",
+            "tensorboard=false",
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(!runs_under(&p.join("off/tiny"))[0]
+        .join("tensorboard")
+        .exists());
+}
+
+#[test]
+fn export_writes_a_state_dict_torch_load_reads() {
+    let d = setup();
+    let p = d.path();
+    let o = runner(p, &["run", "t/tiny", "--smoke", "--out", "out"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let run = &runs_under(&p.join("out/tiny"))[0];
+    let o = runner(p, &["export", run.to_str().unwrap(), "--out", "exported"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let cfg: serde_json::Value =
+        serde_json::from_slice(&fs::read(p.join("exported/config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["experiment"], "tiny");
+    assert_eq!(
+        cfg["config"]["ce_weight"], 1.0,
+        "the paper config with its defaults"
+    );
+    let python = std::env::var_os("REPRISE_VENV")
+        .map(|v| PathBuf::from(v).join("bin/python"))
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| PathBuf::from("python3"));
+    let script = r#"
+import glob, sys, torch
+sys.path.insert(0, sys.argv[3] + "/scripts")
+from convert_robustness_ckpt import read_safetensors
+sd = torch.load(sys.argv[2] + "/model.pt")
+assert type(sd).__name__ == "OrderedDict" and not any(k.startswith("model.") for k in sd), list(sd)
+ck = read_safetensors(sorted(glob.glob(sys.argv[1] + "/checkpoints/step-*.safetensors"))[-1])
+want = {k[len("model."):]: v for k, v in ck.items() if k.startswith("model.")}
+assert set(sd) == set(want) and all(sd[k].equal(v) for k, v in want.items())
+print(len(sd), "tensors")
+"#;
+    let o = Command::new(&python)
+        .arg("-c")
+        .arg(script)
+        .arg(run)
+        .arg(p.join("exported"))
+        .arg(root())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    assert_clean_error(
+        &runner(p, &["export", "out", "--out", "x"]),
+        "is not a run folder",
+    );
+}
+
+#[test]
 fn a_run_folder_holds_everything_and_replays() {
     let d = setup();
     let p = d.path();

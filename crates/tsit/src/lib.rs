@@ -44,6 +44,10 @@ pub fn paper() -> Paper {
         validate,
         config: |t| reprise_core::run::section_with_defaults::<Config>(t, "tsit"),
         inputs,
+        exports: &[
+            reprise_core::run::Export { name: "generator", file: Some("generator.safetensors"), prefix: "g" },
+            reprise_core::run::Export { name: "discriminator", file: None, prefix: "d" },
+        ],
         run,
         report: report::report_run,
         report_sweep: report::report_sweep,

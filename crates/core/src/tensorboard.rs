@@ -1,0 +1,186 @@
+//! TensorBoard event files: the scalars of a run's `metrics.jsonl` and its figures as images,
+//! readable by `tensorboard --logdir runs/`.
+//!
+//! A file is a sequence of records (TFRecord framing: the length as a little-endian u64, its
+//! masked CRC-32C, the bytes, their masked CRC-32C), each an `Event` protocol buffer
+//! (tensorflow/core/util/event.proto: `wall_time` 1, `step` 2, `file_version` 3, `summary` 5;
+//! summary.proto: `Summary.value` 1, `Value.tag` 1, `simple_value` 2, `image` 4;
+//! `Image.height` 1, `width` 2, `colorspace` 3, `encoded_image_string` 4). The few messages
+//! needed are encoded here by hand.
+
+use crate::error::{Error, Result};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+/// The event file's name under a run's `tensorboard/` folder (TensorBoard reads any file whose
+/// name holds `tfevents`).
+pub const FILE: &str = "events.out.tfevents.0.reprise";
+
+/// An event file being written: each event is appended as it is added (TensorBoard reads a
+/// file that is still growing, and ignores a last record cut short by a kill).
+#[derive(Debug)]
+pub struct EventFile {
+    path: PathBuf,
+    file: std::fs::File,
+}
+
+impl EventFile {
+    /// A new event file at `dir/FILE`, replacing any there, starting with the version record.
+    pub fn new(dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::Io(dir.to_path_buf(), e))?;
+        let path = dir.join(FILE);
+        let file = std::fs::File::create(&path).map_err(|e| Error::Io(path.clone(), e))?;
+        let mut f = EventFile { path, file };
+        let mut ev = Vec::new();
+        put_f64(&mut ev, 1, 0.0);
+        put_bytes(&mut ev, 3, b"brain.Event:2");
+        f.record(&ev)?;
+        Ok(f)
+    }
+
+    /// The event file at `dir/FILE`, appended to if it is there, else new.
+    pub fn append_or_new(dir: &Path) -> Result<Self> {
+        let path = dir.join(FILE);
+        if !path.is_file() {
+            return Self::new(dir);
+        }
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .map_err(|e| Error::Io(path.clone(), e))?;
+        Ok(EventFile { path, file })
+    }
+
+    /// Adds a scalar `tag` at `step`.
+    pub fn scalar(&mut self, tag: &str, step: u64, value: f64, wall: f64) -> Result<()> {
+        let mut v = Vec::new();
+        put_bytes(&mut v, 1, tag.as_bytes());
+        put_f32(&mut v, 2, value as f32);
+        self.summary(step, wall, &v)
+    }
+
+    /// Adds a PNG image `tag` at `step`.
+    pub fn image(&mut self, tag: &str, step: u64, png: &[u8], wall: f64) -> Result<()> {
+        let (w, h) = image::ImageReader::new(std::io::Cursor::new(png))
+            .with_guessed_format()
+            .ok()
+            .and_then(|r| r.into_dimensions().ok())
+            .ok_or_else(|| Error::msg(format!("{tag}: not a readable image")))?;
+        let mut img = Vec::new();
+        put_varint_field(&mut img, 1, u64::from(h));
+        put_varint_field(&mut img, 2, u64::from(w));
+        put_varint_field(&mut img, 3, 4); // RGBA
+        put_bytes(&mut img, 4, png);
+        let mut v = Vec::new();
+        put_bytes(&mut v, 1, tag.as_bytes());
+        put_bytes(&mut v, 4, &img);
+        self.summary(step, wall, &v)
+    }
+
+    fn summary(&mut self, step: u64, wall: f64, value: &[u8]) -> Result<()> {
+        let mut summary = Vec::new();
+        put_bytes(&mut summary, 1, value);
+        let mut ev = Vec::new();
+        put_f64(&mut ev, 1, wall);
+        put_varint_field(&mut ev, 2, step);
+        put_bytes(&mut ev, 5, &summary);
+        self.record(&ev)
+    }
+
+    fn record(&mut self, data: &[u8]) -> Result<()> {
+        let len = (data.len() as u64).to_le_bytes();
+        let mut rec = Vec::with_capacity(data.len() + 16);
+        rec.extend_from_slice(&len);
+        rec.extend_from_slice(&masked_crc32c(&len).to_le_bytes());
+        rec.extend_from_slice(data);
+        rec.extend_from_slice(&masked_crc32c(data).to_le_bytes());
+        self.file
+            .write_all(&rec)
+            .map_err(|e| Error::Io(self.path.clone(), e))
+    }
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn put_varint_field(out: &mut Vec<u8>, field: u64, v: u64) {
+    put_varint(out, field << 3);
+    put_varint(out, v);
+}
+
+fn put_f64(out: &mut Vec<u8>, field: u64, v: f64) {
+    put_varint(out, (field << 3) | 1);
+    out.extend_from_slice(&v.to_le_bytes());
+}
+
+fn put_f32(out: &mut Vec<u8>, field: u64, v: f32) {
+    put_varint(out, (field << 3) | 5);
+    out.extend_from_slice(&v.to_le_bytes());
+}
+
+fn put_bytes(out: &mut Vec<u8>, field: u64, b: &[u8]) {
+    put_varint(out, (field << 3) | 2);
+    put_varint(out, b.len() as u64);
+    out.extend_from_slice(b);
+}
+
+/// CRC-32C (Castagnoli, reflected polynomial 0x82F63B78), bitwise.
+fn crc32c(data: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in data {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0x82F6_3B78
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+/// The TFRecord mask of a CRC.
+fn masked_crc32c(data: &[u8]) -> u32 {
+    let c = crc32c(data);
+    c.rotate_right(15).wrapping_add(0xa282_ead8)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crc32c_matches_its_check_value() {
+        // The standard check value of CRC-32C ("123456789").
+        assert_eq!(crc32c(b"123456789"), 0xE306_9283);
+        assert_eq!(crc32c(b""), 0);
+    }
+
+    #[test]
+    fn records_frame_their_bytes() {
+        let d = tempfile::tempdir().unwrap();
+        let mut f = EventFile::new(d.path()).unwrap();
+        f.scalar("loss", 3, 0.5, 12.0).unwrap();
+        drop(f);
+        let b = std::fs::read(d.path().join(FILE)).unwrap();
+        let mut at = 0;
+        let mut n = 0;
+        while at < b.len() {
+            let len = u64::from_le_bytes(b[at..at + 8].try_into().unwrap()) as usize;
+            let lcrc = u32::from_le_bytes(b[at + 8..at + 12].try_into().unwrap());
+            assert_eq!(lcrc, masked_crc32c(&b[at..at + 8]));
+            let data = &b[at + 12..at + 12 + len];
+            let dcrc = u32::from_le_bytes(b[at + 12 + len..at + 16 + len].try_into().unwrap());
+            assert_eq!(dcrc, masked_crc32c(data));
+            at += 16 + len;
+            n += 1;
+        }
+        assert_eq!((at, n), (b.len(), 2));
+    }
+}

@@ -1,0 +1,116 @@
+//! `runner export RUN_DIR --out DIR`: a run's trained networks as plain PyTorch state dicts.
+
+use anyhow::{bail, Context, Result};
+use reprise_core::spec::SpecTree;
+use serde_json::{json, Map, Value as Json};
+use std::path::Path;
+
+/// The name a tensor gets in the state dict: without a `model.` prefix (so that the dict
+/// loads into the model itself, e.g. torchvision's `resnet50()` for a robust-transfer source).
+pub fn exported_name(name: &str) -> &str {
+    name.strip_prefix("model.").unwrap_or(name)
+}
+
+/// Writes each model file of the run folder `run` as `<out>/<stem>.pt` (a state dict that
+/// `torch.load` reads) and `<out>/config.json` (the experiment, its paper config with every
+/// default, the input normalisation where the model has one, the provenance, and how to load).
+pub fn export(run: &Path, out: &Path) -> Result<()> {
+    if !run.join("spec.yaml").is_file() {
+        bail!(
+            "{} is not a run folder (no spec.yaml); give one run of a sweep",
+            run.display()
+        );
+    }
+    let spec = SpecTree::load(&run.join("spec.yaml"))?;
+    let header = spec.header()?;
+    let paper = crate::paper(&header.paper)?;
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let newest = reprise_core::checkpoint::CheckpointDir::new(run.join("checkpoints"), 1)
+        .latest()
+        .map(|(_, ck)| ck);
+    let mut files = Map::new();
+    let mut normalize = Map::new();
+    for e in paper.exports {
+        let (from, tensors): (String, Vec<(String, tch::Tensor)>) =
+            match e.file.map(|f| run.join(f)).filter(|p| p.is_file()) {
+                Some(path) => (
+                    e.file.unwrap_or_default().to_string(),
+                    tch::Tensor::read_safetensors(&path)
+                        .with_context(|| format!("cannot read {}", path.display()))?,
+                ),
+                None => {
+                    let Some(ck) = &newest else { continue };
+                    let pre = format!("{}.", e.prefix);
+                    let picked: Vec<(String, tch::Tensor)> = ck
+                        .tensors
+                        .iter()
+                        .filter_map(|(k, t)| {
+                            k.strip_prefix(&pre)
+                                .map(|n| (n.to_string(), t.shallow_clone()))
+                        })
+                        .collect();
+                    let step = ck.meta.get("step").cloned().unwrap_or_default();
+                    (format!("checkpoints, step {step}, {pre}*"), picked)
+                }
+            };
+        if tensors.is_empty() {
+            continue;
+        }
+        let mut dict = Vec::new();
+        for (name, t) in tensors {
+            // The input normaliser is data, not a layer of the torchvision network.
+            if let Some(which) = name.strip_prefix("normalizer.") {
+                let v = Vec::<f64>::try_from(t.flatten(0, -1).to_kind(tch::Kind::Double))?;
+                normalize.insert(which.to_string(), json!(v));
+                continue;
+            }
+            dict.push((exported_name(&name).to_string(), t));
+        }
+        dict.sort_by(|a, b| a.0.cmp(&b.0));
+        let dest = out.join(format!("{}.pt", e.name));
+        reprise_core::torch_save::write_state_dict(&dest, &dict)?;
+        files.insert(
+            format!("{}.pt", e.name),
+            json!({ "from": from, "tensors": dict.len() }),
+        );
+        eprintln!(
+            "wrote {} ({} tensors, from {from})",
+            dest.display(),
+            dict.len()
+        );
+    }
+    if files.is_empty() {
+        bail!(
+            "{} holds no trained network (no {} and no step checkpoint)",
+            run.display(),
+            paper
+                .exports
+                .iter()
+                .filter_map(|e| e.file)
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    let info: Json = std::fs::read(run.join("run.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or(Json::Null);
+    let config = json!({
+        "experiment": header.name,
+        "paper": paper.name,
+        "title": paper.title,
+        "run": run.display().to_string(),
+        "provenance": info.get("provenance").cloned().unwrap_or(Json::Null),
+        "config": (paper.config)(&spec)?,
+        "data": serde_json::to_value(&header.data)?,
+        "normalize": if normalize.is_empty() { Json::Null } else { Json::Object(normalize) },
+        "files": files,
+        "load": "state = torch.load(\"<file>.pt\"); model.load_state_dict(state)",
+    });
+    reprise_core::checkpoint::write_atomic(
+        &out.join("config.json"),
+        serde_json::to_string_pretty(&config)?.as_bytes(),
+    )?;
+    eprintln!("wrote {}", out.join("config.json").display());
+    Ok(())
+}
