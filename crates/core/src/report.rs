@@ -64,6 +64,79 @@ impl Claims {
     }
 }
 
+/// The banner at the top of a smoke run's report.
+pub const SMOKE_BANNER: &str =
+    "**Smoke run**: a few iterations to check the plumbing; the numbers \
+     mean nothing, and no verdict is given.\n\n";
+
+/// The overall verdict of a smoke run's claims.
+pub const SMOKE_VERDICT: &str = "smoke run: no verdict";
+
+impl Claims {
+    /// The claims with every verdict withheld (a smoke run: the numbers mean nothing).
+    pub fn withheld(mut self) -> Claims {
+        self.verdict = SMOKE_VERDICT.to_string();
+        for c in &mut self.claims {
+            c.verdict = "—".to_string();
+        }
+        self
+    }
+
+    /// Whether the verdicts are withheld.
+    pub fn is_withheld(&self) -> bool {
+        self.verdict == SMOKE_VERDICT
+    }
+
+    /// The section every sweep report opens with: each claim, what the paper reports, what we
+    /// measured and the verdict, then the experiment's verdict.
+    pub fn markdown(&self) -> String {
+        let rows: Vec<Vec<String>> = self
+            .claims
+            .iter()
+            .map(|c| {
+                vec![
+                    c.claim.clone(),
+                    c.what.clone(),
+                    c.paper.clone(),
+                    c.ours.clone(),
+                    c.verdict.clone(),
+                    if c.gating { "gate" } else { "reported" }.to_string(),
+                ]
+            })
+            .collect();
+        let mut md = String::from("## The paper's claims beside ours\n\n");
+        if rows.is_empty() {
+            md.push_str("No claim could be measured.\n");
+        } else {
+            md.push_str(&markdown_table(
+                &["claim", "what", "paper", "ours", "verdict", "role"],
+                &rows,
+            ));
+        }
+        md.push_str(&format!("\n**Verdict:** {}.\n\n", self.verdict));
+        md
+    }
+
+    /// `md` (a sweep report) with [`Claims::markdown`] put before its first `## ` section, and,
+    /// when the verdicts are withheld, the smoke banner at its top (after the title) unless it
+    /// has one.
+    pub fn open_report(&self, md: &str) -> String {
+        let at = md.find("\n## ").map_or(md.len(), |i| i + 1);
+        let (head, rest) = md.split_at(at);
+        let mut out = head.to_string();
+        if self.is_withheld() && !head.contains("**Smoke run**") {
+            let title_end = head.find('\n').map_or(head.len(), |i| i + 1);
+            out.insert_str(title_end, &format!("\n{SMOKE_BANNER}"));
+        }
+        if !out.ends_with("\n\n") {
+            out.push('\n');
+        }
+        out.push_str(&self.markdown());
+        out.push_str(rest);
+        out
+    }
+}
+
 /// `held`, `not held` or `open`.
 pub fn verdict_word(ok: Option<bool>) -> String {
     match ok {
@@ -229,5 +302,52 @@ mod tests {
         assert!(std::fs::read_to_string(&p)
             .unwrap()
             .contains("\nplain,,nan\n"));
+    }
+
+    #[test]
+    fn every_report_opens_with_the_claims_and_a_smoke_report_gives_no_verdict() {
+        let c = Claims {
+            verdict: "reproduced".into(),
+            claims: vec![ClaimRow::new(
+                "P1",
+                "accuracy kept",
+                "95.8 %",
+                "0.93".into(),
+                Some(true),
+                true,
+            )],
+        };
+        let md = "# x: sweep report\n\nintro\n\n## Table\n\nrows\n";
+        let out = c.open_report(md);
+        assert!(
+            out.starts_with("# x: sweep report\n\nintro\n\n## The paper's claims beside ours\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("| P1 | accuracy kept | 95.8 % | 0.93 | held | gate |"),
+            "{out}"
+        );
+        assert!(
+            out.contains("**Verdict:** reproduced.") && out.ends_with("## Table\n\nrows\n"),
+            "{out}"
+        );
+        let smoke = c.clone().withheld();
+        let out = smoke.open_report(md);
+        assert!(
+            out.starts_with("# x: sweep report\n\n**Smoke run**"),
+            "{out}"
+        );
+        assert!(
+            out.contains("| P1 | accuracy kept | 95.8 % | 0.93 | — | gate |"),
+            "{out}"
+        );
+        assert!(
+            !out.contains("held") && out.contains("**Verdict:** smoke run: no verdict."),
+            "{out}"
+        );
+        // A report without sections gets the claims at its end.
+        assert!(c
+            .open_report("# t\n")
+            .ends_with("**Verdict:** reproduced.\n\n"));
     }
 }

@@ -726,7 +726,7 @@ pub fn report_sweep(dir: &Path, runs: &[RunSummary]) -> Result<String> {
         .any(|x| x.summary["smoke"].as_bool() == Some(true));
     let mut md = format!("# {}\n\n{}\n\n", h.name, h.description);
     if smoke {
-        md += "> **Smoke run**: a fraction of an epoch per stage. These numbers test the plumbing, not the paper.\n\n";
+        md += reprise_core::report::SMOKE_BANNER;
     }
     let depths = r.depths();
     md += "## Test accuracy (%), mean ± std over seeds\n\n";
@@ -841,13 +841,20 @@ pub fn report_sweep(dir: &Path, runs: &[RunSummary]) -> Result<String> {
     } else {
         stream_verdicts(&r)
     };
-    md += &claims_md;
+    // A smoke run's numbers mean nothing: its claims are listed without verdicts, and the
+    // verdict's arithmetic is left out.
+    let claims = if smoke {
+        claims.withheld()
+    } else {
+        md += &claims_md;
+        claims
+    };
     claims.write(dir)?;
     if !conv {
         md += "\nThe paper's claims (ImageNet and SQuAD; numbers unverified, claims verified from the abstracts): ResNet-50 trained with WIN outperforms a normally trained ResNet-101 — not tested here (no ImageNet); BERT-base trained with WIN is comparable with BERT-large on SQuAD — not tested here.\n";
     }
     let _ = writeln!(md, "\nGenerated from {} finished runs.", runs.len());
-    Ok(md)
+    Ok(claims.open_report(&md))
 }
 
 #[cfg(test)]

@@ -229,14 +229,6 @@ fn judge_agreement(samples_run: &RunSummary, judge: &RunSummary) -> Result<f64> 
     Ok(reprise_core::metrics::accuracy(&m.logits(x, 100), y))
 }
 
-fn verdict(ok: Option<bool>) -> &'static str {
-    match ok {
-        Some(true) => "held",
-        Some(false) => "not held",
-        None => "not measured",
-    }
-}
-
 /// What a claim says, and the paper's number for it (verified or not, as in the specification).
 pub fn claim_text(c: Claim) -> (&'static str, &'static str) {
     match c {
@@ -312,8 +304,7 @@ pub fn report_sweep(dir: &Path, runs: &[RunSummary]) -> Result<String> {
     };
     let mut md = format!("# {}\n\n{}\n\n", h.name, h.description);
     if smoke {
-        md +=
-            "**Smoke run**: a few iterations to check the plumbing; the numbers mean nothing.\n\n";
+        md += reprise_core::report::SMOKE_BANNER;
     }
     md += &format!(
         "{} finished run(s). Values are mean ± std over seeds.\n\n",
@@ -608,24 +599,6 @@ pub fn report_sweep(dir: &Path, runs: &[RunSummary]) -> Result<String> {
             );
         }
     }
-    md += "\n## The paper's claims at small scale\n\n";
-    let claim_rows: Vec<Vec<String>> = claims
-        .iter()
-        .map(|(c, ok, why)| {
-            let gating = if gates.contains(c) {
-                "gating"
-            } else {
-                "reported, not gating"
-            };
-            vec![
-                format!("{c:?}"),
-                verdict(*ok).into(),
-                gating.into(),
-                why.clone(),
-            ]
-        })
-        .collect();
-    md += &markdown_table(&["claim", "verdict", "role", "numbers"], &claim_rows);
     let gated: Vec<&(Claim, Option<bool>, String)> = claims
         .iter()
         .filter(|(c, _, _)| gates.contains(c))
@@ -645,16 +618,16 @@ pub fn report_sweep(dir: &Path, runs: &[RunSummary]) -> Result<String> {
     } else {
         "not reproduced".to_string()
     };
-    md += &format!(
-        "\n**Verdict of this experiment (gated claims {}): {overall}.**\n",
+    let overall = format!(
+        "{overall} (gated claims {})",
         gates
             .iter()
             .map(|c| format!("{c:?}"))
             .collect::<Vec<_>>()
             .join(", ")
     );
-    reprise_core::report::Claims {
-        verdict: overall.clone(),
+    let claims_found = reprise_core::report::Claims {
+        verdict: overall,
         claims: claims
             .iter()
             .map(|(c, ok, why)| {
@@ -669,8 +642,13 @@ pub fn report_sweep(dir: &Path, runs: &[RunSummary]) -> Result<String> {
                 )
             })
             .collect(),
-    }
-    .write(dir)?;
+    };
+    let claims_found = if smoke {
+        claims_found.withheld()
+    } else {
+        claims_found
+    };
+    claims_found.write(dir)?;
     md += PAPER_NUMBERS;
     md += "\n## Every summary value by sweep point\n\n";
     md += &reprise_core::report::aggregate_table(runs);
@@ -716,7 +694,7 @@ pub fn report_sweep(dir: &Path, runs: &[RunSummary]) -> Result<String> {
             md += "\n";
         }
     }
-    Ok(md)
+    Ok(claims_found.open_report(&md))
 }
 
 /// Each arm's runs' test predictions pooled (the folds of a cross-validation: every image once),

@@ -545,7 +545,7 @@ pub fn report_sweep(dir: &Path, runs: &[RunSummary]) -> Result<String> {
         .any(|r| r.summary["smoke"].as_bool() == Some(true));
     let mut md = format!("# {}\n\n{}\n\n", h.name, h.description);
     if smoke {
-        md += "> **Smoke run**: a few steps on shrunken settings. These numbers test the plumbing, not the paper.\n\n";
+        md += reprise_core::report::SMOKE_BANNER;
     }
     let expected: Vec<String> = reprise_core::run::expected_runs(dir);
     let finished: BTreeSet<&str> = runs.iter().map(|r| r.name.as_str()).collect();
@@ -708,13 +708,20 @@ pub fn report_sweep(dir: &Path, runs: &[RunSummary]) -> Result<String> {
     md += &markdown_table(&["dataset", "fixed ε*", "full ε*"], &rows);
     md += "\nWith every target downsampled to 32×32 the paper's fixed-feature best ε moves to 1–5 (3 for 9 of 12 targets).\n";
     let (claims_md, claims) = verdicts(&res, &refs, cfg.as_ref());
-    md += &claims_md;
+    // A smoke run's numbers mean nothing: its claims are listed without verdicts, and the
+    // verdict's arithmetic is left out.
+    let claims = if smoke {
+        claims.withheld()
+    } else {
+        md += &claims_md;
+        claims
+    };
     claims.write(dir)?;
     md += &format!(
         "\nPer-(arm, seed) values: `results.csv` in this folder. Generated from {} finished runs.\n",
         runs.len()
     );
-    Ok(md)
+    Ok(claims.open_report(&md))
 }
 
 /// The claims V0, R1–R4 and the informational checks, as markdown.

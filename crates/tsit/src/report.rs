@@ -411,6 +411,12 @@ pub fn report_sweep(dir: &Path, runs: &[RunSummary]) -> Result<String> {
         .map(|h| h.name)
         .unwrap_or_default();
     let mut md = format!("# {name}: sweep report\n\n");
+    let smoke = runs
+        .iter()
+        .any(|r| r.summary["smoke"].as_bool() == Some(true));
+    if smoke {
+        md += reprise_core::report::SMOKE_BANNER;
+    }
     let expected = reprise_core::run::expected_runs(dir);
     if expected.len() > runs.len() {
         let _ = writeln!(
@@ -488,19 +494,22 @@ pub fn report_sweep(dir: &Path, runs: &[RunSummary]) -> Result<String> {
                 .collect::<Vec<_>>(),
         )
     };
-    md += "\n## Claims (spec §6.6) on the final checkpoint: the verdict\n\n";
-    md += &table(&claims);
     let v = verdict
         .clone()
         .unwrap_or_else(|| "incomplete (an arm is missing)".into());
-    let _ = writeln!(md, "\n**Verdict: {v}.**\n");
-    md += "## The same claims on the mean of the last two evaluations (spec §6.5), for comparison\n\n";
-    md += &table(&claims2);
-    let _ = writeln!(
-        md,
-        "\nOn that basis: {}.\n",
-        verdict2.unwrap_or_else(|| "incomplete".into())
-    );
+    // A smoke run's numbers mean nothing: its claims are listed without verdicts (at the top).
+    if !smoke {
+        md += "\n## Claims (spec §6.6) on the final checkpoint: the verdict\n\n";
+        md += &table(&claims);
+        let _ = writeln!(md, "\n**Verdict: {v}.**\n");
+        md += "## The same claims on the mean of the last two evaluations (spec §6.5), for comparison\n\n";
+        md += &table(&claims2);
+        let _ = writeln!(
+            md,
+            "\nOn that basis: {}.\n",
+            verdict2.unwrap_or_else(|| "incomplete".into())
+        );
+    }
     // The α sweep at test, averaged over the full arm's seeds (trained with α = 1).
     if let Some(full) = arms.get("full") {
         let mut by_alpha: BTreeMap<String, Vec<(f64, f64, f64)>> = BTreeMap::new();
@@ -563,6 +572,8 @@ pub fn report_sweep(dir: &Path, runs: &[RunSummary]) -> Result<String> {
             );
         }
     }
-    Claims { verdict: v, claims }.write(dir)?;
-    Ok(md)
+    let claims = Claims { verdict: v, claims };
+    let claims = if smoke { claims.withheld() } else { claims };
+    claims.write(dir)?;
+    Ok(claims.open_report(&md))
 }
