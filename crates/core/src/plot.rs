@@ -60,7 +60,25 @@ fn plot_err<E: std::fmt::Display>(path: &Path) -> impl Fn(E) -> Error + '_ {
     move |e| Error::msg(format!("{}: cannot draw the plot: {e}", path.display()))
 }
 
-/// Draws a line plot with one line (and std band) per series into a PNG.
+/// One panel of a figure: its series and how its axes are labelled.
+#[derive(Debug, Clone, Copy)]
+pub struct Panel<'a> {
+    /// The panel's own title (empty: none).
+    pub title: &'a str,
+    /// The x axis label.
+    pub x_label: &'a str,
+    /// The y axis label.
+    pub y_label: &'a str,
+    /// The lines.
+    pub series: &'a [Series],
+    /// Ticks at these x values with these labels instead of evenly spaced numbers: categories
+    /// (depths 4, 8, 16 drawn evenly apart) or the values of a transformed axis (ε on a
+    /// symmetric-log axis).
+    pub x_ticks: Option<&'a [(f64, String)]>,
+}
+
+/// Draws a line plot with one line (and std band) per series into a PNG, the legend beside
+/// the plot, outside the data.
 pub fn line_plot(
     path: &Path,
     title: &str,
@@ -68,7 +86,21 @@ pub fn line_plot(
     y_label: &str,
     series: &[Series],
 ) -> Result<()> {
-    let text = fonts();
+    panels_plot(
+        path,
+        title,
+        &[Panel {
+            title: "",
+            x_label,
+            y_label,
+            series,
+            x_ticks: None,
+        }],
+    )
+}
+
+/// The range of the points (and their std bands), padded in y.
+fn extent(series: &[Series], path: &Path) -> Result<(f64, f64, f64, f64)> {
     let pts = series.iter().flat_map(|s| {
         let std = s.std.clone().unwrap_or_else(|| vec![0.0; s.points.len()]);
         s.points
@@ -99,76 +131,259 @@ pub fn line_plot(
         x1 = x0 + 1.0;
     }
     let pad = ((y1 - y0) * 0.05).max(1e-9);
-    let (y0, y1) = (y0 - pad, y1 + pad);
+    Ok((x0, x1, y0 - pad, y1 + pad))
+}
+
+/// Width of a plot panel and of the legend column beside the panels, in pixels.
+const PANEL_W: u32 = 560;
+const LEGEND_W: u32 = 230;
+
+/// Draws the legend of `names` (colour by position) in `area`, top to bottom.
+fn draw_legend<DB: DrawingBackend>(
+    area: &DrawingArea<DB, plotters::coord::Shift>,
+    entries: &[(String, ShapeStyle)],
+    path: &Path,
+) -> Result<()> {
     let e = plot_err(path);
-    let root = BitMapBackend::new(path, (720, 480)).into_drawing_area();
+    for (i, (name, style)) in entries.iter().enumerate() {
+        let y = 50 + 24 * i as i32;
+        area.draw(&PathElement::new(vec![(8, y), (34, y)], *style))
+            .map_err(&e)?;
+        area.draw(&Text::new(
+            name.clone(),
+            (40, y - 8),
+            ("sans-serif", 15).into_font(),
+        ))
+        .map_err(&e)?;
+    }
+    Ok(())
+}
+
+/// Draws panels side by side into one PNG, a shared legend to their right (a series keeps its
+/// colour across panels by name).
+pub fn panels_plot(path: &Path, title: &str, panels: &[Panel]) -> Result<()> {
+    if panels.is_empty() {
+        return Err(Error::msg(format!("{}: no panel to plot", path.display())));
+    }
+    let text = fonts();
+    let mut names: Vec<String> = Vec::new();
+    for p in panels {
+        for s in p.series {
+            if !names.contains(&s.name) {
+                names.push(s.name.clone());
+            }
+        }
+    }
+    let colour = |name: &str| {
+        let i = names.iter().position(|n| n == name).unwrap_or(0);
+        PALETTE[i % PALETTE.len()]
+    };
+    let legend = text && names.len() > 1;
+    let width = PANEL_W * panels.len() as u32 + if legend { LEGEND_W } else { 0 };
+    let e = plot_err(path);
+    let root = BitMapBackend::new(path, (width, 480)).into_drawing_area();
     root.fill(&WHITE).map_err(&e)?;
-    let mut b = ChartBuilder::on(&root);
-    b.margin(12);
-    if text {
-        b.caption(title, ("sans-serif", 20))
-            .x_label_area_size(40)
-            .y_label_area_size(60);
-    }
-    let mut chart = b.build_cartesian_2d(x0..x1, y0..y1).map_err(&e)?;
-    if text {
-        chart
-            .configure_mesh()
-            .x_desc(x_label)
-            .y_desc(y_label)
-            .draw()
-            .map_err(&e)?;
+    let body = if text {
+        root.titled(title, ("sans-serif", 20)).map_err(&e)?
     } else {
-        chart
-            .configure_mesh()
-            .disable_x_mesh()
-            .disable_y_mesh()
-            .draw()
-            .map_err(&e)?;
-    }
-    for (i, s) in series.iter().enumerate() {
-        let c = PALETTE[i % PALETTE.len()];
-        if let Some(std) = &s.std {
-            let upper: Vec<(f64, f64)> = s
-                .points
-                .iter()
-                .zip(std)
-                .map(|(&(x, y), e)| (x, y + e))
-                .collect();
-            let lower: Vec<(f64, f64)> = s
-                .points
-                .iter()
-                .zip(std)
-                .rev()
-                .map(|(&(x, y), e)| (x, y - e))
-                .collect();
-            let poly: Vec<(f64, f64)> = upper.into_iter().chain(lower).collect();
+        root.clone()
+    };
+    let (plots, side) = body.split_horizontally(PANEL_W * panels.len() as u32);
+    let areas = plots.split_evenly((1, panels.len()));
+    for (p, area) in panels.iter().zip(&areas) {
+        let (x0, x1, y0, y1) = extent(p.series, path)?;
+        let (x0, x1) = match p.x_ticks {
+            // Room around the first and last category.
+            Some(t) if !t.is_empty() => {
+                let lo = t.iter().map(|t| t.0).fold(f64::INFINITY, f64::min);
+                let hi = t.iter().map(|t| t.0).fold(f64::NEG_INFINITY, f64::max);
+                let m = ((hi - lo) * 0.06).max(0.1);
+                (x0.min(lo) - m, x1.max(hi) + m)
+            }
+            _ => (x0, x1),
+        };
+        let mut b = ChartBuilder::on(area);
+        b.margin(12);
+        if text {
+            if !p.title.is_empty() {
+                b.caption(p.title, ("sans-serif", 16));
+            }
+            b.x_label_area_size(44).y_label_area_size(60);
+        }
+        let mut chart = b.build_cartesian_2d(x0..x1, y0..y1).map_err(&e)?;
+        {
+            let mut mesh = chart.configure_mesh();
+            if text {
+                mesh.x_desc(p.x_label).y_desc(p.y_label);
+                if p.x_ticks.is_some() {
+                    mesh.disable_x_mesh().x_labels(0);
+                }
+            } else {
+                mesh.disable_x_mesh().disable_y_mesh();
+            }
+            mesh.draw().map_err(&e)?;
+        }
+        if let (true, Some(ticks)) = (text, p.x_ticks) {
+            for (x, label) in ticks {
+                chart
+                    .draw_series(std::iter::once(PathElement::new(
+                        vec![(*x, y0), (*x, y1)],
+                        BLACK.mix(0.1).stroke_width(1),
+                    )))
+                    .map_err(&e)?;
+                let (px, py) = chart.backend_coord(&(*x, y0));
+                let half = 4 * label.chars().count() as i32;
+                root.draw(&Text::new(
+                    label.clone(),
+                    (px - half, py + 6),
+                    ("sans-serif", 14).into_font(),
+                ))
+                .map_err(&e)?;
+            }
+        }
+        for s in p.series {
+            let c = colour(&s.name);
+            if let Some(std) = &s.std {
+                let upper: Vec<(f64, f64)> = s
+                    .points
+                    .iter()
+                    .zip(std)
+                    .map(|(&(x, y), e)| (x, y + e))
+                    .collect();
+                let lower: Vec<(f64, f64)> = s
+                    .points
+                    .iter()
+                    .zip(std)
+                    .rev()
+                    .map(|(&(x, y), e)| (x, y - e))
+                    .collect();
+                let poly: Vec<(f64, f64)> = upper.into_iter().chain(lower).collect();
+                chart
+                    .draw_series(std::iter::once(Polygon::new(poly, c.mix(0.2).filled())))
+                    .map_err(&e)?;
+            }
             chart
-                .draw_series(std::iter::once(Polygon::new(poly, c.mix(0.2).filled())))
+                .draw_series(LineSeries::new(s.points.clone(), c.stroke_width(2)))
+                .map_err(&e)?;
+            chart
+                .draw_series(s.points.iter().map(|&p| Circle::new(p, 3, c.filled())))
                 .map_err(&e)?;
         }
-        let line = chart
-            .draw_series(LineSeries::new(s.points.clone(), c.stroke_width(2)))
-            .map_err(&e)?;
-        if text {
-            line.label(s.name.clone()).legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2))
-            });
-        }
-        chart
-            .draw_series(s.points.iter().map(|&p| Circle::new(p, 3, c.filled())))
-            .map_err(&e)?;
     }
-    if text && series.len() > 1 {
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()
-            .map_err(&e)?;
+    if legend {
+        let entries: Vec<(String, ShapeStyle)> = names
+            .iter()
+            .map(|n| (n.clone(), colour(n).stroke_width(3)))
+            .collect();
+        draw_legend(&side, &entries, path)?;
     }
     root.present().map_err(&e)?;
     Ok(())
+}
+
+/// Reliability diagrams, one panel per model: each bin's accuracy as a bar over the bin, the
+/// gap to the bin's mean confidence shaded, the number of examples above the bar, and the
+/// diagonal of perfect calibration. `models` holds each model's bins (edges, count, mean
+/// confidence, accuracy).
+pub fn reliability_plot(
+    path: &Path,
+    title: &str,
+    models: &[(String, Vec<crate::metrics::Bin>)],
+) -> Result<()> {
+    if models.is_empty() {
+        return Err(Error::msg(format!("{}: no model to plot", path.display())));
+    }
+    let text = fonts();
+    let e = plot_err(path);
+    let width = PANEL_W * models.len() as u32 + if text { LEGEND_W } else { 0 };
+    let root = BitMapBackend::new(path, (width, 480)).into_drawing_area();
+    root.fill(&WHITE).map_err(&e)?;
+    let body = if text {
+        root.titled(title, ("sans-serif", 20)).map_err(&e)?
+    } else {
+        root.clone()
+    };
+    let (plots, side) = body.split_horizontally(PANEL_W * models.len() as u32);
+    let bar = PALETTE[0];
+    let gap = PALETTE[3];
+    for ((name, bins), area) in models.iter().zip(plots.split_evenly((1, models.len()))) {
+        let mut b = ChartBuilder::on(&area);
+        b.margin(12);
+        if text {
+            b.caption(name, ("sans-serif", 16))
+                .x_label_area_size(44)
+                .y_label_area_size(60);
+        }
+        let mut chart = b.build_cartesian_2d(0.0..1.0, 0.0..1.08).map_err(&e)?;
+        let mut mesh = chart.configure_mesh();
+        if text {
+            mesh.x_desc("confidence").y_desc("accuracy in bin");
+        }
+        mesh.disable_x_mesh().draw().map_err(&e)?;
+        let filled: Vec<&crate::metrics::Bin> = bins.iter().filter(|b| b.count > 0).collect();
+        chart
+            .draw_series(
+                filled.iter().map(|b| {
+                    Rectangle::new([(b.lo, 0.0), (b.hi, b.accuracy)], bar.mix(0.75).filled())
+                }),
+            )
+            .map_err(&e)?;
+        chart
+            .draw_series(filled.iter().map(|b| {
+                Rectangle::new(
+                    [(b.lo, b.accuracy), (b.hi, b.confidence)],
+                    gap.mix(0.35).filled(),
+                )
+            }))
+            .map_err(&e)?;
+        chart
+            .draw_series(std::iter::once(PathElement::new(
+                vec![(0.0, 0.0), (1.0, 1.0)],
+                BLACK.stroke_width(1),
+            )))
+            .map_err(&e)?;
+        if text {
+            for b in &filled {
+                let top = b.accuracy.max(b.confidence);
+                let (px, py) = chart.backend_coord(&((b.lo + b.hi) / 2.0, top));
+                let label = b.count.to_string();
+                let half = 3 * label.chars().count() as i32;
+                root.draw(&Text::new(
+                    label,
+                    (px - half, py - 14),
+                    ("sans-serif", 11).into_font(),
+                ))
+                .map_err(&e)?;
+            }
+        }
+    }
+    if text {
+        let entries = vec![
+            ("accuracy in bin".to_string(), bar.mix(0.75).stroke_width(8)),
+            (
+                "gap to mean confidence".to_string(),
+                gap.mix(0.35).stroke_width(8),
+            ),
+            ("perfect calibration".to_string(), BLACK.stroke_width(1)),
+            (
+                "(numbers: examples in bin)".to_string(),
+                WHITE.stroke_width(1),
+            ),
+        ];
+        draw_legend(&side, &entries, path)?;
+    }
+    root.present().map_err(&e)?;
+    Ok(())
+}
+
+/// Labels of an image grid: one per column (drawn above it) and one per row (drawn to its
+/// left); either may be empty.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GridLabels {
+    /// Column headings, left to right.
+    pub columns: Vec<String>,
+    /// Row labels, top to bottom.
+    pub rows: Vec<String>,
 }
 
 /// Writes images `N×C×H×W` (C = 1 or 3, values in `[lo, hi]`) as a PNG grid of `cols` columns,
@@ -181,6 +396,107 @@ pub fn image_grid(
     lo: f64,
     hi: f64,
 ) -> Result<()> {
+    image_grid_labeled(path, images, cols, scale, lo, hi, &GridLabels::default())
+}
+
+/// [`image_grid`] with column headings above the grid and row labels to its left.
+pub fn image_grid_labeled(
+    path: &Path,
+    images: &Tensor,
+    cols: usize,
+    scale: u32,
+    lo: f64,
+    hi: f64,
+    labels: &GridLabels,
+) -> Result<()> {
+    let text = fonts();
+    // Cells at least as wide as their heading (about 8 pixels a character) and as tall as a
+    // row label: small images are scaled up further.
+    let n = images.size().first().copied().unwrap_or(0).max(1) as usize;
+    let ncols = cols.clamp(1, n);
+    let (h, w) = match images.size()[..] {
+        [_, _, h, w] => (h.max(1) as u32, w.max(1) as u32),
+        _ => (1, 1),
+    };
+    let widest = labels
+        .columns
+        .iter()
+        .map(|l| l.chars().count())
+        .max()
+        .unwrap_or(0) as u32;
+    let need_w = if text && widest > 0 {
+        8 * widest + 8
+    } else {
+        0
+    };
+    let need_h: u32 = if text && !labels.rows.is_empty() {
+        18
+    } else {
+        0
+    };
+    let scale = scale.max(1).max(need_w.div_ceil(w)).max(need_h.div_ceil(h));
+    let grid = grid_image(images, ncols, scale, lo, hi)?;
+    let has_cols = text && !labels.columns.is_empty();
+    let has_rows = text && !labels.rows.is_empty();
+    let top = if has_cols { 22 } else { 0 };
+    let left = if has_rows {
+        8 + 8 * labels
+            .rows
+            .iter()
+            .map(|r| r.chars().count())
+            .max()
+            .unwrap_or(0) as u32
+    } else {
+        0
+    };
+    let (gw, gh) = grid.dimensions();
+    let (w, h) = (gw + left, gh + top);
+    let mut canvas = image::RgbImage::from_pixel(w, h, image::Rgb([255, 255, 255]));
+    image::imageops::replace(&mut canvas, &grid, i64::from(left), i64::from(top));
+    if has_cols || has_rows {
+        let e = plot_err(path);
+        let cols = ncols;
+        let rows = n.div_ceil(cols);
+        let (cw, ch) = (gw / cols as u32, gh / rows as u32);
+        let mut buf = canvas.into_raw();
+        {
+            let area = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
+            let font = ("sans-serif", 14).into_font();
+            for (i, l) in labels.columns.iter().enumerate().take(cols) {
+                let x = left + i as u32 * cw + cw / 2;
+                let half = 4 * l.chars().count() as u32;
+                area.draw(&Text::new(
+                    l.clone(),
+                    (x.saturating_sub(half) as i32, 3),
+                    font.clone(),
+                ))
+                .map_err(&e)?;
+            }
+            for (i, l) in labels.rows.iter().enumerate().take(rows) {
+                let y = top + i as u32 * ch + ch / 2;
+                area.draw(&Text::new(l.clone(), (4, y as i32 - 7), font.clone()))
+                    .map_err(&e)?;
+            }
+            area.present().map_err(&e)?;
+        }
+        canvas = image::RgbImage::from_raw(w, h, buf).expect("the buffer is w × h × 3");
+    }
+    canvas.save(path).map_err(|e| {
+        Error::msg(format!(
+            "{}: cannot write the image grid: {e}",
+            path.display()
+        ))
+    })
+}
+
+/// The grid of [`image_grid`] as an image.
+fn grid_image(
+    images: &Tensor,
+    cols: usize,
+    scale: u32,
+    lo: f64,
+    hi: f64,
+) -> Result<image::RgbImage> {
     let s = images.size();
     if s.len() != 4 || !(s[1] == 1 || s[1] == 3) || s[0] == 0 {
         return Err(Error::msg(format!(
@@ -225,12 +541,7 @@ pub fn image_grid(
             }
         }
     }
-    img.save(path).map_err(|e| {
-        Error::msg(format!(
-            "{}: cannot write the image grid: {e}",
-            path.display()
-        ))
-    })
+    Ok(img)
 }
 
 #[cfg(test)]
@@ -255,7 +566,48 @@ mod tests {
         ];
         line_plot(&p, "title", "x", "y", &s).unwrap();
         let img = image::open(&p).unwrap();
-        assert_eq!((img.width(), img.height()), (720, 480));
+        // The legend has a column of its own beside the plot (where a font is found).
+        assert!(img.width() == PANEL_W || img.width() == PANEL_W + LEGEND_W);
+        assert_eq!(img.height(), 480);
+        let ticks = [
+            (0.0, "4".to_string()),
+            (1.0, "8".to_string()),
+            (2.0, "16".to_string()),
+        ];
+        let panel = Panel {
+            title: "L2",
+            x_label: "depth",
+            y_label: "acc",
+            series: &s,
+            x_ticks: Some(&ticks),
+        };
+        panels_plot(
+            &p,
+            "two panels",
+            &[
+                panel,
+                Panel {
+                    title: "Linf",
+                    ..panel
+                },
+            ],
+        )
+        .unwrap();
+        assert!(image::open(&p).unwrap().width() >= 2 * PANEL_W);
+        let bins = vec![crate::metrics::Bin {
+            lo: 0.5,
+            hi: 0.75,
+            count: 12,
+            confidence: 0.7,
+            accuracy: 0.6,
+        }];
+        reliability_plot(
+            &p,
+            "reliability",
+            &[("a".into(), bins.clone()), ("b".into(), bins)],
+        )
+        .unwrap();
+        assert!(image::open(&p).unwrap().width() >= 2 * PANEL_W);
         assert!(line_plot(&p, "t", "x", "y", &[]).is_err());
     }
 
@@ -270,6 +622,15 @@ mod tests {
             ],
             0,
         );
+        let labels = GridLabels {
+            columns: vec!["in".into(), "out".into()],
+            rows: vec!["r0".into(), "r1".into()],
+        };
+        image_grid_labeled(&p, &imgs, 2, 3, 0.0, 1.0, &labels).unwrap();
+        let lab = image::open(&p).unwrap().to_rgb8();
+        if fonts() {
+            assert!(lab.width() > 15 && lab.height() > 15, "labels add margins");
+        }
         image_grid(&p, &imgs, 2, 3, 0.0, 1.0).unwrap();
         let g = image::open(&p).unwrap().to_rgb8();
         // 2 columns × 2 rows of 6-pixel cells with 1-pixel borders.

@@ -1,7 +1,7 @@
 //! Reports: one run's arms, and a sweep's table over depths and seeds with the claims C0–C4 of
 //! the specification's §6.4, computed from the runs' summaries.
 
-use reprise_core::plot::{line_plot, Series};
+use reprise_core::plot::{panels_plot, Panel, Series};
 use reprise_core::report::{fmt_mean_std, markdown_table, mean_std, ClaimRow, Claims};
 use reprise_core::run::RunSummary;
 use reprise_core::spec::SpecTree;
@@ -803,15 +803,22 @@ pub fn report_sweep(dir: &Path, runs: &[RunSummary]) -> Result<String> {
         md += &markdown_table(&["block", "train", "test"], &rows);
     }
     // Accuracy vs depth.
+    // Depths as categories, evenly apart (4, 8, 16 would crowd the first two on a linear axis).
+    let ticks: Vec<(f64, String)> = depths
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (i as f64, n.to_string()))
+        .collect();
     let series: Vec<Series> = ["teacher", "scratch", "kd", "kd-t4", "win"]
         .iter()
         .filter_map(|a| {
             let pts: Vec<(f64, f64, f64)> = depths
                 .iter()
-                .filter_map(|&n| {
+                .enumerate()
+                .filter_map(|(i, &n)| {
                     let v: Vec<f64> = r.acc.get(&(a.to_string(), n))?.values().copied().collect();
                     let (m, s) = mean_std(&v);
-                    Some((n as f64, m, s))
+                    Some((i as f64, m, s))
                 })
                 .collect();
             (pts.len() > 1).then(|| Series {
@@ -824,12 +831,16 @@ pub fn report_sweep(dir: &Path, runs: &[RunSummary]) -> Result<String> {
     if !series.is_empty() {
         let figs = dir.join("figures");
         std::fs::create_dir_all(&figs).map_err(|e| Error::Io(figs.clone(), e))?;
-        line_plot(
+        panels_plot(
             &figs.join("acc-vs-depth.png"),
             "Test accuracy vs depth (±1 std)",
-            "depth n",
-            "accuracy (%)",
-            &series,
+            &[Panel {
+                title: "",
+                x_label: "depth n",
+                y_label: "accuracy (%)",
+                series: &series,
+                x_ticks: Some(&ticks),
+            }],
         )?;
         md += "\n![accuracy vs depth](figures/acc-vs-depth.png)\n";
     }

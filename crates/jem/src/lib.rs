@@ -733,13 +733,18 @@ fn final_eval(
         ck.put("samples", &samples);
         ck.put("labels", &ys);
         ck.save(&ctx.dir().join("samples.safetensors"))?;
-        reprise_core::plot::image_grid(
+        // One row per class, labelled.
+        reprise_core::plot::image_grid_labeled(
             &figs.join("samples.png"),
             &samples.clamp(-1.0, 1.0),
             c.eval.chains_per_class,
             3,
             -1.0,
             1.0,
+            &reprise_core::plot::GridLabels {
+                columns: vec![],
+                rows: (0..classes).map(|k| format!("y = {k}")).collect(),
+            },
         )?;
         let share = eval::realism_share(&samples, &train_x.to_device(Device::Cpu), &d.clean);
         s.insert("realism_share".into(), json!(share));
@@ -782,13 +787,17 @@ fn final_eval(
             );
             rows.push(Tensor::cat(&[row, pad], 0));
         }
-        reprise_core::plot::image_grid(
+        reprise_core::plot::image_grid_labeled(
             &figs.join("buffer_by_class.png"),
             &Tensor::cat(&rows, 0).clamp(-1.0, 1.0),
             10,
             3,
             -1.0,
             1.0,
+            &reprise_core::plot::GridLabels {
+                columns: vec![],
+                rows: (0..rows.len()).map(|k| format!("pred {k}")).collect(),
+            },
         )?;
     }
     if let Some(p) = &c.eval.pgd {

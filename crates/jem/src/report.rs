@@ -20,33 +20,10 @@ use tch::Device;
 /// The OOD sets, in report order.
 pub const OOD_SETS: [&str; 4] = ["uniform", "shuffled", "interp", "inverted"];
 
-/// A reliability diagram: accuracy against mean confidence per bin, one line per model.
+/// Reliability diagrams, one panel per model: accuracy per confidence bin as bars, the gap to
+/// the bin's mean confidence shaded, each bin's count above it.
 pub fn reliability_figure(path: &Path, models: &[(String, Vec<Bin>)]) -> Result<()> {
-    let mut series: Vec<Series> = models
-        .iter()
-        .map(|(name, bins)| Series {
-            name: name.clone(),
-            points: bins
-                .iter()
-                .filter(|b| b.count > 0)
-                .map(|b| (b.confidence, b.accuracy))
-                .collect(),
-            std: None,
-        })
-        .filter(|s| !s.points.is_empty())
-        .collect();
-    series.push(Series {
-        name: "perfect calibration".into(),
-        points: vec![(0.0, 0.0), (1.0, 1.0)],
-        std: None,
-    });
-    line_plot(
-        path,
-        "Reliability diagram (test set)",
-        "mean confidence in bin",
-        "accuracy in bin",
-        &series,
-    )
+    reprise_core::plot::reliability_plot(path, "Reliability diagram (test set)", models)
 }
 
 /// Histograms (30 bins over the common range) of a score on the test set and each OOD set.

@@ -5,7 +5,7 @@
 use crate::config::{Arm, Config};
 use crate::transfer::{Mode, Outcome};
 use reprise_core::attack::Norm;
-use reprise_core::plot::{line_plot, Series};
+use reprise_core::plot::{panels_plot, Panel, Series};
 use reprise_core::report::{fmt_mean_std, markdown_table, mean_std, ClaimRow, Claims};
 use reprise_core::run::RunSummary;
 use reprise_core::spec::SpecTree;
@@ -490,45 +490,70 @@ fn symlog(eps: f64) -> f64 {
     (1.0 + eps / 0.01).log10()
 }
 
+/// Tick positions on a transformed axis and their labels.
+type Ticks = Vec<(f64, String)>;
+
 fn plot_target(dir: &Path, res: &Results, t: &str) -> Result<String> {
-    let mut series = Vec::new();
-    for m in [Mode::Fixed, Mode::Full] {
-        let mut lines: Vec<(String, Vec<Arm>)> = vec![
-            (format!("{} L2", m.name()), res.grid(Norm::L2)),
-            (format!("{} Linf", m.name()), res.grid(Norm::Linf)),
-            (format!("{} noise (control)", m.name()), res.controls()),
-        ];
-        lines.retain(|(_, g)| !g.is_empty());
-        for (name, grid) in lines {
-            let mut pts = Vec::new();
-            let mut std = Vec::new();
-            for a in std::iter::once(Arm::Std).chain(grid) {
-                if let Some((mu, sd)) = res.mean(t, m, a) {
-                    pts.push((symlog(a.eps()), mu));
-                    std.push(sd);
+    // One panel per norm (L2 with the noise control, L∞), ε on a symmetric-log axis
+    // (log10(1 + ε/0.01): ε = 0 at the origin) labelled in ε at the sweep's values.
+    let mut panels: Vec<(&str, Vec<Series>, Ticks)> = Vec::new();
+    for (norm, title) in [(Norm::L2, "L2 sources"), (Norm::Linf, "L∞ sources")] {
+        let mut series = Vec::new();
+        let mut eps: Vec<f64> = vec![0.0];
+        for m in [Mode::Fixed, Mode::Full] {
+            let mut lines: Vec<(String, Vec<Arm>)> =
+                vec![(format!("{} adversarial", m.name()), res.grid(norm))];
+            if norm == Norm::L2 {
+                lines.push((format!("{} noise (control)", m.name()), res.controls()));
+            }
+            lines.retain(|(_, g)| !g.is_empty());
+            for (name, grid) in lines {
+                let mut pts = Vec::new();
+                let mut std = Vec::new();
+                for a in std::iter::once(Arm::Std).chain(grid) {
+                    if let Some((mu, sd)) = res.mean(t, m, a) {
+                        pts.push((symlog(a.eps()), mu));
+                        std.push(sd);
+                        if !eps.contains(&a.eps()) {
+                            eps.push(a.eps());
+                        }
+                    }
+                }
+                if pts.len() > 1 {
+                    series.push(Series {
+                        name,
+                        points: pts,
+                        std: Some(std),
+                    });
                 }
             }
-            if pts.len() > 1 {
-                series.push(Series {
-                    name,
-                    points: pts,
-                    std: Some(std),
-                });
-            }
         }
+        if !series.is_empty() {
+            eps.sort_by(f64::total_cmp);
+            let ticks = eps.iter().map(|&e| (symlog(e), format!("{e}"))).collect();
+            panels.push((title, series, ticks));
+        }
+    }
+    if panels.is_empty() {
+        return Ok(String::new());
     }
     let figs = dir.join("figures");
     std::fs::create_dir_all(&figs).map_err(|e| Error::Io(figs.clone(), e))?;
     let file = format!("acc-vs-eps-{}.png", reprise_core::spec::sanitize(t));
-    if series.is_empty() {
-        return Ok(String::new());
-    }
-    line_plot(
+    let drawn: Vec<Panel> = panels
+        .iter()
+        .map(|(title, series, ticks)| Panel {
+            title,
+            x_label: "source ε (symmetric-log axis)",
+            y_label: "accuracy (%)",
+            series,
+            x_ticks: Some(ticks),
+        })
+        .collect();
+    panels_plot(
         &figs.join(&file),
-        &format!("{t}: test accuracy vs source ε (±1 std)"),
-        "log10(1 + ε/0.01)   [ε = 0, .01, .1, 1 at x = 0, 0.3, 1.04, 2.0]",
-        "accuracy (%)",
-        &series,
+        &format!("{t}: test accuracy vs source ε (±1 std; ε = 0 is the standard source)"),
+        &drawn,
     )?;
     Ok(format!("figures/{file}"))
 }

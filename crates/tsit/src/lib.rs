@@ -452,7 +452,15 @@ fn write_test_outputs(
     if !shown.is_empty() {
         let cols = shown[0].size()[0] as usize;
         let grid = Tensor::cat(&shown, 0);
-        reprise_core::plot::image_grid(&ctx.figures().join("grid.png"), &grid, cols, 1, -1.0, 1.0)?;
+        reprise_core::plot::image_grid_labeled(
+            &ctx.figures().join("grid.png"),
+            &grid,
+            cols,
+            1,
+            -1.0,
+            1.0,
+            &grid_labels(c.task, c.task.is_ast()),
+        )?;
     }
     let fid = (!feats_fake.is_empty()).then(|| {
         let to = |v: &[Tensor]| Tensor::cat(v, 0).to_kind(tch::Kind::Double);
@@ -1081,7 +1089,15 @@ fn final_eval(
     cols.push(sel(&t.oracle));
     let ncol = cols.len();
     let grid = Tensor::stack(&cols, 1).flatten(0, 1);
-    reprise_core::plot::image_grid(&ctx.figures().join("grid.png"), &grid, ncol, 4, -1.0, 1.0)?;
+    reprise_core::plot::image_grid_labeled(
+        &ctx.figures().join("grid.png"),
+        &grid,
+        ncol,
+        4,
+        -1.0,
+        1.0,
+        &grid_labels(c.task, t.style.is_some()),
+    )?;
     if let Some((diff, diff0)) = bn1_cancel(c, gan, ev, ctx.device()) {
         s.insert("bn1_cancel_max_diff".into(), json_f64(diff));
         s.insert("bn1_cancel_max_diff_eps0".into(), json_f64(diff0));
@@ -1103,6 +1119,26 @@ pub fn label_colours(labels: &Tensor) -> Tensor {
     let rgb = pal.index_select(0, &labels.flatten(0, -1).to_device(Device::Cpu));
     let s = labels.size();
     rgb.view([s[0], s[1], s[2], 3]).permute([0, 3, 1, 2]) * 2.0 - 1.0
+}
+
+/// The column headings of a run's image grid: the content (the label map in semantic
+/// synthesis), the style image where the task has one, the output, the target.
+fn grid_labels(task: Task, with_style: bool) -> reprise_core::plot::GridLabels {
+    let mut columns = vec![if task.is_ast() {
+        "content"
+    } else {
+        "label map"
+    }
+    .to_string()];
+    if with_style {
+        columns.push("style".into());
+    }
+    columns.push("output".into());
+    columns.push("target".into());
+    reprise_core::plot::GridLabels {
+        columns,
+        rows: vec![],
+    }
 }
 
 #[cfg(test)]

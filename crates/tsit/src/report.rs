@@ -560,7 +560,7 @@ pub fn report_sweep(dir: &Path, runs: &[RunSummary]) -> Result<String> {
             );
         }
     }
-    md += "\n## Image grids (first seed of each arm): content or label map | style | output | target\n\n";
+    md += "\n## Image grids (first seed of each arm; each grid's columns are labelled)\n\n";
     let mut shown = std::collections::BTreeSet::new();
     for r in runs {
         let arm = r.summary["arm"].as_str().unwrap_or("?").to_string();
