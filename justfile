@@ -33,7 +33,7 @@ reproduce: data
 reproduce-all: data
     source scripts/env.sh && python scripts/reproduce_all.py
 
-# Unit and integration tests, spec validation, the CUDA link check and every experiment's --smoke
+# fmt --check, clippy -D warnings, unit and integration tests, spec validation, the CUDA link check and every experiment's --smoke
 test: setup
     bash scripts/test.sh
 

@@ -6,8 +6,14 @@ source scripts/env.sh
 export REPRISE_PROGRESS_SECS="${REPRISE_PROGRESS_SECS:-30}"
 runner=target/release/runner
 
+echo "== format: cargo fmt --check"
+cargo fmt --all --check
+
 echo "== build"
 cargo build --release -p runner
+
+echo "== lints: clippy on every target, warnings as errors (the release profile, so LibTorch's bindings are built once)"
+cargo clippy --release --workspace --all-targets -- -D warnings
 
 echo "== CUDA link: libtorch_cuda.so is linked (where LibTorch has it) and the runner starts without LD_LIBRARY_PATH"
 lib_dir="${LIBTORCH:+$LIBTORCH/lib}"
