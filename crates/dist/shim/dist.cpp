@@ -1,0 +1,109 @@
+// A C interface to the c10d engine inside LibTorch (the one torch.distributed and
+// DistributedDataParallel run on): a TCPStore rendezvous, a Gloo process group, and the
+// collectives a data-parallel step needs. Every function catches C++ exceptions and returns
+// their message, so that no exception crosses into Rust.
+
+#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
+
+#include <chrono>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace {
+
+struct Group {
+  c10::intrusive_ptr<c10d::Store> store;
+  c10::intrusive_ptr<c10d::ProcessGroupGloo> pg;
+  int rank;
+  int world;
+};
+
+void set_error(char* err, size_t len, const std::string& what) {
+  if (err == nullptr || len == 0) {
+    return;
+  }
+  std::strncpy(err, what.c_str(), len - 1);
+  err[len - 1] = '\0';
+}
+
+}  // namespace
+
+extern "C" {
+
+// Joins the group `world` ranks form through the TCPStore at host:port (rank 0 serves it).
+// Returns nullptr and the reason in `err` on failure (a store that cannot be reached within
+// `timeout_ms`, say).
+void* reprise_dist_init(const char* host, int port, int rank, int world, int timeout_ms,
+                        char* err, size_t err_len) {
+  try {
+    c10d::TCPStoreOptions opts;
+    opts.port = static_cast<std::uint16_t>(port);
+    opts.isServer = rank == 0;
+    opts.numWorkers = world;
+    opts.waitWorkers = false;
+    opts.timeout = std::chrono::milliseconds(timeout_ms);
+    auto store = c10::make_intrusive<c10d::TCPStore>(std::string(host), opts);
+    auto options =
+        c10d::ProcessGroupGloo::Options::create_default(std::chrono::milliseconds(timeout_ms));
+    options->devices.clear();
+    options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname(
+        std::string(host)));
+    auto pg = c10::make_intrusive<c10d::ProcessGroupGloo>(store, rank, world, options);
+    return new Group{store, pg, rank, world};
+  } catch (const std::exception& e) {
+    set_error(err, err_len, e.what());
+    return nullptr;
+  }
+}
+
+// Sums `t` (in place) over the ranks.
+int reprise_dist_allreduce_sum(void* group, at::Tensor* t, char* err, size_t err_len) {
+  try {
+    auto* g = static_cast<Group*>(group);
+    std::vector<at::Tensor> ts{*t};
+    c10d::AllreduceOptions opts;
+    opts.reduceOp = c10d::ReduceOp::SUM;
+    g->pg->allreduce(ts, opts)->wait();
+    return 0;
+  } catch (const std::exception& e) {
+    set_error(err, err_len, e.what());
+    return 1;
+  }
+}
+
+// Copies `t` of rank `root` into `t` of every rank.
+int reprise_dist_broadcast(void* group, at::Tensor* t, int root, char* err, size_t err_len) {
+  try {
+    auto* g = static_cast<Group*>(group);
+    std::vector<at::Tensor> ts{*t};
+    c10d::BroadcastOptions opts;
+    opts.rootRank = root;
+    g->pg->broadcast(ts, opts)->wait();
+    return 0;
+  } catch (const std::exception& e) {
+    set_error(err, err_len, e.what());
+    return 1;
+  }
+}
+
+// Waits until every rank has called it.
+int reprise_dist_barrier(void* group, char* err, size_t err_len) {
+  try {
+    auto* g = static_cast<Group*>(group);
+    g->pg->barrier()->wait();
+    return 0;
+  } catch (const std::exception& e) {
+    set_error(err, err_len, e.what());
+    return 1;
+  }
+}
+
+// Leaves the group.
+void reprise_dist_free(void* group) {
+  delete static_cast<Group*>(group);
+}
+
+}  // extern "C"

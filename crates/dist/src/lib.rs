@@ -1,0 +1,354 @@
+//! `dist`: data-parallel collectives for reprise on the engine PyTorch's own
+//! `DistributedDataParallel` uses, LibTorch's c10d: a `TCPStore` rendezvous and a Gloo process
+//! group, bound through a small C++ shim (`shim/dist.cpp`).
+//!
+//! A [`ProcessGroup`] is joined from the environment `torchrun` or Slurm set
+//! ([`Launch::from_env`]) or from explicit values; it all-reduces (sum or mean) lists of
+//! tensors in size-capped buckets, as DDP does, broadcasts from a root and waits at barriers.
+
+use std::ffi::{c_char, c_int, c_void, CString};
+use tch::{Kind, Tensor};
+
+#[allow(unsafe_code)]
+mod ffi {
+    use std::ffi::{c_char, c_int, c_void};
+    use torch_sys::C_tensor;
+
+    extern "C" {
+        pub fn reprise_dist_init(
+            host: *const c_char,
+            port: c_int,
+            rank: c_int,
+            world: c_int,
+            timeout_ms: c_int,
+            err: *mut c_char,
+            err_len: usize,
+        ) -> *mut c_void;
+        pub fn reprise_dist_allreduce_sum(
+            group: *mut c_void,
+            t: *mut C_tensor,
+            err: *mut c_char,
+            err_len: usize,
+        ) -> c_int;
+        pub fn reprise_dist_broadcast(
+            group: *mut c_void,
+            t: *mut C_tensor,
+            root: c_int,
+            err: *mut c_char,
+            err_len: usize,
+        ) -> c_int;
+        pub fn reprise_dist_barrier(group: *mut c_void, err: *mut c_char, err_len: usize) -> c_int;
+        pub fn reprise_dist_free(group: *mut c_void);
+    }
+}
+
+/// An error of the distributed layer, with the c10d message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DistError(pub String);
+
+impl std::fmt::Display for DistError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "distributed: {}", self.0)
+    }
+}
+
+impl std::error::Error for DistError {}
+
+/// Results of this crate.
+pub type Result<T> = std::result::Result<T, DistError>;
+
+/// Where and as whom a process joins its group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Launch {
+    /// This process's rank, `0..world`.
+    pub rank: usize,
+    /// The number of processes.
+    pub world: usize,
+    /// This process's rank on its machine (its device index on CUDA).
+    pub local_rank: usize,
+    /// The host of rank 0, which serves the rendezvous store.
+    pub master_addr: String,
+    /// The store's port.
+    pub master_port: u16,
+}
+
+impl Launch {
+    /// The launch `torchrun` describes (`RANK`, `WORLD_SIZE`, `LOCAL_RANK`, `MASTER_ADDR`,
+    /// `MASTER_PORT`) or, failing that, Slurm (`SLURM_PROCID`, `SLURM_NTASKS`,
+    /// `SLURM_LOCALID`, with `MASTER_ADDR`/`MASTER_PORT` or 127.0.0.1:29500); `None` when
+    /// neither says there are several processes.
+    pub fn from_env() -> Result<Option<Launch>> {
+        Self::from_vars(|k| std::env::var(k).ok())
+    }
+
+    /// [`Launch::from_env`] over any variable source.
+    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Option<Launch>> {
+        let num = |k: &str| -> Result<Option<usize>> {
+            var(k)
+                .map(|v| {
+                    v.trim()
+                        .parse::<usize>()
+                        .map_err(|_| DistError(format!("{k}={v} is not a whole number")))
+                })
+                .transpose()
+        };
+        let (rank, world, local) = match (num("RANK")?, num("WORLD_SIZE")?) {
+            (Some(r), Some(w)) => (r, w, num("LOCAL_RANK")?.unwrap_or(r)),
+            (None, None) => match (num("SLURM_PROCID")?, num("SLURM_NTASKS")?) {
+                (Some(r), Some(w)) => (r, w, num("SLURM_LOCALID")?.unwrap_or(r)),
+                _ => return Ok(None),
+            },
+            _ => {
+                return Err(DistError(
+                    "RANK and WORLD_SIZE go together (torchrun sets both)".into(),
+                ))
+            }
+        };
+        if world < 2 {
+            return Ok(None);
+        }
+        if rank >= world {
+            return Err(DistError(format!(
+                "rank {rank} is not below the world size {world}"
+            )));
+        }
+        let master_addr = var("MASTER_ADDR").unwrap_or_else(|| "127.0.0.1".into());
+        let master_port = match var("MASTER_PORT") {
+            Some(p) => p
+                .trim()
+                .parse()
+                .map_err(|_| DistError(format!("MASTER_PORT={p} is not a port")))?,
+            None => 29500,
+        };
+        Ok(Some(Launch {
+            rank,
+            world,
+            local_rank: local,
+            master_addr,
+            master_port,
+        }))
+    }
+}
+
+/// Bucket size of [`ProcessGroup::all_reduce_mean`]: DDP's default `bucket_cap_mb` (25 MiB).
+pub const BUCKET_BYTES: usize = 25 << 20;
+
+/// A joined process group (Gloo, on the CPU).
+pub struct ProcessGroup {
+    ptr: *mut c_void,
+    rank: usize,
+    world: usize,
+}
+
+// The c10d process group is used from one thread at a time through `&mut self`, and may move
+// between threads.
+#[allow(unsafe_code)]
+unsafe impl Send for ProcessGroup {}
+
+const ERR_LEN: usize = 1024;
+
+fn call(f: impl FnOnce(*mut c_char, usize) -> c_int) -> Result<()> {
+    let mut buf = vec![0u8; ERR_LEN];
+    if f(buf.as_mut_ptr().cast(), ERR_LEN) == 0 {
+        return Ok(());
+    }
+    Err(DistError(message(&buf)))
+}
+
+fn message(buf: &[u8]) -> String {
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    let text = String::from_utf8_lossy(&buf[..end]);
+    // c10d appends a C++ backtrace after the first line.
+    text.lines().next().unwrap_or("").trim().to_string()
+}
+
+impl ProcessGroup {
+    /// Joins the group of `launch` through its store, waiting at most `timeout` for it (a rank
+    /// that cannot reach the store fails with the reason once it has passed).
+    pub fn join(launch: &Launch, timeout: std::time::Duration) -> Result<ProcessGroup> {
+        let host = CString::new(launch.master_addr.clone())
+            .map_err(|_| DistError("MASTER_ADDR holds a NUL byte".into()))?;
+        let ms = c_int::try_from(timeout.as_millis()).unwrap_or(c_int::MAX);
+        let mut buf = vec![0u8; ERR_LEN];
+        #[allow(unsafe_code)]
+        // SAFETY: the strings outlive the call; the shim copies what it keeps and writes at most
+        // ERR_LEN bytes into `buf`.
+        let ptr = unsafe {
+            ffi::reprise_dist_init(
+                host.as_ptr(),
+                c_int::from(launch.master_port),
+                launch.rank as c_int,
+                launch.world as c_int,
+                ms,
+                buf.as_mut_ptr().cast(),
+                ERR_LEN,
+            )
+        };
+        if ptr.is_null() {
+            return Err(DistError(format!(
+                "rank {} could not join the group through the store at {}:{} within {:.0?}: {}",
+                launch.rank,
+                launch.master_addr,
+                launch.master_port,
+                timeout,
+                message(&buf)
+            )));
+        }
+        Ok(ProcessGroup {
+            ptr,
+            rank: launch.rank,
+            world: launch.world,
+        })
+    }
+
+    /// This process's rank.
+    pub fn rank(&self) -> usize {
+        self.rank
+    }
+
+    /// The number of processes.
+    pub fn world(&self) -> usize {
+        self.world
+    }
+
+    /// Sums a contiguous CPU tensor over the ranks, in place.
+    fn sum_one(&mut self, t: &mut Tensor) -> Result<()> {
+        let g = self.ptr;
+        #[allow(unsafe_code)]
+        // SAFETY: `t` is a live tensor for the call; the shim only reads and writes its data.
+        call(|e, n| unsafe { ffi::reprise_dist_allreduce_sum(g, t.as_mut_ptr(), e, n) })
+    }
+
+    /// Replaces each tensor by its mean over the ranks (gradients after a backward), in buckets
+    /// of at most [`BUCKET_BYTES`] of one dtype: each bucket is flattened into one buffer,
+    /// summed, divided by the world size and copied back.
+    pub fn all_reduce_mean(&mut self, tensors: &[Tensor]) -> Result<()> {
+        let mut bucket: Vec<&Tensor> = Vec::new();
+        let mut bytes = 0;
+        let mut kind = None;
+        for t in tensors {
+            let b = t.numel() * t.kind().elt_size_in_bytes();
+            if !bucket.is_empty() && (bytes + b > BUCKET_BYTES || kind != Some(t.kind())) {
+                self.reduce_bucket(&bucket)?;
+                bucket.clear();
+                bytes = 0;
+            }
+            kind = Some(t.kind());
+            bucket.push(t);
+            bytes += b;
+        }
+        if !bucket.is_empty() {
+            self.reduce_bucket(&bucket)?;
+        }
+        Ok(())
+    }
+
+    fn reduce_bucket(&mut self, bucket: &[&Tensor]) -> Result<()> {
+        let flat: Vec<Tensor> = bucket
+            .iter()
+            .map(|t| t.detach().to_device(tch::Device::Cpu).reshape([-1]))
+            .collect();
+        let mut buf = Tensor::cat(&flat, 0);
+        self.sum_one(&mut buf)?;
+        let buf = buf / self.world as f64;
+        let mut at = 0;
+        for t in bucket {
+            let n = t.numel() as i64;
+            let part = buf.narrow(0, at, n).reshape(t.size());
+            let mut dst = t.shallow_clone();
+            tch::no_grad(|| dst.copy_(&part.to_device(t.device())));
+            at += n;
+        }
+        Ok(())
+    }
+
+    /// Sets each tensor to its value on rank `root` (the parameters at the start of a run).
+    pub fn broadcast(&mut self, tensors: &[Tensor], root: usize) -> Result<()> {
+        for t in tensors {
+            let mut buf = t.detach().to_device(tch::Device::Cpu).contiguous().copy();
+            let g = self.ptr;
+            #[allow(unsafe_code)]
+            // SAFETY: `buf` is a live, contiguous CPU tensor for the call.
+            call(|e, n| unsafe {
+                ffi::reprise_dist_broadcast(g, buf.as_mut_ptr(), root as c_int, e, n)
+            })?;
+            let mut dst = t.shallow_clone();
+            tch::no_grad(|| dst.copy_(&buf.to_device(t.device())));
+        }
+        Ok(())
+    }
+
+    /// Waits until every rank has reached it.
+    pub fn barrier(&mut self) -> Result<()> {
+        let g = self.ptr;
+        #[allow(unsafe_code)]
+        // SAFETY: the group is live.
+        call(|e, n| unsafe { ffi::reprise_dist_barrier(g, e, n) })
+    }
+
+    /// Sums one float per rank (a loss, a counter) and returns the total.
+    pub fn sum_scalar(&mut self, v: f64) -> Result<f64> {
+        let mut t = Tensor::from_slice(&[v]).to_kind(Kind::Double);
+        self.sum_one(&mut t)?;
+        Ok(t.double_value(&[0]))
+    }
+}
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        #[allow(unsafe_code)]
+        // SAFETY: `ptr` came from `reprise_dist_init` and is freed once, here.
+        unsafe {
+            ffi::reprise_dist_free(self.ptr)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_launch_is_read_from_torchrun_or_slurm_variables() {
+        let vars = |pairs: &'static [(&str, &str)]| {
+            move |k: &str| {
+                pairs
+                    .iter()
+                    .find(|(a, _)| *a == k)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        assert_eq!(Launch::from_vars(vars(&[])).unwrap(), None);
+        assert_eq!(
+            Launch::from_vars(vars(&[("RANK", "0"), ("WORLD_SIZE", "1")])).unwrap(),
+            None
+        );
+        let l = Launch::from_vars(vars(&[
+            ("RANK", "1"),
+            ("WORLD_SIZE", "4"),
+            ("LOCAL_RANK", "1"),
+            ("MASTER_ADDR", "10.0.0.2"),
+            ("MASTER_PORT", "29400"),
+        ]))
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            (l.rank, l.world, l.local_rank, l.master_port),
+            (1, 4, 1, 29400)
+        );
+        let s = Launch::from_vars(vars(&[
+            ("SLURM_PROCID", "3"),
+            ("SLURM_NTASKS", "8"),
+            ("SLURM_LOCALID", "3"),
+        ]))
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            (s.rank, s.world, s.master_addr.as_str(), s.master_port),
+            (3, 8, "127.0.0.1", 29500)
+        );
+        assert!(Launch::from_vars(vars(&[("RANK", "4"), ("WORLD_SIZE", "4")])).is_err());
+        assert!(Launch::from_vars(vars(&[("RANK", "0")])).is_err());
+        assert!(Launch::from_vars(vars(&[("RANK", "x"), ("WORLD_SIZE", "2")])).is_err());
+    }
+}

@@ -1,0 +1,172 @@
+//! Two ranks in one process (a thread each) through LibTorch's TCPStore and Gloo.
+
+use dist::{Launch, ProcessGroup};
+use std::time::{Duration, Instant};
+use tch::{Kind, Tensor};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn launch(rank: usize, world: usize, port: u16) -> Launch {
+    Launch {
+        rank,
+        world,
+        local_rank: rank,
+        master_addr: "127.0.0.1".into(),
+        master_port: port,
+    }
+}
+
+#[test]
+fn two_ranks_average_gradients_broadcast_and_meet_at_a_barrier() {
+    let port = free_port();
+    let handles: Vec<_> = (0..2)
+        .map(|rank| {
+            std::thread::spawn(move || {
+                let mut pg = ProcessGroup::join(&launch(rank, 2, port), Duration::from_secs(30))
+                    .expect("join");
+                assert_eq!((pg.rank(), pg.world()), (rank, 2));
+                let r = rank as f64;
+                // Two "gradients" of different shapes, one bucket; and a double in its own.
+                let g = [
+                    Tensor::full([3, 2], 1.0 + r, (Kind::Float, tch::Device::Cpu)),
+                    Tensor::arange(5, (Kind::Float, tch::Device::Cpu)) * (r + 1.0),
+                    Tensor::full([2], 10.0 * r, (Kind::Double, tch::Device::Cpu)),
+                ];
+                pg.all_reduce_mean(&g).unwrap();
+                // The parameters rank 0 holds, broadcast to rank 1.
+                let p = Tensor::full([4], r + 7.0, (Kind::Float, tch::Device::Cpu));
+                pg.broadcast(std::slice::from_ref(&p), 0).unwrap();
+                pg.barrier().unwrap();
+                let total = pg.sum_scalar(r + 1.0).unwrap();
+                (g, p, total)
+            })
+        })
+        .collect();
+    for h in handles {
+        let (g, p, total) = h.join().unwrap();
+        // Means over the ranks: (1 + 2)/2, arange·(1 + 2)/2, (0 + 10)/2.
+        assert!(g[0].allclose(
+            &Tensor::full([3, 2], 1.5, (Kind::Float, tch::Device::Cpu)),
+            0.0,
+            0.0,
+            false
+        ));
+        let want = Tensor::arange(5, (Kind::Float, tch::Device::Cpu)) * 1.5;
+        assert!(g[1].allclose(&want, 0.0, 0.0, false), "{:?}", g[1]);
+        assert_eq!(Vec::<f64>::try_from(&g[2]).unwrap(), vec![5.0, 5.0]);
+        assert_eq!(Vec::<f32>::try_from(&p).unwrap(), vec![7.0; 4]);
+        assert_eq!(total, 3.0);
+    }
+}
+
+#[test]
+fn a_rank_that_cannot_reach_the_store_fails_clearly_within_its_timeout() {
+    // Nobody serves this port: rank 1 waits for rank 0's store, then gives up.
+    let port = free_port();
+    let t0 = Instant::now();
+    let e = match ProcessGroup::join(&launch(1, 2, port), Duration::from_secs(2)) {
+        Ok(_) => panic!("joined a group nobody serves"),
+        Err(e) => e.to_string(),
+    };
+    let took = t0.elapsed();
+    assert!(took < Duration::from_secs(20), "took {took:?}");
+    assert!(
+        e.contains("rank 1 could not join") && e.contains(&format!("127.0.0.1:{port}")),
+        "{e}"
+    );
+    eprintln!("after {took:?}: {e}");
+}
+
+/// One SGD step of a two-layer network (no BatchNorm) on a batch, the gradients averaged over
+/// the ranks first when a group is given; returns the weights after it.
+fn step(pg: Option<&mut ProcessGroup>, init: &[Tensor], x: &Tensor, y: &Tensor) -> Vec<Tensor> {
+    let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+    let root = vs.root();
+    let net = tch::nn::seq()
+        .add(tch::nn::linear(&root / "a", 6, 8, Default::default()))
+        .add_fn(|t| t.tanh())
+        .add(tch::nn::linear(&root / "b", 8, 3, Default::default()));
+    let params: Vec<Tensor> = {
+        let mut v = vs.variables().into_iter().collect::<Vec<_>>();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v.into_iter().map(|(_, t)| t).collect()
+    };
+    // Every rank starts from the given weights except rank 1, which starts from zeros: the
+    // broadcast from rank 0 must bring it to them.
+    let rank = pg.as_ref().map_or(0, |g| g.rank());
+    tch::no_grad(|| {
+        for (p, v) in params.iter().zip(init) {
+            let mut p = p.shallow_clone();
+            p.copy_(&if rank == 1 {
+                v.zeros_like()
+            } else {
+                v.shallow_clone()
+            });
+        }
+    });
+    let mut pg = pg;
+    if let Some(g) = pg.as_deref_mut() {
+        g.broadcast(&params, 0).unwrap();
+    }
+    let loss = tch::nn::Module::forward(&net, x).cross_entropy_for_logits(y);
+    loss.backward();
+    let grads: Vec<Tensor> = params.iter().map(Tensor::grad).collect();
+    if let Some(g) = pg {
+        g.all_reduce_mean(&grads).unwrap();
+    }
+    tch::no_grad(|| {
+        for (p, g) in params.iter().zip(&grads) {
+            let mut p = p.shallow_clone();
+            let _ = p.f_sub_(&(g * 0.5)).unwrap();
+        }
+    });
+    params.iter().map(|p| p.detach().copy()).collect()
+}
+
+#[test]
+fn two_ranks_with_half_batches_take_the_single_process_full_batch_step() {
+    tch::manual_seed(1);
+    let x = Tensor::randn([8, 6], (Kind::Float, tch::Device::Cpu));
+    let y = Tensor::from_slice(&[0i64, 1, 2, 0, 1, 2, 2, 1]);
+    // The weights, in the order `step` sorts them (a.bias, a.weight, b.bias, b.weight).
+    let init = vec![
+        Tensor::randn([8], (Kind::Float, tch::Device::Cpu)) * 0.1,
+        Tensor::randn([8, 6], (Kind::Float, tch::Device::Cpu)) * 0.4,
+        Tensor::randn([3], (Kind::Float, tch::Device::Cpu)) * 0.1,
+        Tensor::randn([3, 8], (Kind::Float, tch::Device::Cpu)) * 0.4,
+    ];
+    let single = step(None, &init, &x, &y);
+    let port = free_port();
+    let handles: Vec<_> = (0..2i64)
+        .map(|rank| {
+            let (xs, ys) = (
+                x.narrow(0, 4 * rank, 4).copy(),
+                y.narrow(0, 4 * rank, 4).copy(),
+            );
+            let init: Vec<Tensor> = init.iter().map(Tensor::copy).collect();
+            std::thread::spawn(move || {
+                let mut pg =
+                    ProcessGroup::join(&launch(rank as usize, 2, port), Duration::from_secs(30))
+                        .unwrap();
+                step(Some(&mut pg), &init, &xs, &ys)
+            })
+        })
+        .collect();
+    for h in handles {
+        let got = h.join().unwrap();
+        for (a, b) in got.iter().zip(&single) {
+            let diff = (a - b).abs().max().double_value(&[]);
+            // Float rounding of a sum taken in another order: well under 1e-6.
+            assert!(
+                diff < 1e-6,
+                "rank weights differ from the single-process step by {diff}"
+            );
+        }
+    }
+}
