@@ -3,6 +3,7 @@
 // collectives a data-parallel step needs. Every function catches C++ exceptions and returns
 // their message, so that no exception crosses into Rust.
 
+#include <ATen/autocast_mode.h>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
@@ -99,6 +100,28 @@ int reprise_dist_barrier(void* group, char* err, size_t err_len) {
     set_error(err, err_len, e.what());
     return 1;
   }
+}
+
+// Mixed precision: turns ATen's autocast on for `device` (0: CPU, 1: CUDA) with `dtype`
+// (0: bfloat16, 1: float16) and enters one level of nesting; returns whether it was on before,
+// for reprise_autocast_exit. (tch binds autocast for CUDA only, and with float16.)
+int reprise_autocast_enter(int device, int dtype) {
+  const auto dev = device == 1 ? at::kCUDA : at::kCPU;
+  const bool was = at::autocast::is_autocast_enabled(dev);
+  at::autocast::set_autocast_dtype(dev, dtype == 1 ? at::kHalf : at::kBFloat16);
+  at::autocast::set_autocast_enabled(dev, true);
+  at::autocast::increment_nesting();
+  return was ? 1 : 0;
+}
+
+// Leaves a level of reprise_autocast_enter, restoring the state before it (and dropping the
+// cache of cast weights when the outermost level ends).
+void reprise_autocast_exit(int device, int was) {
+  const auto dev = device == 1 ? at::kCUDA : at::kCPU;
+  if (at::autocast::decrement_nesting() == 0) {
+    at::autocast::clear_cache();
+  }
+  at::autocast::set_autocast_enabled(dev, was != 0);
 }
 
 // Leaves the group.

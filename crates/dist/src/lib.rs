@@ -5,6 +5,9 @@
 //! A [`ProcessGroup`] is joined from the environment `torchrun` or Slurm set
 //! ([`Launch::from_env`]) or from explicit values; it all-reduces (sum or mean) lists of
 //! tensors in size-capped buckets, as DDP does, broadcasts from a root and waits at barriers.
+//!
+//! The shim also binds ATen's autocast state for any device ([`autocast`]): mixed precision on
+//! the CPU (bfloat16) as on CUDA, which tch's own `autocast` (CUDA, float16) does not reach.
 
 use std::ffi::{c_char, c_int, c_void, CString};
 use tch::{Kind, Tensor};
@@ -39,6 +42,8 @@ mod ffi {
         ) -> c_int;
         pub fn reprise_dist_barrier(group: *mut c_void, err: *mut c_char, err_len: usize) -> c_int;
         pub fn reprise_dist_free(group: *mut c_void);
+        pub fn reprise_autocast_enter(device: c_int, dtype: c_int) -> c_int;
+        pub fn reprise_autocast_exit(device: c_int, was: c_int);
     }
 }
 
@@ -304,9 +309,64 @@ impl Drop for ProcessGroup {
     }
 }
 
+/// The reduced precision of [`autocast`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Half {
+    /// bfloat16: float32's range, no loss scaling needed.
+    Bf16,
+    /// float16: needs a loss scaler against underflow.
+    F16,
+}
+
+/// Runs `f` under ATen's autocast for `device` in `dtype`: matrix products and convolutions run
+/// in the reduced precision on float32 weights (kept as the master copy), reductions and losses
+/// in float32, as `torch.autocast(device_type, dtype)` does. Nesting restores the outer state.
+pub fn autocast<T>(device: tch::Device, dtype: Half, f: impl FnOnce() -> T) -> T {
+    let dev = c_int::from(device.is_cuda());
+    let dt = c_int::from(dtype == Half::F16);
+    #[allow(unsafe_code)]
+    // SAFETY: plain calls into ATen's thread-local autocast state.
+    let was = unsafe { ffi::reprise_autocast_enter(dev, dt) };
+    struct Exit(c_int, c_int);
+    impl Drop for Exit {
+        fn drop(&mut self) {
+            #[allow(unsafe_code)]
+            // SAFETY: as above; runs even if `f` panics, so the state is restored.
+            unsafe {
+                ffi::reprise_autocast_exit(self.0, self.1)
+            }
+        }
+    }
+    let _exit = Exit(dev, was);
+    f()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn autocast_runs_matrix_products_in_bfloat16_and_restores_the_state() {
+        let a = Tensor::randn([4, 8], (Kind::Float, tch::Device::Cpu));
+        let b = Tensor::randn([8, 3], (Kind::Float, tch::Device::Cpu));
+        let inside = autocast(tch::Device::Cpu, Half::Bf16, || {
+            let nested = autocast(tch::Device::Cpu, Half::Bf16, || a.matmul(&b).kind());
+            (nested, a.matmul(&b))
+        });
+        assert_eq!(inside.0, Kind::BFloat16);
+        assert_eq!(inside.1.kind(), Kind::BFloat16);
+        assert_eq!(a.matmul(&b).kind(), Kind::Float, "autocast is off again");
+        let exact = a.matmul(&b);
+        let err = (inside.1.to_kind(Kind::Float) - &exact)
+            .abs()
+            .max()
+            .double_value(&[]);
+        let scale = exact.abs().max().double_value(&[]);
+        assert!(
+            err > 0.0 && err < 0.02 * scale,
+            "bfloat16 error {err} of {scale}"
+        );
+    }
 
     #[test]
     fn the_launch_is_read_from_torchrun_or_slurm_variables() {

@@ -207,6 +207,17 @@ pub enum Claim {
     P4,
 }
 
+/// Mixed precision of a training step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Amp {
+    /// float32 throughout.
+    #[default]
+    None,
+    /// bfloat16 autocast around the loss's forwards.
+    Bf16,
+}
+
 /// The `jem:` section.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -238,6 +249,13 @@ pub struct Config {
     /// σ of the Gaussian noise on train and test inputs (in the model's [−1, 1] input units).
     #[serde(default)]
     pub noise_sigma: f64,
+    /// Mixed precision of the training step: `bf16` runs the forwards of the loss under
+    /// autocast (matrix products and convolutions in bfloat16 on float32 master weights, the
+    /// losses and log-sum-exps in float32); the SGLD chains, whose input gradients drive the
+    /// samples, stay in float32. `none` (the default) is plain float32. The official code
+    /// trains in float32.
+    #[serde(default)]
+    pub amp: Amp,
     /// Training augmentation (CIFAR: reflect-pad 4, random crop, flip); its `noise` is ignored in
     /// favour of `noise_sigma`.
     #[serde(default)]

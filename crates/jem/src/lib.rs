@@ -560,8 +560,16 @@ pub fn train_step(
     lr: f64,
 ) -> std::result::Result<StepStats, String> {
     let dev = model.vs.device();
+    // The forwards whose outputs enter the loss, under autocast with `amp: bf16` (their
+    // logits back in float32 for the losses); the SGLD chains below call the model directly.
+    let fwd = |x: &Tensor| match c.amp {
+        config::Amp::None => model.forward_t(x, true),
+        config::Amp::Bf16 => {
+            dist::autocast(dev, dist::Half::Bf16, || model.forward_t(x, true)).to_kind(Kind::Float)
+        }
+    };
     let y_l = lab.1.to_device(dev);
-    let logits_l = model.forward_t(&lab.0.to_device(dev), true);
+    let logits_l = fwd(&lab.0.to_device(dev));
     let l_ce = logits_l.cross_entropy_for_logits(&y_l);
     let mut loss = &l_ce * c.ce_weight;
     let (mut fd, mut fq) = (f64::NAN, f64::NAN);
@@ -580,7 +588,7 @@ pub fn train_step(
             noise,
         );
         buf.write(&slots, &xq);
-        let fq_y = sampler::score(&model.forward_t(&xq, true), Some(&y_l)).mean(Kind::Float);
+        let fq_y = sampler::score(&fwd(&xq), Some(&y_l)).mean(Kind::Float);
         let fl_y = sampler::score(&logits_l, Some(&y_l)).mean(Kind::Float);
         loss += (fq_y - fl_y) * w_xy;
     }
@@ -603,14 +611,10 @@ pub fn train_step(
             noise,
         );
         buf.write(&slots, &xq);
-        let lse_d = model
-            .forward_t(&xd.to_device(dev), true)
+        let lse_d = fwd(&xd.to_device(dev))
             .logsumexp([1].as_slice(), false)
             .mean(Kind::Float);
-        let lse_q = model
-            .forward_t(&xq, true)
-            .logsumexp([1].as_slice(), false)
-            .mean(Kind::Float);
+        let lse_q = fwd(&xq).logsumexp([1].as_slice(), false).mean(Kind::Float);
         fd = lse_d.double_value(&[]);
         fq = lse_q.double_value(&[]);
         loss += (lse_q - lse_d) * w_px;
