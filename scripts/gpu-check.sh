@@ -106,3 +106,14 @@ print(f"| JEM iteration, WRN-28-10, K={k}, batch {b} | {r:.1f} | {p:.1f} | {r / 
 print(f"| PGD-3 training step, ResNet-50 224 px, batch {b} | {rr:.1f} | {rp:.1f} | {rr / rp:.2f} | {rt_flops / (rr / 1000) / 1e12:.2f} | {peak:.2f} |")
 PY
 cat "$out/table.md"
+
+echo "== runner plan: every paper-scale spec that plans, on $device" | tee -a "$out/log.txt"
+for exp in jem/cifar10-wrn28-10 jem/cifar100-calibration robust-transfer/imagenet-r50-l2-eps3; do
+    "$runner" plan "$exp" --device "$device" --steps 5 --nproc 8 2>>"$out/log.txt" | tee -a "$out/plan.txt"
+done
+
+echo "== JEM WRN-28-10 training: float32 against bfloat16 autocast (jem.amp), runner plan" | tee -a "$out/log.txt"
+for amp in none bf16; do
+    echo "-- jem.amp=$amp" | tee -a "$out/plan.txt"
+    "$runner" plan jem/cifar10-wrn28-10 --device "$device" --steps 5 "jem.amp=$amp" 2>>"$out/log.txt" | tee -a "$out/plan.txt"
+done

@@ -34,12 +34,32 @@ pub struct Paper {
     pub inputs: fn(&SpecTree) -> Result<Vec<crate::inputs::Input>, SpecError>,
     /// The trained networks of a run, which `runner export` writes as PyTorch state dicts.
     pub exports: &'static [Export],
+    /// Times the training step of a run of the spec on a device (`runner plan`): `steps` real
+    /// steps of its full-size model on random inputs of its shapes, after warm-up ones. `None`
+    /// for a paper that does not plan yet.
+    pub plan: Option<PlanFn>,
     /// Runs one (non-sweep) spec in its run folder, resuming from its checkpoints if any.
     pub run: fn(&mut RunContext) -> Result<()>,
     /// Renders `report.md` of a finished run folder again; returns the markdown.
     pub report: fn(&Path) -> Result<String>,
     /// Renders the report of a sweep folder from the summaries of its finished runs.
     pub report_sweep: fn(&Path, &[RunSummary]) -> Result<String>,
+}
+
+/// A paper's step timer for `runner plan` (see [`Paper::plan`]).
+pub type PlanFn = fn(&SpecTree, tch::Device, usize) -> Result<StepPlan>;
+
+/// The timed step of a run, for `runner plan`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepPlan {
+    /// What one step is (`one jem iteration: batch 64, SGLD K = 20`).
+    pub what: String,
+    /// Median milliseconds of a step, warm-up excluded.
+    pub step_ms: f64,
+    /// The steps the run takes, when they can be known without its data.
+    pub steps: Option<u64>,
+    /// How `steps` was counted, or why it is unknown.
+    pub steps_from: String,
 }
 
 /// A trained network of a run folder, for `runner export`: the file a finished run writes it

@@ -38,6 +38,7 @@ pub fn paper() -> Paper {
         validate,
         config: |t| reprise_core::run::section_with_defaults::<Config>(t, "deepthin"),
         inputs,
+        plan: None,
         exports: &[reprise_core::run::Export {
             name: "teacher",
             file: Some("teacher.safetensors"),

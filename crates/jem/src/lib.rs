@@ -41,6 +41,7 @@ pub fn paper() -> Paper {
         validate,
         config: |t| reprise_core::run::section_with_defaults::<Config>(t, "jem"),
         inputs,
+        plan: Some(plan),
         exports: &[reprise_core::run::Export {
             name: "model",
             file: Some("model.safetensors"),
@@ -50,6 +51,78 @@ pub fn paper() -> Paper {
         report: report::report_run,
         report_sweep: report::report_sweep,
     }
+}
+
+/// `runner plan`: times `steps` training iterations of the spec's model, batch and sampler on
+/// `dev` after two warm-up ones, on random inputs of the dataset's shape (the iteration a run
+/// repeats `iterations` times; its evaluations are not counted).
+pub fn plan(tree: &SpecTree, dev: Device, steps: usize) -> Result<reprise_core::run::StepPlan> {
+    let c: Config = tree.typed("jem")?;
+    let h = tree.header()?;
+    let shape: Vec<i64> = match h.data.dataset.as_str() {
+        "digits" => vec![1, 8, 8],
+        "mnist-5k" | "mnist-idx" | "fashion-mnist" => vec![1, 28, 28],
+        _ => vec![3, 32, 32],
+    };
+    let classes: usize = if h.data.dataset.ends_with("100") {
+        100
+    } else {
+        10
+    };
+    let model = Classifier::new(&c.model, &shape, classes as i64, dev, 0);
+    let mut opt = Optimizer::for_vars(Rule::adam(), &model.vs, c.optim.weight_decay);
+    let (w_px, w_xy, full) = c.arm_budget();
+    let mut buffer =
+        (w_px > 0.0 || w_xy > 0.0).then(|| ReplayBuffer::new(c.buffer.size, &shape, classes, 1));
+    let mut dims = vec![c.optim.batch as i64];
+    dims.extend_from_slice(&shape);
+    let x = Tensor::rand(dims.as_slice(), (Kind::Float, dev)) * 2.0 - 1.0;
+    let y = Tensor::randint(classes as i64, [c.optim.batch as i64], (Kind::Int64, dev));
+    let mut rng = Rng::new(0);
+    let mut failed = None;
+    let ms = reprise_core::timing::median_ms(dev, 2, steps, || {
+        let xd = (w_px > 0.0).then_some(&x);
+        if let Err(e) = train_step(
+            &model,
+            &mut opt,
+            buffer.as_mut(),
+            &c,
+            (w_px, w_xy),
+            (&x, &y),
+            xd,
+            (&mut rng, &mut sampler::gaussian),
+            c.optim.lr,
+        ) {
+            failed = Some(e);
+        }
+    });
+    if let Some(e) = failed {
+        // Random inputs can trip the energy guard; the time is still the step's.
+        tracing::info!("plan: a timed step stopped at its guard: {e}");
+    }
+    Ok(reprise_core::run::StepPlan {
+        what: format!(
+            "one {} iteration: batch {}, SGLD K = {}{}",
+            c.arm.name(),
+            c.optim.batch,
+            c.sgld.steps,
+            if w_px > 0.0 {
+                ""
+            } else {
+                " (not used by this arm)"
+            }
+        ),
+        step_ms: ms,
+        steps: Some(full),
+        steps_from: format!(
+            "jem.{}",
+            if c.arm == Arm::BaseLong {
+                "long_iterations"
+            } else {
+                "iterations"
+            }
+        ),
+    })
 }
 
 /// The inputs a run reads that reprise cannot fetch: the dataset, the released checkpoint

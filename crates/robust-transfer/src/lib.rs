@@ -40,6 +40,7 @@ pub fn paper() -> Paper {
         validate,
         config: |t| reprise_core::run::section_with_defaults::<Config>(t, SECTION),
         inputs,
+        plan: Some(plan),
         exports: &[reprise_core::run::Export {
             name: "source",
             file: Some("source.safetensors"),
@@ -49,6 +50,109 @@ pub fn paper() -> Paper {
         report: report::report_run,
         report_sweep: report::report_sweep,
     }
+}
+
+/// `runner plan`: times `steps` source-training steps (the attack and the update) of the spec's
+/// network, batch and attack on `dev` after two warm-up ones, on random inputs of its image
+/// size; a run takes `epochs` × ⌈examples / batch⌉ of them, counted from the dataset when it is
+/// in place (the transfers and evaluations are not counted).
+pub fn plan(
+    tree: &SpecTree,
+    dev: tch::Device,
+    steps: usize,
+) -> Result<reprise_core::run::StepPlan> {
+    let c: Config = tree.typed(SECTION)?;
+    let h = tree.header()?;
+    let arm = Arm::parse(&c.source.arm).map_err(Error::msg)?;
+    let (chans, size, classes, examples) = match h.data.dataset.as_str() {
+        "imagefolder" => {
+            let crop = h.data.image_size.map_or(224, |s| s.crop as i64);
+            let n = h.data.path.as_ref().and_then(|p| {
+                let train = p.join("train");
+                train.is_dir().then(|| walk_count(&train))
+            });
+            (3, crop, 1000, n)
+        }
+        "mnist-5k" | "mnist-idx" | "fashion-mnist" => (1, 28, 10, None),
+        "digits" => (1, 8, 10, None),
+        _ => (3, 32, 10, None),
+    };
+    let classes = c
+        .source
+        .classes
+        .as_ref()
+        .map_or(classes, |v| v.len() as i64);
+    let size = if c.source.augment.resized_crop > 0 {
+        c.source.augment.resized_crop
+    } else {
+        size
+    };
+    let net = model::Net::new(&c.model, &c.normalize, classes, c.source.init, dev, 0);
+    let mut opt = train::sgd(net.params(true), c.source.momentum, c.source.weight_decay);
+    let batch = c.source.batch as i64;
+    let x = Tensor::rand([batch, chans, size, size], (tch::Kind::Float, dev));
+    let y = Tensor::randint(classes, [batch], (tch::Kind::Int64, dev));
+    let mut failed = None;
+    let ms = reprise_core::timing::median_ms(dev, 2, steps, || {
+        if let Err(e) = train::train_step(
+            &net,
+            &mut opt,
+            arm,
+            arm.eps(),
+            &c.source.attack,
+            &x,
+            &y,
+            c.source.lr,
+        ) {
+            failed = Some(e.to_string());
+        }
+    });
+    if let Some(e) = failed {
+        tracing::info!("plan: a timed step failed: {e}");
+    }
+    let (total, from) = match examples {
+        Some(n) => (
+            Some(c.source.epochs * n.div_ceil(c.source.batch) as u64),
+            format!("{} epochs of {n} training images", c.source.epochs),
+        ),
+        None => (
+            None,
+            format!(
+                "unknown: {} epochs of a training set not in place here ({})",
+                c.source.epochs,
+                h.data
+                    .path
+                    .as_ref()
+                    .map_or("no data.path".into(), |p| p.display().to_string())
+            ),
+        ),
+    };
+    Ok(reprise_core::run::StepPlan {
+        what: format!(
+            "one {} source step at {size}×{size}: batch {batch}, {} attack step(s)",
+            c.source.arm, c.source.attack.steps
+        ),
+        step_ms: ms,
+        steps: total,
+        steps_from: from,
+    })
+}
+
+/// Files under `dir`, recursively (the images of an ImageFolder split).
+fn walk_count(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| {
+            let p = e.path();
+            if p.is_dir() {
+                walk_count(&p)
+            } else {
+                1
+            }
+        })
+        .sum()
 }
 
 /// The inputs a run reads that reprise cannot fetch: the source's dataset (unless the source

@@ -49,6 +49,23 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Time a few real training steps of an experiment's full-size model on a device and project
+    /// the run's wall time and device-hours (planning on the CPU where there is no CUDA).
+    Plan {
+        /// The experiment (a name or a YAML file).
+        experiment: String,
+        /// Overrides `key.sub=value`.
+        overrides: Vec<String>,
+        /// Device: auto, cpu, cuda or cuda:N (default: the spec's).
+        #[arg(long)]
+        device: Option<String>,
+        /// Steps to time, after two warm-up steps.
+        #[arg(long, default_value_t = 5)]
+        steps: usize,
+        /// Processes (devices) a data-parallel run would use, for the projection.
+        #[arg(long, default_value_t = 1)]
+        nproc: usize,
+    },
     /// Fetch and verify the small datasets into data/ (all when none is named); with --check,
     /// list what experiments read and whether it is in place.
     Data {
@@ -154,6 +171,13 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Command::Info => info(),
         Command::Report { dir } => sweep::report(&dir),
         Command::Export { run, out } => crate::export::export(&run, &out),
+        Command::Plan {
+            experiment,
+            overrides,
+            device,
+            steps,
+            nproc,
+        } => plan(&experiment, &overrides, device.as_deref(), steps, nproc),
         Command::Compare { a, b } => {
             say_raw!("{}", crate::compare::table(&a, &b)?)?;
             Ok(())
@@ -382,6 +406,107 @@ fn info() -> Result<()> {
             say!("cuda:{i}    ok (test sum {s})")?;
         }
     }
+    Ok(())
+}
+
+/// The peak resident memory of this process, in bytes (Linux's `VmHWM`).
+fn peak_rss() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: u64 = s
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
+fn plan(
+    experiment: &str,
+    overrides: &[String],
+    device: Option<&str>,
+    steps: usize,
+    nproc: usize,
+) -> Result<()> {
+    if steps == 0 || nproc == 0 {
+        bail!("--steps and --nproc must be at least 1");
+    }
+    let file = experiments::resolve(experiment)?;
+    let mut overrides = overrides.to_vec();
+    if let Some(d) = device {
+        d.parse::<DeviceSpec>()
+            .map_err(|e| anyhow::anyhow!("--device: {e}"))?;
+        overrides.push(format!("device={d}"));
+    }
+    let tree = experiments::load(&file, false, &overrides)?;
+    let runs = experiments::check(&tree)?;
+    let (_, first) = runs.first().context("the spec expands to no run")?;
+    let header = first.header()?;
+    let paper = crate::paper(&header.paper)?;
+    let Some(time_steps) = paper.plan else {
+        bail!(
+            "`runner plan` does not time {} runs yet (it does jem and robust-transfer)",
+            paper.name
+        );
+    };
+    let dev = header.device.resolve().map_err(anyhow::Error::msg)?;
+    let where_ = if dev.is_cuda() {
+        format!("{dev:?}")
+    } else if tch::Cuda::is_available() {
+        "the CPU".to_string()
+    } else {
+        "the CPU (no CUDA here: this is a plan for the CPU)".to_string()
+    };
+    say!(
+        "plan for {experiment} ({} of its {} run{}) on {where_}, {} intra-op threads:",
+        if runs.len() > 1 {
+            "the first"
+        } else {
+            "the only one"
+        },
+        runs.len(),
+        if runs.len() == 1 { "" } else { "s" },
+        tch::get_num_threads()
+    )?;
+    let before = peak_rss();
+    let p = time_steps(first, dev, steps)?;
+    say!("  step      {}", p.what)?;
+    say!(
+        "  time      {:.1} ms a step (median of {steps}, after 2 warm-up steps)",
+        p.step_ms
+    )?;
+    match (dev.is_cuda(), peak_rss()) {
+        (false, Some(after)) => say!(
+            "  memory    peak resident set {:.2} GB (was {:.2} GB before the model)",
+            after as f64 / 1e9,
+            before.unwrap_or(0) as f64 / 1e9
+        )?,
+        (true, _) => say!("  memory    GPU memory is not measured by this build")?,
+        _ => {}
+    }
+    match p.steps {
+        Some(n) => {
+            let hours = n as f64 * p.step_ms / 1000.0 / 3600.0;
+            say!("  steps     {n} ({})", p.steps_from)?;
+            say!(
+                "  run       {} of training on one device ({:.2} device-hours for the {} run{})",
+                reprise_core::progress::human_duration(hours * 3600.0),
+                hours * runs.len() as f64,
+                runs.len(),
+                if runs.len() == 1 { "" } else { "s" }
+            )?;
+            if nproc > 1 {
+                say!(
+                    "  {nproc} procs   {:.1} h wall if the step scaled perfectly ({hours:.1} device-hours a run);                      the training loops do not run data-parallel yet",
+                    hours / nproc as f64
+                )?;
+            }
+        }
+        None => say!("  steps     {}", p.steps_from)?,
+    }
+    say!("  (evaluations, data loading and transfers are not in the projection)")?;
     Ok(())
 }
 

@@ -449,6 +449,37 @@ fn a_bf16_autocast_run_follows_the_float32_loss_curve() {
 }
 
 #[test]
+fn plan_times_real_steps_and_projects_the_run() {
+    let d = setup();
+    let p = d.path();
+    let o = runner(p, &["plan", "t/tiny", "--steps", "3", "--nproc", "2"]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    for needle in [
+        "one jem iteration: batch 32, SGLD K = 3",
+        "ms a step (median of 3",
+        "steps     60 (jem.iterations)",
+        "of training on one device",
+        "2 procs",
+    ] {
+        assert!(t.contains(needle), "`{needle}` in {t}");
+    }
+    let ms: f64 = t
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("time"))
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .unwrap();
+    assert!(ms > 0.0 && ms.is_finite(), "{t}");
+    assert!(!p.join("runs").exists(), "a plan makes no run folder");
+    let spec = fs::read_to_string(root().join("experiments/deepthin/mnist-residual.yaml")).unwrap();
+    write(p, "dt.yaml", &spec);
+    assert_clean_error(
+        &runner(p, &["plan", "t/dt"]),
+        "does not time deepthin runs yet",
+    );
+}
+
+#[test]
 fn a_run_folder_holds_everything_and_replays() {
     let d = setup();
     let p = d.path();

@@ -44,6 +44,7 @@ pub fn paper() -> Paper {
         validate,
         config: |t| reprise_core::run::section_with_defaults::<Config>(t, "tsit"),
         inputs,
+        plan: None,
         exports: &[
             reprise_core::run::Export { name: "generator", file: Some("generator.safetensors"), prefix: "g" },
             reprise_core::run::Export { name: "discriminator", file: None, prefix: "d" },
