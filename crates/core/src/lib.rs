@@ -22,6 +22,7 @@ pub mod predictions;
 pub mod progress;
 pub mod report;
 pub mod run;
+pub mod seed;
 pub mod spec;
 pub mod tensorboard;
 pub mod timing;

@@ -17,7 +17,7 @@ use crate::config::{
 use crate::model::copy_tensors;
 use crate::train::{kd_loss, stage_optimizer, stage_schedule, BlockFit};
 use reprise_core::checkpoint::Checkpoint;
-use reprise_core::data::{self, batch_indices, Images, Rng};
+use reprise_core::data::{self, batch_indices, Images};
 use reprise_core::models::{Block, ResNet, ResNetConfig, Stem, Wrn, WrnConfig, WrnNorm};
 use reprise_core::nn::Activation;
 use reprise_core::optim::Optimizer;
@@ -330,7 +330,7 @@ impl<'a> Pipeline<'a> {
     fn prepare(&self, step: u64, x: Tensor, y: Tensor) -> (Tensor, Tensor) {
         let mut x = x.to_device(self.dev);
         if !self.p.augment.is_identity() {
-            let mut rng = Rng::new(self.seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            let mut rng = reprise_core::seed::step_rng(self.seed, step);
             x = self.p.augment.apply(&x, &mut rng);
         }
         (self.normalize(&x), y.to_device(self.dev))

@@ -459,15 +459,11 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
     while step < total {
         let t0 = Instant::now();
         // All randomness of a step derives from (seed, step): a resumed run draws the same.
-        tch::manual_seed(
-            (seed as i64)
-                .wrapping_mul(1_000_003)
-                .wrapping_add(step as i64),
-        );
+        reprise_core::seed::seed_torch_for_step(seed, step);
         let lr = schedule.lr(c.optim.lr, step, c.optim.warmup);
         let b = lab.next_batch();
         let xd = buffer.is_some().then(|| dat.next_batch().x);
-        let mut rng = Rng::new(seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let mut rng = reprise_core::seed::step_rng(seed, step);
         let st = train_step(
             &model,
             &mut opt,

@@ -20,7 +20,7 @@ use crate::model::Net;
 use crate::transfer::{Arch, Mode, Outcome};
 use reprise_core::attack::Pgd;
 use reprise_core::checkpoint::Checkpoint;
-use reprise_core::data::{batch_indices, Rng};
+use reprise_core::data::batch_indices;
 use reprise_core::inputs::{of_data, Input, InputKind};
 use reprise_core::optim::{Optimizer, Schedule};
 use reprise_core::run::{Paper, RunContext};
@@ -487,16 +487,12 @@ fn train_source(
             // The batch order depends on the source seed only: every arm sees the same data.
             batches = batch_indices(n, s.batch, seed, epoch, true, false);
         }
-        tch::manual_seed(
-            (seed as i64)
-                .wrapping_mul(1_000_003)
-                .wrapping_add(step as i64),
-        );
+        reprise_core::seed::seed_torch_for_step(seed, step);
         // A streamed ImageFolder crops each whole decoded image (`Images::train_batch`).
         let (x, y) = train.train_batch(
             &batches[(step % per_epoch) as usize],
             &s.augment,
-            &mut Rng::new(seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
+            &mut reprise_core::seed::step_rng(seed, step),
         )?;
         let (x, y) = (x.to_device(dev), y.to_device(dev));
         let ramp = if s.eps_ramp_epochs > 0 {

@@ -892,12 +892,8 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
     let vae = c.model.vae;
     while step < total {
         let t0 = Instant::now();
-        tch::manual_seed(
-            (seed as i64)
-                .wrapping_mul(1_000_003)
-                .wrapping_add(step as i64),
-        );
-        let mut rng = Rng::new(seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        reprise_core::seed::seed_torch_for_step(seed, step);
+        let mut rng = reprise_core::seed::step_rng(seed, step);
         let b = src.batch(c.task, c.batch as usize, (c.sampling, seed, step), &mut rng)?;
         data_secs += t0.elapsed().as_secs_f64();
         let f = train::lr_factor(&c.optim, step, total, per_epoch);

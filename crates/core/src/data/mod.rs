@@ -704,7 +704,7 @@ pub fn batch_indices(
 ) -> Vec<Vec<i64>> {
     let mut order: Vec<i64> = (0..n as i64).collect();
     if shuffle {
-        Rng::new(seed.wrapping_mul(1_000_003).wrapping_add(epoch)).shuffle(&mut order);
+        crate::seed::epoch_rng(seed, epoch).shuffle(&mut order);
     }
     order
         .chunks(batch.max(1))
