@@ -376,7 +376,7 @@ fn check_rule(
     Ok(())
 }
 
-/// The dataset name of the synthetic sorting task (spec §6.1): length-12 sequences over 10
+/// The dataset name of the synthetic sorting task (docs/deepthin.md): length-12 sequences over 10
 /// tokens, generated from `data.split_seed`.
 pub const SORT_TASK: &str = "sort12";
 

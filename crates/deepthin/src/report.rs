@@ -283,7 +283,7 @@ fn no_runs(md: String) -> (String, Claims) {
 
 /// The claims C0–C4 and the outcome, as markdown.
 pub fn verdicts(r: &Results) -> (String, Claims) {
-    let mut md = String::from("\n## Claims (spec §6.4), computed from the runs\n\n");
+    let mut md = String::from("\n## Claims, computed from the runs\n\n");
     let depths = r.depths();
     let (Some(&lo), Some(&hi)) = (depths.first(), depths.last()) else {
         return no_runs(md);
@@ -451,7 +451,7 @@ pub fn verdicts(r: &Results) -> (String, Claims) {
 /// distillation (B2, reported), the teacher beats scratch (B3).
 pub fn stream_verdicts(r: &Results) -> (String, Claims) {
     let mut md = format!(
-        "\n## Claims for the `{}` family (reported beside the verdict of spec §6.4)\n\n",
+        "\n## Claims for the `{}` family (reported beside the verdict of architecture A)\n\n",
         r.kind
     );
     let Some(&n) = r.depths().last() else {

@@ -751,7 +751,7 @@ pub fn report_sweep(dir: &Path, runs: &[RunSummary]) -> Result<String> {
 
 /// The claims V0, R1–R4 and the informational checks, as markdown.
 pub fn verdicts(res: &Results, refs: &[(Norm, f64)], cfg: Option<&Config>) -> (String, Claims) {
-    let mut md = String::from("\n## Claims (spec §6), computed from the runs\n\n");
+    let mut md = String::from("\n## Claims, computed from the runs\n\n");
     let (lines, v0) = res.v0(refs);
     let v0_ours = lines.join("; ");
     let (mut r2_ours, mut r3_ours, mut r4_ours) = (Vec::new(), Vec::new(), Vec::new());

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "kebab-case")]
 pub enum Task {
     /// Arbitrary style transfer on digits: plain content digits, styled digits as style images,
-    /// the oracle render of each content digit in the style image's style (spec §6.2).
+    /// the oracle render of each content digit in the style image's style (docs/tsit.md).
     DigitsAst,
     /// Semantic image synthesis on the procedural scenes: 7-channel label map → render in s₀.
     ScenesSis,
@@ -112,7 +112,7 @@ pub struct ModelConfig {
     pub p2phd: P2phdConfig,
 }
 
-/// The pix2pixHD-style generator's shape (spec §3.16; small scale: ngf 16, 3 downsamples).
+/// The pix2pixHD-style generator's shape (pix2pixHD's global generator; small scale: ngf 16, 3 downsamples).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct P2phdConfig {
@@ -251,7 +251,7 @@ pub struct EvalConfig {
     #[serde(default = "grid")]
     pub grid: usize,
     /// Batch statistics in the FADE norms at test, as the official test script does for MMIS
-    /// and photo→art (spec §3.4); running statistics otherwise (the default).
+    /// and photo→art (official data/photo2art_dataset.py and its options); running statistics otherwise (the default).
     #[serde(default)]
     pub train_bn: bool,
     /// Paper scale: pytorch-fid's Inception-v3 weights (safetensors, converted by
@@ -261,7 +261,7 @@ pub struct EvalConfig {
     pub fid_inception: Option<std::path::PathBuf>,
 }
 
-/// How a paper-scale dataset's folders are read (spec §7).
+/// How a paper-scale dataset's folders are read (official data/*_dataset.py).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct FolderConfig {

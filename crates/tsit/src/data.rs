@@ -1,4 +1,4 @@
-//! The small-scale data of spec §6.2: digits rendered in random styles (with the oracle render
+//! The small-scale data of the CPU protocol (docs/tsit.md): digits rendered in random styles (with the oracle render
 //! of a content digit in a style image's style), and the procedural scenes for semantic
 //! synthesis and for style transfer between their style domains.
 
@@ -140,7 +140,7 @@ pub fn render_digits(x: &Tensor, styles: &[DigitStyle]) -> Tensor {
 }
 
 /// Digits split by class in stored order: the first `per_class` of each class train, the
-/// rest test (spec §6.2); images zero-padded to the next power of two, in `[0, 1]`.
+/// rest test (docs/tsit.md, the small-scale protocol); images zero-padded to the next power of two, in `[0, 1]`.
 pub fn digit_splits(spec: &DataSpec, per_class: usize) -> Result<(data::Dataset, data::Dataset)> {
     let all = data::load(spec)?;
     let h = all.x.size()[2];

@@ -1,4 +1,4 @@
-//! Small-scale metrics (spec §4.2), computed in float64 on outputs in `[−1, 1]` mapped to
+//! Small-scale metrics (docs/tsit.md), computed in float64 on outputs in `[−1, 1]` mapped to
 //! `[0, 1]`: FIDp on a frozen evaluation network's features, content accuracy, segmentation
 //! score, StyleErr, HistDist, L1 and PSNR; and the training-free references.
 

@@ -1,10 +1,10 @@
-//! The paper-scale datasets in their own folder layouts, decoded batch by batch (spec §7):
+//! The paper-scale datasets in their own folder layouts, decoded batch by batch (the paper's datasets; official data/*_dataset.py):
 //!
 //! - style transfer (`folder-ast`): `trainA/`, `trainB/`, `testA/`, `testB/` under `data.path`
 //!   (CycleGAN's layout, as summer2winter_yosemite ships). Content item i is paired with style
 //!   item i by sorted position; the style list (or the content list) is repeated as
 //!   `tsit.folder.style_repeat` / `content_repeat` say, then both are cut to the shorter length
-//!   (spec §3.8); shuffling reorders pairs, never re-pairs.
+//!   (official data/summer2winteryosemite_dataset.py); shuffling reorders pairs, never re-pairs.
 //! - Cityscapes (`cityscapes-sis`): `leftImg8bit/{train,val}/<city>/*_leftImg8bit.png` with
 //!   `gtFine/{train,val}/<city>/*_gtFine_labelIds.png` and `*_gtFine_instanceIds.png`; the
 //!   input is the one-hot label map (`label_nc` channels) and the instance-edge map.

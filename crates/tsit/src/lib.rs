@@ -696,7 +696,7 @@ fn metrics_json(m: &Metrics) -> Value {
     Value::Object(m.iter().map(|(k, v)| (k.clone(), json_f64(*v))).collect())
 }
 
-/// The bn1-cancel diagnostic (spec §6.4): B = 1, train-mode BN, power iterations frozen; the
+/// The bn1-cancel diagnostic (docs/tsit.md: the port check): B = 1, train-mode BN, power iterations frozen; the
 /// output with FAdaIN everywhere against FAdaIN off at learned-skip blocks. Run on a copy of
 /// the trained generator's weights so the run's BN statistics stay untouched. Returns the max
 /// |Δ| with the model's BN ε (1e-5) and with ε = 1e-12: the cancellation is exact only as
@@ -1035,7 +1035,7 @@ fn final_eval(
     let out = ev.generate(gan.g.as_ref(), c.model.vae, Mode::test(c.eval.train_bn));
     let fin = ev.metrics(&out);
     s.insert("final".into(), metrics_json(&fin));
-    // The mean of the last two evaluations (spec §6.5), beside the final one.
+    // The mean of the last two evaluations (docs/tsit.md, the small-scale protocol), beside the final one.
     let last2: Vec<&Metrics> = evals.iter().rev().take(2).map(|e| &e.1).collect();
     let mut mean2 = Metrics::new();
     for k in fin.keys() {
@@ -1056,7 +1056,7 @@ fn final_eval(
         );
     }
     s.insert("references".into(), Value::Object(refs));
-    // The α sweep of FAdaIN at test (the model was trained with α = 1; spec §3.10).
+    // The α sweep of FAdaIN at test (the model was trained with α = 1; the paper's FAdaIN, Sec. 3).
     if c.arm == Arm::Full && !c.eval.alphas.is_empty() {
         let mut sweep = Vec::new();
         for &a in &c.eval.alphas {

@@ -1,4 +1,5 @@
-//! TSIT's networks (spec §2.1): the content and style streams, FADE and FAdaIN, the decoder,
+//! TSIT's networks (the paper's Sec. 3; official models/networks/generator.py, stream.py,
+//! architecture.py, normalization.py): the content and style streams, FADE and FAdaIN, the decoder,
 //! the VAE encoder, the multi-scale PatchGAN discriminator, and the pix2pixHD-style baseline.
 //!
 //! Each network lives in its own `VarStore`; weights are plain leaf tensors initialised as the

@@ -534,7 +534,7 @@ mod tests {
                 vec![2, 128, 4, 4]
             ]
         );
-        // ≈ 0.15 M parameters without the head (spec §8).
+        // ≈ 0.15 M parameters without the head (small-scale perceptual net).
         let n: i64 = p.convs.iter().map(|c| c.ws.numel() as i64 + 128).sum();
         assert!((n as f64 / 1e6 - 0.15).abs() < 0.02, "{n}");
         assert!(p.loss(&x, &x).double_value(&[]) == 0.0);
@@ -561,7 +561,7 @@ mod tests {
         assert_eq!(a.len(), 5);
         assert_eq!(b[4].size(), vec![1, 512, 2, 2]);
         assert!(a.iter().zip(&b).all(|(u, v)| u.equal(v)));
-        // 12.9 M parameters used (spec §8: VGG19 to relu5_1).
+        // 12.9 M parameters used (official models/networks/architecture.py, VGG19: up to relu5_1).
         let n: i64 = p.vs.variables().values().map(|t| t.numel() as i64).sum();
         assert!((n as f64 / 1e6 - 12.94).abs() < 0.05, "{n}");
         named.pop();

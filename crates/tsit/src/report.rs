@@ -365,8 +365,8 @@ fn claims_at(arms: &BTreeMap<String, ArmValues>, which: &str) -> (Option<String>
         ));
         verdict = Some("reported, not gated".to_string());
     }
-    // The batch-1 diagnostic is a check of the port (spec §6.4), reported beside the claims
-    // and not part of the experiment's verdict, which A1–A3 / S1–S3 decide (spec §6.6).
+    // The batch-1 diagnostic is a check of the port (docs/tsit.md), reported beside the claims
+    // and not part of the experiment's verdict, which A1–A3 / S1–S3 decide (docs/tsit.md).
     let bn1: Vec<(f64, f64)> = arms
         .values()
         .flat_map(|a| {
@@ -384,7 +384,7 @@ fn claims_at(arms: &BTreeMap<String, ArmValues>, which: &str) -> (Option<String>
         rows.push(row(
             "bn1",
             "port check, not a claim: with B = 1 and train-mode BN, FAdaIN before learned-skip blocks is cancelled (max abs Δ < 1e-4)",
-            "spec §3.3 / §6.4",
+            "official models/networks/architecture.py (learned skip)",
             format!(
                 "max abs Δ = {worst:.2e} with the model's BN ε = 1e-5 (per run {}); {}",
                 bn1.iter().map(|b| format!("{:.1e}", b.0)).collect::<Vec<_>>().join(", "),
@@ -499,10 +499,10 @@ pub fn report_sweep(dir: &Path, runs: &[RunSummary]) -> Result<String> {
         .unwrap_or_else(|| "incomplete (an arm is missing)".into());
     // A smoke run's numbers mean nothing: its claims are listed without verdicts (at the top).
     if !smoke {
-        md += "\n## Claims (spec §6.6) on the final checkpoint: the verdict\n\n";
+        md += "\n## Claims on the final checkpoint: the verdict\n\n";
         md += &table(&claims);
         let _ = writeln!(md, "\n**Verdict: {v}.**\n");
-        md += "## The same claims on the mean of the last two evaluations (spec §6.5), for comparison\n\n";
+        md += "## The same claims on the mean of the last two evaluations, for comparison\n\n";
         md += &table(&claims2);
         let _ = writeln!(
             md,
@@ -539,7 +539,8 @@ pub fn report_sweep(dir: &Path, runs: &[RunSummary]) -> Result<String> {
             }
         }
         if by_alpha.len() > 1 {
-            md += "\n## FAdaIN α at test (the full arm, trained with α = 1; spec §3.10)\n\n";
+            md +=
+                "\n## FAdaIN α at test (the full arm, trained with α = 1; the paper's Sec. 3)\n\n";
             let rows: Vec<Vec<String>> = by_alpha
                 .iter()
                 .map(|(a, v)| {

@@ -1,4 +1,5 @@
-//! One TSIT iteration (spec §2.2): a generator step (hinge + feature matching + perceptual
+//! One TSIT iteration (the paper's Sec. 3, its objective; official models/pix2pix_model.py and
+//! trainers/pix2pix_trainer.py): a generator step (hinge + feature matching + perceptual
 //! [+ KL]), then a discriminator step on a freshly generated fake (hinge), each with its own
 //! TTUR Adam.
 
