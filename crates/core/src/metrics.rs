@@ -147,14 +147,25 @@ pub fn bootstrap_interval(
     (q((1.0 - level) / 2.0), q((1.0 + level) / 2.0))
 }
 
-/// Fraction of rows whose label is among the `k` largest logits.
-pub fn top_k(logits: &Tensor, y: &Tensor, k: i64) -> f64 {
-    let (_, idx) = logits.topk(k, -1, true, true);
-    idx.eq_tensor(&y.unsqueeze(-1))
-        .any_dim(-1, false)
-        .to_kind(Kind::Double)
-        .mean(Kind::Double)
-        .double_value(&[])
+/// How many rows of `logits` have their label `y` among the `k` largest, for each `k` of `ks`,
+/// from one `topk` of the largest (ties go to the lower class, as LibTorch's topk keeps the first
+/// maximum): the top-1 and top-5 counts of one evaluation batch.
+pub fn top_k_counts(logits: &Tensor, y: &Tensor, ks: &[i64]) -> Vec<i64> {
+    let kmax = ks
+        .iter()
+        .copied()
+        .max()
+        .unwrap_or(1)
+        .min(logits.size()[logits.dim() - 1]);
+    let (_, idx) = logits.topk(kmax, -1, true, true);
+    let hit = idx.eq_tensor(&y.unsqueeze(-1));
+    ks.iter()
+        .map(|&k| {
+            hit.narrow(-1, 0, k.min(kmax))
+                .sum(Kind::Int64)
+                .int64_value(&[])
+        })
+        .collect()
 }
 
 /// Area under the ROC curve for telling `pos` (label 1) from `neg` (label 0) by a score that is
@@ -212,20 +223,6 @@ pub fn frechet_distance(a: &Tensor, b: &Tensor) -> f64 {
         .sum(Kind::Double);
     let d = (&m1 - &m2).square().sum(Kind::Double) + s1.trace() + s2.trace() - tr_sqrt * 2.0;
     d.double_value(&[])
-}
-
-/// Kernel Inception Distance: the unbiased MMD² between two feature sets with the cubic kernel
-/// k(x, y) = (xᵀy / d + 1)³, over the full sets.
-pub fn kid(a: &Tensor, b: &Tensor) -> f64 {
-    let (a, b) = (a.to_kind(Kind::Double), b.to_kind(Kind::Double));
-    let d = a.size()[1] as f64;
-    let k = |x: &Tensor, y: &Tensor| (x.matmul(&y.tr()) / d + 1.0).pow_tensor_scalar(3);
-    let (m, n) = (a.size()[0] as f64, b.size()[0] as f64);
-    let kxx = k(&a, &a);
-    let kyy = k(&b, &b);
-    let off = |t: &Tensor| (t.sum(Kind::Double) - t.trace()).double_value(&[]);
-    off(&kxx) / (m * (m - 1.0)) + off(&kyy) / (n * (n - 1.0))
-        - 2.0 * k(&a, &b).sum(Kind::Double).double_value(&[]) / (m * n)
 }
 
 /// Inception Score from class probabilities `N×K` (one split): exp E_x KL(p(y|x) ‖ p(y)).
@@ -337,9 +334,9 @@ mod tests {
     fn top_k_by_hand() {
         let logits = Tensor::from_slice(&[3.0f32, 2.0, 1.0, 0.0, 1.0, 2.0]).view([2, 3]);
         let y = Tensor::from_slice(&[1i64, 0]);
-        assert_eq!(top_k(&logits, &y, 1), 0.0);
-        assert_eq!(top_k(&logits, &y, 2), 0.5);
-        assert_eq!(top_k(&logits, &y, 3), 1.0);
+        assert_eq!(top_k_counts(&logits, &y, &[1, 2, 3]), vec![0, 1, 2]);
+        // k beyond the classes counts every row.
+        assert_eq!(top_k_counts(&logits, &y, &[5]), vec![2]);
     }
 
     #[test]
@@ -383,22 +380,6 @@ mod tests {
             "{}",
             frechet_distance(&a, &b)
         );
-    }
-
-    #[test]
-    fn kid_is_unbiased_near_zero_and_positive_apart() {
-        tch::manual_seed(1);
-        let a = Tensor::randn([500, 4], (Kind::Double, tch::Device::Cpu));
-        let b = Tensor::randn([500, 4], (Kind::Double, tch::Device::Cpu));
-        assert!(kid(&a, &b).abs() < 0.05, "{}", kid(&a, &b));
-        assert!(kid(&a, &(&b + 1.0)) > 0.5);
-        // By hand on 2 + 2 one-dimensional points: k(x, y) = (xy + 1)^3.
-        let x = Tensor::from_slice(&[0.0f64, 1.0]).view([2, 1]);
-        let y = Tensor::from_slice(&[1.0f64, 2.0]).view([2, 1]);
-        let kxx = 2.0 * 1.0 / 2.0; // k(0,1) twice over 2·1
-        let kyy = 2.0 * 27.0 / 2.0; // k(1,2) = 27
-        let kxy = 2.0 * (1.0 + 1.0 + 8.0 + 27.0) / 4.0;
-        assert!((kid(&x, &y) - (kxx + kyy - kxy)).abs() < 1e-12);
     }
 
     #[test]

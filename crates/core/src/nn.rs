@@ -229,51 +229,6 @@ impl SpectralNorm {
     }
 }
 
-/// A 2-D convolution with spectral normalisation on its weight (bias not normalised).
-#[derive(Debug)]
-pub struct SnConv2d {
-    sn: SpectralNorm,
-    bias: Option<Tensor>,
-    stride: i64,
-    padding: i64,
-}
-
-impl SnConv2d {
-    /// A convolution of `geom = [kernel, stride, padding]`, weight and bias initialised by
-    /// `init` and `bias_init` (no bias when `None`).
-    pub fn new(
-        p: nn::Path<'_>,
-        inp: i64,
-        out: i64,
-        geom: [i64; 3],
-        init: Init,
-        bias_init: Option<Init>,
-    ) -> SnConv2d {
-        let [k, stride, padding] = geom;
-        let sn = SpectralNorm::new(&p, &[out, inp, k, k], init);
-        let bias = bias_init.map(|b| p.var("bias", &[out], b));
-        SnConv2d {
-            sn,
-            bias,
-            stride,
-            padding,
-        }
-    }
-}
-
-impl nn::ModuleT for SnConv2d {
-    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
-        x.conv2d(
-            &self.sn.weight(train),
-            self.bias.as_ref(),
-            [self.stride],
-            [self.padding],
-            [1],
-            1,
-        )
-    }
-}
-
 /// Input normalisation as the model's first layer: `(x − mean) / std` per channel, with
 /// non-trainable buffers (so attack budgets stay in `[0, 1]` pixel units).
 #[derive(Debug)]

@@ -383,11 +383,9 @@ pub fn evaluate(net: &ConvNet, p: &Pipeline<'_>) -> Result<(f64, f64)> {
                     "the test logits are not finite: the network diverged",
                 ));
             }
-            let k = z.size()[1].min(5);
-            let (_, idx) = z.topk(k, 1, true, true);
-            let hit = idx.eq_tensor(&y.unsqueeze(1));
-            top1 += hit.narrow(1, 0, 1).sum(Kind::Int64).int64_value(&[]);
-            top5 += hit.sum(Kind::Int64).int64_value(&[]);
+            let hits = reprise_core::metrics::top_k_counts(&z, &y, &[1, 5]);
+            top1 += hits[0];
+            top5 += hits[1];
             n += y.size()[0];
         }
         if n == 0 {
