@@ -138,6 +138,34 @@ fn extent(series: &[Series], path: &Path) -> Result<(f64, f64, f64, f64)> {
 const PANEL_W: u32 = 560;
 const LEGEND_W: u32 = 230;
 
+/// A figure of `n` panels side by side under `title` (when `text`), with a legend column to
+/// their right when `legend`: the whole image, the panels' areas and the legend's area.
+#[allow(clippy::type_complexity)]
+fn frame<'a>(
+    path: &'a Path,
+    title: &str,
+    n: usize,
+    legend: bool,
+    text: bool,
+) -> Result<(
+    DrawingArea<BitMapBackend<'a>, plotters::coord::Shift>,
+    Vec<DrawingArea<BitMapBackend<'a>, plotters::coord::Shift>>,
+    DrawingArea<BitMapBackend<'a>, plotters::coord::Shift>,
+)> {
+    let e = plot_err(path);
+    let width = PANEL_W * n as u32 + if legend { LEGEND_W } else { 0 };
+    let root = BitMapBackend::new(path, (width, 480)).into_drawing_area();
+    root.fill(&WHITE).map_err(&e)?;
+    let body = if text {
+        root.titled(title, ("sans-serif", 20)).map_err(&e)?
+    } else {
+        root.clone()
+    };
+    let (plots, side) = body.split_horizontally(PANEL_W * n as u32);
+    let areas = plots.split_evenly((1, n));
+    Ok((root, areas, side))
+}
+
 /// Draws the legend of `names` (colour by position) in `area`, top to bottom.
 fn draw_legend<DB: DrawingBackend>(
     area: &DrawingArea<DB, plotters::coord::Shift>,
@@ -179,17 +207,8 @@ pub fn panels_plot(path: &Path, title: &str, panels: &[Panel]) -> Result<()> {
         PALETTE[i % PALETTE.len()]
     };
     let legend = text && names.len() > 1;
-    let width = PANEL_W * panels.len() as u32 + if legend { LEGEND_W } else { 0 };
     let e = plot_err(path);
-    let root = BitMapBackend::new(path, (width, 480)).into_drawing_area();
-    root.fill(&WHITE).map_err(&e)?;
-    let body = if text {
-        root.titled(title, ("sans-serif", 20)).map_err(&e)?
-    } else {
-        root.clone()
-    };
-    let (plots, side) = body.split_horizontally(PANEL_W * panels.len() as u32);
-    let areas = plots.split_evenly((1, panels.len()));
+    let (root, areas, side) = frame(path, title, panels.len(), legend, text)?;
     for (p, area) in panels.iter().zip(&areas) {
         let (x0, x1, y0, y1) = extent(p.series, path)?;
         let (x0, x1) = match p.x_ticks {
@@ -295,18 +314,10 @@ pub fn reliability_plot(
     }
     let text = fonts();
     let e = plot_err(path);
-    let width = PANEL_W * models.len() as u32 + if text { LEGEND_W } else { 0 };
-    let root = BitMapBackend::new(path, (width, 480)).into_drawing_area();
-    root.fill(&WHITE).map_err(&e)?;
-    let body = if text {
-        root.titled(title, ("sans-serif", 20)).map_err(&e)?
-    } else {
-        root.clone()
-    };
-    let (plots, side) = body.split_horizontally(PANEL_W * models.len() as u32);
+    let (root, areas, side) = frame(path, title, models.len(), text, text)?;
     let bar = PALETTE[0];
     let gap = PALETTE[3];
-    for ((name, bins), area) in models.iter().zip(plots.split_evenly((1, models.len()))) {
+    for ((name, bins), area) in models.iter().zip(areas) {
         let mut b = ChartBuilder::on(&area);
         b.margin(12);
         if text {
@@ -333,6 +344,15 @@ pub fn reliability_plot(
                 Rectangle::new(
                     [(b.lo, b.accuracy), (b.hi, b.confidence)],
                     gap.mix(0.35).filled(),
+                )
+            }))
+            .map_err(&e)?;
+        // The gap outlined, so that it reads where it overlaps the bar (accuracy above confidence).
+        chart
+            .draw_series(filled.iter().map(|b| {
+                Rectangle::new(
+                    [(b.lo, b.accuracy), (b.hi, b.confidence)],
+                    gap.stroke_width(1),
                 )
             }))
             .map_err(&e)?;

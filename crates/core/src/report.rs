@@ -90,28 +90,11 @@ impl Claims {
     /// The section every sweep report opens with: each claim, what the paper reports, what we
     /// measured and the verdict, then the experiment's verdict.
     pub fn markdown(&self) -> String {
-        let rows: Vec<Vec<String>> = self
-            .claims
-            .iter()
-            .map(|c| {
-                vec![
-                    c.claim.clone(),
-                    c.what.clone(),
-                    c.paper.clone(),
-                    c.ours.clone(),
-                    c.verdict.clone(),
-                    if c.gating { "gate" } else { "reported" }.to_string(),
-                ]
-            })
-            .collect();
         let mut md = String::from("## The paper's claims beside ours\n\n");
-        if rows.is_empty() {
+        if self.claims.is_empty() {
             md.push_str("No claim could be measured.\n");
         } else {
-            md.push_str(&markdown_table(
-                &["claim", "what", "paper", "ours", "verdict", "role"],
-                &rows,
-            ));
+            md.push_str(&claims_table(&self.claims, true));
         }
         md.push_str(&format!("\n**Verdict:** {}.\n\n", self.verdict));
         md
@@ -135,6 +118,32 @@ impl Claims {
         out.push_str(rest);
         out
     }
+}
+
+/// The table `claim | what | paper | ours | verdict`, with a `role` column (gate or reported)
+/// when `role`.
+pub fn claims_table(claims: &[ClaimRow], role: bool) -> String {
+    let rows: Vec<Vec<String>> = claims
+        .iter()
+        .map(|c| {
+            let mut r = vec![
+                c.claim.clone(),
+                c.what.clone(),
+                c.paper.clone(),
+                c.ours.clone(),
+                c.verdict.clone(),
+            ];
+            if role {
+                r.push(if c.gating { "gate" } else { "reported" }.to_string());
+            }
+            r
+        })
+        .collect();
+    let mut header = vec!["claim", "what", "paper", "ours", "verdict"];
+    if role {
+        header.push("role");
+    }
+    markdown_table(&header, &rows)
 }
 
 /// `held`, `not held` or `open`.

@@ -478,22 +478,7 @@ pub fn report_sweep(dir: &Path, runs: &[RunSummary]) -> Result<String> {
     md += &markdown_table(&header, &rows);
     let (verdict, claims) = claims_at(&arms, "final");
     let (verdict2, claims2) = claims_at(&arms, "last2");
-    let table = |c: &[ClaimRow]| {
-        markdown_table(
-            &["claim", "what", "paper", "ours", "verdict"],
-            &c.iter()
-                .map(|r| {
-                    vec![
-                        r.claim.clone(),
-                        r.what.clone(),
-                        r.paper.clone(),
-                        r.ours.clone(),
-                        r.verdict.clone(),
-                    ]
-                })
-                .collect::<Vec<_>>(),
-        )
-    };
+    let table = |c: &[ClaimRow]| reprise_core::report::claims_table(c, false);
     let v = verdict
         .clone()
         .unwrap_or_else(|| "incomplete (an arm is missing)".into());
