@@ -107,10 +107,13 @@ from convert_robustness_ckpt import read_safetensors
 sd = torch.load(f"{sys.argv[2]}/source.pt")  # weights_only=True, PyTorch's default
 orig = read_safetensors(sys.argv[1])
 want = {k: v for k, v in orig.items() if not k.startswith("normalizer.")}
-assert set(sd) == set(want), sorted(set(sd) ^ set(want))[:5]
+tracked = {k for k in sd if k.endswith(".num_batches_tracked")}
+assert set(sd) - tracked == set(want), sorted((set(sd) - tracked) ^ set(want))[:5]
 assert all(sd[k].equal(v) for k, v in want.items())
-for k in ["conv1.weight", "bn1.running_mean", "layer4.2.bn3.running_var", "fc.weight"]:
-    assert k in sd, k  # torchvision's resnet50() names
+# torchvision's resnet50().state_dict(): 320 entries, 53 of them BatchNorm's num_batches_tracked.
+assert len(sd) == 320 and len(tracked) == 53, (len(sd), len(tracked))
+for k in ["conv1.weight", "bn1.running_mean", "bn1.num_batches_tracked", "layer4.2.bn3.running_var", "fc.weight"]:
+    assert k in sd, k
 cfg = json.load(open(f"{sys.argv[2]}/config.json"))
 assert cfg["normalize"]["mean"] == [float(x) for x in orig["normalizer.mean"].flatten()], cfg["normalize"]
 print(f"exported {len(sd)} tensors, loaded by torch.load")

@@ -66,6 +66,18 @@ pub fn export(run: &Path, out: &Path) -> Result<()> {
             }
             dict.push((exported_name(&name).to_string(), t));
         }
+        // PyTorch's BatchNorm also holds `num_batches_tracked`, which reprise does not keep (it
+        // only matters with momentum=None): a zero, so that `load_state_dict` is strict-clean.
+        let bns: Vec<String> = dict
+            .iter()
+            .filter_map(|(k, _)| k.strip_suffix(".running_var").map(str::to_string))
+            .collect();
+        for bn in bns {
+            let key = format!("{bn}.num_batches_tracked");
+            if !dict.iter().any(|(k, _)| *k == key) {
+                dict.push((key, tch::Tensor::from(0i64)));
+            }
+        }
         dict.sort_by(|a, b| a.0.cmp(&b.0));
         let dest = out.join(format!("{}.pt", e.name));
         reprise_core::torch_save::write_state_dict(&dest, &dict)?;
