@@ -107,6 +107,12 @@ fn checkpoint_about(spec: &SpecTree, header: &Header, info: &RunInfo) -> Vec<(St
     about
 }
 
+/// Whether the run in `dir` stopped because its training diverged: the runner writes
+/// `diverged.json` (the step and the reason) when it does.
+pub fn diverged(dir: &Path) -> bool {
+    dir.join("diverged.json").is_file()
+}
+
 /// A finished run of a sweep: its folder, resolved spec and summary.
 #[derive(Debug, Clone)]
 pub struct RunSummary {

@@ -260,10 +260,7 @@ pub fn report_sweep(dir: &Path, runs: &[RunSummary]) -> Result<String> {
     let unfinished: Vec<(String, bool)> = expected
         .iter()
         .filter(|n| !finished.contains(&n.as_str()))
-        .map(|n| {
-            let log = std::fs::read_to_string(dir.join(n).join("run.log")).unwrap_or_default();
-            (n.clone(), log.contains("training diverged"))
-        })
+        .map(|n| (n.clone(), reprise_core::run::diverged(&dir.join(n))))
         .collect();
     let gating_arm_failed = unfinished
         .iter()
@@ -569,7 +566,7 @@ pub fn report_sweep(dir: &Path, runs: &[RunSummary]) -> Result<String> {
             md += &format!(
                 "- `{n}`: {}\n",
                 if *d {
-                    "diverged (see its run.log); counted as failing every criterion"
+                    "diverged (its diverged.json says where); counted as failing every criterion"
                 } else {
                     "no summary (failed or still running)"
                 }

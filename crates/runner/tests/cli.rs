@@ -853,6 +853,39 @@ fn a_corrupt_newest_checkpoint_falls_back_to_the_previous_one() {
 }
 
 #[test]
+fn a_sweep_report_counts_a_run_with_diverged_json_as_diverged() {
+    let d = setup();
+    let p = d.path();
+    // lr = 50 diverges; the sweep's report (from run.json/diverged.json, not the log's wording)
+    // names it so.
+    let o = runner(
+        p,
+        &[
+            "run",
+            "t/tiny",
+            "--out",
+            "out",
+            "seeds=[0]",
+            "--sweep",
+            "jem.optim.lr=0.01,50",
+        ],
+    );
+    assert!(!o.status.success(), "{}", text(&o));
+    let sweep = &runs_under(&p.join("out/tiny"))[0];
+    let bad = sweep.join("lr=50,seed=0");
+    let info: serde_json::Value =
+        serde_json::from_slice(&fs::read(bad.join("run.json")).unwrap()).unwrap();
+    assert_eq!(info["status"], "diverged", "{info}");
+    assert!(bad.join("diverged.json").is_file());
+    // The log's wording is not what decides.
+    fs::write(bad.join("run.log"), "").unwrap();
+    let o = runner(p, &["report", sweep.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let md = fs::read_to_string(sweep.join("report.md")).unwrap();
+    assert!(md.contains("`lr=50,seed=0`: diverged"), "{md}");
+}
+
+#[test]
 fn a_diverging_run_stops_naming_the_step_and_keeps_its_checkpoints() {
     let d = setup();
     let p = d.path();
