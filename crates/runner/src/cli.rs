@@ -447,7 +447,7 @@ fn plan(
     let paper = crate::paper(&header.paper)?;
     let Some(time_steps) = paper.plan else {
         bail!(
-            "`runner plan` does not time {} runs yet (it does jem and robust-transfer)",
+            "`runner plan` does not time {} runs yet (it does jem, robust-transfer and tsit)",
             paper.name
         );
     };

@@ -44,7 +44,7 @@ pub fn paper() -> Paper {
         validate,
         config: |t| reprise_core::run::section_with_defaults::<Config>(t, "tsit"),
         inputs,
-        plan: None,
+        plan: Some(plan),
         exports: &[
             reprise_core::run::Export { name: "generator", file: Some("generator.safetensors"), prefix: "g" },
             reprise_core::run::Export { name: "discriminator", file: None, prefix: "d" },
@@ -53,6 +53,55 @@ pub fn paper() -> Paper {
         report: report::report_run,
         report_sweep: report::report_sweep,
     }
+}
+
+/// `runner plan`: times `steps` TSIT iterations (a generator step, then a discriminator step)
+/// of the spec's networks, batch and size on `dev` after two warm-up ones, on random inputs (a
+/// VGG-19 of the layout of the paper's loss network, with random weights: the same work); a run
+/// takes `tsit.iterations` of them (its evaluations and helper networks are not counted).
+pub fn plan(tree: &SpecTree, dev: Device, steps: usize) -> Result<reprise_core::run::StepPlan> {
+    let c: Config = tree.typed("tsit")?;
+    let in_c = match (&c.folder, c.task) {
+        (_, t) if t.is_ast() => 3,
+        (Some(f), _) => f.label_nc + i64::from(f.dontcare) + i64::from(f.instance_edge),
+        (None, Task::ScenesSis) => 7,
+        (None, _) => 3,
+    };
+    let mut p = match c.perceptual {
+        PerceptualConfig::Vgg19 { .. } => Perceptual::vgg19_layout(dev),
+        _ => Perceptual::vgg_mini(dev, 10),
+    };
+    p.vs.freeze();
+    let mut gan = build_gan(&c, p, in_c, dev);
+    let (h, w) = (c.size, c.size * c.aspect);
+    let img = |ch: i64| Tensor::rand([c.batch, ch, h, w], (tch::Kind::Float, dev)) * 2.0 - 1.0;
+    let (content, real) = (img(in_c), img(3));
+    let style = c.task.is_ast().then(|| img(3));
+    let mut failed = None;
+    let ms = reprise_core::timing::median_ms(dev, 2, steps, || {
+        if let Err(e) = gan.step(
+            &c,
+            &content,
+            style.as_ref(),
+            &real,
+            &real,
+            (c.optim.lr_g, c.optim.lr_d),
+        ) {
+            failed = Some(format!("{e:?}"));
+        }
+    });
+    if let Some(e) = failed {
+        tracing::info!("plan: a timed step stopped at its guard: {e}");
+    }
+    Ok(reprise_core::run::StepPlan {
+        what: format!(
+            "one {:?} iteration (G then D) at {h}×{w}: batch {}, nf {}",
+            c.task, c.batch, c.model.nf
+        ),
+        step_ms: ms,
+        steps: Some(c.iterations),
+        steps_from: "tsit.iterations".into(),
+    })
 }
 
 /// The inputs a run reads that reprise cannot fetch: the dataset's folders, the VGG-19 of the
