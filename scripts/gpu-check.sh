@@ -108,7 +108,7 @@ PY
 cat "$out/table.md"
 
 echo "== runner plan: every paper-scale spec that plans, on $device" | tee -a "$out/log.txt"
-for exp in jem/cifar10-wrn28-10 jem/cifar100-calibration robust-transfer/imagenet-r50-l2-eps3; do
+for exp in jem/cifar10-wrn28-10 jem/cifar100-calibration robust-transfer/imagenet-r50-l2-eps3 tsit/summer2winter-ast tsit/cityscapes-sis tsit/ade20k-sis; do
     "$runner" plan "$exp" --device "$device" --steps 5 --nproc 8 2>>"$out/log.txt" | tee -a "$out/plan.txt"
 done
 
