@@ -1,6 +1,7 @@
 //! `runner compare A B`: a variant's sweep (or run) beside its parent's, metric by metric.
 
 use anyhow::{bail, Result};
+use reprise_core::report::point_of;
 use reprise_core::run::{finished_runs, read_summary};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -21,17 +22,11 @@ impl Stat {
         if v.is_empty() {
             return None;
         }
-        let n = v.len();
-        let mean = v.iter().sum::<f64>() / n as f64;
-        let var = if n > 1 {
-            v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64
-        } else {
-            0.0
-        };
+        let (mean, std) = reprise_core::report::mean_std(v);
         Some(Stat {
             mean,
-            std: var.sqrt(),
-            n,
+            std,
+            n: v.len(),
         })
     }
 }
@@ -45,20 +40,6 @@ pub fn beyond_spread(a: &Stat, b: &Stat) -> Option<bool> {
     }
     let se = (a.std.powi(2) / a.n as f64 + b.std.powi(2) / b.n as f64).sqrt();
     Some((b.mean - a.mean).abs() > 2.0 * se)
-}
-
-/// The group a run folder belongs to: its name without the `seed=N` part (`arm=jem`), or
-/// `all` for a run that is not in a sweep.
-fn group_of(name: &str) -> String {
-    let parts: Vec<&str> = name
-        .split(',')
-        .filter(|p| !p.starts_with("seed=") && !p.is_empty())
-        .collect();
-    if parts.is_empty() {
-        "all".to_string()
-    } else {
-        parts.join(",")
-    }
 }
 
 /// The numbers of a summary, by key (nested objects flattened as `a.b`; non-numbers left out).
@@ -86,7 +67,8 @@ fn numbers(prefix: &str, v: &serde_json::Value, out: &mut BTreeMap<String, f64>)
 /// Keys that describe a run rather than measure it.
 const NOT_METRICS: [&str; 4] = ["seed", "source_seed", "smoke", "iterations"];
 
-/// Every metric of every group of a sweep folder (or of one run folder), over the seeds.
+/// Every metric of every group of a sweep folder (or of one run folder), over the seeds; a
+/// group is a sweep point ([`point_of`]: the run's name without its seed, `(all)` for none).
 pub fn stats(dir: &Path) -> Result<BTreeMap<String, BTreeMap<String, Stat>>> {
     let mut values: BTreeMap<String, BTreeMap<String, Vec<f64>>> = BTreeMap::new();
     let mut add = |group: String, summary: &serde_json::Value| {
@@ -104,14 +86,14 @@ pub fn stats(dir: &Path) -> Result<BTreeMap<String, BTreeMap<String, Stat>>> {
         let Some(s) = read_summary(dir) else {
             bail!("{} has not finished (no summary.json)", dir.display());
         };
-        add("all".to_string(), &s);
+        add(point_of(""), &s);
     } else if dir.join("sweep.json").is_file() {
         let runs = finished_runs(dir)?;
         if runs.is_empty() {
             bail!("{} has no finished run", dir.display());
         }
         for r in &runs {
-            add(group_of(&r.name), &r.summary);
+            add(point_of(&r.name), &r.summary);
         }
     } else {
         bail!(
@@ -192,9 +174,9 @@ mod tests {
 
     #[test]
     fn groups_drop_the_seed_and_spread_decides_beyond() {
-        assert_eq!(group_of("arm=jem,seed=3"), "arm=jem");
-        assert_eq!(group_of("seed=0"), "all");
-        assert_eq!(group_of("lr=0.1,width=8,seed=1"), "lr=0.1,width=8");
+        assert_eq!(point_of("arm=jem,seed=3"), "arm=jem");
+        assert_eq!(point_of("seed=0"), "(all)");
+        assert_eq!(point_of("lr=0.1,width=8,seed=1"), "lr=0.1,width=8");
         let a = Stat::of(&[0.80, 0.82, 0.81]).unwrap();
         assert!((a.mean - 0.81).abs() < 1e-12 && (a.std - 0.01).abs() < 1e-12);
         let near = Stat::of(&[0.81, 0.83, 0.82]).unwrap();

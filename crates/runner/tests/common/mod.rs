@@ -162,3 +162,12 @@ impl Drop for Reaper {
         let _ = self.0.wait();
     }
 }
+
+/// The venv's Python (with PyTorch and the test-only packages `just setup` installs), else
+/// `python3`.
+pub fn python() -> PathBuf {
+    std::env::var_os("REPRISE_VENV")
+        .map(|v| PathBuf::from(v).join("bin/python"))
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| PathBuf::from("python3"))
+}
