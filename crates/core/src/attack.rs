@@ -105,6 +105,20 @@ impl Pgd {
         }
     }
 
+    /// FGSM with a random start as a one-step L∞ attack: δ ~ U(−ε, ε), one signed step of
+    /// `step`, projected ([`fgsm_rs`]).
+    pub fn fgsm_rs(eps: f64, step: f64) -> Pgd {
+        Pgd {
+            norm: Norm::Linf,
+            eps,
+            step,
+            steps: 1,
+            random_start: true,
+            use_best: false,
+            targeted: false,
+        }
+    }
+
     /// A random start in the ε-ball around `x`, clamped to `[0, 1]` (LibTorch's generator).
     pub fn random_perturb(&self, x: &Tensor) -> Tensor {
         self.random_perturb_from(x, &self.draw(x))
@@ -193,16 +207,7 @@ pub fn fgsm_rs(
     eps: f64,
     step: f64,
 ) -> Tensor {
-    let pgd = Pgd {
-        norm: Norm::Linf,
-        eps,
-        step,
-        steps: 1,
-        random_start: true,
-        use_best: false,
-        targeted: false,
-    };
-    pgd.run(f, x, y)
+    Pgd::fgsm_rs(eps, step).run(f, x, y)
 }
 
 #[cfg(test)]

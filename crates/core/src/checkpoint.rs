@@ -170,10 +170,15 @@ impl Checkpoint {
     /// only the tensors' names and data, are checked by that older rule.
     pub fn load(path: &Path) -> Result<Checkpoint> {
         let bytes = read_bounded(path, MAX_CHECKPOINT_BYTES)?;
+        Self::from_bytes(&bytes, path)
+    }
+
+    /// [`Checkpoint::load`] of bytes already read (`path` names them in errors).
+    pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<Checkpoint> {
         let bad = |why: String| Error::Corrupt(path.to_path_buf(), why);
         let (_, header) =
-            safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
-        let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
+            safetensors::SafeTensors::read_metadata(bytes).map_err(|e| bad(e.to_string()))?;
+        let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| bad(e.to_string()))?;
         let mut meta: BTreeMap<String, String> = header
             .metadata()
             .as_ref()
@@ -359,6 +364,7 @@ pub struct CheckpointDir {
     keep: usize,
     run: Option<String>,
     about: Vec<(String, String)>,
+    discard: bool,
 }
 
 /// The metadata key naming the run a checkpoint belongs to.
@@ -372,7 +378,15 @@ impl CheckpointDir {
             keep: keep.max(1),
             run: None,
             about: Vec::new(),
+            discard: false,
         }
+    }
+
+    /// A folder that writes nothing: [`CheckpointDir::save`] and [`CheckpointDir::save_best`]
+    /// do nothing (a data-parallel rank other than 0, whose state rank 0 saves).
+    pub fn discarding(mut self) -> Self {
+        self.discard = true;
+        self
     }
 
     /// Checkpoints of the run `id`: each one saved is stamped with it, and one stamped with
@@ -430,6 +444,9 @@ impl CheckpointDir {
 
     /// Saves the checkpoint of `step` and removes step checkpoints beyond the last `keep`.
     pub fn save(&self, step: u64, ck: &Checkpoint) -> Result<PathBuf> {
+        if self.discard {
+            return Ok(self.step_path(step));
+        }
         fs::create_dir_all(&self.dir).map_err(|e| Error::Io(self.dir.clone(), e))?;
         let path = self.step_path(step);
         write_atomic(&path, &ck.to_bytes_with(&self.extra())?)?;
@@ -444,6 +461,9 @@ impl CheckpointDir {
 
     /// Saves `best.safetensors`.
     pub fn save_best(&self, ck: &Checkpoint) -> Result<()> {
+        if self.discard {
+            return Ok(());
+        }
         fs::create_dir_all(&self.dir).map_err(|e| Error::Io(self.dir.clone(), e))?;
         write_atomic(
             &self.dir.join("best.safetensors"),

@@ -61,3 +61,25 @@ impl Error {
 
 /// Result with [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Why a training step did not complete: its loss or energies went bad (the run diverged), or
+/// something else failed (a collective whose peer rank stopped, a LibTorch error).
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    /// A divergence guard tripped, with what went bad.
+    #[error("{0}")]
+    Diverged(String),
+    /// Any other failure.
+    #[error(transparent)]
+    Failed(#[from] Error),
+}
+
+impl StepError {
+    /// The run's error for this failure at `step`.
+    pub fn at(self, step: u64) -> Error {
+        match self {
+            StepError::Diverged(why) => Error::Diverged { step, why },
+            StepError::Failed(e) => e,
+        }
+    }
+}

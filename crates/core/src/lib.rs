@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod models;
 pub mod nn;
 pub mod optim;
+pub mod parallel;
 pub mod plot;
 pub mod predictions;
 pub mod progress;

@@ -14,6 +14,7 @@ pub struct Progress {
     started: Instant,
     last_line: Instant,
     every: Duration,
+    silent: bool,
 }
 
 /// Formats seconds as `1h02m`, `4m05s` or `12s`.
@@ -75,6 +76,21 @@ impl Progress {
             started: Instant::now(),
             last_line: Instant::now(),
             every,
+            silent: false,
+        }
+    }
+
+    /// A display that shows nothing (a data-parallel rank other than 0).
+    pub fn silent(total: u64, done: u64) -> Self {
+        Progress {
+            bar: None,
+            label: String::new(),
+            total,
+            start_step: done,
+            started: Instant::now(),
+            last_line: Instant::now(),
+            every: Duration::MAX,
+            silent: true,
         }
     }
 
@@ -83,6 +99,9 @@ impl Progress {
         if let Some(b) = &self.bar {
             b.set_position(step);
             b.set_message(msg.to_string());
+            return;
+        }
+        if self.silent {
             return;
         }
         if self.last_line.elapsed() >= self.every || step == self.total {

@@ -4,7 +4,7 @@
 //! it replays the run), `run.json` (how it was started), `run.log`, `metrics.jsonl`,
 //! `metrics.csv`, `summary.json`, `report.md`, `checkpoints/` and `figures/`.
 
-use crate::checkpoint::{write_atomic, CheckpointDir};
+use crate::checkpoint::{write_atomic, Checkpoint, CheckpointDir};
 use crate::error::{Error, Result};
 use crate::progress::Progress;
 use crate::spec::{Header, SpecError, SpecTree};
@@ -38,6 +38,10 @@ pub struct Paper {
     /// steps of its full-size model on random inputs of its shapes, after warm-up ones. `None`
     /// for a paper that does not plan yet.
     pub plan: Option<PlanFn>,
+    /// Whether its training loop runs data-parallel ([`crate::parallel`]): shards each batch by
+    /// rank and averages the gradients. A launch of several ranks is refused for one that does
+    /// not.
+    pub data_parallel: bool,
     /// Runs one (non-sweep) spec in its run folder, resuming from its checkpoints if any.
     pub run: fn(&mut RunContext) -> Result<()>,
     /// Renders `report.md` of a finished run folder again; returns the markdown.
@@ -366,6 +370,7 @@ pub struct RunContext {
     interrupt: Arc<AtomicBool>,
     stop_checked: Option<StopChecked>,
     tensorboard: Option<crate::tensorboard::EventFile>,
+    parallel: Arc<crate::parallel::Parallel>,
 }
 
 impl RunContext {
@@ -420,6 +425,7 @@ impl RunContext {
             interrupt: interrupt_flag(),
             stop_checked: None,
             tensorboard: None,
+            parallel: Arc::new(crate::parallel::Parallel::single()),
         })
     }
 
@@ -469,6 +475,34 @@ impl RunContext {
     /// How the run was started.
     pub fn info(&self) -> &RunInfo {
         &self.info
+    }
+
+    /// The ranks training this run together ([`crate::parallel`]); one process by default.
+    pub fn parallel(&self) -> Arc<crate::parallel::Parallel> {
+        self.parallel.clone()
+    }
+
+    /// Trains this run as one rank of `p`. A rank other than 0 writes no checkpoint (its
+    /// folder is a private scratch copy that the runner removes) and shows no progress.
+    pub fn set_parallel(&mut self, p: Arc<crate::parallel::Parallel>) {
+        if !p.is_main() {
+            self.checkpoints = self.checkpoints.clone().discarding();
+        }
+        self.parallel = p;
+    }
+
+    /// The checkpoint to resume from: the newest one of the run folder that passes `fits`
+    /// ([`CheckpointDir::latest_valid`]), found by rank 0 and sent to the other ranks.
+    pub fn resume_point(
+        &self,
+        fits: impl Fn(&Checkpoint) -> Result<()>,
+    ) -> Result<Option<(u64, Checkpoint)>> {
+        let found = if self.parallel.is_main() {
+            self.checkpoints.latest_valid(fits)?
+        } else {
+            None
+        };
+        self.parallel.share_checkpoint(found)
     }
 
     /// The checkpoint folder.
@@ -602,6 +636,9 @@ impl RunContext {
 
     /// A progress display for `total` steps starting at `done`.
     pub fn progress(&self, total: u64, done: u64) -> Progress {
+        if !self.parallel.is_main() {
+            return Progress::silent(total, done);
+        }
         // In a sweep the run's folder names it (`arm=jem,seed=3`).
         let run = self
             .dir

@@ -44,6 +44,7 @@ pub fn paper() -> Paper {
             file: Some("teacher.safetensors"),
             prefix: "teacher",
         }],
+        data_parallel: false,
         run,
         report: report::report_run,
         report_sweep: report::report_sweep,

@@ -36,9 +36,9 @@ extern "C" {
 
 // Joins the group `world` ranks form through the TCPStore at host:port (rank 0 serves it).
 // Returns nullptr and the reason in `err` on failure (a store that cannot be reached within
-// `timeout_ms`, say).
+// `timeout_ms`, say); a collective then waits at most `op_timeout_ms` for the other ranks.
 void* reprise_dist_init(const char* host, int port, int rank, int world, int timeout_ms,
-                        char* err, size_t err_len) {
+                        int op_timeout_ms, char* err, size_t err_len) {
   try {
     c10d::TCPStoreOptions opts;
     opts.port = static_cast<std::uint16_t>(port);
@@ -48,7 +48,7 @@ void* reprise_dist_init(const char* host, int port, int rank, int world, int tim
     opts.timeout = std::chrono::milliseconds(timeout_ms);
     auto store = c10::make_intrusive<c10d::TCPStore>(std::string(host), opts);
     auto options =
-        c10d::ProcessGroupGloo::Options::create_default(std::chrono::milliseconds(timeout_ms));
+        c10d::ProcessGroupGloo::Options::create_default(std::chrono::milliseconds(op_timeout_ms));
     options->devices.clear();
     options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname(
         std::string(host)));

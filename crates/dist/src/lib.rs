@@ -24,6 +24,7 @@ mod ffi {
             rank: c_int,
             world: c_int,
             timeout_ms: c_int,
+            op_timeout_ms: c_int,
             err: *mut c_char,
             err_len: usize,
         ) -> *mut c_void;
@@ -171,9 +172,20 @@ impl ProcessGroup {
     /// Joins the group of `launch` through its store, waiting at most `timeout` for it (a rank
     /// that cannot reach the store fails with the reason once it has passed).
     pub fn join(launch: &Launch, timeout: std::time::Duration) -> Result<ProcessGroup> {
+        Self::join_with(launch, timeout, timeout)
+    }
+
+    /// [`ProcessGroup::join`], with collectives that wait at most `ops` for the other ranks
+    /// (longer than any step, an evaluation rank 0 does alone included).
+    pub fn join_with(
+        launch: &Launch,
+        timeout: std::time::Duration,
+        ops: std::time::Duration,
+    ) -> Result<ProcessGroup> {
         let host = CString::new(launch.master_addr.clone())
             .map_err(|_| DistError("MASTER_ADDR holds a NUL byte".into()))?;
         let ms = c_int::try_from(timeout.as_millis()).unwrap_or(c_int::MAX);
+        let op_ms = c_int::try_from(ops.as_millis()).unwrap_or(c_int::MAX);
         let mut buf = vec![0u8; ERR_LEN];
         #[allow(unsafe_code)]
         // SAFETY: the strings outlive the call; the shim copies what it keeps and writes at most
@@ -185,6 +197,7 @@ impl ProcessGroup {
                 launch.rank as c_int,
                 launch.world as c_int,
                 ms,
+                op_ms,
                 buf.as_mut_ptr().cast(),
                 ERR_LEN,
             )
@@ -228,13 +241,23 @@ impl ProcessGroup {
     /// of at most [`BUCKET_BYTES`] of one dtype: each bucket is flattened into one buffer,
     /// summed, divided by the world size and copied back.
     pub fn all_reduce_mean(&mut self, tensors: &[Tensor]) -> Result<()> {
+        self.all_reduce(tensors, self.world as f64)
+    }
+
+    /// Replaces each tensor by its sum over the ranks, bucketed as [`Self::all_reduce_mean`].
+    pub fn all_reduce_sum(&mut self, tensors: &[Tensor]) -> Result<()> {
+        self.all_reduce(tensors, 1.0)
+    }
+
+    /// Sums in buckets, then divides by `div` (1 for a sum).
+    fn all_reduce(&mut self, tensors: &[Tensor], div: f64) -> Result<()> {
         let mut bucket: Vec<&Tensor> = Vec::new();
         let mut bytes = 0;
         let mut kind = None;
         for t in tensors {
             let b = t.numel() * t.kind().elt_size_in_bytes();
             if !bucket.is_empty() && (bytes + b > BUCKET_BYTES || kind != Some(t.kind())) {
-                self.reduce_bucket(&bucket)?;
+                self.reduce_bucket(&bucket, div)?;
                 bucket.clear();
                 bytes = 0;
             }
@@ -243,19 +266,19 @@ impl ProcessGroup {
             bytes += b;
         }
         if !bucket.is_empty() {
-            self.reduce_bucket(&bucket)?;
+            self.reduce_bucket(&bucket, div)?;
         }
         Ok(())
     }
 
-    fn reduce_bucket(&mut self, bucket: &[&Tensor]) -> Result<()> {
+    fn reduce_bucket(&mut self, bucket: &[&Tensor], div: f64) -> Result<()> {
         let flat: Vec<Tensor> = bucket
             .iter()
             .map(|t| t.detach().to_device(tch::Device::Cpu).reshape([-1]))
             .collect();
         let mut buf = Tensor::cat(&flat, 0);
         self.sum_one(&mut buf)?;
-        let buf = buf / self.world as f64;
+        let buf = if div == 1.0 { buf } else { buf / div };
         let mut at = 0;
         for t in bucket {
             let n = t.numel() as i64;

@@ -45,6 +45,7 @@ fn bench_model(cr: &mut Criterion, name: &str, c: &Config, shape: &[i64], batch:
                 Some(&x),
                 (&mut rng, &mut jem::sampler::gaussian),
                 1e-4,
+                &reprise_core::parallel::Parallel::single(),
             )
             .expect("no divergence")
         })

@@ -68,6 +68,7 @@ fn main() {
                 Some(&x),
                 (&mut rng, &mut jem::sampler::gaussian),
                 1e-4,
+                &reprise_core::parallel::Parallel::single(),
             )
             .expect("step");
         }

@@ -23,8 +23,10 @@ use crate::sampler::{sgld_with, ReplayBuffer};
 use reprise_core::checkpoint::Checkpoint;
 use reprise_core::data::augment::{Augment, Loader};
 use reprise_core::data::{self, Rng};
+use reprise_core::error::StepError;
 use reprise_core::inputs::{of_data, Input, InputKind};
 use reprise_core::optim::{Optimizer, Rule, Schedule};
+use reprise_core::parallel::Parallel;
 use reprise_core::predictions::Predictions;
 use reprise_core::run::{Paper, RunContext};
 use reprise_core::spec::{SpecError, SpecTree};
@@ -47,6 +49,7 @@ pub fn paper() -> Paper {
             file: Some("model.safetensors"),
             prefix: "model",
         }],
+        data_parallel: true,
         run,
         report: report::report_run,
         report_sweep: report::report_sweep,
@@ -92,6 +95,7 @@ pub fn plan(tree: &SpecTree, dev: Device, steps: usize) -> Result<reprise_core::
             xd,
             (&mut rng, &mut sampler::gaussian),
             c.optim.lr,
+            &Parallel::single(),
         ) {
             failed = Some(e);
         }
@@ -420,7 +424,7 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
     };
     if let Some(f) = &c.from {
         load_weights(ctx, f, &model, buffer.as_mut())?;
-    } else if let Some((_, ck)) = ctx.checkpoints().latest_valid(fits)? {
+    } else if let Some((_, ck)) = ctx.resume_point(fits)? {
         model.load(&ck)?;
         opt.load(&ck, "optim")?;
         if let Some(b) = buffer.as_mut() {
@@ -430,6 +434,10 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
         tracing::info!("resuming from step {step}");
         eprintln!("resuming from step {step}");
     }
+    // Data-parallel ranks start from rank 0's weights, as DDP does, and split each batch.
+    let par = ctx.parallel();
+    par.even(c.optim.batch as i64)?;
+    par.broadcast_vars(&model.vs)?;
     ctx.begin(step)?;
     let aug = Augment {
         noise: c.noise_sigma,
@@ -464,6 +472,19 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
         let b = lab.next_batch();
         let xd = buffer.is_some().then(|| dat.next_batch().x);
         let mut rng = reprise_core::seed::step_rng(seed, step);
+        // Data-parallel ranks draw the SGLD noise of the global batch and take their rows,
+        // so that the ranks together draw what one process would.
+        let mut global_noise = |x: &Tensor| {
+            let mut size = x.size();
+            size[0] *= par.world() as i64;
+            par.shard(&Tensor::randn(&size, (x.kind(), x.device())))
+                .expect("the rows of a batch the ranks split")
+        };
+        let noise: &mut dyn FnMut(&Tensor) -> Tensor = if par.world() == 1 {
+            &mut sampler::gaussian
+        } else {
+            &mut global_noise
+        };
         let st = train_step(
             &model,
             &mut opt,
@@ -472,10 +493,11 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
             (w_px, w_xy),
             (&b.x, &b.y),
             xd.as_ref(),
-            (&mut rng, &mut sampler::gaussian),
+            (&mut rng, noise),
             lr,
+            &par,
         )
-        .map_err(|why| Error::Diverged { step, why })?;
+        .map_err(|e| e.at(step))?;
         let (lv, fd, fq) = (st.loss, st.f_data, st.f_q);
         step += 1;
         train_secs += t0.elapsed().as_secs_f64();
@@ -503,7 +525,8 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
                 ("lr", lr),
             ];
             (sum_ce, sum_fd, sum_fq, n_log) = (0.0, 0.0, 0.0, 0);
-            if eval_now {
+            // Rank 0 evaluates and logs; the other ranks wait for it at the next step.
+            if eval_now && par.is_main() {
                 let m = eval::classify(&model, &eval_data, c.eval.ece_bins);
                 let (_, _, rows) = eval::ood_auroc(&model, &eval_data);
                 let px_mean = procedural_px_mean(&rows);
@@ -520,7 +543,8 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
         if step.is_multiple_of(c.checkpoint_every) || step == total {
             save(ctx, &model, &opt, buffer.as_ref(), step)?;
         }
-        if ctx.interrupted() && step < total {
+        // An interrupt on any rank stops all of them after the same step.
+        if par.any(ctx.interrupted())? && step < total {
             save(ctx, &model, &opt, buffer.as_ref(), step)?;
             return Err(Error::Interrupted {
                 step,
@@ -529,6 +553,10 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
         }
     }
     progress.finish();
+    if !par.is_main() {
+        // Rank 0 evaluates and writes the run's results.
+        return Ok(());
+    }
     let done = step - first;
     // Training time only (evaluation excluded), as the PyTorch twin in bench/pytorch measures it.
     let step_ms = if done > 0 {
@@ -616,6 +644,12 @@ pub struct StepStats {
 /// the buffer (which is updated); then one Adam step at `lr`. The divergence guards
 /// (|L|, and the mean energies) stop it before the update, with the reason. The SGLD noise
 /// comes from `noise` ([`sampler::gaussian`] in training).
+///
+/// Data-parallel (`par` of several ranks): `lab` and `x_data` are the global batch; this rank
+/// computes on its rows, draws the replay-buffer slots of the whole batch (the same on every
+/// rank), runs SGLD on its rows, gathers the samples of all ranks so that every rank's buffer
+/// stays the one a single process would hold, and averages the gradients before the step. The
+/// values returned (and guarded) are the means over the ranks.
 #[allow(clippy::too_many_arguments)]
 pub fn train_step(
     model: &Classifier,
@@ -627,8 +661,11 @@ pub fn train_step(
     x_data: Option<&Tensor>,
     (rng, noise): (&mut Rng, &mut dyn FnMut(&Tensor) -> Tensor),
     lr: f64,
-) -> std::result::Result<StepStats, String> {
+    par: &Parallel,
+) -> std::result::Result<StepStats, StepError> {
     let dev = model.vs.device();
+    let rows = |t: &Tensor| par.shard(t);
+    let gather = |t: &Tensor, n: usize| par.gather(t, n as i64);
     // The forwards whose outputs enter the loss, under autocast with `amp: bf16` (their
     // logits back in float32 for the losses); the SGLD chains below call the model directly.
     let fwd = |x: &Tensor| match c.amp {
@@ -637,26 +674,26 @@ pub fn train_step(
             dist::autocast(dev, dist::Half::Bf16, || model.forward_t(x, true)).to_kind(Kind::Float)
         }
     };
-    let y_l = lab.1.to_device(dev);
-    let logits_l = fwd(&lab.0.to_device(dev));
+    let y_l = rows(lab.1)?.to_device(dev);
+    let logits_l = fwd(&rows(lab.0)?.to_device(dev));
     let l_ce = logits_l.cross_entropy_for_logits(&y_l);
     let mut loss = &l_ce * c.ce_weight;
     let (mut fd, mut fq) = (f64::NAN, f64::NAN);
     let mut buffer = buffer;
     if let (Some(buf), true) = (buffer.as_deref_mut(), w_xy > 0.0) {
         // The p(x|y) term: class-conditional samples for the labels of the labelled batch.
-        let ys = Vec::<i64>::try_from(&lab.1.to_device(Device::Cpu)).map_err(|e| e.to_string())?;
+        let ys = Vec::<i64>::try_from(&lab.1.to_device(Device::Cpu)).map_err(Error::from)?;
         let (slots, x0) = buf.draw(ys.len(), Some(&ys), c.buffer.reinit, rng);
         let f = |x: &Tensor| model.forward_t(x, false);
         let xq = sgld_with(
             &f,
-            &x0.to_device(dev),
+            &rows(&x0)?.to_device(dev),
             Some(&y_l),
             &c.sgld,
             c.sgld.steps,
             noise,
         );
-        buf.write(&slots, &xq);
+        buf.write(&slots, &gather(&xq, slots.len())?);
         let fq_y = sampler::score(&fwd(&xq), Some(&y_l)).mean(Kind::Float);
         let fl_y = sampler::score(&logits_l, Some(&y_l)).mean(Kind::Float);
         loss += (fq_y - fl_y) * w_xy;
@@ -669,49 +706,54 @@ pub fn train_step(
             .class_cond
             .then(|| (0..n).map(|_| rng.below(classes) as i64).collect());
         let (slots, x0) = buf.draw(n, ys.as_deref(), c.buffer.reinit, rng);
-        let yq = ys.map(|v| Tensor::from_slice(&v).to_device(dev));
+        let yq = match ys {
+            Some(v) => Some(rows(&Tensor::from_slice(&v))?.to_device(dev)),
+            None => None,
+        };
         let f = |x: &Tensor| model.forward_t(x, false);
         let xq = sgld_with(
             &f,
-            &x0.to_device(dev),
+            &rows(&x0)?.to_device(dev),
             yq.as_ref(),
             &c.sgld,
             c.sgld.steps,
             noise,
         );
-        buf.write(&slots, &xq);
-        let lse_d = fwd(&xd.to_device(dev))
+        buf.write(&slots, &gather(&xq, slots.len())?);
+        let lse_d = fwd(&rows(xd)?.to_device(dev))
             .logsumexp([1].as_slice(), false)
             .mean(Kind::Float);
         let lse_q = fwd(&xq).logsumexp([1].as_slice(), false).mean(Kind::Float);
-        fd = lse_d.double_value(&[]);
-        fq = lse_q.double_value(&[]);
+        let m = par.mean(&[lse_d.double_value(&[]), lse_q.double_value(&[])])?;
+        (fd, fq) = (m[0], m[1]);
         loss += (lse_q - lse_d) * w_px;
         if [fd, fq]
             .iter()
             .any(|e| e.is_nan() || e.abs() > c.guard_energy)
         {
-            return Err(format!(
+            return Err(StepError::Diverged(format!(
                 "mean energy on data {fd:.3e} or samples {fq:.3e} beyond ±{:.0e}; the last good checkpoint is kept \
                  (declared fallbacks: more SGLD steps, then a lower lr)",
                 c.guard_energy
-            ));
+            )));
         }
     }
-    let lv = loss.double_value(&[]);
+    let m = par.mean(&[loss.double_value(&[]), l_ce.double_value(&[])])?;
+    let (lv, ce) = (m[0], m[1]);
     if lv.is_nan() || lv.abs() > c.guard_loss {
-        return Err(format!(
+        return Err(StepError::Diverged(format!(
             "|L| = {lv:.3e} > {:.0e}; the last good checkpoint is kept",
             c.guard_loss
-        ));
+        )));
     }
     opt.zero_grad();
     loss.f_backward()
-        .map_err(|e| format!("the backward pass failed: {e}"))?;
+        .map_err(|e| StepError::Diverged(format!("the backward pass failed: {e}")))?;
+    par.average_var_grads(&model.vs)?;
     opt.step(lr);
     Ok(StepStats {
         loss: lv,
-        ce: l_ce.double_value(&[]),
+        ce,
         f_data: fd,
         f_q: fq,
     })

@@ -163,6 +163,7 @@ fn one_jem_iteration_matches_the_official_sampler_loss_and_adam_step() {
         Some(&fx.get("step/x_data")),
         (&mut Rng::new(seed), &mut draw),
         1e-3,
+        &reprise_core::parallel::Parallel::single(),
     )
     .unwrap();
     assert_eq!(k, 3, "three SGLD steps, one noise draw each");

@@ -37,6 +37,7 @@ fn bench_one(c: &mut Criterion, name: &str, model: ModelConfig, chans: i64, size
                 &x,
                 &y,
                 0.01,
+                &reprise_core::parallel::Parallel::single(),
             )
             .expect("a training step")
         })

@@ -93,6 +93,7 @@ fn main() {
                 &x,
                 &y,
                 0.01,
+                &reprise_core::parallel::Parallel::single(),
             )
             .expect("a training step");
         }

@@ -46,6 +46,7 @@ pub fn paper() -> Paper {
             file: Some("source.safetensors"),
             prefix: "model",
         }],
+        data_parallel: true,
         run,
         report: report::report_run,
         report_sweep: report::report_sweep,
@@ -103,6 +104,7 @@ pub fn plan(
             &x,
             &y,
             c.source.lr,
+            &reprise_core::parallel::Parallel::single(),
         ) {
             failed = Some(e.to_string());
         }
@@ -470,11 +472,15 @@ fn train_source(
     let mut opt = train::sgd(net.params(true), s.momentum, s.weight_decay);
     let mut step = 0;
     let fits = |ck: &Checkpoint| source_checkpoint_fits(net, &opt, ck);
-    if let Some((_, ck)) = ctx.checkpoints().latest_valid(fits)? {
+    if let Some((_, ck)) = ctx.resume_point(fits)? {
         step = load_source_checkpoint(net, &mut opt, &ck)?;
         eprintln!("resuming from step {step}");
         tracing::info!("resuming from step {step}");
     }
+    // Data-parallel ranks start from rank 0's weights, as DDP does, and split each batch.
+    let par = ctx.parallel();
+    par.rows(s.batch as i64)?;
+    par.broadcast_vars(&net.vs)?;
     ctx.begin(step)?;
     let mut progress = ctx.progress(total, step);
     let (mut secs, first) = (0.0, step);
@@ -501,8 +507,18 @@ fn train_source(
             1.0
         };
         let lr = schedule.lr(s.lr, step, 0);
-        let loss = train::train_step(net, &mut opt, arm, arm.eps() * ramp, &s.attack, &x, &y, lr)
-            .map_err(|e| Error::msg(format!("source training, step {step}: {e}")))?;
+        let loss = train::train_step(
+            net,
+            &mut opt,
+            arm,
+            arm.eps() * ramp,
+            &s.attack,
+            &x,
+            &y,
+            lr,
+            &par,
+        )
+        .map_err(|e| Error::msg(format!("source training, step {step}: {e}")))?;
         if !loss.is_finite() {
             return Err(Error::Diverged {
                 step,
@@ -527,7 +543,8 @@ fn train_source(
                 save_source(ctx, net, &opt, step)?;
             }
         }
-        if ctx.interrupted() && step < total {
+        // An interrupt on any rank stops all of them after the same step.
+        if par.any(ctx.interrupted())? && step < total {
             save_source(ctx, net, &opt, step)?;
             return Err(Error::Interrupted {
                 step,
@@ -635,6 +652,10 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
     } else {
         let train = &splits.as_ref().expect("loaded unless transfer-only").0;
         step_ms = train_source(ctx, &c, arm, &net, train)?;
+        if !ctx.parallel().is_main() {
+            // Rank 0 evaluates the source and runs the transfers alone.
+            return Ok(());
+        }
         net.save(&src_file)?;
     }
     let src_json = dir.join("source.json");

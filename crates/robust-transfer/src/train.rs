@@ -4,8 +4,9 @@
 use crate::config::{Arm, AttackConfig, EvalConfig};
 use crate::data::Images;
 use crate::model::Net;
-use reprise_core::attack::{fgsm_rs, Norm, Pgd};
+use reprise_core::attack::{Norm, Pgd};
 use reprise_core::optim::Optimizer;
+use reprise_core::parallel::Parallel;
 use reprise_core::Result;
 use tch::nn::ModuleT;
 use tch::{Kind, Tensor};
@@ -21,27 +22,42 @@ pub fn training_inputs(
     x: &Tensor,
     y: &Tensor,
 ) -> Tensor {
+    training_inputs_of_rows(net, arm, eps, a, (x, y), (&Parallel::single(), x.size()[0]))
+}
+
+/// [`training_inputs`] of this rank's rows `x` of a data-parallel batch of `n`: the random
+/// starts are this rank's rows of those drawn for the whole batch ([`Parallel::draw_rows`]);
+/// the attack itself is per example.
+pub fn training_inputs_of_rows(
+    net: &Net,
+    arm: Arm,
+    eps: f64,
+    a: &AttackConfig,
+    (x, y): (&Tensor, &Tensor),
+    (par, n): (&Parallel, i64),
+) -> Tensor {
+    let draw = |pgd: &Pgd, x0: &Tensor| {
+        par.draw_rows(x0, n, |t: &Tensor| pgd.draw(t))
+            .expect("the rows of a batch split among the ranks")
+    };
+    let attack = |pgd: Pgd| {
+        let f = |z: &Tensor| net.forward_t(z, false);
+        pgd.run_with(&f, x, y, &|x0: &Tensor| draw(&pgd, x0))
+    };
     match arm {
         Arm::Std => x.shallow_clone(),
-        Arm::Adv(norm, _) => {
-            let f = |z: &Tensor| net.forward_t(z, false);
-            if a.fgsm {
-                fgsm_rs(&f, x, y, eps, a.step_ratio * eps)
-            } else {
-                Pgd {
-                    norm,
-                    eps,
-                    step: a.step_ratio * eps,
-                    steps: a.steps,
-                    random_start: a.random_start,
-                    use_best: a.use_best,
-                    targeted: false,
-                }
-                .run(&f, x, y)
-            }
-        }
+        Arm::Adv(_, _) if a.fgsm => attack(Pgd::fgsm_rs(eps, a.step_ratio * eps)),
+        Arm::Adv(norm, _) => attack(Pgd {
+            norm,
+            eps,
+            step: a.step_ratio * eps,
+            steps: a.steps,
+            random_start: a.random_start,
+            use_best: a.use_best,
+            targeted: false,
+        }),
         Arm::Noise(_) => tch::no_grad(|| {
-            Pgd {
+            let pgd = Pgd {
                 norm: Norm::L2,
                 eps,
                 step: 0.0,
@@ -49,8 +65,8 @@ pub fn training_inputs(
                 random_start: true,
                 use_best: false,
                 targeted: false,
-            }
-            .random_perturb(x)
+            };
+            pgd.random_perturb_from(x, &draw(&pgd, x))
         }),
     }
 }
@@ -80,6 +96,10 @@ pub fn backward(loss: &Tensor) -> Result<()> {
 }
 
 /// One training step on the inputs `training_inputs` builds; returns the loss.
+///
+/// Data-parallel (`par` of several ranks): `(x, y)` is the global batch; this rank attacks and
+/// trains on its rows, the gradients are averaged over the ranks before the step, and the loss
+/// returned is the ranks' mean. BatchNorm statistics stay per rank, as under DDP.
 #[allow(clippy::too_many_arguments)]
 pub fn train_step(
     net: &Net,
@@ -90,13 +110,22 @@ pub fn train_step(
     x: &Tensor,
     y: &Tensor,
     lr: f64,
+    par: &Parallel,
 ) -> Result<f64> {
-    let xin = training_inputs(net, arm, eps, a, x, y);
-    let loss = net.forward_t(&xin, true).cross_entropy_for_logits(y);
+    let n = x.size()[0];
+    let (x, y) = (par.shard(x)?, par.shard(y)?);
+    let xin = training_inputs_of_rows(net, arm, eps, a, (&x, &y), (par, n));
+    let mut loss = net.forward_t(&xin, true).cross_entropy_for_logits(&y);
+    if par.world() > 1 {
+        // An epoch's last, smaller batch may not split evenly: weigh each rank's mean by its
+        // share, so that the average of the gradients is the whole batch's mean's.
+        loss *= par.weight(n)?;
+    }
     opt.zero_grad();
     backward(&loss)?;
+    par.average_var_grads(&net.vs)?;
     opt.step(lr);
-    Ok(loss.double_value(&[]))
+    Ok(par.mean(&[loss.double_value(&[])])?[0])
 }
 
 /// Accuracy (%) of `net` in eval mode on `ds`, clean or under `attack`; predictions are argmax
@@ -212,7 +241,18 @@ mod tests {
         }
         let x = Tensor::rand([2, 1, 28, 28], (Kind::Float, Device::Cpu));
         let y = Tensor::from_slice(&[0i64, 1]);
-        let e = train_step(&n, &mut opt, Arm::Std, 0.0, &attack(), &x, &y, 0.1).unwrap_err();
+        let e = train_step(
+            &n,
+            &mut opt,
+            Arm::Std,
+            0.0,
+            &attack(),
+            &x,
+            &y,
+            0.1,
+            &Parallel::single(),
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("backward pass failed"), "{e}");
     }
 

@@ -142,8 +142,18 @@ fn an_adversarial_training_step_matches_the_official_loop() {
     let adv = robust_transfer::train::training_inputs(&net, arm, 0.5, &a, &x, &y);
     assert_close("adversarial inputs", &adv, &fx.get("adv_step/adv"), TOL);
     let mut opt = robust_transfer::train::sgd(net.params(true), 0.9, 1e-4);
-    let loss =
-        robust_transfer::train::train_step(&net, &mut opt, arm, 0.5, &a, &x, &y, 0.1).unwrap();
+    let loss = robust_transfer::train::train_step(
+        &net,
+        &mut opt,
+        arm,
+        0.5,
+        &a,
+        &x,
+        &y,
+        0.1,
+        &reprise_core::parallel::Parallel::single(),
+    )
+    .unwrap();
     assert_close(
         "loss",
         &Tensor::from_slice(&[loss as f32]),

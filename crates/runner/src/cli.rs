@@ -147,6 +147,11 @@ pub struct RunArgs {
     /// uses it to start the next experiment while the last runs of one finish.
     #[arg(long, value_name = "FIFO")]
     pub slots: Option<PathBuf>,
+    /// Train the run data-parallel on N local processes (Gloo; one GPU each on CUDA), as
+    /// `torchrun --nproc_per_node N runner run …` does; the spec's batch is the global one,
+    /// split among the ranks.
+    #[arg(long, value_name = "N", conflicts_with = "print_config")]
+    pub nproc: Option<usize>,
 }
 
 /// Parses `I/N`.
@@ -204,6 +209,16 @@ fn run(a: RunArgs) -> Result<()> {
     if let Some(d) = &a.device {
         d.parse::<DeviceSpec>()
             .map_err(|e| anyhow::anyhow!("--device: {e}"))?;
+    }
+    match a.nproc {
+        Some(0) => bail!("--nproc must be at least 1"),
+        Some(n) if n > 1 => {
+            if std::env::var_os("RANK").is_some() {
+                bail!("--nproc starts the ranks itself; under torchrun or srun leave it out");
+            }
+            return crate::ddp::launch_local(n, a.threads);
+        }
+        _ => crate::ddp::join_from_env()?,
     }
     if let Some(dir) = &a.resume {
         // With --resume every positional argument is an override.
@@ -498,8 +513,13 @@ fn plan(
                 if runs.len() == 1 { "" } else { "s" }
             )?;
             if nproc > 1 {
+                let how = if paper.data_parallel {
+                    format!("`runner run … --nproc {nproc}` or torchrun; the gradient all-reduce is not timed")
+                } else {
+                    format!("{} does not train data-parallel yet", paper.name)
+                };
                 say!(
-                    "  {nproc} procs   {:.1} h wall if the step scaled perfectly ({hours:.1} device-hours a run);                      the training loops do not run data-parallel yet",
+                    "  {nproc} procs   {:.1} h wall if the step scaled perfectly ({hours:.1} device-hours a run; {how})",
                     hours / nproc as f64
                 )?;
             }

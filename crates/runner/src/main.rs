@@ -20,6 +20,7 @@ macro_rules! say_raw {
 
 mod cli;
 mod compare;
+mod ddp;
 mod experiments;
 mod export;
 mod slots;

@@ -224,8 +224,11 @@ fn exec_locked(dir: &Path, threads: Option<usize>, device: Option<&str>) -> Resu
     }
     let (threads, device) = continue_with(dir, threads, device)?;
     crate::set_threads(Some(threads))?;
-    let mut ctx = RunContext::open(dir, device)
+    let mut ctx = RunContext::open(dir, crate::ddp::rank_device(device))
         .with_context(|| format!("opening run folder {}", dir.display()))?;
+    if let Some(p) = crate::ddp::current() {
+        ctx.set_parallel(p);
+    }
     let paper = crate::paper(&ctx.header().paper)?;
     reprise_core::logging::set_log_file(Some(&dir.join("run.log")))
         .with_context(|| format!("cannot write {}", dir.join("run.log").display()))?;
@@ -328,6 +331,15 @@ pub fn start(
     a: &RunArgs,
     shard: Option<(usize, usize)>,
 ) -> Result<()> {
+    if let Some(par) = crate::ddp::current() {
+        return start_parallel(tree, runs, a, shard, &par);
+    }
+    admit(tree, &runs, a)?;
+    start_admitted(tree, runs, a, shard)
+}
+
+/// Refuses a paper-scale spec without CUDA (unless `--smoke`) and checks what its runs read.
+fn admit(tree: &SpecTree, runs: &[(String, SpecTree)], a: &RunArgs) -> Result<()> {
     let header = tree.header()?;
     if !a.smoke {
         if let Some(why) = header.requires.refusal(
@@ -339,7 +351,112 @@ pub fn start(
             bail!("{why}");
         }
     }
-    check_inputs(&header.paper, &runs)?;
+    check_inputs(&header.paper, runs)
+}
+
+/// A data-parallel launch of one run ([`crate::ddp`]): rank 0 prepares the folder as
+/// [`start`] does and runs in it; the others train beside it in scratch folders.
+fn start_parallel(
+    tree: &SpecTree,
+    runs: Vec<(String, SpecTree)>,
+    a: &RunArgs,
+    shard: Option<(usize, usize)>,
+    par: &reprise_core::parallel::Parallel,
+) -> Result<()> {
+    let header = tree.header()?;
+    // A sweep narrowed to one run by overrides is that run, in a run folder of its own.
+    let allowed = crate::ddp::check_single(&header.paper, runs.len(), a.jobs, shard.is_some());
+    if !par.is_main() {
+        allowed?;
+        let dir = crate::ddp::share_dir(par, None)?;
+        return exec_follower(&dir, a.threads, par);
+    }
+    let made = allowed.and_then(|()| {
+        admit(tree, &runs, a)?;
+        let (dir, t) = new_run_folder(tree, runs, a)?;
+        if let Err(e) = prepare(&dir, t, a.smoke, a.threads) {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(e);
+        }
+        Ok(dir)
+    });
+    let shared = crate::ddp::share_dir(par, made.as_ref().ok().map(PathBuf::as_path));
+    let dir = made?;
+    shared?;
+    exec(&dir, a.threads, None)
+}
+
+/// The folder of a new single run under `--out`, and its spec.
+fn new_run_folder(
+    tree: &SpecTree,
+    runs: Vec<(String, SpecTree)>,
+    a: &RunArgs,
+) -> Result<(PathBuf, SpecTree)> {
+    let header = tree.header()?;
+    std::fs::create_dir_all(&a.out)
+        .with_context(|| format!("cannot create {}", a.out.display()))?;
+    let out = a
+        .out
+        .canonicalize()
+        .with_context(|| format!("cannot resolve --out {}", a.out.display()))?;
+    let stamp = if a.smoke {
+        format!("{}-smoke", utc_stamp())
+    } else {
+        utc_stamp()
+    };
+    let dir = create_unique_dir(&out.join(&header.name), &stamp)?;
+    inside(&out, &dir)?;
+    let (_, t) = runs
+        .into_iter()
+        .next()
+        .context("the spec expands to no run")?;
+    Ok((dir, t))
+}
+
+/// A rank other than 0 of a data-parallel run: trains in a scratch copy of `dir` (see
+/// [`crate::ddp`]), with the threads and device the run recorded.
+fn exec_follower(
+    dir: &Path,
+    threads: Option<usize>,
+    par: &reprise_core::parallel::Parallel,
+) -> Result<()> {
+    let (threads, device) = continue_with(dir, threads, None)?;
+    crate::set_threads(Some(threads))?;
+    let scratch = crate::ddp::Scratch::of(dir, par.rank())?;
+    let mut ctx = RunContext::open(scratch.path(), crate::ddp::rank_device(device))?;
+    ctx.set_parallel(crate::ddp::current().context("a data-parallel group")?);
+    let paper = crate::paper(&ctx.header().paper)?;
+    let run = paper.run;
+    match catch_quietly(|| run(&mut ctx)) {
+        Ok(r) => Ok(r?),
+        Err(msg) => bail!("rank {} failed: {}", par.rank(), first_line(&msg)),
+    }
+}
+
+/// [`start`] after [`admit`].
+fn start_admitted(
+    tree: &SpecTree,
+    runs: Vec<(String, SpecTree)>,
+    a: &RunArgs,
+    shard: Option<(usize, usize)>,
+) -> Result<()> {
+    let single = runs.len() == 1 && runs[0].0.is_empty();
+    if single {
+        if shard.is_some_and(|(i, _)| i != 0) {
+            eprintln!("nothing to do: a single run belongs to shard 0");
+            return Ok(());
+        }
+        let (_held, threads) = single_run_slots(a)?;
+        let (dir, t) = new_run_folder(tree, runs, a)?;
+        crate::set_threads(threads)?;
+        if let Err(e) = prepare(&dir, t, a.smoke, threads) {
+            // Nothing ran: leave no half-made folder behind.
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(e);
+        }
+        return exec(&dir, threads, None);
+    }
+    let header = tree.header()?;
     std::fs::create_dir_all(&a.out)
         .with_context(|| format!("cannot create {}", a.out.display()))?;
     let out = a
@@ -352,24 +469,6 @@ pub fn start(
     } else {
         utc_stamp()
     };
-    let single = runs.len() == 1 && runs[0].0.is_empty();
-    if single {
-        if shard.is_some_and(|(i, _)| i != 0) {
-            eprintln!("nothing to do: a single run belongs to shard 0");
-            return Ok(());
-        }
-        let (_held, threads) = single_run_slots(a)?;
-        let dir = create_unique_dir(&parent, &stamp)?;
-        inside(&out, &dir)?;
-        let (_, t) = runs.into_iter().next().expect("one run");
-        crate::set_threads(threads)?;
-        if let Err(e) = prepare(&dir, t, a.smoke, threads) {
-            // Nothing ran: leave no half-made folder behind.
-            let _ = std::fs::remove_dir_all(&dir);
-            return Err(e);
-        }
-        return exec(&dir, threads, None);
-    }
     // Shards of one sweep, started on different machines, share one folder named by the spec.
     let sdir = match shard {
         Some(_) => {
@@ -477,6 +576,18 @@ fn inside(out: &Path, dir: &Path) -> Result<()> {
 
 /// Continues a run folder or a sweep folder.
 pub fn resume(dir: &Path, a: &RunArgs, shard: Option<(usize, usize)>) -> Result<()> {
+    if let Some(par) = crate::ddp::current() {
+        if !a.overrides.is_empty() || !dir.join("spec.yaml").is_file() {
+            bail!("a data-parallel launch continues one run folder as it is, without overrides");
+        }
+        let paper = SpecTree::load(&dir.join("spec.yaml"))?.header()?.paper;
+        crate::ddp::check_single(&paper, 1, a.jobs, shard.is_some())?;
+        if !par.is_main() {
+            return exec_follower(dir, a.threads, &par);
+        }
+        let _lock = lock_folder(dir, "run folder")?;
+        return exec_locked(dir, a.threads, a.device.as_deref());
+    }
     if !a.overrides.is_empty() && !dir.join("spec.yaml").is_file() {
         bail!(
             "--resume with overrides changes one run folder (spec.yaml), not a sweep: give the run's folder under {}",

@@ -49,6 +49,7 @@ pub fn paper() -> Paper {
             reprise_core::run::Export { name: "generator", file: Some("generator.safetensors"), prefix: "g" },
             reprise_core::run::Export { name: "discriminator", file: None, prefix: "d" },
         ],
+        data_parallel: false,
         run,
         report: report::report_run,
         report_sweep: report::report_sweep,

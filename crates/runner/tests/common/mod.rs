@@ -171,3 +171,38 @@ pub fn python() -> PathBuf {
         .filter(|p| p.exists())
         .unwrap_or_else(|| PathBuf::from("python3"))
 }
+
+/// A tiny robust-transfer experiment: an L2 source on three MNIST digits, transferred to two
+/// others in both modes.
+pub const TINY_RT: &str = "name: tiny-rt
+paper: robust-transfer
+description: tiny robust transfer
+seed: 0
+device: cpu
+data:
+  dataset: mnist-5k
+  split: { train: 300, test: 60 }
+  stratified: true
+smoke:
+  iterations: 3
+robust-transfer:
+  model: { small_cnn: { width: 1 } }
+  normalize: { mean: [0.1307], std: [0.3081] }
+  source:
+    classes: [0, 1, 2]
+    arm: l2-1
+    epochs: 6
+    batch: 32
+    lr: 0.05
+    momentum: 0.9
+    weight_decay: 5.0e-4
+    attack: { steps: 3, step_ratio: 0.6666666666666666 }
+  eval: { pgd_steps: 3, ref_l2: 1.0 }
+  transfer:
+    targets:
+      - { name: a, data: { dataset: mnist-5k }, classes: [5, 6], per_class: 10 }
+    fixed: { seeds: [0, 1, 2], solver: { logistic: { iterations: 50, lr: 0.01, weight_decay: 5.0e-4 } } }
+    full:
+      seeds: [0, 1, 2]
+      sgd: { steps: 60, batch: 16, lr: [0.01, 0.001], momentum: 0.9, weight_decay: 5.0e-4, decay_at: [0.7] }
+";

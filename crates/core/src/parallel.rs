@@ -1,0 +1,321 @@
+//! Data-parallel training over the process group of `crates/dist` (LibTorch's c10d with Gloo).
+//!
+//! One run is trained by `world` processes ("ranks"), each holding the whole model. Every rank
+//! builds the same global batch from `(seed, step)` and computes on its rows
+//! ([`Parallel::shard`]); randomness drawn inside a step (SGLD noise, PGD starts, replay-buffer
+//! draws) is drawn for the global batch, identically on every rank, and sliced the same way, so
+//! that the union over the ranks is what one process would draw. After each backward the
+//! gradients are averaged over the ranks ([`Parallel::average_grads`], in size-capped buckets
+//! as PyTorch's DistributedDataParallel does) before the optimizer step; with equal shards the
+//! average of the per-shard mean losses' gradients is the gradient of the global batch's mean
+//! loss. Rank 0 alone writes the run folder; the others write nothing (their context discards)
+//! and receive rank 0's checkpoint when the run resumes ([`Parallel::share_checkpoint`]).
+//!
+//! With one process every call is the identity and costs nothing.
+
+use crate::checkpoint::Checkpoint;
+use crate::error::{Error, Result};
+use std::sync::Mutex;
+use tch::{Kind, Tensor};
+
+/// The ranks training one run together, or one process alone.
+pub struct Parallel {
+    rank: usize,
+    world: usize,
+    group: Option<Mutex<dist::ProcessGroup>>,
+}
+
+impl std::fmt::Debug for Parallel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Parallel(rank {} of {})", self.rank, self.world)
+    }
+}
+
+fn dist_err(e: dist::DistError) -> Error {
+    Error::msg(format!(
+        "data-parallel: {e} (another rank has stopped or failed; its output says why)"
+    ))
+}
+
+impl Parallel {
+    /// One process: every collective is the identity.
+    pub fn single() -> Parallel {
+        Parallel {
+            rank: 0,
+            world: 1,
+            group: None,
+        }
+    }
+
+    /// The ranks of a joined process group.
+    pub fn of(group: dist::ProcessGroup) -> Parallel {
+        Parallel {
+            rank: group.rank(),
+            world: group.world(),
+            group: Some(Mutex::new(group)),
+        }
+    }
+
+    /// This process's rank.
+    pub fn rank(&self) -> usize {
+        self.rank
+    }
+
+    /// The number of ranks.
+    pub fn world(&self) -> usize {
+        self.world
+    }
+
+    /// Whether this is rank 0, the one that writes.
+    pub fn is_main(&self) -> bool {
+        self.rank == 0
+    }
+
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&mut dist::ProcessGroup) -> dist::Result<T>,
+    ) -> Option<Result<T>> {
+        let g = self.group.as_ref()?;
+        let mut g = g.lock().unwrap_or_else(|p| p.into_inner());
+        Some(f(&mut g).map_err(dist_err))
+    }
+
+    /// The rows `[start, start + len)` of a global batch of `n` that this rank computes on:
+    /// the batch split as evenly as it goes (the first `n mod world` ranks take one more row).
+    pub fn rows(&self, n: i64) -> Result<(i64, i64)> {
+        let (w, r) = (self.world as i64, self.rank as i64);
+        if n < w {
+            return Err(Error::Data(format!(
+                "a batch of {n} cannot be split among {w} data-parallel ranks"
+            )));
+        }
+        let (q, extra) = (n / w, n % w);
+        Ok((r * q + r.min(extra), q + i64::from(r < extra)))
+    }
+
+    /// Refuses a batch of `n` that does not divide evenly among the ranks (for a loop whose
+    /// every batch must, such as JEM's, whose SGLD noise is drawn for `world` equal shares).
+    pub fn even(&self, n: i64) -> Result<()> {
+        let w = self.world as i64;
+        if n % w != 0 {
+            return Err(Error::Data(format!(
+                "the batch of {n} does not divide among {w} data-parallel ranks; choose a batch \
+                 that is a multiple of {w}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The factor of this rank's mean loss over its rows of a batch of `n` that makes the
+    /// average of the ranks' gradients the gradient of the mean over the whole batch:
+    /// `len · world / n`, exactly 1 when the batch divides evenly.
+    pub fn weight(&self, n: i64) -> Result<f64> {
+        let (_, len) = self.rows(n)?;
+        Ok((len * self.world as i64) as f64 / n as f64)
+    }
+
+    /// This rank's rows of a global batch (the whole of it in one process).
+    pub fn shard(&self, t: &Tensor) -> Result<Tensor> {
+        if self.world == 1 {
+            return Ok(t.shallow_clone());
+        }
+        let (start, len) = self.rows(t.size()[0])?;
+        Ok(t.narrow(0, start, len))
+    }
+
+    /// The random numbers `draw` makes for this rank's rows `part` of a global batch of `n`:
+    /// drawn (the same on every rank, whose generators are seeded alike) for a tensor shaped
+    /// like the whole batch, then sliced. The ranks together draw what one process draws for
+    /// the whole batch (PGD's random starts, SGLD's noise).
+    pub fn draw_rows(
+        &self,
+        part: &Tensor,
+        n: i64,
+        draw: impl Fn(&Tensor) -> Tensor,
+    ) -> Result<Tensor> {
+        if self.world == 1 {
+            return Ok(draw(part));
+        }
+        let (start, len) = self.rows(n)?;
+        let mut size = part.size();
+        size[0] = n;
+        let like = Tensor::empty(&size, (part.kind(), part.device()));
+        Ok(draw(&like).narrow(0, start, len))
+    }
+
+    /// The global batch of `n` rows from each rank's rows (`part`, this rank's
+    /// [`Parallel::shard`]), in rank order: every rank puts its rows into a zero tensor of the
+    /// global shape and the ranks sum them, which is exact (adding zeros changes no float).
+    pub fn gather(&self, part: &Tensor, n: i64) -> Result<Tensor> {
+        if self.world == 1 {
+            return Ok(part.shallow_clone());
+        }
+        let (start, len) = self.rows(n)?;
+        let mut size = part.size();
+        size[0] = n;
+        let full = Tensor::zeros(&size, (part.kind(), part.device()));
+        tch::no_grad(|| full.narrow(0, start, len).copy_(&part.detach()));
+        self.with(|g| g.all_reduce_sum(std::slice::from_ref(&full)))
+            .transpose()?;
+        Ok(full)
+    }
+
+    /// Replaces the gradients of `vars` by their means over the ranks, before the optimizer
+    /// step. A variable without a gradient on this rank sends zeros (so that the ranks stay in
+    /// step) and keeps none; with the same model and loss on every rank that does not happen.
+    pub fn average_grads(&self, vars: &[Tensor]) -> Result<()> {
+        if self.world == 1 {
+            return Ok(());
+        }
+        let grads: Vec<Tensor> = vars
+            .iter()
+            .map(|v| {
+                let g = v.grad();
+                if g.defined() {
+                    g
+                } else {
+                    v.zeros_like()
+                }
+            })
+            .collect();
+        self.with(|g| g.all_reduce_mean(&grads)).transpose()?;
+        Ok(())
+    }
+
+    /// [`Parallel::average_grads`] of the trainable variables of `vs`, taken in the order of
+    /// their names (the same on every rank, which a hash map's order is not).
+    pub fn average_var_grads(&self, vs: &tch::nn::VarStore) -> Result<()> {
+        if self.world == 1 {
+            return Ok(());
+        }
+        self.average_grads(&by_name(vs, true))
+    }
+
+    /// Sets every variable of `vs` to rank 0's value (at the start of a run, as DDP does).
+    pub fn broadcast_vars(&self, vs: &tch::nn::VarStore) -> Result<()> {
+        if self.world == 1 {
+            return Ok(());
+        }
+        self.broadcast(&by_name(vs, false))
+    }
+
+    /// Sets the tensors to rank 0's values (the parameters and buffers at the start of a run).
+    pub fn broadcast(&self, tensors: &[Tensor]) -> Result<()> {
+        self.with(|g| g.broadcast(tensors, 0)).transpose()?;
+        Ok(())
+    }
+
+    /// The means over the ranks of per-rank values (logged losses, divergence guards), the same
+    /// on every rank.
+    pub fn mean(&self, values: &[f64]) -> Result<Vec<f64>> {
+        if self.world == 1 {
+            return Ok(values.to_vec());
+        }
+        let t = Tensor::from_slice(values).to_kind(Kind::Double);
+        self.with(|g| g.all_reduce_sum(std::slice::from_ref(&t)))
+            .transpose()?;
+        let sums = Vec::<f64>::try_from(&t).map_err(|e| Error::msg(e.to_string()))?;
+        Ok(sums.iter().map(|s| s / self.world as f64).collect())
+    }
+
+    /// Whether `flag` holds on any rank (an interrupt asked on one stops all at the same step).
+    pub fn any(&self, flag: bool) -> Result<bool> {
+        if self.world == 1 {
+            return Ok(flag);
+        }
+        Ok(self.mean(&[f64::from(u8::from(flag))])?[0] > 0.0)
+    }
+
+    /// Rank 0's bytes on every rank (`bytes` is read on rank 0 only).
+    pub fn share_bytes(&self, bytes: Option<Vec<u8>>) -> Result<Vec<u8>> {
+        if self.world == 1 {
+            return Ok(bytes.unwrap_or_default());
+        }
+        let mine = if self.is_main() {
+            bytes.unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        let len = Tensor::from_slice(&[mine.len() as i64]);
+        self.broadcast(std::slice::from_ref(&len))?;
+        let n = len.int64_value(&[0]);
+        let buf = if self.is_main() {
+            Tensor::from_slice(&mine)
+        } else {
+            Tensor::zeros([n], (Kind::Uint8, tch::Device::Cpu))
+        };
+        self.broadcast(std::slice::from_ref(&buf))?;
+        Vec::<u8>::try_from(&buf).map_err(|e| Error::msg(e.to_string()))
+    }
+
+    /// Rank 0's resume point on every rank: the checkpoint it found (or that there was none),
+    /// sent as its verified bytes, so that every rank resumes from the same state whether or
+    /// not the others can read the run folder.
+    pub fn share_checkpoint(
+        &self,
+        found: Option<(u64, Checkpoint)>,
+    ) -> Result<Option<(u64, Checkpoint)>> {
+        if self.world == 1 {
+            return Ok(found);
+        }
+        let bytes = match (&found, self.is_main()) {
+            (Some((_, ck)), true) => Some(ck.to_bytes()?),
+            _ => None,
+        };
+        let got = self.share_bytes(bytes)?;
+        if self.is_main() {
+            return Ok(found);
+        }
+        if got.is_empty() {
+            return Ok(None);
+        }
+        let ck = Checkpoint::from_bytes(&got, std::path::Path::new("rank 0's checkpoint"))?;
+        let step = ck.get("step")?;
+        Ok(Some((step, ck)))
+    }
+}
+
+/// The variables of `vs` (only the trainable ones if `trainable`) in the order of their names.
+fn by_name(vs: &tch::nn::VarStore, trainable: bool) -> Vec<Tensor> {
+    let mut named: Vec<(String, Tensor)> = vs
+        .variables()
+        .into_iter()
+        .filter(|(_, t)| !trainable || t.requires_grad())
+        .collect();
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    named.into_iter().map(|(_, t)| t).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_process_is_the_identity() {
+        let p = Parallel::single();
+        let t = Tensor::arange(6, (Kind::Float, tch::Device::Cpu));
+        assert_eq!(p.shard(&t).unwrap(), t);
+        assert_eq!(p.gather(&t, 6).unwrap(), t);
+        assert_eq!(p.weight(7).unwrap(), 1.0);
+        assert_eq!(p.mean(&[1.5, 2.0]).unwrap(), vec![1.5, 2.0]);
+        assert!(p.any(true).unwrap());
+        assert_eq!(p.rows(7).unwrap(), (0, 7));
+    }
+
+    #[test]
+    fn an_uneven_batch_is_refused() {
+        let p = Parallel {
+            rank: 1,
+            world: 2,
+            group: None,
+        };
+        assert_eq!(p.rows(8).unwrap(), (4, 4));
+        // An odd batch: rank 0 takes rows 0..4, rank 1 rows 4..7, and rank 1's mean loss
+        // counts 3/7 of the batch where an even share would count 1/2.
+        assert_eq!(p.rows(7).unwrap(), (4, 3));
+        assert!((p.weight(7).unwrap() - 6.0 / 7.0).abs() < 1e-15);
+        let e = p.even(7).unwrap_err().to_string();
+        assert!(e.contains("multiple of 2"), "{e}");
+        assert!(p.rows(1).is_err());
+    }
+}
