@@ -86,6 +86,68 @@ pub struct Optimizer {
     rule: Rule,
     groups: Vec<Group>,
     state: Vec<Vec<State>>,
+    scaler: Option<LossScaler>,
+}
+
+/// A dynamic loss scale for float16 training, as `torch.amp.GradScaler` keeps it: the loss is
+/// multiplied by the scale before the backward (so that small float16 gradients do not flush
+/// to zero); before the update the gradients are divided by it, and a step whose gradients
+/// hold an infinity or a NaN is skipped and the scale halved; after `interval` finite steps in
+/// a row it doubles. Defaults: 2¹⁶, ×2, ×½, 2000 (GradScaler's).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LossScaler {
+    /// The current scale.
+    pub scale: f64,
+    /// The factor after `interval` finite steps.
+    pub growth: f64,
+    /// The factor after a non-finite step.
+    pub backoff: f64,
+    /// Finite steps in a row before the scale grows.
+    pub interval: u64,
+    /// Finite steps in a row so far.
+    pub good: u64,
+    /// Steps skipped for non-finite gradients, in all.
+    pub skipped: u64,
+}
+
+impl Default for LossScaler {
+    fn default() -> Self {
+        LossScaler {
+            scale: 65536.0,
+            growth: 2.0,
+            backoff: 0.5,
+            interval: 2000,
+            good: 0,
+            skipped: 0,
+        }
+    }
+}
+
+impl LossScaler {
+    /// Divides the gradients by the scale; whether they are all finite (the step may go on),
+    /// with the scale updated for the next step.
+    fn unscale(&mut self, grads: &[Tensor]) -> bool {
+        let inv = 1.0 / self.scale;
+        let mut finite = true;
+        tch::no_grad(|| {
+            for g in grads {
+                let _ = g.shallow_clone().g_mul_scalar_(inv);
+                finite &= g.isfinite().all().int64_value(&[]) != 0;
+            }
+        });
+        if finite {
+            self.good += 1;
+            if self.good >= self.interval {
+                self.scale *= self.growth;
+                self.good = 0;
+            }
+        } else {
+            self.scale *= self.backoff;
+            self.good = 0;
+            self.skipped += 1;
+        }
+        finite
+    }
 }
 
 impl Optimizer {
@@ -99,6 +161,28 @@ impl Optimizer {
             rule,
             groups,
             state,
+            scaler: None,
+        }
+    }
+
+    /// Trains with a dynamic loss scale ([`LossScaler`]): the caller back-propagates
+    /// [`Optimizer::scale_loss`] of its loss, and [`Optimizer::step`] unscales the gradients
+    /// and skips a step whose gradients are not finite. Its state is saved with the optimizer's.
+    pub fn with_loss_scaler(mut self, scaler: LossScaler) -> Optimizer {
+        self.scaler = Some(scaler);
+        self
+    }
+
+    /// The loss scaler, if any.
+    pub fn loss_scaler(&self) -> Option<&LossScaler> {
+        self.scaler.as_ref()
+    }
+
+    /// `loss` times the current loss scale (the loss itself without a scaler).
+    pub fn scale_loss(&self, loss: &Tensor) -> Tensor {
+        match &self.scaler {
+            Some(s) => loss * s.scale,
+            None => loss.shallow_clone(),
         }
     }
 
@@ -128,6 +212,21 @@ impl Optimizer {
 
     /// Applies one update with base learning rate `lr`; parameters without a gradient are skipped.
     pub fn step(&mut self, lr: f64) {
+        if let Some(sc) = self.scaler.as_mut() {
+            let grads: Vec<Tensor> = self
+                .groups
+                .iter()
+                .flat_map(|g| g.params.iter().map(|(_, p)| p.grad()))
+                .filter(|g| g.defined())
+                .collect();
+            if !sc.unscale(&grads) {
+                tracing::info!(
+                    "loss scale: non-finite gradients, step skipped; scale now {}",
+                    sc.scale
+                );
+                return;
+            }
+        }
         let rule = self.rule;
         tch::no_grad(|| {
             for (g, states) in self.groups.iter_mut().zip(&mut self.state) {
@@ -199,6 +298,11 @@ impl Optimizer {
 
     /// Writes the optimizer state into a checkpoint under `prefix`.
     pub fn save(&self, ck: &mut Checkpoint, prefix: &str) {
+        if let Some(sc) = &self.scaler {
+            ck.set(format!("{prefix}.loss_scale"), sc.scale);
+            ck.set(format!("{prefix}.loss_scale_good"), sc.good);
+            ck.set(format!("{prefix}.loss_scale_skipped"), sc.skipped);
+        }
         for (g, states) in self.groups.iter().zip(&self.state) {
             for ((name, _), st) in g.params.iter().zip(states) {
                 ck.set(format!("{prefix}.{name}.step"), st.step);
@@ -215,6 +319,10 @@ impl Optimizer {
     /// Checks, copying nothing, that a checkpoint holds this optimizer's state under `prefix`:
     /// a step count per parameter, and moments (where present) of the parameter's kind and shape.
     pub fn check(&self, ck: &Checkpoint, prefix: &str) -> Result<()> {
+        if self.scaler.is_some() {
+            ck.get::<f64>(&format!("{prefix}.loss_scale"))?;
+            ck.get::<u64>(&format!("{prefix}.loss_scale_good"))?;
+        }
         for g in &self.groups {
             for (name, p) in &g.params {
                 ck.get::<u64>(&format!("{prefix}.{name}.step"))?;
@@ -232,6 +340,11 @@ impl Optimizer {
     /// Restores the state written by [`Optimizer::save`] (all checked before any is copied).
     pub fn load(&mut self, ck: &Checkpoint, prefix: &str) -> Result<()> {
         self.check(ck, prefix)?;
+        if let Some(sc) = self.scaler.as_mut() {
+            sc.scale = ck.get(&format!("{prefix}.loss_scale"))?;
+            sc.good = ck.get(&format!("{prefix}.loss_scale_good"))?;
+            sc.skipped = ck.get(&format!("{prefix}.loss_scale_skipped")).unwrap_or(0);
+        }
         for (g, states) in self.groups.iter().zip(&mut self.state) {
             for ((name, p), st) in g.params.iter().zip(states.iter_mut()) {
                 st.step = ck.get(&format!("{prefix}.{name}.step"))?;
@@ -451,5 +564,73 @@ mod tests {
             Vec::<f32>::try_from(&p.detach()).unwrap(),
             Vec::<f32>::try_from(&q.detach()).unwrap()
         );
+    }
+}
+
+#[cfg(test)]
+mod loss_scaler_tests {
+    use super::*;
+    use tch::{Device, Kind};
+
+    fn sgd(p: &Tensor, scaler: LossScaler) -> Optimizer {
+        Optimizer::new(
+            Rule::Sgd {
+                momentum: 0.0,
+                dampening: 0.0,
+                nesterov: false,
+            },
+            vec![Group {
+                params: vec![("p".into(), p.shallow_clone())],
+                lr_mult: 1.0,
+                weight_decay: 0.0,
+            }],
+        )
+        .with_loss_scaler(scaler)
+    }
+
+    #[test]
+    fn a_non_finite_step_is_skipped_and_the_scale_backs_off_then_grows() {
+        let p = Tensor::from_slice(&[1.0f32, 2.0]).set_requires_grad(true);
+        let mut opt = sgd(
+            &p,
+            LossScaler {
+                scale: 1024.0,
+                interval: 2,
+                ..LossScaler::default()
+            },
+        );
+        // An overflowing loss: the step is skipped, the weights kept, the scale halved.
+        let x = Tensor::from_slice(&[f32::INFINITY, 1.0]);
+        opt.zero_grad();
+        opt.scale_loss(&(&p * &x).sum(Kind::Float)).backward();
+        opt.step(0.1);
+        assert_eq!(Vec::<f32>::try_from(&p.detach()).unwrap(), [1.0, 2.0]);
+        let sc = *opt.loss_scaler().unwrap();
+        assert_eq!((sc.scale, sc.good, sc.skipped), (512.0, 0, 1));
+        // Finite steps follow the unscaled gradient (x), and after 2 of them the scale doubles.
+        let x = Tensor::from_slice(&[0.5f32, -1.0]);
+        for _ in 0..2 {
+            opt.zero_grad();
+            opt.scale_loss(&(&p * &x).sum(Kind::Float)).backward();
+            opt.step(0.1);
+        }
+        let got = Vec::<f32>::try_from(&p.detach()).unwrap();
+        assert!(
+            (got[0] - 0.9).abs() < 1e-6 && (got[1] - 2.2).abs() < 1e-6,
+            "{got:?}"
+        );
+        assert_eq!(opt.loss_scaler().unwrap().scale, 1024.0);
+        // Its state goes with the optimizer's into a checkpoint and back.
+        let mut ck = Checkpoint::new();
+        opt.save(&mut ck, "o");
+        let mut other = sgd(&p, LossScaler::default());
+        other.load(&ck, "o").unwrap();
+        let (a, b) = (other.loss_scaler().unwrap(), opt.loss_scaler().unwrap());
+        assert_eq!((a.scale, a.good, a.skipped), (b.scale, b.good, b.skipped));
+        // A checkpoint without a scale does not fit an optimizer that keeps one.
+        let mut plain = Checkpoint::new();
+        Optimizer::for_vars(Rule::adam(), &tch::nn::VarStore::new(Device::Cpu), 0.0)
+            .save(&mut plain, "o");
+        assert!(other.check(&plain, "o").is_err());
     }
 }

@@ -216,6 +216,10 @@ pub enum Amp {
     None,
     /// bfloat16 autocast around the loss's forwards.
     Bf16,
+    /// float16 autocast around the loss's forwards, with a dynamic loss scale
+    /// (`reprise_core::optim::LossScaler`, GradScaler's defaults) that skips a step whose
+    /// gradients overflow.
+    F16,
 }
 
 /// The `jem:` section.
@@ -252,8 +256,8 @@ pub struct Config {
     /// Mixed precision of the training step: `bf16` runs the forwards of the loss under
     /// autocast (matrix products and convolutions in bfloat16 on float32 master weights, the
     /// losses and log-sum-exps in float32); the SGLD chains, whose input gradients drive the
-    /// samples, stay in float32. `none` (the default) is plain float32. The official code
-    /// trains in float32.
+    /// samples, stay in float32. `f16` does the same in float16 with a dynamic loss scale.
+    /// `none` (the default) is plain float32. The official code trains in float32.
     #[serde(default)]
     pub amp: Amp,
     /// Training augmentation (CIFAR: reflect-pad 4, random crop, flip); its `noise` is ignored in

@@ -73,7 +73,7 @@ pub fn plan(tree: &SpecTree, dev: Device, steps: usize) -> Result<reprise_core::
         10
     };
     let model = Classifier::new(&c.model, &shape, classes as i64, dev, 0);
-    let mut opt = Optimizer::for_vars(Rule::adam(), &model.vs, c.optim.weight_decay);
+    let mut opt = optimizer(&c, &model);
     let (w_px, w_xy, full) = c.arm_budget();
     let mut buffer =
         (w_px > 0.0 || w_xy > 0.0).then(|| ReplayBuffer::new(c.buffer.size, &shape, classes, 1));
@@ -364,6 +364,15 @@ fn save(
     Ok(())
 }
 
+/// JEM's Adam over the classifier, with a dynamic loss scale under `amp: f16`.
+fn optimizer(c: &Config, model: &Classifier) -> Optimizer {
+    let opt = Optimizer::for_vars(Rule::adam(), &model.vs, c.optim.weight_decay);
+    match c.amp {
+        config::Amp::F16 => opt.with_loss_scaler(reprise_core::optim::LossScaler::default()),
+        _ => opt,
+    }
+}
+
 /// Trains and evaluates one run (one arm, one seed).
 pub fn run(ctx: &mut RunContext) -> Result<()> {
     let c: Config = ctx.config()?;
@@ -393,7 +402,7 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
     }
     let shape: Vec<i64> = train_x.size()[1..].to_vec();
     let mut model = Classifier::new(&c.model, &shape, classes as i64, dev, seed);
-    let mut opt = Optimizer::for_vars(Rule::adam(), &model.vs, c.optim.weight_decay);
+    let mut opt = optimizer(&c, &model);
     let (w_px, w_xy, full) = c.arm_budget();
     // Evaluating given weights trains nothing.
     let total = if c.from.is_some() {
@@ -668,12 +677,14 @@ pub fn train_step(
     let gather = |t: &Tensor, n: usize| par.gather(t, n as i64);
     // The forwards whose outputs enter the loss, under autocast with `amp: bf16` (their
     // logits back in float32 for the losses); the SGLD chains below call the model directly.
-    let fwd = |x: &Tensor| match c.amp {
-        config::Amp::None => model.forward_t(x, true),
-        config::Amp::Bf16 => {
-            dist::autocast(dev, dist::Half::Bf16, || model.forward_t(x, true)).to_kind(Kind::Float)
-        }
-    };
+    let fwd =
+        |x: &Tensor| match c.amp {
+            config::Amp::None => model.forward_t(x, true),
+            config::Amp::Bf16 => dist::autocast(dev, dist::Half::Bf16, || model.forward_t(x, true))
+                .to_kind(Kind::Float),
+            config::Amp::F16 => dist::autocast(dev, dist::Half::F16, || model.forward_t(x, true))
+                .to_kind(Kind::Float),
+        };
     let y_l = rows(lab.1)?.to_device(dev);
     let logits_l = fwd(&rows(lab.0)?.to_device(dev));
     let l_ce = logits_l.cross_entropy_for_logits(&y_l);
@@ -747,7 +758,9 @@ pub fn train_step(
         )));
     }
     opt.zero_grad();
-    loss.f_backward()
+    // With `amp: f16` the loss is scaled (and the step unscales, or skips an overflow).
+    opt.scale_loss(&loss)
+        .f_backward()
         .map_err(|e| StepError::Diverged(format!("the backward pass failed: {e}")))?;
     par.average_var_grads(&model.vs)?;
     opt.step(lr);
