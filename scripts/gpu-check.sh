@@ -112,8 +112,16 @@ for exp in jem/cifar10-wrn28-10 jem/cifar100-calibration robust-transfer/imagene
     "$runner" plan "$exp" --device "$device" --steps 5 --nproc 8 2>>"$out/log.txt" | tee -a "$out/plan.txt"
 done
 
-echo "== JEM WRN-28-10 training: float32 against bfloat16 autocast (jem.amp), runner plan" | tee -a "$out/log.txt"
-for amp in none bf16; do
+echo "== JEM WRN-28-10 training: float32 against bfloat16 and float16 autocast (jem.amp), runner plan" | tee -a "$out/log.txt"
+for amp in none bf16 f16; do
     echo "-- jem.amp=$amp" | tee -a "$out/plan.txt"
     "$runner" plan jem/cifar10-wrn28-10 --device "$device" --steps 5 "jem.amp=$amp" 2>>"$out/log.txt" | tee -a "$out/plan.txt"
 done
+
+echo "== a data-parallel run on CUDA (Gloo collectives through host memory), one GPU a rank" | tee -a "$out/log.txt"
+ngpu=$(nvidia-smi -L 2>/dev/null | wc -l)
+if [ "$ngpu" -ge 2 ]; then
+    "$runner" run jem/digits-calibration --smoke jem.arm=jem seed=0 --device "$device" --out "$out/ddp" --nproc 2 2>&1 | tail -2 | tee -a "$out/log.txt"
+else
+    echo "(one GPU: --nproc 2 would need two; the Gloo collectives are tested on the CPU in CI)" | tee -a "$out/log.txt"
+fi
