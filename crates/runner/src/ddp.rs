@@ -205,27 +205,24 @@ pub fn launch_local(nproc: usize, threads: Option<usize>) -> Result<()> {
             break;
         }
         let failed = status.iter().position(|s| s.is_some_and(|s| !s.success()));
-        if let (Some(r), None) = (failed, stopped_for) {
-            // The others would fail at their next collective; stop them now.
-            for (i, c) in children.iter_mut().enumerate() {
-                if status[i].is_none() {
+        // SIGTERM to the ranks still running: they checkpoint and stop after their step.
+        let term_running = |status: &[Option<std::process::ExitStatus>]| {
+            for (c, s) in children.iter().zip(status) {
+                if s.is_none() {
                     let _ = Command::new("kill")
                         .arg("-TERM")
                         .arg(c.id().to_string())
                         .status();
                 }
             }
+        };
+        if let (Some(r), None) = (failed, stopped_for) {
+            // The others would fail at their next collective; stop them now.
+            term_running(&status);
             stopped_for = Some(r);
         }
         if interrupt.load(std::sync::atomic::Ordering::SeqCst) && !forwarded {
-            for (i, c) in children.iter().enumerate() {
-                if status[i].is_none() {
-                    let _ = Command::new("kill")
-                        .arg("-TERM")
-                        .arg(c.id().to_string())
-                        .status();
-                }
-            }
+            term_running(&status);
             forwarded = true;
         }
         std::thread::sleep(Duration::from_millis(100));

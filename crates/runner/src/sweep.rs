@@ -386,13 +386,9 @@ fn start_parallel(
     exec(&dir, a.threads, None)
 }
 
-/// The folder of a new single run under `--out`, and its spec.
-fn new_run_folder(
-    tree: &SpecTree,
-    runs: Vec<(String, SpecTree)>,
-    a: &RunArgs,
-) -> Result<(PathBuf, SpecTree)> {
-    let header = tree.header()?;
+/// The canonical `--out` folder (made if missing) and the time stamp naming a new run or sweep
+/// folder (`-smoke` for a smoke run).
+fn out_and_stamp(a: &RunArgs) -> Result<(PathBuf, String)> {
     std::fs::create_dir_all(&a.out)
         .with_context(|| format!("cannot create {}", a.out.display()))?;
     let out = a
@@ -404,6 +400,17 @@ fn new_run_folder(
     } else {
         utc_stamp()
     };
+    Ok((out, stamp))
+}
+
+/// The folder of a new single run under `--out`, and its spec.
+fn new_run_folder(
+    tree: &SpecTree,
+    runs: Vec<(String, SpecTree)>,
+    a: &RunArgs,
+) -> Result<(PathBuf, SpecTree)> {
+    let header = tree.header()?;
+    let (out, stamp) = out_and_stamp(a)?;
     let dir = create_unique_dir(&out.join(&header.name), &stamp)?;
     inside(&out, &dir)?;
     let (_, t) = runs
@@ -457,18 +464,8 @@ fn start_admitted(
         return exec(&dir, threads, None);
     }
     let header = tree.header()?;
-    std::fs::create_dir_all(&a.out)
-        .with_context(|| format!("cannot create {}", a.out.display()))?;
-    let out = a
-        .out
-        .canonicalize()
-        .with_context(|| format!("cannot resolve --out {}", a.out.display()))?;
+    let (out, stamp) = out_and_stamp(a)?;
     let parent = out.join(&header.name);
-    let stamp = if a.smoke {
-        format!("{}-smoke", utc_stamp())
-    } else {
-        utc_stamp()
-    };
     // Shards of one sweep, started on different machines, share one folder named by the spec.
     let sdir = match shard {
         Some(_) => {
