@@ -50,8 +50,10 @@ pub struct Paper {
     pub report_sweep: fn(&Path, &[RunSummary]) -> Result<String>,
 }
 
-/// A paper's step timer for `runner plan` (see [`Paper::plan`]).
-pub type PlanFn = fn(&SpecTree, tch::Device, usize) -> Result<StepPlan>;
+/// A paper's step timer for `runner plan` (see [`Paper::plan`]): the spec, the device, the
+/// steps to time, and the ranks a data-parallel run would split each batch among (a paper whose
+/// loop trains data-parallel times one rank's share, `⌈batch / ranks⌉` rows; others ignore it).
+pub type PlanFn = fn(&SpecTree, tch::Device, usize, usize) -> Result<StepPlan>;
 
 /// The timed step of a run, for `runner plan`.
 #[derive(Debug, Clone, PartialEq)]
@@ -64,6 +66,25 @@ pub struct StepPlan {
     pub steps: Option<u64>,
     /// How `steps` was counted, or why it is unknown.
     pub steps_from: String,
+    /// The trained parameters (floats) whose gradients a data-parallel step averages.
+    pub params: i64,
+}
+
+/// The number of trained (gradient-requiring) floats of a VarStore ([`StepPlan::params`]).
+pub fn trained_params(vs: &tch::nn::VarStore) -> i64 {
+    vs.trainable_variables()
+        .iter()
+        .map(|t| t.numel() as i64)
+        .sum()
+}
+
+/// ` (R per rank)` for a plan of `ranks` > 1 ranks timing `rows` rows each, else nothing.
+pub fn per_rank(rows: i64, ranks: usize) -> String {
+    if ranks > 1 {
+        format!(" ({rows} per rank of {ranks})")
+    } else {
+        String::new()
+    }
 }
 
 /// A trained network of a run folder, for `runner export`: the file a finished run writes it

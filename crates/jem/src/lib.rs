@@ -28,7 +28,7 @@ use reprise_core::inputs::{of_data, Input, InputKind};
 use reprise_core::optim::{Optimizer, Rule, Schedule};
 use reprise_core::parallel::Parallel;
 use reprise_core::predictions::Predictions;
-use reprise_core::run::{Paper, RunContext};
+use reprise_core::run::{per_rank, Paper, RunContext};
 use reprise_core::spec::{SpecError, SpecTree};
 use reprise_core::{Error, Result};
 use serde_json::{json, Map, Value};
@@ -59,7 +59,12 @@ pub fn paper() -> Paper {
 /// `runner plan`: times `steps` training iterations of the spec's model, batch and sampler on
 /// `dev` after two warm-up ones, on random inputs of the dataset's shape (the iteration a run
 /// repeats `iterations` times; its evaluations are not counted).
-pub fn plan(tree: &SpecTree, dev: Device, steps: usize) -> Result<reprise_core::run::StepPlan> {
+pub fn plan(
+    tree: &SpecTree,
+    dev: Device,
+    steps: usize,
+    ranks: usize,
+) -> Result<reprise_core::run::StepPlan> {
     let c: Config = tree.typed("jem")?;
     let h = tree.header()?;
     let shape: Vec<i64> = match h.data.dataset.as_str() {
@@ -77,10 +82,12 @@ pub fn plan(tree: &SpecTree, dev: Device, steps: usize) -> Result<reprise_core::
     let (w_px, w_xy, full) = c.arm_budget();
     let mut buffer =
         (w_px > 0.0 || w_xy > 0.0).then(|| ReplayBuffer::new(c.buffer.size, &shape, classes, 1));
-    let mut dims = vec![c.optim.batch as i64];
+    // One rank's share of the batch.
+    let rows = c.optim.batch.div_ceil(ranks.max(1)) as i64;
+    let mut dims = vec![rows];
     dims.extend_from_slice(&shape);
     let x = Tensor::rand(dims.as_slice(), (Kind::Float, dev)) * 2.0 - 1.0;
-    let y = Tensor::randint(classes as i64, [c.optim.batch as i64], (Kind::Int64, dev));
+    let y = Tensor::randint(classes as i64, [rows], (Kind::Int64, dev));
     let mut rng = Rng::new(0);
     let mut failed = None;
     let ms = reprise_core::timing::median_ms(dev, 2, steps, || {
@@ -106,9 +113,10 @@ pub fn plan(tree: &SpecTree, dev: Device, steps: usize) -> Result<reprise_core::
     }
     Ok(reprise_core::run::StepPlan {
         what: format!(
-            "one {} iteration: batch {}, SGLD K = {}{}",
+            "one {} iteration: batch {}{}, SGLD K = {}{}",
             c.arm.name(),
             c.optim.batch,
+            per_rank(rows, ranks),
             c.sgld.steps,
             if w_px > 0.0 {
                 ""
@@ -126,6 +134,7 @@ pub fn plan(tree: &SpecTree, dev: Device, steps: usize) -> Result<reprise_core::
                 "iterations"
             }
         ),
+        params: reprise_core::run::trained_params(&model.vs),
     })
 }
 

@@ -61,6 +61,7 @@ pub fn plan(
     tree: &SpecTree,
     dev: tch::Device,
     steps: usize,
+    ranks: usize,
 ) -> Result<reprise_core::run::StepPlan> {
     let c: Config = tree.typed(SECTION)?;
     let h = tree.header()?;
@@ -90,7 +91,8 @@ pub fn plan(
     };
     let net = model::Net::new(&c.model, &c.normalize, classes, c.source.init, dev, 0);
     let mut opt = train::sgd(net.params(true), c.source.momentum, c.source.weight_decay);
-    let batch = c.source.batch as i64;
+    // One rank's share of the batch.
+    let batch = c.source.batch.div_ceil(ranks.max(1)) as i64;
     let x = Tensor::rand([batch, chans, size, size], (tch::Kind::Float, dev));
     let y = Tensor::randint(classes, [batch], (tch::Kind::Int64, dev));
     let mut failed = None;
@@ -131,12 +133,16 @@ pub fn plan(
     };
     Ok(reprise_core::run::StepPlan {
         what: format!(
-            "one {} source step at {size}×{size}: batch {batch}, {} attack step(s)",
-            c.source.arm, c.source.attack.steps
+            "one {} source step at {size}×{size}: batch {}{}, {} attack step(s)",
+            c.source.arm,
+            c.source.batch,
+            reprise_core::run::per_rank(batch, ranks),
+            c.source.attack.steps
         ),
         step_ms: ms,
         steps: total,
         steps_from: from,
+        params: reprise_core::run::trained_params(&net.vs),
     })
 }
 

@@ -486,7 +486,7 @@ fn plan(
         tch::get_num_threads()
     )?;
     let before = peak_rss();
-    let p = time_steps(first, dev, steps)?;
+    let p = time_steps(first, dev, steps, 1)?;
     say!("  step      {}", p.what)?;
     say!(
         "  time      {:.1} ms a step (median of {steps}, after 2 warm-up steps)",
@@ -512,15 +512,25 @@ fn plan(
                 runs.len(),
                 if runs.len() == 1 { "" } else { "s" }
             )?;
-            if nproc > 1 {
-                let how = if paper.data_parallel {
-                    format!("`runner run … --nproc {nproc}` or torchrun; the gradient all-reduce is not timed")
-                } else {
-                    format!("{} does not train data-parallel yet", paper.name)
-                };
+            if nproc > 1 && paper.data_parallel {
+                // One rank's share of the batch, timed, and the gradient average.
+                let r = time_steps(first, dev, steps, nproc)?;
+                let ar = crate::ddp::time_all_reduce(nproc, r.params)?;
+                let wall = n as f64 * (r.step_ms + ar) / 1000.0 / 3600.0;
+                say!("  per rank  {}", r.what)?;
                 say!(
-                    "  {nproc} procs   {:.1} h wall if the step scaled perfectly ({hours:.1} device-hours a run; {how})",
-                    hours / nproc as f64
+                    "  {nproc} ranks   {:.1} ms a step on each + {ar:.1} ms to average {:.1} M gradients \
+                     (Gloo on this host, {nproc} local ranks): {} wall, {:.2} device-hours a run \
+                     (`runner run … --nproc {nproc}` or torchrun)",
+                    r.step_ms,
+                    r.params as f64 / 1e6,
+                    reprise_core::progress::human_duration(wall * 3600.0),
+                    wall * nproc as f64
+                )?;
+            } else if nproc > 1 {
+                say!(
+                    "  {nproc} procs   {} does not train data-parallel yet: a run takes the one-device time",
+                    paper.name
                 )?;
             }
         }

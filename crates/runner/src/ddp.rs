@@ -263,6 +263,46 @@ fn stop_all(children: &mut [Child], sig: &str) {
     }
 }
 
+/// Milliseconds to average `elems` float32 gradients over `ranks` ranks on this host (Gloo,
+/// in-process ranks on 127.0.0.1, DDP's buckets): the median of 3 after one warm-up, as
+/// `runner plan` adds it to a rank's step.
+pub fn time_all_reduce(ranks: usize, elems: i64) -> Result<f64> {
+    let port = free_port()?;
+    let handles: Vec<_> = (0..ranks)
+        .map(|rank| {
+            std::thread::spawn(move || -> Result<f64> {
+                let launch = dist::Launch {
+                    rank,
+                    world: ranks,
+                    local_rank: rank,
+                    master_addr: "127.0.0.1".into(),
+                    master_port: port,
+                };
+                let mut g = dist::ProcessGroup::join(&launch, Duration::from_secs(60))?;
+                let t = tch::Tensor::zeros([elems.max(1)], (tch::Kind::Float, tch::Device::Cpu));
+                let grads = [t];
+                g.all_reduce_mean(&grads)?;
+                let mut ms = Vec::new();
+                for _ in 0..3 {
+                    let t0 = std::time::Instant::now();
+                    g.all_reduce_mean(&grads)?;
+                    ms.push(t0.elapsed().as_secs_f64() * 1000.0);
+                }
+                ms.sort_by(f64::total_cmp);
+                Ok(ms[1])
+            })
+        })
+        .collect();
+    let mut times = Vec::new();
+    for h in handles {
+        times.push(
+            h.join()
+                .map_err(|_| anyhow::anyhow!("a timing rank panicked"))??,
+        );
+    }
+    Ok(times[0])
+}
+
 /// The command line without `--nproc N` / `--nproc=N`.
 fn strip_nproc(args: impl Iterator<Item = String>) -> Vec<String> {
     let mut out = Vec::new();

@@ -466,7 +466,8 @@ fn plan_times_real_steps_and_projects_the_run() {
         "ms a step (median of 3",
         "steps     60 (jem.iterations)",
         "of training on one device",
-        "2 procs",
+        "one jem iteration: batch 32 (16 per rank of 2)",
+        "ms to average 0.0 M gradients (Gloo on this host, 2 local ranks)",
     ] {
         assert!(t.contains(needle), "`{needle}` in {t}");
     }
@@ -477,6 +478,16 @@ fn plan_times_real_steps_and_projects_the_run() {
         .unwrap();
     assert!(ms > 0.0 && ms.is_finite(), "{t}");
     assert!(!p.join("runs").exists(), "a plan makes no run folder");
+    let ts = root().join("experiments/tsit/digits-ast.yaml");
+    let o = runner(
+        p,
+        &["plan", ts.to_str().unwrap(), "--steps", "1", "--nproc", "2"],
+    );
+    assert!(
+        text(&o).contains("tsit does not train data-parallel yet"),
+        "{}",
+        text(&o)
+    );
     let spec = fs::read_to_string(root().join("experiments/deepthin/mnist-residual.yaml")).unwrap();
     write(p, "dt.yaml", &spec);
     assert_clean_error(

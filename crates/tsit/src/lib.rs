@@ -60,7 +60,12 @@ pub fn paper() -> Paper {
 /// of the spec's networks, batch and size on `dev` after two warm-up ones, on random inputs (a
 /// VGG-19 of the layout of the paper's loss network, with random weights: the same work); a run
 /// takes `tsit.iterations` of them (its evaluations and helper networks are not counted).
-pub fn plan(tree: &SpecTree, dev: Device, steps: usize) -> Result<reprise_core::run::StepPlan> {
+pub fn plan(
+    tree: &SpecTree,
+    dev: Device,
+    steps: usize,
+    _ranks: usize,
+) -> Result<reprise_core::run::StepPlan> {
     let c: Config = tree.typed("tsit")?;
     let in_c = match (&c.folder, c.task) {
         (_, t) if t.is_ast() => 3,
@@ -102,6 +107,7 @@ pub fn plan(tree: &SpecTree, dev: Device, steps: usize) -> Result<reprise_core::
         step_ms: ms,
         steps: Some(c.iterations),
         steps_from: "tsit.iterations".into(),
+        params: 0,
     })
 }
 
