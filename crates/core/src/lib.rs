@@ -28,6 +28,7 @@ pub mod spec;
 pub mod tensorboard;
 pub mod timing;
 pub mod torch_save;
+pub mod train;
 
 pub use error::{Error, Result};
 

@@ -30,9 +30,9 @@ use reprise_core::parallel::Parallel;
 use reprise_core::predictions::Predictions;
 use reprise_core::run::{per_rank, Paper, RunContext};
 use reprise_core::spec::{SpecError, SpecTree};
+use reprise_core::train::Steps;
 use reprise_core::{Error, Result};
 use serde_json::{json, Map, Value};
-use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
 /// The paper, as the runner sees it.
@@ -449,14 +449,11 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
             b.data = ck.tensor_like("buffer", &b.data)?.copy();
         }
         step = ck.get("step")?;
-        tracing::info!("resuming from step {step}");
-        eprintln!("resuming from step {step}");
     }
-    // Data-parallel ranks start from rank 0's weights, as DDP does, and split each batch.
+    // Data-parallel ranks split each batch evenly (see train_step).
     let par = ctx.parallel();
     par.even(c.optim.batch as i64)?;
-    par.broadcast_vars(&model.vs)?;
-    ctx.begin(step)?;
+    let mut steps = Steps::begin(ctx, total, step, &[&model.vs])?;
     let aug = Augment {
         noise: c.noise_sigma,
         ..c.augment
@@ -478,14 +475,10 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
     for (name, spec) in &c.eval.ood_datasets {
         eval_data.add_dataset(name, spec, c.noise_sigma)?;
     }
-    let mut progress = ctx.progress(total, step);
-    let mut train_secs = 0.0;
-    let first = step;
     let (mut sum_ce, mut sum_fd, mut sum_fq, mut n_log) = (0.0, 0.0, 0.0, 0u64);
-    while step < total {
-        let t0 = Instant::now();
-        // All randomness of a step derives from (seed, step): a resumed run draws the same.
-        reprise_core::seed::seed_torch_for_step(seed, step);
+    // All randomness of a step derives from (seed, step): a resumed run draws the same.
+    while steps.start_next() {
+        let step = steps.step();
         let lr = schedule.lr(c.optim.lr, step, c.optim.warmup);
         let b = lab.next_batch();
         let xd = buffer.is_some().then(|| dat.next_batch().x);
@@ -517,21 +510,17 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
         )
         .map_err(|e| e.at(step))?;
         let (lv, fd, fq) = (st.loss, st.f_data, st.f_q);
-        step += 1;
-        train_secs += t0.elapsed().as_secs_f64();
         sum_ce += st.ce;
         sum_fd += fd;
         sum_fq += fq;
         n_log += 1;
-        progress.set(
-            step,
-            &format!(
-                "ce {:.3} f_d {} f_q {}",
-                st.ce,
-                reprise_core::progress::term(fd, 2),
-                reprise_core::progress::term(fq, 2)
-            ),
-        );
+        steps.end_step(&format!(
+            "ce {:.3} f_d {} f_q {}",
+            st.ce,
+            reprise_core::progress::term(fd, 2),
+            reprise_core::progress::term(fq, 2)
+        ));
+        let step = steps.step();
         let eval_now = step.is_multiple_of(c.eval.every) || step == total;
         if step.is_multiple_of(100) || eval_now {
             let k = n_log.max(1) as f64;
@@ -561,27 +550,15 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
         if step.is_multiple_of(c.checkpoint_every) || step == total {
             save(ctx, &model, &opt, buffer.as_ref(), step)?;
         }
-        // An interrupt on any rank stops all of them after the same step.
-        if par.any(ctx.interrupted())? && step < total {
-            save(ctx, &model, &opt, buffer.as_ref(), step)?;
-            return Err(Error::Interrupted {
-                step,
-                dir: ctx.dir().to_path_buf(),
-            });
-        }
+        steps.stop_if_interrupted(ctx, |s| save(ctx, &model, &opt, buffer.as_ref(), s))?;
     }
-    progress.finish();
+    let step = steps.step();
+    // Training time only (evaluation excluded), as the PyTorch twin in bench/pytorch measures it.
+    let step_ms = steps.finish();
     if !par.is_main() {
         // Rank 0 evaluates and writes the run's results.
         return Ok(());
     }
-    let done = step - first;
-    // Training time only (evaluation excluded), as the PyTorch twin in bench/pytorch measures it.
-    let step_ms = if done > 0 {
-        train_secs * 1000.0 / done as f64
-    } else {
-        f64::NAN
-    };
     let summary = final_eval(
         ctx,
         &c,

@@ -25,11 +25,11 @@ use reprise_core::inputs::{of_data, Input, InputKind};
 use reprise_core::optim::{Optimizer, Schedule};
 use reprise_core::run::{Paper, RunContext};
 use reprise_core::spec::{SpecError, SpecTree};
+use reprise_core::train::Steps;
 use reprise_core::{Error, Result};
 use serde_json::{json, Map, Value};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 use tch::Tensor;
 
 /// The paper, as the runner sees it.
@@ -480,26 +480,20 @@ fn train_source(
     let fits = |ck: &Checkpoint| source_checkpoint_fits(net, &opt, ck);
     if let Some((_, ck)) = ctx.resume_point(fits)? {
         step = load_source_checkpoint(net, &mut opt, &ck)?;
-        eprintln!("resuming from step {step}");
-        tracing::info!("resuming from step {step}");
     }
-    // Data-parallel ranks start from rank 0's weights, as DDP does, and split each batch.
+    // Data-parallel ranks split each batch (see train::train_step).
+    ctx.parallel().rows(s.batch as i64)?;
+    let mut steps = Steps::begin(ctx, total, step, &[&net.vs])?;
     let par = ctx.parallel();
-    par.rows(s.batch as i64)?;
-    par.broadcast_vars(&net.vs)?;
-    ctx.begin(step)?;
-    let mut progress = ctx.progress(total, step);
-    let (mut secs, first) = (0.0, step);
     let (mut sum, mut k) = (0.0, 0u64);
     let mut batches = Vec::new();
-    while step < total {
-        let t0 = Instant::now();
+    while steps.start_next() {
+        let step = steps.step();
         let epoch = step / per_epoch;
         if batches.is_empty() || step % per_epoch == 0 {
             // The batch order depends on the source seed only: every arm sees the same data.
             batches = batch_indices(n, s.batch, seed, epoch, true, false);
         }
-        reprise_core::seed::seed_torch_for_step(seed, step);
         // A streamed ImageFolder crops each whole decoded image (`Images::train_batch`).
         let (x, y) = train.train_batch(
             &batches[(step % per_epoch) as usize],
@@ -531,11 +525,10 @@ fn train_source(
                 why: format!("training loss {loss}"),
             });
         }
-        step += 1;
-        secs += t0.elapsed().as_secs_f64();
         sum += loss;
         k += 1;
-        progress.set(step, &format!("{arm} loss {loss:.3}"));
+        steps.end_step(&format!("{arm} loss {loss:.3}"));
+        let step = steps.step();
         let end_of_epoch = step % per_epoch == 0 || step == total;
         if end_of_epoch {
             ctx.log_metrics(
@@ -549,21 +542,9 @@ fn train_source(
                 save_source(ctx, net, &opt, step)?;
             }
         }
-        // An interrupt on any rank stops all of them after the same step.
-        if par.any(ctx.interrupted())? && step < total {
-            save_source(ctx, net, &opt, step)?;
-            return Err(Error::Interrupted {
-                step,
-                dir: ctx.dir().to_path_buf(),
-            });
-        }
+        steps.stop_if_interrupted(ctx, |s| save_source(ctx, net, &opt, s))?;
     }
-    progress.finish();
-    Ok(if step > first {
-        secs * 1000.0 / (step - first) as f64
-    } else {
-        f64::NAN
-    })
+    Ok(steps.finish())
 }
 
 /// Robust evaluation of the source on its holdout split: clean accuracy and PGD accuracy at

@@ -30,6 +30,7 @@ use reprise_core::data::Rng;
 use reprise_core::inputs::{of_data, Input, InputKind};
 use reprise_core::run::{json_f64, read_metrics, Paper, RunContext};
 use reprise_core::spec::{SpecError, SpecTree};
+use reprise_core::train::Steps;
 use reprise_core::{Error, Result};
 use serde_json::{json, Map, Value};
 use std::path::Path;
@@ -934,21 +935,18 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
     let mut step = 0u64;
     if let Some(f) = &c.from {
         load_official(ctx, f, &gan)?;
-    } else if let Some((_, ck)) = ctx.checkpoints().latest_valid(|ck| fits(&gan, ck))? {
+    } else if let Some((_, ck)) = ctx.resume_point(|ck| fits(&gan, ck))? {
         load(&mut gan, &ck)?;
         step = ck.get("step")?;
-        eprintln!("resuming from step {step}");
-        tracing::info!("resuming from step {step}");
     }
-    ctx.begin(step)?;
-    let mut progress = ctx.progress(total, step);
-    let (mut train_secs, mut data_secs, first) = (0.0, 0.0, step);
+    let mut steps = Steps::begin(ctx, total, step, &[])?;
+    let mut data_secs = 0.0;
     let mut sums = [0.0f64; 6];
     let mut n_log = 0u64;
     let vae = c.model.vae;
-    while step < total {
+    while steps.start_next() {
+        let step = steps.step();
         let t0 = Instant::now();
-        reprise_core::seed::seed_torch_for_step(seed, step);
         let mut rng = reprise_core::seed::step_rng(seed, step);
         let b = src.batch(c.task, c.batch as usize, (c.sampling, seed, step), &mut rng)?;
         data_secs += t0.elapsed().as_secs_f64();
@@ -966,8 +964,6 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
                 train::StepError::Diverged(why) => Error::Diverged { step, why },
                 train::StepError::Torch(why) => Error::msg(format!("step {step}: {why}")),
             })?;
-        step += 1;
-        train_secs += t0.elapsed().as_secs_f64();
         for (s, v) in sums
             .iter_mut()
             .zip([st.g_gan, st.g_fm, st.g_vgg, st.g_kld, st.d_real, st.d_fake])
@@ -975,17 +971,15 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
             *s += v;
         }
         n_log += 1;
-        progress.set(
-            step,
-            &format!(
-                "G {:.3} FM {} P {} D {:.3}/{:.3}",
-                st.g_gan,
-                reprise_core::progress::term(st.g_fm, 3),
-                reprise_core::progress::term(st.g_vgg, 3),
-                st.d_real,
-                st.d_fake
-            ),
-        );
+        steps.end_step(&format!(
+            "G {:.3} FM {} P {} D {:.3}/{:.3}",
+            st.g_gan,
+            reprise_core::progress::term(st.g_fm, 3),
+            reprise_core::progress::term(st.g_vgg, 3),
+            st.d_real,
+            st.d_fake
+        ));
+        let step = steps.step();
         let eval_now = step.is_multiple_of(c.eval.every) || step == total;
         if step.is_multiple_of(50) || eval_now {
             let k = n_log.max(1) as f64;
@@ -1009,21 +1003,10 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
         if step.is_multiple_of(c.checkpoint_every) || eval_now {
             save(ctx, &gan, step)?;
         }
-        if ctx.interrupted() && step < total {
-            save(ctx, &gan, step)?;
-            return Err(Error::Interrupted {
-                step,
-                dir: ctx.dir().to_path_buf(),
-            });
-        }
+        steps.stop_if_interrupted(ctx, |s| save(ctx, &gan, s))?;
     }
-    progress.finish();
-    let done = step - first;
-    let step_ms = if done > 0 {
-        train_secs * 1000.0 / done as f64
-    } else {
-        f64::NAN
-    };
+    let (step, done) = (steps.step(), steps.ran());
+    let step_ms = steps.finish();
     let mut summary = match (&ev, &src) {
         (Some(ev), _) => final_eval(ctx, &c, &mut gan, ev, step, step_ms, judge_info)?,
         (None, Source::Folder(f)) => write_test_outputs(ctx, &c, &gan, f, step, step_ms)?,

@@ -1,0 +1,136 @@
+//! The step loop's bookkeeping, shared by the papers' training loops: resuming after a
+//! checkpoint's step, the start of a data-parallel run (rank 0's weights to every rank), the
+//! per-step seed, progress and timing, and the interrupt that every rank agrees on.
+//!
+//! A loop reads
+//!
+//! ```ignore
+//! let mut steps = Steps::begin(ctx, total, step, &[&model.vs])?;
+//! while steps.start_next() {
+//!     // one step at `steps.step()`, from (seed, step)
+//!     steps.end_step("loss 0.123");
+//!     // logging and checkpoint cadence at `steps.step()`
+//!     steps.stop_if_interrupted(ctx, |s| save(ctx, s))?;
+//! }
+//! let ms_per_step = steps.finish();
+//! ```
+
+use crate::error::{Error, Result};
+use crate::parallel::Parallel;
+use crate::progress::Progress;
+use crate::run::RunContext;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// The position of a training loop: the step, the steps it runs to, progress and timing.
+pub struct Steps {
+    par: Arc<Parallel>,
+    progress: Progress,
+    seed: u64,
+    step: u64,
+    first: u64,
+    total: u64,
+    secs: f64,
+    started: Option<Instant>,
+}
+
+impl Steps {
+    /// Starts (or, after a checkpoint of step `step`, continues) a loop of `total` steps: says
+    /// where it resumes, sets every rank's variables of `vars` to rank 0's (as DDP does at its
+    /// start), prepares the metrics log ([`RunContext::begin`]) and shows progress.
+    pub fn begin(
+        ctx: &mut RunContext,
+        total: u64,
+        step: u64,
+        vars: &[&tch::nn::VarStore],
+    ) -> Result<Steps> {
+        if step > 0 {
+            tracing::info!("resuming from step {step}");
+            eprintln!("resuming from step {step}");
+        }
+        let par = ctx.parallel();
+        for vs in vars {
+            par.broadcast_vars(vs)?;
+        }
+        ctx.begin(step)?;
+        Ok(Steps {
+            progress: ctx.progress(total, step),
+            par,
+            seed: ctx.seed(),
+            step,
+            first: step,
+            total,
+            secs: 0.0,
+            started: None,
+        })
+    }
+
+    /// The steps done so far (the index of the step about to run).
+    pub fn step(&self) -> u64 {
+        self.step
+    }
+
+    /// The steps the loop runs to.
+    pub fn total(&self) -> u64 {
+        self.total
+    }
+
+    /// Whether this is the last step (after [`Steps::end_step`]: the loop's end).
+    pub fn at_end(&self) -> bool {
+        self.step == self.total
+    }
+
+    /// Starts the next step if any is left: its clock, and LibTorch's generator seeded from
+    /// (run seed, step), so that a resumed run draws what an uninterrupted one does.
+    pub fn start_next(&mut self) -> bool {
+        if self.step >= self.total {
+            return false;
+        }
+        self.started = Some(Instant::now());
+        crate::seed::seed_torch_for_step(self.seed, self.step);
+        true
+    }
+
+    /// Ends the step: counts it, adds its time, and shows `msg` with the progress.
+    pub fn end_step(&mut self, msg: &str) {
+        self.step += 1;
+        if let Some(t0) = self.started.take() {
+            self.secs += t0.elapsed().as_secs_f64();
+        }
+        self.progress.set(self.step, msg);
+    }
+
+    /// When SIGINT or SIGTERM has reached any rank and steps are left, saves a checkpoint of
+    /// this step with `save` (rank 0 writes it) and stops with [`Error::Interrupted`]; every
+    /// rank stops after the same step.
+    pub fn stop_if_interrupted(
+        &mut self,
+        ctx: &RunContext,
+        save: impl FnOnce(u64) -> Result<()>,
+    ) -> Result<()> {
+        if self.par.any(ctx.interrupted())? && self.step < self.total {
+            save(self.step)?;
+            return Err(Error::Interrupted {
+                step: self.step,
+                dir: ctx.dir().to_path_buf(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The steps this process ran (after a resume, those since it).
+    pub fn ran(&self) -> u64 {
+        self.step - self.first
+    }
+
+    /// Ends the loop; the mean milliseconds of the steps this process ran (NaN if none).
+    pub fn finish(mut self) -> f64 {
+        self.progress.finish();
+        let done = self.step - self.first;
+        if done > 0 {
+            self.secs * 1000.0 / done as f64
+        } else {
+            f64::NAN
+        }
+    }
+}
