@@ -4,6 +4,7 @@
 //! context a run executes in ([`run`]), progress and logging, checkpoints, datasets
 //! ([`data`]), metrics, optimizers and reports.
 
+pub mod amp;
 pub mod attack;
 pub mod checkpoint;
 pub mod data;

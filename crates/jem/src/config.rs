@@ -207,20 +207,7 @@ pub enum Claim {
     P4,
 }
 
-/// Mixed precision of a training step.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Amp {
-    /// float32 throughout.
-    #[default]
-    None,
-    /// bfloat16 autocast around the loss's forwards.
-    Bf16,
-    /// float16 autocast around the loss's forwards, with a dynamic loss scale
-    /// (`reprise_core::optim::LossScaler`, GradScaler's defaults) that skips a step whose
-    /// gradients overflow.
-    F16,
-}
+pub use reprise_core::amp::Amp;
 
 /// The `jem:` section.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

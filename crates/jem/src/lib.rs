@@ -375,11 +375,11 @@ fn save(
 
 /// JEM's Adam over the classifier, with a dynamic loss scale under `amp: f16`.
 fn optimizer(c: &Config, model: &Classifier) -> Optimizer {
-    let opt = Optimizer::for_vars(Rule::adam(), &model.vs, c.optim.weight_decay);
-    match c.amp {
-        config::Amp::F16 => opt.with_loss_scaler(reprise_core::optim::LossScaler::default()),
-        _ => opt,
-    }
+    c.amp.optimizer(Optimizer::for_vars(
+        Rule::adam(),
+        &model.vs,
+        c.optim.weight_decay,
+    ))
 }
 
 /// Trains and evaluates one run (one arm, one seed).
@@ -661,16 +661,9 @@ pub fn train_step(
     let dev = model.vs.device();
     let rows = |t: &Tensor| par.shard(t);
     let gather = |t: &Tensor, n: usize| par.gather(t, n as i64);
-    // The forwards whose outputs enter the loss, under autocast with `amp: bf16` (their
+    // The forwards whose outputs enter the loss, under autocast with `amp: bf16 | f16` (their
     // logits back in float32 for the losses); the SGLD chains below call the model directly.
-    let fwd =
-        |x: &Tensor| match c.amp {
-            config::Amp::None => model.forward_t(x, true),
-            config::Amp::Bf16 => dist::autocast(dev, dist::Half::Bf16, || model.forward_t(x, true))
-                .to_kind(Kind::Float),
-            config::Amp::F16 => dist::autocast(dev, dist::Half::F16, || model.forward_t(x, true))
-                .to_kind(Kind::Float),
-        };
+    let fwd = |x: &Tensor| c.amp.forward(dev, || model.forward_t(x, true));
     let y_l = rows(lab.1)?.to_device(dev);
     let logits_l = fwd(&rows(lab.0)?.to_device(dev));
     let l_ce = logits_l.cross_entropy_for_logits(&y_l);

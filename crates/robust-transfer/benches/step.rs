@@ -36,7 +36,7 @@ fn bench_one(c: &mut Criterion, name: &str, model: ModelConfig, chans: i64, size
                 &attack,
                 &x,
                 &y,
-                0.01,
+                (0.01, reprise_core::amp::Amp::None),
                 &reprise_core::parallel::Parallel::single(),
             )
             .expect("a training step")

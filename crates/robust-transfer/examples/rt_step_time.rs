@@ -92,7 +92,7 @@ fn main() {
                 &attack,
                 &x,
                 &y,
-                0.01,
+                (0.01, reprise_core::amp::Amp::None),
                 &reprise_core::parallel::Parallel::single(),
             )
             .expect("a training step");

@@ -175,6 +175,12 @@ pub struct SourceConfig {
     pub augment: Augment,
     /// The training attack.
     pub attack: AttackConfig,
+    /// Mixed precision of a source training step (`none`, `bf16`, or `f16` with a dynamic loss
+    /// scale): autocast around the training forward and its loss; the attack's forwards and
+    /// input gradients stay in float32 (a PGD step's sign or normalised direction is where
+    /// precision matters). The robustness library trains in float32.
+    #[serde(default)]
+    pub amp: reprise_core::amp::Amp,
     /// Grow ε linearly from 0 over this many epochs (0: the full ε from the start).
     #[serde(default)]
     pub eps_ramp_epochs: u64,

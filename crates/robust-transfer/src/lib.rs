@@ -90,7 +90,11 @@ pub fn plan(
         size
     };
     let net = model::Net::new(&c.model, &c.normalize, classes, c.source.init, dev, 0);
-    let mut opt = train::sgd(net.params(true), c.source.momentum, c.source.weight_decay);
+    let mut opt = c.source.amp.optimizer(train::sgd(
+        net.params(true),
+        c.source.momentum,
+        c.source.weight_decay,
+    ));
     // One rank's share of the batch.
     let batch = c.source.batch.div_ceil(ranks.max(1)) as i64;
     let x = Tensor::rand([batch, chans, size, size], (tch::Kind::Float, dev));
@@ -105,7 +109,7 @@ pub fn plan(
             &c.source.attack,
             &x,
             &y,
-            c.source.lr,
+            (c.source.lr, c.source.amp),
             &reprise_core::parallel::Parallel::single(),
         ) {
             failed = Some(e.to_string());
@@ -475,7 +479,9 @@ fn train_source(
         milestones: s.decay_epochs.iter().map(|e| e * per_epoch).collect(),
         gamma: s.gamma,
     };
-    let mut opt = train::sgd(net.params(true), s.momentum, s.weight_decay);
+    let mut opt = s
+        .amp
+        .optimizer(train::sgd(net.params(true), s.momentum, s.weight_decay));
     let mut step = 0;
     let fits = |ck: &Checkpoint| source_checkpoint_fits(net, &opt, ck);
     if let Some((_, ck)) = ctx.resume_point(fits)? {
@@ -515,7 +521,7 @@ fn train_source(
             &s.attack,
             &x,
             &y,
-            lr,
+            (lr, s.amp),
             &par,
         )
         .map_err(|e| Error::msg(format!("source training, step {step}: {e}")))?;

@@ -4,6 +4,7 @@
 use crate::config::{Arm, AttackConfig, EvalConfig};
 use crate::data::Images;
 use crate::model::Net;
+use reprise_core::amp::Amp;
 use reprise_core::attack::{Norm, Pgd};
 use reprise_core::optim::Optimizer;
 use reprise_core::parallel::Parallel;
@@ -109,20 +110,24 @@ pub fn train_step(
     a: &AttackConfig,
     x: &Tensor,
     y: &Tensor,
-    lr: f64,
+    (lr, amp): (f64, Amp),
     par: &Parallel,
 ) -> Result<f64> {
     let n = x.size()[0];
     let (x, y) = (par.shard(x)?, par.shard(y)?);
     let xin = training_inputs_of_rows(net, arm, eps, a, (&x, &y), (par, n));
-    let mut loss = net.forward_t(&xin, true).cross_entropy_for_logits(&y);
+    let dev = net.vs.device();
+    let mut loss = amp
+        .forward(dev, || net.forward_t(&xin, true))
+        .cross_entropy_for_logits(&y);
     if par.world() > 1 {
         // An epoch's last, smaller batch may not split evenly: weigh each rank's mean by its
         // share, so that the average of the gradients is the whole batch's mean's.
         loss *= par.weight(n)?;
     }
     opt.zero_grad();
-    backward(&loss)?;
+    // Scaled under `amp: f16` (the step unscales, or skips an overflow).
+    backward(&opt.scale_loss(&loss))?;
     par.average_var_grads(&net.vs)?;
     opt.step(lr);
     Ok(par.mean(&[loss.double_value(&[])])?[0])
@@ -249,7 +254,7 @@ mod tests {
             &attack(),
             &x,
             &y,
-            0.1,
+            (0.1, Amp::None),
             &Parallel::single(),
         )
         .unwrap_err();

@@ -150,7 +150,7 @@ fn an_adversarial_training_step_matches_the_official_loop() {
         &a,
         &x,
         &y,
-        0.1,
+        (0.1, reprise_core::amp::Amp::None),
         &reprise_core::parallel::Parallel::single(),
     )
     .unwrap();

@@ -1,0 +1,43 @@
+//! Mixed precision of a training step, as a spec chooses it (`amp: none | bf16 | f16`): the
+//! forwards whose outputs enter the loss run under ATen's autocast (matrix products and
+//! convolutions in the half type, on float32 master weights and optimizer state), their outputs
+//! come back in float32 for the losses, and with `f16` the loss is scaled dynamically
+//! ([`crate::optim::LossScaler`]). Input-gradient loops (SGLD chains, PGD attacks) are the
+//! caller's to keep in float32.
+
+use crate::optim::{LossScaler, Optimizer};
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Tensor};
+
+/// Mixed precision of a training step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Amp {
+    /// float32 throughout.
+    #[default]
+    None,
+    /// bfloat16 autocast around the loss's forwards.
+    Bf16,
+    /// float16 autocast around the loss's forwards, with a dynamic loss scale (GradScaler's
+    /// defaults) that skips a step whose gradients overflow.
+    F16,
+}
+
+impl Amp {
+    /// `forward()` under this autocast on `dev`, its output in float32 (unchanged with `none`).
+    pub fn forward(self, dev: Device, forward: impl FnOnce() -> Tensor) -> Tensor {
+        match self {
+            Amp::None => forward(),
+            Amp::Bf16 => dist::autocast(dev, dist::Half::Bf16, forward).to_kind(Kind::Float),
+            Amp::F16 => dist::autocast(dev, dist::Half::F16, forward).to_kind(Kind::Float),
+        }
+    }
+
+    /// `opt`, with the loss scale `f16` needs.
+    pub fn optimizer(self, opt: Optimizer) -> Optimizer {
+        match self {
+            Amp::F16 => opt.with_loss_scaler(LossScaler::default()),
+            _ => opt,
+        }
+    }
+}
