@@ -154,6 +154,22 @@ pub struct RunArgs {
     pub nproc: Option<usize>,
 }
 
+impl RunArgs {
+    /// The sweep layer's plain options.
+    fn options(&self) -> sweep::Options {
+        sweep::Options {
+            overrides: self.overrides.clone(),
+            out: self.out.clone(),
+            device: self.device.clone(),
+            threads: self.threads,
+            from_step: self.from_step,
+            smoke: self.smoke,
+            jobs: self.jobs,
+            slots: self.slots.clone(),
+        }
+    }
+}
+
 /// Parses `I/N`.
 pub fn parse_shard(s: &str) -> Result<(usize, usize)> {
     let parse = || -> Option<(usize, usize)> {
@@ -229,7 +245,7 @@ fn run(a: RunArgs) -> Result<()> {
             }
             a.overrides.insert(0, first);
         }
-        return sweep::resume(dir, &a, shard);
+        return sweep::resume(dir, &a.options(), shard);
     }
     let arg = a
         .experiment
@@ -248,7 +264,7 @@ fn run(a: RunArgs) -> Result<()> {
     if a.print_config {
         return print_config(&tree, &runs, a.smoke);
     }
-    sweep::start(&tree, runs, &a, shard)
+    sweep::start(&tree, runs, &a.options(), shard)
 }
 
 /// `--print-config`: the resolved spec; then, as a second YAML document, every key a run

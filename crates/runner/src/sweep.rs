@@ -1,7 +1,6 @@
 //! Run and sweep folders: creating them, executing their runs (in this process or as `--jobs`
 //! worker processes), resuming them, and writing their reports.
 
-use crate::cli::RunArgs;
 use crate::slots::Slots;
 use anyhow::{bail, Context, Result};
 use reprise_core::checkpoint::write_atomic;
@@ -14,6 +13,27 @@ use serde_json::{json, Map, Value as Json};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
+
+/// What a run or a sweep is asked to do, from the command line (`runner run`'s options).
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Overrides `key=value` (with `--resume`: of the run folder's spec).
+    pub overrides: Vec<String>,
+    /// The folder under which run folders are made.
+    pub out: PathBuf,
+    /// The device asked for, if any.
+    pub device: Option<String>,
+    /// Intra-op threads per run, if given.
+    pub threads: Option<usize>,
+    /// With `--resume` and overrides: continue from the newest checkpoint at or before it.
+    pub from_step: Option<u64>,
+    /// A smoke run.
+    pub smoke: bool,
+    /// Sweep runs at once, as worker processes.
+    pub jobs: usize,
+    /// The shared cores' pipe (`--slots`).
+    pub slots: Option<PathBuf>,
+}
 
 /// A short, stable hex hash (FNV-1a, 64 bits) of a text: names the folder shards share.
 fn short_hash(s: &str) -> String {
@@ -328,7 +348,7 @@ fn catch_quietly<T>(f: impl FnOnce() -> T) -> std::result::Result<T, String> {
 pub fn start(
     tree: &SpecTree,
     runs: Vec<(String, SpecTree)>,
-    a: &RunArgs,
+    a: &Options,
     shard: Option<(usize, usize)>,
 ) -> Result<()> {
     if let Some(par) = crate::ddp::current() {
@@ -339,7 +359,7 @@ pub fn start(
 }
 
 /// Refuses a paper-scale spec without CUDA (unless `--smoke`) and checks what its runs read.
-fn admit(tree: &SpecTree, runs: &[(String, SpecTree)], a: &RunArgs) -> Result<()> {
+fn admit(tree: &SpecTree, runs: &[(String, SpecTree)], a: &Options) -> Result<()> {
     let header = tree.header()?;
     if !a.smoke {
         if let Some(why) = header.requires.refusal(
@@ -359,7 +379,7 @@ fn admit(tree: &SpecTree, runs: &[(String, SpecTree)], a: &RunArgs) -> Result<()
 fn start_parallel(
     tree: &SpecTree,
     runs: Vec<(String, SpecTree)>,
-    a: &RunArgs,
+    a: &Options,
     shard: Option<(usize, usize)>,
     par: &reprise_core::parallel::Parallel,
 ) -> Result<()> {
@@ -388,7 +408,7 @@ fn start_parallel(
 
 /// The canonical `--out` folder (made if missing) and the time stamp naming a new run or sweep
 /// folder (`-smoke` for a smoke run).
-fn out_and_stamp(a: &RunArgs) -> Result<(PathBuf, String)> {
+fn out_and_stamp(a: &Options) -> Result<(PathBuf, String)> {
     std::fs::create_dir_all(&a.out)
         .with_context(|| format!("cannot create {}", a.out.display()))?;
     let out = a
@@ -407,7 +427,7 @@ fn out_and_stamp(a: &RunArgs) -> Result<(PathBuf, String)> {
 fn new_run_folder(
     tree: &SpecTree,
     runs: Vec<(String, SpecTree)>,
-    a: &RunArgs,
+    a: &Options,
 ) -> Result<(PathBuf, SpecTree)> {
     let header = tree.header()?;
     let (out, stamp) = out_and_stamp(a)?;
@@ -444,7 +464,7 @@ fn exec_follower(
 fn start_admitted(
     tree: &SpecTree,
     runs: Vec<(String, SpecTree)>,
-    a: &RunArgs,
+    a: &Options,
     shard: Option<(usize, usize)>,
 ) -> Result<()> {
     let single = runs.len() == 1 && runs[0].0.is_empty();
@@ -572,7 +592,7 @@ fn inside(out: &Path, dir: &Path) -> Result<()> {
 }
 
 /// Continues a run folder or a sweep folder.
-pub fn resume(dir: &Path, a: &RunArgs, shard: Option<(usize, usize)>) -> Result<()> {
+pub fn resume(dir: &Path, a: &Options, shard: Option<(usize, usize)>) -> Result<()> {
     if let Some(par) = crate::ddp::current() {
         if !a.overrides.is_empty() || !dir.join("spec.yaml").is_file() {
             bail!("a data-parallel launch continues one run folder as it is, without overrides");
@@ -792,7 +812,7 @@ fn override_run(dir: &Path, overrides: &[String], from_step: Option<u64>) -> Res
 /// With `--slots`, the tokens a run executed in this process holds until it ends (every free
 /// one, at least one, waiting for it) and the threads it runs with: as many as it holds, unless
 /// `--threads` says. Without, no tokens and `--threads`.
-fn single_run_slots(a: &RunArgs) -> Result<(Option<Slots>, Option<usize>)> {
+fn single_run_slots(a: &Options) -> Result<(Option<Slots>, Option<usize>)> {
     let Some(path) = &a.slots else {
         return Ok((None, a.threads));
     };
