@@ -75,11 +75,11 @@ pub enum StepError {
 }
 
 impl StepError {
-    /// The run's error for this failure at `step`.
+    /// The run's error for this failure at `step` (a failure's message says the step).
     pub fn at(self, step: u64) -> Error {
         match self {
             StepError::Diverged(why) => Error::Diverged { step, why },
-            StepError::Failed(e) => e,
+            StepError::Failed(e) => Error::msg(format!("step {step}: {e}")),
         }
     }
 }

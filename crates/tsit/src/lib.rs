@@ -960,10 +960,7 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
                 &b.target.to_device(dev),
                 (c.optim.lr_g * f, c.optim.lr_d * f),
             )
-            .map_err(|e| match e {
-                train::StepError::Diverged(why) => Error::Diverged { step, why },
-                train::StepError::Torch(why) => Error::msg(format!("step {step}: {why}")),
-            })?;
+            .map_err(|e| e.at(step))?;
         for (s, v) in sums
             .iter_mut()
             .zip([st.g_gan, st.g_fm, st.g_vgg, st.g_kld, st.d_real, st.d_fake])

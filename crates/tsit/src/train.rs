@@ -6,7 +6,9 @@
 use crate::config::{Config, DecayPer, OptimConfig};
 use crate::model::{Discriminator, GenInput, Generator, Mode};
 use crate::nets::Perceptual;
+pub use reprise_core::error::StepError;
 use reprise_core::optim::{Optimizer, Rule};
+use reprise_core::Error;
 use tch::{Kind, Tensor};
 
 /// TTUR Adam over a store's trainable variables.
@@ -49,16 +51,6 @@ pub fn lr_factor(o: &OptimConfig, step: u64, total: u64, per_epoch: u64) -> f64 
     } else {
         (total - step) as f64 / (total - start) as f64
     }
-}
-
-/// Why an iteration stopped before its update.
-#[derive(Debug, Clone, PartialEq)]
-pub enum StepError {
-    /// A loss was not finite or beyond the guard: the training diverged.
-    Diverged(String),
-    /// LibTorch refused the step (an autograd error names the operation): a bug, reported as
-    /// an error rather than a panic.
-    Torch(String),
 }
 
 /// What one iteration measured.
@@ -236,7 +228,9 @@ impl Gan {
         let backward = loss.f_backward();
         if let Err(e) = backward {
             self.d.vs.unfreeze();
-            return Err(StepError::Torch(format!("generator backward: {e}")));
+            return Err(StepError::Failed(Error::msg(format!(
+                "generator backward: {e}"
+            ))));
         }
         self.opt_g.step(lr.0);
         self.d.vs.unfreeze();
@@ -265,7 +259,7 @@ impl Gan {
         self.opt_d.zero_grad();
         d_loss
             .f_backward()
-            .map_err(|e| StepError::Torch(format!("discriminator backward: {e}")))?;
+            .map_err(|e| StepError::Failed(Error::msg(format!("discriminator backward: {e}"))))?;
         self.opt_d.step(lr.1);
         Ok(st)
     }
