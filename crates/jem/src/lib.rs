@@ -483,18 +483,11 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
         let b = lab.next_batch();
         let xd = buffer.is_some().then(|| dat.next_batch().x);
         let mut rng = reprise_core::seed::step_rng(seed, step);
-        // Data-parallel ranks draw the SGLD noise of the global batch and take their rows,
-        // so that the ranks together draw what one process would.
-        let mut global_noise = |x: &Tensor| {
-            let mut size = x.size();
-            size[0] *= par.world() as i64;
-            par.shard(&Tensor::randn(&size, (x.kind(), x.device())))
+        // Data-parallel ranks draw the SGLD noise of the global batch (even shares) and take
+        // their rows, so that the ranks together draw what one process would.
+        let mut noise = |x: &Tensor| {
+            par.draw_rows(x, x.size()[0] * par.world() as i64, sampler::gaussian)
                 .expect("the rows of a batch the ranks split")
-        };
-        let noise: &mut dyn FnMut(&Tensor) -> Tensor = if par.world() == 1 {
-            &mut sampler::gaussian
-        } else {
-            &mut global_noise
         };
         let st = train_step(
             &model,
@@ -504,7 +497,7 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
             (w_px, w_xy),
             (&b.x, &b.y),
             xd.as_ref(),
-            (&mut rng, noise),
+            (&mut rng, &mut noise),
             lr,
             &par,
         )

@@ -488,9 +488,9 @@ fn train_source(
         step = load_source_checkpoint(net, &mut opt, &ck)?;
     }
     // Data-parallel ranks split each batch (see train::train_step).
-    ctx.parallel().rows(s.batch as i64)?;
-    let mut steps = Steps::begin(ctx, total, step, &[&net.vs])?;
     let par = ctx.parallel();
+    par.rows(s.batch as i64)?;
+    let mut steps = Steps::begin(ctx, total, step, &[&net.vs])?;
     let (mut sum, mut k) = (0.0, 0u64);
     let mut batches = Vec::new();
     while steps.start_next() {

@@ -194,7 +194,7 @@ pub fn launch_local(nproc: usize, threads: Option<usize>) -> Result<()> {
     let _checked = reprise_core::run::StopChecked::new();
     let mut forwarded = false;
     let mut status: Vec<Option<std::process::ExitStatus>> = vec![None; nproc];
-    let mut stopped_for = None;
+    let mut stopped = false;
     loop {
         for (r, c) in children.iter_mut().enumerate() {
             if status[r].is_none() {
@@ -216,10 +216,10 @@ pub fn launch_local(nproc: usize, threads: Option<usize>) -> Result<()> {
                 }
             }
         };
-        if let (Some(r), None) = (failed, stopped_for) {
+        if failed.is_some() && !stopped {
             // The others would fail at their next collective; stop them now.
             term_running(&status);
-            stopped_for = Some(r);
+            stopped = true;
         }
         if interrupt.load(std::sync::atomic::Ordering::SeqCst) && !forwarded {
             term_running(&status);

@@ -81,6 +81,19 @@ fn prepare(dir: &Path, tree: SpecTree, smoke: bool, threads: Option<usize>) -> R
     Ok(())
 }
 
+/// [`prepare`] of a new single run's folder, which is removed if that fails: nothing ran, and
+/// no half-made folder is left behind.
+fn prepare_or_remove(
+    dir: &Path,
+    tree: SpecTree,
+    smoke: bool,
+    threads: Option<usize>,
+) -> Result<()> {
+    prepare(dir, tree, smoke, threads).inspect_err(|_| {
+        let _ = std::fs::remove_dir_all(dir);
+    })
+}
+
 /// The device a run records in `run.json` (`Cpu`, `Cuda(0)`), if it reads as one.
 fn recorded_device(s: &str) -> Option<tch::Device> {
     match s {
@@ -394,10 +407,7 @@ fn start_parallel(
     let made = allowed.and_then(|()| {
         admit(tree, &runs, a)?;
         let (dir, t) = new_run_folder(tree, runs, a)?;
-        if let Err(e) = prepare(&dir, t, a.smoke, a.threads) {
-            let _ = std::fs::remove_dir_all(&dir);
-            return Err(e);
-        }
+        prepare_or_remove(&dir, t, a.smoke, a.threads)?;
         Ok(dir)
     });
     let shared = crate::ddp::share_dir(par, made.as_ref().ok().map(PathBuf::as_path));
@@ -476,11 +486,7 @@ fn start_admitted(
         let (_held, threads) = single_run_slots(a)?;
         let (dir, t) = new_run_folder(tree, runs, a)?;
         crate::set_threads(threads)?;
-        if let Err(e) = prepare(&dir, t, a.smoke, threads) {
-            // Nothing ran: leave no half-made folder behind.
-            let _ = std::fs::remove_dir_all(&dir);
-            return Err(e);
-        }
+        prepare_or_remove(&dir, t, a.smoke, threads)?;
         return exec(&dir, threads, None);
     }
     let header = tree.header()?;

@@ -9,17 +9,19 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-/// The runner with `vars` set and the temporary folder (where ranks other than 0 keep their
-/// scratch folders) inside the test's folder.
-fn runner_env(dir: &Path, args: &[&str], vars: &[(&str, &str)]) -> Output {
+/// The runner with the temporary folder (where ranks other than 0 keep their scratch folders)
+/// inside the test's folder.
+fn rank_command(dir: &Path, args: &[&str]) -> Command {
     let tmp = dir.join("tmp");
     fs::create_dir_all(&tmp).unwrap();
-    let mut c = Command::new(env!("CARGO_BIN_EXE_runner"));
-    c.current_dir(dir)
-        .env("REPRISE_DATA", root().join("data"))
-        .env("REPRISE_EXPERIMENTS", dir.join("experiments"))
-        .env("TMPDIR", &tmp)
-        .args(args);
+    let mut c = runner_command(dir, args);
+    c.env("TMPDIR", &tmp);
+    c
+}
+
+/// [`rank_command`] with `vars` set, run to its end.
+fn runner_env(dir: &Path, args: &[&str], vars: &[(&str, &str)]) -> Output {
+    let mut c = rank_command(dir, args);
     for (k, v) in vars {
         c.env(k, v);
     }
@@ -171,14 +173,8 @@ fn a_rank_killed_stops_the_other_and_the_run_resumes_to_the_same_weights() {
 
     let args = two("cut");
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    fs::create_dir_all(p.join("tmp")).unwrap();
     let mut launcher = Reaper(
-        Command::new(env!("CARGO_BIN_EXE_runner"))
-            .current_dir(p)
-            .env("REPRISE_DATA", root().join("data"))
-            .env("REPRISE_EXPERIMENTS", p.join("experiments"))
-            .env("TMPDIR", p.join("tmp"))
-            .args(&args)
+        rank_command(p, &args)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
             .spawn()

@@ -10,12 +10,18 @@ pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-pub fn runner(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_runner"))
-        .current_dir(dir)
+/// The runner in `dir`, with the repository's data and `dir`'s experiments folder.
+pub fn runner_command(dir: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_runner"));
+    c.current_dir(dir)
         .env("REPRISE_DATA", root().join("data"))
         .env("REPRISE_EXPERIMENTS", dir.join("experiments"))
-        .args(args)
+        .args(args);
+    c
+}
+
+pub fn runner(dir: &Path, args: &[&str]) -> Output {
+    runner_command(dir, args)
         .output()
         .expect("the runner starts")
 }
@@ -30,11 +36,7 @@ pub fn spawn_runner(dir: &Path, args: &[&str], capture: bool) -> std::process::C
             std::process::Stdio::null()
         }
     };
-    Command::new(env!("CARGO_BIN_EXE_runner"))
-        .current_dir(dir)
-        .env("REPRISE_DATA", root().join("data"))
-        .env("REPRISE_EXPERIMENTS", dir.join("experiments"))
-        .args(args)
+    runner_command(dir, args)
         .stdout(out())
         .stderr(out())
         .spawn()
