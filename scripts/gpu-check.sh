@@ -5,7 +5,9 @@
 # Rust or network: it uses target/release/runner and the examples step_time and rt_step_time built
 # on another machine (`cargo build --release -p runner -p jem --example step_time -p robust-transfer
 # --example rt_step_time`) and carried over with data/, and finds libtorch by asking python where
-# torch lives.
+# torch lives. With the dist crate's test binary copied to target/release/dist-test
+# (`cargo test --release -p dist --test gloo --no-run`, the path it prints) it also checks the
+# NCCL backend on the GPU.
 #
 # usage: scripts/gpu-check.sh [OUT_DIR] [--device cuda|cpu] [--n STEPS] [--batch B] [--k SGLD_STEPS]
 #   OUT_DIR   default gpu-check-out/; gets info.txt, table.md and the logs
@@ -118,10 +120,17 @@ for amp in none bf16 f16; do
     "$runner" plan jem/cifar10-wrn28-10 --device "$device" --steps 5 "jem.amp=$amp" 2>>"$out/log.txt" | tee -a "$out/plan.txt"
 done
 
-echo "== a data-parallel run on CUDA (Gloo collectives through host memory), one GPU a rank" | tee -a "$out/log.txt"
+echo "== the NCCL backend: all-reduce and broadcast of a CUDA tensor (dist's test)" | tee -a "$out/log.txt"
+if [ -x "$bin/dist-test" ]; then
+    "$bin/dist-test" --exact an_nccl_backend_serves_cuda_tensors_or_its_absence_is_said 2>&1 | tail -3 | tee -a "$out/log.txt"
+else
+    echo "(no $bin/dist-test carried)" | tee -a "$out/log.txt"
+fi
+
+echo "== a data-parallel run on CUDA (NCCL collectives), one GPU a rank" | tee -a "$out/log.txt"
 ngpu=$(nvidia-smi -L 2>/dev/null | wc -l)
 if [ "$ngpu" -ge 2 ]; then
     "$runner" run jem/digits-calibration --smoke jem.arm=jem seed=0 --device "$device" --out "$out/ddp" --nproc 2 2>&1 | tail -2 | tee -a "$out/log.txt"
 else
-    echo "(one GPU: --nproc 2 would need two; the Gloo collectives are tested on the CPU in CI)" | tee -a "$out/log.txt"
+    echo "(one GPU: --nproc 2 would need two, NCCL takes one GPU a rank; the Gloo collectives are tested on the CPU in CI)" | tee -a "$out/log.txt"
 fi

@@ -1,7 +1,10 @@
 // A C interface to the c10d engine inside LibTorch (the one torch.distributed and
-// DistributedDataParallel run on): a TCPStore rendezvous, a Gloo process group, and the
+// DistributedDataParallel run on): a TCPStore rendezvous, a Gloo process group for host
+// tensors and, where built (shim/nccl.cpp), an NCCL one for CUDA tensors, and the
 // collectives a data-parallel step needs. Every function catches C++ exceptions and returns
 // their message, so that no exception crosses into Rust.
+
+#include "group.h"
 
 #include <ATen/autocast_mode.h>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
@@ -13,14 +16,28 @@
 #include <string>
 #include <vector>
 
+#ifndef REPRISE_NCCL
+namespace reprise {
+c10::intrusive_ptr<c10d::Backend> make_nccl(const c10::intrusive_ptr<c10d::Store>&, int, int,
+                                            std::chrono::milliseconds, int) {
+  throw std::runtime_error(
+      "this build of reprise has no NCCL backend (the build found no CUDA or NCCL headers "
+      "beside LibTorch; `just setup` installs them)");
+}
+}  // namespace reprise
+#endif
+
 namespace {
 
-struct Group {
-  c10::intrusive_ptr<c10d::Store> store;
-  c10::intrusive_ptr<c10d::ProcessGroupGloo> pg;
-  int rank;
-  int world;
-};
+using reprise::Group;
+
+// The backend for `t`: NCCL for a CUDA tensor where the group has it, Gloo otherwise.
+c10d::Backend& backend_for(Group* g, const at::Tensor& t) {
+  if (t.is_cuda() && g->nccl) {
+    return *g->nccl;
+  }
+  return *g->gloo;
+}
 
 void set_error(char* err, size_t len, const std::string& what) {
   if (err == nullptr || len == 0) {
@@ -37,8 +54,10 @@ extern "C" {
 // Joins the group `world` ranks form through the TCPStore at host:port (rank 0 serves it).
 // Returns nullptr and the reason in `err` on failure (a store that cannot be reached within
 // `timeout_ms`, say); a collective then waits at most `op_timeout_ms` for the other ranks.
+// With `cuda_device` >= 0 the group also gets an NCCL backend on that GPU for CUDA tensors
+// (failing the join where it cannot be made).
 void* reprise_dist_init(const char* host, int port, int rank, int world, int timeout_ms,
-                        int op_timeout_ms, char* err, size_t err_len) {
+                        int op_timeout_ms, int cuda_device, char* err, size_t err_len) {
   try {
     c10d::TCPStoreOptions opts;
     opts.port = static_cast<std::uint16_t>(port);
@@ -53,7 +72,17 @@ void* reprise_dist_init(const char* host, int port, int rank, int world, int tim
     options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname(
         std::string(host)));
     auto pg = c10::make_intrusive<c10d::ProcessGroupGloo>(store, rank, world, options);
-    return new Group{store, pg, rank, world};
+    c10::intrusive_ptr<c10d::Backend> nccl;
+    if (cuda_device >= 0) {
+      try {
+        nccl = reprise::make_nccl(store, rank, world,
+                                  std::chrono::milliseconds(op_timeout_ms), cuda_device);
+      } catch (const std::exception& e) {
+        throw std::runtime_error("the NCCL backend on cuda:" + std::to_string(cuda_device) +
+                                 ": " + e.what());
+      }
+    }
+    return new Group{store, pg, nccl, rank, world};
   } catch (const std::exception& e) {
     set_error(err, err_len, e.what());
     return nullptr;
@@ -67,7 +96,7 @@ int reprise_dist_allreduce_sum(void* group, at::Tensor* t, char* err, size_t err
     std::vector<at::Tensor> ts{*t};
     c10d::AllreduceOptions opts;
     opts.reduceOp = c10d::ReduceOp::SUM;
-    g->pg->allreduce(ts, opts)->wait();
+    backend_for(g, *t).allreduce(ts, opts)->wait();
     return 0;
   } catch (const std::exception& e) {
     set_error(err, err_len, e.what());
@@ -82,7 +111,7 @@ int reprise_dist_broadcast(void* group, at::Tensor* t, int root, char* err, size
     std::vector<at::Tensor> ts{*t};
     c10d::BroadcastOptions opts;
     opts.rootRank = root;
-    g->pg->broadcast(ts, opts)->wait();
+    backend_for(g, *t).broadcast(ts, opts)->wait();
     return 0;
   } catch (const std::exception& e) {
     set_error(err, err_len, e.what());
@@ -94,7 +123,7 @@ int reprise_dist_broadcast(void* group, at::Tensor* t, int root, char* err, size
 int reprise_dist_barrier(void* group, char* err, size_t err_len) {
   try {
     auto* g = static_cast<Group*>(group);
-    g->pg->barrier()->wait();
+    g->gloo->barrier()->wait();
     return 0;
   } catch (const std::exception& e) {
     set_error(err, err_len, e.what());
@@ -122,6 +151,11 @@ void reprise_autocast_exit(int device, int was) {
     at::autocast::clear_cache();
   }
   at::autocast::set_autocast_enabled(dev, was != 0);
+}
+
+// Whether the group has an NCCL backend for CUDA tensors.
+int reprise_dist_has_nccl(void* group) {
+  return static_cast<Group*>(group)->nccl ? 1 : 0;
 }
 
 // Leaves the group.

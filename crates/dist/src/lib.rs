@@ -1,6 +1,7 @@
 //! `dist`: data-parallel collectives for reprise on the engine PyTorch's own
-//! `DistributedDataParallel` uses, LibTorch's c10d: a `TCPStore` rendezvous and a Gloo process
-//! group, bound through a small C++ shim (`shim/dist.cpp`).
+//! `DistributedDataParallel` uses, LibTorch's c10d: a `TCPStore` rendezvous, a Gloo backend for
+//! host tensors and, in builds with CUDA, an NCCL backend for CUDA tensors (torch.distributed's
+//! default "cpu:gloo,cuda:nccl"), bound through a small C++ shim (`shim/`).
 //!
 //! A [`ProcessGroup`] is joined from the environment `torchrun` or Slurm set
 //! ([`Launch::from_env`]) or from explicit values; it all-reduces (sum or mean) lists of
@@ -25,9 +26,11 @@ mod ffi {
             world: c_int,
             timeout_ms: c_int,
             op_timeout_ms: c_int,
+            cuda_device: c_int,
             err: *mut c_char,
             err_len: usize,
         ) -> *mut c_void;
+        pub fn reprise_dist_has_nccl(group: *mut c_void) -> c_int;
         pub fn reprise_dist_allreduce_sum(
             group: *mut c_void,
             t: *mut C_tensor,
@@ -139,11 +142,17 @@ impl Launch {
 /// Bucket size of [`ProcessGroup::all_reduce_mean`]: DDP's default `bucket_cap_mb` (25 MiB).
 pub const BUCKET_BYTES: usize = 25 << 20;
 
-/// A joined process group (Gloo, on the CPU).
+/// Whether this build has c10d's NCCL backend (LibTorch with CUDA, and the CUDA and NCCL
+/// headers found when it was compiled).
+pub const HAS_NCCL: bool = cfg!(reprise_nccl);
+
+/// A joined process group: Gloo for host tensors, and NCCL for CUDA tensors when joined with a
+/// CUDA device.
 pub struct ProcessGroup {
     ptr: *mut c_void,
     rank: usize,
     world: usize,
+    nccl: bool,
 }
 
 // The c10d process group is used from one thread at a time through `&mut self`, and may move
@@ -172,15 +181,19 @@ impl ProcessGroup {
     /// Joins the group of `launch` through its store, waiting at most `timeout` for it (a rank
     /// that cannot reach the store fails with the reason once it has passed).
     pub fn join(launch: &Launch, timeout: std::time::Duration) -> Result<ProcessGroup> {
-        Self::join_with(launch, timeout, timeout)
+        Self::join_with(launch, timeout, timeout, None)
     }
 
     /// [`ProcessGroup::join`], with collectives that wait at most `ops` for the other ranks
-    /// (longer than any step, an evaluation rank 0 does alone included).
+    /// (longer than any step, an evaluation rank 0 does alone included), and with `cuda`, an
+    /// NCCL backend on that GPU for CUDA tensors (an error where this build has none, see
+    /// [`HAS_NCCL`], or the machine has no such GPU; NCCL's communicators are made at the
+    /// first collective on a CUDA tensor).
     pub fn join_with(
         launch: &Launch,
         timeout: std::time::Duration,
         ops: std::time::Duration,
+        cuda: Option<usize>,
     ) -> Result<ProcessGroup> {
         let host = CString::new(launch.master_addr.clone())
             .map_err(|_| DistError("MASTER_ADDR holds a NUL byte".into()))?;
@@ -198,13 +211,14 @@ impl ProcessGroup {
                 launch.world as c_int,
                 ms,
                 op_ms,
+                cuda.map_or(-1, |d| d as c_int),
                 buf.as_mut_ptr().cast(),
                 ERR_LEN,
             )
         };
         if ptr.is_null() {
             return Err(DistError(format!(
-                "rank {} could not join the group through the store at {}:{} within {:.0?}: {}",
+                "rank {} could not join the group (store at {}:{}, waited at most {:.0?}): {}",
                 launch.rank,
                 launch.master_addr,
                 launch.master_port,
@@ -212,10 +226,14 @@ impl ProcessGroup {
                 message(&buf)
             )));
         }
+        #[allow(unsafe_code)]
+        // SAFETY: `ptr` is the live group just made.
+        let nccl = unsafe { ffi::reprise_dist_has_nccl(ptr) } != 0;
         Ok(ProcessGroup {
             ptr,
             rank: launch.rank,
             world: launch.world,
+            nccl,
         })
     }
 
@@ -229,7 +247,22 @@ impl ProcessGroup {
         self.world
     }
 
-    /// Sums a contiguous CPU tensor over the ranks, in place.
+    /// Whether CUDA tensors are reduced on their GPU by NCCL (otherwise through host copies
+    /// by Gloo).
+    pub fn nccl(&self) -> bool {
+        self.nccl
+    }
+
+    /// Where a tensor on `device` is reduced: on its GPU with NCCL, in host memory otherwise.
+    fn wire(&self, device: tch::Device) -> tch::Device {
+        if device.is_cuda() && self.nccl {
+            device
+        } else {
+            tch::Device::Cpu
+        }
+    }
+
+    /// Sums a contiguous tensor over the ranks, in place.
     fn sum_one(&mut self, t: &mut Tensor) -> Result<()> {
         let g = self.ptr;
         #[allow(unsafe_code)]
@@ -238,7 +271,7 @@ impl ProcessGroup {
     }
 
     /// Replaces each tensor by its mean over the ranks (gradients after a backward), in buckets
-    /// of at most [`BUCKET_BYTES`] of one dtype: each bucket is flattened into one buffer,
+    /// of at most [`BUCKET_BYTES`] of one dtype on one device: each bucket is flattened into one buffer,
     /// summed, divided by the world size and copied back.
     pub fn all_reduce_mean(&mut self, tensors: &[Tensor]) -> Result<()> {
         self.all_reduce(tensors, self.world as f64)
@@ -256,12 +289,13 @@ impl ProcessGroup {
         let mut kind = None;
         for t in tensors {
             let b = t.numel() * t.kind().elt_size_in_bytes();
-            if !bucket.is_empty() && (bytes + b > BUCKET_BYTES || kind != Some(t.kind())) {
+            let key = (t.kind(), t.device());
+            if !bucket.is_empty() && (bytes + b > BUCKET_BYTES || kind != Some(key)) {
                 self.reduce_bucket(&bucket, div)?;
                 bucket.clear();
                 bytes = 0;
             }
-            kind = Some(t.kind());
+            kind = Some(key);
             bucket.push(t);
             bytes += b;
         }
@@ -274,7 +308,7 @@ impl ProcessGroup {
     fn reduce_bucket(&mut self, bucket: &[&Tensor], div: f64) -> Result<()> {
         let flat: Vec<Tensor> = bucket
             .iter()
-            .map(|t| t.detach().to_device(tch::Device::Cpu).reshape([-1]))
+            .map(|t| t.detach().to_device(self.wire(t.device())).reshape([-1]))
             .collect();
         let mut buf = Tensor::cat(&flat, 0);
         self.sum_one(&mut buf)?;
@@ -293,10 +327,14 @@ impl ProcessGroup {
     /// Sets each tensor to its value on rank `root` (the parameters at the start of a run).
     pub fn broadcast(&mut self, tensors: &[Tensor], root: usize) -> Result<()> {
         for t in tensors {
-            let mut buf = t.detach().to_device(tch::Device::Cpu).contiguous().copy();
+            let mut buf = t
+                .detach()
+                .to_device(self.wire(t.device()))
+                .contiguous()
+                .copy();
             let g = self.ptr;
             #[allow(unsafe_code)]
-            // SAFETY: `buf` is a live, contiguous CPU tensor for the call.
+            // SAFETY: `buf` is a live, contiguous tensor for the call.
             call(|e, n| unsafe {
                 ffi::reprise_dist_broadcast(g, buf.as_mut_ptr(), root as c_int, e, n)
             })?;

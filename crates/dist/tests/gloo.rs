@@ -170,3 +170,34 @@ fn two_ranks_with_half_batches_take_the_single_process_full_batch_step() {
         }
     }
 }
+
+#[test]
+fn an_nccl_backend_serves_cuda_tensors_or_its_absence_is_said() {
+    let l = launch(0, 1, free_port());
+    let t = Duration::from_secs(30);
+    let joined = ProcessGroup::join_with(&l, t, t, Some(0));
+    if tch::Cuda::is_available() && dist::HAS_NCCL {
+        // One rank: a sum over the group leaves the tensor as it was, reduced on its GPU.
+        let mut pg = joined.expect("join with NCCL");
+        assert!(pg.nccl());
+        let g = Tensor::arange(6, (Kind::Float, tch::Device::Cuda(0)));
+        pg.all_reduce_sum(std::slice::from_ref(&g)).unwrap();
+        pg.broadcast(std::slice::from_ref(&g), 0).unwrap();
+        let want = Tensor::arange(6, (Kind::Float, tch::Device::Cuda(0)));
+        assert!(g.allclose(&want, 0.0, 0.0, false));
+        return;
+    }
+    let err = joined
+        .err()
+        .expect("no NCCL backend without a GPU")
+        .to_string();
+    let reason = if dist::HAS_NCCL {
+        "GPU"
+    } else {
+        "no NCCL backend"
+    };
+    assert!(err.contains(reason), "{err}");
+    // Without a CUDA device the same group is plain Gloo.
+    let pg = ProcessGroup::join_with(&l, t, t, None).unwrap();
+    assert!(!pg.nccl());
+}

@@ -424,6 +424,14 @@ fn info() -> Result<()> {
             "not available"
         }
     )?;
+    say!(
+        "ddp       Gloo for host tensors{}",
+        if dist::HAS_NCCL {
+            ", NCCL for CUDA tensors"
+        } else {
+            " (this build has no NCCL: CUDA tensors go through host copies)"
+        }
+    )?;
     let n = tch::Cuda::device_count();
     say!(
         "devices   cpu{}",

@@ -57,6 +57,21 @@ pub fn rank_device(device: Option<tch::Device>) -> Option<tch::Device> {
     }
 }
 
+/// The GPU whose NCCL backend this rank's CUDA tensors are reduced by, as torch.distributed's
+/// default group does ("cpu:gloo,cuda:nccl"): its local rank's, where this build has NCCL and
+/// the machine that GPU. `REPRISE_DIST_BACKEND=gloo` keeps every collective on Gloo (CUDA
+/// tensors then go through host copies).
+fn nccl_device(launch: &dist::Launch) -> Option<usize> {
+    let gloo_only =
+        std::env::var("REPRISE_DIST_BACKEND").is_ok_and(|b| b.eq_ignore_ascii_case("gloo"));
+    let gpus = if dist::HAS_NCCL && !gloo_only {
+        tch::Cuda::device_count().max(0) as usize
+    } else {
+        0
+    };
+    (launch.local_rank < gpus).then_some(launch.local_rank)
+}
+
 /// Joins the group the environment describes (torchrun's or Slurm's variables), if any.
 pub fn join_from_env() -> Result<()> {
     let Some(launch) = dist::Launch::from_env()? else {
@@ -65,8 +80,18 @@ pub fn join_from_env() -> Result<()> {
     if GROUP.get().is_some() {
         return Ok(());
     }
-    let group = dist::ProcessGroup::join_with(&launch, join_timeout(), op_timeout())?;
-    tracing::info!("data-parallel: rank {} of {}", launch.rank, launch.world);
+    let cuda = nccl_device(&launch);
+    let group = dist::ProcessGroup::join_with(&launch, join_timeout(), op_timeout(), cuda)?;
+    tracing::info!(
+        "data-parallel: rank {} of {} (Gloo{})",
+        launch.rank,
+        launch.world,
+        if group.nccl() {
+            ", NCCL for CUDA tensors"
+        } else {
+            ""
+        }
+    );
     let _ = GROUP.set(Arc::new(Parallel::of(group)));
     Ok(())
 }
