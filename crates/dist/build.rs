@@ -61,6 +61,7 @@ fn main() {
     println!("cargo::rustc-check-cfg=cfg(reprise_nccl)");
     println!("cargo:rerun-if-changed=shim/nccl.cpp");
     println!("cargo:rerun-if-changed=shim/group.h");
+    println!("cargo:rerun-if-changed=shim/syncbn.cpp");
     println!("cargo:rerun-if-env-changed=REPRISE_CUDA_INCLUDE");
     let has_cuda = lib.join("libtorch_cuda.so").exists();
     let nccl = if has_cuda {
@@ -92,6 +93,7 @@ fn main() {
     // As LibTorch was built: with c10d and its Gloo backend.
     build
         .file("shim/dist.cpp")
+        .file("shim/syncbn.cpp")
         .include("vendor")
         .define("USE_C10D_GLOO", None);
     if nccl.is_some() {

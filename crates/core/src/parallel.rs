@@ -205,6 +205,38 @@ impl Parallel {
         Ok(())
     }
 
+    /// Batch normalisation without affine parameters, synchronised over the ranks in training
+    /// (`SyncBatchNorm`: the statistics of every rank's rows, see
+    /// [`dist::ProcessGroup::sync_batch_norm`]); LibTorch's `batch_norm` on this rank's rows
+    /// otherwise (one process, or `training` off: the running statistics). `running` (mean,
+    /// variance) moves by `momentum` in training.
+    pub fn batch_norm(
+        &self,
+        x: &Tensor,
+        running: Option<(&Tensor, &Tensor)>,
+        training: bool,
+        momentum: f64,
+        eps: f64,
+    ) -> Result<Tensor> {
+        match (&self.group, training) {
+            (Some(g), true) => {
+                let mut g = g.lock().unwrap_or_else(|e| e.into_inner());
+                g.sync_batch_norm(x, running, momentum, eps)
+                    .map_err(dist_err)
+            }
+            _ => Ok(x.batch_norm(
+                None::<&Tensor>,
+                None::<&Tensor>,
+                running.map(|r| r.0),
+                running.map(|r| r.1),
+                training,
+                momentum,
+                eps,
+                false,
+            )),
+        }
+    }
+
     /// The means over the ranks of per-rank values (logged losses, divergence guards), the same
     /// on every rank.
     pub fn mean(&self, values: &[f64]) -> Result<Vec<f64>> {

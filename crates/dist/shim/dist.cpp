@@ -16,6 +16,15 @@
 #include <string>
 #include <vector>
 
+namespace reprise {
+void allreduce_sum(Group* g, at::Tensor& t) {
+  std::vector<at::Tensor> ts{t};
+  c10d::AllreduceOptions opts;
+  opts.reduceOp = c10d::ReduceOp::SUM;
+  backend_for(g, t).allreduce(ts, opts)->wait();
+}
+}  // namespace reprise
+
 #ifndef REPRISE_NCCL
 namespace reprise {
 c10::intrusive_ptr<c10d::Backend> make_nccl(const c10::intrusive_ptr<c10d::Store>&, int, int,
@@ -29,15 +38,8 @@ c10::intrusive_ptr<c10d::Backend> make_nccl(const c10::intrusive_ptr<c10d::Store
 
 namespace {
 
+using reprise::backend_for;
 using reprise::Group;
-
-// The backend for `t`: NCCL for a CUDA tensor where the group has it, Gloo otherwise.
-c10d::Backend& backend_for(Group* g, const at::Tensor& t) {
-  if (t.is_cuda() && g->nccl) {
-    return *g->nccl;
-  }
-  return *g->gloo;
-}
 
 void set_error(char* err, size_t len, const std::string& what) {
   if (err == nullptr || len == 0) {
@@ -82,7 +84,7 @@ void* reprise_dist_init(const char* host, int port, int rank, int world, int tim
                                  ": " + e.what());
       }
     }
-    return new Group{store, pg, nccl, rank, world};
+    return c10::make_intrusive<Group>(store, pg, nccl, rank, world).release();
   } catch (const std::exception& e) {
     set_error(err, err_len, e.what());
     return nullptr;
@@ -92,11 +94,7 @@ void* reprise_dist_init(const char* host, int port, int rank, int world, int tim
 // Sums `t` (in place) over the ranks.
 int reprise_dist_allreduce_sum(void* group, at::Tensor* t, char* err, size_t err_len) {
   try {
-    auto* g = static_cast<Group*>(group);
-    std::vector<at::Tensor> ts{*t};
-    c10d::AllreduceOptions opts;
-    opts.reduceOp = c10d::ReduceOp::SUM;
-    backend_for(g, *t).allreduce(ts, opts)->wait();
+    reprise::allreduce_sum(static_cast<Group*>(group), *t);
     return 0;
   } catch (const std::exception& e) {
     set_error(err, err_len, e.what());
@@ -160,7 +158,8 @@ int reprise_dist_has_nccl(void* group) {
 
 // Leaves the group.
 void reprise_dist_free(void* group) {
-  delete static_cast<Group*>(group);
+  // Drops the handle's reference; graphs still holding the group keep it until they go.
+  c10::intrusive_ptr<Group>::reclaim(static_cast<Group*>(group));
 }
 
 }  // extern "C"

@@ -3,6 +3,7 @@
 
 #pragma once
 
+#include <ATen/core/ivalue.h>
 #include <torch/csrc/distributed/c10d/Backend.hpp>
 #include <torch/csrc/distributed/c10d/Store.hpp>
 
@@ -10,7 +11,12 @@
 
 namespace reprise {
 
-struct Group {
+// Reference-counted (a CustomClassHolder, so an autograd node can keep it in a capsule): the
+// Rust handle holds one reference, each synchronised BatchNorm node of a live graph another.
+struct Group : torch::CustomClassHolder {
+  Group(c10::intrusive_ptr<c10d::Store> s, c10::intrusive_ptr<c10d::Backend> gl,
+        c10::intrusive_ptr<c10d::Backend> nc, int r, int w)
+      : store(std::move(s)), gloo(std::move(gl)), nccl(std::move(nc)), rank(r), world(w) {}
   c10::intrusive_ptr<c10d::Store> store;
   // Gloo, for tensors in host memory.
   c10::intrusive_ptr<c10d::Backend> gloo;
@@ -19,6 +25,17 @@ struct Group {
   int rank;
   int world;
 };
+
+// The backend for `t`: NCCL for a CUDA tensor where the group has it, Gloo otherwise.
+inline c10d::Backend& backend_for(Group* g, const at::Tensor& t) {
+  if (t.is_cuda() && g->nccl) {
+    return *g->nccl;
+  }
+  return *g->gloo;
+}
+
+// Sums `t` over the ranks, in place (contiguous, on the device its backend serves).
+void allreduce_sum(Group* g, at::Tensor& t);
 
 // Makes the NCCL backend of `rank` of `world` over `store`, bound to CUDA device `device`
 // (its communicators are created lazily, at the first collective on a CUDA tensor); throws

@@ -45,6 +45,16 @@ mod ffi {
             err_len: usize,
         ) -> c_int;
         pub fn reprise_dist_barrier(group: *mut c_void, err: *mut c_char, err_len: usize) -> c_int;
+        pub fn reprise_sync_batch_norm(
+            group: *mut c_void,
+            x: *const C_tensor,
+            running_mean: *const C_tensor,
+            running_var: *const C_tensor,
+            momentum: f64,
+            eps: f64,
+            err: *mut c_char,
+            err_len: usize,
+        ) -> *mut C_tensor;
         pub fn reprise_dist_free(group: *mut c_void);
         pub fn reprise_autocast_enter(device: c_int, dtype: c_int) -> c_int;
         pub fn reprise_autocast_exit(device: c_int, was: c_int);
@@ -350,6 +360,49 @@ impl ProcessGroup {
         #[allow(unsafe_code)]
         // SAFETY: the group is live.
         call(|e, n| unsafe { ffi::reprise_dist_barrier(g, e, n) })
+    }
+
+    /// Batch normalisation of `x` (N×C×…, without affine parameters) with the statistics of the
+    /// rows of every rank, as PyTorch's `SyncBatchNorm` in training: the mean and the biased
+    /// variance over all ranks' rows normalise `x`, the running statistics (`running`: mean,
+    /// variance) move by `momentum` towards them (the variance unbiased), and the backward sums
+    /// the gradient's statistics over the ranks, so a data-parallel step computes what one
+    /// process computes with BatchNorm on the whole batch. Every rank must call it for the same
+    /// layers in the same order (forward and backward are collectives); the graph keeps the
+    /// group alive until it is freed.
+    pub fn sync_batch_norm(
+        &mut self,
+        x: &Tensor,
+        running: Option<(&Tensor, &Tensor)>,
+        momentum: f64,
+        eps: f64,
+    ) -> Result<Tensor> {
+        let (rm, rv) = match running {
+            Some((m, v)) => (m.as_ptr(), v.as_ptr()),
+            None => (std::ptr::null(), std::ptr::null()),
+        };
+        let mut buf = vec![0u8; ERR_LEN];
+        #[allow(unsafe_code)]
+        // SAFETY: the tensors are live for the call; the shim returns a new tensor it owns no
+        // more (or null), and writes at most ERR_LEN bytes into `buf`.
+        let out = unsafe {
+            ffi::reprise_sync_batch_norm(
+                self.ptr,
+                x.as_ptr(),
+                rm,
+                rv,
+                momentum,
+                eps,
+                buf.as_mut_ptr().cast(),
+                ERR_LEN,
+            )
+        };
+        if out.is_null() {
+            return Err(DistError(message(&buf)));
+        }
+        #[allow(unsafe_code)]
+        // SAFETY: `out` is a fresh tensor from `new at::Tensor`, owned by the result from now.
+        Ok(unsafe { Tensor::from_ptr(out) })
     }
 
     /// Sums one float per rank (a loss, a counter) and returns the total.

@@ -201,3 +201,94 @@ fn an_nccl_backend_serves_cuda_tensors_or_its_absence_is_said() {
     let pg = ProcessGroup::join_with(&l, t, t, None).unwrap();
     assert!(!pg.nccl());
 }
+
+#[test]
+fn synchronised_batch_norm_over_two_ranks_is_batch_norm_over_the_whole_batch() {
+    // One process: BatchNorm over 6 rows, a loss that is the mean over rows of y·w.
+    tch::manual_seed(7);
+    let x = Tensor::randn([6, 3, 4, 5], (Kind::Float, tch::Device::Cpu)) * 2.0 + 0.5;
+    let w = Tensor::randn([6, 3, 4, 5], (Kind::Float, tch::Device::Cpu));
+    let (rm, rv) = (
+        Tensor::zeros([3], (Kind::Float, tch::Device::Cpu)),
+        Tensor::ones([3], (Kind::Float, tch::Device::Cpu)),
+    );
+    let xs = x.copy().set_requires_grad(true);
+    let y = xs.batch_norm(
+        None::<&Tensor>,
+        None::<&Tensor>,
+        Some(&rm),
+        Some(&rv),
+        true,
+        0.1,
+        1e-5,
+        false,
+    );
+    let per_row = |y: &Tensor, w: &Tensor| {
+        (y * w).sum_dim_intlist([1i64, 2, 3].as_slice(), false, Kind::Float)
+    };
+    per_row(&y, &w).mean(Kind::Float).backward();
+    let (y_one, g_one) = (y.detach(), xs.grad());
+    // Two ranks: 4 rows and 2 rows (an uneven split), each loss the mean over its own rows
+    // weighted as a data-parallel step weighs them (rows·world/n), gradients then averaged.
+    let port = free_port();
+    let parts = [(0i64, 4i64), (4, 2)];
+    let handles: Vec<_> = (0..2)
+        .map(|rank| {
+            let (start, len) = parts[rank];
+            let (xr, wr) = (
+                x.narrow(0, start, len).copy(),
+                w.narrow(0, start, len).copy(),
+            );
+            std::thread::spawn(move || {
+                let mut pg =
+                    ProcessGroup::join(&launch(rank, 2, port), Duration::from_secs(30)).unwrap();
+                let (rm, rv) = (
+                    Tensor::zeros([3], (Kind::Float, tch::Device::Cpu)),
+                    Tensor::ones([3], (Kind::Float, tch::Device::Cpu)),
+                );
+                let xr = xr.set_requires_grad(true);
+                let y = pg
+                    .sync_batch_norm(&xr, Some((&rm, &rv)), 0.1, 1e-5)
+                    .unwrap();
+                let weight = len as f64 * 2.0 / 6.0;
+                let loss = per_row(&y, &wr).mean(Kind::Float) * weight;
+                loss.backward();
+                // Rank r's input gradient is that of the sum of the ranks' losses; the
+                // parameters' average over the ranks divides it by the world.
+                (y.detach(), xr.grad() / 2.0, rm, rv)
+            })
+        })
+        .collect();
+    let outs: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let cat = |i: usize| {
+        Tensor::cat(
+            &outs
+                .iter()
+                .map(|o| [&o.0, &o.1][i].shallow_clone())
+                .collect::<Vec<_>>(),
+            0,
+        )
+    };
+    let dist = |a: &Tensor, b: &Tensor| (a - b).abs().max().double_value(&[]);
+    eprintln!(
+        "sync batch norm against one process: outputs {:.1e}, input gradients {:.1e}",
+        dist(&cat(0), &y_one),
+        dist(&cat(1), &g_one)
+    );
+    assert!(
+        dist(&cat(0), &y_one) < 1e-5,
+        "outputs {}",
+        dist(&cat(0), &y_one)
+    );
+    assert!(
+        dist(&cat(1), &g_one) < 1e-6,
+        "input gradients {}",
+        dist(&cat(1), &g_one)
+    );
+    for o in &outs {
+        assert!(
+            dist(&o.2, &rm) < 1e-6 && dist(&o.3, &rv) < 1e-6,
+            "running statistics"
+        );
+    }
+}

@@ -24,7 +24,7 @@ use crate::data::TaskData;
 use crate::eval::{Evaluator, Judges, Metrics};
 use crate::model::{Discriminator, GenInput, Generator, Mode, P2phd, Tsit};
 use crate::nets::{DigitNet, Perceptual, SceneNet, Segmenter, Targets};
-use crate::train::Gan;
+use crate::train::{Gan, StepError};
 use reprise_core::checkpoint::Checkpoint;
 use reprise_core::data::Rng;
 use reprise_core::inputs::{of_data, Input, InputKind};
@@ -50,7 +50,7 @@ pub fn paper() -> Paper {
             reprise_core::run::Export { name: "generator", file: Some("generator.safetensors"), prefix: "g" },
             reprise_core::run::Export { name: "discriminator", file: None, prefix: "d" },
         ],
-        data_parallel: false,
+        data_parallel: true,
         run,
         report: report::report_run,
         report_sweep: report::report_sweep,
@@ -65,9 +65,12 @@ pub fn plan(
     tree: &SpecTree,
     dev: Device,
     steps: usize,
-    _ranks: usize,
+    ranks: usize,
 ) -> Result<reprise_core::run::StepPlan> {
-    let c: Config = tree.typed("tsit")?;
+    let mut c: Config = tree.typed("tsit")?;
+    // One rank's share of the batch (the synchronised BatchNorm's two small all-reduces a layer
+    // are not in the time).
+    c.batch = (c.batch + ranks.max(1) as i64 - 1) / ranks.max(1) as i64;
     let in_c = match (&c.folder, c.task) {
         (_, t) if t.is_ast() => 3,
         (Some(f), _) => f.label_nc + i64::from(f.dontcare) + i64::from(f.instance_edge),
@@ -670,6 +673,20 @@ fn judges(
     Ok((j, info))
 }
 
+/// The error a panic in a step carries: a failed collective of the synchronised BatchNorm
+/// (which has no error path in a forward), or any other panic's message.
+fn panic_error(panic: Box<dyn std::any::Any + Send>) -> Error {
+    match panic.downcast::<Error>() {
+        Ok(e) => *e,
+        Err(p) => Error::msg(
+            p.downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "a panic in the training step".into()),
+        ),
+    }
+}
+
 fn build_gan(c: &Config, p: Perceptual, in_c: i64, dev: Device) -> Gan {
     let g: Box<dyn Generator> = match c.arm {
         Arm::P2phdLite => Box::new(P2phd::new(&c.model.p2phd, in_c, c.model.init, dev)),
@@ -784,6 +801,7 @@ fn bn1_cancel(c: &Config, gan: &Gan, ev: &Evaluator, dev: Device) -> Option<(f64
     let mode = Mode {
         bn_train: true,
         sn_update: false,
+        sync_bn: false,
     };
     let learned: Vec<bool> = g.blocks.iter().map(|b| b.learned_skip()).collect();
     let diff = |g: &mut Tsit, eps: f64| {
@@ -877,6 +895,9 @@ impl Source {
 pub fn run(ctx: &mut RunContext) -> Result<()> {
     let c: Config = ctx.config()?;
     let h = ctx.header().clone();
+    // Data-parallel: each rank trains on its rows of every batch (an equal share).
+    let par = ctx.parallel();
+    par.even(c.batch)?;
     let seed = h.seed;
     let dev = ctx.device();
     let dir = cache_dir(ctx);
@@ -908,16 +929,18 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
     } else {
         let mut d = TaskData::new(&c, &h.data)?;
         let p = perceptual(&c, &d, &dir, dev)?;
-        let (judges, judge_info) = judges(&c, &d, &dir, dev)?;
+        // The judges score rank 0's evaluation; the other ranks of a data-parallel run only train.
+        let judged = par
+            .is_main()
+            .then(|| judges(&c, &d, &dir, dev))
+            .transpose()?;
         let test = d.take_test();
         let in_c = if c.task == Task::ScenesSis { 7 } else { 3 };
-        (
-            Source::Small(d),
-            p,
-            Some(Evaluator::new(judges, test)),
-            judge_info,
-            in_c,
-        )
+        let (ev, judge_info) = match judged {
+            Some((judges, info)) => (Some(Evaluator::new(judges, test)), info),
+            None => (None, Map::new()),
+        };
+        (Source::Small(d), p, ev, judge_info, in_c)
     };
     if c.batch as usize > src.train_len() {
         return Err(Error::Data(format!(
@@ -928,6 +951,8 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
     }
     tch::manual_seed(seed as i64);
     let mut gan = build_gan(&c, p, in_c, dev);
+    // FADE's BatchNorm over every rank's rows, as the official code's SyncBatchNorm.
+    gan.g.sync_batch_norm(&par);
     let total = ctx.iterations(c.iterations);
     // An epoch as the official loader counts it (drop_last): ⌊items / batch⌋ iterations.
     let per_epoch = (src.train_len() / (c.batch as usize).max(1)).max(1) as u64;
@@ -939,7 +964,9 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
         load(&mut gan, &ck)?;
         step = ck.get("step")?;
     }
-    let mut steps = Steps::begin(ctx, total, step, &[])?;
+    // Rank 0's networks on every rank: the GAN, and the loss network (trained or read from a
+    // cache on each rank).
+    let mut steps = Steps::begin(ctx, total, step, &[gan.g.vs(), &gan.d.vs, &gan.p.vs])?;
     let mut data_secs = 0.0;
     let mut sums = [0.0f64; 6];
     let mut n_log = 0u64;
@@ -951,16 +978,27 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
         let b = src.batch(c.task, c.batch as usize, (c.sampling, seed, step), &mut rng)?;
         data_secs += t0.elapsed().as_secs_f64();
         let f = train::lr_factor(&c.optim, step, total, per_epoch);
-        let st = gan
-            .step(
+        let rows = |t: &Tensor| par.shard(&t.to_device(dev));
+        let (content, real, target) = (rows(&b.content)?, rows(&b.real)?, rows(&b.target)?);
+        let style = b.style.as_ref().map(rows).transpose()?;
+        let n = c.batch;
+        let (start, len) = par.rows(n)?;
+        // This rank's rows of the noise drawn for the whole batch.
+        let mut noise = |_: i64| train::draw_noise(&c, n, dev).map(|z| z.narrow(0, start, len));
+        let st = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            gan.step_with(
                 &c,
-                &b.content.to_device(dev),
-                b.style.map(|s| s.to_device(dev)).as_ref(),
-                &b.real.to_device(dev),
-                &b.target.to_device(dev),
+                &content,
+                style.as_ref(),
+                &real,
+                &target,
                 (c.optim.lr_g * f, c.optim.lr_d * f),
+                &par,
+                &mut noise,
             )
-            .map_err(|e| e.at(step))?;
+        }))
+        .unwrap_or_else(|panic| Err(StepError::Failed(panic_error(panic))))
+        .map_err(|e| e.at(step))?;
         for (s, v) in sums
             .iter_mut()
             .zip([st.g_gan, st.g_fm, st.g_vgg, st.g_kld, st.d_real, st.d_fake])
@@ -1004,6 +1042,10 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
     }
     let (step, done) = (steps.step(), steps.ran());
     let step_ms = steps.finish();
+    if !par.is_main() {
+        // Rank 0 evaluates and writes the summary and the report.
+        return Ok(());
+    }
     let mut summary = match (&ev, &src) {
         (Some(ev), _) => final_eval(ctx, &c, &mut gan, ev, step, step_ms, judge_info)?,
         (None, Source::Folder(f)) => write_test_outputs(ctx, &c, &gan, f, step, step_ms)?,

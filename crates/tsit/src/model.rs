@@ -9,6 +9,8 @@
 
 use crate::config::{InitKind, ModelConfig, P2phdConfig};
 use reprise_core::nn::SpectralNorm;
+use reprise_core::parallel::Parallel;
+use std::sync::Arc;
 use tch::nn::{self, Init};
 use tch::{Kind, Tensor};
 
@@ -19,6 +21,10 @@ pub struct Mode {
     pub bn_train: bool,
     /// One power iteration per spectral-normed weight.
     pub sn_update: bool,
+    /// Batch statistics over every rank's rows in a data-parallel run (the official code's
+    /// `SynchronizedBatchNorm2d` in FADE): set in the training step, which every rank runs;
+    /// evaluation, on rank 0 alone, keeps its own rows' statistics.
+    pub sync_bn: bool,
 }
 
 impl Mode {
@@ -26,11 +32,13 @@ impl Mode {
     pub const TRAIN: Mode = Mode {
         bn_train: true,
         sn_update: true,
+        sync_bn: true,
     };
     /// Evaluation: running statistics, stored `u`, `v`.
     pub const EVAL: Mode = Mode {
         bn_train: false,
         sn_update: false,
+        sync_bn: false,
     };
 
     /// Evaluation with batch statistics in the FADE norms when `train_bn` (no power iteration).
@@ -38,6 +46,7 @@ impl Mode {
         Mode {
             bn_train: train_bn,
             sn_update: false,
+            sync_bn: false,
         }
     }
 }
@@ -250,6 +259,8 @@ pub struct FadeBlock {
     rv: Vec<Tensor>,
     /// The parameter-free BN's ε (1e-5; the batch-1 diagnostic also measures with ≈ 0).
     pub eps: f64,
+    /// The ranks whose rows the BN's training statistics span (one process by default).
+    sync: Arc<Parallel>,
 }
 
 impl FadeBlock {
@@ -280,15 +291,25 @@ impl FadeBlock {
             rm,
             rv,
             eps: 1e-5,
+            sync: Arc::new(Parallel::single()),
         }
     }
 
     fn pfn(&self, x: &Tensor, n: usize, mode: Mode) -> Tensor {
+        let running = Some((&self.rm[n], &self.rv[n]));
+        if mode.sync_bn && mode.bn_train && self.sync.world() > 1 {
+            // A collective that fails (a rank gone) ends this rank's step: the forward has no
+            // error path, and the training loop reports the panic as the step's failure.
+            return self
+                .sync
+                .batch_norm(x, running, true, 0.1, self.eps)
+                .unwrap_or_else(|e| std::panic::panic_any(e));
+        }
         x.batch_norm(
             None::<&Tensor>,
             None::<&Tensor>,
-            Some(&self.rm[n]),
-            Some(&self.rv[n]),
+            running.map(|r| r.0),
+            running.map(|r| r.1),
             mode.bn_train,
             0.1,
             self.eps,
@@ -449,6 +470,9 @@ pub trait Generator {
     fn fadain_mask(&mut self) -> Option<(&mut Vec<bool>, Vec<bool>)> {
         None
     }
+    /// Synchronises its batch normalisations over the ranks of `par` in training (no effect
+    /// on a generator without BatchNorm).
+    fn sync_batch_norm(&mut self, _par: &Arc<Parallel>) {}
 }
 
 /// TSIT's generator: content stream, optional style stream, and the FADE/FAdaIN decoder.
@@ -610,6 +634,12 @@ impl Generator for Tsit {
         let learned = self.blocks.iter().map(FadeBlock::learned_skip).collect();
         self.style.as_ref()?;
         Some((&mut self.fadain_at, learned))
+    }
+
+    fn sync_batch_norm(&mut self, par: &Arc<Parallel>) {
+        for b in &mut self.blocks {
+            b.sync = par.clone();
+        }
     }
 }
 
@@ -1033,6 +1063,7 @@ mod tests {
         let mode = Mode {
             bn_train: true,
             sn_update: false,
+            sync_bn: false,
         };
         let on = g.forward(&inp, mode).image;
         let learned: Vec<bool> = g.blocks.iter().map(|b| b.learned_skip()).collect();

@@ -8,6 +8,7 @@ use crate::model::{Discriminator, GenInput, Generator, Mode};
 use crate::nets::Perceptual;
 pub use reprise_core::error::StepError;
 use reprise_core::optim::{Optimizer, Rule};
+use reprise_core::parallel::Parallel;
 use reprise_core::Error;
 use tch::{Kind, Tensor};
 
@@ -159,15 +160,28 @@ impl Gan {
         lr: (f64, f64),
     ) -> std::result::Result<StepStats, StepError> {
         let dev = real.device();
-        self.step_with(c, content, style, real, target, lr, &mut |n| {
-            draw_noise(c, n, dev)
-        })
+        self.step_with(
+            c,
+            content,
+            style,
+            real,
+            target,
+            lr,
+            &Parallel::single(),
+            &mut |n| draw_noise(c, n, dev),
+        )
     }
 
     /// [`Gan::step`] with each generator pass's bottleneck noise (or VAE ε) for a batch of
     /// `n` from `noise_of`: the generator step's first, the discriminator step's second (as the
     /// official `Pix2PixTrainer` runs `run_generator_one_step`, then
     /// `run_discriminator_one_step` on a freshly generated fake).
+    ///
+    /// Data-parallel (`par` of several ranks): the tensors are this rank's rows of the batch,
+    /// `noise_of` gives its rows of the noise drawn for the whole batch, the gradients are
+    /// averaged over the ranks before each update (as DDP does), the KL term (a sum over rows)
+    /// is weighted so that the ranks' mean is the whole batch's, and the logged and guarded
+    /// losses are the ranks' means, so every rank takes the same decision.
     #[allow(clippy::too_many_arguments)]
     pub fn step_with(
         &mut self,
@@ -177,8 +191,10 @@ impl Gan {
         real: &Tensor,
         target: &Tensor,
         lr: (f64, f64),
+        par: &Parallel,
         noise_of: &mut dyn FnMut(i64) -> Option<Tensor>,
     ) -> std::result::Result<StepStats, StepError> {
+        let failed = |e: Error| StepError::Failed(e);
         let dev = real.device();
         let n = real.size()[0];
         let mut st = StepStats::default();
@@ -208,15 +224,24 @@ impl Gan {
             Tensor::zeros([], (Kind::Float, dev))
         };
         let mut loss = &gan + &fm * c.loss.lambda_feat + &vgg * c.loss.lambda_vgg;
+        let mut kld = 0.0;
         if let Some(k) = &out.kld {
-            let k = kld_term(k, &c.loss);
+            let k = kld_term(k, &c.loss) * par.world() as f64;
             loss += &k * c.loss.lambda_kld;
-            st.g_kld = k.double_value(&[]);
+            kld = k.double_value(&[]);
         }
-        let lv = loss.double_value(&[]);
-        st.g_gan = gan.double_value(&[]);
-        st.g_fm = fm.double_value(&[]);
-        st.g_vgg = vgg.double_value(&[]);
+        let means = par
+            .mean(&[
+                loss.double_value(&[]),
+                gan.double_value(&[]),
+                fm.double_value(&[]),
+                vgg.double_value(&[]),
+                kld,
+            ])
+            .inspect_err(|_| self.d.vs.unfreeze())
+            .map_err(failed)?;
+        let lv = means[0];
+        [st.g_gan, st.g_fm, st.g_vgg, st.g_kld] = [means[1], means[2], means[3], means[4]];
         if !lv.is_finite() || lv.abs() > c.guard_loss {
             self.d.vs.unfreeze();
             return Err(StepError::Diverged(format!(
@@ -232,8 +257,10 @@ impl Gan {
                 "generator backward: {e}"
             ))));
         }
-        self.opt_g.step(lr.0);
+        let averaged = par.average_var_grads(self.g.vs());
         self.d.vs.unfreeze();
+        averaged.map_err(failed)?;
+        self.opt_g.step(lr.0);
         // Discriminator step on a fresh fake (new noise / new z), generated without gradient.
         let noise = noise_of(n);
         let inp = Self::input(c, content, style, real, &noise);
@@ -247,9 +274,15 @@ impl Gan {
             d_real += hinge_d(&logits.narrow(0, n, n), true);
         }
         let d_loss = (&d_fake + &d_real) / num_d;
-        let dv = d_loss.double_value(&[]);
-        st.d_fake = d_fake.double_value(&[]) / num_d;
-        st.d_real = d_real.double_value(&[]) / num_d;
+        let means = par
+            .mean(&[
+                d_loss.double_value(&[]),
+                d_fake.double_value(&[]) / num_d,
+                d_real.double_value(&[]) / num_d,
+            ])
+            .map_err(failed)?;
+        let dv = means[0];
+        [st.d_fake, st.d_real] = [means[1], means[2]];
         if !dv.is_finite() || dv.abs() > c.guard_loss {
             return Err(StepError::Diverged(format!(
                 "discriminator loss {dv:.3e} is not finite or beyond ±{:.0e}",
@@ -260,6 +293,7 @@ impl Gan {
         d_loss
             .f_backward()
             .map_err(|e| StepError::Failed(Error::msg(format!("discriminator backward: {e}"))))?;
+        par.average_var_grads(&self.d.vs).map_err(failed)?;
         self.opt_d.step(lr.1);
         Ok(st)
     }

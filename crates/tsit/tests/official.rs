@@ -225,6 +225,7 @@ fn one_iteration(sis: bool, vgg: bool) {
             &real,
             &target,
             (1e-4, 4e-4),
+            &reprise_core::parallel::Parallel::single(),
             &mut |_| {
                 k += 1;
                 Some(noise.get(k - 1))
