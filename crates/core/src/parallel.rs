@@ -290,8 +290,13 @@ impl Parallel {
         if self.world == 1 {
             return Ok(found);
         }
+        // The step (8 bytes, little-endian), then the checkpoint's bytes.
         let bytes = match (&found, self.is_main()) {
-            (Some((_, ck)), true) => Some(ck.to_bytes()?),
+            (Some((step, ck)), true) => {
+                let mut b = step.to_le_bytes().to_vec();
+                b.extend(ck.to_bytes()?);
+                Some(b)
+            }
             _ => None,
         };
         let got = self.share_bytes(bytes)?;
@@ -301,8 +306,12 @@ impl Parallel {
         if got.is_empty() {
             return Ok(None);
         }
-        let ck = Checkpoint::from_bytes(&got, std::path::Path::new("rank 0's checkpoint"))?;
-        let step = ck.get("step")?;
+        let (step, body) = got.split_at(8.min(got.len()));
+        let step = u64::from_le_bytes(
+            step.try_into()
+                .map_err(|_| Error::msg("rank 0's checkpoint arrived cut short"))?,
+        );
+        let ck = Checkpoint::from_bytes(body, std::path::Path::new("rank 0's checkpoint"))?;
         Ok(Some((step, ck)))
     }
 }

@@ -516,8 +516,12 @@ impl Exec<'_, '_> {
         Ok(())
     }
 
-    /// Runs `f(step, x, y) -> loss` for the steps of phase `name` from `from`, checkpointing
-    /// `state` and `opt`; returns the mean loss of the last epoch's steps run in this sitting.
+    /// Runs `f(step, x, y, weight) -> loss` for the steps of phase `name` from `from`,
+    /// checkpointing `state` and `opt`; returns the mean loss of the last epoch's steps run in
+    /// this sitting. Data-parallel, `x` and `y` are this rank's rows of the batch and `weight`
+    /// the factor of its mean loss that makes the ranks' average gradient the whole batch's
+    /// (1 unless the epoch's last batch does not split evenly); the logged and checked loss is
+    /// the ranks' mean, and an interrupt on any rank stops all after the same step.
     #[allow(clippy::too_many_arguments)]
     fn steps(
         &mut self,
@@ -526,9 +530,10 @@ impl Exec<'_, '_> {
         state: &[(String, Tensor)],
         opt: &mut Optimizer,
         log: &Map<String, Value>,
-        mut f: impl FnMut(&mut Optimizer, u64, &Tensor, &Tensor) -> Result<f64>,
+        mut f: impl FnMut(&mut Optimizer, u64, &Tensor, &Tensor, f64) -> Result<f64>,
     ) -> Result<f64> {
         let i = self.index(name);
+        let par = self.ctx.parallel();
         let total = self.plan[i].steps;
         let per = self.p.per_epoch();
         let mut progress = self.ctx.progress(total, from);
@@ -555,7 +560,11 @@ impl Exec<'_, '_> {
                 }
                 let (x, y) = decoded?;
                 let (x, y) = p.prepare(step, x, y);
-                let l = f(opt, step, &x, &y)
+                let n = x.size()[0];
+                let (x, y) = (par.shard(&x)?, par.shard(&y)?);
+                let weight = par.weight(n)?;
+                let l = f(opt, step, &x, &y, weight)
+                    .and_then(|l| Ok(par.mean(&[l])?[0]))
                     .map_err(|e| Error::msg(format!("{name}, step {step}: {e}")))?;
                 if !l.is_finite() {
                     return Err(Error::Diverged {
@@ -579,7 +588,7 @@ impl Exec<'_, '_> {
                 if done == total || done.is_multiple_of(self.every) {
                     self.save(name, done, state, opt, log)?;
                 }
-                if self.ctx.interrupted() && done < total {
+                if par.any(self.ctx.interrupted())? && done < total {
                     self.save(name, done, state, opt, log)?;
                     return Err(Error::Interrupted {
                         step: self.offsets[i] + done,
@@ -657,6 +666,7 @@ fn run_phase(
     log: &mut Map<String, Value>,
     mut loss: impl FnMut(&Tensor, &Tensor) -> Result<Tensor>,
 ) -> Result<Option<f64>> {
+    let trained: Vec<Tensor> = params.iter().map(Tensor::shallow_clone).collect();
     let mut opt = stage_optimizer(o, vec![(params, 1.0)]);
     let Entry::From(from) = ex.enter(name, state, Some(&mut opt), log)? else {
         return Ok(None);
@@ -664,13 +674,35 @@ fn run_phase(
     let total = ex.plan[ex.index(name)].steps;
     let (sched, warm) = stage_schedule(sched, total, ex.p.per_epoch());
     let snapshot = log.clone();
-    let l = ex.steps(name, from, state, &mut opt, &snapshot, |opt, step, x, y| {
-        let l = loss(x, y)?;
-        opt.zero_grad();
-        backward(&l)?;
-        opt.step(sched.lr(lr, step, warm));
-        Ok(l.double_value(&[]))
-    })?;
+    let par = ex.ctx.parallel();
+    let l = ex.steps(
+        name,
+        from,
+        state,
+        &mut opt,
+        &snapshot,
+        |opt, step, x, y, w| {
+            let l = loss(x, y)?;
+            opt.zero_grad();
+            if par.world() > 1 {
+                backward(&(&l * w))?;
+                // DDP's average of the ranks' gradients, in the parameters' (name) order.
+                par.average_grads(&trained)?;
+            } else {
+                backward(&l)?;
+            }
+            opt.step(sched.lr(lr, step, warm));
+            Ok(l.double_value(&[]))
+        },
+    )?;
+    // Rank 0's BatchNorm statistics on every rank, as DDP's buffer broadcast leaves them: the
+    // later phases' eval-mode forwards of this network (frozen prefixes, the teacher) then agree.
+    par.broadcast(
+        &state
+            .iter()
+            .map(|(_, t)| t.shallow_clone())
+            .collect::<Vec<_>>(),
+    )?;
     Ok(Some(l))
 }
 
@@ -927,6 +959,7 @@ fn run_arm(
 /// arm needs it), then every arm that applies at this depth; `arms.json` keeps finished arms.
 pub fn run(ctx: &mut RunContext, c: &Config) -> Result<()> {
     let h = ctx.header().clone();
+    let par = ctx.parallel();
     let seed = h.seed;
     let dev = ctx.device();
     let pipe = c
@@ -988,7 +1021,8 @@ pub fn run(ctx: &mut RunContext, c: &Config) -> Result<()> {
         }
         Ok(())
     };
-    let resume = match ctx.checkpoints().latest_valid(fits)? {
+    // Rank 0's latest valid checkpoint, on every rank of a data-parallel run.
+    let resume = match ctx.resume_point(fits)? {
         Some((_, ck)) => Some(Resume {
             phase: ck.get("phase")?,
             local: ck.get("local")?,
@@ -1033,6 +1067,8 @@ pub fn run(ctx: &mut RunContext, c: &Config) -> Result<()> {
             Tensor::write_safetensors(&b.named(), &tmp)?;
             std::fs::rename(&tmp, &tfile).map_err(|e| Error::Io(tfile.clone(), e))?;
         }
+        // Rank 0's teacher (trained, read from its file, or restored) on every rank.
+        par.broadcast_vars(&b.vs)?;
         let (top1, top5) = evaluate(b, &p)?;
         eprintln!(
             "teacher ({}-{}): top-1 {top1:.2}, top-5 {top5:.2}",
@@ -1043,7 +1079,15 @@ pub fn run(ctx: &mut RunContext, c: &Config) -> Result<()> {
         summary.insert("teacher_secs".into(), json_f64(t0.elapsed().as_secs_f64()));
     }
     let arms_file = dir.join("arms.json");
-    let mut done = crate::read_arms(&arms_file);
+    // The arms rank 0 has finished (its folder holds the ledger): every rank skips the same.
+    let ledger = par.share_bytes(
+        par.is_main()
+            .then(|| serde_json::to_vec(&crate::read_arms(&arms_file)))
+            .transpose()
+            .map_err(|e| Error::msg(e.to_string()))?,
+    )?;
+    let mut done: Map<String, Value> =
+        serde_json::from_slice(&ledger).map_err(|e| Error::msg(e.to_string()))?;
     for (name, arm) in &todo {
         if done.contains_key(*name) {
             continue;
@@ -1053,6 +1097,10 @@ pub fn run(ctx: &mut RunContext, c: &Config) -> Result<()> {
         crate::write_arms(&arms_file, &done)?;
     }
     let ctx = ex.ctx;
+    if !par.is_main() {
+        // Rank 0 writes the summary and the report.
+        return Ok(());
+    }
     summary.insert("depth".into(), json!(c.arch.depth));
     summary.insert("kind".into(), json!(c.arch.kind));
     summary.insert("seed".into(), json!(seed));

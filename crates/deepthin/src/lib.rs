@@ -44,7 +44,7 @@ pub fn paper() -> Paper {
             file: Some("teacher.safetensors"),
             prefix: "teacher",
         }],
-        data_parallel: false,
+        data_parallel: true,
         run,
         report: report::report_run,
         report_sweep: report::report_sweep,
@@ -560,6 +560,12 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
     }
     if c.arch.kind.is_conv() {
         return conv::run(ctx, &c);
+    }
+    if ctx.parallel().world() > 1 {
+        return Err(Error::msg(
+            "deepthin trains data-parallel in its convolutional families (resnet, wrn); this \
+             MLP family trains as one process (it takes minutes on one)",
+        ));
     }
     let (x, y, x_test, y_test, classes) = if h.data.dataset == SORT_TASK {
         let sizes = h.data.split.ok_or_else(|| {

@@ -208,3 +208,74 @@ robust-transfer:
       seeds: [0, 1, 2]
       sgd: { steps: 60, batch: 16, lr: [0.01, 0.001], momentum: 0.9, weight_decay: 5.0e-4, decay_at: [0.7] }
 ";
+
+/// Writes a tiny ImageFolder tree under `<p>/folder`: `per` PNGs per class of two classes,
+/// bright and dark (24×20), in `train/` and `val/`.
+pub fn write_image_folder(p: &Path, per: u8) {
+    for split in ["train", "val"] {
+        for (c, v) in [("bright", 220u8), ("dark", 30u8)] {
+            let dir = p.join("folder").join(split).join(c);
+            fs::create_dir_all(&dir).unwrap();
+            for i in 0..per {
+                let img = image::RgbImage::from_pixel(
+                    24,
+                    20,
+                    image::Rgb([v, v.wrapping_add(i * 3), 100 + i]),
+                );
+                img.save(dir.join(format!("{i}.png"))).unwrap();
+            }
+        }
+    }
+}
+
+/// A tiny streamed convolutional deepthin run: WRN-10-2 teaches WRN-10-1 on an ImageFolder.
+pub fn tiny_conv(p: &Path) -> String {
+    format!(
+        "name: tiny-conv
+paper: deepthin
+description: tiny convolutional deepthin
+seed: 2
+device: cpu
+data: {{ dataset: imagefolder, path: {}, image_size: {{ resize: 20, crop: 16 }}, stream: true }}
+deepthin:
+  arch: {{ kind: wrn, depth: 10, thin: 1, wide: 2 }}
+  batch: 4
+  images:
+    mean: [0.5, 0.5, 0.5]
+    std: [0.25, 0.25, 0.25]
+    augment: {{ hflip: true }}
+    eval_batch: 8
+    checkpoint_steps: 2
+    fit_batches: 2
+  teacher:
+    loss: ce
+    epochs: 4
+    lr: 0.05
+    optimizer: {{ sgd: {{ momentum: 0.9, weight_decay: 5.0e-4 }} }}
+    lr_schedule: {{ step: {{ milestones: [3], gamma: 0.1, warmup_epochs: 1 }} }}
+  arms:
+    scratch:
+      stages: [{{ train: {{ loss: ce, epochs: 4, lr: 0.05, optimizer: {{ sgd: {{ momentum: 0.9 }} }} }} }}]
+    win:
+      stages:
+        - {{ imitate: {{ epochs: 1, lr: 0.05, m_init: random, optimizer: {{ sgd: {{ momentum: 0.9 }} }} }} }}
+        - {{ train: {{ loss: {{ kd: {{ temperature: 4 }} }}, epochs: 2, lr: 0.05, optimizer: {{ sgd: {{ momentum: 0.9 }} }} }} }}
+        - {{ train: {{ loss: ce, epochs: 1, lr: 0.005, optimizer: {{ sgd: {{ momentum: 0.9 }} }} }} }}
+",
+        p.join("folder").display()
+    )
+}
+
+/// The newest checkpoint step in a run folder, if any.
+pub fn newest_checkpoint(run: &Path) -> Option<u64> {
+    fs::read_dir(run.join("checkpoints"))
+        .ok()?
+        .filter_map(|e| {
+            let n = e.ok()?.file_name().into_string().ok()?;
+            n.strip_prefix("step-")?
+                .strip_suffix(".safetensors")?
+                .parse()
+                .ok()
+        })
+        .max()
+}
