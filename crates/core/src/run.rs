@@ -526,6 +526,41 @@ impl RunContext {
         self.parallel.share_checkpoint(found)
     }
 
+    /// Rank 0's copies of the run folder's files `names` (a paper's ledger of finished stages:
+    /// a trained source, its metrics, the transfers done) on every rank: each other rank writes
+    /// them into its own folder, or removes its copy where rank 0 has none, so that the ranks
+    /// skip and redo the same stages. With one process nothing happens.
+    pub fn share_files(&self, names: &[&str]) -> Result<()> {
+        if self.parallel.world() == 1 {
+            return Ok(());
+        }
+        for name in names {
+            let path = self.dir.join(name);
+            // A flag byte (present or not), then the file's bytes.
+            let mine = self.parallel.is_main().then(|| match fs::read(&path) {
+                Ok(mut b) => {
+                    b.insert(0, 1);
+                    b
+                }
+                Err(_) => vec![0],
+            });
+            let got = self.parallel.share_bytes(mine)?;
+            if self.parallel.is_main() {
+                continue;
+            }
+            match got.split_first() {
+                Some((1, body)) => write_atomic(&path, body)?,
+                _ => match fs::remove_file(&path) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(Error::Io(path, e))
+                    }
+                    _ => {}
+                },
+            }
+        }
+        Ok(())
+    }
+
     /// The checkpoint folder.
     pub fn checkpoints(&self) -> &CheckpointDir {
         &self.checkpoints

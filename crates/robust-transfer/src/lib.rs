@@ -618,6 +618,9 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
     let h = ctx.header().clone();
     let dev = ctx.device();
     let dir = ctx.dir().to_path_buf();
+    let par = ctx.parallel();
+    // Data-parallel, every rank follows rank 0's ledger: the same stages are skipped or run.
+    ctx.share_files(&["source.safetensors", "source.json", "transfers.jsonl"])?;
     let transfer_only = c.source.from.is_some() && !c.eval.source;
     let splits = if transfer_only {
         None
@@ -645,12 +648,11 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
     } else {
         let train = &splits.as_ref().expect("loaded unless transfer-only").0;
         step_ms = train_source(ctx, &c, arm, &net, train)?;
-        if !ctx.parallel().is_main() {
-            // Rank 0 evaluates the source and runs the transfers alone.
-            return Ok(());
-        }
         net.save(&src_file)?;
     }
+    // Rank 0's source on every rank, its BatchNorm statistics included (DDP's buffer
+    // broadcast): the transfers' eval-mode features then agree.
+    par.broadcast_vars(&net.vs)?;
     let src_json = dir.join("source.json");
     let mut src_metrics: Map<String, Value> = std::fs::read(&src_json)
         .ok()
@@ -674,6 +676,10 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
         )?;
     }
     let outcomes = transfer_all(ctx, &c, &net)?;
+    if !par.is_main() {
+        // Rank 0 writes the summary and the report.
+        return Ok(());
+    }
     let mut summary = Map::new();
     summary.insert("arm".into(), json!(arm.to_string()));
     summary.insert("kind".into(), json!(arm.kind()));
@@ -730,6 +736,7 @@ fn net_load_head(net: &Net, file: &Path) -> Result<()> {
 
 /// Every (target, mode, seed) transfer not yet in `transfers.jsonl`, in a fixed order.
 fn transfer_all(ctx: &mut RunContext, c: &Config, src: &Net) -> Result<Vec<Outcome>> {
+    let par = ctx.parallel();
     let path = ctx.dir().join("transfers.jsonl");
     let mut done = read_outcomes(&path)?;
     let smoke = ctx.smoke();
@@ -786,7 +793,15 @@ fn transfer_all(ctx: &mut RunContext, c: &Config, src: &Net) -> Result<Vec<Outco
             model: &c.model,
             norm: t.normalize.as_ref().unwrap_or(&c.normalize),
         };
-        let stop = || ctx.interrupted();
+        // An interrupt on any rank stops every rank at the same step; a failed agreement (a
+        // rank gone) stops too, and is the error.
+        let agreed = std::cell::RefCell::new(Ok(false));
+        let stop = || {
+            let s = par.any(ctx.interrupted());
+            let halt = !matches!(s, Ok(false));
+            *agreed.borrow_mut() = s;
+            halt
+        };
         let o = match transfer::transfer(
             src,
             arch,
@@ -796,16 +811,22 @@ fn transfer_all(ctx: &mut RunContext, c: &Config, src: &Net) -> Result<Vec<Outco
             &solver,
             seed,
             c.eval.batch,
-            &stop,
+            transfer::Control {
+                stop: &stop,
+                par: &par,
+            },
         ) {
             Ok(o) => o,
-            Err(_) if ctx.interrupted() => {
-                return Err(Error::Interrupted {
-                    step: n as u64,
-                    dir: ctx.dir().to_path_buf(),
-                })
+            Err(e) => {
+                return match agreed.replace(Ok(false)) {
+                    Ok(true) => Err(Error::Interrupted {
+                        step: n as u64,
+                        dir: ctx.dir().to_path_buf(),
+                    }),
+                    Err(failed) => Err(failed),
+                    Ok(false) => Err(e),
+                }
             }
-            Err(e) => return Err(e),
         };
         tracing::info!(
             "{} {} seed {seed}: acc {:.2} (mean per class {:.2}), lr {}, {:.1} s",
@@ -822,7 +843,7 @@ fn transfer_all(ctx: &mut RunContext, c: &Config, src: &Net) -> Result<Vec<Outco
             &format!("{} {} seed {seed}: {:.1}%", t.name, mode.name(), o.acc),
         );
         done.push(o);
-        if ctx.interrupted() && n + 1 < jobs.len() {
+        if par.any(ctx.interrupted())? && n + 1 < jobs.len() {
             return Err(Error::Interrupted {
                 step: n as u64 + 1,
                 dir: ctx.dir().to_path_buf(),

@@ -9,6 +9,7 @@ use crate::data::transform;
 use crate::model::Net;
 use reprise_core::data::{batch_indices, labels_vec, Dataset, Rng};
 use reprise_core::optim::{Group, Optimizer, Rule, Schedule};
+use reprise_core::parallel::Parallel;
 use reprise_core::{Error, Result};
 use serde::{Deserialize, Serialize};
 use tch::nn::{Module, ModuleT};
@@ -143,6 +144,16 @@ pub fn fixed_logistic(
     Ok(accuracies(&logits, &test.y, test.classes))
 }
 
+/// How a fine-tuning loop runs: `stop` is polled every step (the ranks agree on it), and the
+/// ranks of `par` share each batch (one process: the whole of it).
+#[derive(Clone, Copy)]
+pub struct Control<'a> {
+    /// Whether to stop now.
+    pub stop: &'a dyn Fn() -> bool,
+    /// The ranks training together.
+    pub par: &'a Parallel,
+}
+
 /// What a fine-tuning run needs to know about the networks.
 #[derive(Debug, Clone, Copy)]
 pub struct Arch<'a> {
@@ -165,7 +176,7 @@ pub fn finetune(
     sgd: &SgdConfig,
     lr: f64,
     seed: u64,
-    stop: &dyn Fn() -> bool,
+    ctl: Control<'_>,
 ) -> Result<Net> {
     let dev = src.vs.device();
     let mut net = Net::new(
@@ -177,7 +188,7 @@ pub fn finetune(
         seed,
     );
     net.copy_backbone(src)?;
-    train_net(net, t, train, mode, sgd, lr, seed, stop)
+    train_net(net, t, train, mode, sgd, lr, seed, ctl)
 }
 
 /// The SGD loop of [`finetune`] on a network already holding the source's backbone and a
@@ -192,7 +203,7 @@ pub fn train_net(
     sgd: &SgdConfig,
     lr: f64,
     seed: u64,
-    stop: &dyn Fn() -> bool,
+    ctl: Control<'_>,
 ) -> Result<Net> {
     let dev = net.vs.device();
     let full = mode == Mode::Full;
@@ -221,8 +232,9 @@ pub fn train_net(
     };
     let bn_train = sgd.bn_mode == BnMode::Train;
     let mut batches = Vec::new();
+    let par = ctl.par;
     for step in 0..steps {
-        if stop() {
+        if (ctl.stop)() {
             return Err(Error::msg("stopped"));
         }
         let epoch = step / per_epoch;
@@ -238,18 +250,29 @@ pub fn train_net(
                 .apply(&x, &mut Rng::new(seed ^ step.wrapping_mul(0x9E37_79B9)))
         };
         let y = train.y.index_select(0, &idx).to_device(dev);
+        // This rank's rows of the batch (drawn and augmented whole, the same on every rank).
+        let rows = x.size()[0];
+        let (x, y) = (par.shard(&x)?, par.shard(&y)?);
         let logits = if full {
             net.forward_t(&x, true)
         } else {
             let f = tch::no_grad(|| net.features_t(&x, bn_train));
             net.head().forward(&f)
         };
-        let loss = logits.cross_entropy_for_logits(&y);
+        let mut loss = logits.cross_entropy_for_logits(&y);
         opt.zero_grad();
+        if par.world() > 1 {
+            loss *= par.weight(rows)?;
+        }
         crate::train::backward(&loss)
             .map_err(|e| Error::msg(format!("fine-tuning, step {step}: {e}")))?;
+        // DDP's average of the trainable variables' gradients (the head alone when fixed).
+        par.average_var_grads(&net.vs)?;
         opt.step(schedule.lr(lr, step, 0));
     }
+    // Rank 0's BatchNorm statistics on every rank (DDP's buffer broadcast), so that the
+    // evaluations that choose a rate agree.
+    par.broadcast_vars(&net.vs)?;
     Ok(net)
 }
 
@@ -275,7 +298,7 @@ pub fn transfer(
     solver: &Solver,
     seed: u64,
     eval_batch: usize,
-    stop: &dyn Fn() -> bool,
+    ctl: Control<'_>,
 ) -> Result<Outcome> {
     let t0 = std::time::Instant::now();
     let outcome = |(acc, mpc_acc): (f64, f64), lr: f64| Outcome {
@@ -306,7 +329,7 @@ pub fn transfer(
         }
         Solver::Sgd(s) => s,
     };
-    let (net, lr) = fit_sgd(src, arch, t, train, mode, sgd, seed, eval_batch, stop)?;
+    let (net, lr) = fit_sgd(src, arch, t, train, mode, sgd, seed, eval_batch, ctl)?;
     Ok(outcome(evaluate(&net, t, test, eval_batch), lr))
 }
 
@@ -324,11 +347,11 @@ pub fn fit_sgd(
     sgd: &SgdConfig,
     seed: u64,
     eval_batch: usize,
-    stop: &dyn Fn() -> bool,
+    ctl: Control<'_>,
 ) -> Result<(Net, f64)> {
     let head_seed = seed.wrapping_mul(7919).wrapping_add(0x7e57);
     if sgd.lr.len() == 1 {
-        let net = finetune(src, arch, t, train, mode, sgd, sgd.lr[0], head_seed, stop)?;
+        let net = finetune(src, arch, t, train, mode, sgd, sgd.lr[0], head_seed, ctl)?;
         return Ok((net, sgd.lr[0]));
     }
     // Choose the rate on a seeded validation part of the training set.
@@ -340,7 +363,7 @@ pub fn fit_sgd(
     let (val_set, fit_set) = (train.subset(va), train.subset(tr));
     let mut best: Option<(f64, f64, Net)> = None;
     for &lr in &sgd.lr {
-        let net = finetune(src, arch, t, &fit_set, mode, sgd, lr, head_seed, stop)?;
+        let net = finetune(src, arch, t, &fit_set, mode, sgd, lr, head_seed, ctl)?;
         let (v, _) = evaluate(&net, t, &val_set, eval_batch);
         tracing::info!(
             "{} {}: lr {lr}: validation accuracy {v:.2}",
@@ -354,7 +377,7 @@ pub fn fit_sgd(
     let (_, lr, net) = best.expect("at least one rate");
     if sgd.retrain {
         Ok((
-            finetune(src, arch, t, train, mode, sgd, lr, head_seed, stop)?,
+            finetune(src, arch, t, train, mode, sgd, lr, head_seed, ctl)?,
             lr,
         ))
     } else {
@@ -400,7 +423,11 @@ mod tests {
         };
         let src = Net::new(&model, &norm, 2, InitKind::HeNormal, Device::Cpu, 1);
         let (train, test) = (toy(40, 1), toy(30, 2));
-        let no = &|| false;
+        let one = Parallel::single();
+        let no = Control {
+            stop: &|| false,
+            par: &one,
+        };
         let logits = |net: &Net| {
             batched(&test, target.eval_transform(), 30, Device::Cpu, &|x| {
                 net.forward_t(x, false)

@@ -183,7 +183,12 @@ fn fixed_feature_and_full_network_transfer_steps_match_the_official_code() {
     };
     for (mode, tag) in [(Mode::Fixed, "fixed"), (Mode::Full, "full")] {
         let net = network(&fx, "source", &cifar, 5, Some("target"));
-        let net = train_net(net, &target, &train, mode, &sgd, 0.1, 0, &|| false).unwrap();
+        let one = reprise_core::parallel::Parallel::single();
+        let ctl = robust_transfer::transfer::Control {
+            stop: &|| false,
+            par: &one,
+        };
+        let net = train_net(net, &target, &train, mode, &sgd, 0.1, 0, ctl).unwrap();
         compare_all(&fx, &net, &format!("{tag}/after"));
     }
 }
