@@ -14,7 +14,7 @@ pub struct ClaimRow {
     pub claim: String,
     /// What it says.
     pub what: String,
-    /// The paper's number or statement, marked verified or unverified as in the specification.
+    /// The paper's number or statement, marked verified against the paper or not.
     pub paper: String,
     /// Our small-scale measurement.
     pub ours: String,

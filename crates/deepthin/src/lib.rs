@@ -5,8 +5,8 @@
 //! then runs every arm of the spec on a fresh thin network S (the same initialisation and data
 //! order for every arm of the seed). An arm is a declarative list of stages ([`config::Stage`]):
 //! end-to-end training with CE or distillation, layerwise imitation through linear pairs, the
-//! exact merge, FitNets' hint. [`report`] computes the specification's claims C0–C4 from a
-//! sweep over depths and seeds.
+//! exact merge, FitNets' hint. [`report`] computes the small-scale claims C0–C4
+//! (docs/deepthin.md) from a sweep over depths and seeds.
 
 pub mod config;
 pub mod conv;

@@ -395,7 +395,8 @@ pub fn merge(thin: &Mlp, glue: &Glue, wide_head: &Affine) -> Mlp {
     })
 }
 
-/// The merge check of the specification: max |z_S̄ − z_S| relative to max(1, max |z_S̄|).
+/// The merge check: max |z_S̄ − z_S| relative to max(1, max |z_S̄|) (the paper's Sec. 3: the
+/// merged network computes what the widened one does).
 pub fn merge_error(widened: &Widened<'_>, wide_head: &Affine, merged: &dyn Net, x: &Tensor) -> f64 {
     tch::no_grad(|| {
         let a = widened.forward(x, wide_head);

@@ -1,5 +1,5 @@
-//! Reports: one run's arms, and a sweep's table over depths and seeds with the claims C0–C4 of
-//! the specification's §6.4, computed from the runs' summaries.
+//! Reports: one run's arms, and a sweep's table over depths and seeds with the small-scale
+//! claims C0–C4 (docs/deepthin.md), computed from the runs' summaries.
 
 use reprise_core::plot::{panels_plot, Panel, Series};
 use reprise_core::report::{fmt_mean_std, markdown_table, mean_std, ClaimRow, Claims};
@@ -445,8 +445,8 @@ pub fn verdicts(r: &Results) -> (String, Claims) {
     (md, claims)
 }
 
-/// The claims of a family with a shared stream width (architecture B, the encoder), which the
-/// specification reports beside the architecture-A verdict: imitation converged and runs
+/// The claims of a family with a shared stream width (architecture B, the encoder), reported
+/// beside the architecture-A verdict: imitation converged and runs
 /// deterministic (B0), WIN beats scratch on every seed by ≥ 1 pt on average (B1), versus
 /// distillation (B2, reported), the teacher beats scratch (B3).
 pub fn stream_verdicts(r: &Results) -> (String, Claims) {

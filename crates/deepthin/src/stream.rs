@@ -1,5 +1,5 @@
 //! The families whose thin and wide networks share the width between blocks (the ResNet and
-//! MobileBERT case of the paper): the residual MLP of the specification's architecture B and a
+//! MobileBERT case of the paper): the residual MLP of architecture B (docs/deepthin.md) and a
 //! pre-LayerNorm Transformer encoder. Imitation compares the stream directly, so there are no
 //! linear pairs and nothing to merge; only the blocks' insides are widened in the teacher.
 

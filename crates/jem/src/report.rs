@@ -206,7 +206,8 @@ fn judge_agreement(samples_run: &RunSummary, judge: &RunSummary) -> Result<f64> 
     Ok(reprise_core::metrics::accuracy(&m.logits(x, 100), y))
 }
 
-/// What a claim says, and the paper's number for it (verified or not, as in the specification).
+/// What a claim says, and the paper's number for it (marked verified against the paper's
+/// tables or not).
 pub fn claim_text(c: Claim) -> (&'static str, &'static str) {
     match c {
         Claim::P1 => (
@@ -730,7 +731,7 @@ fn pool_bins<'a>(summaries: impl Iterator<Item = &'a Value>) -> Vec<Bin> {
     pooled
 }
 
-/// The paper's headline numbers, as the specification records them.
+/// The paper's headline numbers (its Tables 1–3 and Figure 5).
 pub const PAPER_NUMBERS: &str = "
 ## The paper's numbers (CIFAR, WRN-28-10), for comparison
 

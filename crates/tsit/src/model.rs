@@ -911,7 +911,7 @@ mod tests {
 
     #[test]
     fn parameter_counts_match_the_cost_model() {
-        // Spec §8: mini G AST (S = 32, nf 16) 3.26 M, mini G SIS (7-ch) 2.81 M, smoke G
+        // The cost model's counts: mini G AST (S = 32, nf 16) 3.26 M, mini G SIS (7-ch) 2.81 M, smoke G
         // (S = 8, nf 8) 0.11 M, mini G AST nf 8 0.82 M; mini D (3-ch) 0.09 M; p2phd-lite ≈ 2.9 M.
         let m = mini(16, 8);
         let m_of = |g: &dyn Generator| param_count(g.vs()) as f64 / 1e6;
@@ -935,7 +935,7 @@ mod tests {
 
     #[test]
     fn the_paper_scale_generator_has_the_official_size() {
-        // Spec §8: G for style transfer at 256² with nf 64, cap 16: 398.1 M parameters (the
+        // The official G for style transfer at 256² with nf 64, cap 16: 398.1 M parameters (the
         // PyTorch twin in bench/pytorch/ts_step.py, written as the official code, counts
         // 398,093,739); D (3-ch, n_layers 3) 1.33 M.
         let mut m = mini(64, 16);
@@ -1044,7 +1044,8 @@ mod tests {
 
     #[test]
     fn batch_one_bn_cancels_fadain_at_learned_skip_blocks() {
-        // Spec §3.3 / the bn1-cancel diagnostic: with B = 1 and train-mode BN, FAdaIN before a
+        // The bn1-cancel diagnostic (the paper's Sec. 3.3 applies FAdaIN before each block): with
+        // B = 1 and train-mode BN, FAdaIN before a
         // learned-skip block has no effect; before an identity-skip block it does.
         let m = mini(8, 8);
         let mut g = Tsit::new(&m, (32, 32), 3, true, true, Device::Cpu);

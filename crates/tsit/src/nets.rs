@@ -1,6 +1,6 @@
 //! The frozen helper networks: the perceptual-loss network (VGG-mini trained in the project, a
-//! random-weight VGG-mini, or ImageNet VGG-19 from a file) and the evaluation networks of spec
-//! §6.3 (digit classifier, scene segmenter, scene feature net), each a different architecture
+//! random-weight VGG-mini, or ImageNet VGG-19 from a file) and the small-scale evaluation
+//! networks (digit classifier, scene segmenter, scene feature net; docs/tsit.md), each a different architecture
 //! and seed from the perceptual net. All are trained here, briefly, then frozen; a trained
 //! network is cached under its recipe's key so the runs of a sweep train it once.
 

@@ -1,5 +1,5 @@
-//! Reports: one run's metrics, and a sweep's arms over seeds with the spec's §6.6 claims
-//! (A1–A3 for style transfer, S1–S3 for semantic synthesis, the scenes-AST checks), computed
+//! Reports: one run's metrics, and a sweep's arms over seeds with the small-scale claims
+//! (docs/tsit.md: A1–A3 for style transfer, S1–S3 for semantic synthesis, the scenes-AST checks), computed
 //! on the final checkpoint and, beside it, on the mean of the last two evaluations.
 
 use reprise_core::report::{fmt_mean_std, markdown_table, mean_std, ClaimRow, Claims};
