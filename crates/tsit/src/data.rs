@@ -3,7 +3,7 @@
 //! synthesis and for style transfer between their style domains.
 
 use crate::config::{Config, Task};
-use reprise_core::data::synth::{Scene, SceneStyle};
+use crate::scenes::{Scene, SceneStyle};
 use reprise_core::data::{self, Rng};
 use reprise_core::spec::DataSpec;
 use reprise_core::{Error, Result};

@@ -15,6 +15,7 @@ pub mod model;
 pub mod nets;
 pub mod official;
 pub mod report;
+pub mod scenes;
 pub mod train;
 
 pub use config::Config;
