@@ -80,6 +80,7 @@ pub fn ood_inverted(x: &Tensor, lo: f64, hi: f64) -> Tensor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tch::Kind;
 
     #[test]
     fn ood_sets_keep_what_they_promise() {
