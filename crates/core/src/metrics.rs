@@ -225,14 +225,6 @@ pub fn frechet_distance(a: &Tensor, b: &Tensor) -> f64 {
     d.double_value(&[])
 }
 
-/// Inception Score from class probabilities `N×K` (one split): exp E_x KL(p(y|x) ‖ p(y)).
-pub fn inception_score(probs: &Tensor) -> f64 {
-    let p = probs.to_kind(Kind::Double).clamp_min(1e-12);
-    let py = p.mean_dim(0, true, Kind::Double);
-    let kl = (&p * (p.log() - py.log())).sum_dim_intlist(1, false, Kind::Double);
-    kl.mean(Kind::Double).double_value(&[]).exp()
-}
-
 /// Pixel accuracy and mean IoU of predicted against true label maps (any shape, int64, classes
 /// `0..k`); the mean is over classes present in either map.
 pub fn pixel_acc_miou(pred: &Tensor, truth: &Tensor, k: i64) -> (f64, f64) {
@@ -380,14 +372,6 @@ mod tests {
             "{}",
             frechet_distance(&a, &b)
         );
-    }
-
-    #[test]
-    fn inception_score_bounds() {
-        let eye = Tensor::eye(4, (Kind::Double, tch::Device::Cpu));
-        assert!((inception_score(&eye) - 4.0).abs() < 1e-6);
-        let flat = Tensor::full([5, 4], 0.25, (Kind::Double, tch::Device::Cpu));
-        assert!((inception_score(&flat) - 1.0).abs() < 1e-9);
     }
 
     #[test]

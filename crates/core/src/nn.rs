@@ -156,17 +156,26 @@ impl InstanceNorm {
 
 impl Module for InstanceNorm {
     fn forward(&self, x: &Tensor) -> Tensor {
-        x.instance_norm(
-            self.ws.as_ref(),
-            self.bs.as_ref(),
-            None::<&Tensor>,
-            None::<&Tensor>,
-            true,
-            0.1,
-            self.eps,
-            false,
-        )
+        instance_norm_with(x, self.ws.as_ref(), self.bs.as_ref(), self.eps)
     }
+}
+
+/// InstanceNorm2d without affine parameters (biased variance, eps 1e-5), as a function.
+pub fn instance_norm(x: &Tensor) -> Tensor {
+    instance_norm_with(x, None, None, 1e-5)
+}
+
+fn instance_norm_with(x: &Tensor, w: Option<&Tensor>, b: Option<&Tensor>, eps: f64) -> Tensor {
+    x.instance_norm(
+        w,
+        b,
+        None::<&Tensor>,
+        None::<&Tensor>,
+        true,
+        0.1,
+        eps,
+        false,
+    )
 }
 
 /// Spectral normalisation of a weight (Miyato et al.), as `torch.nn.utils.spectral_norm`:

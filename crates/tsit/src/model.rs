@@ -84,19 +84,9 @@ pub fn resize_nearest(x: &Tensor, h: i64, w: i64) -> Tensor {
     x.slice(2, 0, None, s[2] / h).slice(3, 0, None, s[3] / w)
 }
 
-/// Instance norm without affine parameters (biased variance, eps 1e-5).
-pub fn instance_norm(x: &Tensor) -> Tensor {
-    x.instance_norm(
-        None::<&Tensor>,
-        None::<&Tensor>,
-        None::<&Tensor>,
-        None::<&Tensor>,
-        true,
-        0.1,
-        1e-5,
-        false,
-    )
-}
+/// Instance norm without affine parameters (biased variance, eps 1e-5): core's
+/// [`reprise_core::nn::instance_norm`].
+pub use reprise_core::nn::instance_norm;
 
 /// A convolution, optionally spectral-normed, with optional bias.
 #[derive(Debug)]
