@@ -18,14 +18,14 @@ pub struct ClaimRow {
     pub paper: String,
     /// Our small-scale measurement.
     pub ours: String,
-    /// `held`, `not held` or `open`.
+    /// `held`, `not held` or `not measured` ([`verdict_word`]).
     pub verdict: String,
     /// Whether the experiment's verdict depends on it.
     pub gating: bool,
 }
 
 impl ClaimRow {
-    /// A row; `ok` is the verdict (`None`: open).
+    /// A row; `ok` is the verdict (`None`: not measured).
     pub fn new(
         claim: &str,
         what: &str,
@@ -45,14 +45,105 @@ impl ClaimRow {
     }
 }
 
+/// What an experiment's claims add up to: the same words in every paper's report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Outcome {
+    /// Every claim the verdict rests on held.
+    Reproduced,
+    /// Some of them held.
+    Partially,
+    /// They did not hold.
+    NotReproduced,
+    /// A precondition failed (e.g. the teacher is no better than the student): the claims
+    /// cannot be judged.
+    Inconclusive,
+    /// A validity check failed (the method did not run as the protocol needs).
+    Invalid,
+    /// The experiment gates no claim: its claims are reported only.
+    Reported,
+    /// An arm or run the verdict needs is missing.
+    Incomplete,
+    /// A smoke run: the numbers mean nothing and no verdict is given.
+    Smoke,
+}
+
+impl Outcome {
+    /// The outcome in words.
+    pub fn word(self) -> &'static str {
+        match self {
+            Outcome::Reproduced => "reproduced",
+            Outcome::Partially => "partially reproduced",
+            Outcome::NotReproduced => "not reproduced",
+            Outcome::Inconclusive => "inconclusive",
+            Outcome::Invalid => "invalid",
+            Outcome::Reported => "reported, not gated",
+            Outcome::Incomplete => "incomplete",
+            Outcome::Smoke => "smoke run: no verdict",
+        }
+    }
+}
+
+/// An experiment's verdict: its [`Outcome`] and what decided it (the claims that held or
+/// failed), rendered `outcome (why)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    /// The outcome.
+    pub outcome: Outcome,
+    /// What decided it; may be empty.
+    pub why: String,
+}
+
+impl Verdict {
+    /// A verdict with its reason.
+    pub fn new(outcome: Outcome, why: impl Into<String>) -> Verdict {
+        Verdict {
+            outcome,
+            why: why.into(),
+        }
+    }
+
+    /// `outcome (why)`, or the outcome alone.
+    pub fn sentence(&self) -> String {
+        if self.why.is_empty() {
+            self.outcome.word().to_string()
+        } else {
+            format!("{} ({})", self.outcome.word(), self.why)
+        }
+    }
+
+    /// [`Verdict::sentence`] with the outcome in bold, for a report's text.
+    pub fn bold(&self) -> String {
+        if self.why.is_empty() {
+            format!("**{}**", self.outcome.word())
+        } else {
+            format!("**{}** ({})", self.outcome.word(), self.why)
+        }
+    }
+}
+
 /// The claims an experiment's sweep tested, and its overall verdict; written as `claims.json`
 /// beside the sweep's report.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claims {
-    /// The overall verdict, as the paper's code computes it.
+    /// The overall verdict in words ([`Verdict::sentence`]).
     pub verdict: String,
+    /// The outcome of that verdict (absent from files written before it was recorded).
+    #[serde(default)]
+    pub outcome: Option<Outcome>,
     /// Every claim.
     pub claims: Vec<ClaimRow>,
+}
+
+impl Claims {
+    /// The claims with their verdict.
+    pub fn new(verdict: &Verdict, claims: Vec<ClaimRow>) -> Claims {
+        Claims {
+            verdict: verdict.sentence(),
+            outcome: Some(verdict.outcome),
+            claims,
+        }
+    }
 }
 
 impl Claims {
@@ -76,6 +167,7 @@ impl Claims {
     /// The claims with every verdict withheld (a smoke run: the numbers mean nothing).
     pub fn withheld(mut self) -> Claims {
         self.verdict = SMOKE_VERDICT.to_string();
+        self.outcome = Some(Outcome::Smoke);
         for c in &mut self.claims {
             c.verdict = "—".to_string();
         }
@@ -146,12 +238,12 @@ pub fn claims_table(claims: &[ClaimRow], role: bool) -> String {
     markdown_table(&header, &rows)
 }
 
-/// `held`, `not held` or `open`.
+/// A claim's verdict in words: `held`, `not held`, or `not measured`.
 pub fn verdict_word(ok: Option<bool>) -> String {
     match ok {
         Some(true) => "held",
         Some(false) => "not held",
-        None => "open",
+        None => "not measured",
     }
     .to_string()
 }
@@ -315,9 +407,9 @@ mod tests {
 
     #[test]
     fn every_report_opens_with_the_claims_and_a_smoke_report_gives_no_verdict() {
-        let c = Claims {
-            verdict: "reproduced".into(),
-            claims: vec![ClaimRow::new(
+        let c = Claims::new(
+            &Verdict::new(Outcome::Reproduced, ""),
+            vec![ClaimRow::new(
                 "P1",
                 "accuracy kept",
                 "95.8 %",
@@ -325,7 +417,11 @@ mod tests {
                 Some(true),
                 true,
             )],
-        };
+        );
+        assert_eq!(c.outcome, Some(Outcome::Reproduced));
+        let v = Verdict::new(Outcome::Partially, "P1 held");
+        assert_eq!(v.sentence(), "partially reproduced (P1 held)");
+        assert_eq!(v.bold(), "**partially reproduced** (P1 held)");
         let md = "# x: sweep report\n\nintro\n\n## Table\n\nrows\n";
         let out = c.open_report(md);
         assert!(

@@ -2,7 +2,9 @@
 //! claims C0–C4 (docs/deepthin.md), computed from the runs' summaries.
 
 use reprise_core::plot::{panels_plot, Panel, Series};
-use reprise_core::report::{fmt_mean_std, markdown_table, mean_std, ClaimRow, Claims};
+use reprise_core::report::{
+    fmt_mean_std, markdown_table, mean_std, ClaimRow, Claims, Outcome, Verdict,
+};
 use reprise_core::run::RunSummary;
 use reprise_core::spec::SpecTree;
 use reprise_core::{Error, Result};
@@ -274,10 +276,7 @@ fn mean(v: &[f64]) -> f64 {
 
 /// The section and claims of a sweep without finished runs.
 fn no_runs(md: String) -> (String, Claims) {
-    let none = Claims {
-        verdict: "no runs".into(),
-        claims: vec![],
-    };
+    let none = Claims::new(&Verdict::new(Outcome::Incomplete, "no runs"), vec![]);
     (md + "No runs.\n", none)
 }
 
@@ -382,23 +381,26 @@ pub fn verdicts(r: &Results) -> (String, Claims) {
         }
     }
     let outcome = if !c0 {
-        "**Invalid** (C0 fails)"
+        Verdict::new(Outcome::Invalid, "C0 fails")
     } else if !c4 {
-        "**Inconclusive** (C4 fails: nothing to transfer)"
+        Verdict::new(Outcome::Inconclusive, "C4 fails: nothing to transfer")
     } else if c1 && c2 {
-        "**Reproduced at small scale** (C0 ∧ C1 ∧ C2 ∧ C4)"
+        Verdict::new(Outcome::Reproduced, "C0 ∧ C1 ∧ C2 ∧ C4")
     } else if c1_some {
-        "**Partially reproduced** (C1 holds at some depth, but C2 fails or C1 fails at the largest depth)"
+        Verdict::new(
+            Outcome::Partially,
+            "C1 holds at some depth, but C2 fails or C1 fails at the largest depth",
+        )
     } else {
-        "**Not reproduced** (C1 fails at every depth)"
+        Verdict::new(Outcome::NotReproduced, "C1 fails at every depth")
     };
-    let _ = writeln!(md, "\n**Outcome:** {outcome}.");
+    let _ = writeln!(md, "\n**Outcome:** {}.", outcome.bold());
     let row = ClaimRow::new;
     let win = r.mean("win", hi).unwrap_or(f64::NAN);
     let scratch = r.mean("scratch", hi).unwrap_or(f64::NAN);
-    let claims = Claims {
-        verdict: outcome.replace("**", ""),
-        claims: vec![
+    let claims = Claims::new(
+        &outcome,
+        vec![
             row(
                 "C0",
                 "exact merge, converged imitation, deterministic runs (gate)",
@@ -441,7 +443,7 @@ pub fn verdicts(r: &Results) -> (String, Claims) {
                 true,
             ),
         ],
-    };
+    );
     (md, claims)
 }
 
@@ -524,28 +526,29 @@ pub fn stream_verdicts(r: &Results) -> (String, Claims) {
             );
         }
     }
-    let verdict = if !b0 {
-        "invalid (B0 fails)"
+    let mut verdict = if !b0 {
+        Verdict::new(Outcome::Invalid, "B0 fails")
     } else if !b3 {
-        "inconclusive (B3 fails: nothing to transfer)"
+        Verdict::new(Outcome::Inconclusive, "B3 fails: nothing to transfer")
     } else if b1 {
-        "WIN beats scratch (B0 ∧ B1 ∧ B3)"
+        Verdict::new(Outcome::Reproduced, "WIN beats scratch: B0 ∧ B1 ∧ B3")
     } else {
-        "WIN does not beat scratch (B1 fails)"
+        Verdict::new(
+            Outcome::NotReproduced,
+            "WIN does not beat scratch: B1 fails",
+        )
     };
-    let verdict = match longer {
-        Some((arm, acc)) if b0 => {
-            format!("{verdict}; the longer-trained `{arm}` ({acc:.2} %) is at least as good as WIN")
-        }
-        _ => verdict.to_string(),
-    };
-    let _ = writeln!(md, "\n**Outcome for this family:** {verdict}.");
+    if let (Some((arm, acc)), true) = (longer, b0) {
+        verdict.why +=
+            &format!("; the longer-trained `{arm}` ({acc:.2} %) is at least as good as WIN");
+    }
+    let _ = writeln!(md, "\n**Outcome for this family:** {}.", verdict.bold());
     let row = |claim: &str, what: &str, ours: String, ok: Option<bool>, gating: bool| {
         ClaimRow::new(claim, what, "—", ours, ok, gating)
     };
-    let claims = Claims {
-        verdict,
-        claims: vec![
+    let claims = Claims::new(
+        &verdict,
+        vec![
             row(
                 "B0",
                 "converged imitation, deterministic runs (gate)",
@@ -577,7 +580,7 @@ pub fn stream_verdicts(r: &Results) -> (String, Claims) {
                 true,
             ),
         ],
-    };
+    );
     (md, claims)
 }
 
@@ -633,30 +636,37 @@ pub fn conv_verdicts(r: &Results) -> (String, Claims) {
         mean(&dt)
     );
     let verdict = if !w3 {
-        "inconclusive (W3 fails: nothing to transfer)".to_string()
+        Verdict::new(Outcome::Inconclusive, "W3 fails: nothing to transfer")
     } else {
         match (p1, w1) {
-            (Some((w, s)), _) if w > s => {
-                "WIN at the smaller depth beats scratch at the larger (P1)".into()
+            (Some((w, s)), _) if w > s => Verdict::new(
+                Outcome::Reproduced,
+                "WIN at the smaller depth beats scratch at the larger: P1",
+            ),
+            (Some(_), true) => Verdict::new(
+                Outcome::Partially,
+                "WIN beats scratch at its depth (W1) but not the deeper network (P1 fails)",
+            ),
+            (Some(_), false) => {
+                Verdict::new(Outcome::NotReproduced, "WIN beats neither: P1 and W1 fail")
             }
-            (Some(_), true) => {
-                "WIN beats scratch at its depth (W1) but not the deeper network (P1 fails)".into()
-            }
-            (Some(_), false) => "WIN beats neither (P1 and W1 fail)".into(),
-            (None, true) => "WIN beats scratch (W1)".into(),
-            (None, false) => "WIN does not beat scratch (W1 fails)".into(),
+            (None, true) => Verdict::new(Outcome::Reproduced, "WIN beats scratch: W1"),
+            (None, false) => Verdict::new(
+                Outcome::NotReproduced,
+                "WIN does not beat scratch: W1 fails",
+            ),
         }
     };
-    let _ = writeln!(md, "\n**Outcome:** {verdict}.");
+    let _ = writeln!(md, "\n**Outcome:** {}.", verdict.bold());
     md += if imagenet {
         "\nReference (not from the paper): torchvision's ImageNet top-1 is 76.13 % for ResNet-50 and 77.37 % for ResNet-101; WRN-50-2 (a 2× bottleneck) 78.48 %.\n"
     } else {
         "\nReference (RepDistiller, CIFAR-100, WRN-40-2 → WRN-40-1; not from the paper): teacher 75.61, scratch 71.98, KD 73.54, FitNet 72.24, CRD 74.14 (top-1 %).\n"
     };
     let row = ClaimRow::new;
-    let claims = Claims {
-        verdict,
-        claims: vec![
+    let claims = Claims::new(
+        &verdict,
+        vec![
             row(
                 "P1",
                 "WIN at the smaller depth beats scratch at the larger",
@@ -690,7 +700,7 @@ pub fn conv_verdicts(r: &Results) -> (String, Claims) {
                 true,
             ),
         ],
-    };
+    );
     (md, claims)
 }
 
@@ -903,21 +913,18 @@ mod tests {
     fn outcomes_follow_the_criteria() {
         let (md, claims) = verdicts(&res([92.0, 91.5, 93.0], [90.2, 90.1, 90.3]));
         assert_eq!(claims.claims.len(), 5);
-        assert!(
-            claims.verdict.starts_with("Reproduced at small scale"),
-            "{}",
-            claims.verdict
-        );
-        assert!(md.contains("Reproduced at small scale"), "{md}");
+        assert_eq!(claims.verdict, "reproduced (C0 ∧ C1 ∧ C2 ∧ C4)");
+        assert_eq!(claims.outcome, Some(Outcome::Reproduced));
+        assert!(md.contains("**Outcome:** **reproduced** (C0"), "{md}");
         // A gain that does not grow with depth: partially reproduced.
         let (md, _) = verdicts(&res([92.0, 91.5, 93.0], [92.0, 91.5, 93.0]));
-        assert!(md.contains("Partially reproduced"), "{md}");
+        assert!(md.contains("**partially reproduced**"), "{md}");
         // One seed below scratch at every depth: not reproduced.
         let (md, _) = verdicts(&res([92.0, 89.0, 93.0], [92.0, 89.0, 93.0]));
-        assert!(md.contains("Not reproduced"), "{md}");
+        assert!(md.contains("**not reproduced**"), "{md}");
         // A failed merge invalidates.
         let mut r = res([92.0, 91.5, 93.0], [90.2, 90.1, 90.3]);
         r.win[0].merge_error = 1e-2;
-        assert!(verdicts(&r).0.contains("Invalid"));
+        assert!(verdicts(&r).0.contains("**invalid** (C0 fails)"));
     }
 }

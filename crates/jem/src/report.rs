@@ -8,7 +8,7 @@ use reprise_core::checkpoint::{Checkpoint, CheckpointDir};
 use reprise_core::metrics::{Bin, Calibration};
 use reprise_core::plot::{line_plot, Series};
 use reprise_core::predictions::{ece_difference_interval, Predictions};
-use reprise_core::report::{fmt_mean_std, markdown_table, mean_std};
+use reprise_core::report::{fmt_mean_std, markdown_table, mean_std, Outcome, Verdict};
 use reprise_core::run::RunSummary;
 use reprise_core::spec::SpecTree;
 use reprise_core::{Error, Result};
@@ -556,7 +556,7 @@ pub fn report_sweep(dir: &Path, runs: &[RunSummary]) -> Result<String> {
             .map(|(n, d)| format!("{n}{}", if *d { " (diverged)" } else { " (not finished)" }))
             .collect();
         for (_, ok, why) in &mut claims {
-            // A diverged seed fails every criterion; a run still missing leaves them open.
+            // A diverged seed fails every criterion; a run still missing leaves them not measured.
             *ok = if any_diverged { Some(false) } else { None };
             why.push_str(&format!("; runs missing: {}", names.join(", ")));
         }
@@ -579,31 +579,31 @@ pub fn report_sweep(dir: &Path, runs: &[RunSummary]) -> Result<String> {
         .filter(|(c, _, _)| gates.contains(c))
         .collect();
     let held = gated.iter().filter(|(_, ok, _)| *ok == Some(true)).count();
+    let gate_names = gates
+        .iter()
+        .map(|c| format!("{c:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
     let overall = if gated.is_empty() {
-        "no claim is gated by this experiment".to_string()
+        Verdict::new(Outcome::Reported, "no claim is gated by this experiment")
     } else if held == gated.len() {
-        "reproduced".to_string()
+        Verdict::new(Outcome::Reproduced, format!("gated claims {gate_names}"))
     } else if held > 0 {
         let names: Vec<String> = gated
             .iter()
             .filter(|(_, ok, _)| *ok == Some(true))
             .map(|(c, _, _)| format!("{c:?}"))
             .collect();
-        format!("partially reproduced ({} held)", names.join(", "))
+        Verdict::new(
+            Outcome::Partially,
+            format!("{} held of the gated claims {gate_names}", names.join(", ")),
+        )
     } else {
-        "not reproduced".to_string()
+        Verdict::new(Outcome::NotReproduced, format!("gated claims {gate_names}"))
     };
-    let overall = format!(
-        "{overall} (gated claims {})",
-        gates
-            .iter()
-            .map(|c| format!("{c:?}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
-    let claims_found = reprise_core::report::Claims {
-        verdict: overall,
-        claims: claims
+    let claims_found = reprise_core::report::Claims::new(
+        &overall,
+        claims
             .iter()
             .map(|(c, ok, why)| {
                 let (what, paper) = claim_text(*c);
@@ -617,7 +617,7 @@ pub fn report_sweep(dir: &Path, runs: &[RunSummary]) -> Result<String> {
                 )
             })
             .collect(),
-    };
+    );
     let claims_found = if smoke {
         claims_found.withheld()
     } else {

@@ -6,7 +6,9 @@ use crate::config::{Arm, Config};
 use crate::transfer::{Mode, Outcome};
 use reprise_core::attack::Norm;
 use reprise_core::plot::{panels_plot, Panel, Series};
-use reprise_core::report::{fmt_mean_std, markdown_table, mean_std, ClaimRow, Claims};
+use reprise_core::report::{
+    fmt_mean_std, markdown_table, mean_std, ClaimRow, Claims, Outcome as Overall, Verdict,
+};
 use reprise_core::run::RunSummary;
 use reprise_core::spec::SpecTree;
 use reprise_core::{Error, Result};
@@ -893,25 +895,37 @@ pub fn verdicts(res: &Results, refs: &[(Norm, f64)], cfg: Option<&Config>) -> (S
         }
     }
     let verdict = if !v0 {
-        "**Invalid run** (V0 fails: the attack or the sources are not as the protocol needs)"
+        Verdict::new(
+            Overall::Invalid,
+            "V0 fails: the attack or the sources are not as the protocol needs",
+        )
     } else if r1 && r2 && r3 && r4 {
-        "**Reproduced at small scale, including shape** (V0 ∧ R1 ∧ R2 ∧ R3 ∧ R4)"
+        Verdict::new(
+            Overall::Reproduced,
+            "V0 ∧ R1 ∧ R2 ∧ R3 ∧ R4, the shape included",
+        )
     } else if r1 && r2 {
-        "**Reproduced at small scale** (V0 ∧ R1 ∧ R2; shape R3 ∧ R4 not both held)"
+        Verdict::new(
+            Overall::Reproduced,
+            "V0 ∧ R1 ∧ R2; the shape, R3 ∧ R4, not both held",
+        )
     } else if r1 && !r4 {
-        "**Gain not specific to adversarial training** (R1 holds, R4 fails)"
+        Verdict::new(
+            Overall::NotReproduced,
+            "R1 holds, but R2 fails and R4 fails: the gain is not specific to adversarial training",
+        )
     } else if r1 {
-        "**Not reproduced**: R1 holds but R2 fails"
+        Verdict::new(Overall::NotReproduced, "R1 holds but R2 fails")
     } else {
-        "**Not reproduced at small scale** (V0 holds, R1 fails on every target)"
+        Verdict::new(Overall::NotReproduced, "V0 holds, R1 fails on every target")
     };
-    let _ = writeln!(md, "\n**Verdict:** {verdict}.");
+    let _ = writeln!(md, "\n**Verdict:** {}.", verdict.bold());
     let row = |claim: &str, what: &str, paper: &str, ours: String, ok: bool, gating: bool| {
         ClaimRow::new(claim, what, paper, ours, Some(ok), gating)
     };
-    let claims = Claims {
-        verdict: verdict.replace("**", ""),
-        claims: vec![
+    let claims = Claims::new(
+        &verdict,
+        vec![
             row("V0", "the attack works (validity gate)", "—", v0_ours, v0, true),
             row(
                 "R1",
@@ -946,7 +960,7 @@ pub fn verdicts(res: &Results, refs: &[(Norm, f64)], cfg: Option<&Config>) -> (S
                 false,
             ),
         ],
-    };
+    );
     (md, claims)
 }
 
@@ -1027,7 +1041,7 @@ mod tests {
             assert!(md.contains(&format!("{claim}** **held")), "{claim}: {md}");
         }
         // Without sources V0 cannot hold, and the verdict says the run is invalid.
-        assert!(md.contains("Invalid run"), "{md}");
+        assert!(md.contains("**Verdict:** **invalid** (V0 fails"), "{md}");
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //! (docs/tsit.md: A1–A3 for style transfer, S1–S3 for semantic synthesis, the scenes-AST checks), computed
 //! on the final checkpoint and, beside it, on the mean of the last two evaluations.
 
-use reprise_core::report::{fmt_mean_std, markdown_table, mean_std, ClaimRow, Claims};
+use reprise_core::report::{
+    fmt_mean_std, markdown_table, mean_std, ClaimRow, Claims, Outcome, Verdict,
+};
 use reprise_core::run::{finished_run, RunSummary};
 use reprise_core::Result;
 use serde_json::Value;
@@ -180,7 +182,7 @@ fn reference(arms: &BTreeMap<String, ArmValues>, r: &str, m: &str) -> f64 {
 }
 
 /// The claims of one evaluation point (`final` or `last2`).
-fn claims_at(arms: &BTreeMap<String, ArmValues>, which: &str) -> (Option<String>, Vec<ClaimRow>) {
+fn claims_at(arms: &BTreeMap<String, ArmValues>, which: &str) -> (Option<Verdict>, Vec<ClaimRow>) {
     let row = ClaimRow::new;
     let mut rows = Vec::new();
     let mut verdict = None;
@@ -263,14 +265,11 @@ fn claims_at(arms: &BTreeMap<String, ArmValues>, which: &str) -> (Option<String>
             Some(a3),
             true,
         ));
-        verdict = Some(
-            if a1 && a2 && a3 {
-                "passes"
-            } else {
-                "does not pass"
-            }
-            .to_string(),
-        );
+        verdict = Some(if a1 && a2 && a3 {
+            Verdict::new(Outcome::Reproduced, "A1 ∧ A2 ∧ A3")
+        } else {
+            Verdict::new(Outcome::NotReproduced, "A1 ∧ A2 ∧ A3 not all held")
+        });
     }
     if let (Some(t), Some(p)) = (arms.get("tsit-sis"), arms.get("p2phd-lite")) {
         let mt = t.vals(which, "seg_miou");
@@ -332,14 +331,11 @@ fn claims_at(arms: &BTreeMap<String, ArmValues>, which: &str) -> (Option<String>
             Some(s3),
             true,
         ));
-        verdict = Some(
-            if s1 && s2 && s3 {
-                "passes"
-            } else {
-                "does not pass"
-            }
-            .to_string(),
-        );
+        verdict = Some(if s1 && s2 && s3 {
+            Verdict::new(Outcome::Reproduced, "S1 ∧ S2 ∧ S3")
+        } else {
+            Verdict::new(Outcome::NotReproduced, "S1 ∧ S2 ∧ S3 not all held")
+        });
     }
     if let (Some(full), None) = (arms.get("full"), arms.get("no-fadain")) {
         // Scenes-AST: reported, not gated.
@@ -363,7 +359,7 @@ fn claims_at(arms: &BTreeMap<String, ArmValues>, which: &str) -> (Option<String>
             Some(mean_std(&miou).0 >= 0.8 * u),
             false,
         ));
-        verdict = Some("reported, not gated".to_string());
+        verdict = Some(Verdict::new(Outcome::Reported, ""));
     }
     // The batch-1 diagnostic is a check of the port (docs/tsit.md), reported beside the claims
     // and not part of the experiment's verdict, which A1–A3 / S1–S3 decide (docs/tsit.md).
@@ -481,18 +477,18 @@ pub fn report_sweep(dir: &Path, runs: &[RunSummary]) -> Result<String> {
     let table = |c: &[ClaimRow]| reprise_core::report::claims_table(c, false);
     let v = verdict
         .clone()
-        .unwrap_or_else(|| "incomplete (an arm is missing)".into());
+        .unwrap_or_else(|| Verdict::new(Outcome::Incomplete, "an arm is missing"));
     // A smoke run's numbers mean nothing: its claims are listed without verdicts (at the top).
     if !smoke {
         md += "\n## Claims on the final checkpoint: the verdict\n\n";
         md += &table(&claims);
-        let _ = writeln!(md, "\n**Verdict: {v}.**\n");
+        let _ = writeln!(md, "\n**Verdict:** {}.\n", v.bold());
         md += "## The same claims on the mean of the last two evaluations, for comparison\n\n";
         md += &table(&claims2);
         let _ = writeln!(
             md,
             "\nOn that basis: {}.\n",
-            verdict2.unwrap_or_else(|| "incomplete".into())
+            verdict2.map_or_else(|| Outcome::Incomplete.word().to_string(), |v| v.sentence())
         );
     }
     // The α sweep at test, averaged over the full arm's seeds (trained with α = 1).
@@ -558,7 +554,7 @@ pub fn report_sweep(dir: &Path, runs: &[RunSummary]) -> Result<String> {
             );
         }
     }
-    let claims = Claims { verdict: v, claims };
+    let claims = Claims::new(&v, claims);
     let claims = if smoke { claims.withheld() } else { claims };
     claims.write(dir)?;
     Ok(claims.open_report(&md))
