@@ -8,6 +8,8 @@
 #include <torch/csrc/distributed/c10d/Store.hpp>
 
 #include <chrono>
+#include <cstring>
+#include <string>
 
 namespace reprise {
 
@@ -32,6 +34,15 @@ inline c10d::Backend& backend_for(Group* g, const at::Tensor& t) {
     return *g->nccl;
   }
   return *g->gloo;
+}
+
+// Copies `what` into the caller's buffer `err` of `len` bytes (truncated, NUL-terminated).
+inline void set_error(char* err, size_t len, const std::string& what) {
+  if (err == nullptr || len == 0) {
+    return;
+  }
+  std::strncpy(err, what.c_str(), len - 1);
+  err[len - 1] = '\0';
 }
 
 // Sums `t` over the ranks, in place (contiguous, on the device its backend serves).

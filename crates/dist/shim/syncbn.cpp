@@ -101,13 +101,7 @@ struct SyncBatchNorm : public torch::autograd::Function<SyncBatchNorm> {
   }
 };
 
-void set_error(char* err, size_t len, const std::string& what) {
-  if (err == nullptr || len == 0) {
-    return;
-  }
-  std::strncpy(err, what.c_str(), len - 1);
-  err[len - 1] = '\0';
-}
+using reprise::set_error;
 
 }  // namespace
 

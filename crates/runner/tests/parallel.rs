@@ -151,28 +151,11 @@ fn a_rank_killed_stops_the_other_and_the_run_resumes_to_the_same_weights() {
     let d = setup();
     let p = d.path();
     let long = ["jem.iterations=1500", "jem.checkpoint_every=100"];
-    let two = |out: &str| {
-        let mut a = vec![
-            "run",
-            "t/tiny",
-            "--out",
-            out,
-            "--threads",
-            "1",
-            "--nproc",
-            "2",
-        ];
-        a.extend(long);
-        a.into_iter().map(String::from).collect::<Vec<_>>()
-    };
-    let args = two("full");
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let o = runner_env(p, &args, &[]);
+    let o = runner_env(p, &two_ranks("t/tiny", "full", &long), &[]);
     assert!(o.status.success(), "{}", text(&o));
     let full = runs_under(&p.join("full/tiny")).remove(0);
 
-    let args = two("cut-jem");
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let args = two_ranks("t/tiny", "cut-jem", &long);
     let mut launcher = Reaper(
         rank_command(p, &args)
             .stdout(std::process::Stdio::null())
@@ -433,24 +416,11 @@ fn two_ranks_train_a_deepthin_conv_run_and_a_killed_one_resumes_to_the_same_resu
     let p = d.path();
     write_image_folder(p, 16);
     write(p, "tiny-conv.yaml", &tiny_conv(p));
-    let two = |out: &str| {
-        [
-            "run",
-            "t/tiny-conv",
-            "--out",
-            out,
-            "--threads",
-            "1",
-            "--nproc",
-            "2",
-            "deepthin.batch=8",
-        ]
-        .map(String::from)
-        .to_vec()
-    };
-    let args = two("full");
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let o = runner_env(p, &args, &[]);
+    let o = runner_env(
+        p,
+        &two_ranks("t/tiny-conv", "full", &["deepthin.batch=8"]),
+        &[],
+    );
     assert!(o.status.success(), "{}", text(&o));
     let full = runs_under(&p.join("full/tiny-conv"));
     assert_eq!(full.len(), 1, "rank 0 alone makes a folder: {full:?}");
@@ -466,26 +436,22 @@ fn two_ranks_train_a_deepthin_conv_run_and_a_killed_one_resumes_to_the_same_resu
     // WIN imitation 32..44, KD 44..52, CE 52..56. Kill rank 1 inside the imitation (the
     // teacher's file and the scratch arm's ledger entry are in rank 0's folder only), then
     // resume with 2 ranks.
-    let args = two("cut-conv");
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let args = two_ranks("t/tiny-conv", "cut-conv", &["deepthin.batch=8"]);
     let Some(cut) = kill_rank_1_and_resume(p, &args, &p.join("cut-conv/tiny-conv"), |r| {
         newest_checkpoint(r).is_some_and(|s| s >= 38)
     }) else {
         return;
     };
-    let strip = |v: &serde_json::Value| {
-        let mut v = v.clone();
-        for a in v["arms"].as_object_mut().unwrap().values_mut() {
-            a.as_object_mut().unwrap().remove("secs");
-        }
-        for k in ["teacher_secs", "wall_seconds"] {
-            v.as_object_mut().unwrap().remove(k);
-        }
-        v
-    };
-    assert_eq!(strip(&summary(&cut)), strip(&reference));
+    assert_eq!(without_times(&summary(&cut)), without_times(&reference));
     let left: Vec<_> = fs::read_dir(p.join("tmp")).unwrap().flatten().collect();
     assert!(left.is_empty(), "{left:?}");
+}
+
+/// The arguments of a 2-rank run of `spec` into `out` (one thread a rank), with `more`.
+fn two_ranks<'a>(spec: &'a str, out: &'a str, more: &[&'a str]) -> Vec<&'a str> {
+    let mut a = vec!["run", spec, "--out", out, "--threads", "1", "--nproc", "2"];
+    a.extend_from_slice(more);
+    a
 }
 
 /// Runs `args` (a 2-rank run writing under `base`), kills rank 1 with SIGKILL once its run
@@ -551,43 +517,16 @@ fn two_ranks_of_robust_transfer_killed_in_the_transfers_resume_to_the_same_resul
     let d = setup();
     let p = d.path();
     write(p, "tiny-rt.yaml", TINY_RT);
-    let two = |out: &str| {
-        [
-            "run",
-            "t/tiny-rt",
-            "--out",
-            out,
-            "--threads",
-            "1",
-            "--nproc",
-            "2",
-        ]
-        .map(String::from)
-        .to_vec()
-    };
-    let args = two("full");
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let o = runner_env(p, &args, &[]);
+    let o = runner_env(p, &two_ranks("t/tiny-rt", "full", &[]), &[]);
     assert!(o.status.success(), "{}", text(&o));
     let reference = summary(&runs_under(&p.join("full/tiny-rt"))[0]);
     // Killed once two transfers are done: the source and those two are in rank 0's folder
     // only; the resumed ranks skip them alike and run the other four together.
-    let args = two("cut-rt");
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let args = two_ranks("t/tiny-rt", "cut-rt", &[]);
     let Some(cut) = kill_rank_1_and_resume(p, &args, &p.join("cut-rt/tiny-rt"), |r| {
         fs::read_to_string(r.join("transfers.jsonl")).is_ok_and(|t| t.lines().count() >= 2)
     }) else {
         return;
     };
-    let strip = |v: &serde_json::Value| {
-        let mut v = v.clone();
-        for t in v["transfers"].as_array_mut().unwrap() {
-            t.as_object_mut().unwrap().remove("secs");
-        }
-        for k in ["wall_seconds", "source_step_ms"] {
-            v.as_object_mut().unwrap().remove(k);
-        }
-        v
-    };
-    assert_eq!(strip(&summary(&cut)), strip(&reference));
+    assert_eq!(without_times(&summary(&cut)), without_times(&reference));
 }

@@ -279,3 +279,22 @@ pub fn newest_checkpoint(run: &Path) -> Option<u64> {
         })
         .max()
 }
+
+/// A summary without its wall-clock fields (`secs`, `…_secs`, `wall_seconds`, `…_ms`, at any
+/// depth): what a resumed run must reproduce exactly.
+pub fn without_times(v: &serde_json::Value) -> serde_json::Value {
+    match v {
+        serde_json::Value::Object(m) => m
+            .iter()
+            .filter(|(k, _)| {
+                !(k.as_str() == "secs"
+                    || k.ends_with("_secs")
+                    || k.as_str() == "wall_seconds"
+                    || k.ends_with("_ms"))
+            })
+            .map(|(k, x)| (k.clone(), without_times(x)))
+            .collect(),
+        serde_json::Value::Array(a) => a.iter().map(without_times).collect(),
+        x => x.clone(),
+    }
+}
