@@ -156,68 +156,24 @@ fn a_rank_killed_stops_the_other_and_the_run_resumes_to_the_same_weights() {
     let full = runs_under(&p.join("full/tiny")).remove(0);
 
     let args = two_ranks("t/tiny", "cut-jem", &long);
-    let mut launcher = Reaper(
-        rank_command(p, &args)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let base = p.join("cut-jem/tiny");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let mut killed = false;
-    while Instant::now() < deadline {
-        let reached = base.is_dir()
-            && runs_under(&base)
-                .first()
-                .is_some_and(|r| checkpoint(r, 100).is_file());
-        if reached {
-            if let Some(pid) = rank_pid("cut-jem", 1) {
-                Command::new("kill")
-                    .args(["-KILL", &pid.to_string()])
-                    .status()
-                    .unwrap();
-                killed = true;
-            }
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    let t0 = Instant::now();
-    let status = launcher.wait().unwrap();
-    let mut err = String::new();
-    std::io::Read::read_to_string(launcher.stderr.as_mut().unwrap(), &mut err).unwrap();
-    if !killed || status.success() {
-        eprintln!("the run ended before rank 1 was killed; inconclusive: {err}");
+    let Some(k) = kill_rank_1(p, &args, &p.join("cut-jem/tiny"), |r| {
+        checkpoint(r, 100).is_file()
+    }) else {
         return;
-    }
+    };
     assert!(
-        t0.elapsed() < Duration::from_secs(60),
+        k.stopped_in < Duration::from_secs(60),
         "rank 0 went on for {:?}",
-        t0.elapsed()
+        k.stopped_in
     );
-    assert!(err.contains("rank 1 (signal: 9"), "{err}");
-    let cut = runs_under(&base).remove(0);
+    assert!(k.err.contains("rank 1 (signal: 9"), "{}", k.err);
+    let cut = k.cut;
     // A failure, not a divergence: no diverged.json to mislead the sweep report.
     assert!(!cut.join("diverged.json").exists());
     let info: serde_json::Value =
         serde_json::from_slice(&fs::read(cut.join("run.json")).unwrap()).unwrap();
     assert_eq!(info["status"], "failed", "{info}");
-    assert!(!cut.join("summary.json").exists());
-
-    let o = runner_env(
-        p,
-        &[
-            "run",
-            "--resume",
-            cut.to_str().unwrap(),
-            "--threads",
-            "1",
-            "--nproc",
-            "2",
-        ],
-        &[],
-    );
+    let o = resume_with_two_ranks(p, &cut);
     assert!(o.status.success(), "{}", text(&o));
     assert!(text(&o).contains("resuming from step"), "{}", text(&o));
     assert_same_tensors(&checkpoint(&full, 1500), &checkpoint(&cut, 1500));
@@ -454,15 +410,22 @@ fn two_ranks<'a>(spec: &'a str, out: &'a str, more: &[&'a str]) -> Vec<&'a str> 
     a
 }
 
-/// Runs `args` (a 2-rank run writing under `base`), kills rank 1 with SIGKILL once its run
-/// folder is `reached`, and resumes the folder with 2 ranks; the folder, or `None` when the
-/// run ended before the kill (inconclusive).
-fn kill_rank_1_and_resume(
+/// A 2-rank run whose rank 1 was killed: its run folder, the launcher's error output, and how
+/// long the launcher took to end after the kill.
+struct Killed {
+    cut: PathBuf,
+    err: String,
+    stopped_in: Duration,
+}
+
+/// Runs `args` (a 2-rank run writing under `base`) and kills rank 1 with SIGKILL once its run
+/// folder is `reached`; `None` when the run ended before the kill (inconclusive).
+fn kill_rank_1(
     p: &Path,
     args: &[&str],
     base: &Path,
     reached: impl Fn(&Path) -> bool,
-) -> Option<PathBuf> {
+) -> Option<Killed> {
     let out = args[args.iter().position(|a| *a == "--out").expect("--out") + 1];
     let mut launcher = Reaper(
         rank_command(p, args)
@@ -486,7 +449,9 @@ fn kill_rank_1_and_resume(
         }
         std::thread::sleep(Duration::from_millis(2));
     }
+    let t0 = Instant::now();
     let status = launcher.wait().unwrap();
+    let stopped_in = t0.elapsed();
     let mut err = String::new();
     std::io::Read::read_to_string(launcher.stderr.as_mut().unwrap(), &mut err).unwrap();
     if !killed || status.success() {
@@ -495,7 +460,16 @@ fn kill_rank_1_and_resume(
     }
     let cut = runs_under(base).remove(0);
     assert!(!cut.join("summary.json").exists());
-    let o = runner_env(
+    Some(Killed {
+        cut,
+        err,
+        stopped_in,
+    })
+}
+
+/// `runner run --resume cut --nproc 2`, to its end.
+fn resume_with_two_ranks(p: &Path, cut: &Path) -> Output {
+    runner_env(
         p,
         &[
             "run",
@@ -507,9 +481,20 @@ fn kill_rank_1_and_resume(
             "2",
         ],
         &[],
-    );
+    )
+}
+
+/// [`kill_rank_1`], then the resumed run, which must succeed; the run folder.
+fn kill_rank_1_and_resume(
+    p: &Path,
+    args: &[&str],
+    base: &Path,
+    reached: impl Fn(&Path) -> bool,
+) -> Option<PathBuf> {
+    let k = kill_rank_1(p, args, base, reached)?;
+    let o = resume_with_two_ranks(p, &k.cut);
     assert!(o.status.success(), "{}", text(&o));
-    Some(cut)
+    Some(k.cut)
 }
 
 #[test]
