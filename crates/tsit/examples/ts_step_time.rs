@@ -14,10 +14,10 @@ fn main() {
     tch::set_num_threads(threads);
     let dev = reprise_core::timing::device_from_env();
     let (mut gan, c, [x, s]) = tsit::train::bench_setup(paper, dev);
+    let b = tsit::data::Batch::style_transfer(&x, &s);
     let warmup = if paper { 1 } else { 5 };
     let ms = reprise_core::timing::median_ms(dev, warmup, iters, || {
-        gan.step(&c, &x, Some(&s), &s, &x, (1e-4, 4e-4))
-            .expect("finite losses");
+        gan.step(&c, &b, (1e-4, 4e-4)).expect("finite losses");
     });
     println!("{ms:.4}");
 }

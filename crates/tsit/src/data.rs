@@ -190,6 +190,19 @@ pub struct Batch {
     pub target: Tensor,
 }
 
+impl Batch {
+    /// A style-transfer batch of contents `x` and styles `s`: D sees the styles as real, the
+    /// perceptual loss compares with the contents.
+    pub fn style_transfer(x: &Tensor, s: &Tensor) -> Batch {
+        Batch {
+            content: x.shallow_clone(),
+            style: Some(s.shallow_clone()),
+            real: s.shallow_clone(),
+            target: x.shallow_clone(),
+        }
+    }
+}
+
 /// The fixed test set of a task and its references.
 #[derive(Debug)]
 pub struct TestSet {

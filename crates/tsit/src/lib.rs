@@ -90,14 +90,13 @@ pub fn plan(
     let style = c.task.is_ast().then(|| img(3));
     let mut failed = None;
     let ms = reprise_core::timing::median_ms(dev, 2, steps, || {
-        if let Err(e) = gan.step(
-            &c,
-            &content,
-            style.as_ref(),
-            &real,
-            &real,
-            (c.optim.lr_g, c.optim.lr_d),
-        ) {
+        let b = data::Batch {
+            content: content.shallow_clone(),
+            style: style.as_ref().map(Tensor::shallow_clone),
+            real: real.shallow_clone(),
+            target: real.shallow_clone(),
+        };
+        if let Err(e) = gan.step(&c, &b, (c.optim.lr_g, c.optim.lr_d)) {
             failed = Some(format!("{e:?}"));
         }
     });
@@ -980,8 +979,12 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
         data_secs += t0.elapsed().as_secs_f64();
         let f = train::lr_factor(&c.optim, step, total, per_epoch);
         let rows = |t: &Tensor| par.shard(&t.to_device(dev));
-        let (content, real, target) = (rows(&b.content)?, rows(&b.real)?, rows(&b.target)?);
-        let style = b.style.as_ref().map(rows).transpose()?;
+        let mine = data::Batch {
+            content: rows(&b.content)?,
+            style: b.style.as_ref().map(rows).transpose()?,
+            real: rows(&b.real)?,
+            target: rows(&b.target)?,
+        };
         let n = c.batch;
         let (start, len) = par.rows(n)?;
         // This rank's rows of the noise drawn for the whole batch.
@@ -989,10 +992,7 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
         let st = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             gan.step_with(
                 &c,
-                &content,
-                style.as_ref(),
-                &real,
-                &target,
+                &mine,
                 (c.optim.lr_g * f, c.optim.lr_d * f),
                 &par,
                 &mut noise,

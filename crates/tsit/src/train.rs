@@ -4,6 +4,7 @@
 //! TTUR Adam.
 
 use crate::config::{Config, DecayPer, OptimConfig};
+use crate::data::Batch;
 use crate::model::{Discriminator, GenInput, Generator, Mode};
 use crate::nets::Perceptual;
 pub use reprise_core::error::StepError;
@@ -149,27 +150,16 @@ impl Gan {
 
     /// One iteration on a batch at learning rates `(lr_g, lr_d)`. Errors (with the losses)
     /// when a loss is not finite or beyond `guard`, before any update.
-    #[allow(clippy::too_many_arguments)]
     pub fn step(
         &mut self,
         c: &Config,
-        content: &Tensor,
-        style: Option<&Tensor>,
-        real: &Tensor,
-        target: &Tensor,
+        b: &Batch,
         lr: (f64, f64),
     ) -> std::result::Result<StepStats, StepError> {
-        let dev = real.device();
-        self.step_with(
-            c,
-            content,
-            style,
-            real,
-            target,
-            lr,
-            &Parallel::single(),
-            &mut |n| draw_noise(c, n, dev),
-        )
+        let dev = b.real.device();
+        self.step_with(c, b, lr, &Parallel::single(), &mut |n| {
+            draw_noise(c, n, dev)
+        })
     }
 
     /// [`Gan::step`] with each generator pass's bottleneck noise (or VAE ε) for a batch of
@@ -177,23 +167,20 @@ impl Gan {
     /// official `Pix2PixTrainer` runs `run_generator_one_step`, then
     /// `run_discriminator_one_step` on a freshly generated fake).
     ///
-    /// Data-parallel (`par` of several ranks): the tensors are this rank's rows of the batch,
+    /// Data-parallel (`par` of several ranks): `b` holds this rank's rows of the batch,
     /// `noise_of` gives its rows of the noise drawn for the whole batch, the gradients are
     /// averaged over the ranks before each update (as DDP does), the KL term (a sum over rows)
     /// is weighted so that the ranks' mean is the whole batch's, and the logged and guarded
     /// losses are the ranks' means, so every rank takes the same decision.
-    #[allow(clippy::too_many_arguments)]
     pub fn step_with(
         &mut self,
         c: &Config,
-        content: &Tensor,
-        style: Option<&Tensor>,
-        real: &Tensor,
-        target: &Tensor,
+        b: &Batch,
         lr: (f64, f64),
         par: &Parallel,
         noise_of: &mut dyn FnMut(i64) -> Option<Tensor>,
     ) -> std::result::Result<StepStats, StepError> {
+        let (content, style, real, target) = (&b.content, b.style.as_ref(), &b.real, &b.target);
         let failed = |e: Error| StepError::Failed(e);
         let dev = real.device();
         let n = real.size()[0];
@@ -390,7 +377,9 @@ mod tests {
             .iter()
             .map(|t| t.copy())
             .collect();
-        let st = gan.step(&c, &x, Some(&s), &s, &x, (1e-4, 4e-4)).unwrap();
+        let st = gan
+            .step(&c, &Batch::style_transfer(&x, &s), (1e-4, 4e-4))
+            .unwrap();
         assert!(st.g_gan.is_finite() && st.g_fm > 0.0 && st.g_vgg > 0.0);
         assert!(st.d_real > 0.0 && st.d_fake > 0.0);
         let moved = |before: &[Tensor], after: Vec<Tensor>| {

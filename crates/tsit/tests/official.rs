@@ -220,10 +220,12 @@ fn one_iteration(sis: bool, vgg: bool) {
     let st = gan
         .step_with(
             &c,
-            &content,
-            style.as_ref(),
-            &real,
-            &target,
+            &tsit::data::Batch {
+                content: content.shallow_clone(),
+                style: style.as_ref().map(Tensor::shallow_clone),
+                real: real.shallow_clone(),
+                target: target.shallow_clone(),
+            },
             (1e-4, 4e-4),
             &reprise_core::parallel::Parallel::single(),
             &mut |_| {

@@ -6,6 +6,7 @@ use reprise_core::parallel::Parallel;
 use std::sync::Mutex;
 use std::time::Duration;
 use tch::{Device, Tensor};
+use tsit::data::Batch;
 use tsit::train::{bench_setup, draw_noise, Gan};
 
 /// Builds are serialised: they seed and draw from LibTorch's one global generator.
@@ -46,10 +47,7 @@ fn two_ranks_with_synchronised_batch_norm_take_the_one_process_step() {
     let mut k = 0;
     gan.step_with(
         &c,
-        &x,
-        Some(&s),
-        &s,
-        &x,
+        &Batch::style_transfer(&x, &s),
         (0.0, 0.0),
         &Parallel::single(),
         &mut |_| {
@@ -83,10 +81,16 @@ fn two_ranks_with_synchronised_batch_norm_take_the_one_process_step() {
                 let (mut gan, c, _) = build();
                 gan.g.sync_batch_norm(&par);
                 let mut k = 0;
-                gan.step_with(&c, &xr, Some(&sr), &sr, &xr, (0.0, 0.0), &par, &mut |_| {
-                    k += 1;
-                    Some(zr[k - 1].copy())
-                })
+                gan.step_with(
+                    &c,
+                    &Batch::style_transfer(&xr, &sr),
+                    (0.0, 0.0),
+                    &par,
+                    &mut |_| {
+                        k += 1;
+                        Some(zr[k - 1].copy())
+                    },
+                )
                 .unwrap();
                 state(&gan)
             })
