@@ -154,6 +154,19 @@ pub struct Control<'a> {
     pub par: &'a Parallel,
 }
 
+/// One SGD fine-tuning: of what target, which parameters (`mode`), by which recipe, run how.
+#[derive(Clone, Copy)]
+pub struct Fit<'a> {
+    /// The target task.
+    pub target: &'a Target,
+    /// Every parameter (`Mode::Full`) or the head alone (`Mode::Fixed`).
+    pub mode: Mode,
+    /// The recipe.
+    pub sgd: &'a SgdConfig,
+    /// The stop and the ranks.
+    pub ctl: Control<'a>,
+}
+
 /// What a fine-tuning run needs to know about the networks.
 #[derive(Debug, Clone, Copy)]
 pub struct Arch<'a> {
@@ -166,17 +179,13 @@ pub struct Arch<'a> {
 /// SGD fine-tuning of a copy of `src` with a new head: every parameter (`Mode::Full`) or the
 /// head only, with the frozen backbone in `sgd.bn_mode` (`Mode::Fixed`). Returns the trained
 /// network. `stop` is polled every step.
-#[allow(clippy::too_many_arguments)]
 pub fn finetune(
     src: &Net,
     arch: Arch<'_>,
-    t: &Target,
+    fit: Fit<'_>,
     train: &Dataset,
-    mode: Mode,
-    sgd: &SgdConfig,
     lr: f64,
     seed: u64,
-    ctl: Control<'_>,
 ) -> Result<Net> {
     let dev = src.vs.device();
     let mut net = Net::new(
@@ -188,23 +197,19 @@ pub fn finetune(
         seed,
     );
     net.copy_backbone(src)?;
-    train_net(net, t, train, mode, sgd, lr, seed, ctl)
+    train_net(net, fit, train, lr, seed)
 }
 
 /// The SGD loop of [`finetune`] on a network already holding the source's backbone and a
 /// fresh head: freezes the backbone for `Mode::Fixed`, then trains for `sgd`'s steps at `lr`
 /// (batches and augmentation seeded by `seed`).
-#[allow(clippy::too_many_arguments)]
-pub fn train_net(
-    net: Net,
-    t: &Target,
-    train: &Dataset,
-    mode: Mode,
-    sgd: &SgdConfig,
-    lr: f64,
-    seed: u64,
-    ctl: Control<'_>,
-) -> Result<Net> {
+pub fn train_net(net: Net, fit: Fit<'_>, train: &Dataset, lr: f64, seed: u64) -> Result<Net> {
+    let Fit {
+        target: t,
+        mode,
+        sgd,
+        ctl,
+    } = fit;
     let dev = net.vs.device();
     let full = mode == Mode::Full;
     if !full {
@@ -329,7 +334,13 @@ pub fn transfer(
         }
         Solver::Sgd(s) => s,
     };
-    let (net, lr) = fit_sgd(src, arch, t, train, mode, sgd, seed, eval_batch, ctl)?;
+    let fit = Fit {
+        target: t,
+        mode,
+        sgd,
+        ctl,
+    };
+    let (net, lr) = fit_sgd(src, arch, fit, train, seed, eval_batch)?;
     Ok(outcome(evaluate(&net, t, test, eval_batch), lr))
 }
 
@@ -337,21 +348,18 @@ pub fn transfer(
 /// on `train`; with a grid, each rate trained on `train` less a validation part (seeded by
 /// `seed`), the best on that part kept, and, with `sgd.retrain`, trained again on all of
 /// `train`.
-#[allow(clippy::too_many_arguments)]
 pub fn fit_sgd(
     src: &Net,
     arch: Arch<'_>,
-    t: &Target,
+    fit: Fit<'_>,
     train: &Dataset,
-    mode: Mode,
-    sgd: &SgdConfig,
     seed: u64,
     eval_batch: usize,
-    ctl: Control<'_>,
 ) -> Result<(Net, f64)> {
+    let (t, mode, sgd) = (fit.target, fit.mode, fit.sgd);
     let head_seed = seed.wrapping_mul(7919).wrapping_add(0x7e57);
     if sgd.lr.len() == 1 {
-        let net = finetune(src, arch, t, train, mode, sgd, sgd.lr[0], head_seed, ctl)?;
+        let net = finetune(src, arch, fit, train, sgd.lr[0], head_seed)?;
         return Ok((net, sgd.lr[0]));
     }
     // Choose the rate on a seeded validation part of the training set.
@@ -363,7 +371,7 @@ pub fn fit_sgd(
     let (val_set, fit_set) = (train.subset(va), train.subset(tr));
     let mut best: Option<(f64, f64, Net)> = None;
     for &lr in &sgd.lr {
-        let net = finetune(src, arch, t, &fit_set, mode, sgd, lr, head_seed, ctl)?;
+        let net = finetune(src, arch, fit, &fit_set, lr, head_seed)?;
         let (v, _) = evaluate(&net, t, &val_set, eval_batch);
         tracing::info!(
             "{} {}: lr {lr}: validation accuracy {v:.2}",
@@ -376,10 +384,7 @@ pub fn fit_sgd(
     }
     let (_, lr, net) = best.expect("at least one rate");
     if sgd.retrain {
-        Ok((
-            finetune(src, arch, t, train, mode, sgd, lr, head_seed, ctl)?,
-            lr,
-        ))
+        Ok((finetune(src, arch, fit, train, lr, head_seed)?, lr))
     } else {
         Ok((net, lr))
     }
@@ -434,22 +439,23 @@ mod tests {
             })
         };
         let fit = |sgd: &SgdConfig| {
-            fit_sgd(&src, arch, &target, &train, Mode::Full, sgd, 3, 30, no).unwrap()
+            let how = Fit {
+                target: &target,
+                mode: Mode::Full,
+                sgd,
+                ctl: no,
+            };
+            fit_sgd(&src, arch, how, &train, 3, 30).unwrap()
         };
         let head_seed = 3u64.wrapping_mul(7919).wrapping_add(0x7e57);
+        let full = |sgd| Fit {
+            target: &target,
+            mode: Mode::Full,
+            sgd,
+            ctl: no,
+        };
         let (net, lr) = fit(&sgd);
-        let whole = finetune(
-            &src,
-            arch,
-            &target,
-            &train,
-            Mode::Full,
-            &sgd,
-            lr,
-            head_seed,
-            no,
-        )
-        .unwrap();
+        let whole = finetune(&src, arch, full(&sgd), &train, lr, head_seed).unwrap();
         assert!(
             logits(&net).equal(&logits(&whole)),
             "the whole training set, at the chosen rate"
@@ -464,18 +470,7 @@ mod tests {
         let mut order: Vec<i64> = (0..40).collect();
         Rng::new(3 ^ 0x7a1).shuffle(&mut order);
         let part = train.subset(&order[4..]);
-        let fitted = finetune(
-            &src,
-            arch,
-            &target,
-            &part,
-            Mode::Full,
-            &sgd,
-            lr,
-            head_seed,
-            no,
-        )
-        .unwrap();
+        let fitted = finetune(&src, arch, full(&sgd), &part, lr, head_seed).unwrap();
         assert!(logits(&part_net).equal(&logits(&fitted)));
         assert!(
             !logits(&net).equal(&logits(&part_net)),

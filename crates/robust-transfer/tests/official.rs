@@ -188,7 +188,13 @@ fn fixed_feature_and_full_network_transfer_steps_match_the_official_code() {
             stop: &|| false,
             par: &one,
         };
-        let net = train_net(net, &target, &train, mode, &sgd, 0.1, 0, ctl).unwrap();
+        let fit = robust_transfer::transfer::Fit {
+            target: &target,
+            mode,
+            sgd: &sgd,
+            ctl,
+        };
+        let net = train_net(net, fit, &train, 0.1, 0).unwrap();
         compare_all(&fx, &net, &format!("{tag}/after"));
     }
 }
