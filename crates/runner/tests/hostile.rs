@@ -487,7 +487,7 @@ fn a_signal_outside_a_training_loop_ends_the_runner_at_once() {
 fn a_file_size_limit_is_an_error_line_not_a_silent_death() {
     let d = setup();
     let p = d.path();
-    // As `a_disk_that_fills_mid_run_...` in cli.rs, but SIGXFSZ left at its default (which
+    // As `a_disk_that_fills_mid_run_...` in resume.rs, but SIGXFSZ left at its default (which
     // kills the process): the runner itself must turn it into an error naming the file.
     let o = std::process::Command::new("bash")
         .current_dir(p)

@@ -298,3 +298,59 @@ pub fn without_times(v: &serde_json::Value) -> serde_json::Value {
         x => x.clone(),
     }
 }
+
+/// Starts `t/<name>` into `<p>/<out>`, SIGKILLs it once its run folder satisfies `reached`
+/// (or after 120 s), and returns its exit status and run folder.
+pub fn kill_when(
+    p: &Path,
+    name: &str,
+    out: &str,
+    reached: impl Fn(&Path) -> bool,
+) -> (std::process::ExitStatus, PathBuf) {
+    let spec = format!("t/{name}");
+    let mut child = spawn_runner(p, &["run", &spec, "--out", out, "--threads", "1"], false);
+    let base = p.join(out).join(name);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let hit = base.is_dir() && runs_under(&base).first().is_some_and(|r| reached(r));
+        if hit || std::time::Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    let _ = child.kill(); // SIGKILL
+    let status = child.wait().unwrap();
+    (status, runs_under(&base).remove(0))
+}
+
+/// `kill_when`, then `--resume` of the cut run to its end: the resumed run's summary, or None
+/// when the run finished before the kill (the cut is then inconclusive; `what` says where).
+pub fn kill_and_resume(
+    p: &Path,
+    name: &str,
+    out: &str,
+    what: &str,
+    reached: impl Fn(&Path) -> bool,
+) -> Option<serde_json::Value> {
+    let (status, cut) = kill_when(p, name, out, reached);
+    if status.success() {
+        eprintln!("the run ended before the kill {what}; inconclusive");
+        return None;
+    }
+    assert!(!cut.join("summary.json").exists());
+    let o = runner(
+        p,
+        &["run", "--resume", cut.to_str().unwrap(), "--threads", "1"],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    Some(summary(&cut))
+}
+
+/// The error lines of a failed command: what a user reads.
+pub fn error_lines(o: &Output) -> Vec<String> {
+    String::from_utf8_lossy(&o.stderr)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(String::from)
+        .collect()
+}

@@ -1,0 +1,210 @@
+//! The runner's other commands end to end: compare, tensorboard, export, plan.
+
+use std::fs;
+use std::process::Command;
+
+mod common;
+use common::*;
+
+#[test]
+fn compare_puts_a_variant_beside_its_parent_metric_by_metric() {
+    let d = setup();
+    let p = d.path();
+    for (out, lr) in [("a", "0.01"), ("b", "0.03")] {
+        let lr = format!("jem.optim.lr={lr}");
+        let o = runner(
+            p,
+            &[
+                "run",
+                "t/tiny",
+                "--smoke",
+                "--out",
+                out,
+                "seeds=[0, 1]",
+                &lr,
+            ],
+        );
+        assert!(o.status.success(), "{}", text(&o));
+    }
+    let a = &runs_under(&p.join("a/tiny"))[0];
+    let b = &runs_under(&p.join("b/tiny"))[0];
+    let o = runner(p, &["compare", a.to_str().unwrap(), b.to_str().unwrap()]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    let acc = t
+        .lines()
+        .find(|l| l.starts_with("| (all) | acc |"))
+        .unwrap_or_else(|| panic!("no acc row: {t}"));
+    assert!(acc.matches("(n=2)").count() == 2, "{acc}");
+    assert!(acc.ends_with("| yes |") || acc.ends_with("| no |"), "{acc}");
+    // A run folder against a sweep, and a folder that is neither.
+    let run_a = a.join("seed=0");
+    assert!(runner(
+        p,
+        &["compare", run_a.to_str().unwrap(), b.to_str().unwrap()]
+    )
+    .status
+    .success());
+    assert_clean_error(
+        &runner(p, &["compare", "nowhere", b.to_str().unwrap()]),
+        "neither a run folder",
+    );
+}
+
+#[test]
+fn tensorboard_reads_back_the_metrics_and_figures_a_run_writes() {
+    let d = setup();
+    let p = d.path();
+    let o = runner(p, &["run", "t/tiny", "--out", "out"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let run = &runs_under(&p.join("out/tiny"))[0];
+    assert!(run.join("tensorboard").is_dir());
+    let python = python();
+    // TensorBoard's own reader against metrics.jsonl, value by value (float32 in the events).
+    let script = r#"
+import json, math, sys
+try:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+except ImportError:
+    sys.exit("the tensorboard package is missing from the venv: `just setup` installs it")
+run = sys.argv[1]
+ea = EventAccumulator(run + "/tensorboard", size_guidance={"scalars": 0, "images": 0})
+ea.Reload()
+want = {}
+for line in open(run + "/metrics.jsonl"):
+    r = json.loads(line)
+    for k, v in r["values"].items():
+        if v is not None:
+            want.setdefault(k, []).append((r["step"], v))
+tags = ea.Tags()
+assert sorted(tags["scalars"]) == sorted(want), (tags["scalars"], sorted(want))
+for k, pts in want.items():
+    got = [(e.step, e.value) for e in ea.Scalars(k)]
+    assert [s for s, _ in got] == [s for s, _ in pts], k
+    for (_, a), (_, b) in zip(got, pts):
+        assert math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-30), (k, a, b)
+import os
+figs = sorted(f[:-4] for f in os.listdir(run + "/figures") if f.endswith(".png"))
+assert figs and sorted(t.split("/", 1)[1] for t in tags["images"]) == figs, (tags["images"], figs)
+img = ea.Images(tags["images"][0])[0]
+assert img.width > 0 and img.height > 0 and img.encoded_image_string[:4] == b"\x89PNG"
+print(f"{len(want)} scalars and {len(figs)} figures read back")
+"#;
+    let o = Command::new(&python)
+        .arg("-c")
+        .arg(script)
+        .arg(run)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    // Switched off, no event file.
+    let o = runner(
+        p,
+        &[
+            "run",
+            "t/tiny",
+            "--smoke",
+            "--out",
+            "off",
+            "tensorboard=false",
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(!runs_under(&p.join("off/tiny"))[0]
+        .join("tensorboard")
+        .exists());
+}
+
+#[test]
+fn export_writes_a_state_dict_torch_load_reads() {
+    let d = setup();
+    let p = d.path();
+    let o = runner(p, &["run", "t/tiny", "--smoke", "--out", "out"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let run = &runs_under(&p.join("out/tiny"))[0];
+    let o = runner(p, &["export", run.to_str().unwrap(), "--out", "exported"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let cfg: serde_json::Value =
+        serde_json::from_slice(&fs::read(p.join("exported/config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["experiment"], "tiny");
+    assert_eq!(
+        cfg["config"]["ce_weight"], 1.0,
+        "the paper config with its defaults"
+    );
+    let python = python();
+    let script = r#"
+import glob, sys, torch
+sys.path.insert(0, sys.argv[3] + "/scripts")
+from convert_robustness_ckpt import read_safetensors
+sd = torch.load(sys.argv[2] + "/model.pt")
+assert type(sd).__name__ == "OrderedDict" and not any(k.startswith("model.") for k in sd), list(sd)
+ck = read_safetensors(sorted(glob.glob(sys.argv[1] + "/checkpoints/step-*.safetensors"))[-1])
+want = {k[len("model."):]: v for k, v in ck.items() if k.startswith("model.")}
+assert set(sd) == set(want) and all(sd[k].equal(v) for k, v in want.items())
+print(len(sd), "tensors")
+"#;
+    let o = Command::new(&python)
+        .arg("-c")
+        .arg(script)
+        .arg(run)
+        .arg(p.join("exported"))
+        .arg(root())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    assert_clean_error(
+        &runner(p, &["export", "out", "--out", "x"]),
+        "is not a run folder",
+    );
+}
+
+#[test]
+fn plan_times_real_steps_and_projects_the_run() {
+    let d = setup();
+    let p = d.path();
+    let o = runner(p, &["plan", "t/tiny", "--steps", "3", "--nproc", "2"]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    for needle in [
+        "one jem iteration: batch 32, SGLD K = 3",
+        "ms a step (median of 3",
+        "steps     60 (jem.iterations)",
+        "of training on one device",
+        "one jem iteration: batch 32 (16 per rank of 2)",
+        "ms to average 0.0 M gradients (Gloo on this host, 2 local ranks)",
+    ] {
+        assert!(t.contains(needle), "`{needle}` in {t}");
+    }
+    let ms: f64 = t
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("time"))
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .unwrap();
+    assert!(ms > 0.0 && ms.is_finite(), "{t}");
+    assert!(!p.join("runs").exists(), "a plan makes no run folder");
+    let ts = root().join("experiments/tsit/digits-ast.yaml");
+    let o = runner(
+        p,
+        &["plan", ts.to_str().unwrap(), "--steps", "1", "--nproc", "2"],
+    );
+    // TSIT trains data-parallel (its FADE BatchNorm synchronised): a rank's share is timed.
+    assert!(
+        o.status.success() && text(&o).contains("2 ranks") && text(&o).contains("per rank"),
+        "{}",
+        text(&o)
+    );
+    let spec = fs::read_to_string(root().join("experiments/deepthin/mnist-residual.yaml")).unwrap();
+    write(p, "dt.yaml", &spec);
+    assert_clean_error(
+        &runner(p, &["plan", "t/dt"]),
+        "does not time deepthin runs yet",
+    );
+    // Its MLP family trains as one process (the convolutional ones are data-parallel).
+    assert_clean_error(
+        &runner(
+            p,
+            &["run", "t/dt", "--smoke", "--nproc", "2", "--out", "dt"],
+        ),
+        "this MLP family trains as one process",
+    );
+}

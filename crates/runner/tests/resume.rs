@@ -1,0 +1,501 @@
+//! Run folders and resume end to end: the folder layout, exact resume after a checkpoint, SIGTERM,
+//! SIGKILL at random points, corrupt checkpoints, divergence, a full disk.
+
+use std::fs;
+use std::process::Command;
+
+mod common;
+use common::*;
+
+#[test]
+fn a_run_folder_holds_everything_and_replays() {
+    let d = setup();
+    let p = d.path();
+    let o = runner(p, &["run", "t/tiny", "--out", "out"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let runs = runs_under(&p.join("out/tiny"));
+    assert_eq!(runs.len(), 1);
+    let run = &runs[0];
+    for f in [
+        "spec.yaml",
+        "run.json",
+        "run.log",
+        "metrics.jsonl",
+        "metrics.csv",
+        "summary.json",
+        "report.md",
+    ] {
+        assert!(run.join(f).is_file(), "{f} missing");
+    }
+    assert!(run.join("checkpoints").is_dir() && run.join("figures").is_dir());
+    let first = summary(run);
+    assert!(first["acc"].as_f64().unwrap() > 0.5, "{first}");
+    assert_eq!(
+        fs::read_to_string(run.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .count(),
+        3
+    );
+    // The resolved spec replays the run into a new folder with the same result.
+    let spec = run.join("spec.yaml");
+    let o = runner(p, &["run", spec.to_str().unwrap(), "--out", "out"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let runs = runs_under(&p.join("out/tiny"));
+    assert_eq!(runs.len(), 2, "an existing run folder is never reused");
+    let again = summary(&runs[1]);
+    for k in ["acc", "nll", "ece", "auroc_px_mean", "realism_share"] {
+        assert_eq!(again[k], first[k], "{k}");
+    }
+    // The report renders again.
+    fs::remove_file(run.join("report.md")).unwrap();
+    let o = runner(p, &["report", run.to_str().unwrap()]);
+    assert!(
+        o.status.success() && run.join("report.md").is_file(),
+        "{}",
+        text(&o)
+    );
+}
+
+#[test]
+fn resume_from_a_checkpoint_ends_bit_identical() {
+    let d = setup();
+    let p = d.path();
+    let o = runner(p, &["run", "t/tiny", "--out", "out", "--threads", "1"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let full = runs_under(&p.join("out/tiny")).remove(0);
+    // A copy stopped after step 40: its step-60 checkpoint, summary and later metrics gone.
+    let cut = p.join("cut");
+    fs::create_dir_all(cut.join("checkpoints")).unwrap();
+    for f in ["spec.yaml", "run.json", "metrics.jsonl"] {
+        fs::copy(full.join(f), cut.join(f)).unwrap();
+    }
+    fs::copy(
+        full.join("checkpoints/step-000000040.safetensors"),
+        cut.join("checkpoints/step-000000040.safetensors"),
+    )
+    .unwrap();
+    let o = runner(p, &["run", "--resume", "cut", "--threads", "1"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("resuming from step 40"), "{}", text(&o));
+    assert_same_tensors(
+        &full.join("checkpoints/step-000000060.safetensors"),
+        &cut.join("checkpoints/step-000000060.safetensors"),
+    );
+    let sa = summary(&full);
+    let sb = summary(&cut);
+    for k in [
+        "acc",
+        "nll",
+        "ece",
+        "auroc_px_mean",
+        "auroc_pxgrad_uniform",
+        "realism_share",
+    ] {
+        assert_eq!(sa[k], sb[k], "{k}");
+    }
+    let steps: Vec<String> = fs::read_to_string(cut.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["step"].to_string())
+        .collect();
+    assert_eq!(steps, vec!["20", "40", "60"]);
+    // The lines before the checkpoint are kept as written (wall times included), not re-run.
+    let kept: Vec<String> = fs::read_to_string(cut.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .take(2)
+        .map(String::from)
+        .collect();
+    let orig: Vec<String> = fs::read_to_string(full.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .take(2)
+        .map(String::from)
+        .collect();
+    assert_eq!(kept, orig);
+}
+
+#[test]
+fn sigterm_checkpoints_and_the_resumed_run_ends_as_an_uninterrupted_one() {
+    let d = setup();
+    let p = d.path();
+    let long = [
+        "jem.iterations=2000",
+        "jem.checkpoint_every=500",
+        "jem.eval.every=500",
+        "--threads",
+        "1",
+    ];
+    let full = uninterrupted(p, &long);
+    let mut args = vec!["run", "t/tiny", "--out", "cut"];
+    args.extend(long);
+    let child = spawn_runner(p, &args, true);
+    // Wait until training has logged a line, then ask it to stop.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let logged = p.join("cut/tiny").is_dir()
+            && runs_under(&p.join("cut/tiny")).first().is_some_and(|r| {
+                fs::read_to_string(r.join("metrics.jsonl")).is_ok_and(|t| !t.is_empty())
+            });
+        if logged || std::time::Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    let cut = runs_under(&p.join("cut/tiny")).remove(0);
+    if o.status.success() {
+        // The run finished before the signal landed: nothing to resume, nothing to check.
+        eprintln!("the run ended before SIGTERM; the test is inconclusive on this machine");
+        return;
+    }
+    assert_eq!(o.status.code(), Some(130), "{}", text(&o));
+    assert!(
+        text(&o).contains("checkpoint written, resume with: runner run --resume"),
+        "{}",
+        text(&o)
+    );
+    assert!(!cut.join("summary.json").exists());
+    let o = runner(
+        p,
+        &["run", "--resume", cut.to_str().unwrap(), "--threads", "1"],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let sa = summary(&full);
+    let sb = summary(&cut);
+    for k in ["acc", "nll", "ece", "auroc_px_mean", "realism_share"] {
+        assert_eq!(sa[k], sb[k], "{k}");
+    }
+}
+
+#[test]
+fn runs_started_together_never_share_a_folder() {
+    let d = setup();
+    let p = d.path();
+    let children: Vec<_> = (0..4)
+        .map(|_| {
+            spawn_runner(
+                p,
+                &[
+                    "run",
+                    "t/tiny",
+                    "--smoke",
+                    "--out",
+                    "same",
+                    "--threads",
+                    "1",
+                ],
+                true,
+            )
+        })
+        .collect();
+    for c in children {
+        assert!(c.wait_with_output().unwrap().status.success());
+    }
+    let runs = runs_under(&p.join("same/tiny"));
+    assert_eq!(runs.len(), 4, "{runs:?}");
+    for r in runs {
+        assert!(r.join("summary.json").is_file());
+    }
+}
+
+#[test]
+fn a_corrupt_newest_checkpoint_falls_back_to_the_previous_one() {
+    let d = setup();
+    let p = d.path();
+    let o = runner(p, &["run", "t/tiny", "--out", "out", "--threads", "1"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let run = runs_under(&p.join("out/tiny")).remove(0);
+    // Unfinished again: no summary and no `finished` marker.
+    for f in ["summary.json", "finished"] {
+        fs::remove_file(run.join(f)).unwrap();
+    }
+    // Keep steps 40 and 60, tear the newest in half.
+    let newest = run.join("checkpoints/step-000000060.safetensors");
+    let bytes = fs::read(&newest).unwrap();
+    fs::write(&newest, &bytes[..bytes.len() / 2]).unwrap();
+    let o = runner(
+        p,
+        &["run", "--resume", run.to_str().unwrap(), "--threads", "1"],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let t = text(&o);
+    assert!(
+        t.contains("skipping checkpoint") && t.contains("step-000000060.safetensors"),
+        "{t}"
+    );
+    assert!(t.contains("resuming from step 40"), "{t}");
+    assert!(fs::read_to_string(run.join("run.log"))
+        .unwrap()
+        .contains("skipping checkpoint"));
+}
+
+#[test]
+fn a_diverging_run_stops_naming_the_step_and_keeps_its_checkpoints() {
+    let d = setup();
+    let p = d.path();
+    let o = runner(
+        p,
+        &[
+            "run",
+            "t/tiny",
+            "--out",
+            "out",
+            "jem.optim.lr=50",
+            "jem.checkpoint_every=1",
+        ],
+    );
+    let t = text(&o);
+    assert!(!o.status.success(), "{t}");
+    assert!(t.contains("training diverged at step"), "{t}");
+    let errors: Vec<String> = error_lines(&o)
+        .into_iter()
+        .filter(|l| l.starts_with("error"))
+        .collect();
+    assert_eq!(errors.len(), 1, "{t}");
+    let run = runs_under(&p.join("out/tiny")).remove(0);
+    assert!(
+        !run.join("summary.json").exists(),
+        "a diverged run does not look finished"
+    );
+    let ck = run.join("checkpoints");
+    assert!(
+        fs::read_dir(&ck).unwrap().count() > 0,
+        "the last good checkpoints are kept"
+    );
+}
+
+#[test]
+fn a_diverged_run_restarts_from_before_the_divergence_with_a_lower_learning_rate() {
+    let d = setup();
+    let p = d.path();
+    let o = runner(
+        p,
+        &[
+            "run",
+            "t/tiny",
+            "--out",
+            "out",
+            "jem.optim.lr=1",
+            "jem.checkpoint_every=2",
+        ],
+    );
+    assert!(
+        text(&o).contains("training diverged at step"),
+        "{}",
+        text(&o)
+    );
+    let run = runs_under(&p.join("out/tiny")).remove(0);
+    assert!(run.join("diverged.json").exists());
+    let rs = run.to_str().unwrap();
+    // What identifies the run cannot change, a bad value is refused, and neither touches it.
+    assert_clean_error(
+        &runner(p, &["run", "--resume", rs, "seed=3"]),
+        "identifies the run",
+    );
+    assert_clean_error(
+        &runner(p, &["run", "--resume", rs, "jem.optim.lr=-1"]),
+        "jem.optim.lr",
+    );
+    assert_clean_error(
+        &runner(p, &["run", "--resume", rs, "--from-step", "0"]),
+        "--from-step goes with overrides",
+    );
+    assert!(!run.join("spec.orig.yaml").exists() && run.join("diverged.json").exists());
+    // Restarted from the start with the spec's usual rate, it ends as a run that had that
+    // rate from the beginning; the checkpoints of the diverging attempt are kept aside.
+    let o = runner(
+        p,
+        &[
+            "run",
+            "--resume",
+            rs,
+            "--from-step",
+            "0",
+            "jem.optim.lr=0.01",
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let full = uninterrupted(p, &["jem.checkpoint_every=2"]);
+    assert_same_tensors(
+        &full.join("checkpoints/step-000000060.safetensors"),
+        &run.join("checkpoints/step-000000060.safetensors"),
+    );
+    assert_eq!(summary(&full)["acc"], summary(&run)["acc"]);
+    let orig = fs::read_to_string(run.join("spec.orig.yaml")).unwrap();
+    assert!(orig.contains("lr: 1"), "{orig}");
+    let log = fs::read_to_string(run.join("run.log")).unwrap();
+    assert!(
+        log.contains("resumed with overrides: jem.optim.lr=0.01; it had diverged at step"),
+        "{log}"
+    );
+    let aside: Vec<_> = fs::read_dir(run.join("checkpoints"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .collect();
+    assert_eq!(aside.len(), 1);
+    assert_eq!(fs::read_dir(aside[0].path()).unwrap().count(), 2);
+    // A finished run is not continued with other settings.
+    assert_clean_error(
+        &runner(p, &["run", "--resume", rs, "jem.optim.lr=0.001"]),
+        "has finished",
+    );
+}
+
+#[test]
+#[cfg(unix)]
+fn a_disk_that_fills_mid_run_is_a_clear_error_and_the_run_resumes_once_there_is_room() {
+    let d = setup();
+    let p = d.path();
+    // An 8 KiB file-size limit makes the first checkpoint write fail as a full disk would
+    // (EFBIG instead of ENOSPC); SIGXFSZ is ignored so the write returns the error.
+    let o = Command::new("bash")
+        .current_dir(p)
+        .env("REPRISE_DATA", root().join("data"))
+        .env("REPRISE_EXPERIMENTS", p.join("experiments"))
+        .arg("-c")
+        .arg(format!(
+            "trap '' XFSZ; ulimit -f 8; exec {} run t/tiny --out out",
+            env!("CARGO_BIN_EXE_runner")
+        ))
+        .output()
+        .unwrap();
+    assert_clean_error(&o, "checkpoints/step-000000020.safetensors: ");
+    let errors: Vec<String> = error_lines(&o)
+        .into_iter()
+        .filter(|l| l.starts_with("error"))
+        .collect();
+    assert_eq!(errors.len(), 1, "{}", text(&o));
+    let run = runs_under(&p.join("out/tiny")).remove(0);
+    assert!(
+        !run.join("summary.json").exists(),
+        "it must not look finished"
+    );
+    let mut files = vec![run.clone()];
+    let mut left = Vec::new();
+    while let Some(f) = files.pop() {
+        if f.is_dir() {
+            files.extend(fs::read_dir(&f).unwrap().flatten().map(|e| e.path()));
+        } else if f.to_string_lossy().contains(".tmp-") {
+            left.push(f);
+        }
+    }
+    assert!(left.is_empty(), "partial files left: {left:?}");
+    // With room again, the run continues and finishes as an uninterrupted one.
+    let o = runner(p, &["run", "--resume", run.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let full = uninterrupted(p, &[]);
+    assert_eq!(summary(&full)["acc"], summary(&run)["acc"]);
+    assert_same_tensors(
+        &full.join("checkpoints/step-000000060.safetensors"),
+        &run.join("checkpoints/step-000000060.safetensors"),
+    );
+}
+
+#[test]
+fn killed_at_random_points_and_resumed_it_ends_as_an_uninterrupted_run() {
+    let d = setup();
+    let p = d.path();
+    let long = [
+        "jem.iterations=4000",
+        "jem.checkpoint_every=100",
+        "jem.eval.every=1000",
+        "--threads",
+        "1",
+    ];
+    let full = uninterrupted(p, &long);
+    let spawn = |args: &[&str]| spawn_runner(p, args, false);
+    // Seeded kill times, 0.3 to 0.9 s after each start.
+    let mut rng = lcg(7);
+    let mut kills = 0;
+    let mut first = vec!["run", "t/tiny", "--out", "cut"];
+    first.extend(long);
+    let mut child = spawn(&first);
+    // Kill only once the run folder is complete (spec.yaml and run.json written), however slow
+    // the machine is to start the process.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !(p.join("cut/tiny").is_dir()
+        && runs_under(&p.join("cut/tiny"))
+            .first()
+            .is_some_and(|r| r.join("run.json").exists()))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the run never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    for _ in 0..12 {
+        let wait = 300 + rng() % 600;
+        std::thread::sleep(std::time::Duration::from_millis(wait));
+        let done = child.try_wait().unwrap().is_some();
+        if !done {
+            child.kill().unwrap(); // SIGKILL
+            kills += 1;
+        }
+        let _ = child.wait();
+        let run = runs_under(&p.join("cut/tiny")).remove(0);
+        if run.join("summary.json").exists() {
+            break;
+        }
+        child = spawn(&["run", "--resume", run.to_str().unwrap(), "--threads", "1"]);
+        if kills >= 5 {
+            assert!(child.wait().unwrap().success());
+            break;
+        }
+    }
+    let cut = runs_under(&p.join("cut/tiny")).remove(0);
+    assert!(
+        kills >= 5,
+        "only {kills} kills landed before the run finished"
+    );
+    let sa = summary(&full);
+    let sb = summary(&cut);
+    for k in [
+        "acc",
+        "nll",
+        "ece",
+        "auroc_px_mean",
+        "auroc_pxgrad_uniform",
+        "realism_share",
+    ] {
+        assert_eq!(sa[k], sb[k], "{k} after {kills} kills");
+    }
+    assert_same_tensors(
+        &full.join("checkpoints/step-000004000.safetensors"),
+        &cut.join("checkpoints/step-000004000.safetensors"),
+    );
+    // Every step's metrics appear once, in order.
+    let steps: Vec<u64> = fs::read_to_string(cut.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["step"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    let mut sorted = steps.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    assert_eq!(steps, sorted);
+    assert_eq!(steps.last(), Some(&4000));
+}
+
+/// A small seeded generator for the test's kill times.
+fn lcg(seed: u64) -> impl FnMut() -> u64 {
+    let mut s = seed;
+    move || {
+        s = s
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        s >> 33
+    }
+}
