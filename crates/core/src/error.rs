@@ -62,6 +62,17 @@ impl Error {
 /// Result with [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// What a caught panic says: an [`Error`] it carries (`std::panic::panic_any`, as a forward
+/// without an error path raises a failed collective), its message, or `None` for any other
+/// payload.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> Option<String> {
+    payload
+        .downcast_ref::<Error>()
+        .map(ToString::to_string)
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_string()))
+}
+
 /// Why a training step did not complete: its loss or energies went bad (the run diverged), or
 /// something else failed (a collective whose peer rank stopped, a LibTorch error).
 #[derive(Debug, thiserror::Error)]
@@ -81,5 +92,26 @@ impl StepError {
             StepError::Diverged(why) => Error::Diverged { step, why },
             StepError::Failed(e) => Error::msg(format!("step {step}: {e}")),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_says_its_error_or_message() {
+        let said = |f: fn()| panic_message(std::panic::catch_unwind(f).unwrap_err().as_ref());
+        let hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|_| {}));
+        let e = said(|| std::panic::panic_any(Error::msg("a rank is gone")));
+        let s = said(|| panic!("formatted {}", 1));
+        let t = said(|| panic!("plain"));
+        let other = said(|| std::panic::panic_any(7u8));
+        std::panic::set_hook(hook);
+        assert_eq!(e.as_deref(), Some("a rank is gone"));
+        assert_eq!(s.as_deref(), Some("formatted 1"));
+        assert_eq!(t.as_deref(), Some("plain"));
+        assert_eq!(other, None);
     }
 }

@@ -350,10 +350,7 @@ fn catch_quietly<T>(f: impl FnOnce() -> T) -> std::result::Result<T, String> {
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
     std::panic::set_hook(hook);
     r.map_err(|p| {
-        p.downcast_ref::<String>()
-            .cloned()
-            .or_else(|| p.downcast_ref::<&str>().map(|s| (*s).to_string()))
-            .unwrap_or_else(|| "an internal error".into())
+        reprise_core::error::panic_message(p.as_ref()).unwrap_or_else(|| "an internal error".into())
     })
 }
 

@@ -679,9 +679,7 @@ fn panic_error(panic: Box<dyn std::any::Any + Send>) -> Error {
     match panic.downcast::<Error>() {
         Ok(e) => *e,
         Err(p) => Error::msg(
-            p.downcast_ref::<String>()
-                .cloned()
-                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+            reprise_core::error::panic_message(p.as_ref())
                 .unwrap_or_else(|| "a panic in the training step".into()),
         ),
     }
