@@ -24,7 +24,7 @@ pub fn nll(logits: &Tensor, y: &Tensor) -> f64 {
 }
 
 /// One bin of a reliability diagram.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Bin {
     /// Lower edge (exclusive).
     pub lo: f64,

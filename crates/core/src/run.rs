@@ -151,6 +151,28 @@ pub struct RunSummary {
     pub summary: Json,
 }
 
+impl RunSummary {
+    /// `summary.json` as a paper's typed summary; an error names the run and the field.
+    pub fn parse<S: serde::de::DeserializeOwned>(&self) -> Result<S> {
+        parse_summary(&self.dir, &self.summary)
+    }
+
+    /// Whether the run was a `--smoke` run.
+    pub fn smoke(&self) -> bool {
+        self.summary["smoke"].as_bool() == Some(true)
+    }
+}
+
+/// `summary` (the `summary.json` of the run folder `dir`) as a typed summary.
+pub fn parse_summary<S: serde::de::DeserializeOwned>(dir: &Path, summary: &Json) -> Result<S> {
+    S::deserialize(summary).map_err(|e| {
+        Error::msg(format!(
+            "{}: summary.json does not read as this paper's summary: {e}",
+            dir.display()
+        ))
+    })
+}
+
 /// How a run was started (`run.json`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct RunInfo {
@@ -709,8 +731,10 @@ impl RunContext {
     }
 
     /// Writes `summary.json` (final metrics, machine-readable).
-    pub fn write_summary(&self, summary: &Json) -> Result<()> {
-        let mut s = summary.clone();
+    /// `summary` is a paper's typed summary (or any value that serialises to a JSON object).
+    pub fn write_summary(&self, summary: &impl Serialize) -> Result<()> {
+        let mut s = serde_json::to_value(summary)
+            .map_err(|e| Error::msg(format!("the run's summary: {e}")))?;
         if let Json::Object(m) = &mut s {
             m.insert(
                 "wall_seconds".into(),
@@ -764,6 +788,13 @@ fn remove_stale_temporaries(dir: &Path) {
     }
 }
 
+/// Deserialises a number that may have been written as `null` (how JSON holds NaN and the
+/// infinities) into `f64::NAN`: `#[serde(deserialize_with = "reprise_core::run::nan_if_null")]`
+/// on a summary's `f64` field, so that a run whose metric was NaN reads back as NaN.
+pub fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+}
+
 /// A JSON number, or null for NaN and infinities.
 pub fn json_f64(v: f64) -> Json {
     serde_json::Number::from_f64(v).map_or(Json::Null, Json::Number)
@@ -799,9 +830,10 @@ pub fn write_metrics_csv(dir: &Path) -> Result<()> {
     crate::report::write_csv(&dir.join("metrics.csv"), &header, &rows)
 }
 
-/// A finished run's header and summary, for its report: an error naming the folder when the
+/// A finished run's header and summary (a paper's typed summary, or `serde_json::Value`), for
+/// its report: an error naming the folder when the
 /// run has no `summary.json` yet.
-pub fn finished_run(dir: &Path) -> Result<(Header, Json)> {
+pub fn finished_run<S: serde::de::DeserializeOwned>(dir: &Path) -> Result<(Header, S)> {
     let spec = SpecTree::load(&dir.join("spec.yaml"))?;
     let h = spec.header()?;
     let s = read_summary(dir).ok_or_else(|| {
@@ -810,7 +842,7 @@ pub fn finished_run(dir: &Path) -> Result<(Header, Json)> {
             dir.display()
         ))
     })?;
-    Ok((h, s))
+    Ok((h, parse_summary(dir, &s)?))
 }
 
 /// The names of the runs a sweep folder's `sweep.json` lists (empty when it has none).

@@ -19,7 +19,7 @@ fn num(v: &Value) -> f64 {
 
 /// The report of one run.
 pub fn report_run(dir: &Path) -> Result<String> {
-    let (h, s) = reprise_core::run::finished_run(dir)?;
+    let (h, s) = reprise_core::run::finished_run::<Value>(dir)?;
     let mut md = format!(
         "# {} — depth {}, seed {}\n\n{}\n\n",
         h.name, s["depth"], h.seed, h.description,

@@ -9,17 +9,20 @@
 //! class-conditional samples and accuracy under PGD; [`report`] computes the paper's claims
 //! from a sweep's runs.
 
+pub mod claims;
 pub mod config;
 pub mod eval;
 pub mod model;
 pub mod report;
 pub mod sampler;
+pub mod summary;
 
 pub use config::{Arm, Config};
 
 use crate::eval::EvalData;
 use crate::model::Classifier;
 use crate::sampler::{sgld_with, ReplayBuffer};
+use crate::summary::Summary;
 use reprise_core::checkpoint::Checkpoint;
 use reprise_core::data::augment::{Augment, Loader};
 use reprise_core::data::{self, Rng};
@@ -32,7 +35,6 @@ use reprise_core::run::{per_rank, Paper, RunContext};
 use reprise_core::spec::{SpecError, SpecTree};
 use reprise_core::train::Steps;
 use reprise_core::{Error, Result};
-use serde_json::{json, Map, Value};
 use tch::{Device, Kind, Tensor};
 
 /// The paper, as the runner sees it.
@@ -608,7 +610,7 @@ fn load_weights(
 fn procedural_px_mean(rows: &[(String, [f64; 3])]) -> f64 {
     let v: Vec<f64> = rows
         .iter()
-        .filter(|r| report::OOD_SETS.contains(&r.0.as_str()))
+        .filter(|r| claims::OOD_SETS.contains(&r.0.as_str()))
         .map(|r| r.1[0])
         .collect();
     v.iter().sum::<f64>() / v.len().max(1) as f64
@@ -756,43 +758,40 @@ fn final_eval(
     classes: usize,
     step: u64,
     step_ms: f64,
-) -> Result<Value> {
+) -> Result<Summary> {
     let figs = ctx.figures();
-    let mut s = Map::new();
-    s.insert("arm".into(), json!(c.arm.name()));
-    s.insert("iterations".into(), json!(step));
-    s.insert("step_ms".into(), reprise_core::run::json_f64(step_ms));
-    s.insert("classes".into(), json!(classes));
-    s.insert("shape".into(), json!(shape));
     // The test predictions, kept so a sweep can pool them (the folds of a cross-validation).
     let logits = eval::test_logits(model, d);
     Predictions::new(d.index.clone(), &logits, &d.y)?
         .save(&ctx.dir().join(reprise_core::predictions::FILE))?;
     let m = reprise_core::metrics::calibration(&logits, &d.y, c.eval.ece_bins);
-    for (k, v) in [
-        ("acc", m.acc),
-        ("nll", m.nll),
-        ("ece", m.ece),
-        ("conf_minus_acc", m.conf_minus_acc),
-    ] {
-        s.insert(k.into(), reprise_core::run::json_f64(v));
-    }
-    s.insert("reliability".into(), json!(m.bins));
     report::reliability_figure(
         &figs.join("reliability.png"),
         &[(c.arm.name().to_string(), m.bins.clone())],
     )?;
     let (inn, per_set, rows) = eval::ood_auroc(model, d);
-    for (set, a) in &rows {
-        for (i, score) in ["px", "py", "pxgrad"].iter().enumerate() {
-            s.insert(
-                format!("auroc_{score}_{set}"),
-                reprise_core::run::json_f64(a[i]),
-            );
-        }
-    }
-    let px_mean = procedural_px_mean(&rows);
-    s.insert("auroc_px_mean".into(), reprise_core::run::json_f64(px_mean));
+    let mut s = Summary {
+        arm: c.arm.name().to_string(),
+        iterations: step,
+        step_ms,
+        classes,
+        shape: shape.to_vec(),
+        acc: m.acc,
+        nll: m.nll,
+        ece: m.ece,
+        conf_minus_acc: m.conf_minus_acc,
+        reliability: m.bins,
+        auroc_px_mean: procedural_px_mean(&rows),
+        realism_share: None,
+        self_agreement: None,
+        fid_samples: None,
+        fid_buffer: None,
+        scores: summary::Scores {
+            auroc: rows.into_iter().collect(),
+            pgd: Vec::new(),
+        },
+        smoke: false,
+    };
     report::score_histogram(
         &figs.join("hist_px.png"),
         "log p(x) = LSE f(x)",
@@ -847,20 +846,20 @@ fn final_eval(
             },
         )?;
         let share = eval::realism_share(&samples, &train_x.to_device(Device::Cpu), &d.clean);
-        s.insert("realism_share".into(), json!(share));
+        s.realism_share = Some(share);
         let self_agree = tch::no_grad(|| {
             reprise_core::metrics::accuracy(
                 &model.logits(&samples, 100).to_device(Device::Cpu),
                 &ys,
             )
         });
-        s.insert("self_agreement".into(), json!(self_agree));
+        s.self_agreement = Some(self_agree);
         if let Some(net) = &inception {
-            s.insert("fid_samples".into(), json!(fid_to_test(net, &samples)));
+            s.fid_samples = Some(fid_to_test(net, &samples));
         }
     }
     if let (Some(net), Some(b)) = (&inception, buffer) {
-        s.insert("fid_buffer".into(), json!(fid_to_test(net, &b.data)));
+        s.fid_buffer = Some(fid_to_test(net, &b.data));
     }
     if let Some(b) = buffer {
         // Buffer samples binned by predicted class, as the paper's "conditional" grids.
@@ -906,8 +905,8 @@ fn final_eval(
                 reprise_core::attack::Norm::Linf => "linf",
                 reprise_core::attack::Norm::L2 => "l2",
             };
-            s.insert(format!("pgd_{n}_{eps}"), json!(acc));
+            s.scores.pgd.push((n.to_string(), eps, acc));
         }
     }
-    Ok(Value::Object(s))
+    Ok(s)
 }

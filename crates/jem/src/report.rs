@@ -1,24 +1,24 @@
 //! Reports: one run's, and a sweep's with the paper's numbers beside ours and the claims
 //! P1–P4 computed from the runs' summaries.
 
+use crate::claims::{self, BySeed, Evidence, Found};
 use crate::config::{Arm, Claim, Config};
 use crate::eval::Scores;
 use crate::model::Classifier;
+use crate::summary::{Summary, SCORES};
 use reprise_core::checkpoint::{Checkpoint, CheckpointDir};
 use reprise_core::metrics::{Bin, Calibration};
 use reprise_core::plot::{line_plot, Series};
-use reprise_core::predictions::{ece_difference_interval, Predictions};
-use reprise_core::report::{fmt_mean_std, markdown_table, mean_std, Outcome, Verdict};
+use reprise_core::predictions::Predictions;
+use reprise_core::report::{fmt_mean_std, markdown_table, mean_std};
 use reprise_core::run::RunSummary;
 use reprise_core::spec::SpecTree;
 use reprise_core::{Error, Result};
-use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::Path;
 use tch::Device;
 
-/// The OOD sets, in report order.
-pub const OOD_SETS: [&str; 4] = ["uniform", "shuffled", "interp", "inverted"];
+pub use crate::claims::OOD_SETS;
 
 /// Reliability diagrams, one panel per model: accuracy per confidence bin as bars, the gap to
 /// the bin's mean confidence shaded, each bin's count above it.
@@ -71,82 +71,60 @@ pub fn score_histogram(
     line_plot(path, title, "score", "fraction of images", &series)
 }
 
-fn f(s: &Value, k: &str) -> f64 {
-    s.get(k).and_then(Value::as_f64).unwrap_or(f64::NAN)
-}
-
 fn pct(x: f64) -> String {
     format!("{:.2}", 100.0 * x)
 }
 
 /// The report of one run.
 pub fn report_run(dir: &Path) -> Result<String> {
-    let (h, s) = reprise_core::run::finished_run(dir)?;
+    let (h, s) = reprise_core::run::finished_run::<Summary>(dir)?;
     let mut md = format!(
         "# {} — arm `{}`, seed {}\n\n{}\n\n",
-        h.name,
-        s["arm"].as_str().unwrap_or("?"),
-        h.seed,
-        h.description
+        h.name, s.arm, h.seed, h.description
     );
     md += &markdown_table(
         &["metric", "value"],
         &[
-            vec!["test accuracy (%)".into(), pct(f(&s, "acc"))],
-            vec!["test NLL".into(), format!("{:.4}", f(&s, "nll"))],
-            vec!["test ECE (%)".into(), pct(f(&s, "ece"))],
+            vec!["test accuracy (%)".into(), pct(s.acc)],
+            vec!["test NLL".into(), format!("{:.4}", s.nll)],
+            vec!["test ECE (%)".into(), pct(s.ece)],
             vec![
                 "mean confidence − accuracy (points)".into(),
-                format!("{:+.2}", 100.0 * f(&s, "conf_minus_acc")),
+                format!("{:+.2}", 100.0 * s.conf_minus_acc),
             ],
-            vec!["iterations".into(), format!("{}", f(&s, "iterations"))],
-            vec![
-                "ms per iteration".into(),
-                format!("{:.1}", f(&s, "step_ms")),
-            ],
+            vec!["iterations".into(), s.iterations.to_string()],
+            vec!["ms per iteration".into(), format!("{:.1}", s.step_ms)],
             vec![
                 "realism share of conditional samples".into(),
-                format!("{:.3}", f(&s, "realism_share")),
+                format!("{:.3}", s.realism()),
             ],
         ],
     );
     md += "\n## OOD detection (AUROC, test = positive)\n\n";
     // The procedural sets, then any user datasets the summary holds.
     let mut sets: Vec<String> = OOD_SETS.iter().map(|s| s.to_string()).collect();
-    if let Some(m) = s.as_object() {
-        for k in m.keys() {
-            if let Some(set) = k.strip_prefix("auroc_px_") {
-                if set != "mean" && !sets.iter().any(|x| x == set) {
-                    sets.push(set.to_string());
-                }
-            }
+    for set in s.scores.auroc.keys() {
+        if !sets.contains(set) {
+            sets.push(set.clone());
         }
     }
     let rows: Vec<Vec<String>> = sets
         .iter()
         .map(|set| {
             let mut r = vec![set.to_string()];
-            for sc in ["px", "py", "pxgrad"] {
-                r.push(format!("{:.3}", f(&s, &format!("auroc_{sc}_{set}"))));
+            for sc in SCORES {
+                r.push(format!("{:.3}", s.auroc(sc, set)));
             }
             r
         })
         .collect();
     md += &markdown_table(&["set", "log p(x)", "max p(y|x)", "−‖∇ₓ log p(x)‖"], &rows);
     let pgd: Vec<Vec<String>> = s
-        .as_object()
-        .map(|m| {
-            m.iter()
-                .filter(|(k, _)| k.starts_with("pgd_"))
-                .map(|(k, v)| {
-                    vec![
-                        k.trim_start_matches("pgd_").replace('_', " ε = "),
-                        pct(v.as_f64().unwrap_or(f64::NAN)),
-                    ]
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+        .scores
+        .pgd
+        .iter()
+        .map(|(norm, eps, acc)| vec![format!("{norm} ε = {eps}"), pct(*acc)])
+        .collect();
     if !pgd.is_empty() {
         md += "\n## Accuracy under PGD (%, 20 steps of 2.5ε/20, ε in [0, 1] pixel units)\n\n";
         md += &markdown_table(&["attack", "accuracy"], &pgd);
@@ -164,33 +142,26 @@ pub fn report_run(dir: &Path) -> Result<String> {
 
 struct ArmRuns<'a> {
     by_seed: BTreeMap<u64, &'a RunSummary>,
+    summaries: BySeed,
 }
 
 impl ArmRuns<'_> {
-    fn vals(&self, k: &str) -> Vec<f64> {
-        self.by_seed
-            .values()
-            .map(|r| f(&r.summary, k))
-            .filter(|x| x.is_finite())
-            .collect()
-    }
-    fn mean(&self, k: &str) -> f64 {
-        mean_std(&self.vals(k)).0
+    fn mean(&self, metric: impl Fn(&Summary) -> f64) -> f64 {
+        claims::mean(&self.summaries, metric)
     }
 }
 
 /// The judge's agreement: the share of `samples` run's conditional samples that the judge run's
 /// final model assigns to their target class.
-fn judge_agreement(samples_run: &RunSummary, judge: &RunSummary) -> Result<f64> {
+fn judge_agreement(samples_run: &RunSummary, judge: &RunSummary, classes: usize) -> Result<f64> {
     let ck = Checkpoint::load(&samples_run.dir.join("samples.safetensors"))?;
     let (x, y) = (ck.tensor("samples")?, ck.tensor("labels")?);
     let c: Config = judge.spec.typed("jem")?;
     let shape: Vec<i64> = x.size()[1..].to_vec();
-    let classes = judge.summary["classes"].as_i64().unwrap_or(10);
     let mut m = Classifier::new(
         &c.model,
         &shape,
-        classes,
+        classes as i64,
         Device::Cpu,
         judge.spec.header()?.seed,
     );
@@ -244,16 +215,14 @@ pub fn report_sweep(dir: &Path, runs: &[RunSummary]) -> Result<String> {
             continue;
         };
         let seed = r.spec.header()?.seed;
-        arms.entry(c.arm)
-            .or_insert_with(|| ArmRuns {
-                by_seed: BTreeMap::new(),
-            })
-            .by_seed
-            .insert(seed, r);
+        let arm = arms.entry(c.arm).or_insert_with(|| ArmRuns {
+            by_seed: BTreeMap::new(),
+            summaries: BTreeMap::new(),
+        });
+        arm.by_seed.insert(seed, r);
+        arm.summaries.insert(seed, r.parse()?);
     }
-    let smoke = runs
-        .iter()
-        .any(|r| r.summary["smoke"].as_bool() == Some(true));
+    let smoke = runs.iter().any(RunSummary::smoke);
     // Runs the sweep expected that have no summary: diverged (the protocol counts such a seed
     // as failing every criterion) or not finished (yet).
     let expected: Vec<String> = reprise_core::run::expected_runs(dir);
@@ -299,30 +268,37 @@ pub fn report_sweep(dir: &Path, runs: &[RunSummary]) -> Result<String> {
                 } else {
                     (seeds.len() > 1).then(|| seeds[(i + 1) % seeds.len()])
                 };
-                if let Some(j) = judge_seed.and_then(|s| base.by_seed.get(&s)) {
+                let judge_run = judge_seed.and_then(|s| Some((base.by_seed.get(&s)?, s)));
+                if let Some((j, js)) = judge_run {
                     if r.dir.join("samples.safetensors").exists() {
-                        judge.entry(*arm).or_default().push(judge_agreement(r, j)?);
+                        let agreement = judge_agreement(r, j, base.summaries[&js].classes)?;
+                        judge.entry(*arm).or_default().push(agreement);
                     }
                 }
             }
         }
     }
     // The table of arms.
-    let metrics: [(&str, &str, bool); 10] = [
-        ("acc", "accuracy (%)", true),
-        ("nll", "NLL", false),
-        ("ece", "ECE (%)", true),
-        ("conf_minus_acc", "confidence − accuracy (points)", true),
-        ("auroc_px_mean", "AUROC log p(x), mean of 4 sets", false),
-        ("auroc_px_interp", "AUROC log p(x), interp", false),
-        ("auroc_pxgrad_uniform", "AUROC −‖∇‖, uniform", false),
-        ("realism_share", "realism share of samples", false),
+    type Metric = fn(&Summary) -> f64;
+    let metrics: [(Metric, &str, bool); 10] = [
+        (|s| s.acc, "accuracy (%)", true),
+        (|s| s.nll, "NLL", false),
+        (|s| s.ece, "ECE (%)", true),
+        (|s| s.conf_minus_acc, "confidence − accuracy (points)", true),
+        (|s| s.auroc_px_mean, "AUROC log p(x), mean of 4 sets", false),
+        (|s| s.auroc("px", "interp"), "AUROC log p(x), interp", false),
         (
-            "self_agreement",
+            |s| s.auroc("pxgrad", "uniform"),
+            "AUROC −‖∇‖, uniform",
+            false,
+        ),
+        (Summary::realism, "realism share of samples", false),
+        (
+            |s| s.self_agreement.unwrap_or(f64::NAN),
             "samples classified as target (own model)",
             false,
         ),
-        ("step_ms", "ms per iteration", false),
+        (|s| s.step_ms, "ms per iteration", false),
     ];
     let arm_list: Vec<Arm> = arms.keys().copied().collect();
     let mut header = vec!["metric".to_string()];
@@ -332,8 +308,7 @@ pub fn report_sweep(dir: &Path, runs: &[RunSummary]) -> Result<String> {
         .map(|(k, label, percent)| {
             let mut r = vec![label.to_string()];
             for a in &arm_list {
-                let v: Vec<f64> = arms[a]
-                    .vals(k)
+                let v: Vec<f64> = claims::values(&arms[a].summaries, k)
                     .iter()
                     .map(|x| if *percent { 100.0 * x } else { *x })
                     .collect();
@@ -393,18 +368,17 @@ pub fn report_sweep(dir: &Path, runs: &[RunSummary]) -> Result<String> {
     };
     let mut seed_rows = Vec::new();
     for (a, ar) in &arms {
-        for (seed, r) in &ar.by_seed {
-            let s = &r.summary;
+        for (seed, s) in &ar.summaries {
             seed_rows.push(vec![
                 format!("`{}`", a.name()),
                 seed.to_string(),
-                pct(f(s, "acc")),
-                pct(f(s, "ece")),
-                format!("{:.3}", f(s, "nll")),
-                format!("{:+.2}", 100.0 * f(s, "conf_minus_acc")),
-                format!("{:.3}", f(s, "auroc_px_mean")),
-                format!("{:.3}", f(s, "realism_share")),
-                format!("{}", f(s, "iterations")),
+                pct(s.acc),
+                pct(s.ece),
+                format!("{:.3}", s.nll),
+                format!("{:+.2}", 100.0 * s.conf_minus_acc),
+                format!("{:.3}", s.auroc_px_mean),
+                format!("{:.3}", s.realism()),
+                s.iterations.to_string(),
             ]);
         }
     }
@@ -426,10 +400,10 @@ pub fn report_sweep(dir: &Path, runs: &[RunSummary]) -> Result<String> {
     md += "\n## OOD detection (AUROC, mean over seeds)\n\n";
     let mut ood_rows = Vec::new();
     for a in &arm_list {
-        for sc in ["px", "py", "pxgrad"] {
+        for sc in SCORES {
             let mut r = vec![format!("`{}`", a.name()), sc.to_string()];
             for set in OOD_SETS {
-                r.push(format!("{:.3}", arms[a].mean(&format!("auroc_{sc}_{set}"))));
+                r.push(format!("{:.3}", arms[a].mean(|s| s.auroc(sc, set))));
             }
             ood_rows.push(r);
         }
@@ -439,127 +413,20 @@ pub fn report_sweep(dir: &Path, runs: &[RunSummary]) -> Result<String> {
         &ood_rows,
     );
     // Claims.
-    let (base, jem) = (arms.get(&Arm::Base), arms.get(&Arm::Jem));
-    let mut claims: Vec<(Claim, Option<bool>, String)> = Vec::new();
-    let pooled_pair = cv
-        .as_ref()
-        .and_then(|(_, p)| Some((p.get(&Arm::Base)?, p.get(&Arm::Jem)?)));
-    if let (Some(b), Some(j)) = (base, jem) {
-        // With cross-validation the claims are judged on the pooled out-of-fold predictions.
-        let (ab, aj) = match pooled_pair {
-            Some((pb, pj)) => (pb.1.acc, pj.1.acc),
-            None => (b.mean("acc"), j.mean("acc")),
-        };
-        let of = if pooled_pair.is_some() {
-            "pooled, "
-        } else {
-            ""
-        };
-        claims.push((
-            Claim::P1,
-            Some(aj >= ab - 0.03),
-            format!(
-                "{of}jem {} % vs base {} % (needs ≥ base − 3 points)",
-                pct(aj),
-                pct(ab)
-            ),
-        ));
-        let (eb, ej, nb, nj, gb, gj) = match pooled_pair {
-            Some((pb, pj)) => (
-                pb.1.ece,
-                pj.1.ece,
-                pb.1.nll,
-                pj.1.nll,
-                pb.1.conf_minus_acc,
-                pj.1.conf_minus_acc,
-            ),
-            None => (
-                b.mean("ece"),
-                j.mean("ece"),
-                b.mean("nll"),
-                j.mean("nll"),
-                b.mean("conf_minus_acc"),
-                j.mean("conf_minus_acc"),
-            ),
-        };
-        let paired: Vec<bool> = j
-            .by_seed
-            .iter()
-            .filter_map(|(s, r)| {
-                b.by_seed
-                    .get(s)
-                    .map(|rb| f(&r.summary, "ece") < f(&rb.summary, "ece"))
-            })
-            .collect();
-        let wins = paired.iter().filter(|&&w| w).count();
-        let p2 = ej < eb && wins * 2 > paired.len();
-        let (unit, interval) = match pooled_pair {
-            Some((pb, pj)) => {
-                let (lo, hi) = ece_difference_interval(&pj.0, &pb.0, bins, 1000, 0, 0.95)?;
-                (
-                    "folds",
-                    format!(
-                        "; pooled ECE jem − base {:+.2} points, bootstrap 95 % interval [{:+.2}, {:+.2}] (1000 resamples of the {} images)",
-                        100.0 * (ej - eb),
-                        100.0 * lo,
-                        100.0 * hi,
-                        pj.0.len()
-                    ),
-                )
-            }
-            None => ("seeds", String::new()),
-        };
-        claims.push((
-            Claim::P2,
-            Some(p2),
-            format!(
-                "{of}ECE jem {} % vs base {} %; lower in {wins} of {} {unit}; NLL {nj:.3} vs {nb:.3}; confidence − accuracy {:+.2} vs {:+.2} points (base {}){interval}",
-                pct(ej),
-                pct(eb),
-                paired.len(),
-                100.0 * gj,
-                100.0 * gb,
-                if gb > 0.0 { "over-confident" } else { "under-confident" }
-            ),
-        ));
-        let (ob, oj) = (b.mean("auroc_px_mean"), j.mean("auroc_px_mean"));
-        let each: Vec<f64> = OOD_SETS
-            .iter()
-            .map(|s| j.mean(&format!("auroc_px_{s}")))
-            .collect();
-        let p3 = oj >= ob + 0.02 && each.iter().all(|&a| a > 0.5);
-        claims.push((
-            Claim::P3,
-            Some(p3),
-            format!(
-                "mean AUROC log p(x): jem {oj:.3} vs base {ob:.3} (needs +0.02); jem per set {}; interp alone: jem {:.3} vs base {:.3}",
-                each.iter().map(|a| format!("{a:.3}")).collect::<Vec<_>>().join(" / "),
-                j.mean("auroc_px_interp"),
-                b.mean("auroc_px_interp")
-            ),
-        ));
-        let ja = judge.get(&Arm::Jem).map(|v| mean_std(v).0);
-        let (rj, rb) = (j.mean("realism_share"), b.mean("realism_share"));
-        let p4 = ja.map(|a| a >= 0.30 && rj >= 0.5 && rj - rb >= 0.3);
-        claims.push((
-            Claim::P4,
-            p4,
-            format!(
-                "judge agreement {} (needs ≥ 0.30); realism share jem {rj:.3} vs base control {rb:.3} (needs ≥ 0.5 and +0.3)",
-                ja.map_or("–".into(), |a| format!("{a:.3}"))
-            ),
-        ));
+    let mut found: Vec<Found> = Vec::new();
+    if let (Some(base), Some(jem)) = (arms.get(&Arm::Base), arms.get(&Arm::Jem)) {
+        found = claims::claims(&Evidence {
+            base: &base.summaries,
+            jem: &jem.summaries,
+            pooled: cv
+                .as_ref()
+                .and_then(|(_, p)| Some((p.get(&Arm::Base)?, p.get(&Arm::Jem)?))),
+            judge: judge.get(&Arm::Jem).map(|v| mean_std(v).0),
+            bins,
+        })?;
     }
     if gating_arm_failed {
-        let names: Vec<String> = unfinished
-            .iter()
-            .map(|(n, d)| format!("{n}{}", if *d { " (diverged)" } else { " (not finished)" }))
-            .collect();
-        for (_, ok, why) in &mut claims {
-            // A diverged seed fails every criterion; a run still missing leaves them not measured.
-            *ok = if any_diverged { Some(false) } else { None };
-            why.push_str(&format!("; runs missing: {}", names.join(", ")));
-        }
+        claims::missing_runs(&mut found, &unfinished, any_diverged);
     }
     if !unfinished.is_empty() {
         md += "\n## Runs that did not finish\n\n";
@@ -574,36 +441,10 @@ pub fn report_sweep(dir: &Path, runs: &[RunSummary]) -> Result<String> {
             );
         }
     }
-    let gated: Vec<&(Claim, Option<bool>, String)> = claims
-        .iter()
-        .filter(|(c, _, _)| gates.contains(c))
-        .collect();
-    let held = gated.iter().filter(|(_, ok, _)| *ok == Some(true)).count();
-    let gate_names = gates
-        .iter()
-        .map(|c| format!("{c:?}"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let overall = if gated.is_empty() {
-        Verdict::new(Outcome::Reported, "no claim is gated by this experiment")
-    } else if held == gated.len() {
-        Verdict::new(Outcome::Reproduced, format!("gated claims {gate_names}"))
-    } else if held > 0 {
-        let names: Vec<String> = gated
-            .iter()
-            .filter(|(_, ok, _)| *ok == Some(true))
-            .map(|(c, _, _)| format!("{c:?}"))
-            .collect();
-        Verdict::new(
-            Outcome::Partially,
-            format!("{} held of the gated claims {gate_names}", names.join(", ")),
-        )
-    } else {
-        Verdict::new(Outcome::NotReproduced, format!("gated claims {gate_names}"))
-    };
+    let overall = claims::verdict(&gates, &found);
     let claims_found = reprise_core::report::Claims::new(
         &overall,
-        claims
+        found
             .iter()
             .map(|(c, ok, why)| {
                 let (what, paper) = claim_text(*c);
@@ -637,12 +478,7 @@ pub fn report_sweep(dir: &Path, runs: &[RunSummary]) -> Result<String> {
             .collect(),
         None => arms
             .iter()
-            .map(|(a, ar)| {
-                (
-                    a.name().to_string(),
-                    pool_bins(ar.by_seed.values().map(|r| &r.summary)),
-                )
-            })
+            .map(|(a, ar)| (a.name().to_string(), pool_bins(ar.summaries.values())))
             .collect(),
     };
     if !pooled.is_empty() {
@@ -699,27 +535,23 @@ fn pool_folds(
     Ok(out)
 }
 
-fn pool_bins<'a>(summaries: impl Iterator<Item = &'a Value>) -> Vec<Bin> {
+fn pool_bins<'a>(summaries: impl Iterator<Item = &'a Summary>) -> Vec<Bin> {
     let mut pooled: Vec<Bin> = Vec::new();
     for s in summaries {
-        let Some(bins) = s.get("reliability").and_then(Value::as_array) else {
-            continue;
-        };
-        for (i, b) in bins.iter().enumerate() {
-            let n = b["count"].as_u64().unwrap_or(0) as usize;
+        for (i, b) in s.reliability.iter().enumerate() {
             if pooled.len() <= i {
                 pooled.push(Bin {
-                    lo: b["lo"].as_f64().unwrap_or(0.0),
-                    hi: b["hi"].as_f64().unwrap_or(0.0),
+                    lo: b.lo,
+                    hi: b.hi,
                     count: 0,
                     confidence: 0.0,
                     accuracy: 0.0,
                 });
             }
             let p = &mut pooled[i];
-            p.confidence += b["confidence"].as_f64().unwrap_or(0.0) * n as f64;
-            p.accuracy += b["accuracy"].as_f64().unwrap_or(0.0) * n as f64;
-            p.count += n;
+            p.confidence += b.confidence * b.count as f64;
+            p.accuracy += b.accuracy * b.count as f64;
+            p.count += b.count;
         }
     }
     for p in &mut pooled {

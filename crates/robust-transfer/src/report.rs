@@ -26,7 +26,7 @@ fn f(s: &Value, k: &str) -> f64 {
 
 /// The report of one run.
 pub fn report_run(dir: &Path) -> Result<String> {
-    let (h, s) = reprise_core::run::finished_run(dir)?;
+    let (h, s) = reprise_core::run::finished_run::<Value>(dir)?;
     let mut md = format!(
         "# {} — source `{}`, seed {}\n\n{}\n\n## Source (holdout)\n\n",
         h.name,

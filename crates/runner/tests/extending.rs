@@ -141,6 +141,9 @@ fn the_files_and_items_the_guide_names_exist() {
         "pub fn training_inputs_of_rows(",
         "pub data_parallel: bool",
         "pub fn papers()",
+        "pub fn nan_if_null",
+        "pub fn parse<S",
+        "pub fn finished_run<S",
     ] {
         assert!(
             sources.contains(item),

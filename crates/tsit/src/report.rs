@@ -50,7 +50,7 @@ fn metric_rows(s: &Value, which: &str) -> Vec<Vec<String>> {
 
 /// One run's report.
 pub fn report_run(dir: &Path) -> Result<String> {
-    let (h, s) = finished_run(dir)?;
+    let (h, s) = finished_run::<Value>(dir)?;
     let mut md = format!("# {} — seed {}\n\n{}\n\n", h.name, h.seed, h.description);
     let _ = writeln!(
         md,
