@@ -72,7 +72,9 @@ pub struct NormSpec {
 }
 
 /// What the source is trained on: clean inputs, PGD examples, or random noise of a fixed norm.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// In JSON it is its name (`l2-0.5`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub enum Arm {
     /// ε = 0: standard training.
     Std,
@@ -127,6 +129,19 @@ impl Arm {
             Arm::Std => 0.0,
             Arm::Adv(_, e) | Arm::Noise(e) => *e,
         }
+    }
+}
+
+impl TryFrom<String> for Arm {
+    type Error = String;
+    fn try_from(s: String) -> Result<Arm, String> {
+        Arm::parse(&s)
+    }
+}
+
+impl From<Arm> for String {
+    fn from(a: Arm) -> String {
+        a.to_string()
     }
 }
 

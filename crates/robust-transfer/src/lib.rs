@@ -11,12 +11,14 @@ pub mod config;
 pub mod data;
 pub mod model;
 pub mod report;
+pub mod summary;
 pub mod train;
 pub mod transfer;
 
 pub use config::{Arm, Config};
 
 use crate::model::Net;
+use crate::summary::{SourceMetrics, Summary};
 use crate::transfer::{Arch, Mode, Outcome};
 use reprise_core::attack::Pgd;
 use reprise_core::checkpoint::Checkpoint;
@@ -27,7 +29,7 @@ use reprise_core::run::{Paper, RunContext};
 use reprise_core::spec::{SpecError, SpecTree};
 use reprise_core::train::Steps;
 use reprise_core::{Error, Result};
-use serde_json::{json, Map, Value};
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use tch::Tensor;
@@ -560,20 +562,19 @@ fn evaluate_source(
     arm: Arm,
     net: &Net,
     holdout: &data::Images,
-) -> Result<Map<String, Value>> {
-    let mut robust = Map::new();
+    step_ms: f64,
+) -> Result<SourceMetrics> {
+    let mut src_robust = BTreeMap::new();
     for (norm, eps) in train::eval_points(arm, &c.eval) {
         let attack = Pgd::eval(norm, eps, c.eval.pgd_steps);
         let a = train::accuracy(net, holdout, Some(&attack), c.eval.batch)?;
-        robust.insert(train::point_key(norm, eps), json!(a));
+        src_robust.insert(train::point_key(norm, eps), a);
     }
-    let mut m = Map::new();
-    m.insert(
-        "src_clean".into(),
-        json!(train::accuracy(net, holdout, None, c.eval.batch)?),
-    );
-    m.insert("src_robust".into(), Value::Object(robust));
-    Ok(m)
+    Ok(SourceMetrics {
+        src_clean: train::accuracy(net, holdout, None, c.eval.batch)?,
+        src_robust,
+        source_step_ms: step_ms,
+    })
 }
 
 /// The finished transfers in `transfers.jsonl`. A line torn by a kill is dropped and the file
@@ -654,38 +655,28 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
     // broadcast): the transfers' eval-mode features then agree.
     par.broadcast_vars(&net.vs)?;
     let src_json = dir.join("source.json");
-    let mut src_metrics: Map<String, Value> = std::fs::read(&src_json)
+    let mut source: Option<SourceMetrics> = std::fs::read(&src_json)
         .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or_default();
-    if let (true, Some(splits)) = (src_metrics.is_empty(), &splits) {
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    if let (None, Some(splits)) = (&source, &splits) {
         eprintln!(
             "evaluating the source on {} holdout examples",
             splits.1.len()
         );
-        src_metrics = evaluate_source(&c, arm, &net, &splits.1)?;
-        src_metrics.insert(
-            "source_step_ms".into(),
-            reprise_core::run::json_f64(step_ms),
-        );
-        reprise_core::checkpoint::write_atomic(
-            &src_json,
-            serde_json::to_string_pretty(&src_metrics)
-                .map_err(|e| Error::msg(e.to_string()))?
-                .as_bytes(),
-        )?;
+        let m = evaluate_source(&c, arm, &net, &splits.1, step_ms)?;
+        // Through a JSON value, so the keys are sorted as every file of the run folder.
+        let text = serde_json::to_value(&m)
+            .and_then(|v| serde_json::to_string_pretty(&v))
+            .map_err(|e| Error::msg(e.to_string()))?;
+        reprise_core::checkpoint::write_atomic(&src_json, text.as_bytes())?;
+        source = Some(m);
     }
     let outcomes = transfer_all(ctx, &c, &net)?;
     if !par.is_main() {
         // Rank 0 writes the summary and the report.
         return Ok(());
     }
-    let mut summary = Map::new();
-    summary.insert("arm".into(), json!(arm.to_string()));
-    summary.insert("kind".into(), json!(arm.kind()));
-    summary.insert("eps".into(), json!(arm.eps()));
-    summary.insert("source_seed".into(), json!(h.seed));
-    summary.extend(src_metrics);
+    let mut means = BTreeMap::new();
     for mode in [Mode::Fixed, Mode::Full] {
         for t in &c.transfer.targets {
             let accs: Vec<f64> = outcomes
@@ -695,15 +686,20 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
                 .collect();
             if !accs.is_empty() {
                 let m = accs.iter().sum::<f64>() / accs.len() as f64;
-                summary.insert(format!("{}_{}", mode.name(), t.name), json!(m));
+                means.insert(format!("{}_{}", mode.name(), t.name), m);
             }
         }
     }
-    summary.insert(
-        "transfers".into(),
-        serde_json::to_value(&outcomes).map_err(|e| Error::msg(e.to_string()))?,
-    );
-    ctx.write_summary(&Value::Object(summary))?;
+    ctx.write_summary(&Summary {
+        arm,
+        kind: arm.kind().to_string(),
+        eps: arm.eps(),
+        source_seed: h.seed,
+        source,
+        means: summary::Means(means),
+        transfers: outcomes,
+        smoke: false,
+    })?;
     let md = report::report_run(ctx.dir())?;
     ctx.write_report(&md)?;
     Ok(())

@@ -3,6 +3,7 @@
 //! computed from the runs' summaries.
 
 use crate::config::{Arm, Config};
+use crate::summary::Summary;
 use crate::transfer::{Mode, Outcome};
 use reprise_core::attack::Norm;
 use reprise_core::plot::{panels_plot, Panel, Series};
@@ -12,7 +13,6 @@ use reprise_core::report::{
 use reprise_core::run::RunSummary;
 use reprise_core::spec::SpecTree;
 use reprise_core::{Error, Result};
-use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::path::Path;
@@ -20,38 +20,31 @@ use std::path::Path;
 /// The section name in specs.
 const SECTION: &str = "robust-transfer";
 
-fn f(s: &Value, k: &str) -> f64 {
-    s[k].as_f64().unwrap_or(f64::NAN)
-}
-
 /// The report of one run.
 pub fn report_run(dir: &Path) -> Result<String> {
-    let (h, s) = reprise_core::run::finished_run::<Value>(dir)?;
+    let (h, s) = reprise_core::run::finished_run::<Summary>(dir)?;
     let mut md = format!(
         "# {} — source `{}`, seed {}\n\n{}\n\n## Source (holdout)\n\n",
-        h.name,
-        s["arm"].as_str().unwrap_or("?"),
-        h.seed,
-        h.description
+        h.name, s.arm, h.seed, h.description
     );
     let mut rows = vec![vec![
         "clean accuracy (%)".to_string(),
-        format!("{:.2}", f(&s, "src_clean")),
+        format!("{:.2}", s.src_clean()),
     ]];
-    if let Some(m) = s["src_robust"].as_object() {
-        for (k, v) in m {
-            rows.push(vec![
-                format!("PGD accuracy at {k} (%)"),
-                format!("{:.2}", v.as_f64().unwrap_or(f64::NAN)),
-            ]);
+    if let Some(src) = &s.source {
+        for (k, v) in &src.src_robust {
+            rows.push(vec![format!("PGD accuracy at {k} (%)"), format!("{v:.2}")]);
         }
     }
     rows.push(vec![
         "training step (ms)".into(),
-        format!("{:.1}", f(&s, "source_step_ms")),
+        format!(
+            "{:.1}",
+            s.source.as_ref().map_or(f64::NAN, |m| m.source_step_ms)
+        ),
     ]);
     md += &markdown_table(&["metric", "value"], &rows);
-    let outs: Vec<Outcome> = serde_json::from_value(s["transfers"].clone()).unwrap_or_default();
+    let outs = s.transfers;
     if !outs.is_empty() {
         md += "\n## Transfer (test accuracy %, mean ± std over transfer seeds)\n\n";
         let mut groups: BTreeMap<(String, &str), Vec<&Outcome>> = BTreeMap::new();
@@ -391,33 +384,24 @@ pub const PAPER_BEST_EPS: &[(&str, f64, f64)] = &[
     ("SUN397", 0.01, 0.0),
 ];
 
-/// Collects a sweep's runs into [`Results`].
-pub fn collect(runs: &[RunSummary]) -> Results {
+/// Collects a sweep's runs' summaries into [`Results`].
+pub fn collect<'a>(runs: impl IntoIterator<Item = &'a Summary>) -> Results {
     let mut res = Results::default();
-    for r in runs {
-        let s = &r.summary;
-        let Some(arm) = s["arm"].as_str().and_then(|a| Arm::parse(a).ok()) else {
-            continue;
-        };
-        let seed = s["source_seed"].as_u64().unwrap_or(0);
-        let robust = s["src_robust"]
-            .as_object()
-            .map(|m| {
-                m.iter()
-                    .filter_map(|(k, v)| v.as_f64().map(|x| (k.clone(), x)))
-                    .collect()
-            })
-            .unwrap_or_default();
+    for s in runs {
+        let (arm, seed) = (s.arm, s.source_seed);
         res.sources.push(Source {
             arm,
             seed,
-            clean: f(s, "src_clean"),
-            robust,
+            clean: s.src_clean(),
+            robust: s
+                .source
+                .as_ref()
+                .map(|m| m.src_robust.clone())
+                .unwrap_or_default(),
         });
-        let outs: Vec<Outcome> = serde_json::from_value(s["transfers"].clone()).unwrap_or_default();
-        for o in outs {
+        for o in &s.transfers {
             res.rows.push(Row {
-                target: o.target,
+                target: o.target.clone(),
                 mode: o.mode,
                 arm,
                 source_seed: seed,
@@ -429,7 +413,7 @@ pub fn collect(runs: &[RunSummary]) -> Results {
     res
 }
 
-fn write_csv(dir: &Path, runs: &[RunSummary]) -> Result<()> {
+fn write_csv(dir: &Path, runs: &[(&RunSummary, Summary)]) -> Result<()> {
     let header = [
         "target",
         "k",
@@ -445,15 +429,12 @@ fn write_csv(dir: &Path, runs: &[RunSummary]) -> Result<()> {
         "src_robust",
     ];
     let mut rows: Vec<Vec<String>> = Vec::new();
-    for r in runs {
-        let s = &r.summary;
-        let Some(arm) = s["arm"].as_str().and_then(|a| Arm::parse(a).ok()) else {
-            continue;
-        };
+    for (r, s) in runs {
+        let arm = s.arm;
         let c: Option<Config> = r.spec.typed(SECTION).ok();
         let own = match arm {
-            Arm::Adv(n, e) => s["src_robust"][crate::train::point_key(n, e)].as_f64(),
-            Arm::Noise(e) => s["src_robust"][crate::train::point_key(Norm::L2, e)].as_f64(),
+            Arm::Adv(n, e) => s.src_robust(&crate::train::point_key(n, e)),
+            Arm::Noise(e) => s.src_robust(&crate::train::point_key(Norm::L2, e)),
             Arm::Std => None,
         };
         let norm = match arm {
@@ -461,8 +442,7 @@ fn write_csv(dir: &Path, runs: &[RunSummary]) -> Result<()> {
             Arm::Std => "",
             _ => "l2",
         };
-        let outs: Vec<Outcome> = serde_json::from_value(s["transfers"].clone()).unwrap_or_default();
-        for o in outs {
+        for o in &s.transfers {
             let k = c
                 .as_ref()
                 .and_then(|c| c.transfer.targets.iter().find(|t| t.name == o.target))
@@ -475,11 +455,11 @@ fn write_csv(dir: &Path, runs: &[RunSummary]) -> Result<()> {
                 arm.kind().to_string(),
                 norm.to_string(),
                 arm.eps().to_string(),
-                s["source_seed"].as_u64().unwrap_or(0).to_string(),
+                s.source_seed.to_string(),
                 o.seed.to_string(),
                 format!("{:.4}", o.acc),
                 format!("{:.4}", o.mpc_acc),
-                format!("{:.4}", f(s, "src_clean")),
+                format!("{:.4}", s.src_clean()),
                 own.map_or(String::new(), |v| format!("{v:.4}")),
             ]);
         }
@@ -565,11 +545,13 @@ pub fn report_sweep(dir: &Path, runs: &[RunSummary]) -> Result<String> {
     let spec = SpecTree::load(&dir.join("sweep.yaml"))?;
     let h = spec.header()?;
     let cfg: Option<Config> = spec.typed(SECTION).ok();
-    let res = collect(runs);
-    write_csv(dir, runs)?;
-    let smoke = runs
+    let parsed = runs
         .iter()
-        .any(|r| r.summary["smoke"].as_bool() == Some(true));
+        .map(|r| Ok((r, r.parse::<Summary>()?)))
+        .collect::<Result<Vec<_>>>()?;
+    let res = collect(parsed.iter().map(|(_, s)| s));
+    write_csv(dir, &parsed)?;
+    let smoke = runs.iter().any(RunSummary::smoke);
     let mut md = format!("# {}\n\n{}\n\n", h.name, h.description);
     if smoke {
         md += reprise_core::report::SMOKE_BANNER;
