@@ -7,6 +7,7 @@
 //! full-network mode over the transfer seeds. [`report`] computes the paper's claims from a
 //! sweep of such runs.
 
+pub mod claims;
 pub mod config;
 pub mod data;
 pub mod model;
