@@ -795,6 +795,20 @@ pub fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Resul
     Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
+/// Deserialises an optional number whose `null` means NaN (a metric that was measured and came
+/// out NaN) into `Some(f64::NAN)`; with `#[serde(default, skip_serializing_if = "Option::is_none")]`
+/// an absent key stays `None` and `Some(NaN)` is written back as `null`.
+pub fn some_nan_if_null<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<f64>, D::Error> {
+    Ok(Some(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN)))
+}
+
+/// `f64::NAN`, for `#[serde(default = "reprise_core::run::nan")]`.
+pub fn nan() -> f64 {
+    f64::NAN
+}
+
 /// A JSON number, or null for NaN and infinities.
 pub fn json_f64(v: f64) -> Json {
     serde_json::Number::from_f64(v).map_or(Json::Null, Json::Number)

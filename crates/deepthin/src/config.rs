@@ -90,6 +90,17 @@ pub enum ArchKind {
 }
 
 impl ArchKind {
+    /// The name a spec gives it (`mlp`, `residual`, `encoder`, `resnet`, `wrn`).
+    pub fn name(self) -> &'static str {
+        match self {
+            ArchKind::Mlp => "mlp",
+            ArchKind::Residual => "residual",
+            ArchKind::Encoder => "encoder",
+            ArchKind::Resnet => "resnet",
+            ArchKind::Wrn => "wrn",
+        }
+    }
+
     /// Whether the family is convolutional, trained on streamed augmented image batches with
     /// the teacher's targets computed batch by batch.
     pub fn is_conv(self) -> bool {

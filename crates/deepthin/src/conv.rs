@@ -15,16 +15,17 @@ use crate::config::{
     Sched, Stage, TrainStage,
 };
 use crate::model::copy_tensors;
+use crate::summary::{sorted_json, ArmResult, StageLog, Summary};
 use crate::train::{kd_loss, stage_optimizer, stage_schedule, BlockFit};
 use reprise_core::checkpoint::Checkpoint;
 use reprise_core::data::{self, batch_indices, Images};
 use reprise_core::models::{Block, ResNet, ResNetConfig, Stem, Wrn, WrnConfig, WrnNorm};
 use reprise_core::nn::Activation;
 use reprise_core::optim::Optimizer;
-use reprise_core::run::{json_f64, RunContext};
+use reprise_core::run::RunContext;
 use reprise_core::{Error, Result};
-use serde_json::{json, Map, Value};
 use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::time::Instant;
 use tch::nn;
 use tch::{Device, Kind, Tensor};
@@ -447,7 +448,7 @@ impl Exec<'_, '_> {
         name: &str,
         state: &[(String, Tensor)],
         opt: Option<&mut Optimizer>,
-        log: &mut Map<String, Value>,
+        log: &mut ArmResult,
     ) -> Result<Entry> {
         let i = self.index(name);
         let Some(r) = &self.resume else {
@@ -497,7 +498,7 @@ impl Exec<'_, '_> {
         local: u64,
         state: &[(String, Tensor)],
         opt: &Optimizer,
-        log: &Map<String, Value>,
+        log: &ArmResult,
     ) -> Result<()> {
         let i = self.index(name);
         let mut ck = Checkpoint::new();
@@ -508,10 +509,7 @@ impl Exec<'_, '_> {
         ck.set("phase", i);
         ck.set("phase_name", name);
         ck.set("local", local);
-        ck.set(
-            "log",
-            serde_json::to_string(log).map_err(|e| Error::msg(e.to_string()))?,
-        );
+        ck.set("log", sorted_json(log, false)?);
         self.ctx.checkpoints().save(self.offsets[i] + local, &ck)?;
         Ok(())
     }
@@ -529,7 +527,7 @@ impl Exec<'_, '_> {
         from: u64,
         state: &[(String, Tensor)],
         opt: &mut Optimizer,
-        log: &Map<String, Value>,
+        log: &ArmResult,
         mut f: impl FnMut(&mut Optimizer, u64, &Tensor, &Tensor, f64) -> Result<f64>,
     ) -> Result<f64> {
         let i = self.index(name);
@@ -663,7 +661,7 @@ fn run_phase(
     state: &[(String, Tensor)],
     params: Vec<Tensor>,
     (o, sched, lr): (Optim, &Sched, f64),
-    log: &mut Map<String, Value>,
+    log: &mut ArmResult,
     mut loss: impl FnMut(&Tensor, &Tensor) -> Result<Tensor>,
 ) -> Result<Option<f64>> {
     let trained: Vec<Tensor> = params.iter().map(Tensor::shallow_clone).collect();
@@ -713,7 +711,7 @@ fn train_phase(
     net: &ConvNet,
     teacher: Option<&ConvNet>,
     t: &TrainStage,
-    log: &mut Map<String, Value>,
+    log: &mut ArmResult,
 ) -> Result<Option<f64>> {
     let state = prefixed("net.", net.named());
     let rule = (t.optimizer, &t.lr_schedule, t.lr);
@@ -789,7 +787,7 @@ fn imitate_phase(
     proj: Option<&Proj>,
     i: usize,
     m: &ImitateStage,
-    log: &mut Map<String, Value>,
+    log: &mut ArmResult,
 ) -> Result<bool> {
     let mut params = thin.stage_params(i);
     let mut state = prefixed("net.", thin.named());
@@ -825,7 +823,7 @@ fn hint_phase(
     teacher: &ConvNet,
     reg: &Proj,
     h: &HintStage,
-    log: &mut Map<String, Value>,
+    log: &mut ArmResult,
 ) -> Result<Option<f64>> {
     let k = h.block - 1;
     let mut params = thin.prefix_params(k);
@@ -849,12 +847,11 @@ fn run_arm(
     name: &str,
     arm: &Arm,
     seed: u64,
-) -> Result<Map<String, Value>> {
+) -> Result<ArmResult> {
     let t0 = Instant::now();
     let dev = ex.p.dev;
     let thin = ConvNet::new(&c.arch, false, classes, dev, seed);
-    let mut log = Map::new();
-    log.insert("stages".into(), json!([]));
+    let mut log = ArmResult::default();
     let need = || teacher.ok_or_else(|| Error::msg("this arm needs the teacher"));
     let (tw, ww) = (
         stage_widths(&c.arch, c.arch.thin),
@@ -862,20 +859,18 @@ fn run_arm(
     );
     for (si, s) in arm.stages.iter().enumerate() {
         let key = format!("{name}/{si}");
-        let mut entry = Map::new();
+        let mut entry = StageLog {
+            stage: si,
+            ..StageLog::default()
+        };
         let ran = match s {
             Stage::Train(t) => {
                 let l = train_phase(ex, &key, &thin, teacher, t, &mut log)?;
-                entry.insert(
-                    "kind".into(),
-                    json!(match t.loss {
-                        Loss::Ce => "ce".to_string(),
-                        Loss::Kd { temperature } => format!("kd T={temperature}"),
-                    }),
-                );
-                if let Some(l) = l {
-                    entry.insert("final_loss".into(), json_f64(l));
-                }
+                entry.kind = match t.loss {
+                    Loss::Ce => "ce".to_string(),
+                    Loss::Kd { temperature } => format!("kd T={temperature}"),
+                };
+                entry.final_loss = l;
                 l.is_some()
             }
             Stage::Imitate(m) => {
@@ -893,22 +888,13 @@ fn run_arm(
                     let key = format!("{key}/{i}");
                     if imitate_phase(ex, &key, &thin, b, proj.as_ref(), i, m, &mut log)? {
                         let fit = stage_fit(ex.p, &thin, b, proj.as_ref(), i, m.input)?;
-                        let fits = log.entry("fits").or_insert_with(|| json!([]));
-                        if let Value::Array(a) = fits {
-                            a.push(
-                                serde_json::to_value(&fit)
-                                    .map_err(|e| Error::msg(e.to_string()))?,
-                            );
-                        }
+                        log.fits.get_or_insert_with(Vec::new).push(fit);
                         any = true;
                     }
                 }
-                entry.insert("kind".into(), json!("imitate"));
+                entry.kind = "imitate".into();
                 if any {
-                    log.insert(
-                        "acc_after_imitation".into(),
-                        json_f64(evaluate(&thin, ex.p)?.0),
-                    );
+                    log.acc_after_imitation = Some(evaluate(&thin, ex.p)?.0);
                 }
                 any
             }
@@ -917,10 +903,8 @@ fn run_arm(
                 let k = h.block - 1;
                 let reg = Proj::new(tw[k], ww[k], dev, seed.wrapping_mul(131).wrapping_add(3));
                 let l = hint_phase(ex, &key, &thin, b, &reg, h, &mut log)?;
-                entry.insert("kind".into(), json!("hint"));
-                if let Some(l) = l {
-                    entry.insert("final_mse".into(), json_f64(l));
-                }
+                entry.kind = "hint".into();
+                entry.final_mse = l;
                 l.is_some()
             }
             Stage::CopyHead => {
@@ -929,10 +913,9 @@ fn run_arm(
                 match ex.enter(&key, &state, None, &mut log)? {
                     Entry::Done => false,
                     Entry::From(_) => {
-                        let n = thin.copy_head(b)?;
-                        entry.insert("kind".into(), json!("copy_head"));
-                        entry.insert("tensors".into(), json!(n));
-                        log.insert("acc_after_head".into(), json_f64(evaluate(&thin, ex.p)?.0));
+                        entry.tensors = Some(thin.copy_head(b)?);
+                        entry.kind = "copy_head".into();
+                        log.acc_after_head = Some(evaluate(&thin, ex.p)?.0);
                         true
                     }
                 }
@@ -940,17 +923,14 @@ fn run_arm(
             Stage::Merge => unreachable!("validated: the convolutional families do not merge"),
         };
         if ran {
-            entry.insert("stage".into(), json!(si));
-            entry.insert("acc".into(), json_f64(evaluate(&thin, ex.p)?.0));
-            if let Some(Value::Array(a)) = log.get_mut("stages") {
-                a.push(Value::Object(entry));
-            }
+            entry.acc = evaluate(&thin, ex.p)?.0;
+            log.stages.push(entry);
         }
     }
     let (top1, top5) = evaluate(&thin, ex.p)?;
-    log.insert("acc".into(), json_f64(top1));
-    log.insert("top5".into(), json_f64(top5));
-    log.insert("secs".into(), json!(t0.elapsed().as_secs_f64()));
+    log.acc = top1;
+    log.top5 = Some(top5);
+    log.secs = t0.elapsed().as_secs_f64();
     tracing::info!("{name}: top-1 {top1:.2}, top-5 {top5:.2}");
     Ok(log)
 }
@@ -1050,14 +1030,14 @@ pub fn run(ctx: &mut RunContext, c: &Config) -> Result<()> {
     let teacher =
         with_teacher.then(|| ConvNet::new(&c.arch, true, classes, dev, seed ^ 0x7ea_c4e5));
     let tfile = dir.join("teacher.safetensors");
-    let mut summary = Map::new();
+    let mut teacher_metrics = None;
     if let Some(b) = &teacher {
         if let Some(f) = crate::teacher_source(c, &tfile) {
             let named = Tensor::read_safetensors(&f)?;
             b.load(named)
                 .map_err(|e| Error::msg(format!("{}: {e}", f.display())))?;
         } else {
-            let mut log = Map::new();
+            let mut log = ArmResult::default();
             let stage = TrainStage {
                 loss: Loss::Ce,
                 ..c.teacher.clone()
@@ -1074,9 +1054,7 @@ pub fn run(ctx: &mut RunContext, c: &Config) -> Result<()> {
             "teacher ({}-{}): top-1 {top1:.2}, top-5 {top5:.2}",
             c.arch.depth, c.arch.wide
         );
-        summary.insert("teacher_acc".into(), json_f64(top1));
-        summary.insert("teacher_top5".into(), json_f64(top5));
-        summary.insert("teacher_secs".into(), json_f64(t0.elapsed().as_secs_f64()));
+        teacher_metrics = Some((top1, top5, t0.elapsed().as_secs_f64()));
     }
     let arms_file = dir.join("arms.json");
     // The arms rank 0 has finished (its folder holds the ledger): every rank skips the same.
@@ -1086,14 +1064,14 @@ pub fn run(ctx: &mut RunContext, c: &Config) -> Result<()> {
             .transpose()
             .map_err(|e| Error::msg(e.to_string()))?,
     )?;
-    let mut done: Map<String, Value> =
+    let mut done: BTreeMap<String, ArmResult> =
         serde_json::from_slice(&ledger).map_err(|e| Error::msg(e.to_string()))?;
     for (name, arm) in &todo {
         if done.contains_key(*name) {
             continue;
         }
         let r = run_arm(&mut ex, c, classes, teacher.as_ref(), name, arm, seed)?;
-        done.insert((*name).clone(), Value::Object(r));
+        done.insert((*name).clone(), r);
         crate::write_arms(&arms_file, &done)?;
     }
     let ctx = ex.ctx;
@@ -1101,14 +1079,13 @@ pub fn run(ctx: &mut RunContext, c: &Config) -> Result<()> {
         // Rank 0 writes the summary and the report.
         return Ok(());
     }
-    summary.insert("depth".into(), json!(c.arch.depth));
-    summary.insert("kind".into(), json!(c.arch.kind));
-    summary.insert("seed".into(), json!(seed));
-    for (name, r) in &done {
-        summary.insert(format!("acc_{name}"), r["acc"].clone());
+    let mut summary = Summary::new(c.arch.kind, c.arch.depth, seed, done);
+    if let Some((top1, top5, secs)) = teacher_metrics {
+        summary.teacher_acc = Some(top1);
+        summary.teacher_top5 = Some(top5);
+        summary.teacher_secs = Some(secs);
     }
-    summary.insert("arms".into(), Value::Object(done));
-    ctx.write_summary(&Value::Object(summary))?;
+    ctx.write_summary(&summary)?;
     let md = crate::report::report_run(ctx.dir())?;
     ctx.write_report(&md)?;
     Ok(())

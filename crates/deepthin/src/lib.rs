@@ -13,6 +13,7 @@ pub mod conv;
 pub mod model;
 pub mod report;
 pub mod stream;
+pub mod summary;
 pub mod train;
 
 pub use config::Config;
@@ -20,13 +21,14 @@ pub use config::Config;
 use crate::config::{ArchKind, Arm, Loss, MlpArch, Stage, TrainStage};
 use crate::model::{Glue, Mlp, Net};
 use crate::stream::{EncoderShape, Residual};
+use crate::summary::{sorted_json, ArmResult, StageLog, Summary};
 use crate::train::Data;
 use reprise_core::data;
 use reprise_core::inputs::{of_data, Input, InputKind};
 use reprise_core::run::{json_f64, Paper, RunContext};
 use reprise_core::spec::{SpecError, SpecTree};
 use reprise_core::{Error, Result};
-use serde_json::{json, Map, Value};
+use std::collections::BTreeMap;
 use std::time::Instant;
 use tch::Tensor;
 
@@ -321,7 +323,7 @@ fn teacher_source(c: &Config, tfile: &std::path::Path) -> Option<std::path::Path
 }
 
 /// The finished arms of a run (`arms.json`; empty if absent or unreadable).
-fn read_arms(path: &std::path::Path) -> Map<String, Value> {
+fn read_arms(path: &std::path::Path) -> BTreeMap<String, ArmResult> {
     std::fs::read(path)
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
@@ -329,13 +331,8 @@ fn read_arms(path: &std::path::Path) -> Map<String, Value> {
 }
 
 /// Writes the finished arms atomically.
-fn write_arms(path: &std::path::Path, done: &Map<String, Value>) -> Result<()> {
-    reprise_core::checkpoint::write_atomic(
-        path,
-        serde_json::to_string_pretty(done)
-            .map_err(|e| Error::msg(e.to_string()))?
-            .as_bytes(),
-    )
+fn write_arms(path: &std::path::Path, done: &BTreeMap<String, ArmResult>) -> Result<()> {
+    reprise_core::checkpoint::write_atomic(path, sorted_json(done, true)?.as_bytes())
 }
 
 /// Checks a stage's update rule and schedule.
@@ -444,27 +441,26 @@ fn run_arm(
     d: &Data,
     teacher: &Model,
     seed: u64,
-) -> Result<Map<String, Value>> {
+) -> Result<ArmResult> {
     let t0 = Instant::now();
     let classes = *d.logits.size().last().expect("logits");
     let inp = d.x.size()[1];
     let mut thin = Model::build(&c.arch, false, inp, classes, d.x.device(), seed);
     let mut glue: Option<Glue> = None;
-    let mut out = Map::new();
-    let mut stages = Vec::new();
+    let mut out = ArmResult::default();
     for (i, s) in arm.stages.iter().enumerate() {
-        let mut log = Map::new();
+        let mut log = StageLog {
+            stage: i,
+            ..StageLog::default()
+        };
         match s {
             Stage::Train(t) => {
                 let l = train::train(thin.net(), d, t)?;
-                log.insert(
-                    "kind".into(),
-                    json!(match t.loss {
-                        Loss::Ce => "ce".to_string(),
-                        Loss::Kd { temperature } => format!("kd T={temperature}"),
-                    }),
-                );
-                log.insert("final_loss".into(), json_f64(l));
+                log.kind = match t.loss {
+                    Loss::Ce => "ce".to_string(),
+                    Loss::Kd { temperature } => format!("kd T={temperature}"),
+                };
+                log.final_loss = Some(l);
             }
             Stage::Imitate(m) => {
                 let g = match &thin {
@@ -472,17 +468,11 @@ fn run_arm(
                     Model::Stream(_) => None,
                 };
                 let fits = train::imitate(thin.net(), g.as_ref(), d, m)?;
-                log.insert("kind".into(), json!("imitate"));
-                log.insert(
-                    "fits".into(),
-                    serde_json::to_value(&fits).map_err(|e| Error::msg(e.to_string()))?,
-                );
-                out.insert("fits".into(), log["fits"].clone());
+                log.kind = "imitate".into();
+                log.fits = Some(fits.clone());
+                out.fits = Some(fits);
                 if g.is_none() {
-                    out.insert(
-                        "acc_after_imitation".into(),
-                        json_f64(train::test_accuracy(thin.net(), d)),
-                    );
+                    out.acc_after_imitation = Some(train::test_accuracy(thin.net(), d));
                 }
                 glue = g;
             }
@@ -497,41 +487,30 @@ fn run_arm(
                 let acc = train::test_accuracy(&merged, d);
                 let dead = merged.dead_units(&d.x);
                 thin = Model::Mlp(merged);
-                log.insert("kind".into(), json!("merge"));
-                log.insert("merge_error".into(), json_f64(err));
-                out.insert("merge_error".into(), json_f64(err));
-                out.insert("acc_after_merge".into(), json_f64(acc));
-                out.insert("dead_after_merge".into(), json!(dead));
+                log.kind = "merge".into();
+                log.merge_error = Some(err);
+                out.merge_error = Some(err);
+                out.acc_after_merge = Some(acc);
+                out.dead_after_merge = Some(dead);
             }
             Stage::CopyHead => {
                 let n = model::copy_named(thin.net(), teacher.net(), "head.")?;
-                log.insert("kind".into(), json!("copy_head"));
-                log.insert("tensors".into(), json!(n));
-                out.insert(
-                    "acc_after_head".into(),
-                    json_f64(train::test_accuracy(thin.net(), d)),
-                );
+                log.kind = "copy_head".into();
+                log.tensors = Some(n);
+                out.acc_after_head = Some(train::test_accuracy(thin.net(), d));
             }
             Stage::Hint(h) => {
-                let n = train::hint(thin.net(), d, h, seed)?;
-                log.insert("kind".into(), json!("hint"));
-                log.insert("nmse".into(), json_f64(n));
+                log.nmse = Some(train::hint(thin.net(), d, h, seed)?);
+                log.kind = "hint".into();
             }
         }
-        log.insert("stage".into(), json!(i));
-        log.insert("acc".into(), json_f64(train::test_accuracy(thin.net(), d)));
-        stages.push(Value::Object(log));
+        log.acc = train::test_accuracy(thin.net(), d);
+        out.stages.push(log);
     }
-    out.insert("acc".into(), json_f64(train::test_accuracy(thin.net(), d)));
-    if let Some(a) = train::test_sequence_accuracy(thin.net(), d) {
-        out.insert("seq_acc".into(), json_f64(a));
-    }
-    out.insert("stages".into(), Value::Array(stages));
-    out.insert("secs".into(), json!(t0.elapsed().as_secs_f64()));
-    tracing::info!(
-        "{name}: test accuracy {:.2}",
-        out["acc"].as_f64().unwrap_or(f64::NAN)
-    );
+    out.acc = train::test_accuracy(thin.net(), d);
+    out.seq_acc = train::test_sequence_accuracy(thin.net(), d);
+    out.secs = t0.elapsed().as_secs_f64();
+    tracing::info!("{name}: test accuracy {:.2}", out.acc);
     Ok(out)
 }
 
@@ -654,16 +633,10 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
     for (k, (name, arm)) in todo.iter().enumerate() {
         if !done.contains_key(*name) {
             let r = run_arm(name, arm, &c, &d, &teacher, seed)?;
-            done.insert((*name).clone(), Value::Object(r));
+            done.insert((*name).clone(), r);
             write_arms(&arms_file, &done)?;
         }
-        progress.set(
-            k as u64 + 1,
-            &format!(
-                "{name}: {:.2}%",
-                done[*name]["acc"].as_f64().unwrap_or(f64::NAN)
-            ),
-        );
+        progress.set(k as u64 + 1, &format!("{name}: {:.2}%", done[*name].acc));
         if ctx.interrupted() && k + 1 < todo.len() {
             return Err(Error::Interrupted {
                 step: k as u64 + 1,
@@ -673,25 +646,20 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
     }
     progress.finish();
     // C0's determinism: the WIN arm once more from scratch must give the same accuracy.
-    let mut summary = Map::new();
-    if let Some((name, arm)) = todo.iter().find(|(n, _)| n.as_str() == "win") {
-        let again = run_arm(name, arm, &c, &d, &teacher, seed)?;
-        let same = again["acc"] == done["win"]["acc"];
-        summary.insert("deterministic".into(), json!(same));
-    }
-    summary.insert("depth".into(), json!(c.arch.depth));
-    summary.insert("kind".into(), json!(c.arch.kind));
-    summary.insert("seed".into(), json!(seed));
-    summary.insert("teacher_acc".into(), json_f64(teacher_acc));
-    summary.insert("teacher_secs".into(), json_f64(teacher_secs));
-    if let Some(a) = teacher_seq_acc {
-        summary.insert("teacher_seq_acc".into(), json_f64(a));
-    }
-    for (name, r) in &done {
-        summary.insert(format!("acc_{name}"), r["acc"].clone());
-    }
-    summary.insert("arms".into(), Value::Object(done));
-    ctx.write_summary(&Value::Object(summary))?;
+    // (Compared as JSON numbers, where NaN is null: two NaN accuracies count as the same.)
+    let deterministic = match todo.iter().find(|(n, _)| n.as_str() == "win") {
+        Some((name, arm)) => {
+            let again = run_arm(name, arm, &c, &d, &teacher, seed)?;
+            Some(json_f64(again.acc) == json_f64(done["win"].acc))
+        }
+        None => None,
+    };
+    let mut summary = Summary::new(c.arch.kind, c.arch.depth, seed, done);
+    summary.deterministic = deterministic;
+    summary.teacher_acc = Some(teacher_acc);
+    summary.teacher_secs = Some(teacher_secs);
+    summary.teacher_seq_acc = teacher_seq_acc;
+    ctx.write_summary(&summary)?;
     let md = report::report_run(ctx.dir())?;
     ctx.write_report(&md)?;
     Ok(())

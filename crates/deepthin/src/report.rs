@@ -1,6 +1,7 @@
 //! Reports: one run's arms, and a sweep's table over depths and seeds with the small-scale
 //! claims C0–C4 (docs/deepthin.md), computed from the runs' summaries.
 
+use crate::summary::Summary;
 use reprise_core::plot::{panels_plot, Panel, Series};
 use reprise_core::report::{
     fmt_mean_std, markdown_table, mean_std, ClaimRow, Claims, Outcome, Verdict,
@@ -8,44 +9,39 @@ use reprise_core::report::{
 use reprise_core::run::RunSummary;
 use reprise_core::spec::SpecTree;
 use reprise_core::{Error, Result};
-use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::path::Path;
 
-fn num(v: &Value) -> f64 {
-    v.as_f64().unwrap_or(f64::NAN)
+/// A value that was measured and is finite (JSON's `null` stood for NaN and the infinities,
+/// which the tables leave out).
+fn finite(v: Option<f64>) -> Option<f64> {
+    v.filter(|x| x.is_finite())
 }
 
 /// The report of one run.
 pub fn report_run(dir: &Path) -> Result<String> {
-    let (h, s) = reprise_core::run::finished_run::<Value>(dir)?;
+    let (h, s) = reprise_core::run::finished_run::<Summary>(dir)?;
     let mut md = format!(
         "# {} — depth {}, seed {}\n\n{}\n\n",
-        h.name, s["depth"], h.seed, h.description,
+        h.name, s.depth, h.seed, h.description,
     );
-    md += &match s["teacher_acc"].as_f64() {
+    md += &match finite(s.teacher_acc) {
         Some(t) => format!("Teacher test accuracy: {t:.2} %.\n\n"),
         None => "No teacher in this run (no arm needs one).\n\n".into(),
     };
     let mut rows = Vec::new();
-    let arms = s["arms"].as_object();
     // Top-5 where the runs measure it (the convolutional families).
-    let top5 = arms.is_some_and(|a| a.values().any(|x| x.get("top5").is_some()));
-    for (name, a) in arms.into_iter().flatten() {
-        let mut row = vec![name.clone(), format!("{:.2}", num(&a["acc"]))];
+    let top5 = s.arms.values().any(|x| x.top5.is_some());
+    for (name, a) in &s.arms {
+        let mut row = vec![name.clone(), format!("{:.2}", a.acc)];
         if top5 {
-            row.push(
-                a.get("top5")
-                    .map_or("—".into(), |v| format!("{:.2}", num(v))),
-            );
+            row.push(a.top5.map_or("—".into(), |v| format!("{v:.2}")));
         }
         row.extend([
-            a.get("acc_after_merge")
-                .map_or("—".into(), |v| format!("{:.2}", num(v))),
-            a.get("merge_error")
-                .map_or("—".into(), |v| format!("{:.1e}", num(v))),
-            format!("{:.1}", num(&a["secs"])),
+            a.acc_after_merge.map_or("—".into(), |v| format!("{v:.2}")),
+            a.merge_error.map_or("—".into(), |v| format!("{v:.1e}")),
+            format!("{:.1}", a.secs),
         ]);
         rows.push(row);
     }
@@ -55,15 +51,15 @@ pub fn report_run(dir: &Path) -> Result<String> {
     }
     header.extend(["after merge %", "merge error", "seconds"]);
     md += &markdown_table(&header, &rows);
-    if let Some(fits) = s["arms"]["win"]["fits"].as_array() {
+    if let Some(fits) = s.arms.get("win").and_then(|w| w.fits.as_ref()) {
         md += "\nWIN imitation, normalised error (MSE / teacher feature variance) per block:\n\n";
         let rows: Vec<Vec<String>> = fits
             .iter()
             .map(|f| {
                 vec![
-                    f["block"].to_string(),
-                    format!("{:.3}", num(&f["nmse_train"])),
-                    format!("{:.3}", num(&f["nmse_test"])),
+                    f.block.to_string(),
+                    format!("{:.3}", f.nmse_train),
+                    format!("{:.3}", f.nmse_test),
                 ]
             })
             .collect();
@@ -118,74 +114,44 @@ fn put(m: &mut PerSeed, arm: &str, depth: usize, seed: u64, v: Option<f64>) {
 }
 
 impl Results {
-    /// Collects the runs.
-    pub fn collect(runs: &[RunSummary]) -> Results {
+    /// Collects the runs' summaries.
+    pub fn collect<'a>(runs: impl IntoIterator<Item = &'a Summary>) -> Results {
         let mut r = Results {
             kind: "mlp".into(),
             ..Results::default()
         };
-        for run in runs {
-            let s = &run.summary;
-            if let Some(k) = s["kind"].as_str() {
-                r.kind = k.to_string();
-            }
-            let (Some(depth), Some(seed)) = (s["depth"].as_u64(), s["seed"].as_u64()) else {
-                continue;
-            };
-            let depth = depth as usize;
-            put(
-                &mut r.acc,
-                "teacher",
-                depth,
-                seed,
-                s["teacher_acc"].as_f64(),
-            );
-            put(
-                &mut r.top5,
-                "teacher",
-                depth,
-                seed,
-                s["teacher_top5"].as_f64(),
-            );
+        for s in runs {
+            r.kind = s.kind.name().to_string();
+            let (depth, seed) = (s.depth, s.seed);
+            put(&mut r.acc, "teacher", depth, seed, finite(s.teacher_acc));
+            put(&mut r.top5, "teacher", depth, seed, finite(s.teacher_top5));
             put(
                 &mut r.seq,
                 "teacher",
                 depth,
                 seed,
-                s["teacher_seq_acc"].as_f64(),
+                finite(s.teacher_seq_acc),
             );
-            put(
-                &mut r.secs,
-                "teacher",
-                depth,
-                seed,
-                s["teacher_secs"].as_f64(),
-            );
-            if let Some(arms) = s["arms"].as_object() {
-                for (name, a) in arms {
-                    put(&mut r.acc, name, depth, seed, Some(num(&a["acc"])));
-                    put(&mut r.seq, name, depth, seed, a["seq_acc"].as_f64());
-                    put(&mut r.secs, name, depth, seed, a["secs"].as_f64());
-                    put(&mut r.top5, name, depth, seed, a["top5"].as_f64());
-                }
+            put(&mut r.secs, "teacher", depth, seed, finite(s.teacher_secs));
+            for (name, a) in &s.arms {
+                put(&mut r.acc, name, depth, seed, Some(a.acc));
+                put(&mut r.seq, name, depth, seed, finite(a.seq_acc));
+                put(&mut r.secs, name, depth, seed, finite(Some(a.secs)));
+                put(&mut r.top5, name, depth, seed, finite(a.top5));
             }
-            let w = &s["arms"]["win"];
-            if w.is_object() {
-                let max_nmse = w["fits"]
-                    .as_array()
-                    .map(|f| {
-                        f.iter()
-                            .map(|x| num(&x["nmse_train"]))
-                            .fold(f64::NEG_INFINITY, f64::max)
-                    })
-                    .unwrap_or(f64::NAN);
+            if let Some(w) = s.arms.get("win") {
+                let max_nmse = w.fits.as_ref().map_or(f64::NAN, |f| {
+                    f.iter()
+                        .map(|x| x.nmse_train)
+                        .fold(f64::NEG_INFINITY, f64::max)
+                });
                 r.win.push(WinRun {
                     depth,
                     seed,
-                    merge_error: num(&w["merge_error"]),
-                    acc_after_merge: num(&w["acc_after_merge"]),
+                    merge_error: w.merge_error.unwrap_or(f64::NAN),
+                    acc_after_merge: w.acc_after_merge.unwrap_or(f64::NAN),
                     max_nmse,
-                    deterministic: s["deterministic"].as_bool().unwrap_or(false),
+                    deterministic: s.deterministic.unwrap_or(false),
                 });
             }
         }
@@ -730,10 +696,12 @@ fn arm_table(m: &PerSeed, depths: &[usize]) -> String {
 pub fn report_sweep(dir: &Path, runs: &[RunSummary]) -> Result<String> {
     let spec = SpecTree::load(&dir.join("sweep.yaml"))?;
     let h = spec.header()?;
-    let r = Results::collect(runs);
-    let smoke = runs
+    let summaries = runs
         .iter()
-        .any(|x| x.summary["smoke"].as_bool() == Some(true));
+        .map(RunSummary::parse::<Summary>)
+        .collect::<Result<Vec<_>>>()?;
+    let r = Results::collect(&summaries);
+    let smoke = runs.iter().any(RunSummary::smoke);
     let mut md = format!("# {}\n\n{}\n\n", h.name, h.description);
     if smoke {
         md += reprise_core::report::SMOKE_BANNER;
@@ -762,13 +730,10 @@ pub fn report_sweep(dir: &Path, runs: &[RunSummary]) -> Result<String> {
     });
     if r.kind != "mlp" {
         let mut v: BTreeMap<u64, Vec<f64>> = BTreeMap::new();
-        for x in runs {
-            let s = &x.summary;
-            if let (Some(n), Some(a)) = (
-                s["depth"].as_u64(),
-                s["arms"]["win-copy-head"]["acc_after_head"].as_f64(),
-            ) {
-                v.entry(n).or_default().push(a);
+        for s in &summaries {
+            let head = s.arms.get("win-copy-head").and_then(|a| a.acc_after_head);
+            if let Some(a) = finite(head) {
+                v.entry(s.depth as u64).or_default().push(a);
             }
         }
         if !v.is_empty() {
@@ -793,14 +758,12 @@ pub fn report_sweep(dir: &Path, runs: &[RunSummary]) -> Result<String> {
     }
     let mut fits: BTreeMap<u64, (Vec<f64>, Vec<f64>)> = BTreeMap::new();
     let hi = depths.last().copied().unwrap_or(0);
-    for run in runs {
-        if run.summary["depth"].as_u64() == Some(hi as u64) {
-            if let Some(f) = run.summary["arms"]["win"]["fits"].as_array() {
-                for x in f {
-                    let e = fits.entry(x["block"].as_u64().unwrap_or(0)).or_default();
-                    e.0.push(num(&x["nmse_train"]));
-                    e.1.push(num(&x["nmse_test"]));
-                }
+    for s in summaries.iter().filter(|s| s.depth == hi) {
+        if let Some(f) = s.arms.get("win").and_then(|w| w.fits.as_ref()) {
+            for x in f {
+                let e = fits.entry(x.block as u64).or_default();
+                e.0.push(x.nmse_train);
+                e.1.push(x.nmse_test);
             }
         }
     }

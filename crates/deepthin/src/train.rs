@@ -300,8 +300,10 @@ pub struct BlockFit {
     /// Block (1-based).
     pub block: usize,
     /// MSE / mean per-feature variance of the teacher's output, training set.
+    #[serde(deserialize_with = "reprise_core::run::nan_if_null")]
     pub nmse_train: f64,
     /// The same on the test set.
+    #[serde(deserialize_with = "reprise_core::run::nan_if_null")]
     pub nmse_test: f64,
 }
 
