@@ -16,6 +16,7 @@ pub mod nets;
 pub mod official;
 pub mod report;
 pub mod scenes;
+pub mod summary;
 pub mod train;
 
 pub use config::Config;
@@ -25,15 +26,15 @@ use crate::data::TaskData;
 use crate::eval::{Evaluator, Judges, Metrics};
 use crate::model::{Discriminator, GenInput, Generator, Mode, P2phd, Tsit};
 use crate::nets::{DigitNet, Perceptual, SceneNet, Segmenter, Targets};
+use crate::summary::{Evaluation, JudgeInfo, Scores, Summary};
 use crate::train::{Gan, StepError};
 use reprise_core::checkpoint::Checkpoint;
 use reprise_core::data::Rng;
 use reprise_core::inputs::{of_data, Input, InputKind};
-use reprise_core::run::{json_f64, read_metrics, Paper, RunContext};
+use reprise_core::run::{read_metrics, Paper, RunContext};
 use reprise_core::spec::{SpecError, SpecTree};
 use reprise_core::train::Steps;
 use reprise_core::{Error, Result};
-use serde_json::{json, Map, Value};
 use std::path::Path;
 use std::time::Instant;
 use tch::{Device, Tensor};
@@ -423,7 +424,7 @@ fn write_test_outputs(
     f: &folders::FolderData,
     step: u64,
     step_ms: f64,
-) -> Result<Value> {
+) -> Result<Summary> {
     let out_dir = ctx.dir().join("test_outputs");
     std::fs::create_dir_all(&out_dir).map_err(|e| Error::Io(out_dir.clone(), e))?;
     let n = f.test.len().min(c.eval.n_test);
@@ -527,22 +528,42 @@ fn write_test_outputs(
         let to = |v: &[Tensor]| Tensor::cat(v, 0).to_kind(tch::Kind::Double);
         reprise_core::metrics::frechet_distance(&to(&feats_fake), &to(&feats_real))
     });
-    Ok(json!({
-        "task": serde_json::to_value(c.task).expect("enum"),
-        "arm": c.arm.name(),
-        "iterations": step,
-        "batch": c.batch,
-        "step_ms": json_f64(step_ms),
-        "params_g": model::param_count(gan.g.vs()),
-        "params_d": model::param_count(&gan.d.vs),
-        "test_outputs": n,
-        "fid": fid.map(json_f64),
-        "evaluation": if fid.is_some() {
-            "FID of the test outputs against the test images on pytorch-fid's Inception-v3 (tsit.eval.fid_inception); outputs also written to test_outputs/ for a segmenter (DRN-D-105 / UperNet-101)"
-        } else {
-            "test outputs written to test_outputs/ for an external FID (Inception-v3; or give tsit.eval.fid_inception) and segmenter (DRN-D-105 / UperNet-101)"
-        },
-    }))
+    let evaluation = if fid.is_some() {
+        "FID of the test outputs against the test images on pytorch-fid's Inception-v3 (tsit.eval.fid_inception); outputs also written to test_outputs/ for a segmenter (DRN-D-105 / UperNet-101)"
+    } else {
+        "test outputs written to test_outputs/ for an external FID (Inception-v3; or give tsit.eval.fid_inception) and segmenter (DRN-D-105 / UperNet-101)"
+    };
+    Ok(summary_of(
+        c,
+        gan,
+        (step, step_ms),
+        Evaluation::Folder(summary::Folder {
+            test_outputs: n,
+            fid,
+            evaluation: evaluation.to_string(),
+        }),
+    ))
+}
+
+/// A run's summary around its evaluation.
+fn summary_of(
+    c: &Config,
+    gan: &Gan,
+    (step, step_ms): (u64, f64),
+    evaluation: Evaluation,
+) -> Summary {
+    Summary {
+        task: c.task,
+        arm: c.arm,
+        iterations: step,
+        batch: c.batch,
+        step_ms,
+        params_g: model::param_count(gan.g.vs()),
+        params_d: model::param_count(&gan.d.vs),
+        data_ms: None,
+        evaluation,
+        smoke: false,
+    }
 }
 
 /// Helper-net training data: digits (plain or styled, labels) or scene renders (per-pixel
@@ -583,13 +604,8 @@ fn train_helper(
 }
 
 /// The evaluation networks (seed 1234), trained or loaded from the cache.
-fn judges(
-    c: &Config,
-    d: &TaskData,
-    dir: &Path,
-    dev: Device,
-) -> Result<(Judges, Map<String, Value>)> {
-    let mut info = Map::new();
+fn judges(c: &Config, d: &TaskData, dir: &Path, dev: Device) -> Result<(Judges, JudgeInfo)> {
+    let mut info = JudgeInfo::default();
     let n = d.train_len();
     let ep = c.eval.net_epochs;
     let t0 = Instant::now();
@@ -638,7 +654,7 @@ fn judges(
                 c.eval.classifier_gate
             )));
         }
-        info.insert("classifier_acc_styled".into(), json_f64(acc));
+        info.classifier_acc_styled = Some(acc);
         Judges::Digits(net)
     } else {
         tch::manual_seed(1234);
@@ -669,7 +685,7 @@ fn judges(
         feat.vs.freeze();
         Judges::Scenes(seg, feat)
     };
-    info.insert("judges_secs".into(), json_f64(t0.elapsed().as_secs_f64()));
+    info.judges_secs = Some(t0.elapsed().as_secs_f64());
     Ok((j, info))
 }
 
@@ -762,10 +778,6 @@ fn load_official(ctx: &RunContext, f: &std::path::Path, gan: &Gan) -> Result<()>
     eprintln!("evaluating {from} (no training)");
     tracing::info!("evaluating {from} (no training)");
     Ok(())
-}
-
-fn metrics_json(m: &Metrics) -> Value {
-    Value::Object(m.iter().map(|(k, v)| (k.clone(), json_f64(*v))).collect())
 }
 
 /// The bn1-cancel diagnostic (docs/tsit.md: the port check): B = 1, train-mode BN, power iterations frozen; the
@@ -923,7 +935,7 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
         let f = folders::FolderData::new(c.task, &root, &fc, c.size, c.size * c.aspect)?;
         let in_c = f.content_channels();
         let p = perceptual_fixed(&c, dev)?;
-        (Source::Folder(f), p, None, Map::new(), in_c)
+        (Source::Folder(f), p, None, JudgeInfo::default(), in_c)
     } else {
         let mut d = TaskData::new(&c, &h.data)?;
         let p = perceptual(&c, &d, &dir, dev)?;
@@ -936,7 +948,7 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
         let in_c = if c.task == Task::ScenesSis { 7 } else { 3 };
         let (ev, judge_info) = match judged {
             Some((judges, info)) => (Some(Evaluator::new(judges, test)), info),
-            None => (None, Map::new()),
+            None => (None, JudgeInfo::default()),
         };
         (Source::Small(d), p, ev, judge_info, in_c)
     };
@@ -1051,8 +1063,8 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
         (None, Source::Small(_)) => unreachable!("small tasks have an evaluator"),
     };
     // The batches are drawn on the training thread: their share of an iteration.
-    if let (Value::Object(m), true) = (&mut summary, done > 0) {
-        m.insert("data_ms".into(), json_f64(data_secs * 1000.0 / done as f64));
+    if done > 0 {
+        summary.data_ms = Some(data_secs * 1000.0 / done as f64);
     }
     ctx.write_summary(&summary)?;
     let md = report::report_run(ctx.dir())?;
@@ -1068,25 +1080,13 @@ fn final_eval(
     ev: &Evaluator,
     step: u64,
     step_ms: f64,
-    judge_info: Map<String, Value>,
-) -> Result<Value> {
-    let mut s = judge_info;
-    s.insert("task".into(), serde_json::to_value(c.task).expect("enum"));
-    s.insert("arm".into(), json!(c.arm.name()));
-    s.insert("iterations".into(), json!(step));
-    s.insert("batch".into(), json!(c.batch));
-    s.insert(
-        "pfn".into(),
-        json!(if c.eval.train_bn {
-            "batch norm (batch statistics in training and at test)"
-        } else {
-            "batch norm (batch statistics in training, running statistics at test)"
-        }),
-    );
-    s.insert("step_ms".into(), json_f64(step_ms));
-    s.insert("params_g".into(), json!(model::param_count(gan.g.vs())));
-    s.insert("params_d".into(), json!(model::param_count(&gan.d.vs)));
-    s.insert("fidp_floor".into(), json_f64(ev.floor));
+    judges: JudgeInfo,
+) -> Result<Summary> {
+    let pfn = if c.eval.train_bn {
+        "batch norm (batch statistics in training and at test)"
+    } else {
+        "batch norm (batch statistics in training, running statistics at test)"
+    };
     // Every evaluation logged during training (kept across resumes in metrics.jsonl).
     let evals: Vec<(u64, Metrics)> = read_metrics(ctx.dir())
         .into_iter()
@@ -1100,18 +1100,8 @@ fn final_eval(
             (r.step, m)
         })
         .collect();
-    s.insert(
-        "evals".into(),
-        Value::Array(
-            evals
-                .iter()
-                .map(|(st, m)| json!({"step": st, "metrics": metrics_json(m)}))
-                .collect(),
-        ),
-    );
     let out = ev.generate(gan.g.as_ref(), c.model.vae, Mode::test(c.eval.train_bn));
     let fin = ev.metrics(&out);
-    s.insert("final".into(), metrics_json(&fin));
     // The mean of the last two evaluations (docs/tsit.md, the small-scale protocol), beside the final one.
     let last2: Vec<&Metrics> = evals.iter().rev().take(2).map(|e| &e.1).collect();
     let mut mean2 = Metrics::new();
@@ -1121,28 +1111,47 @@ fn final_eval(
             mean2.insert(k.clone(), v.iter().sum::<f64>() / v.len() as f64);
         }
     }
-    s.insert("last2".into(), metrics_json(&mean2));
     let t = &ev.test;
-    let mut refs = Map::new();
-    refs.insert("oracle".into(), metrics_json(&ev.metrics(&t.oracle)));
-    if let Some(style) = &t.style {
-        refs.insert("identity".into(), metrics_json(&ev.metrics(&t.content)));
-        refs.insert(
-            "pixadain".into(),
-            metrics_json(&ev.metrics(&eval::pix_adain(&t.content, style))),
-        );
-    }
-    s.insert("references".into(), Value::Object(refs));
+    let scores = |out: &Tensor| Scores::from_metrics(&ev.metrics(out));
+    let references = summary::References {
+        oracle: scores(&t.oracle),
+        identity: t.style.as_ref().map(|_| scores(&t.content)),
+        pixadain: t
+            .style
+            .as_ref()
+            .map(|style| scores(&eval::pix_adain(&t.content, style))),
+    };
+    let mut judged = summary::Judged {
+        pfn: pfn.to_string(),
+        fidp_floor: ev.floor,
+        evals: evals
+            .iter()
+            .map(|(step, m)| summary::EvalPoint {
+                step: *step,
+                metrics: Scores::from_metrics(m),
+            })
+            .collect(),
+        last: Scores::from_metrics(&fin),
+        last2: Scores::from_metrics(&mean2),
+        references,
+        alpha_sweep: None,
+        bn1_cancel_max_diff: None,
+        bn1_cancel_max_diff_eps0: None,
+        judges,
+    };
     // The α sweep of FAdaIN at test (the model was trained with α = 1; the paper's FAdaIN, Sec. 3).
     if c.arm == Arm::Full && !c.eval.alphas.is_empty() {
         let mut sweep = Vec::new();
         for &a in &c.eval.alphas {
             gan.g.set_alpha(a);
-            let m = ev.metrics(&ev.generate(gan.g.as_ref(), false, Mode::test(c.eval.train_bn)));
-            sweep.push(json!({"alpha": a, "metrics": metrics_json(&m)}));
+            let out = ev.generate(gan.g.as_ref(), false, Mode::test(c.eval.train_bn));
+            sweep.push(summary::AlphaPoint {
+                alpha: a,
+                metrics: scores(&out),
+            });
         }
         gan.g.set_alpha(c.model.alpha);
-        s.insert("alpha_sweep".into(), Value::Array(sweep));
+        judged.alpha_sweep = Some(sweep);
     }
     // Image grids: rows of (content or label | style | output | target).
     // Pairs spread evenly over the test set (it is ordered by class for digits).
@@ -1173,10 +1182,15 @@ fn final_eval(
         &grid_labels(c.task, t.style.is_some()),
     )?;
     if let Some((diff, diff0)) = bn1_cancel(c, gan, ev, ctx.device()) {
-        s.insert("bn1_cancel_max_diff".into(), json_f64(diff));
-        s.insert("bn1_cancel_max_diff_eps0".into(), json_f64(diff0));
+        judged.bn1_cancel_max_diff = Some(diff);
+        judged.bn1_cancel_max_diff_eps0 = Some(diff0);
     }
-    Ok(Value::Object(s))
+    Ok(summary_of(
+        c,
+        gan,
+        (step, step_ms),
+        Evaluation::Judged(Box::new(judged)),
+    ))
 }
 
 /// Label maps `N×S×S` as RGB in `[−1, 1]` (one fixed colour per class), for the grids.

@@ -2,45 +2,31 @@
 //! (docs/tsit.md: A1–A3 for style transfer, S1–S3 for semantic synthesis, the scenes-AST checks), computed
 //! on the final checkpoint and, beside it, on the mean of the last two evaluations.
 
+use crate::summary::{Evaluation, Judged, Metric, Reference, Scores, Summary};
 use reprise_core::report::{
     fmt_mean_std, markdown_table, mean_std, ClaimRow, Claims, Outcome, Verdict,
 };
 use reprise_core::run::{finished_run, RunSummary};
 use reprise_core::Result;
-use serde_json::Value;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
-fn num(v: &Value) -> f64 {
-    v.as_f64().unwrap_or(f64::NAN)
-}
-
-const METRICS: [&str; 8] = [
-    "content_acc",
-    "seg_miou",
-    "seg_acc",
-    "fidp",
-    "style_err",
-    "hist_dist",
-    "l1",
-    "psnr",
-];
-
-fn metric_rows(s: &Value, which: &str) -> Vec<Vec<String>> {
+fn metric_rows(j: &Judged) -> Vec<Vec<String>> {
     let mut rows = Vec::new();
-    for m in METRICS {
-        if s[which][m].is_null() {
+    for m in Metric::ALL {
+        let v = j.last.get(m);
+        if !v.is_finite() {
             continue;
         }
-        let mut row = vec![m.to_string(), format!("{:.4}", num(&s[which][m]))];
-        row.push(format!("{:.4}", num(&s["last2"][m])));
-        for r in ["identity", "pixadain", "oracle"] {
-            let v = &s["references"][r][m];
-            row.push(if v.is_null() {
-                "—".into()
+        let mut row = vec![m.name().to_string(), format!("{v:.4}")];
+        row.push(format!("{:.4}", j.last2.get(m)));
+        for r in Reference::ALL {
+            let v = j.references.get(r).map_or(f64::NAN, |s| s.get(m));
+            row.push(if v.is_finite() {
+                format!("{v:.4}")
             } else {
-                format!("{:.4}", num(v))
+                "—".into()
             });
         }
         rows.push(row);
@@ -50,28 +36,32 @@ fn metric_rows(s: &Value, which: &str) -> Vec<Vec<String>> {
 
 /// One run's report.
 pub fn report_run(dir: &Path) -> Result<String> {
-    let (h, s) = finished_run::<Value>(dir)?;
+    let (h, s) = finished_run::<Summary>(dir)?;
     let mut md = format!("# {} — seed {}\n\n{}\n\n", h.name, h.seed, h.description);
+    let task = serde_json::to_value(s.task).map_err(|e| reprise_core::Error::msg(e.to_string()))?;
     let _ = writeln!(
         md,
         "Task `{}`, arm `{}`, {} iterations at batch {} ({:.1} ms per iteration); G {} parameters, D {}.\n",
-        s["task"].as_str().unwrap_or("?"),
-        s["arm"].as_str().unwrap_or("?"),
-        s["iterations"],
-        s["batch"],
-        num(&s["step_ms"]),
-        s["params_g"],
-        s["params_d"]
+        task.as_str().unwrap_or("?"),
+        s.arm.name(),
+        s.iterations,
+        s.batch,
+        s.step_ms,
+        s.params_g,
+        s.params_d
     );
-    if let Some(n) = s["test_outputs"].as_u64() {
-        let _ = writeln!(
-            md,
-            "{n} test outputs in `test_outputs/`: {}.",
-            s["evaluation"].as_str().unwrap_or("")
-        );
-        md += "\n![grid](figures/grid.png)\n\nColumns: content (or label map) | style | output | target.\n";
-        return Ok(md);
-    }
+    let j = match &s.evaluation {
+        Evaluation::Folder(f) => {
+            let _ = writeln!(
+                md,
+                "{} test outputs in `test_outputs/`: {}.",
+                f.test_outputs, f.evaluation
+            );
+            md += "\n![grid](figures/grid.png)\n\nColumns: content (or label map) | style | output | target.\n";
+            return Ok(md);
+        }
+        Evaluation::Judged(j) => j,
+    };
     md += &markdown_table(
         &[
             "metric",
@@ -81,16 +71,13 @@ pub fn report_run(dir: &Path) -> Result<String> {
             "pixAdaIN",
             "oracle / real",
         ],
-        &metric_rows(&s, "final"),
+        &metric_rows(j),
     );
-    let _ = writeln!(
-        md,
-        "\nFIDp floor (two real sets): {:.4}.",
-        num(&s["fidp_floor"])
-    );
-    if let Some(d) = s["bn1_cancel_max_diff"].as_f64() {
-        let d0 = s["bn1_cancel_max_diff_eps0"]
-            .as_f64()
+    let _ = writeln!(md, "\nFIDp floor (two real sets): {:.4}.", j.fidp_floor);
+    if let Some(d) = j.bn1_cancel_max_diff.filter(|d| d.is_finite()) {
+        let d0 = j
+            .bn1_cancel_max_diff_eps0
+            .filter(|v| v.is_finite())
             .map_or(String::new(), |v| format!("; {v:.1e} with BN ε = 1e-12"));
         let _ = writeln!(
             md,
@@ -98,99 +85,126 @@ pub fn report_run(dir: &Path) -> Result<String> {
             if d < 1e-4 { "below 1e-4" } else { "above 1e-4" }
         );
     }
-    if let Some(a) = s["alpha_sweep"].as_array() {
+    if let Some(a) = &j.alpha_sweep {
         md += "\n## α sweep at test (trained with α = 1)\n\n";
         let rows: Vec<Vec<String>> = a
             .iter()
             .map(|e| {
-                let m = &e["metrics"];
+                let m = &e.metrics;
                 vec![
-                    format!("{}", num(&e["alpha"])),
-                    format!("{:.4}", num(&m["style_err"])),
-                    format!("{:.4}", num(&m["content_acc"])),
-                    format!("{:.4}", num(&m["fidp"])),
+                    format!("{}", e.alpha),
+                    format!("{:.4}", m.get(Metric::StyleErr)),
+                    format!("{:.4}", m.get(Metric::ContentAcc)),
+                    format!("{:.4}", m.get(Metric::Fidp)),
                 ]
             })
             .collect();
         md += &markdown_table(&["α", "StyleErr", "content acc", "FIDp"], &rows);
     }
-    if let Some(e) = s["evals"].as_array() {
-        md += "\n## Evaluations during training\n\n";
-        let rows: Vec<Vec<String>> = e
-            .iter()
-            .map(|e| {
-                let m = &e["metrics"];
-                let key = if m["content_acc"].is_null() {
-                    "seg_miou"
-                } else {
-                    "content_acc"
-                };
-                vec![
-                    format!("{}", e["step"]),
-                    format!("{:.4}", num(&m[key])),
-                    format!("{:.4}", num(&m["fidp"])),
-                    format!("{:.4}", num(&m["style_err"])),
-                    format!("{:.4}", num(&m["l1"])),
-                ]
-            })
-            .collect();
-        md += &markdown_table(
-            &["step", "content acc / mIoU", "FIDp", "StyleErr", "L1"],
-            &rows,
-        );
-    }
+    md += "\n## Evaluations during training\n\n";
+    let rows: Vec<Vec<String>> = j
+        .evals
+        .iter()
+        .map(|e| {
+            let m = &e.metrics;
+            vec![
+                e.step.to_string(),
+                format!("{:.4}", m.kept()),
+                format!("{:.4}", m.get(Metric::Fidp)),
+                format!("{:.4}", m.get(Metric::StyleErr)),
+                format!("{:.4}", m.get(Metric::L1)),
+            ]
+        })
+        .collect();
+    md += &markdown_table(
+        &["step", "content acc / mIoU", "FIDp", "StyleErr", "L1"],
+        &rows,
+    );
     md += "\n![grid](figures/grid.png)\n\nColumns: content (or label map) | style | output | target.\n";
     Ok(md)
 }
 
-/// The values of one metric of one arm, by seed.
+/// Where the claims are judged: the final checkpoint, or the mean of the last two evaluations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum At {
+    Final,
+    Last2,
+}
+
+impl At {
+    /// The scores of a run at this point (none for a folder task).
+    fn of(self, s: &Summary) -> Option<&Scores> {
+        let j = s.judged()?;
+        Some(match self {
+            At::Final => &j.last,
+            At::Last2 => &j.last2,
+        })
+    }
+
+    /// A metric of a run at this point; NaN when not measured.
+    fn get(self, s: &Summary, m: Metric) -> f64 {
+        self.of(s).map_or(f64::NAN, |x| x.get(m))
+    }
+}
+
+/// One arm's runs, by seed.
 #[derive(Debug, Default)]
 struct ArmValues {
-    by_seed: BTreeMap<u64, Value>,
+    by_seed: BTreeMap<u64, Summary>,
 }
 
 impl ArmValues {
-    fn vals(&self, which: &str, m: &str) -> Vec<f64> {
-        self.by_seed.values().map(|s| num(&s[which][m])).collect()
+    fn vals(&self, at: At, m: Metric) -> Vec<f64> {
+        self.by_seed.values().map(|s| at.get(s, m)).collect()
     }
-    fn mean(&self, which: &str, m: &str) -> f64 {
-        mean_std(&self.vals(which, m)).0
+    fn mean(&self, at: At, m: Metric) -> f64 {
+        mean_std(&self.vals(at, m)).0
+    }
+    /// The FIDp floor, averaged over the seeds.
+    fn floor(&self) -> f64 {
+        let v: Vec<f64> = self
+            .by_seed
+            .values()
+            .map(|s| s.judged().map_or(f64::NAN, |j| j.fidp_floor))
+            .collect();
+        mean_std(&v).0
     }
 }
 
-fn group(runs: &[RunSummary]) -> BTreeMap<String, ArmValues> {
+fn group(runs: &[RunSummary]) -> Result<BTreeMap<String, ArmValues>> {
     let mut arms: BTreeMap<String, ArmValues> = BTreeMap::new();
     for r in runs {
-        let arm = r.summary["arm"].as_str().unwrap_or("?").to_string();
+        let s: Summary = r.parse()?;
         let seed = r.spec.header().map(|h| h.seed).unwrap_or(0);
-        arms.entry(arm)
+        arms.entry(s.arm.name().to_string())
             .or_default()
             .by_seed
-            .insert(seed, r.summary.clone());
+            .insert(seed, s);
     }
-    arms
+    Ok(arms)
 }
 
 /// A reference's value (the same for every run), averaged over the runs that have it.
-fn reference(arms: &BTreeMap<String, ArmValues>, r: &str, m: &str) -> f64 {
+fn reference(arms: &BTreeMap<String, ArmValues>, r: Reference, m: Metric) -> f64 {
     let v: Vec<f64> = arms
         .values()
-        .flat_map(|a| a.by_seed.values().map(|s| num(&s["references"][r][m])))
+        .flat_map(|a| a.by_seed.values())
+        .filter_map(|s| Some(s.judged()?.references.get(r)?.get(m)))
         .filter(|v| v.is_finite())
         .collect();
     mean_std(&v).0
 }
 
-/// The claims of one evaluation point (`final` or `last2`).
-fn claims_at(arms: &BTreeMap<String, ArmValues>, which: &str) -> (Option<Verdict>, Vec<ClaimRow>) {
+/// The claims of one evaluation point.
+fn claims_at(arms: &BTreeMap<String, ArmValues>, which: At) -> (Option<Verdict>, Vec<ClaimRow>) {
     let row = ClaimRow::new;
     let mut rows = Vec::new();
     let mut verdict = None;
     if let (Some(full), Some(nof)) = (arms.get("full"), arms.get("no-fadain")) {
         // Digits-AST (A1–A3).
-        let acc_o = reference(arms, "oracle", "content_acc");
-        let acc = full.vals(which, "content_acc");
-        let a1 = full.mean(which, "content_acc") >= 0.9 * acc_o
+        let acc_o = reference(arms, Reference::Oracle, Metric::ContentAcc);
+        let acc = full.vals(which, Metric::ContentAcc);
+        let a1 = full.mean(which, Metric::ContentAcc) >= 0.9 * acc_o
             && acc.iter().all(|&a| a >= 0.85 * acc_o);
         rows.push(row(
             "A1",
@@ -208,16 +222,16 @@ fn claims_at(arms: &BTreeMap<String, ArmValues>, which: &str) -> (Option<Verdict
             Some(a1),
             true,
         ));
-        let se_id = reference(arms, "identity", "style_err");
-        let se_px = reference(arms, "pixadain", "style_err");
-        let se_f = full.vals(which, "style_err");
-        let se_n = nof.vals(which, "style_err");
+        let se_id = reference(arms, Reference::Identity, Metric::StyleErr);
+        let se_px = reference(arms, Reference::Pixadain, Metric::StyleErr);
+        let se_f = full.vals(which, Metric::StyleErr);
+        let se_n = nof.vals(which, Metric::StyleErr);
         let paired = full
             .by_seed
             .iter()
             .filter_map(|(seed, s)| {
                 let n = nof.by_seed.get(seed)?;
-                Some(num(&s[which]["style_err"]) <= 0.8 * num(&n[which]["style_err"]))
+                Some(which.get(s, Metric::StyleErr) <= 0.8 * which.get(n, Metric::StyleErr))
             })
             .collect::<Vec<_>>();
         let wins = paired.iter().filter(|&&b| b).count();
@@ -240,16 +254,9 @@ fn claims_at(arms: &BTreeMap<String, ArmValues>, which: &str) -> (Option<Verdict
             Some(a2),
             true,
         ));
-        let fid_id = reference(arms, "identity", "fidp");
-        let fid_f = full.vals(which, "fidp");
-        let floor = mean_std(
-            &full
-                .by_seed
-                .values()
-                .map(|s| num(&s["fidp_floor"]))
-                .collect::<Vec<_>>(),
-        )
-        .0;
+        let fid_id = reference(arms, Reference::Identity, Metric::Fidp);
+        let fid_f = full.vals(which, Metric::Fidp);
+        let floor = full.floor();
         let a3 = mean_std(&fid_f).0 <= 0.5 * fid_id;
         rows.push(row(
             "A3",
@@ -259,7 +266,7 @@ fn claims_at(arms: &BTreeMap<String, ArmValues>, which: &str) -> (Option<Verdict
                 "full {} vs identity {:.3} (no-FAdaIN {}; floor {:.3})",
                 fmt_mean_std(&fid_f, 3),
                 fid_id,
-                fmt_mean_std(&nof.vals(which, "fidp"), 3),
+                fmt_mean_std(&nof.vals(which, Metric::Fidp), 3),
                 floor
             ),
             Some(a3),
@@ -272,14 +279,14 @@ fn claims_at(arms: &BTreeMap<String, ArmValues>, which: &str) -> (Option<Verdict
         });
     }
     if let (Some(t), Some(p)) = (arms.get("tsit-sis"), arms.get("p2phd-lite")) {
-        let mt = t.vals(which, "seg_miou");
-        let mp = p.vals(which, "seg_miou");
+        let mt = t.vals(which, Metric::SegMiou);
+        let mp = p.vals(which, Metric::SegMiou);
         let higher = t
             .by_seed
             .iter()
             .filter_map(|(seed, s)| {
                 let q = p.by_seed.get(seed)?;
-                Some(num(&s[which]["seg_miou"]) > num(&q[which]["seg_miou"]))
+                Some(which.get(s, Metric::SegMiou) > which.get(q, Metric::SegMiou))
             })
             .collect::<Vec<_>>();
         let wins = higher.iter().filter(|&&b| b).count();
@@ -298,15 +305,9 @@ fn claims_at(arms: &BTreeMap<String, ArmValues>, which: &str) -> (Option<Verdict
             Some(s1),
             true,
         ));
-        let ft = t.vals(which, "fidp");
-        let fp = p.vals(which, "fidp");
-        let floor = mean_std(
-            &t.by_seed
-                .values()
-                .map(|s| num(&s["fidp_floor"]))
-                .collect::<Vec<_>>(),
-        )
-        .0;
+        let ft = t.vals(which, Metric::Fidp);
+        let fp = p.vals(which, Metric::Fidp);
+        let floor = t.floor();
         let s2 = mean_std(&ft).0 <= mean_std(&fp).0;
         rows.push(row(
             "S2",
@@ -321,7 +322,7 @@ fn claims_at(arms: &BTreeMap<String, ArmValues>, which: &str) -> (Option<Verdict
             Some(s2),
             true,
         ));
-        let u = reference(arms, "oracle", "seg_miou");
+        let u = reference(arms, Reference::Oracle, Metric::SegMiou);
         let s3 = mean_std(&mt).0 >= 0.8 * u;
         rows.push(row(
             "S3",
@@ -339,10 +340,10 @@ fn claims_at(arms: &BTreeMap<String, ArmValues>, which: &str) -> (Option<Verdict
     }
     if let (Some(full), None) = (arms.get("full"), arms.get("no-fadain")) {
         // Scenes-AST: reported, not gated.
-        let l1_id = reference(arms, "identity", "l1");
-        let l1 = full.vals(which, "l1");
-        let u = reference(arms, "oracle", "seg_miou");
-        let miou = full.vals(which, "seg_miou");
+        let l1_id = reference(arms, Reference::Identity, Metric::L1);
+        let l1 = full.vals(which, Metric::L1);
+        let u = reference(arms, Reference::Oracle, Metric::SegMiou);
+        let miou = full.vals(which, Metric::SegMiou);
         rows.push(row(
             "T1",
             "scenes style transfer: L1 to oracle(full) ≤ 0.7·identity (reported, not gated)",
@@ -367,14 +368,17 @@ fn claims_at(arms: &BTreeMap<String, ArmValues>, which: &str) -> (Option<Verdict
         .values()
         .flat_map(|a| {
             a.by_seed.values().filter_map(|s| {
+                let j = s.judged()?;
                 Some((
-                    s["bn1_cancel_max_diff"].as_f64()?,
-                    s["bn1_cancel_max_diff_eps0"].as_f64().unwrap_or(f64::NAN),
+                    j.bn1_cancel_max_diff.filter(|d| d.is_finite())?,
+                    j.bn1_cancel_max_diff_eps0
+                        .filter(|d| d.is_finite())
+                        .unwrap_or(f64::NAN),
                 ))
             })
         })
         .collect();
-    if !bn1.is_empty() && which == "final" {
+    if !bn1.is_empty() && which == At::Final {
         let worst = bn1.iter().map(|b| b.0).fold(0.0, f64::max);
         let worst0 = bn1.iter().map(|b| b.1).fold(0.0, f64::max);
         rows.push(row(
@@ -400,16 +404,14 @@ fn claims_at(arms: &BTreeMap<String, ArmValues>, which: &str) -> (Option<Verdict
 /// A sweep's report: every arm over seeds, the claims on the final checkpoint (the verdict)
 /// and on the mean of the last two evaluations; writes `claims.json`.
 pub fn report_sweep(dir: &Path, runs: &[RunSummary]) -> Result<String> {
-    let arms = group(runs);
+    let arms = group(runs)?;
     let name = runs
         .first()
         .and_then(|r| r.spec.header().ok())
         .map(|h| h.name)
         .unwrap_or_default();
     let mut md = format!("# {name}: sweep report\n\n");
-    let smoke = runs
-        .iter()
-        .any(|r| r.summary["smoke"].as_bool() == Some(true));
+    let smoke = runs.iter().any(RunSummary::smoke);
     if smoke {
         md += reprise_core::report::SMOKE_BANNER;
     }
@@ -423,43 +425,36 @@ pub fn report_sweep(dir: &Path, runs: &[RunSummary]) -> Result<String> {
         );
     }
     let ast = arms.contains_key("full");
-    let cols: &[&str] = if ast {
-        &[
-            "content_acc",
-            "style_err",
-            "hist_dist",
-            "fidp",
-            "l1",
-            "psnr",
-            "seg_miou",
-        ]
+    use Metric::*;
+    let cols: &[Metric] = if ast {
+        &[ContentAcc, StyleErr, HistDist, Fidp, L1, Psnr, SegMiou]
     } else {
-        &["seg_miou", "seg_acc", "fidp", "l1", "psnr"]
+        &[SegMiou, SegAcc, Fidp, L1, Psnr]
     };
     let mut header = vec!["arm", "seeds"];
-    header.extend(cols.iter());
+    header.extend(cols.iter().map(|m| m.name()));
     header.push("ms / iter");
     let mut rows = Vec::new();
     for (arm, v) in &arms {
         let mut r = vec![arm.clone(), v.by_seed.len().to_string()];
-        for m in cols {
-            let x = v.vals("final", m);
+        for &m in cols {
+            let x = v.vals(At::Final, m);
             r.push(if x.iter().all(|a| a.is_nan()) {
                 "—".into()
             } else {
                 fmt_mean_std(&x, 4)
             });
         }
-        let ms: Vec<f64> = v.by_seed.values().map(|s| num(&s["step_ms"])).collect();
+        let ms: Vec<f64> = v.by_seed.values().map(|s| s.step_ms).collect();
         r.push(format!("{:.0}", mean_std(&ms).0));
         rows.push(r);
     }
-    for r in ["identity", "pixadain", "oracle"] {
-        if cols.iter().all(|m| reference(&arms, r, m).is_nan()) {
+    for r in Reference::ALL {
+        if cols.iter().all(|&m| reference(&arms, r, m).is_nan()) {
             continue;
         }
-        let mut row = vec![format!("*{r}* (reference)"), "—".into()];
-        for m in cols {
+        let mut row = vec![format!("*{}* (reference)", r.name()), "—".into()];
+        for &m in cols {
             let v = reference(&arms, r, m);
             row.push(if v.is_nan() {
                 "—".into()
@@ -472,8 +467,8 @@ pub fn report_sweep(dir: &Path, runs: &[RunSummary]) -> Result<String> {
     }
     md += "## Final checkpoint, mean ± std over seeds\n\n";
     md += &markdown_table(&header, &rows);
-    let (verdict, claims) = claims_at(&arms, "final");
-    let (verdict2, claims2) = claims_at(&arms, "last2");
+    let (verdict, claims) = claims_at(&arms, At::Final);
+    let (verdict2, claims2) = claims_at(&arms, At::Last2);
     let table = |c: &[ClaimRow]| reprise_core::report::claims_table(c, false);
     let v = verdict
         .clone()
@@ -495,29 +490,21 @@ pub fn report_sweep(dir: &Path, runs: &[RunSummary]) -> Result<String> {
     if let Some(full) = arms.get("full") {
         let mut by_alpha: BTreeMap<String, Vec<(f64, f64, f64)>> = BTreeMap::new();
         for s in full.by_seed.values() {
-            // Content kept: the digit classifier's accuracy, or the segmenter's mIoU (scenes).
-            let kept = |m: &Value| {
-                if m["content_acc"].is_null() {
-                    num(&m["seg_miou"])
-                } else {
-                    num(&m["content_acc"])
-                }
+            let Some(j) = s.judged() else {
+                continue;
             };
-            for e in s["alpha_sweep"].as_array().into_iter().flatten() {
-                let m = &e["metrics"];
+            // Content kept: the digit classifier's accuracy, or the segmenter's mIoU (scenes).
+            let point = |m: &Scores| (m.get(StyleErr), m.kept(), m.get(Fidp));
+            for e in j.alpha_sweep.iter().flatten() {
                 by_alpha
-                    .entry(format!("{}", num(&e["alpha"])))
+                    .entry(format!("{}", e.alpha))
                     .or_default()
-                    .push((num(&m["style_err"]), kept(m), num(&m["fidp"])));
+                    .push(point(&e.metrics));
             }
-            let f = &s["final"];
-            if f.is_object() {
-                by_alpha.entry("1 (trained)".into()).or_default().push((
-                    num(&f["style_err"]),
-                    kept(f),
-                    num(&f["fidp"]),
-                ));
-            }
+            by_alpha
+                .entry("1 (trained)".into())
+                .or_default()
+                .push(point(&j.last));
         }
         if by_alpha.len() > 1 {
             md +=
@@ -545,8 +532,8 @@ pub fn report_sweep(dir: &Path, runs: &[RunSummary]) -> Result<String> {
     md += "\n## Image grids (first seed of each arm; each grid's columns are labelled)\n\n";
     let mut shown = std::collections::BTreeSet::new();
     for r in runs {
-        let arm = r.summary["arm"].as_str().unwrap_or("?").to_string();
-        if r.dir.join("figures/grid.png").is_file() && shown.insert(arm.clone()) {
+        let arm = r.parse::<Summary>()?.arm.name();
+        if r.dir.join("figures/grid.png").is_file() && shown.insert(arm) {
             let _ = writeln!(
                 md,
                 "**{arm}** (`{}`)\n\n![{arm}]({}/figures/grid.png)\n",
