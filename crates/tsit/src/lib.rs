@@ -7,6 +7,7 @@
 //! `eval.every` iterations with frozen evaluation networks trained in the project, and writes
 //! image grids. [`report`] computes the spec's claims A1–A3 and S1–S3 from a sweep.
 
+pub mod claims;
 pub mod config;
 pub mod data;
 pub mod eval;
