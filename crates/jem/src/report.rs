@@ -254,11 +254,68 @@ pub fn report_sweep(dir: &Path, runs: &[RunSummary]) -> Result<String> {
         "{} finished run(s). Values are mean ± std over seeds.\n\n",
         runs.len()
     );
-    // Judge agreement: jem's samples judged by the same seed's base; base's by base of the next seed.
+    let judge = judge_agreements(&arms)?;
+    md += &arms_table(&arms, &judge);
+    if let Some((folds, pooled)) = &cv {
+        md += &pooled_table(*folds, pooled);
+    }
+    md += &per_seed_table(&arms, cv.is_some());
+    md += &ood_table(&arms);
+    // Claims.
+    let mut found: Vec<Found> = Vec::new();
+    if let (Some(base), Some(jem)) = (arms.get(&Arm::Base), arms.get(&Arm::Jem)) {
+        found = claims::claims(&Evidence {
+            base: &base.summaries,
+            jem: &jem.summaries,
+            pooled: cv
+                .as_ref()
+                .and_then(|(_, p)| Some((p.get(&Arm::Base)?, p.get(&Arm::Jem)?))),
+            judge: judge.get(&Arm::Jem).map(|v| mean_std(v).0),
+            bins,
+        })?;
+    }
+    if gating_arm_failed {
+        claims::missing_runs(&mut found, &unfinished, any_diverged);
+    }
+    md += &unfinished_section(&unfinished);
+    let overall = claims::verdict(&gates, &found);
+    let claims_found = reprise_core::report::Claims::new(
+        &overall,
+        found
+            .iter()
+            .map(|(c, ok, why)| {
+                let (what, paper) = claim_text(*c);
+                reprise_core::report::ClaimRow::new(
+                    &format!("{c:?}"),
+                    what,
+                    paper,
+                    why.clone(),
+                    *ok,
+                    gates.contains(c),
+                )
+            })
+            .collect(),
+    );
+    let claims_found = if smoke {
+        claims_found.withheld()
+    } else {
+        claims_found
+    };
+    claims_found.write(dir)?;
+    md += PAPER_NUMBERS;
+    md += "\n## Every summary value by sweep point\n\n";
+    md += &reprise_core::report::aggregate_table(runs);
+    md += &figures(dir, &arms, cv.as_ref().map(|c| &c.1))?;
+    Ok(claims_found.open_report(&md))
+}
+
+/// Judge agreement: JEM's samples judged by the same seed's base model; base's by the base
+/// model of the next seed.
+fn judge_agreements(arms: &BTreeMap<Arm, ArmRuns>) -> Result<BTreeMap<Arm, Vec<f64>>> {
     let mut judge: BTreeMap<Arm, Vec<f64>> = BTreeMap::new();
     if let Some(base) = arms.get(&Arm::Base) {
         let seeds: Vec<u64> = base.by_seed.keys().copied().collect();
-        for (arm, runs_of_arm) in &arms {
+        for (arm, runs_of_arm) in arms {
             if *arm == Arm::BaseLong {
                 continue;
             }
@@ -278,7 +335,12 @@ pub fn report_sweep(dir: &Path, runs: &[RunSummary]) -> Result<String> {
             }
         }
     }
-    // The table of arms.
+    Ok(judge)
+}
+
+/// The table of arms: each metric's mean ± std over seeds, and the judge agreement.
+fn arms_table(arms: &BTreeMap<Arm, ArmRuns>, judge: &BTreeMap<Arm, Vec<f64>>) -> String {
+    let mut md = String::new();
     type Metric = fn(&Summary) -> f64;
     let metrics: [(Metric, &str, bool); 10] = [
         (|s| s.acc, "accuracy (%)", true),
@@ -329,45 +391,54 @@ pub fn report_sweep(dir: &Path, runs: &[RunSummary]) -> Result<String> {
     let header_refs: Vec<&str> = header.iter().map(String::as_str).collect();
     md += "## Arms\n\n";
     md += &markdown_table(&header_refs, &rows);
-    if let Some((folds, pooled)) = &cv {
-        md += &format!(
-            "\n## Pooled out-of-fold predictions ({folds}-fold cross-validation)\n\n\
-             Seed k is trained on the other folds and tested on fold k, so every image is tested once per arm; \
-             these metrics are computed on the pooled predictions of all folds.\n\n"
-        );
-        let rows: Vec<Vec<String>> = pooled
-            .iter()
-            .map(|(a, (p, m))| {
-                vec![
-                    format!("`{}`", a.name()),
-                    p.len().to_string(),
-                    pct(m.acc),
-                    pct(m.ece),
-                    format!("{:.4}", m.nll),
-                    format!("{:+.2}", 100.0 * m.conf_minus_acc),
-                ]
-            })
-            .collect();
-        md += &markdown_table(
-            &[
-                "arm",
-                "images",
-                "accuracy (%)",
-                "ECE (%)",
-                "NLL",
-                "confidence − accuracy (points)",
-            ],
-            &rows,
-        );
-    }
-    // Per-seed values of the gating metrics.
-    md += if cv.is_some() {
+    md
+}
+
+/// The metrics of the pooled out-of-fold predictions of a cross-validation.
+fn pooled_table(folds: usize, pooled: &BTreeMap<Arm, (Predictions, Calibration)>) -> String {
+    let mut md = String::new();
+    md += &format!(
+        "\n## Pooled out-of-fold predictions ({folds}-fold cross-validation)\n\n\
+         Seed k is trained on the other folds and tested on fold k, so every image is tested once per arm; \
+         these metrics are computed on the pooled predictions of all folds.\n\n"
+    );
+    let rows: Vec<Vec<String>> = pooled
+        .iter()
+        .map(|(a, (p, m))| {
+            vec![
+                format!("`{}`", a.name()),
+                p.len().to_string(),
+                pct(m.acc),
+                pct(m.ece),
+                format!("{:.4}", m.nll),
+                format!("{:+.2}", 100.0 * m.conf_minus_acc),
+            ]
+        })
+        .collect();
+    md += &markdown_table(
+        &[
+            "arm",
+            "images",
+            "accuracy (%)",
+            "ECE (%)",
+            "NLL",
+            "confidence − accuracy (points)",
+        ],
+        &rows,
+    );
+    md
+}
+
+/// The gating metrics of each seed (each fold with a cross-validation).
+fn per_seed_table(arms: &BTreeMap<Arm, ArmRuns>, cross_validated: bool) -> String {
+    let mut md = String::new();
+    md += if cross_validated {
         "\n## Per fold (seed k tests fold k)\n\n"
     } else {
         "\n## Per seed\n\n"
     };
     let mut seed_rows = Vec::new();
-    for (a, ar) in &arms {
+    for (a, ar) in arms {
         for (seed, s) in &ar.summaries {
             seed_rows.push(vec![
                 format!("`{}`", a.name()),
@@ -396,7 +467,13 @@ pub fn report_sweep(dir: &Path, runs: &[RunSummary]) -> Result<String> {
         ],
         &seed_rows,
     );
-    // OOD table.
+    md
+}
+
+/// The AUROC of each score on each OOD set, mean over seeds.
+fn ood_table(arms: &BTreeMap<Arm, ArmRuns>) -> String {
+    let arm_list: Vec<Arm> = arms.keys().copied().collect();
+    let mut md = String::new();
     md += "\n## OOD detection (AUROC, mean over seeds)\n\n";
     let mut ood_rows = Vec::new();
     for a in &arm_list {
@@ -412,67 +489,40 @@ pub fn report_sweep(dir: &Path, runs: &[RunSummary]) -> Result<String> {
         &["arm", "score", "uniform", "shuffled", "interp", "inverted"],
         &ood_rows,
     );
-    // Claims.
-    let mut found: Vec<Found> = Vec::new();
-    if let (Some(base), Some(jem)) = (arms.get(&Arm::Base), arms.get(&Arm::Jem)) {
-        found = claims::claims(&Evidence {
-            base: &base.summaries,
-            jem: &jem.summaries,
-            pooled: cv
-                .as_ref()
-                .and_then(|(_, p)| Some((p.get(&Arm::Base)?, p.get(&Arm::Jem)?))),
-            judge: judge.get(&Arm::Jem).map(|v| mean_std(v).0),
-            bins,
-        })?;
+    md
+}
+
+/// The runs the sweep expected that have no summary, and why.
+fn unfinished_section(unfinished: &[(String, bool)]) -> String {
+    let mut md = String::new();
+    if unfinished.is_empty() {
+        return md;
     }
-    if gating_arm_failed {
-        claims::missing_runs(&mut found, &unfinished, any_diverged);
+    md += "\n## Runs that did not finish\n\n";
+    for (n, d) in unfinished {
+        md += &format!(
+            "- `{n}`: {}\n",
+            if *d {
+                "diverged (its diverged.json says where); counted as failing every criterion"
+            } else {
+                "no summary (failed or still running)"
+            }
+        );
     }
-    if !unfinished.is_empty() {
-        md += "\n## Runs that did not finish\n\n";
-        for (n, d) in &unfinished {
-            md += &format!(
-                "- `{n}`: {}\n",
-                if *d {
-                    "diverged (its diverged.json says where); counted as failing every criterion"
-                } else {
-                    "no summary (failed or still running)"
-                }
-            );
-        }
-    }
-    let overall = claims::verdict(&gates, &found);
-    let claims_found = reprise_core::report::Claims::new(
-        &overall,
-        found
-            .iter()
-            .map(|(c, ok, why)| {
-                let (what, paper) = claim_text(*c);
-                reprise_core::report::ClaimRow::new(
-                    &format!("{c:?}"),
-                    what,
-                    paper,
-                    why.clone(),
-                    *ok,
-                    gates.contains(c),
-                )
-            })
-            .collect(),
-    );
-    let claims_found = if smoke {
-        claims_found.withheld()
-    } else {
-        claims_found
-    };
-    claims_found.write(dir)?;
-    md += PAPER_NUMBERS;
-    md += "\n## Every summary value by sweep point\n\n";
-    md += &reprise_core::report::aggregate_table(runs);
-    // Figures: pooled reliability per arm, and links to the first seed's figures.
+    md
+}
+
+/// The figures: the reliability diagram pooled per arm, and links to each arm's first seed's.
+fn figures(
+    dir: &Path,
+    arms: &BTreeMap<Arm, ArmRuns>,
+    cv: Option<&BTreeMap<Arm, (Predictions, Calibration)>>,
+) -> Result<String> {
+    let mut md = String::new();
     let figs = dir.join("figures");
     std::fs::create_dir_all(&figs).map_err(|e| Error::Io(figs.clone(), e))?;
-    let pooled: Vec<(String, Vec<Bin>)> = match &cv {
-        Some((_, p)) => p
+    let pooled: Vec<(String, Vec<Bin>)> = match cv {
+        Some(p) => p
             .iter()
             .map(|(a, (_, m))| (a.name().to_string(), m.bins.clone()))
             .collect(),
@@ -489,7 +539,7 @@ pub fn report_sweep(dir: &Path, runs: &[RunSummary]) -> Result<String> {
             "\n## Figures\n\nReliability diagram, bins pooled over seeds:\n\n![reliability](figures/reliability.png)\n"
         };
     }
-    for (a, ar) in &arms {
+    for (a, ar) in arms {
         if let Some(r) = ar.by_seed.values().next() {
             let name = &r.name;
             md += &format!(
@@ -505,7 +555,7 @@ pub fn report_sweep(dir: &Path, runs: &[RunSummary]) -> Result<String> {
             md += "\n";
         }
     }
-    Ok(claims_found.open_report(&md))
+    Ok(md)
 }
 
 /// Each arm's runs' test predictions pooled (the folds of a cross-validation: every image once),
