@@ -327,11 +327,73 @@ pub fn verdicts(res: &Results, refs: &[(Norm, f64)], cfg: Option<&Config>) -> (S
     let mut md = String::from("\n## Claims, computed from the runs\n\n");
     let (lines, v0) = res.v0(refs);
     let v0_ours = lines.join("; ");
-    let (mut r2_ours, mut r3_ours, mut r4_ours) = (Vec::new(), Vec::new(), Vec::new());
     let _ = writeln!(md, "- **V0 validity** {}:", held(v0));
     for l in lines {
         let _ = writeln!(md, "  - {l}");
     }
+    let (r1_targets, r1_ours, r1_md) = gain(res);
+    let r1 = !r1_targets.is_empty();
+    md += &r1_md;
+    let sh = shape(res, &r1_targets);
+    md += &sh.md;
+    let (r2, r3, r4) = (r1 && sh.r2, r1 && sh.r3, r1 && sh.r4);
+    let _ = writeln!(md, "- **R2 full-network attenuation** {}", held(r2));
+    let _ = writeln!(md, "- **R3 inverted U** {}", held(r3));
+    let _ = writeln!(md, "- **R4 adversarial-specific** {}", held(r4));
+    md += &informational(res, &r1_targets, cfg);
+    let verdict = overall(v0, r1, r2, r3, r4);
+    let _ = writeln!(md, "\n**Verdict:** {}.", verdict.bold());
+    let row = |claim: &str, what: &str, paper: &str, ours: String, ok: bool, gating: bool| {
+        ClaimRow::new(claim, what, paper, ours, Some(ok), gating)
+    };
+    let claims = Claims::new(
+        &verdict,
+        vec![
+            row("V0", "the attack works (validity gate)", "—", v0_ours, v0, true),
+            row(
+                "R1",
+                "robust sources give better fixed-feature transfer",
+                "ResNet-50 fixed-feature CIFAR-10 79.61 → 94.77 % (ε = 3); robust best on 11 of 12 targets (verified, submission tables)",
+                r1_ours,
+                r1,
+                true,
+            ),
+            row(
+                "R2",
+                "the full-network gain is smaller",
+                "ResNet-50 full-network CIFAR-10 97.20 → 98.15 %; robust best on 8 of 12 targets (verified)",
+                sh.r2_ours.join("; "),
+                r2,
+                true,
+            ),
+            row(
+                "R3",
+                "accuracy vs ε is an inverted U",
+                "e.g. Birdsnap fixed-feature 49.19 % at ε = 0.1, 30.95 % at ε = 5 (verified)",
+                sh.r3_ours.join("; "),
+                r3,
+                false,
+            ),
+            row(
+                "R4",
+                "the gain is specific to adversarial training",
+                "— (a control of this reproduction, not in the paper)",
+                sh.r4_ours.join("; "),
+                r4,
+                false,
+            ),
+        ],
+    );
+    (md, claims)
+}
+
+/// A target where R1 held: its norm and the two adjacent ε.
+type Gain = (String, (Norm, f64, f64));
+
+/// R1: the targets with two adjacent ε whose fixed-feature gain is at least 1 point with every
+/// paired difference positive; what we measured; the report's lines.
+fn gain(res: &Results) -> (Vec<Gain>, String, String) {
+    let mut md = String::new();
     let targets = res.targets();
     let mut r1_targets = Vec::new();
     for t in &targets {
@@ -379,10 +441,30 @@ pub fn verdicts(res: &Results, refs: &[(Norm, f64)], cfg: Option<&Config>) -> (S
             "no target has two adjacent ε with Δ ≥ 1 pt and every paired difference positive".into()
         }
     );
-    let mut r2 = r1;
+    (r1_targets, r1_ours, md)
+}
+
+/// R2–R4 on the targets where R1 held.
+struct Shape {
+    /// R2: the full-network gain is smaller than the fixed-feature one on every such target.
+    r2: bool,
+    /// R3: an inverted U on some target.
+    r3: bool,
+    /// R4: the best L2 arm beats the noise control on some target.
+    r4: bool,
+    r2_ours: Vec<String>,
+    r3_ours: Vec<String>,
+    r4_ours: Vec<String>,
+    md: String,
+}
+
+fn shape(res: &Results, r1_targets: &[Gain]) -> Shape {
+    let mut md = String::new();
+    let (mut r2_ours, mut r3_ours, mut r4_ours) = (Vec::new(), Vec::new(), Vec::new());
+    let mut r2 = true;
     let mut r3 = false;
     let mut r4 = false;
-    for (t, (norm, _, _)) in &r1_targets {
+    for (t, (norm, _, _)) in r1_targets {
         if let Some((full, fixed, ok)) = res.r2(t) {
             r2 &= ok;
             r2_ours.push(format!(
@@ -425,12 +507,22 @@ pub fn verdicts(res: &Results, refs: &[(Norm, f64)], cfg: Option<&Config>) -> (S
             }
         }
     }
-    let _ = writeln!(md, "- **R2 full-network attenuation** {}", held(r2));
-    let _ = writeln!(md, "- **R3 inverted U** {}", held(r1 && r3));
-    let _ = writeln!(md, "- **R4 adversarial-specific** {}", held(r1 && r4));
-    // Informational.
-    md += "\nInformational:\n";
-    for (t, (norm, _, _)) in &r1_targets {
+    Shape {
+        r2,
+        r3,
+        r4,
+        r2_ours,
+        r3_ours,
+        r4_ours,
+        md,
+    }
+}
+
+/// What the verdict does not rest on: the source's clean accuracy at the best ε, and the
+/// granularity comparisons the spec asks for.
+fn informational(res: &Results, r1_targets: &[Gain], cfg: Option<&Config>) -> String {
+    let mut md = String::from("\nInformational:\n");
+    for (t, (norm, _, _)) in r1_targets {
         if let (Some((e, _)), Some(std)) = (
             res.best_eps(t, Mode::Fixed, *norm),
             res.source_clean(Arm::Std),
@@ -465,7 +557,12 @@ pub fn verdicts(res: &Results, refs: &[(Norm, f64)], cfg: Option<&Config>) -> (S
             }
         }
     }
-    let verdict = if !v0 {
+    md
+}
+
+/// The experiment's verdict from the claims (R2–R4 only count where R1 held).
+fn overall(v0: bool, r1: bool, r2: bool, r3: bool, r4: bool) -> Verdict {
+    if !v0 {
         Verdict::new(
             Overall::Invalid,
             "V0 fails: the attack or the sources are not as the protocol needs",
@@ -489,55 +586,28 @@ pub fn verdicts(res: &Results, refs: &[(Norm, f64)], cfg: Option<&Config>) -> (S
         Verdict::new(Overall::NotReproduced, "R1 holds but R2 fails")
     } else {
         Verdict::new(Overall::NotReproduced, "V0 holds, R1 fails on every target")
-    };
-    let _ = writeln!(md, "\n**Verdict:** {}.", verdict.bold());
-    let row = |claim: &str, what: &str, paper: &str, ours: String, ok: bool, gating: bool| {
-        ClaimRow::new(claim, what, paper, ours, Some(ok), gating)
-    };
-    let claims = Claims::new(
-        &verdict,
-        vec![
-            row("V0", "the attack works (validity gate)", "—", v0_ours, v0, true),
-            row(
-                "R1",
-                "robust sources give better fixed-feature transfer",
-                "ResNet-50 fixed-feature CIFAR-10 79.61 → 94.77 % (ε = 3); robust best on 11 of 12 targets (verified, submission tables)",
-                r1_ours,
-                r1,
-                true,
-            ),
-            row(
-                "R2",
-                "the full-network gain is smaller",
-                "ResNet-50 full-network CIFAR-10 97.20 → 98.15 %; robust best on 8 of 12 targets (verified)",
-                r2_ours.join("; "),
-                r2,
-                true,
-            ),
-            row(
-                "R3",
-                "accuracy vs ε is an inverted U",
-                "e.g. Birdsnap fixed-feature 49.19 % at ε = 0.1, 30.95 % at ε = 5 (verified)",
-                r3_ours.join("; "),
-                r1 && r3,
-                false,
-            ),
-            row(
-                "R4",
-                "the gain is specific to adversarial training",
-                "— (a control of this reproduction, not in the paper)",
-                r4_ours.join("; "),
-                r1 && r4,
-                false,
-            ),
-        ],
-    );
-    (md, claims)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_verdict_needs_v0_then_r1_and_r2_and_says_when_the_shape_held() {
+        let o = |v0, r1, r2, r3, r4| overall(v0, r1, r2, r3, r4).outcome;
+        assert_eq!(o(false, true, true, true, true), Overall::Invalid);
+        assert_eq!(o(true, true, true, true, true), Overall::Reproduced);
+        assert_eq!(o(true, true, true, false, true), Overall::Reproduced);
+        assert!(overall(true, true, true, false, true)
+            .why
+            .contains("not both held"));
+        assert_eq!(o(true, true, false, true, true), Overall::NotReproduced);
+        assert!(overall(true, true, false, true, false)
+            .why
+            .contains("not specific"));
+        assert_eq!(o(true, false, false, false, false), Overall::NotReproduced);
+    }
 
     fn row(t: &str, m: Mode, arm: Arm, ss: u64, ts: u64, acc: f64) -> Row {
         Row {
