@@ -2,6 +2,7 @@
 //! each a declarative list of named stages.
 
 use reprise_core::data::augment::Augment;
+use reprise_core::spec::{SpecError, SpecTree};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -334,4 +335,330 @@ pub struct HintStage {
     /// Learning-rate schedule (default cosine to 0).
     #[serde(default)]
     pub lr_schedule: Sched,
+}
+
+/// A positive, finite number.
+fn positive(v: f64) -> bool {
+    v > 0.0 && v.is_finite()
+}
+
+impl Config {
+    /// Checks the section (`tree` names the keys in the errors): the architecture, the image
+    /// pipeline, the training settings, every arm that runs at this depth, then the sizes.
+    pub fn validate(&self, tree: &SpecTree) -> Result<(), SpecError> {
+        self.check_arch(tree)?;
+        self.check_images(tree)?;
+        self.check_training(tree)?;
+        for (name, arm) in &self.arms {
+            if arm.depths.is_empty() || arm.depths.contains(&self.arch.depth) {
+                check_arm(tree, name, arm, &self.arch)?;
+            }
+        }
+        self.check_sizes(tree)
+    }
+
+    /// The family, its depth and widths.
+    fn check_arch(&self, tree: &SpecTree) -> Result<(), SpecError> {
+        let a = &self.arch;
+        tree.require("deepthin.arch.depth", a.depth >= 2, "must be at least 2")?;
+        tree.require("deepthin.arch.thin", a.thin >= 1, "must be at least 1")?;
+        tree.require(
+            "deepthin.arch.wide",
+            a.wide >= a.thin,
+            "must be at least the thin width",
+        )?;
+        let kind = a.kind;
+        let mlp = kind == ArchKind::Mlp;
+        let conv = kind.is_conv();
+        tree.require(
+            "deepthin.arch.stream",
+            if mlp || conv {
+                a.stream.is_none()
+            } else {
+                a.stream.is_some_and(|s| s >= 1)
+            },
+            if mlp {
+                "the plain MLP has no shared stream (its widths are thin and wide)"
+            } else if conv {
+                "a convolutional family's stage widths follow from its depth and width factor"
+            } else {
+                "the shared stream width is needed (at least 1)"
+            },
+        )?;
+        match kind {
+            ArchKind::Resnet => tree.require(
+                "deepthin.arch.depth",
+                crate::conv::resnet_layers(a.depth).is_some(),
+                "a bottleneck ResNet has depth 50, 101 or 152",
+            )?,
+            ArchKind::Wrn => tree.require(
+                "deepthin.arch.depth",
+                a.depth >= 10 && (a.depth - 4).is_multiple_of(6),
+                "a Wide-ResNet has depth 6n + 4 (at least 10)",
+            )?,
+            _ => {}
+        }
+        if conv {
+            tree.require(
+                "deepthin.arch.wide",
+                a.wide <= 64,
+                "a width factor above 64 is not a network this machine or a GPU can hold",
+            )?;
+        }
+        let enc = kind == ArchKind::Encoder;
+        for (key, v) in [("heads", a.heads), ("head_dim", a.head_dim)] {
+            tree.require(
+                &format!("deepthin.arch.{key}"),
+                if enc {
+                    v.is_some_and(|p| p.thin >= 1 && p.wide >= 1)
+                } else {
+                    v.is_none()
+                },
+                if enc {
+                    "the encoder needs { thin, wide }, both at least 1"
+                } else {
+                    "only the encoder has attention heads"
+                },
+            )?;
+        }
+        Ok(())
+    }
+
+    /// The image pipeline: present exactly for the convolutional families, and sound.
+    fn check_images(&self, tree: &SpecTree) -> Result<(), SpecError> {
+        let (c, conv) = (self, self.arch.kind.is_conv());
+        tree.require(
+            "deepthin.images",
+            conv == c.images.is_some(),
+            if conv {
+                "a convolutional family needs `images` (normalisation, augmentation, eval crop)"
+            } else {
+                "`images` is for the convolutional families (resnet, wrn)"
+            },
+        )?;
+        if let Some(im) = &c.images {
+            tree.require(
+                "deepthin.images",
+                im.mean.len() == 3
+                    && im.std.len() == 3
+                    && im.std.iter().all(|&s| s > 0.0 && s.is_finite())
+                    && im.mean.iter().all(|m| m.is_finite()),
+                "mean and std need 3 finite values each, std positive",
+            )?;
+            tree.require(
+                "deepthin.images.eval_crop",
+                im.eval_crop.is_none_or(|c| c >= 1),
+                "must be at least 1",
+            )?;
+            tree.require(
+                "deepthin.images",
+                im.eval_batch >= 1 && im.checkpoint_steps >= 1 && im.fit_batches >= 1,
+                "eval_batch, checkpoint_steps and fit_batches must be at least 1",
+            )?;
+        }
+        Ok(())
+    }
+
+    /// The dataset the family runs on, the batch, the teacher's training, at least one arm.
+    fn check_training(&self, tree: &SpecTree) -> Result<(), SpecError> {
+        let (c, enc) = (self, self.arch.kind == ArchKind::Encoder);
+        let data: reprise_core::spec::DataSpec = tree.typed("data")?;
+        tree.require(
+            "data.dataset",
+            enc == (data.dataset == crate::SORT_TASK),
+            if enc {
+                "the encoder runs on the token task `sort12`"
+            } else {
+                "`sort12` is a token task: it needs `arch.kind: encoder`"
+            },
+        )?;
+        tree.require("deepthin.batch", c.batch >= 1, "must be at least 1")?;
+        tree.require(
+            "deepthin.arms",
+            !c.arms.is_empty(),
+            "needs at least one arm",
+        )?;
+        tree.require(
+            "deepthin.teacher",
+            positive(c.teacher.epochs) && positive(c.teacher.lr),
+            "epochs and lr must be positive",
+        )?;
+        check_rule(
+            tree,
+            "deepthin.teacher",
+            c.teacher.optimizer,
+            &c.teacher.lr_schedule,
+        )?;
+        Ok(())
+    }
+
+    /// Sizes that decide what a run allocates (after the checks with more specific messages).
+    fn check_sizes(&self, tree: &SpecTree) -> Result<(), SpecError> {
+        let (c, a) = (self, &self.arch);
+        tree.require_ranges(&[
+            ("deepthin.arch.depth", a.depth as i128, 2, 1000),
+            ("deepthin.arch.thin", a.thin.into(), 1, 1 << 16),
+            ("deepthin.arch.wide", a.wide.into(), 1, 1 << 16),
+            (
+                "deepthin.arch.stream",
+                a.stream.unwrap_or(1).into(),
+                1,
+                1 << 16,
+            ),
+            ("deepthin.batch", c.batch as i128, 1, 1 << 16),
+        ])?;
+        for (k, tw) in [("heads", a.heads), ("head_dim", a.head_dim)] {
+            if let Some(tw) = tw {
+                tree.require_ranges(&[
+                    (&format!("deepthin.arch.{k}.thin"), tw.thin.into(), 1, 4096),
+                    (&format!("deepthin.arch.{k}.wide"), tw.wide.into(), 1, 4096),
+                ])?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One arm's stages: each sound for the family, imitations merged where the family has pairs.
+fn check_arm(tree: &SpecTree, name: &str, arm: &Arm, a: &MlpArch) -> Result<(), SpecError> {
+    let kind = a.kind;
+    let (mlp, conv) = (kind == ArchKind::Mlp, kind.is_conv());
+    // Where the thin and wide stage widths differ, imitation needs a widening map.
+    let widths_differ =
+        conv && crate::conv::stage_widths(a, a.thin) != crate::conv::stage_widths(a, a.wide);
+    let p = format!("deepthin.arms.{name}");
+    tree.require(&p, !arm.stages.is_empty(), "needs at least one stage")?;
+    let mut glued = false;
+    for (i, s) in arm.stages.iter().enumerate() {
+        let sp = format!("{p}.stages.{i}");
+        match s {
+            Stage::Train(t) => {
+                tree.require(
+                    &sp,
+                    positive(t.epochs) && positive(t.lr),
+                    "epochs and lr must be positive",
+                )?;
+                check_rule(tree, &sp, t.optimizer, &t.lr_schedule)?;
+                if let Loss::Kd { temperature } = t.loss {
+                    tree.require(
+                        &sp,
+                        positive(temperature),
+                        "the temperature must be positive",
+                    )?;
+                }
+            }
+            Stage::Imitate(m) => {
+                tree.require(
+                    &sp,
+                    positive(m.epochs) && positive(m.lr),
+                    "epochs and lr must be positive",
+                )?;
+                tree.require(&sp, !glued, "a second imitation before a merge")?;
+                check_rule(tree, &sp, m.optimizer, &m.lr_schedule)?;
+                if conv {
+                    tree.require(
+                        &sp,
+                        m.lower_blocks == Lower::Frozen
+                            && m.schedule == ImitationSchedule::Progressive,
+                        "the convolutional families imitate progressively with frozen lower stages",
+                    )?;
+                    tree.require(
+                        &sp,
+                        !widths_differ
+                            || (m.m_init == MInit::Random
+                                && m.input == Input::StudentPrefix),
+                        "thin and wide stage widths differ: the widening maps start random (`m_init: random`) and the input is the student's prefix",
+                    )?;
+                }
+                glued = mlp;
+            }
+            Stage::Merge => {
+                tree.require(
+                    &sp,
+                    mlp,
+                    if conv {
+                        "nothing to merge: a convolutional family's widening maps serve the imitation loss only"
+                    } else {
+                        "nothing to merge: this family shares its stream width, so imitation uses no linear pairs"
+                    },
+                )?;
+                tree.require(&sp, glued, "a merge needs an imitation stage before it")?;
+                glued = false;
+            }
+            Stage::CopyHead => {
+                tree.require(
+                    &sp,
+                    !mlp,
+                    "the MLP's teacher head reads the wide space: the merge folds it in, there is no head to copy",
+                )?;
+                tree.require(
+                    &sp,
+                    !(kind == ArchKind::Wrn && a.thin != a.wide),
+                    "the Wide-ResNet's head reads the last stage, whose width differs between thin and wide",
+                )?;
+            }
+            Stage::Hint(h) => {
+                let blocks = if conv {
+                    crate::conv::num_stages(kind)
+                } else {
+                    a.depth
+                };
+                tree.require(
+                    &sp,
+                    h.block >= 1 && h.block <= blocks,
+                    if conv {
+                        "block must be between 1 and the number of stages"
+                    } else {
+                        "block must be between 1 and the depth"
+                    },
+                )?;
+                tree.require(
+                    &sp,
+                    positive(h.epochs) && positive(h.lr),
+                    "epochs and lr must be positive",
+                )?;
+                check_rule(tree, &sp, h.optimizer, &h.lr_schedule)?;
+            }
+        }
+    }
+    tree.require(
+        &p,
+        !glued,
+        "ends with linear pairs that were never merged: add a `merge` stage",
+    )?;
+    Ok(())
+}
+
+/// Checks a stage's update rule and schedule.
+fn check_rule(tree: &SpecTree, at: &str, o: Optim, s: &Sched) -> Result<(), SpecError> {
+    if let Optim::Sgd {
+        momentum,
+        weight_decay,
+        ..
+    } = o
+    {
+        tree.require(
+            at,
+            (0.0..1.0).contains(&momentum) && weight_decay >= 0.0 && weight_decay.is_finite(),
+            "SGD needs momentum in [0, 1) and a non-negative weight decay",
+        )?;
+    }
+    if let Sched::Step {
+        milestones,
+        gamma,
+        warmup_epochs,
+    } = s
+    {
+        tree.require(
+            at,
+            milestones.iter().all(|m| *m >= 0.0 && m.is_finite())
+                && milestones.windows(2).all(|w| w[0] <= w[1])
+                && *gamma > 0.0
+                && gamma.is_finite()
+                && *warmup_epochs >= 0.0
+                && warmup_epochs.is_finite(),
+            "a step schedule needs non-decreasing milestones (epochs), a positive gamma and a non-negative warm-up",
+        )?;
+    }
+    Ok(())
 }
