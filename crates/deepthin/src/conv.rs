@@ -520,7 +520,6 @@ impl Exec<'_, '_> {
     /// the factor of its mean loss that makes the ranks' average gradient the whole batch's
     /// (1 unless the epoch's last batch does not split evenly); the logged and checked loss is
     /// the ranks' mean, and an interrupt on any rank stops all after the same step.
-    #[allow(clippy::too_many_arguments)]
     fn steps(
         &mut self,
         name: &str,
@@ -654,7 +653,6 @@ fn needs_teacher(arm: &Arm) -> bool {
 /// Phase `name`: enters it (restoring `state` on resume), builds its optimizer over `params`
 /// and its schedule, and steps on `loss(x, y)` at the scheduled rate; the last epoch's mean loss,
 /// or None when a later checkpoint shows the phase done.
-#[allow(clippy::too_many_arguments)]
 fn run_phase(
     ex: &mut Exec<'_, '_>,
     name: &str,
@@ -778,14 +776,11 @@ fn stage_fit(
 /// Imitation of stage `i`: the thin stage (with the stem for stage 0) and, where the widths
 /// differ, a 1×1 widening map learn to reproduce the teacher's stage output from the thin
 /// prefix (frozen, eval mode) or the teacher's.
-#[allow(clippy::too_many_arguments)]
 fn imitate_phase(
     ex: &mut Exec<'_, '_>,
     name: &str,
-    thin: &ConvNet,
-    teacher: &ConvNet,
-    proj: Option<&Proj>,
-    i: usize,
+    (thin, teacher): (&ConvNet, &ConvNet),
+    (i, proj): (usize, Option<&Proj>),
     m: &ImitateStage,
     log: &mut ArmResult,
 ) -> Result<bool> {
@@ -838,7 +833,6 @@ fn hint_phase(
 }
 
 /// One arm on a fresh thin network: its stages, then its test accuracy.
-#[allow(clippy::too_many_arguments)]
 fn run_arm(
     ex: &mut Exec<'_, '_>,
     c: &Config,
@@ -886,7 +880,7 @@ fn run_arm(
                         )
                     });
                     let key = format!("{key}/{i}");
-                    if imitate_phase(ex, &key, &thin, b, proj.as_ref(), i, m, &mut log)? {
+                    if imitate_phase(ex, &key, (&thin, b), (i, proj.as_ref()), m, &mut log)? {
                         let fit = stage_fit(ex.p, &thin, b, proj.as_ref(), i, m.input)?;
                         log.fits.get_or_insert_with(Vec::new).push(fit);
                         any = true;

@@ -40,11 +40,13 @@ fn bench_model(cr: &mut Criterion, name: &str, c: &Config, shape: &[i64], batch:
                 &mut opt,
                 Some(&mut buffer),
                 c,
-                (1.0, 0.0),
-                (&x, &y),
-                Some(&x),
+                &jem::StepBatch {
+                    weights: (1.0, 0.0),
+                    labelled: (&x, &y),
+                    data: Some(&x),
+                    lr: 1e-4,
+                },
                 (&mut rng, &mut jem::sampler::gaussian),
-                1e-4,
                 &reprise_core::parallel::Parallel::single(),
             )
             .expect("no divergence")

@@ -63,11 +63,13 @@ fn main() {
                 &mut opt,
                 Some(&mut buf),
                 &c,
-                (1.0, 0.0),
-                (&x, &y),
-                Some(&x),
+                &jem::StepBatch {
+                    weights: (1.0, 0.0),
+                    labelled: (&x, &y),
+                    data: Some(&x),
+                    lr: 1e-4,
+                },
                 (&mut rng, &mut jem::sampler::gaussian),
-                1e-4,
                 &reprise_core::parallel::Parallel::single(),
             )
             .expect("step");

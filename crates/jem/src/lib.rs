@@ -99,11 +99,13 @@ pub fn plan(
             &mut opt,
             buffer.as_mut(),
             &c,
-            (w_px, w_xy),
-            (&x, &y),
-            xd,
+            &StepBatch {
+                weights: (w_px, w_xy),
+                labelled: (&x, &y),
+                data: xd,
+                lr: c.optim.lr,
+            },
             (&mut rng, &mut sampler::gaussian),
-            c.optim.lr,
             &Parallel::single(),
         ) {
             failed = Some(e);
@@ -496,11 +498,13 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
             &mut opt,
             buffer.as_mut(),
             &c,
-            (w_px, w_xy),
-            (&b.x, &b.y),
-            xd.as_ref(),
+            &StepBatch {
+                weights: (w_px, w_xy),
+                labelled: (&b.x, &b.y),
+                data: xd.as_ref(),
+                lr,
+            },
             (&mut rng, &mut noise),
-            lr,
             &par,
         )
         .map_err(|e| e.at(step))?;
@@ -559,12 +563,8 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
         &c,
         &model,
         buffer.as_ref(),
-        &eval_data,
-        &train_x,
-        &shape,
-        classes,
-        step,
-        step_ms,
+        (&eval_data, &train_x),
+        (step, step_ms),
     )?;
     ctx.write_summary(&summary)?;
     let md = report::report_run(ctx.dir())?;
@@ -629,6 +629,19 @@ pub struct StepStats {
     pub f_q: f64,
 }
 
+/// What one training iteration trains on.
+#[derive(Clone, Copy)]
+pub struct StepBatch<'a> {
+    /// The weights of the log p(x) and log p(x|y) terms (the arm's).
+    pub weights: (f64, f64),
+    /// The labelled batch (images, labels) of the whole step: every rank's rows.
+    pub labelled: (&'a Tensor, &'a Tensor),
+    /// The images whose log p(x) is maximised (with a log p(x) term).
+    pub data: Option<&'a Tensor>,
+    /// The learning rate of this step.
+    pub lr: f64,
+}
+
 /// One JEM iteration: cross-entropy on the labelled batch `lab` and, with a buffer and
 /// `w_px > 0`, the p(x) term on the unlabelled batch `x_data` against SGLD samples drawn from
 /// the buffer (which is updated); then one Adam step at `lr`. The divergence guards
@@ -640,19 +653,21 @@ pub struct StepStats {
 /// rank), runs SGLD on its rows, gathers the samples of all ranks so that every rank's buffer
 /// stays the one a single process would hold, and averages the gradients before the step. The
 /// values returned (and guarded) are the means over the ranks.
-#[allow(clippy::too_many_arguments)]
 pub fn train_step(
     model: &Classifier,
     opt: &mut Optimizer,
     buffer: Option<&mut ReplayBuffer>,
     c: &Config,
-    (w_px, w_xy): (f64, f64),
-    lab: (&Tensor, &Tensor),
-    x_data: Option<&Tensor>,
+    batch: &StepBatch,
     (rng, noise): (&mut Rng, &mut dyn FnMut(&Tensor) -> Tensor),
-    lr: f64,
     par: &Parallel,
 ) -> std::result::Result<StepStats, StepError> {
+    let StepBatch {
+        weights: (w_px, w_xy),
+        labelled: lab,
+        data: x_data,
+        lr,
+    } = *batch;
     let dev = model.vs.device();
     let rows = |t: &Tensor| par.shard(t);
     let gather = |t: &Tensor, n: usize| par.gather(t, n as i64);
@@ -746,19 +761,18 @@ pub fn train_step(
     })
 }
 
-#[allow(clippy::too_many_arguments)]
+/// The final evaluation of a run trained `step` iterations at `step_ms` each: calibration,
+/// OOD detection, samples and their realism against `train_x`, PGD; the figures.
 fn final_eval(
     ctx: &RunContext,
     c: &Config,
     model: &Classifier,
     buffer: Option<&ReplayBuffer>,
-    d: &EvalData,
-    train_x: &Tensor,
-    shape: &[i64],
-    classes: usize,
-    step: u64,
-    step_ms: f64,
+    (d, train_x): (&EvalData, &Tensor),
+    (step, step_ms): (u64, f64),
 ) -> Result<Summary> {
+    let shape = &train_x.size()[1..];
+    let classes = model.classes() as usize;
     let figs = ctx.figures();
     // The test predictions, kept so a sweep can pool them (the folds of a cross-validation).
     let logits = eval::test_logits(model, d);

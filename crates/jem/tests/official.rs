@@ -158,11 +158,13 @@ fn one_jem_iteration_matches_the_official_sampler_loss_and_adam_step() {
         &mut opt,
         Some(&mut buf),
         &c,
-        (1.0, 0.0),
-        (&fx.get("step/x_lab"), &fx.get("step/y_lab")),
-        Some(&fx.get("step/x_data")),
+        &jem::StepBatch {
+            weights: (1.0, 0.0),
+            labelled: (&fx.get("step/x_lab"), &fx.get("step/y_lab")),
+            data: Some(&fx.get("step/x_data")),
+            lr: 1e-3,
+        },
         (&mut Rng::new(seed), &mut draw),
-        1e-3,
         &reprise_core::parallel::Parallel::single(),
     )
     .unwrap();

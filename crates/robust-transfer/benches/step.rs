@@ -31,11 +31,8 @@ fn bench_one(c: &mut Criterion, name: &str, model: ModelConfig, chans: i64, size
             robust_transfer::train::train_step(
                 &net,
                 &mut opt,
-                Arm::Adv(Norm::L2, 1.0),
-                1.0,
-                &attack,
-                &x,
-                &y,
+                (Arm::Adv(Norm::L2, 1.0), 1.0, &attack),
+                (&x, &y),
                 (0.01, reprise_core::amp::Amp::None),
                 &reprise_core::parallel::Parallel::single(),
             )

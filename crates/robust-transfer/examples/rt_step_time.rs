@@ -87,11 +87,8 @@ fn main() {
             robust_transfer::train::train_step(
                 &net,
                 &mut opt,
-                arm,
-                arm.eps(),
-                &attack,
-                &x,
-                &y,
+                (arm, arm.eps(), &attack),
+                (&x, &y),
                 (0.01, reprise_core::amp::Amp::None),
                 &reprise_core::parallel::Parallel::single(),
             )

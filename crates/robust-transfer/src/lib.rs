@@ -107,11 +107,8 @@ pub fn plan(
         if let Err(e) = train::train_step(
             &net,
             &mut opt,
-            arm,
-            arm.eps(),
-            &c.source.attack,
-            &x,
-            &y,
+            (arm, arm.eps(), &c.source.attack),
+            (&x, &y),
             (c.source.lr, c.source.amp),
             &reprise_core::parallel::Parallel::single(),
         ) {
@@ -519,11 +516,8 @@ fn train_source(
         let loss = train::train_step(
             net,
             &mut opt,
-            arm,
-            arm.eps() * ramp,
-            &s.attack,
-            &x,
-            &y,
+            (arm, arm.eps() * ramp, &s.attack),
+            (&x, &y),
             (lr, s.amp),
             &par,
         )
@@ -804,10 +798,8 @@ fn transfer_all(ctx: &mut RunContext, c: &Config, src: &Net) -> Result<Vec<Outco
             arch,
             t,
             (&train, &test),
-            mode,
-            &solver,
-            seed,
-            c.eval.batch,
+            (mode, seed),
+            (&solver, c.eval.batch),
             transfer::Control {
                 stop: &stop,
                 par: &par,

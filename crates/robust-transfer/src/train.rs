@@ -101,15 +101,11 @@ pub fn backward(loss: &Tensor) -> Result<()> {
 /// Data-parallel (`par` of several ranks): `(x, y)` is the global batch; this rank attacks and
 /// trains on its rows, the gradients are averaged over the ranks before the step, and the loss
 /// returned is the ranks' mean. BatchNorm statistics stay per rank, as under DDP.
-#[allow(clippy::too_many_arguments)]
 pub fn train_step(
     net: &Net,
     opt: &mut Optimizer,
-    arm: Arm,
-    eps: f64,
-    a: &AttackConfig,
-    x: &Tensor,
-    y: &Tensor,
+    (arm, eps, a): (Arm, f64, &AttackConfig),
+    (x, y): (&Tensor, &Tensor),
     (lr, amp): (f64, Amp),
     par: &Parallel,
 ) -> Result<f64> {
@@ -249,11 +245,8 @@ mod tests {
         let e = train_step(
             &n,
             &mut opt,
-            Arm::Std,
-            0.0,
-            &attack(),
-            &x,
-            &y,
+            (Arm::Std, 0.0, &attack()),
+            (&x, &y),
             (0.1, Amp::None),
             &Parallel::single(),
         )

@@ -293,16 +293,13 @@ pub fn evaluate(net: &Net, t: &Target, test: &Dataset, batch: usize) -> (f64, f6
 /// network), choosing the learning rate on a validation part of the training set when `sgd.lr`
 /// holds more than one (then, with `sgd.retrain`, fitting the chosen rate again on the whole
 /// training set), and evaluates on the test set.
-#[allow(clippy::too_many_arguments)]
 pub fn transfer(
     src: &Net,
     arch: Arch<'_>,
     t: &Target,
     (train, test): (&Dataset, &Dataset),
-    mode: Mode,
-    solver: &Solver,
-    seed: u64,
-    eval_batch: usize,
+    (mode, seed): (Mode, u64),
+    (solver, eval_batch): (&Solver, usize),
     ctl: Control<'_>,
 ) -> Result<Outcome> {
     let t0 = std::time::Instant::now();
@@ -481,10 +478,8 @@ mod tests {
             arch,
             &target,
             (&train, &test),
-            Mode::Full,
-            &Solver::Sgd(sgd.clone()),
-            3,
-            30,
+            (Mode::Full, 3),
+            (&Solver::Sgd(sgd.clone()), 30),
             no,
         )
         .unwrap();

@@ -145,11 +145,8 @@ fn an_adversarial_training_step_matches_the_official_loop() {
     let loss = robust_transfer::train::train_step(
         &net,
         &mut opt,
-        arm,
-        0.5,
-        &a,
-        &x,
-        &y,
+        (arm, 0.5, &a),
+        (&x, &y),
         (0.1, reprise_core::amp::Amp::None),
         &reprise_core::parallel::Parallel::single(),
     )

@@ -1073,7 +1073,6 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
 fn final_eval(
     ctx: &RunContext,
     c: &Config,

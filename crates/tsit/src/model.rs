@@ -101,14 +101,10 @@ pub struct Conv {
 impl Conv {
     /// A `k × k` convolution `inp → out` with `stride`, `pad`; spectral norm with `sn`, a zero
     /// bias with `bias`.
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         p: nn::Path<'_>,
-        inp: i64,
-        out: i64,
-        k: i64,
-        stride: i64,
-        pad: i64,
+        (inp, out): (i64, i64),
+        (k, stride, pad): (i64, i64, i64),
         sn: bool,
         bias: bool,
         init: InitKind,
@@ -163,10 +159,10 @@ pub struct StreamBlock {
 impl StreamBlock {
     fn new(p: nn::Path<'_>, fin: i64, fout: i64, init: InitKind) -> StreamBlock {
         StreamBlock {
-            conv_0: Conv::new(&p / "conv_0", fin, fin, 3, 1, 1, true, true, init),
-            conv_1: Conv::new(&p / "conv_1", fin, fout, 3, 1, 1, true, true, init),
+            conv_0: Conv::new(&p / "conv_0", (fin, fin), (3, 1, 1), true, true, init),
+            conv_1: Conv::new(&p / "conv_1", (fin, fout), (3, 1, 1), true, true, init),
             conv_s: (fin != fout)
-                .then(|| Conv::new(&p / "conv_s", fin, fout, 1, 1, 0, true, false, init)),
+                .then(|| Conv::new(&p / "conv_s", (fin, fout), (1, 1, 0), true, false, init)),
         }
     }
 
@@ -267,10 +263,10 @@ impl FadeBlock {
         }
         FadeBlock {
             fin,
-            conv_0: Conv::new(&p / "conv_0", fin, fin, 3, 1, 1, true, true, init),
-            conv_1: Conv::new(&p / "conv_1", fin, fout, 3, 1, 1, true, true, init),
+            conv_0: Conv::new(&p / "conv_0", (fin, fin), (3, 1, 1), true, true, init),
+            conv_1: Conv::new(&p / "conv_1", (fin, fout), (3, 1, 1), true, true, init),
             conv_s: learned
-                .then(|| Conv::new(&p / "conv_s", fin, fout, 1, 1, 0, true, false, init)),
+                .then(|| Conv::new(&p / "conv_s", (fin, fout), (1, 1, 0), true, false, init)),
             // Initialised as k separate convs fin → fin.
             gb_w: (&p / "gamma_beta").var(
                 "weight",
@@ -357,11 +353,8 @@ impl VaeEncoder {
             let out = ndf * (1 << i.min(3));
             convs.push(Conv::new(
                 &p / format!("layer{}", i + 1),
-                c,
-                out,
-                3,
-                2,
-                1,
+                (c, out),
+                (3, 2, 1),
                 true,
                 false,
                 init,
@@ -514,11 +507,8 @@ impl Tsit {
         let start = if style_transfer {
             Start::Noise(Conv::new(
                 &root / "fc",
-                3,
-                top,
-                3,
-                1,
-                1,
+                (3, top),
+                (3, 1, 1),
                 false,
                 true,
                 m.init,
@@ -538,11 +528,8 @@ impl Tsit {
         } else {
             Start::Label(Conv::new(
                 &root / "fc",
-                in_c,
-                top,
-                3,
-                1,
-                1,
+                (in_c, top),
+                (3, 1, 1),
                 false,
                 true,
                 m.init,
@@ -551,7 +538,14 @@ impl Tsit {
         let blocks: Vec<FadeBlock> = (1..levels)
             .map(|j| FadeBlock::new(&root / format!("block_{j}"), ch[j], ch[j - 1], m.init))
             .collect();
-        let conv_img = Conv::new(&root / "conv_img", ch[0], 3, 3, 1, 1, false, true, m.init);
+        let conv_img = Conv::new(
+            &root / "conv_img",
+            (ch[0], 3),
+            (3, 1, 1),
+            false,
+            true,
+            m.init,
+        );
         let n = blocks.len();
         Tsit {
             vs,
@@ -653,17 +647,14 @@ impl P2phd {
         let vs = nn::VarStore::new(device);
         let root = vs.root();
         let g = c.ngf;
-        let first = Conv::new(&root / "first", in_c, g, 7, 1, 0, false, true, init);
+        let first = Conv::new(&root / "first", (in_c, g), (7, 1, 0), false, true, init);
         let mut downs = Vec::new();
         let mut ch = g;
         for i in 0..c.n_down {
             downs.push(Conv::new(
                 &root / format!("down_{i}"),
-                ch,
-                ch * 2,
-                3,
-                2,
-                1,
+                (ch, ch * 2),
+                (3, 2, 1),
                 false,
                 true,
                 init,
@@ -674,8 +665,8 @@ impl P2phd {
             .map(|i| {
                 let p = &root / format!("res_{i}");
                 (
-                    Conv::new(&p / "conv_0", ch, ch, 3, 1, 0, false, true, init),
-                    Conv::new(&p / "conv_1", ch, ch, 3, 1, 0, false, true, init),
+                    Conv::new(&p / "conv_0", (ch, ch), (3, 1, 0), false, true, init),
+                    Conv::new(&p / "conv_1", (ch, ch), (3, 1, 0), false, true, init),
                 )
             })
             .collect();
@@ -690,7 +681,7 @@ impl P2phd {
             ups.push((w, b));
             ch /= 2;
         }
-        let last = Conv::new(&root / "last", ch, 3, 7, 1, 0, false, true, init);
+        let last = Conv::new(&root / "last", (ch, 3), (7, 1, 0), false, true, init);
         P2phd {
             vs,
             first,
@@ -749,11 +740,8 @@ impl PatchGan {
     fn new(p: nn::Path<'_>, in_c: i64, ndf: i64, n_layers: usize, init: InitKind) -> PatchGan {
         let mut convs = vec![Conv::new(
             &p / "model0",
-            in_c,
-            ndf,
-            4,
-            2,
-            2,
+            (in_c, ndf),
+            (4, 2, 2),
             false,
             true,
             init,
@@ -765,11 +753,8 @@ impl PatchGan {
             let stride = if n == 3 { 1 } else { 2 };
             convs.push(Conv::new(
                 &p / format!("model{n}"),
-                prev,
-                nf,
-                4,
-                stride,
-                2,
+                (prev, nf),
+                (4, stride, 2),
                 true,
                 false,
                 init,
@@ -777,11 +762,8 @@ impl PatchGan {
         }
         convs.push(Conv::new(
             &p / format!("model{n_layers}"),
-            nf,
-            1,
-            4,
-            1,
-            2,
+            (nf, 1),
+            (4, 1, 2),
             false,
             true,
             init,
