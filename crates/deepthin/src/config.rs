@@ -104,7 +104,7 @@ impl ArchKind {
 
     /// Whether the family is convolutional, trained on streamed augmented image batches with
     /// the teacher's targets computed batch by batch.
-    pub fn is_conv(self) -> bool {
+    pub(crate) fn is_conv(self) -> bool {
         matches!(self, ArchKind::Resnet | ArchKind::Wrn)
     }
 }

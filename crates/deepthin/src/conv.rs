@@ -31,7 +31,7 @@ use tch::nn;
 use tch::{Device, Kind, Tensor};
 
 /// Blocks per stage of torchvision's bottleneck ResNet of this depth.
-pub fn resnet_layers(depth: usize) -> Option<Vec<usize>> {
+pub(crate) fn resnet_layers(depth: usize) -> Option<Vec<usize>> {
     match depth {
         50 => Some(vec![3, 4, 6, 3]),
         101 => Some(vec![3, 4, 23, 3]),
@@ -49,7 +49,7 @@ pub fn num_stages(kind: ArchKind) -> usize {
 }
 
 /// Channels of each stage's output for width factor `k`.
-pub fn stage_widths(a: &MlpArch, k: i64) -> Vec<i64> {
+pub(crate) fn stage_widths(a: &MlpArch, k: i64) -> Vec<i64> {
     match a.kind {
         // The bottleneck's width factor changes only its inner width.
         ArchKind::Resnet => vec![256, 512, 1024, 2048],
@@ -194,12 +194,12 @@ impl ConvNet {
     }
 
     /// The trainable parameters of stage `i`, with the stem's for stage 0.
-    pub fn stage_params(&self, i: usize) -> Vec<Tensor> {
+    pub(crate) fn stage_params(&self, i: usize) -> Vec<Tensor> {
         self.params_where(|p| p == Part::Stage(i) || (i == 0 && p == Part::Stem))
     }
 
     /// The trainable parameters of the stem and stages `0..=i`.
-    pub fn prefix_params(&self, i: usize) -> Vec<Tensor> {
+    pub(crate) fn prefix_params(&self, i: usize) -> Vec<Tensor> {
         self.params_where(|p| p == Part::Stem || matches!(p, Part::Stage(j) if j <= i))
     }
 
@@ -344,7 +344,7 @@ impl<'a> Pipeline<'a> {
     }
 
     /// The test batches (the first `limit` of them when given), in order.
-    pub fn test_batches(
+    pub(crate) fn test_batches(
         &self,
         limit: Option<usize>,
     ) -> impl Iterator<Item = Result<(Tensor, Tensor)>> + '_ {

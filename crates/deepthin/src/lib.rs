@@ -93,7 +93,7 @@ fn write_arms(path: &std::path::Path, done: &BTreeMap<String, ArmResult>) -> Res
 
 /// The dataset name of the synthetic sorting task (docs/deepthin.md): length-12 sequences over 10
 /// tokens, generated from `data.split_seed`.
-pub const SORT_TASK: &str = "sort12";
+pub(crate) const SORT_TASK: &str = "sort12";
 
 /// A thin or wide network of the configured family.
 enum Model {

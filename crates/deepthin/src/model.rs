@@ -17,7 +17,7 @@ pub struct Affine {
 
 impl Affine {
     /// He-normal weights (std √(2/in)) and a zero bias.
-    pub fn he(inp: i64, out: i64, dev: Device) -> Affine {
+    pub(crate) fn he(inp: i64, out: i64, dev: Device) -> Affine {
         Affine {
             w: (Tensor::randn([out, inp], (Kind::Float, dev)) * (2.0 / inp as f64).sqrt())
                 .set_requires_grad(true),
@@ -26,7 +26,7 @@ impl Affine {
     }
 
     /// PyTorch's `nn.Linear` default: weights and bias U(±1/√in).
-    pub fn torch_default(inp: i64, out: i64, dev: Device) -> Affine {
+    pub(crate) fn torch_default(inp: i64, out: i64, dev: Device) -> Affine {
         let k = 1.0 / (inp as f64).sqrt();
         Affine {
             w: (Tensor::rand([out, inp], (Kind::Float, dev)) * (2.0 * k) - k)
@@ -122,7 +122,7 @@ pub trait Net {
 
 /// Copies into each tensor of `dst` that `keep` selects the tensor of the same name in `src`
 /// (it must be there, with the same shape); returns how many were copied.
-pub fn copy_tensors(
+pub(crate) fn copy_tensors(
     dst: Vec<(String, Tensor)>,
     src: Vec<(String, Tensor)>,
     keep: impl Fn(&str) -> bool,
@@ -153,7 +153,11 @@ pub fn copy_tensors(
 
 /// Copies `src`'s tensors whose names start with `prefix` into `dst`'s of the same name (their
 /// shapes must agree); returns how many were copied.
-pub fn copy_named(dst: &dyn Net, src: &dyn Net, prefix: &str) -> reprise_core::Result<usize> {
+pub(crate) fn copy_named(
+    dst: &dyn Net,
+    src: &dyn Net,
+    prefix: &str,
+) -> reprise_core::Result<usize> {
     copy_tensors(dst.named(), src.named(), |k| k.starts_with(prefix))
 }
 
@@ -211,7 +215,7 @@ impl Mlp {
     }
 
     /// Number of units of each block that are zero on every row of `x` (dead ReLUs).
-    pub fn dead_units(&self, x: &Tensor) -> Vec<i64> {
+    pub(crate) fn dead_units(&self, x: &Tensor) -> Vec<i64> {
         tch::no_grad(|| {
             self.forward_blocks(x)
                 .iter()

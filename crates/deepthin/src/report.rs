@@ -180,7 +180,7 @@ impl Results {
     }
 
     /// The paired differences `a − b` at a depth, per seed.
-    pub fn diffs(&self, a: &str, b: &str, depth: usize) -> Vec<f64> {
+    pub(crate) fn diffs(&self, a: &str, b: &str, depth: usize) -> Vec<f64> {
         let (Some(x), Some(y)) = (
             self.acc.get(&(a.to_string(), depth)),
             self.acc.get(&(b.to_string(), depth)),
@@ -203,7 +203,7 @@ impl Results {
     }
 
     /// The better distillation arm at a depth (by mean accuracy), if there is one.
-    pub fn best_kd(&self, depth: usize) -> Option<&'static str> {
+    pub(crate) fn best_kd(&self, depth: usize) -> Option<&'static str> {
         ["kd", "kd-t4"]
             .into_iter()
             .filter_map(|a| self.mean(a, depth).map(|m| (a, m)))
@@ -212,7 +212,7 @@ impl Results {
     }
 
     /// `Δ(n) = …`, WIN − scratch per depth.
-    pub fn gaps_by_depth(&self) -> Vec<String> {
+    pub(crate) fn gaps_by_depth(&self) -> Vec<String> {
         self.depths()
             .iter()
             .map(|&n| format!("Δ({n}) = {:+.2}", mean(&self.diffs("win", "scratch", n))))
@@ -417,7 +417,7 @@ pub fn verdicts(r: &Results) -> (String, Claims) {
 /// beside the architecture-A verdict: imitation converged and runs
 /// deterministic (B0), WIN beats scratch on every seed by ≥ 1 pt on average (B1), versus
 /// distillation (B2, reported), the teacher beats scratch (B3).
-pub fn stream_verdicts(r: &Results) -> (String, Claims) {
+pub(crate) fn stream_verdicts(r: &Results) -> (String, Claims) {
     let mut md = format!(
         "\n## Claims for the `{}` family (reported beside the verdict of architecture A)\n\n",
         r.kind
@@ -553,7 +553,7 @@ pub fn stream_verdicts(r: &Results) -> (String, Claims) {
 /// The claims of the convolutional families at paper scale: the paper's ImageNet claim (WIN at
 /// the smallest depth beats scratch at the largest, ResNet-50 vs ResNet-101) where the sweep
 /// has two depths, WIN against scratch and distillation at the smallest depth, and the teacher.
-pub fn conv_verdicts(r: &Results) -> (String, Claims) {
+pub(crate) fn conv_verdicts(r: &Results) -> (String, Claims) {
     let mut md = format!("\n## Claims at paper scale (`{}`)\n\n", r.kind);
     let depths = r.depths();
     let (Some(&lo), Some(&hi)) = (depths.first(), depths.last()) else {

@@ -339,7 +339,7 @@ impl Net for Encoder {
 /// The synthetic sorting task: `n` sequences of `length` tokens drawn uniformly from `vocab`
 /// by a generator seeded with `seed`; the target at each position is the sorted sequence's
 /// token there. Returns (inputs, targets), both int64 `n × length`.
-pub fn sort_task(n: usize, length: usize, vocab: i64, seed: u64) -> (Tensor, Tensor) {
+pub(crate) fn sort_task(n: usize, length: usize, vocab: i64, seed: u64) -> (Tensor, Tensor) {
     let mut rng = reprise_core::data::Rng::new(seed);
     let mut x = Vec::with_capacity(n * length);
     let mut y = Vec::with_capacity(n * length);

@@ -245,7 +245,7 @@ impl Summary {
 }
 
 /// JSON text of a value with its keys sorted, as every file of a run folder is written.
-pub fn sorted_json<T: Serialize>(v: &T, pretty: bool) -> Result<String> {
+pub(crate) fn sorted_json<T: Serialize>(v: &T, pretty: bool) -> Result<String> {
     let v = serde_json::to_value(v).map_err(|e| Error::msg(e.to_string()))?;
     let text = if pretty {
         serde_json::to_string_pretty(&v)

@@ -85,7 +85,7 @@ pub fn accuracy(logits: &Tensor, y: &Tensor) -> f64 {
 
 /// For sequence outputs (`N × L × C` logits, `N × L` labels): the percentage of sequences
 /// whose every position is right. `None` for one label per example.
-pub fn sequence_accuracy(logits: &Tensor, y: &Tensor) -> Option<f64> {
+pub(crate) fn sequence_accuracy(logits: &Tensor, y: &Tensor) -> Option<f64> {
     (y.dim() == 2).then(|| {
         100.0
             * logits
@@ -99,12 +99,12 @@ pub fn sequence_accuracy(logits: &Tensor, y: &Tensor) -> Option<f64> {
 }
 
 /// Test sequence accuracy of a network (see [`sequence_accuracy`]).
-pub fn test_sequence_accuracy(net: &dyn Net, d: &Data) -> Option<f64> {
+pub(crate) fn test_sequence_accuracy(net: &dyn Net, d: &Data) -> Option<f64> {
     tch::no_grad(|| sequence_accuracy(&net.forward(&d.x_test), &d.y_test))
 }
 
 /// Test accuracy of a network.
-pub fn test_accuracy(net: &dyn Net, d: &Data) -> f64 {
+pub(crate) fn test_accuracy(net: &dyn Net, d: &Data) -> f64 {
     tch::no_grad(|| accuracy(&net.forward(&d.x_test), &d.y_test))
 }
 
@@ -114,7 +114,7 @@ fn adam(groups: Vec<(Vec<Tensor>, f64)>) -> Optimizer {
 
 /// A stage's optimizer over parameter groups `(parameters, learning-rate multiplier)`; empty
 /// groups are dropped.
-pub fn stage_optimizer(o: Optim, groups: Vec<(Vec<Tensor>, f64)>) -> Optimizer {
+pub(crate) fn stage_optimizer(o: Optim, groups: Vec<(Vec<Tensor>, f64)>) -> Optimizer {
     let (rule, weight_decay) = match o {
         Optim::Adam => (Rule::adam(), 0.0),
         Optim::Sgd {
@@ -151,7 +151,7 @@ pub fn stage_optimizer(o: Optim, groups: Vec<(Vec<Tensor>, f64)>) -> Optimizer {
 
 /// A stage's schedule over `steps` steps of `per_epoch` per epoch: the step schedule and the
 /// warm-up length in steps.
-pub fn stage_schedule(s: &Sched, steps: u64, per_epoch: u64) -> (Schedule, u64) {
+pub(crate) fn stage_schedule(s: &Sched, steps: u64, per_epoch: u64) -> (Schedule, u64) {
     let at = |e: f64| (e * per_epoch as f64).round() as u64;
     match s {
         Sched::Cosine => (
@@ -188,7 +188,7 @@ fn check(loss: f64, what: &str, step: u64) -> Result<()> {
 
 /// KL(p_teacher ‖ p_student) at temperature t, times t², averaged over the batch (and the
 /// positions of sequence outputs).
-pub fn kd_loss(student: &Tensor, teacher: &Tensor, t: f64) -> Tensor {
+pub(crate) fn kd_loss(student: &Tensor, teacher: &Tensor, t: f64) -> Tensor {
     let c = *student
         .size()
         .last()
@@ -320,7 +320,7 @@ fn feature_var(f: &Tensor) -> f64 {
 
 /// The normalised imitation error of every block of S̄ (each block fed by the student's own
 /// prefix, or the teacher's with `Input::Teacher`).
-pub fn block_fits(w: &Widened<'_>, d: &Data, input: Input) -> Vec<BlockFit> {
+pub(crate) fn block_fits(w: &Widened<'_>, d: &Data, input: Input) -> Vec<BlockFit> {
     tch::no_grad(|| {
         let fits = |x: &Tensor, feats: &[Tensor], targets: &[Tensor]| -> Vec<f64> {
             let mut u = x.shallow_clone();
@@ -351,7 +351,7 @@ pub fn block_fits(w: &Widened<'_>, d: &Data, input: Input) -> Vec<BlockFit> {
 }
 
 /// Builds the pairs for an imitation stage.
-pub fn init_glue(thin: &Mlp, d: &Data, m_init: MInit, wide: i64, seed: u64) -> Glue {
+pub(crate) fn init_glue(thin: &Mlp, d: &Data, m_init: MInit, wide: i64, seed: u64) -> Glue {
     let w = thin.width();
     match m_init {
         MInit::Pca => Glue::pca(&d.feats, w),
@@ -489,7 +489,7 @@ pub fn hint(thin: &dyn Net, d: &Data, s: &HintStage, seed: u64) -> Result<f64> {
 
 /// The merge, with its check on the test inputs: returns the merged network and the relative
 /// merge error.
-pub fn merge_checked(thin: &Mlp, glue: &Glue, wide_head: &Affine, d: &Data) -> (Mlp, f64) {
+pub(crate) fn merge_checked(thin: &Mlp, glue: &Glue, wide_head: &Affine, d: &Data) -> (Mlp, f64) {
     let merged = merge(thin, glue, wide_head);
     let err = merge_error(
         &Widened {

@@ -9,7 +9,7 @@ use reprise_core::Result;
 use std::collections::BTreeMap;
 
 /// The OOD sets of the claims, in report order.
-pub const OOD_SETS: [&str; 4] = ["uniform", "shuffled", "interp", "inverted"];
+pub(crate) const OOD_SETS: [&str; 4] = ["uniform", "shuffled", "interp", "inverted"];
 
 /// One arm's summaries, by seed.
 pub type BySeed = BTreeMap<u64, Summary>;
@@ -158,7 +158,7 @@ pub fn claims(e: &Evidence) -> Result<Vec<Found>> {
 /// Marks every claim when a gating arm's run is missing: a diverged seed of a gating arm
 /// (`diverged`) fails every criterion (the protocol's rule), a run not finished leaves them not
 /// measured. `missing` names the runs that did not finish, with whether each diverged.
-pub fn missing_runs(claims: &mut [Found], missing: &[(String, bool)], diverged: bool) {
+pub(crate) fn missing_runs(claims: &mut [Found], missing: &[(String, bool)], diverged: bool) {
     let names: Vec<String> = missing
         .iter()
         .map(|(n, d)| format!("{n}{}", if *d { " (diverged)" } else { " (not finished)" }))

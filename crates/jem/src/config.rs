@@ -296,7 +296,7 @@ fn guard_energy() -> f64 {
 
 impl Config {
     /// (w_px, w_xy, iterations) of this run's arm: the baselines have no generative term.
-    pub fn arm_budget(&self) -> (f64, f64, u64) {
+    pub(crate) fn arm_budget(&self) -> (f64, f64, u64) {
         match self.arm {
             Arm::Base => (0.0, 0.0, self.iterations),
             Arm::Jem => (self.p_x_weight, self.p_xy_weight, self.iterations),

@@ -11,7 +11,7 @@ use reprise_core::metrics;
 use tch::{Device, Kind, Tensor};
 
 /// Gaussian noise of `sigma` shaped like `like`, from the project's generator (repeatable).
-pub fn fixed_noise(like: &Tensor, sigma: f64, seed: u64) -> Tensor {
+pub(crate) fn fixed_noise(like: &Tensor, sigma: f64, seed: u64) -> Tensor {
     let mut rng = Rng::new(seed);
     let v: Vec<f32> = (0..like.numel())
         .map(|_| (rng.normal() * sigma) as f32)
@@ -67,7 +67,7 @@ impl EvalData {
 impl EvalData {
     /// Adds an OOD set from a dataset a user points to: its test split, mapped to [−1, 1], with
     /// the same σ noise; its images must have the test images' shape.
-    pub fn add_dataset(
+    pub(crate) fn add_dataset(
         &mut self,
         name: &str,
         spec: &reprise_core::spec::DataSpec,
@@ -93,12 +93,12 @@ impl EvalData {
 pub use reprise_core::metrics::Calibration as ClassMetrics;
 
 /// The model's logits on the noisy test images, on the host.
-pub fn test_logits(m: &Classifier, d: &EvalData) -> Tensor {
+pub(crate) fn test_logits(m: &Classifier, d: &EvalData) -> Tensor {
     m.logits(&d.x, 100).to_device(Device::Cpu)
 }
 
 /// Accuracy, NLL, ECE and the reliability bins.
-pub fn classify(m: &Classifier, d: &EvalData, bins: usize) -> ClassMetrics {
+pub(crate) fn classify(m: &Classifier, d: &EvalData, bins: usize) -> ClassMetrics {
     metrics::calibration(&test_logits(m, d), &d.y, bins)
 }
 
@@ -148,7 +148,7 @@ pub fn scores(m: &Classifier, x: &Tensor) -> Scores {
 pub type OodResult = (Scores, Vec<(String, Scores)>, Vec<(String, [f64; 3])>);
 
 /// AUROC of every score on every OOD set.
-pub fn ood_auroc(m: &Classifier, d: &EvalData) -> OodResult {
+pub(crate) fn ood_auroc(m: &Classifier, d: &EvalData) -> OodResult {
     let inn = scores(m, &d.x);
     let mut per_set = Vec::new();
     let mut rows = Vec::new();
@@ -168,7 +168,7 @@ pub fn ood_auroc(m: &Classifier, d: &EvalData) -> OodResult {
 }
 
 /// Class-conditional SGLD chains on f(x)[y] from U(−1, 1): `per_class` per class.
-pub fn conditional_samples(
+pub(crate) fn conditional_samples(
     m: &Classifier,
     shape: &[i64],
     classes: i64,
@@ -214,7 +214,7 @@ pub fn realism_share(samples: &Tensor, train: &Tensor, test: &Tensor) -> f64 {
 
 /// Accuracy under PGD at each (norm, ε) on the first `p.images` test images. The attack works
 /// in [0, 1] pixel units on the clean image; the model sees 2x − 1 plus the fixed test noise.
-pub fn pgd_accuracy(m: &Classifier, d: &EvalData, p: &PgdEval) -> Vec<(Norm, f64, f64)> {
+pub(crate) fn pgd_accuracy(m: &Classifier, d: &EvalData, p: &PgdEval) -> Vec<(Norm, f64, f64)> {
     let n = (p.images as i64).min(d.clean.size()[0]);
     let dev = m.vs.device();
     let x01 = ((d.clean.narrow(0, 0, n) + 1.0) / 2.0).to_device(dev);

@@ -18,16 +18,16 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use tch::Device;
 
-pub use crate::claims::OOD_SETS;
+use crate::claims::OOD_SETS;
 
 /// Reliability diagrams, one panel per model: accuracy per confidence bin as bars, the gap to
 /// the bin's mean confidence shaded, each bin's count above it.
-pub fn reliability_figure(path: &Path, models: &[(String, Vec<Bin>)]) -> Result<()> {
+pub(crate) fn reliability_figure(path: &Path, models: &[(String, Vec<Bin>)]) -> Result<()> {
     reprise_core::plot::reliability_plot(path, "Reliability diagram (test set)", models)
 }
 
 /// Histograms (30 bins over the common range) of a score on the test set and each OOD set.
-pub fn score_histogram(
+pub(crate) fn score_histogram(
     path: &Path,
     title: &str,
     test: &[f64],
@@ -179,7 +179,7 @@ fn judge_agreement(samples_run: &RunSummary, judge: &RunSummary, classes: usize)
 
 /// What a claim says, and the paper's number for it (marked verified against the paper's
 /// tables or not).
-pub fn claim_text(c: Claim) -> (&'static str, &'static str) {
+pub(crate) fn claim_text(c: Claim) -> (&'static str, &'static str) {
     match c {
         Claim::P1 => (
             "accuracy within 3 points of the baseline",
@@ -614,7 +614,7 @@ fn pool_bins<'a>(summaries: impl Iterator<Item = &'a Summary>) -> Vec<Bin> {
 }
 
 /// The paper's headline numbers (its Tables 1–3 and Figure 5).
-pub const PAPER_NUMBERS: &str = "
+pub(crate) const PAPER_NUMBERS: &str = "
 ## The paper's numbers (CIFAR, WRN-28-10), for comparison
 
 | claim | paper | status in the spec |

@@ -71,7 +71,7 @@ impl Results {
 
     /// Δ(t, m, a): the mean paired difference to `std`, and whether every paired difference is
     /// positive. `None` without pairs.
-    pub fn delta(&self, t: &str, m: Mode, a: Arm) -> Option<(f64, bool)> {
+    pub(crate) fn delta(&self, t: &str, m: Mode, a: Arm) -> Option<(f64, bool)> {
         let base = self.accs(t, m, Arm::Std);
         let d: Vec<f64> = self
             .accs(t, m, a)
@@ -101,7 +101,7 @@ impl Results {
     }
 
     /// The noise-control arms present, by increasing ε.
-    pub fn controls(&self) -> Vec<Arm> {
+    pub(crate) fn controls(&self) -> Vec<Arm> {
         let mut v: Vec<Arm> = Vec::new();
         for r in &self.rows {
             if matches!(r.arm, Arm::Noise(_)) && !v.iter().any(|a| same_arm(a, &r.arm)) {
@@ -125,7 +125,7 @@ impl Results {
 
     /// ε*(t, m, norm): the grid ε (0 included) with the highest mean accuracy, ties to the
     /// smaller ε; with that mean.
-    pub fn best_eps(&self, t: &str, m: Mode, norm: Norm) -> Option<(f64, f64)> {
+    pub(crate) fn best_eps(&self, t: &str, m: Mode, norm: Norm) -> Option<(f64, f64)> {
         let mut best: Option<(f64, f64)> = None;
         for a in std::iter::once(Arm::Std).chain(self.grid(norm)) {
             if let Some((acc, _)) = self.mean(t, m, a) {
@@ -164,7 +164,7 @@ impl Results {
     }
 
     /// R2 on target `t`: (max Δ full, max Δ fixed, held).
-    pub fn r2(&self, t: &str) -> Option<(f64, f64, bool)> {
+    pub(crate) fn r2(&self, t: &str) -> Option<(f64, f64, bool)> {
         let full = self.max_delta(t, Mode::Full)?;
         let fixed = self.max_delta(t, Mode::Fixed)?;
         Some((full, fixed, full < fixed && full >= -1.0))
@@ -172,7 +172,7 @@ impl Results {
 
     /// R3 on target `t` for `norm` (fixed-feature): (ε*, mean at ε*, largest ε, mean there,
     /// held).
-    pub fn r3(&self, t: &str, norm: Norm) -> Option<(f64, f64, f64, f64, bool)> {
+    pub(crate) fn r3(&self, t: &str, norm: Norm) -> Option<(f64, f64, f64, f64, bool)> {
         let (eps, best) = self.best_eps(t, Mode::Fixed, norm)?;
         let top = *self.grid(norm).last()?;
         let (at_top, _) = self.mean(t, Mode::Fixed, top)?;
@@ -182,7 +182,7 @@ impl Results {
 
     /// R4 on target `t` (fixed-feature): (best adv-L2 arm's Δ, the nearest control's ε and Δ,
     /// held).
-    pub fn r4(&self, t: &str) -> Option<(f64, f64, f64, f64, bool)> {
+    pub(crate) fn r4(&self, t: &str) -> Option<(f64, f64, f64, f64, bool)> {
         let (best_arm, best) = self
             .grid(Norm::L2)
             .into_iter()
@@ -204,7 +204,7 @@ impl Results {
     }
 
     /// Mean holdout clean accuracy of an arm's sources.
-    pub fn source_clean(&self, a: Arm) -> Option<f64> {
+    pub(crate) fn source_clean(&self, a: Arm) -> Option<f64> {
         let v: Vec<f64> = self
             .sources
             .iter()
@@ -215,7 +215,7 @@ impl Results {
     }
 
     /// Mean holdout PGD accuracy of an arm's sources at a point (`l2-1`).
-    pub fn source_robust(&self, a: Arm, key: &str) -> Option<f64> {
+    pub(crate) fn source_robust(&self, a: Arm, key: &str) -> Option<f64> {
         let v: Vec<f64> = self
             .sources
             .iter()
@@ -226,7 +226,7 @@ impl Results {
     }
 
     /// V0 for the given reference radii: the lines of evidence and whether it holds.
-    pub fn v0(&self, refs: &[(Norm, f64)]) -> (Vec<String>, bool) {
+    pub(crate) fn v0(&self, refs: &[(Norm, f64)]) -> (Vec<String>, bool) {
         let mut lines = Vec::new();
         let mut ok = true;
         match self.source_clean(Arm::Std) {

@@ -349,7 +349,7 @@ pub enum Transform {
 
 impl Target {
     /// The transforms of evaluation inputs: `test_transform`, or else `transform`.
-    pub fn eval_transform(&self) -> &[Transform] {
+    pub(crate) fn eval_transform(&self) -> &[Transform] {
         self.test_transform.as_deref().unwrap_or(&self.transform)
     }
 }

@@ -9,7 +9,7 @@ use reprise_core::{Error, Result};
 use tch::Tensor;
 
 /// Keeps the examples whose label is in `classes`, relabelled by position in `classes`.
-pub fn select_classes(ds: &Dataset, classes: &[i64]) -> Result<Dataset> {
+pub(crate) fn select_classes(ds: &Dataset, classes: &[i64]) -> Result<Dataset> {
     let labels = labels_vec(&ds.y);
     let mut idx = Vec::new();
     let mut y = Vec::new();
@@ -35,7 +35,7 @@ pub fn select_classes(ds: &Dataset, classes: &[i64]) -> Result<Dataset> {
 /// The source's train and holdout data: the header's dataset, restricted to `classes` before
 /// it is split with `data.split` (seeded by `data.split_seed`). A streamed ImageFolder
 /// (`data.stream: true`) keeps its `train/` and `val/` trees and is decoded per batch.
-pub fn source_splits(spec: &DataSpec, classes: Option<&[i64]>) -> Result<(Images, Images)> {
+pub(crate) fn source_splits(spec: &DataSpec, classes: Option<&[i64]>) -> Result<(Images, Images)> {
     if spec.stream && classes.is_some() {
         return Err(Error::Data(
             "`data.stream` is for an imagefolder dataset without `source.classes`".into(),

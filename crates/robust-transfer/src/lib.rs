@@ -447,7 +447,7 @@ fn load_source_checkpoint(net: &Net, opt: &mut Optimizer, ck: &Checkpoint) -> Re
 }
 
 /// Where a `source.from` points: a run folder's `source.safetensors`, or the file itself.
-pub fn source_file(from: &Path) -> PathBuf {
+pub(crate) fn source_file(from: &Path) -> PathBuf {
     if from.is_dir() {
         from.join("source.safetensors")
     } else {

@@ -156,12 +156,12 @@ impl Net {
     }
 
     /// Whether a variable belongs to the backbone (not the normaliser, not the head).
-    pub fn is_backbone(name: &str) -> bool {
+    pub(crate) fn is_backbone(name: &str) -> bool {
         !(name.starts_with("normalizer.") || name.starts_with("fc."))
     }
 
     /// Copies every backbone variable (BatchNorm running statistics included) from `other`.
-    pub fn copy_backbone(&mut self, other: &Net) -> Result<()> {
+    pub(crate) fn copy_backbone(&mut self, other: &Net) -> Result<()> {
         let theirs = other.vs.variables();
         let named: Vec<(String, Tensor)> = theirs.into_iter().collect();
         self.load_backbone(&named, "the source network")
@@ -169,12 +169,12 @@ impl Net {
 
     /// Copies the backbone variables from named tensors; every backbone variable must be there
     /// with its shape (extra names, the normaliser and the head are ignored).
-    pub fn load_backbone(&mut self, named: &[(String, Tensor)], from: &str) -> Result<()> {
+    pub(crate) fn load_backbone(&mut self, named: &[(String, Tensor)], from: &str) -> Result<()> {
         reprise_core::nn::load_named(&self.vs, named, &Net::is_backbone, from)
     }
 
     /// Loads the backbone from a safetensors file (see [`Net::load_backbone`]).
-    pub fn load_backbone_file(&mut self, path: &Path) -> Result<()> {
+    pub(crate) fn load_backbone_file(&mut self, path: &Path) -> Result<()> {
         let named = reprise_core::nn::read_weights(
             path,
             "a robustness-library checkpoint converts with scripts/convert_robustness_ckpt.py",

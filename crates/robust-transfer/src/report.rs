@@ -86,7 +86,7 @@ pub fn report_run(dir: &Path) -> Result<String> {
 
 /// The paper's ResNet-50 L2 best ε per target (fixed-feature and full-network, submission
 /// tables of its section 5), for the report's side-by-side table.
-pub const PAPER_BEST_EPS: &[(&str, f64, f64)] = &[
+pub(crate) const PAPER_BEST_EPS: &[(&str, f64, f64)] = &[
     ("Aircraft", 1.0, 0.05),
     ("Birdsnap", 0.1, 0.01),
     ("CIFAR-10", 3.0, 3.0),

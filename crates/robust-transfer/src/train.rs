@@ -159,7 +159,7 @@ pub fn accuracy(net: &Net, ds: &Images, attack: Option<&Pgd>, batch: usize) -> R
 /// The (norm, ε) points at which the source is attacked: the whole grid for `std`; the arm's
 /// own ε and its norm's reference ε for an adversarial arm; the L2 reference for the noise
 /// control.
-pub fn eval_points(arm: Arm, e: &EvalConfig) -> Vec<(Norm, f64)> {
+pub(crate) fn eval_points(arm: Arm, e: &EvalConfig) -> Vec<(Norm, f64)> {
     let mut v: Vec<(Norm, f64)> = match arm {
         Arm::Std => e
             .grid_l2
@@ -196,7 +196,7 @@ pub fn eval_points(arm: Arm, e: &EvalConfig) -> Vec<(Norm, f64)> {
 }
 
 /// The key of a robust accuracy in summaries: `l2-1` or `linf-0.1`.
-pub fn point_key(norm: Norm, eps: f64) -> String {
+pub(crate) fn point_key(norm: Norm, eps: f64) -> String {
     match norm {
         Norm::L2 => format!("l2-{eps}"),
         Norm::Linf => format!("linf-{eps}"),

@@ -103,7 +103,7 @@ fn batched(
 }
 
 /// Fixed-feature transfer with a logistic-regression head (see [`Solver::Logistic`]).
-pub fn fixed_logistic(
+pub(crate) fn fixed_logistic(
     src: &Net,
     t: &Target,
     (train, test): (&Dataset, &Dataset),
@@ -179,7 +179,7 @@ pub struct Arch<'a> {
 /// SGD fine-tuning of a copy of `src` with a new head: every parameter (`Mode::Full`) or the
 /// head only, with the frozen backbone in `sgd.bn_mode` (`Mode::Fixed`). Returns the trained
 /// network. `stop` is polled every step.
-pub fn finetune(
+pub(crate) fn finetune(
     src: &Net,
     arch: Arch<'_>,
     fit: Fit<'_>,
@@ -200,7 +200,7 @@ pub fn finetune(
     train_net(net, fit, train, lr, seed)
 }
 
-/// The SGD loop of [`finetune`] on a network already holding the source's backbone and a
+/// The SGD loop of `finetune` on a network already holding the source's backbone and a
 /// fresh head: freezes the backbone for `Mode::Fixed`, then trains for `sgd`'s steps at `lr`
 /// (batches and augmentation seeded by `seed`).
 pub fn train_net(net: Net, fit: Fit<'_>, train: &Dataset, lr: f64, seed: u64) -> Result<Net> {
@@ -345,7 +345,7 @@ pub fn transfer(
 /// on `train`; with a grid, each rate trained on `train` less a validation part (seeded by
 /// `seed`), the best on that part kept, and, with `sgd.retrain`, trained again on all of
 /// `train`.
-pub fn fit_sgd(
+pub(crate) fn fit_sgd(
     src: &Net,
     arch: Arch<'_>,
     fit: Fit<'_>,

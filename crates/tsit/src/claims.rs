@@ -90,7 +90,7 @@ pub type Arms = BTreeMap<String, ArmValues>;
 
 /// The claims of one evaluation point, and the experiment's verdict where the sweep has the arms
 /// one of the tasks needs.
-pub fn claims_at(arms: &Arms, which: At) -> (Option<Verdict>, Vec<ClaimRow>) {
+pub(crate) fn claims_at(arms: &Arms, which: At) -> (Option<Verdict>, Vec<ClaimRow>) {
     let (mut verdict, mut rows) = (None, Vec::new());
     if let (Some(full), Some(nof)) = (arms.get("full"), arms.get("no-fadain")) {
         let (v, r) = digits_ast(arms, full, nof, which);

@@ -24,13 +24,13 @@ pub enum Task {
 
 impl Task {
     /// Whether the task is style transfer (noise bottleneck, unconditional D, content target).
-    pub fn is_ast(self) -> bool {
+    pub(crate) fn is_ast(self) -> bool {
         matches!(self, Task::DigitsAst | Task::ScenesAst | Task::FolderAst)
     }
 
     /// Whether the data are a dataset's own folders (paper scale; no in-project evaluation
     /// networks: the test outputs are written as PNG files for external FID / segmenters).
-    pub fn is_folder(self) -> bool {
+    pub(crate) fn is_folder(self) -> bool {
         matches!(
             self,
             Task::FolderAst | Task::CityscapesSis | Task::Ade20kSis

@@ -123,7 +123,7 @@ impl DigitStyle {
 
 /// render(x, s) = x·clip(c_f + a·T) + (1 − x)·clip(c_b + g·(v/(S−1) − ½)) per channel, mapped
 /// to `[−1, 1]`: digits `N×1×S×S` in `[0, 1]`, one style per digit, RGB `N×3×S×S`.
-pub fn render_digits(x: &Tensor, styles: &[DigitStyle]) -> Tensor {
+pub(crate) fn render_digits(x: &Tensor, styles: &[DigitStyle]) -> Tensor {
     let s = x.size()[2];
     let n = styles.len() as i64;
     let mut fg = Vec::with_capacity((n * 3 * s * s) as usize);
@@ -141,7 +141,10 @@ pub fn render_digits(x: &Tensor, styles: &[DigitStyle]) -> Tensor {
 
 /// Digits split by class in stored order: the first `per_class` of each class train, the
 /// rest test (docs/tsit.md, the small-scale protocol); images zero-padded to the next power of two, in `[0, 1]`.
-pub fn digit_splits(spec: &DataSpec, per_class: usize) -> Result<(data::Dataset, data::Dataset)> {
+pub(crate) fn digit_splits(
+    spec: &DataSpec,
+    per_class: usize,
+) -> Result<(data::Dataset, data::Dataset)> {
     let all = data::load(spec)?;
     let h = all.x.size()[2];
     let s = (h as u64).next_power_of_two() as i64;
@@ -241,7 +244,7 @@ fn scene_stack(sc: &[Scene], f: impl Fn(&Scene) -> Tensor) -> Tensor {
 
 /// Test pairing: content i with style item k_i = (7i + 3) mod n (never i when n is even, as
 /// for the 1000 test pairs); where k_i = i (odd n) the next item is taken.
-pub fn partner(i: usize, n: usize) -> usize {
+pub(crate) fn partner(i: usize, n: usize) -> usize {
     let k = (7 * i + 3) % n;
     if k == i {
         (k + 1) % n
@@ -360,7 +363,7 @@ impl TaskData {
 
     /// Moves the test set out (to the evaluator), leaving an empty one behind: the training
     /// pool is all a run needs afterwards.
-    pub fn take_test(&mut self) -> TestSet {
+    pub(crate) fn take_test(&mut self) -> TestSet {
         let empty = || Tensor::zeros([0], (Kind::Float, Device::Cpu));
         std::mem::replace(
             &mut self.test,
@@ -376,7 +379,7 @@ impl TaskData {
     }
 
     /// Training examples in the pool.
-    pub fn train_len(&self) -> usize {
+    pub(crate) fn train_len(&self) -> usize {
         match self.task {
             Task::DigitsAst => self.train_x.size()[0] as usize,
             _ => self.scenes.len(),
@@ -469,7 +472,7 @@ impl TaskData {
     /// Real training renders for the helper networks, with their per-pixel labels (scenes):
     /// for semantic synthesis the ground-truth style s₀; for style transfer half in domain A
     /// and half in domain B styles drawn from `rng`.
-    pub fn scene_renders(&self, idx: &[i64], rng: &mut Rng) -> (Tensor, Tensor) {
+    pub(crate) fn scene_renders(&self, idx: &[i64], rng: &mut Rng) -> (Tensor, Tensor) {
         let plain = SceneStyle::plain();
         let mut ims = Vec::new();
         let mut labs = Vec::new();
@@ -491,7 +494,7 @@ impl TaskData {
 
     /// Training digits for the helper networks: each plain or (with probability ½) in a random
     /// style, with their labels.
-    pub fn digit_renders(&self, idx: &[i64], rng: &mut Rng) -> (Tensor, Tensor) {
+    pub(crate) fn digit_renders(&self, idx: &[i64], rng: &mut Rng) -> (Tensor, Tensor) {
         let styles: Vec<DigitStyle> = idx
             .iter()
             .map(|_| {

@@ -63,7 +63,7 @@ pub fn l1(out: &Tensor, oracle: &Tensor) -> f64 {
 /// Per-channel image-space AdaIN of each content image to its style image (population
 /// statistics on `[0, 1]`, σ floored at 1e-5), clipped, back in `[−1, 1]`: the `pixAdaIN`
 /// reference.
-pub fn pix_adain(content: &Tensor, style: &Tensor) -> Tensor {
+pub(crate) fn pix_adain(content: &Tensor, style: &Tensor) -> Tensor {
     let stats = |t: &Tensor| {
         let (v, m) = unit(t).var_mean_dim([2, 3].as_slice(), false, true);
         (m, v.sqrt().clamp_min(1e-5))
@@ -144,7 +144,7 @@ impl Evaluator {
 
     /// The outputs of a generator on the whole test set (the fixed per-pair noise; running BN
     /// statistics unless `mode` asks for batch statistics).
-    pub fn generate(&self, g: &dyn Generator, vae: bool, mode: Mode) -> Tensor {
+    pub(crate) fn generate(&self, g: &dyn Generator, vae: bool, mode: Mode) -> Tensor {
         let t = &self.test;
         let n = t.content.size()[0];
         let dev = g.vs().device();

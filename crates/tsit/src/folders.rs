@@ -181,7 +181,7 @@ impl FolderData {
 
     /// Channels of the content input: 3 (style transfer) or the label classes (+ don't-care)
     /// (+ instance edge).
-    pub fn content_channels(&self) -> i64 {
+    pub(crate) fn content_channels(&self) -> i64 {
         match self.task {
             Task::FolderAst => 3,
             _ => {
@@ -314,7 +314,7 @@ impl FolderData {
 /// Writes a tiny dataset of `n` train and `n` test items in the task's own folder layout under
 /// `root` (random blocky label maps and instance ids, noise photos, 1.5× the model's size so
 /// the resize path runs): the smoke tests of the paper-scale specs read it with the real code.
-pub fn write_synthetic(
+pub(crate) fn write_synthetic(
     task: Task,
     root: &Path,
     cfg: &FolderConfig,

@@ -1194,7 +1194,7 @@ fn final_eval(
 }
 
 /// Label maps `N×S×S` as RGB in `[−1, 1]` (one fixed colour per class), for the grids.
-pub fn label_colours(labels: &Tensor) -> Tensor {
+pub(crate) fn label_colours(labels: &Tensor) -> Tensor {
     let pal = Tensor::from_slice(&[
         0.45f32, 0.7, 1.0, // sky
         0.2, 0.7, 0.2, // grass

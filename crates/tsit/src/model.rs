@@ -34,13 +34,6 @@ impl Mode {
         sn_update: true,
         sync_bn: true,
     };
-    /// Evaluation: running statistics, stored `u`, `v`.
-    pub const EVAL: Mode = Mode {
-        bn_train: false,
-        sn_update: false,
-        sync_bn: false,
-    };
-
     /// Evaluation with batch statistics in the FADE norms when `train_bn` (no power iteration).
     pub fn test(train_bn: bool) -> Mode {
         Mode {
@@ -52,7 +45,7 @@ impl Mode {
 }
 
 /// The initialisation of a weight `dims` (out, in, k, k) or (out, in).
-pub fn weight_init(kind: InitKind, dims: &[i64]) -> Init {
+pub(crate) fn weight_init(kind: InitKind, dims: &[i64]) -> Init {
     let rf: i64 = dims[2..].iter().product();
     let (fan_in, fan_out) = (dims[1] * rf, dims[0] * rf);
     let stdev = match kind {
@@ -68,18 +61,18 @@ pub fn lrelu(x: &Tensor) -> Tensor {
 }
 
 /// Nearest-neighbour ×½ (PyTorch's `interpolate(scale_factor=0.5)`: plain decimation).
-pub fn down_nearest(x: &Tensor) -> Tensor {
+pub(crate) fn down_nearest(x: &Tensor) -> Tensor {
     x.slice(2, 0, None, 2).slice(3, 0, None, 2)
 }
 
 /// Nearest-neighbour ×2.
-pub fn up_nearest(x: &Tensor) -> Tensor {
+pub(crate) fn up_nearest(x: &Tensor) -> Tensor {
     let s = x.size();
     x.upsample_nearest2d([s[2] * 2, s[3] * 2], None, None)
 }
 
 /// Nearest-neighbour resize to `h × w` when the input is a multiple of it (decimation).
-pub fn resize_nearest(x: &Tensor, h: i64, w: i64) -> Tensor {
+pub(crate) fn resize_nearest(x: &Tensor, h: i64, w: i64) -> Tensor {
     let s = x.size();
     x.slice(2, 0, None, s[2] / h).slice(3, 0, None, s[3] / w)
 }
@@ -327,7 +320,7 @@ impl FadeBlock {
     }
 
     /// Whether the skip is learned (FAdaIN before such a block is cancelled by batch-1 BN).
-    pub fn learned_skip(&self) -> bool {
+    pub(crate) fn learned_skip(&self) -> bool {
         self.conv_s.is_some()
     }
 }
@@ -831,7 +824,7 @@ impl Discriminator {
 }
 
 /// The number of trainable scalars of a store.
-pub fn param_count(vs: &nn::VarStore) -> i64 {
+pub(crate) fn param_count(vs: &nn::VarStore) -> i64 {
     vs.trainable_variables()
         .iter()
         .map(|t| t.numel() as i64)

@@ -60,7 +60,7 @@ impl Perceptual {
     /// VGG-mini: conv16-16-pool-32-32-pool-64-64-pool-128 (3×3, ReLU), features after the
     /// 2nd, 4th, 6th and 7th ReLU with weights 1/8, 1/4, 1/2, 1; a global-pool + fc head of
     /// `classes` outputs for its training.
-    pub fn vgg_mini(device: Device, classes: i64) -> Perceptual {
+    pub(crate) fn vgg_mini(device: Device, classes: i64) -> Perceptual {
         let vs = nn::VarStore::new(device);
         let root = vs.root();
         let chans = [16, 16, 32, 32, 64, 64, 128];
@@ -81,7 +81,7 @@ impl Perceptual {
     }
 
     /// VGG-mini with Kaiming-normal (fan-in) weights and zero biases from `seed`.
-    pub fn vgg_mini_random(device: Device, seed: u64) -> Perceptual {
+    pub(crate) fn vgg_mini_random(device: Device, seed: u64) -> Perceptual {
         tch::manual_seed(seed as i64);
         let p = Perceptual::vgg_mini(device, 1);
         tch::no_grad(|| {
@@ -353,7 +353,7 @@ pub enum Targets {
 
 /// Trains `logits` on batches `batch(indices, rng) -> (x, targets)` for `epochs`
 /// over `n` examples with Adam (lr 1e-3, batch 64); the data order is seeded by `seed`.
-pub fn train_classifier(
+pub(crate) fn train_classifier(
     vs: &nn::VarStore,
     n: usize,
     epochs: f64,
@@ -392,7 +392,7 @@ pub fn train_classifier(
 }
 
 /// A cached network's file: `<dir>/<kind>-<hash of key>.safetensors`.
-pub fn cache_file(dir: &Path, kind: &str, key: &str) -> PathBuf {
+pub(crate) fn cache_file(dir: &Path, kind: &str, key: &str) -> PathBuf {
     // FNV-1a over the recipe.
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in key.bytes() {
@@ -404,7 +404,7 @@ pub fn cache_file(dir: &Path, kind: &str, key: &str) -> PathBuf {
 
 /// Loads `vs` from a cached `file`; false (and `vs` untouched where it matters) when the file
 /// is missing, corrupt or of another shape.
-pub fn load_cached(vs: &nn::VarStore, file: &Path) -> bool {
+pub(crate) fn load_cached(vs: &nn::VarStore, file: &Path) -> bool {
     let Ok(ck) = Checkpoint::load(file) else {
         return false;
     };
@@ -427,7 +427,7 @@ pub fn load_cached(vs: &nn::VarStore, file: &Path) -> bool {
 /// Runs `train` unless another process is already training the same cached `file`: the first
 /// to create `<file>.lock` (holding its pid) trains; the others wait for the file to appear and
 /// return `false` (then load it). A lock whose process is gone is taken over.
-pub fn train_once(file: &Path, train: impl FnOnce() -> Result<()>) -> Result<bool> {
+pub(crate) fn train_once(file: &Path, train: impl FnOnce() -> Result<()>) -> Result<bool> {
     let lock = file.with_extension("lock");
     if let Some(d) = file.parent() {
         std::fs::create_dir_all(d).map_err(|e| Error::Io(d.to_path_buf(), e))?;
@@ -470,7 +470,7 @@ pub fn train_once(file: &Path, train: impl FnOnce() -> Result<()>) -> Result<boo
 }
 
 /// Loads `vs` from the cache `file`, or runs `train` (once across processes, see
-/// [`train_once`]) and stores it there.
+/// `train_once`) and stores it there.
 pub fn cached(vs: &nn::VarStore, file: &Path, train: impl FnOnce()) -> Result<()> {
     if load_cached(vs, file) {
         return Ok(());

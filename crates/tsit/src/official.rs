@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use tch::Tensor;
 
 /// The official generator blocks and reprise's block index j (`block_j` takes stream level j).
-pub const BLOCKS: [(&str, usize); 7] = [
+pub(crate) const BLOCKS: [(&str, usize); 7] = [
     ("head_0", 7),
     ("G_middle_0", 6),
     ("G_middle_1", 5),

@@ -5,9 +5,6 @@
 use reprise_core::data::Rng;
 use tch::{Kind, Tensor};
 
-/// The classes of a scene.
-pub const SCENE_CLASSES: [&str; 6] = ["sky", "grass", "road", "disc", "box", "tree"];
-
 #[derive(Debug, Clone, Copy)]
 enum Shape {
     Disc {
@@ -107,14 +104,14 @@ impl Scene {
     }
 
     /// The label map as an int64 `S×S` tensor.
-    pub fn label_tensor(&self) -> Tensor {
+    pub(crate) fn label_tensor(&self) -> Tensor {
         let v: Vec<i64> = self.labels.iter().map(|&c| i64::from(c)).collect();
         Tensor::from_slice(&v).view([self.size as i64, self.size as i64])
     }
 
     /// The generator input: one-hot classes (6) and the boundary edge (1), `7×S×S` in {0, 1};
     /// edge = 1 where any 4-neighbour has another class.
-    pub fn input_tensor(&self) -> Tensor {
+    pub(crate) fn input_tensor(&self) -> Tensor {
         let s = self.size;
         let mut v = vec![0f32; 7 * s * s];
         for y in 0..s {
@@ -268,7 +265,7 @@ impl SceneStyle {
     }
 
     /// Domain A of scene style transfer: a narrow, saturated palette.
-    pub fn domain_a(rng: &mut Rng) -> SceneStyle {
+    pub(crate) fn domain_a(rng: &mut Rng) -> SceneStyle {
         SceneStyle {
             hue: rng.range(-0.03, 0.03),
             brightness: rng.range(0.0, 0.05),
@@ -281,7 +278,7 @@ impl SceneStyle {
     }
 
     /// Domain B: dark or blue tints, desaturation and snow speckles from a continuous family.
-    pub fn domain_b(rng: &mut Rng) -> SceneStyle {
+    pub(crate) fn domain_b(rng: &mut Rng) -> SceneStyle {
         let blue = rng.range(0.0, 1.0);
         SceneStyle {
             hue: rng.range(-0.05, 0.05),

@@ -29,7 +29,7 @@ pub enum Metric {
 
 impl Metric {
     /// Every metric, in table order.
-    pub const ALL: [Metric; 8] = [
+    pub(crate) const ALL: [Metric; 8] = [
         Metric::ContentAcc,
         Metric::SegMiou,
         Metric::SegAcc,
@@ -119,7 +119,7 @@ pub struct Scores {
 
 impl Scores {
     /// The evaluator's metrics (keyed by [`Metric::name`]).
-    pub fn from_metrics(m: &Metrics) -> Scores {
+    pub(crate) fn from_metrics(m: &Metrics) -> Scores {
         let mut s = Scores::default();
         for metric in Metric::ALL {
             *s.slot(metric) = m.get(metric.name()).copied();
@@ -225,7 +225,8 @@ pub enum Reference {
 
 impl Reference {
     /// The references in table order.
-    pub const ALL: [Reference; 3] = [Reference::Identity, Reference::Pixadain, Reference::Oracle];
+    pub(crate) const ALL: [Reference; 3] =
+        [Reference::Identity, Reference::Pixadain, Reference::Oracle];
 
     /// Its name in the tables.
     pub fn name(self) -> &'static str {

@@ -32,7 +32,7 @@ pub fn adam(o: &OptimConfig, vs: &tch::nn::VarStore) -> Optimizer {
 /// called with the 1-based epoch e after it ends: the rate drops by lr/niter_decay once
 /// e > niter), epoch k (0-based) of E, niter = round(decay_from·E), trains at
 /// 1 − max(0, k − niter)/(E − niter); per iteration, at (total − step)/(total − start).
-pub fn lr_factor(o: &OptimConfig, step: u64, total: u64, per_epoch: u64) -> f64 {
+pub(crate) fn lr_factor(o: &OptimConfig, step: u64, total: u64, per_epoch: u64) -> f64 {
     let (step, total) = match o.decay_per {
         DecayPer::Iteration => (step, total),
         DecayPer::Epoch => {
@@ -331,7 +331,7 @@ pub fn bench_setup(paper_scale: bool, dev: tch::Device) -> (Gan, Config, [Tensor
 
 /// The KL term as the official trainer weighs it: the batch's summed KL divergence over the
 /// `kld_devices` it would be split across (each sums its share, the devices are averaged).
-pub fn kld_term(kld_sum: &Tensor, loss: &crate::config::LossConfig) -> Tensor {
+pub(crate) fn kld_term(kld_sum: &Tensor, loss: &crate::config::LossConfig) -> Tensor {
     kld_sum / loss.kld_devices.max(1) as f64
 }
 
