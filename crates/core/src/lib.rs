@@ -19,6 +19,7 @@ pub mod models;
 pub mod nn;
 pub mod optim;
 pub mod parallel;
+pub mod plan;
 pub mod plot;
 pub mod predictions;
 pub mod progress;

@@ -15,17 +15,17 @@ use crate::config::{
     Sched, Stage, TrainStage,
 };
 use crate::model::copy_tensors;
-use crate::summary::{sorted_json, ArmResult, StageLog, Summary};
+use crate::summary::{ArmResult, StageLog, Summary};
 use crate::train::{kd_loss, stage_optimizer, stage_schedule, BlockFit};
 use reprise_core::checkpoint::Checkpoint;
 use reprise_core::data::{self, batch_indices, Images};
 use reprise_core::models::{Block, ResNet, ResNetConfig, Stem, Wrn, WrnConfig, WrnNorm};
 use reprise_core::nn::Activation;
 use reprise_core::optim::Optimizer;
+use reprise_core::plan::{sorted_json, Ledger};
 use reprise_core::run::RunContext;
 use reprise_core::{Error, Result};
 use std::cell::RefCell;
-use std::collections::BTreeMap;
 use std::time::Instant;
 use tch::nn;
 use tch::{Device, Kind, Tensor};
@@ -1050,30 +1050,19 @@ pub fn run(ctx: &mut RunContext, c: &Config) -> Result<()> {
         );
         teacher_metrics = Some((top1, top5, t0.elapsed().as_secs_f64()));
     }
-    let arms_file = dir.join("arms.json");
     // The arms rank 0 has finished (its folder holds the ledger): every rank skips the same.
-    let ledger = par.share_bytes(
-        par.is_main()
-            .then(|| serde_json::to_vec(&crate::read_arms(&arms_file)))
-            .transpose()
-            .map_err(|e| Error::msg(e.to_string()))?,
-    )?;
-    let mut done: BTreeMap<String, ArmResult> =
-        serde_json::from_slice(&ledger).map_err(|e| Error::msg(e.to_string()))?;
+    let mut arms: Ledger<ArmResult> = Ledger::open(ex.ctx, crate::ARMS)?;
     for (name, arm) in &todo {
-        if done.contains_key(*name) {
-            continue;
-        }
-        let r = run_arm(&mut ex, c, classes, teacher.as_ref(), name, arm, seed)?;
-        done.insert((*name).clone(), r);
-        crate::write_arms(&arms_file, &done)?;
+        arms.stage(name, || {
+            run_arm(&mut ex, c, classes, teacher.as_ref(), name, arm, seed)
+        })?;
     }
     let ctx = ex.ctx;
     if !par.is_main() {
         // Rank 0 writes the summary and the report.
         return Ok(());
     }
-    let mut summary = Summary::new(c.arch.kind, c.arch.depth, seed, done);
+    let mut summary = Summary::new(c.arch.kind, c.arch.depth, seed, arms.into_done());
     if let Some((top1, top5, secs)) = teacher_metrics {
         summary.teacher_acc = Some(top1);
         summary.teacher_top5 = Some(top5);

@@ -21,14 +21,14 @@ pub use config::Config;
 use crate::config::{ArchKind, Arm, Loss, MlpArch, Stage, TrainStage};
 use crate::model::{Glue, Mlp, Net};
 use crate::stream::{EncoderShape, Residual};
-use crate::summary::{sorted_json, ArmResult, StageLog, Summary};
+use crate::summary::{ArmResult, StageLog, Summary};
 use crate::train::Data;
 use reprise_core::data;
 use reprise_core::inputs::{of_data, Input, InputKind};
+use reprise_core::plan::Ledger;
 use reprise_core::run::{json_f64, Paper, RunContext};
 use reprise_core::spec::{SpecError, SpecTree};
 use reprise_core::{Error, Result};
-use std::collections::BTreeMap;
 use std::time::Instant;
 use tch::Tensor;
 
@@ -78,18 +78,8 @@ fn teacher_source(c: &Config, tfile: &std::path::Path) -> Option<std::path::Path
         .or_else(|| tfile.is_file().then(|| tfile.to_path_buf()))
 }
 
-/// The finished arms of a run (`arms.json`; empty if absent or unreadable).
-fn read_arms(path: &std::path::Path) -> BTreeMap<String, ArmResult> {
-    std::fs::read(path)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or_default()
-}
-
-/// Writes the finished arms atomically.
-fn write_arms(path: &std::path::Path, done: &BTreeMap<String, ArmResult>) -> Result<()> {
-    reprise_core::checkpoint::write_atomic(path, sorted_json(done, true)?.as_bytes())
-}
+/// The run folder's ledger of finished arms.
+const ARMS: &str = "arms.json";
 
 /// The dataset name of the synthetic sorting task (docs/deepthin.md): length-12 sequences over 10
 /// tokens, generated from `data.split_seed`.
@@ -339,8 +329,7 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
         "teacher (depth {}, width {}): test accuracy {teacher_acc:.2}",
         c.arch.depth, c.arch.wide
     );
-    let arms_file = dir.join("arms.json");
-    let mut done = read_arms(&arms_file);
+    let mut arms: Ledger<ArmResult> = Ledger::open(ctx, ARMS)?;
     let todo: Vec<(&String, &Arm)> = c
         .arms
         .iter()
@@ -348,12 +337,10 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
         .collect();
     let mut progress = ctx.progress(todo.len() as u64, 0);
     for (k, (name, arm)) in todo.iter().enumerate() {
-        if !done.contains_key(*name) {
-            let r = run_arm(name, arm, &c, &d, &teacher, seed)?;
-            done.insert((*name).clone(), r);
-            write_arms(&arms_file, &done)?;
-        }
-        progress.set(k as u64 + 1, &format!("{name}: {:.2}%", done[*name].acc));
+        let acc = arms
+            .stage(name, || run_arm(name, arm, &c, &d, &teacher, seed))?
+            .acc;
+        progress.set(k as u64 + 1, &format!("{name}: {acc:.2}%"));
         if ctx.interrupted() && k + 1 < todo.len() {
             return Err(Error::Interrupted {
                 step: k as u64 + 1,
@@ -367,11 +354,12 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
     let deterministic = match todo.iter().find(|(n, _)| n.as_str() == "win") {
         Some((name, arm)) => {
             let again = run_arm(name, arm, &c, &d, &teacher, seed)?;
-            Some(json_f64(again.acc) == json_f64(done["win"].acc))
+            let first = arms.get("win").map_or(f64::NAN, |a| a.acc);
+            Some(json_f64(again.acc) == json_f64(first))
         }
         None => None,
     };
-    let mut summary = Summary::new(c.arch.kind, c.arch.depth, seed, done);
+    let mut summary = Summary::new(c.arch.kind, c.arch.depth, seed, arms.into_done());
     summary.deterministic = deterministic;
     summary.teacher_acc = Some(teacher_acc);
     summary.teacher_secs = Some(teacher_secs);

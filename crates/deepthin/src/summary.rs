@@ -4,7 +4,6 @@
 use crate::config::ArchKind;
 use crate::train::BlockFit;
 use reprise_core::run::{nan, nan_if_null, some_nan_if_null};
-use reprise_core::{Error, Result};
 use serde::de::Deserializer;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -244,17 +243,6 @@ impl Summary {
     }
 }
 
-/// JSON text of a value with its keys sorted, as every file of a run folder is written.
-pub(crate) fn sorted_json<T: Serialize>(v: &T, pretty: bool) -> Result<String> {
-    let v = serde_json::to_value(v).map_err(|e| Error::msg(e.to_string()))?;
-    let text = if pretty {
-        serde_json::to_string_pretty(&v)
-    } else {
-        serde_json::to_string(&v)
-    };
-    text.map_err(|e| Error::msg(e.to_string()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -313,8 +301,8 @@ mod tests {
         assert_eq!(back.accs.0.len(), 2);
         assert!(back.accs.0["acc_kd"].is_nan());
         assert_eq!(
-            sorted_json(&back, true).unwrap(),
-            sorted_json(
+            reprise_core::plan::sorted_json(&back, true).unwrap(),
+            reprise_core::plan::sorted_json(
                 &Summary {
                     smoke: false,
                     ..back.clone()

@@ -26,12 +26,12 @@ use reprise_core::checkpoint::Checkpoint;
 use reprise_core::data::batch_indices;
 use reprise_core::inputs::{of_data, Input, InputKind};
 use reprise_core::optim::{Optimizer, Schedule};
+use reprise_core::plan::Journal;
 use reprise_core::run::{Paper, RunContext};
 use reprise_core::spec::{SpecError, SpecTree};
 use reprise_core::train::Steps;
 use reprise_core::{Error, Result};
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use tch::Tensor;
 
@@ -572,39 +572,6 @@ fn evaluate_source(
     })
 }
 
-/// The finished transfers in `transfers.jsonl`. A line torn by a kill is dropped and the file
-/// rewritten without it, so the next line appended starts clean.
-fn read_outcomes(path: &Path) -> Result<Vec<Outcome>> {
-    let Ok(text) = std::fs::read_to_string(path) else {
-        return Ok(Vec::new());
-    };
-    let mut kept = String::new();
-    let mut out = Vec::new();
-    for l in text.split_inclusive('\n') {
-        if let (true, Ok(o)) = (l.ends_with('\n'), serde_json::from_str::<Outcome>(l)) {
-            kept.push_str(l);
-            out.push(o);
-        }
-    }
-    if kept.len() != text.len() {
-        tracing::warn!("{}: dropped an unfinished line", path.display());
-        reprise_core::checkpoint::write_atomic(path, kept.as_bytes())?;
-    }
-    Ok(out)
-}
-
-fn append_outcome(path: &Path, o: &Outcome) -> Result<()> {
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .map_err(|e| Error::Io(path.to_path_buf(), e))?;
-    let line = serde_json::to_string(o).map_err(|e| Error::msg(e.to_string()))? + "\n";
-    f.write_all(line.as_bytes())
-        .and_then(|_| f.sync_data())
-        .map_err(|e| Error::Io(path.to_path_buf(), e))
-}
-
 /// Trains (or loads) the source, evaluates it, and transfers it to every target. Finished
 /// stages are kept in the run folder (`source.safetensors`, `source.json`, one line per
 /// transfer in `transfers.jsonl`), so a resumed run redoes only what was unfinished.
@@ -616,7 +583,8 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
     let dir = ctx.dir().to_path_buf();
     let par = ctx.parallel();
     // Data-parallel, every rank follows rank 0's ledger: the same stages are skipped or run.
-    ctx.share_files(&["source.safetensors", "source.json", "transfers.jsonl"])?;
+    // (The transfers' journal is shared where it is opened.)
+    ctx.share_files(&["source.safetensors", "source.json"])?;
     let transfer_only = c.source.from.is_some() && !c.eval.source;
     let splits = if transfer_only {
         None
@@ -659,10 +627,7 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
             splits.1.len()
         );
         let m = evaluate_source(&c, arm, &net, &splits.1, step_ms)?;
-        // Through a JSON value, so the keys are sorted as every file of the run folder.
-        let text = serde_json::to_value(&m)
-            .and_then(|v| serde_json::to_string_pretty(&v))
-            .map_err(|e| Error::msg(e.to_string()))?;
+        let text = reprise_core::plan::sorted_json(&m, true)?;
         reprise_core::checkpoint::write_atomic(&src_json, text.as_bytes())?;
         source = Some(m);
     }
@@ -728,8 +693,7 @@ fn net_load_head(net: &Net, file: &Path) -> Result<()> {
 /// Every (target, mode, seed) transfer not yet in `transfers.jsonl`, in a fixed order.
 fn transfer_all(ctx: &mut RunContext, c: &Config, src: &Net) -> Result<Vec<Outcome>> {
     let par = ctx.parallel();
-    let path = ctx.dir().join("transfers.jsonl");
-    let mut done = read_outcomes(&path)?;
+    let mut done: Journal<Outcome> = Journal::open(ctx, "transfers.jsonl")?;
     let smoke = ctx.smoke();
     let mut jobs: Vec<(usize, Mode, u64)> = Vec::new();
     for (i, _) in c.transfer.targets.iter().enumerate() {
@@ -751,6 +715,7 @@ fn transfer_all(ctx: &mut RunContext, c: &Config, src: &Net) -> Result<Vec<Outco
     for (n, &(i, mode, seed)) in jobs.iter().enumerate() {
         let t = &c.transfer.targets[i];
         if done
+            .records()
             .iter()
             .any(|o| o.target == t.name && o.mode == mode && o.seed == seed)
         {
@@ -826,12 +791,11 @@ fn transfer_all(ctx: &mut RunContext, c: &Config, src: &Net) -> Result<Vec<Outco
             o.lr,
             o.secs
         );
-        append_outcome(&path, &o)?;
         progress.set(
             n as u64 + 1,
             &format!("{} {} seed {seed}: {:.1}%", t.name, mode.name(), o.acc),
         );
-        done.push(o);
+        done.append(o)?;
         if par.any(ctx.interrupted())? && n + 1 < jobs.len() {
             return Err(Error::Interrupted {
                 step: n as u64 + 1,
@@ -845,6 +809,7 @@ fn transfer_all(ctx: &mut RunContext, c: &Config, src: &Net) -> Result<Vec<Outco
     for &(i, mode, seed) in &jobs {
         let name = &c.transfer.targets[i].name;
         if let Some(o) = done
+            .records()
             .iter()
             .find(|o| &o.target == name && o.mode == mode && o.seed == seed)
         {

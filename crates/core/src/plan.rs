@@ -1,0 +1,195 @@
+//! A run's record of its finished stages, kept in the run folder so that a resumed run redoes
+//! only what is unfinished: a [`Ledger`] of named stages and their results (a JSON object,
+//! rewritten atomically after each stage), or a [`Journal`] of results appended one JSON line
+//! at a time. Data-parallel, both open rank 0's copy on every rank, so the ranks skip and redo
+//! the same stages.
+
+use crate::checkpoint::write_atomic;
+use crate::error::{Error, Result};
+use crate::run::RunContext;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// JSON text of a value with its keys sorted, as every file of a run folder is written.
+pub fn sorted_json<T: Serialize>(v: &T, pretty: bool) -> Result<String> {
+    let v = serde_json::to_value(v).map_err(|e| Error::msg(e.to_string()))?;
+    let text = if pretty {
+        serde_json::to_string_pretty(&v)
+    } else {
+        serde_json::to_string(&v)
+    };
+    text.map_err(|e| Error::msg(e.to_string()))
+}
+
+/// Finished stages by name, each with its result.
+#[derive(Debug)]
+pub struct Ledger<T> {
+    path: PathBuf,
+    done: BTreeMap<String, T>,
+}
+
+impl<T: Serialize + DeserializeOwned> Ledger<T> {
+    /// The ledger `file` of the run folder (rank 0's, data-parallel). A file that is absent, or
+    /// does not read as this ledger, is an empty ledger: every stage runs again.
+    pub fn open(ctx: &RunContext, file: &str) -> Result<Ledger<T>> {
+        ctx.share_files(&[file])?;
+        Ok(Ledger::read(&ctx.dir().join(file)))
+    }
+
+    /// The ledger at `path`, outside a run (an empty one where the file is absent or unreadable).
+    pub fn read(path: &Path) -> Ledger<T> {
+        let done = std::fs::read(path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        Ledger {
+            path: path.to_path_buf(),
+            done,
+        }
+    }
+
+    /// A finished stage's result.
+    pub fn get(&self, stage: &str) -> Option<&T> {
+        self.done.get(stage)
+    }
+
+    /// Records a finished stage, and writes the ledger atomically.
+    pub fn record(&mut self, stage: &str, result: T) -> Result<()> {
+        self.done.insert(stage.to_string(), result);
+        write_atomic(&self.path, sorted_json(&self.done, true)?.as_bytes())
+    }
+
+    /// `stage`'s result: recorded earlier, or computed by `run` now and recorded.
+    pub fn stage(&mut self, stage: &str, run: impl FnOnce() -> Result<T>) -> Result<&T> {
+        if !self.done.contains_key(stage) {
+            let result = run()?;
+            self.record(stage, result)?;
+        }
+        Ok(&self.done[stage])
+    }
+
+    /// Every finished stage, by name.
+    pub fn into_done(self) -> BTreeMap<String, T> {
+        self.done
+    }
+}
+
+/// Finished stages' results in the order they finished, one JSON line each, appended and synced
+/// as each finishes; a last line torn by a kill is dropped (and the file rewritten without it).
+#[derive(Debug)]
+pub struct Journal<T> {
+    path: PathBuf,
+    records: Vec<T>,
+}
+
+impl<T: Serialize + DeserializeOwned> Journal<T> {
+    /// The journal `file` of the run folder (rank 0's, data-parallel).
+    pub fn open(ctx: &RunContext, file: &str) -> Result<Journal<T>> {
+        ctx.share_files(&[file])?;
+        Journal::read(&ctx.dir().join(file))
+    }
+
+    /// The journal at `path` (empty where the file is absent).
+    pub fn read(path: &Path) -> Result<Journal<T>> {
+        let mut records = Vec::new();
+        if let Ok(text) = std::fs::read_to_string(path) {
+            let mut kept = String::new();
+            for l in text.split_inclusive('\n') {
+                if let (true, Ok(r)) = (l.ends_with('\n'), serde_json::from_str::<T>(l)) {
+                    kept.push_str(l);
+                    records.push(r);
+                }
+            }
+            if kept.len() != text.len() {
+                tracing::warn!("{}: dropped an unfinished line", path.display());
+                write_atomic(path, kept.as_bytes())?;
+            }
+        }
+        Ok(Journal {
+            path: path.to_path_buf(),
+            records,
+        })
+    }
+
+    /// The results so far.
+    pub fn records(&self) -> &[T] {
+        &self.records
+    }
+
+    /// Appends a finished stage's result, synced to disk before it returns.
+    pub fn append(&mut self, result: T) -> Result<()> {
+        let line = serde_json::to_string(&result).map_err(|e| Error::msg(e.to_string()))? + "\n";
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+            .map_err(|e| Error::Io(self.path.clone(), e))?;
+        f.write_all(line.as_bytes())
+            .and_then(|_| f.sync_data())
+            .map_err(|e| Error::Io(self.path.clone(), e))?;
+        self.records.push(result);
+        Ok(())
+    }
+
+    /// Every result, in the order they finished.
+    pub fn into_records(self) -> Vec<T> {
+        self.records
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ledger_runs_each_stage_once_and_survives_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("stages.json");
+        let mut l: Ledger<f64> = Ledger::read(&path);
+        let mut runs = 0;
+        for _ in 0..2 {
+            let v = *l
+                .stage("a", || {
+                    runs += 1;
+                    Ok(1.5)
+                })
+                .unwrap();
+            assert_eq!(v, 1.5);
+        }
+        assert_eq!(runs, 1);
+        l.record("b", f64::NAN).unwrap();
+        let again: Ledger<Option<f64>> = Ledger::read(&path);
+        assert_eq!(again.get("a"), Some(&Some(1.5)));
+        assert_eq!(again.get("b"), Some(&None), "NaN is null in JSON");
+        // A stage that fails records nothing.
+        let mut l: Ledger<f64> = Ledger::read(&path);
+        assert!(l.stage("c", || Err(Error::msg("no"))).is_err());
+        assert!(l.get("c").is_none());
+        // A file that is not a ledger is an empty one.
+        std::fs::write(&path, b"{not json").unwrap();
+        assert!(Ledger::<f64>::read(&path).into_done().is_empty());
+    }
+
+    #[test]
+    fn a_journal_drops_a_torn_last_line_and_appends_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("done.jsonl");
+        let mut j: Journal<(String, u32)> = Journal::read(&path).unwrap();
+        j.append(("a".into(), 1)).unwrap();
+        j.append(("b".into(), 2)).unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        f.write_all(b"[\"c\", 3").unwrap();
+        let mut j: Journal<(String, u32)> = Journal::read(&path).unwrap();
+        assert_eq!(j.records().len(), 2);
+        j.append(("d".into(), 4)).unwrap();
+        let j: Journal<(String, u32)> = Journal::read(&path).unwrap();
+        let names: Vec<&str> = j.records().iter().map(|r| r.0.as_str()).collect();
+        assert_eq!(names, ["a", "b", "d"]);
+    }
+}
