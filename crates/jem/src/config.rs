@@ -3,6 +3,7 @@
 use reprise_core::attack::Norm;
 use reprise_core::models::{CnnConfig, WrnConfig};
 use reprise_core::nn::Activation;
+use reprise_core::spec::{SpecError, SpecTree};
 use serde::{Deserialize, Serialize};
 
 /// The classifier whose logits define the energy.
@@ -303,4 +304,200 @@ impl Config {
             Arm::BaseLong => (0.0, 0.0, self.long_iterations.unwrap_or(self.iterations)),
         }
     }
+}
+
+fn check(tree: &SpecTree, path: &str, ok: bool, msg: &str) -> Result<(), SpecError> {
+    tree.require(path, ok, msg)
+}
+
+/// Checks the `jem:` section: types, and values a run could not use.
+pub fn validate(tree: &SpecTree) -> Result<(), SpecError> {
+    let c: Config = tree.typed("jem")?;
+    let h = tree.header()?;
+    let pos = "must be a positive number";
+    check(
+        tree,
+        "jem.optim.lr",
+        c.optim.lr > 0.0 && c.optim.lr.is_finite(),
+        pos,
+    )?;
+    check(
+        tree,
+        "jem.iterations",
+        c.iterations > 0,
+        "must be at least 1",
+    )?;
+    check(
+        tree,
+        "jem.optim.batch",
+        c.optim.batch > 0,
+        "must be at least 1",
+    )?;
+    check(
+        tree,
+        "jem.optim.weight_decay",
+        c.optim.weight_decay >= 0.0,
+        "must not be negative",
+    )?;
+    check(tree, "jem.optim.gamma", c.optim.gamma > 0.0, pos)?;
+    check(
+        tree,
+        "jem.optim.decay_at",
+        c.optim.decay_at.iter().all(|f| (0.0..=1.0).contains(f)),
+        "fractions of the iterations must lie in [0, 1]",
+    )?;
+    check(
+        tree,
+        "jem.noise_sigma",
+        c.noise_sigma >= 0.0,
+        "must not be negative",
+    )?;
+    check(
+        tree,
+        "jem.p_x_weight",
+        c.p_x_weight >= 0.0,
+        "must not be negative",
+    )?;
+    check(
+        tree,
+        "jem.p_xy_weight",
+        c.p_xy_weight >= 0.0,
+        "must not be negative",
+    )?;
+    check(
+        tree,
+        "jem.sgld.max_step",
+        c.sgld.max_step.is_none_or(|m| m > 0.0),
+        pos,
+    )?;
+    check(tree, "jem.sgld.step_size", c.sgld.step_size > 0.0, pos)?;
+    check(
+        tree,
+        "jem.sgld.noise",
+        c.sgld.noise >= 0.0,
+        "must not be negative",
+    )?;
+    check(
+        tree,
+        "jem.buffer.size",
+        c.buffer.size > 0,
+        "must be at least 1",
+    )?;
+    check(
+        tree,
+        "jem.buffer.reinit",
+        (0.0..=1.0).contains(&c.buffer.reinit),
+        "must lie in [0, 1]",
+    )?;
+    check(
+        tree,
+        "jem.eval.every",
+        c.eval.every > 0,
+        "must be at least 1",
+    )?;
+    check(
+        tree,
+        "jem.eval.ece_bins",
+        c.eval.ece_bins > 0,
+        "must be at least 1",
+    )?;
+    check(
+        tree,
+        "jem.checkpoint_every",
+        c.checkpoint_every > 0,
+        "must be at least 1",
+    )?;
+    check(
+        tree,
+        "jem.long_iterations",
+        c.arm != Arm::BaseLong || c.long_iterations.is_some_and(|n| n > 0),
+        "the base-long arm needs long_iterations",
+    )?;
+    if let ModelConfig::Wrn(w) = &c.model {
+        check(
+            tree,
+            "jem.model.wrn.depth",
+            w.depth >= 10 && (w.depth - 4).is_multiple_of(6),
+            "WRN depth must be 6n + 4 (10, 16, 22, 28, ...)",
+        )?;
+    }
+    if let Some(s) = h.data.split {
+        check(
+            tree,
+            "jem.optim.batch",
+            c.optim.batch <= s.train.max(1) || s.train == 0,
+            "is larger than the training split",
+        )?;
+    }
+    let classes = match h.data.dataset.as_str() {
+        "cifar100" | "synthetic-cifar100" => 100,
+        _ => 10,
+    };
+    check(
+        tree,
+        "jem.buffer.size",
+        c.buffer.size.is_multiple_of(classes),
+        "must be a multiple of the number of classes",
+    )?;
+    // Sizes that decide what a run allocates, and counts that decide how long it runs (after the checks with more specific messages).
+    let mut sizes: Vec<(String, i128, i128, i128)> = vec![
+        ("jem.iterations".into(), c.iterations.into(), 1, 1 << 32),
+        ("jem.optim.batch".into(), c.optim.batch as i128, 1, 1 << 16),
+        (
+            "jem.buffer.size".into(),
+            c.buffer.size as i128,
+            1,
+            10_000_000,
+        ),
+        ("jem.sgld.steps".into(), c.sgld.steps as i128, 0, 100_000),
+        (
+            "jem.eval.ece_bins".into(),
+            c.eval.ece_bins as i128,
+            1,
+            100_000,
+        ),
+        (
+            "jem.eval.chains_per_class".into(),
+            c.eval.chains_per_class as i128,
+            0,
+            10_000,
+        ),
+        (
+            "jem.eval.sample_steps".into(),
+            c.eval.sample_steps as i128,
+            0,
+            1_000_000,
+        ),
+        (
+            "jem.eval.max_test".into(),
+            c.eval.max_test.map_or(1, |m| m as i128),
+            1,
+            i128::MAX,
+        ),
+    ];
+    match &c.model {
+        ModelConfig::Mlp { width, depth, .. } => {
+            sizes.push(("jem.model.mlp.width".into(), (*width).into(), 1, 1 << 16));
+            sizes.push(("jem.model.mlp.depth".into(), *depth as i128, 1, 1000));
+        }
+        ModelConfig::Cnn(cc) => {
+            sizes.push(("jem.model.cnn.size".into(), cc.size.into(), 1, 4096));
+            for (i, (ch, _)) in cc.convs.iter().enumerate() {
+                sizes.push((format!("jem.model.cnn.convs.{i}"), (*ch).into(), 1, 1 << 14));
+            }
+            for (i, w) in cc.fc.iter().enumerate() {
+                sizes.push((format!("jem.model.cnn.fc.{i}"), (*w).into(), 1, 1 << 16));
+            }
+        }
+        ModelConfig::Wrn(w) => {
+            sizes.push(("jem.model.wrn.depth".into(), w.depth as i128, 10, 1000));
+            sizes.push(("jem.model.wrn.widen".into(), w.widen.into(), 1, 64));
+        }
+    }
+    let refs: Vec<(&str, i128, i128, i128)> = sizes
+        .iter()
+        .map(|(p, v, lo, hi)| (p.as_str(), *v, *lo, *hi))
+        .collect();
+    tree.require_ranges(&refs)?;
+    Ok(())
 }

@@ -1,13 +1,20 @@
 //! Evaluation: classification and calibration, OOD scores and AUROC, class-conditional samples
 //! and their realism, accuracy under PGD. Everything runs in eval mode with fixed noise.
 
-use crate::config::{EvalConfig, PgdEval, SgldConfig};
+use crate::config::{Arm, Config, EvalConfig, PgdEval, SgldConfig};
 use crate::model::Classifier;
+use crate::report;
 use crate::sampler::sgld;
+use crate::sampler::ReplayBuffer;
+use crate::summary::{self, Summary};
 use reprise_core::attack::{Norm, Pgd};
+use reprise_core::checkpoint::Checkpoint;
 use reprise_core::data::synth::{ood_interp, ood_inverted, ood_shuffled, ood_uniform};
 use reprise_core::data::Rng;
 use reprise_core::metrics;
+use reprise_core::predictions::Predictions;
+use reprise_core::run::RunContext;
+use reprise_core::Result;
 use tch::{Device, Kind, Tensor};
 
 /// Gaussian noise of `sigma` shaped like `like`, from the project's generator (repeatable).
@@ -233,6 +240,181 @@ pub(crate) fn pgd_accuracy(m: &Classifier, d: &EvalData, p: &PgdEval) -> Vec<(No
             (norm, eps, acc)
         })
         .collect()
+}
+
+/// The final evaluation of a run trained `step` iterations at `step_ms` each: calibration,
+/// OOD detection, samples and their realism against `train_x`, PGD; the figures.
+pub(crate) fn final_eval(
+    ctx: &RunContext,
+    c: &Config,
+    model: &Classifier,
+    buffer: Option<&ReplayBuffer>,
+    (d, train_x): (&EvalData, &Tensor),
+    (step, step_ms): (u64, f64),
+) -> Result<Summary> {
+    let shape = &train_x.size()[1..];
+    let classes = model.classes() as usize;
+    let figs = ctx.figures();
+    // The test predictions, kept so a sweep can pool them (the folds of a cross-validation).
+    let logits = test_logits(model, d);
+    Predictions::new(d.index.clone(), &logits, &d.y)?
+        .save(&ctx.dir().join(reprise_core::predictions::FILE))?;
+    let m = reprise_core::metrics::calibration(&logits, &d.y, c.eval.ece_bins);
+    report::reliability_figure(
+        &figs.join("reliability.png"),
+        &[(c.arm.name().to_string(), m.bins.clone())],
+    )?;
+    let (inn, per_set, rows) = ood_auroc(model, d);
+    let mut s = Summary {
+        arm: c.arm.name().to_string(),
+        iterations: step,
+        step_ms,
+        classes,
+        shape: shape.to_vec(),
+        acc: m.acc,
+        nll: m.nll,
+        ece: m.ece,
+        conf_minus_acc: m.conf_minus_acc,
+        reliability: m.bins,
+        auroc_px_mean: procedural_px_mean(&rows),
+        realism_share: None,
+        self_agreement: None,
+        fid_samples: None,
+        fid_buffer: None,
+        scores: summary::Scores {
+            auroc: rows.into_iter().collect(),
+            pgd: Vec::new(),
+        },
+        smoke: false,
+    };
+    report::score_histogram(
+        &figs.join("hist_px.png"),
+        "log p(x) = LSE f(x)",
+        &inn.px,
+        &per_set,
+        |sc| &sc.px,
+    )?;
+    report::score_histogram(
+        &figs.join("hist_pxgrad.png"),
+        "−‖∇ₓ log p(x)‖",
+        &inn.pxgrad,
+        &per_set,
+        |sc| &sc.pxgrad,
+    )?;
+    let inception = match &c.eval.fid_inception {
+        Some(p) => {
+            let net = reprise_core::inception::FidInception::new(model.vs.device());
+            net.load(p)?;
+            Some(net)
+        }
+        None => None,
+    };
+    // Images in [−1, 1] to pytorch-fid's [0, 1]; the FID against the test images.
+    let fid_to_test = |net: &reprise_core::inception::FidInception, x: &Tensor| {
+        let to01 = |t: &Tensor| ((t + 1.0) / 2.0).clamp(0.0, 1.0);
+        reprise_core::inception::fid(net, &to01(x), &to01(&d.clean), 50)
+    };
+    if c.arm != Arm::BaseLong && c.eval.chains_per_class > 0 {
+        let (samples, ys) = conditional_samples(
+            model,
+            shape,
+            classes as i64,
+            &c.eval,
+            &c.sgld,
+            ctx.seed() ^ 0xc0de,
+        );
+        let mut ck = Checkpoint::new();
+        ck.put("samples", &samples);
+        ck.put("labels", &ys);
+        ck.save(&ctx.dir().join("samples.safetensors"))?;
+        // One row per class, labelled.
+        reprise_core::plot::image_grid_labeled(
+            &figs.join("samples.png"),
+            &samples.clamp(-1.0, 1.0),
+            c.eval.chains_per_class,
+            3,
+            -1.0,
+            1.0,
+            &reprise_core::plot::GridLabels {
+                columns: vec![],
+                rows: (0..classes).map(|k| format!("y = {k}")).collect(),
+            },
+        )?;
+        let share = realism_share(&samples, &train_x.to_device(Device::Cpu), &d.clean);
+        s.realism_share = Some(share);
+        let self_agree = tch::no_grad(|| {
+            reprise_core::metrics::accuracy(
+                &model.logits(&samples, 100).to_device(Device::Cpu),
+                &ys,
+            )
+        });
+        s.self_agreement = Some(self_agree);
+        if let Some(net) = &inception {
+            s.fid_samples = Some(fid_to_test(net, &samples));
+        }
+    }
+    if let (Some(net), Some(b)) = (&inception, buffer) {
+        s.fid_buffer = Some(fid_to_test(net, &b.data));
+    }
+    if let Some(b) = buffer {
+        // Buffer samples binned by predicted class, as the paper's "conditional" grids.
+        let pred = model
+            .logits(&b.data, 100)
+            .argmax(-1, false)
+            .to_device(Device::Cpu);
+        let mut rows: Vec<Tensor> = Vec::new();
+        for k in 0..classes.min(10) as i64 {
+            let idx = pred.eq(k).nonzero().squeeze_dim(1);
+            let take = idx.size()[0].min(10);
+            let row = if take > 0 {
+                b.data.index_select(0, &idx.narrow(0, 0, take))
+            } else {
+                Tensor::zeros(
+                    [0, shape[0], shape[1], shape[2]],
+                    (Kind::Float, Device::Cpu),
+                )
+            };
+            let pad = Tensor::full(
+                [10 - take, shape[0], shape[1], shape[2]],
+                -1.0,
+                (Kind::Float, Device::Cpu),
+            );
+            rows.push(Tensor::cat(&[row, pad], 0));
+        }
+        reprise_core::plot::image_grid_labeled(
+            &figs.join("buffer_by_class.png"),
+            &Tensor::cat(&rows, 0).clamp(-1.0, 1.0),
+            10,
+            3,
+            -1.0,
+            1.0,
+            &reprise_core::plot::GridLabels {
+                columns: vec![],
+                rows: (0..rows.len()).map(|k| format!("pred {k}")).collect(),
+            },
+        )?;
+    }
+    if let Some(p) = &c.eval.pgd {
+        for (norm, eps, acc) in pgd_accuracy(model, d, p) {
+            let n = match norm {
+                reprise_core::attack::Norm::Linf => "linf",
+                reprise_core::attack::Norm::L2 => "l2",
+            };
+            s.scores.pgd.push((n.to_string(), eps, acc));
+        }
+    }
+    Ok(s)
+}
+
+/// Mean log p(x) AUROC over the four procedural OOD sets (the P3 criterion; user datasets are
+/// reported beside it, not averaged in).
+pub(crate) fn procedural_px_mean(rows: &[(String, [f64; 3])]) -> f64 {
+    let v: Vec<f64> = rows
+        .iter()
+        .filter(|r| crate::claims::OOD_SETS.contains(&r.0.as_str()))
+        .map(|r| r.1[0])
+        .collect();
+    v.iter().sum::<f64>() / v.len().max(1) as f64
 }
 
 #[cfg(test)]
