@@ -8,6 +8,7 @@
 //! exact merge, FitNets' hint. [`report`] computes the small-scale claims C0–C4
 //! (docs/deepthin.md) from a sweep over depths and seeds.
 
+pub mod claims;
 pub mod config;
 pub mod conv;
 pub mod model;
