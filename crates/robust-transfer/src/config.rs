@@ -2,7 +2,7 @@
 
 use reprise_core::attack::Norm;
 use reprise_core::data::augment::Augment;
-use reprise_core::spec::DataSpec;
+use reprise_core::spec::{DataSpec, SpecError, SpecTree};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::path::PathBuf;
@@ -443,6 +443,231 @@ pub enum BnMode {
     Train,
     /// Running statistics, frozen.
     Eval,
+}
+
+/// The section's name in specs.
+pub(crate) const SECTION: &str = "robust-transfer";
+
+/// Checks the `robust-transfer:` section: types, and values a run could not use.
+pub fn validate(tree: &SpecTree) -> Result<(), SpecError> {
+    let c: Config = tree.typed(SECTION)?;
+    let at = |k: &str| format!("{SECTION}.{k}");
+    let arm = Arm::parse(&c.source.arm);
+    tree.require(
+        &at("source.arm"),
+        arm.is_ok(),
+        arm.as_ref().err().map_or("", String::as_str),
+    )?;
+    if let Ok(Arm::Adv(norm, _)) = arm {
+        tree.require(
+            &at("source.attack.fgsm"),
+            !c.source.attack.fgsm || norm == reprise_core::attack::Norm::Linf,
+            "FGSM is an L∞ attack; use PGD for an L2 arm",
+        )?;
+    }
+    let n = c.normalize.mean.len();
+    tree.require(
+        &at("normalize"),
+        n > 0 && c.normalize.std.len() == n && c.normalize.std.iter().all(|s| *s > 0.0),
+        "needs as many positive stds as means (one per input channel)",
+    )?;
+    if let ModelConfig::SmallCnn { width } = c.model {
+        tree.require(
+            &at("model.small_cnn.width"),
+            width > 0,
+            "must be at least 1",
+        )?;
+    }
+    let pos = |v: f64| v > 0.0 && v.is_finite();
+    tree.require(
+        &at("source.lr"),
+        pos(c.source.lr),
+        "must be a positive number",
+    )?;
+    tree.require(
+        &at("source.batch"),
+        c.source.batch > 0,
+        "must be at least 1",
+    )?;
+    tree.require(
+        &at("source.epochs"),
+        c.source.epochs > 0 || c.source.from.is_some(),
+        "must be at least 1",
+    )?;
+    tree.require(
+        &at("source.attack.steps"),
+        c.source.attack.steps > 0,
+        "must be at least 1",
+    )?;
+    tree.require(
+        &at("source.attack.step_ratio"),
+        pos(c.source.attack.step_ratio),
+        "must be a positive number",
+    )?;
+    let aug = c.source.augment.problem();
+    tree.require(&at("source.augment"), aug.is_none(), aug.unwrap_or(""))?;
+    tree.require(
+        &at("source.checkpoint_every"),
+        c.source.checkpoint_every > 0,
+        "must be at least 1",
+    )?;
+    tree.require(
+        &at("eval.pgd_steps"),
+        c.eval.pgd_steps > 0,
+        "must be at least 1",
+    )?;
+    tree.require(
+        &at("eval.source"),
+        c.eval.source || c.source.from.is_some(),
+        "a source trained here is always evaluated; `eval.source: false` needs `source.from`",
+    )?;
+    tree.require(&at("eval.batch"), c.eval.batch > 0, "must be at least 1")?;
+    let grids = c.eval.grid_l2.iter().chain(&c.eval.grid_linf);
+    tree.require(
+        &at("eval"),
+        grids.clone().all(|e| pos(*e)),
+        "grid radii must be positive",
+    )?;
+    let mut names = std::collections::BTreeSet::new();
+    for (i, t) in c.transfer.targets.iter().enumerate() {
+        let p = at(&format!("transfer.targets.{i}"));
+        tree.require(
+            &p,
+            names.insert(t.name.clone()),
+            &format!("target name `{}` is used twice", t.name),
+        )?;
+        tree.require(
+            &format!("{p}.per_class"),
+            t.per_class != Some(0),
+            "must be at least 1",
+        )?;
+        if let Some(cl) = &t.classes {
+            tree.require(
+                &format!("{p}.classes"),
+                cl.len() >= 2,
+                "needs at least two classes",
+            )?;
+        }
+        for (key, ts) in [
+            ("transform", Some(&t.transform)),
+            ("test_transform", t.test_transform.as_ref()),
+        ] {
+            for tr in ts.into_iter().flatten() {
+                let ok = match tr {
+                    Transform::Area(s) | Transform::Bilinear(s) | Transform::CenterCrop(s) => {
+                        *s > 0
+                    }
+                    Transform::Pad(p) => *p >= 0,
+                    Transform::Rgb => true,
+                };
+                tree.require(&format!("{p}.{key}"), ok, "sizes must be positive")?;
+            }
+        }
+    }
+    let sgd_ok = |s: &SgdConfig| -> Option<&'static str> {
+        if s.lr.is_empty() || !s.lr.iter().all(|l| pos(*l)) {
+            Some("lr must be a non-empty list of positive rates")
+        } else if s.batch == 0 {
+            Some("batch must be at least 1")
+        } else if s.steps.is_none() == s.epochs.is_none() {
+            Some("give exactly one of `steps` and `epochs`")
+        } else if !(0.0..1.0).contains(&s.val_fraction) || (s.lr.len() > 1 && s.val_fraction == 0.0)
+        {
+            Some("val_fraction must be in (0, 1) when lr is a grid")
+        } else if let Some(e) = s.augment.problem() {
+            Some(e)
+        } else {
+            None
+        }
+    };
+    if let Some(f) = &c.transfer.fixed {
+        tree.require(
+            &at("transfer.fixed.seeds"),
+            !f.seeds.is_empty(),
+            "needs at least one seed",
+        )?;
+        match &f.solver {
+            Solver::Sgd(s) => {
+                let e = sgd_ok(s);
+                tree.require(
+                    &at("transfer.fixed.solver.sgd"),
+                    e.is_none(),
+                    e.unwrap_or(""),
+                )?;
+            }
+            Solver::Logistic { iterations, lr, .. } => {
+                tree.require(
+                    &at("transfer.fixed.solver.logistic"),
+                    *iterations > 0 && pos(*lr),
+                    "iterations and lr must be positive",
+                )?;
+            }
+        }
+    }
+    if let Some(f) = &c.transfer.full {
+        tree.require(
+            &at("transfer.full.seeds"),
+            !f.seeds.is_empty(),
+            "needs at least one seed",
+        )?;
+        let e = sgd_ok(&f.sgd);
+        tree.require(&at("transfer.full.sgd"), e.is_none(), e.unwrap_or(""))?;
+    }
+    // Sizes that decide what a run allocates, and counts that decide how long it runs (after the checks with more specific messages).
+    let width = match c.model {
+        ModelConfig::SmallCnn { width } => width,
+        ModelConfig::Resnet { .. } => 1,
+    };
+    let s = &c.source;
+    let mut sizes: Vec<(String, i128, i128, i128)> = vec![
+        (at("model.small_cnn.width"), width.into(), 1, 4096),
+        (at("source.epochs"), s.epochs.into(), 0, 100_000),
+        (at("source.batch"), s.batch as i128, 1, 1 << 16),
+        (at("source.attack.steps"), s.attack.steps as i128, 0, 10_000),
+        (
+            at("source.checkpoint_every"),
+            s.checkpoint_every.into(),
+            1,
+            i128::MAX,
+        ),
+        (at("eval.pgd_steps"), c.eval.pgd_steps as i128, 0, 10_000),
+        (at("eval.batch"), c.eval.batch as i128, 1, 1 << 16),
+    ];
+    if let ModelConfig::Resnet { base, blocks, .. } = c.model {
+        if let Some(b) = base {
+            sizes.push((at("model.resnet.base"), b.into(), 1, 1024));
+        }
+        for (i, n) in blocks.iter().flatten().enumerate() {
+            sizes.push((at(&format!("model.resnet.blocks.{i}")), *n as i128, 1, 64));
+        }
+    }
+    for (i, t) in c.transfer.targets.iter().enumerate() {
+        if let Some(k) = t.per_class {
+            sizes.push((
+                at(&format!("transfer.targets.{i}.per_class")),
+                k as i128,
+                1,
+                10_000_000,
+            ));
+        }
+    }
+    if let Some(f) = &c.transfer.full {
+        sizes.push((
+            at("transfer.full.sgd.batch"),
+            f.sgd.batch as i128,
+            1,
+            1 << 16,
+        ));
+        if let Some(n) = f.sgd.steps {
+            sizes.push((at("transfer.full.sgd.steps"), n.into(), 1, 1 << 32));
+        }
+    }
+    let refs: Vec<(&str, i128, i128, i128)> = sizes
+        .iter()
+        .map(|(p, v, lo, hi)| (p.as_str(), *v, *lo, *hi))
+        .collect();
+    tree.require_ranges(&refs)?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 
 use crate::claims::same_arm;
 pub use crate::claims::{collect, verdicts, Results, Row, Source};
-use crate::config::{Arm, Config};
+use crate::config::{Arm, Config, SECTION};
 use crate::summary::Summary;
 use crate::transfer::{Mode, Outcome};
 use reprise_core::attack::Norm;
@@ -16,9 +16,6 @@ use reprise_core::{Error, Result};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::path::Path;
-
-/// The section name in specs.
-const SECTION: &str = "robust-transfer";
 
 /// The report of one run.
 pub fn report_run(dir: &Path) -> Result<String> {

@@ -2,14 +2,18 @@
 //! features extracted once, or SGD on the head with the frozen backbone run every step) and
 //! full-network fine-tuning.
 
+use crate::config::Config;
 use crate::config::{
     BnMode, InitKind, ModelConfig, NormSpec, SgdConfig, Solver, Target, Transform,
 };
+use crate::data;
 use crate::data::transform;
 use crate::model::Net;
 use reprise_core::data::{batch_indices, labels_vec, Dataset, Rng};
 use reprise_core::optim::{Group, Optimizer, Rule, Schedule};
 use reprise_core::parallel::Parallel;
+use reprise_core::plan::Journal;
+use reprise_core::run::RunContext;
 use reprise_core::{Error, Result};
 use serde::{Deserialize, Serialize};
 use tch::nn::{Module, ModuleT};
@@ -385,6 +389,135 @@ pub(crate) fn fit_sgd(
     } else {
         Ok((net, lr))
     }
+}
+
+/// Every (target, mode, seed) transfer not yet in `transfers.jsonl`, in a fixed order.
+pub(crate) fn transfer_all(ctx: &mut RunContext, c: &Config, src: &Net) -> Result<Vec<Outcome>> {
+    let par = ctx.parallel();
+    let mut done: Journal<Outcome> = Journal::open(ctx, "transfers.jsonl")?;
+    let smoke = ctx.smoke();
+    let mut jobs: Vec<(usize, Mode, u64)> = Vec::new();
+    for (i, _) in c.transfer.targets.iter().enumerate() {
+        if let Some(f) = &c.transfer.fixed {
+            jobs.extend(f.seeds.iter().map(|&s| (i, Mode::Fixed, s)));
+        }
+        if let Some(f) = &c.transfer.full {
+            jobs.extend(f.seeds.iter().map(|&s| (i, Mode::Full, s)));
+        }
+    }
+    if smoke {
+        // One seed of each (target, mode) in a smoke run.
+        let mut seen = std::collections::BTreeSet::new();
+        jobs.retain(|(i, m, _)| seen.insert((*i, *m)));
+    }
+    let mut progress = ctx.progress(jobs.len() as u64, 0);
+    let mut pools: Vec<Option<data::TargetPool>> =
+        c.transfer.targets.iter().map(|_| None).collect();
+    for (n, &(i, mode, seed)) in jobs.iter().enumerate() {
+        let t = &c.transfer.targets[i];
+        if done
+            .records()
+            .iter()
+            .any(|o| o.target == t.name && o.mode == mode && o.seed == seed)
+        {
+            progress.set(n as u64 + 1, "done before");
+            continue;
+        }
+        if pools[i].is_none() {
+            pools[i] = Some(data::TargetPool::load(t)?);
+        }
+        let (train, test) = pools[i].as_ref().expect("loaded").draw(seed)?;
+        let solver = match mode {
+            Mode::Fixed => c
+                .transfer
+                .fixed
+                .as_ref()
+                .expect("fixed jobs only when configured")
+                .solver
+                .clone(),
+            Mode::Full => crate::config::Solver::Sgd(
+                c.transfer.full.as_ref().expect("configured").sgd.clone(),
+            ),
+        };
+        let mut solver = solver;
+        if smoke {
+            if let crate::config::Solver::Sgd(s) = &mut solver {
+                s.steps = Some(ctx.iterations(s.steps.unwrap_or(u64::MAX)).min(5));
+                s.epochs = None;
+            }
+        }
+        let arch = Arch {
+            model: &c.model,
+            norm: t.normalize.as_ref().unwrap_or(&c.normalize),
+        };
+        // An interrupt on any rank stops every rank at the same step; a failed agreement (a
+        // rank gone) stops too, and is the error.
+        let agreed = std::cell::RefCell::new(Ok(false));
+        let stop = || {
+            let s = par.any(ctx.interrupted());
+            let halt = !matches!(s, Ok(false));
+            *agreed.borrow_mut() = s;
+            halt
+        };
+        let o = match transfer(
+            src,
+            arch,
+            t,
+            (&train, &test),
+            (mode, seed),
+            (&solver, c.eval.batch),
+            Control {
+                stop: &stop,
+                par: &par,
+            },
+        ) {
+            Ok(o) => o,
+            Err(e) => {
+                return match agreed.replace(Ok(false)) {
+                    Ok(true) => Err(Error::Interrupted {
+                        step: n as u64,
+                        dir: ctx.dir().to_path_buf(),
+                    }),
+                    Err(failed) => Err(failed),
+                    Ok(false) => Err(e),
+                }
+            }
+        };
+        tracing::info!(
+            "{} {} seed {seed}: acc {:.2} (mean per class {:.2}), lr {}, {:.1} s",
+            t.name,
+            mode.name(),
+            o.acc,
+            o.mpc_acc,
+            o.lr,
+            o.secs
+        );
+        progress.set(
+            n as u64 + 1,
+            &format!("{} {} seed {seed}: {:.1}%", t.name, mode.name(), o.acc),
+        );
+        done.append(o)?;
+        if par.any(ctx.interrupted())? && n + 1 < jobs.len() {
+            return Err(Error::Interrupted {
+                step: n as u64 + 1,
+                dir: ctx.dir().to_path_buf(),
+            });
+        }
+    }
+    progress.finish();
+    // In job order, finished ones only.
+    let mut out = Vec::new();
+    for &(i, mode, seed) in &jobs {
+        let name = &c.transfer.targets[i].name;
+        if let Some(o) = done
+            .records()
+            .iter()
+            .find(|o| &o.target == name && o.mode == mode && o.seed == seed)
+        {
+            out.push(o.clone());
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
