@@ -953,8 +953,12 @@ impl SpecTree {
     /// `Ok` when every `(path, value, lo, hi)` has `lo <= value <= hi`, else the error at the
     /// first path that does not. The bounds a paper puts on its sizes keep what a spec can make
     /// it allocate (a width, a batch, a depth) within what a machine can hold.
-    pub fn require_ranges(&self, checks: &[(&str, i128, i128, i128)]) -> Result<(), SpecError> {
-        for &(path, v, lo, hi) in checks {
+    pub fn require_ranges<P: AsRef<str>>(
+        &self,
+        checks: &[(P, i128, i128, i128)],
+    ) -> Result<(), SpecError> {
+        for (path, v, lo, hi) in checks {
+            let (path, v, lo, hi) = (path.as_ref(), *v, *lo, *hi);
             if v < lo || v > hi {
                 let msg = if hi == i128::MAX {
                     format!("is {v}: must be at least {lo}")

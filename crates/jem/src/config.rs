@@ -494,10 +494,6 @@ pub fn validate(tree: &SpecTree) -> Result<(), SpecError> {
             sizes.push(("jem.model.wrn.widen".into(), w.widen.into(), 1, 64));
         }
     }
-    let refs: Vec<(&str, i128, i128, i128)> = sizes
-        .iter()
-        .map(|(p, v, lo, hi)| (p.as_str(), *v, *lo, *hi))
-        .collect();
-    tree.require_ranges(&refs)?;
+    tree.require_ranges(&sizes)?;
     Ok(())
 }

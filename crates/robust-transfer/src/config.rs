@@ -662,11 +662,7 @@ pub fn validate(tree: &SpecTree) -> Result<(), SpecError> {
             sizes.push((at("transfer.full.sgd.steps"), n.into(), 1, 1 << 32));
         }
     }
-    let refs: Vec<(&str, i128, i128, i128)> = sizes
-        .iter()
-        .map(|(p, v, lo, hi)| (p.as_str(), *v, *lo, *hi))
-        .collect();
-    tree.require_ranges(&refs)?;
+    tree.require_ranges(&sizes)?;
     Ok(())
 }
 
