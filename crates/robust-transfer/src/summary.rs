@@ -2,10 +2,9 @@
 //! structs the run writes and the reports read, so a misspelt metric is a compile error.
 
 use crate::config::Arm;
-use crate::transfer::Outcome;
+use crate::transfer::{Mode, Outcome};
 use reprise_core::run::nan_if_null;
 use serde::de::Deserializer;
-use serde::ser::{SerializeMap, Serializer};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -60,27 +59,19 @@ impl Summary {
 }
 
 /// Mean transfer accuracies keyed `{mode}_{target}` (`fixed_mnist-rot`, `full_cifar10`).
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Means(pub BTreeMap<String, f64>);
-
-const MODES: [&str; 2] = ["fixed_", "full_"];
-
-impl Serialize for Means {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut m = s.serialize_map(Some(self.0.len()))?;
-        for (k, v) in &self.0 {
-            m.serialize_entry(k, v)?;
-        }
-        m.end()
-    }
-}
 
 impl<'de> Deserialize<'de> for Means {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Means, D::Error> {
         let rest = BTreeMap::<String, Value>::deserialize(d)?;
         Ok(Means(
             rest.into_iter()
-                .filter(|(k, _)| MODES.iter().any(|m| k.starts_with(m)))
+                .filter(|(k, _)| {
+                    [Mode::Fixed, Mode::Full]
+                        .iter()
+                        .any(|m| k.strip_prefix(m.name()).is_some_and(|r| r.starts_with('_')))
+                })
                 .map(|(k, v)| (k, v.as_f64().unwrap_or(f64::NAN)))
                 .collect(),
         ))
@@ -90,7 +81,6 @@ impl<'de> Deserialize<'de> for Means {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::transfer::Mode;
     use reprise_core::attack::Norm;
 
     fn summary(source: Option<SourceMetrics>) -> Summary {
