@@ -6,6 +6,7 @@
 
 pub mod amp;
 pub mod attack;
+pub mod cache;
 pub mod checkpoint;
 pub mod data;
 pub mod error;

@@ -859,6 +859,21 @@ pub fn finished_run<S: serde::de::DeserializeOwned>(dir: &Path) -> Result<(Heade
     Ok((h, parse_summary(dir, &s)?))
 }
 
+/// The checkpoint a run ended with (another run's judge, an export): the newest step
+/// checkpoint of the run folder `dir` that loads, verifies and belongs to the run (a
+/// checkpoint stamped with another run's id, copied in, is passed over as on resuming), with its
+/// step. An error naming the folder when it has none.
+pub fn final_checkpoint(dir: &Path) -> Result<(u64, Checkpoint)> {
+    let found = CheckpointDir::new(dir.join("checkpoints"), 1)
+        .for_run(&recorded_id(dir))
+        .latest_valid(|_| Ok(()));
+    match found {
+        Ok(Some(last)) => Ok(last),
+        Ok(None) => Err(Error::msg(format!("{} has no checkpoint", dir.display()))),
+        Err(e) => Err(e),
+    }
+}
+
 /// The names of the runs a sweep folder's `sweep.json` lists (empty when it has none).
 pub fn expected_runs(sweep: &Path) -> Vec<String> {
     fs::read(sweep.join("sweep.json"))
@@ -881,18 +896,19 @@ pub const FINISHED: &str = "finished";
 /// earlier versions that wrote none, its summary, report and `metrics.csv` all are.
 pub fn is_finished(dir: &Path) -> bool {
     dir.join(FINISHED).is_file()
-        || (!dir.join("run.json").is_file() || !run_json_has_id(dir))
+        || (!dir.join("run.json").is_file() || recorded_id(dir).is_empty())
             && ["summary.json", "report.md", "metrics.csv"]
                 .iter()
                 .all(|f| dir.join(f).is_file())
 }
 
-/// Whether `run.json` carries a run id (written by versions that also write the marker).
-fn run_json_has_id(dir: &Path) -> bool {
+/// The run id `run.json` records (empty when it records none, or is missing or unreadable).
+fn recorded_id(dir: &Path) -> String {
     crate::checkpoint::read_bounded(&dir.join("run.json"), 1 << 20)
         .ok()
         .and_then(|b| serde_json::from_slice::<RunInfo>(&b).ok())
-        .is_some_and(|i| !i.id.is_empty())
+        .map(|i| i.id)
+        .unwrap_or_default()
 }
 
 /// Reads `summary.json` of a run folder, if the run finished.
@@ -1076,6 +1092,31 @@ mod tests {
             assert_eq!(back.meta["commit"], "abc123+dirty");
             assert_eq!(back.meta["run"], "test-run");
         }
+    }
+
+    #[test]
+    fn the_final_checkpoint_is_the_newest_of_the_run_itself() {
+        let d = tempfile::tempdir().unwrap();
+        let spec = SpecTree::from_str("s.yaml", SPEC).unwrap();
+        let ctx = RunContext::create(d.path(), spec, info(), tch::Device::Cpu).unwrap();
+        let e = final_checkpoint(d.path()).unwrap_err().to_string();
+        assert!(e.contains("has no checkpoint"), "{e}");
+        let ck = |v: f64| {
+            let mut ck = Checkpoint::new();
+            ck.put("w", &tch::Tensor::from_slice(&[v]));
+            ck
+        };
+        ctx.checkpoints().save(4, &ck(4.0)).unwrap();
+        ctx.checkpoints().save(8, &ck(8.0)).unwrap();
+        let (step, last) = final_checkpoint(d.path()).unwrap();
+        assert_eq!(step, 8);
+        assert_eq!(last.tensor("w").unwrap().double_value(&[0]), 8.0);
+        // A newer checkpoint of another run, copied in, is passed over.
+        CheckpointDir::new(d.path().join("checkpoints"), 5)
+            .for_run("another-run")
+            .save(9, &ck(9.0))
+            .unwrap();
+        assert_eq!(final_checkpoint(d.path()).unwrap().0, 8);
     }
 
     fn info_with_started(dir: &Path) -> RunInfo {

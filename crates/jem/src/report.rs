@@ -6,7 +6,7 @@ use crate::config::{Arm, Claim, Config};
 use crate::eval::Scores;
 use crate::model::Classifier;
 use crate::summary::{Summary, SCORES};
-use reprise_core::checkpoint::{Checkpoint, CheckpointDir};
+use reprise_core::checkpoint::Checkpoint;
 use reprise_core::metrics::{Bin, Calibration};
 use reprise_core::plot::{line_plot, Series};
 use reprise_core::predictions::Predictions;
@@ -165,14 +165,7 @@ fn judge_agreement(samples_run: &RunSummary, judge: &RunSummary, classes: usize)
         Device::Cpu,
         judge.spec.header()?.seed,
     );
-    let (_, jck) = CheckpointDir::new(judge.dir.join("checkpoints"), 2)
-        .latest()
-        .ok_or_else(|| {
-            Error::msg(format!(
-                "{}: no checkpoint for the judge",
-                judge.dir.display()
-            ))
-        })?;
+    let (_, jck) = reprise_core::run::final_checkpoint(&judge.dir)?;
     m.load(&jck)?;
     Ok(reprise_core::metrics::accuracy(&m.logits(x, 100), y))
 }

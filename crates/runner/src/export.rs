@@ -25,8 +25,8 @@ pub fn export(run: &Path, out: &Path) -> Result<()> {
     let header = spec.header()?;
     let paper = crate::paper(&header.paper)?;
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
-    let newest = reprise_core::checkpoint::CheckpointDir::new(run.join("checkpoints"), 1)
-        .latest()
+    let newest = reprise_core::run::final_checkpoint(run)
+        .ok()
         .map(|(_, ck)| ck);
     let mut files = Map::new();
     let mut normalize = Map::new();

@@ -29,6 +29,7 @@ use crate::model::{Discriminator, Generator, Mode, P2phd, Tsit};
 use crate::nets::{DigitNet, Perceptual, SceneNet, Segmenter, Targets};
 use crate::summary::JudgeInfo;
 use crate::train::{Gan, StepError};
+use reprise_core::cache;
 use reprise_core::checkpoint::Checkpoint;
 use reprise_core::data::Rng;
 use reprise_core::inputs::{of_data, Input, InputKind};
@@ -142,15 +143,6 @@ pub fn inputs(tree: &SpecTree) -> Result<Vec<Input>, SpecError> {
     Ok(v)
 }
 
-/// Where helper networks are cached: in a sweep folder, beside the runs (shared by them);
-/// else in the run folder.
-fn cache_dir(ctx: &RunContext) -> std::path::PathBuf {
-    match ctx.dir().parent() {
-        Some(p) if p.join("sweep.json").is_file() => p.join(".tsit-nets"),
-        _ => ctx.dir().join("nets"),
-    }
-}
-
 fn perceptual(c: &Config, d: &TaskData, dir: &Path, dev: Device) -> Result<Perceptual> {
     match &c.perceptual {
         PerceptualConfig::Vgg19 { .. } | PerceptualConfig::Random { .. } => {
@@ -166,8 +158,8 @@ fn perceptual(c: &Config, d: &TaskData, dir: &Path, dev: Device) -> Result<Perce
                 c.size,
                 d.train_len()
             );
-            let file = nets::cache_file(dir, "perceptual", &key);
-            nets::cached(&p.vs, &file, || {
+            let file = cache::file(dir, "perceptual", &key);
+            cache::vars(&p.vs, &file, || {
                 let batch = |idx: &[i64], rng: &mut Rng| render_for(c.task, d, idx, rng, dev);
                 train_helper(
                     &p.vs,
@@ -252,10 +244,10 @@ fn judges(c: &Config, d: &TaskData, dir: &Path, dev: Device) -> Result<(Judges, 
             "digitnet s{} n{n} e{ep} gate{}",
             c.size, c.eval.classifier_gate
         );
-        let file = nets::cache_file(dir, "digits", &key);
+        let file = cache::file(dir, "digits", &key);
         let oracle = d.test.oracle.to_device(dev);
         let labels = d.test.labels.to_device(dev);
-        nets::cached(&net.vs, &file, || {
+        cache::vars(&net.vs, &file, || {
             // Train until the gate holds on styled test renders (at most 3× the epochs).
             for round in 0..3 {
                 let batch = |idx: &[i64], rng: &mut Rng| render_for(c.task, d, idx, rng, dev);
@@ -296,8 +288,8 @@ fn judges(c: &Config, d: &TaskData, dir: &Path, dev: Device) -> Result<(Judges, 
         tch::manual_seed(1234);
         let mut seg = Segmenter::new(dev, 6);
         let key = format!("segmenter {:?} s{} n{n} e{ep}", c.task, c.size);
-        let file = nets::cache_file(dir, "segmenter", &key);
-        nets::cached(&seg.vs, &file, || {
+        let file = cache::file(dir, "segmenter", &key);
+        cache::vars(&seg.vs, &file, || {
             let batch = |idx: &[i64], rng: &mut Rng| render_for(c.task, d, idx, rng, dev);
             nets::train_classifier(
                 &seg.vs,
@@ -313,8 +305,8 @@ fn judges(c: &Config, d: &TaskData, dir: &Path, dev: Device) -> Result<(Judges, 
         tch::manual_seed(1235);
         let mut feat = SceneNet::new(dev, c.size, 6);
         let key = format!("scenenet {:?} s{} n{n} e{ep}", c.task, c.size);
-        let file = nets::cache_file(dir, "scenenet", &key);
-        nets::cached(&feat.vs, &file, || {
+        let file = cache::file(dir, "scenenet", &key);
+        cache::vars(&feat.vs, &file, || {
             let batch = |idx: &[i64], rng: &mut Rng| render_for(c.task, d, idx, rng, dev);
             train_helper(&feat.vs, c.task, n, ep, 1235, &|x| feat.logits(x), &batch);
         })?;
@@ -497,7 +489,8 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
     par.even(c.batch)?;
     let seed = h.seed;
     let dev = ctx.device();
-    let dir = cache_dir(ctx);
+    // Helper networks, shared by the runs of a sweep.
+    let dir = ctx.sweep_cache("tsit-nets");
     let (src, p, ev, judge_info, in_c) = if c.task.is_folder() {
         let fc = c
             .folder

@@ -4,11 +4,10 @@
 //! and seed from the perceptual net. All are trained here, briefly, then frozen; a trained
 //! network is cached under its recipe's key so the runs of a sweep train it once.
 
-use reprise_core::checkpoint::{write_atomic, Checkpoint};
 use reprise_core::data::Rng;
 use reprise_core::optim::{Optimizer, Rule};
 use reprise_core::{Error, Result};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use tch::nn::{self, Module};
 use tch::{Device, Kind, Tensor};
 
@@ -391,115 +390,6 @@ pub(crate) fn train_classifier(
     }
 }
 
-/// A cached network's file: `<dir>/<kind>-<hash of key>.safetensors`.
-pub(crate) fn cache_file(dir: &Path, kind: &str, key: &str) -> PathBuf {
-    // FNV-1a over the recipe.
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in key.bytes() {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x100_0000_01b3);
-    }
-    dir.join(format!("{kind}-{h:016x}.safetensors"))
-}
-
-/// Loads `vs` from a cached `file`; false (and `vs` untouched where it matters) when the file
-/// is missing, corrupt or of another shape.
-pub(crate) fn load_cached(vs: &nn::VarStore, file: &Path) -> bool {
-    let Ok(ck) = Checkpoint::load(file) else {
-        return false;
-    };
-    let vars = vs.variables();
-    if !vars
-        .iter()
-        .all(|(k, v)| ck.tensor(k).is_ok_and(|t| t.size() == v.size()))
-    {
-        tracing::warn!("{} does not fit; training again", file.display());
-        return false;
-    }
-    tch::no_grad(|| {
-        for (k, mut v) in vars {
-            v.copy_(ck.tensor(&k).expect("checked"));
-        }
-    });
-    true
-}
-
-/// Runs `train` unless another process is already training the same cached `file`: the first
-/// to create `<file>.lock` (holding its pid) trains; the others wait for the file to appear and
-/// return `false` (then load it). A lock whose process is gone is taken over.
-pub(crate) fn train_once(file: &Path, train: impl FnOnce() -> Result<()>) -> Result<bool> {
-    let lock = file.with_extension("lock");
-    if let Some(d) = file.parent() {
-        std::fs::create_dir_all(d).map_err(|e| Error::Io(d.to_path_buf(), e))?;
-    }
-    loop {
-        match std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&lock)
-        {
-            Ok(mut f) => {
-                use std::io::Write as _;
-                let _ = write!(f, "{}", std::process::id());
-                let r = train();
-                let _ = std::fs::remove_file(&lock);
-                return r.map(|()| true);
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                let holder = std::fs::read_to_string(&lock).unwrap_or_default();
-                let alive = holder
-                    .trim()
-                    .parse::<u32>()
-                    .is_ok_and(|pid| Path::new(&format!("/proc/{pid}")).exists())
-                    || holder.is_empty();
-                if !alive {
-                    let _ = std::fs::remove_file(&lock);
-                    continue;
-                }
-                if file.is_file() && !lock.exists() {
-                    return Ok(false);
-                }
-                std::thread::sleep(std::time::Duration::from_millis(500));
-                if file.is_file() && !lock.exists() {
-                    return Ok(false);
-                }
-            }
-            Err(e) => return Err(Error::Io(lock, e)),
-        }
-    }
-}
-
-/// Loads `vs` from the cache `file`, or runs `train` (once across processes, see
-/// `train_once`) and stores it there.
-pub fn cached(vs: &nn::VarStore, file: &Path, train: impl FnOnce()) -> Result<()> {
-    if load_cached(vs, file) {
-        return Ok(());
-    }
-    let trained = train_once(file, || {
-        train();
-        store(vs, file)
-    })?;
-    if !trained && !load_cached(vs, file) {
-        return Err(Error::msg(format!(
-            "{} was trained by another run but cannot be loaded",
-            file.display()
-        )));
-    }
-    Ok(())
-}
-
-/// Saves `vs` to the cache `file` atomically.
-pub fn store(vs: &nn::VarStore, file: &Path) -> Result<()> {
-    let mut ck = Checkpoint::new();
-    for (k, v) in vs.variables() {
-        ck.put(k, &v);
-    }
-    if let Some(d) = file.parent() {
-        std::fs::create_dir_all(d).map_err(|e| Error::Io(d.to_path_buf(), e))?;
-    }
-    write_atomic(file, &ck.to_bytes()?)
-}
-
 /// Row-batched evaluation under `no_grad`.
 pub fn batched(x: &Tensor, f: &dyn Fn(&Tensor) -> Tensor) -> Tensor {
     tch::no_grad(|| {
@@ -579,23 +469,5 @@ mod tests {
         assert_eq!(s.logits(&x).size(), vec![3, 6, 32, 32]);
         let f = SceneNet::new(Device::Cpu, 32, 6);
         assert_eq!(f.features(&x).size(), vec![3, 64]);
-    }
-
-    #[test]
-    fn the_cache_round_trips_and_names_by_recipe() {
-        let d = tempfile::tempdir().unwrap();
-        let f = cache_file(d.path(), "digit", "a");
-        assert_ne!(f, cache_file(d.path(), "digit", "b"));
-        let a = DigitNet::new(Device::Cpu, 8);
-        let w = a.f2.ws.copy();
-        assert!(!load_cached(&a.vs, &f));
-        store(&a.vs, &f).unwrap();
-        let b = DigitNet::new(Device::Cpu, 8);
-        assert!(!b.f2.ws.equal(&w));
-        assert!(load_cached(&b.vs, &f));
-        assert!(b.f2.ws.equal(&w));
-        // A net of another shape does not load.
-        let c = DigitNet::new(Device::Cpu, 16);
-        assert!(!load_cached(&c.vs, &f));
     }
 }

@@ -1,0 +1,227 @@
+//! What the runs of one sweep share: helper networks (a perceptual net, the judges of an
+//! evaluation) trained once, by the first run that needs one, and read by the others. A cache
+//! folder sits in the sweep folder beside the runs, or in the run folder when the run is alone
+//! ([`RunContext::sweep_cache`]); each file in it is named by what it holds and a hash of the
+//! recipe that made it ([`file`]), so a changed recipe never reads a stale file. Runs of a sweep
+//! that run at the same time train a file once between them ([`once`]).
+
+use crate::checkpoint::{write_atomic, Checkpoint};
+use crate::error::{Error, Result};
+use crate::run::RunContext;
+use std::path::{Path, PathBuf};
+use tch::nn;
+
+impl RunContext {
+    /// The cache folder `name` of this run: `<sweep>/.<name>` when the run folder is a run of a
+    /// sweep folder (one holding `sweep.json`), shared by the sweep's runs; else
+    /// `<run>/<name>`. Created when first written to.
+    pub fn sweep_cache(&self, name: &str) -> PathBuf {
+        cache_dir(self.dir(), name)
+    }
+}
+
+/// [`RunContext::sweep_cache`] of the run folder `run`.
+pub fn cache_dir(run: &Path, name: &str) -> PathBuf {
+    match run.parent() {
+        Some(sweep) if sweep.join("sweep.json").is_file() => sweep.join(format!(".{name}")),
+        _ => run.join(name),
+    }
+}
+
+/// A cached file: `<dir>/<kind>-<hash of recipe>.safetensors`, the hash FNV-1a over the
+/// recipe's text (any text that changes whenever what the file holds would).
+pub fn file(dir: &Path, kind: &str, recipe: &str) -> PathBuf {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in recipe.bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x100_0000_01b3);
+    }
+    dir.join(format!("{kind}-{h:016x}.safetensors"))
+}
+
+/// Runs `produce` (which writes `file`) unless another process is producing it already: the
+/// first to create `<file>.lock` (holding its pid) produces; the others wait until the file is
+/// there and the lock gone, and return `false` (then read it). A lock whose process is gone is
+/// taken over. `true` when this call produced the file.
+pub fn once(file: &Path, produce: impl FnOnce() -> Result<()>) -> Result<bool> {
+    let lock = file.with_extension("lock");
+    if let Some(d) = file.parent() {
+        std::fs::create_dir_all(d).map_err(|e| Error::Io(d.to_path_buf(), e))?;
+    }
+    loop {
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&lock)
+        {
+            Ok(mut f) => {
+                use std::io::Write as _;
+                let _ = write!(f, "{}", std::process::id());
+                let r = produce();
+                let _ = std::fs::remove_file(&lock);
+                return r.map(|()| true);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let holder = std::fs::read_to_string(&lock).unwrap_or_default();
+                let alive = holder
+                    .trim()
+                    .parse::<u32>()
+                    .is_ok_and(|pid| Path::new(&format!("/proc/{pid}")).exists())
+                    || holder.is_empty();
+                if !alive {
+                    let _ = std::fs::remove_file(&lock);
+                    continue;
+                }
+                if file.is_file() && !lock.exists() {
+                    return Ok(false);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(500));
+                if file.is_file() && !lock.exists() {
+                    return Ok(false);
+                }
+            }
+            Err(e) => return Err(Error::Io(lock, e)),
+        }
+    }
+}
+
+/// Loads the variables of `vs` from the cached `file`; `false` (and `vs` untouched) when the
+/// file is missing, corrupt, or lacks a variable of `vs` or has it in another shape.
+pub fn load_vars(vs: &nn::VarStore, file: &Path) -> bool {
+    let Ok(ck) = Checkpoint::load(file) else {
+        return false;
+    };
+    let vars = vs.variables();
+    if !vars
+        .iter()
+        .all(|(k, v)| ck.tensor(k).is_ok_and(|t| t.size() == v.size()))
+    {
+        tracing::warn!("{} does not fit; training again", file.display());
+        return false;
+    }
+    tch::no_grad(|| {
+        for (k, mut v) in vars {
+            v.copy_(ck.tensor(&k).expect("checked"));
+        }
+    });
+    true
+}
+
+/// Saves the variables of `vs` to the cache `file`, atomically.
+pub fn store_vars(vs: &nn::VarStore, file: &Path) -> Result<()> {
+    let mut ck = Checkpoint::new();
+    for (k, v) in vs.variables() {
+        ck.put(k, &v);
+    }
+    if let Some(d) = file.parent() {
+        std::fs::create_dir_all(d).map_err(|e| Error::Io(d.to_path_buf(), e))?;
+    }
+    write_atomic(file, &ck.to_bytes()?)
+}
+
+/// Loads `vs` from the cache `file`, or runs `train` (which trains `vs`; once across
+/// processes, see [`once`]) and stores it there.
+pub fn vars(vs: &nn::VarStore, file: &Path, train: impl FnOnce()) -> Result<()> {
+    if load_vars(vs, file) {
+        return Ok(());
+    }
+    let trained = once(file, || {
+        train();
+        store_vars(vs, file)
+    })?;
+    if !trained && !load_vars(vs, file) {
+        return Err(Error::msg(format!(
+            "{} was trained by another run but cannot be loaded",
+            file.display()
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::{Device, Kind, Tensor};
+
+    fn net(width: i64) -> (nn::VarStore, Tensor) {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let w = vs
+            .root()
+            .var("w", &[width, 3], nn::Init::Uniform { lo: -1.0, up: 1.0 });
+        (vs, w)
+    }
+
+    #[test]
+    fn a_cache_is_the_sweeps_when_the_run_is_in_one_else_the_runs() {
+        let d = tempfile::tempdir().unwrap();
+        let run = d.path().join("seed=0");
+        std::fs::create_dir_all(&run).unwrap();
+        assert_eq!(cache_dir(&run, "nets"), run.join("nets"));
+        std::fs::write(d.path().join("sweep.json"), "{}").unwrap();
+        assert_eq!(cache_dir(&run, "nets"), d.path().join(".nets"));
+    }
+
+    #[test]
+    fn files_are_named_by_recipe_and_round_trip() {
+        let d = tempfile::tempdir().unwrap();
+        let f = file(d.path(), "digit", "a");
+        assert_ne!(f, file(d.path(), "digit", "b"));
+        assert_ne!(f, file(d.path(), "judge", "a"));
+        let (a, wa) = net(4);
+        assert!(!load_vars(&a, &f));
+        store_vars(&a, &f).unwrap();
+        let (b, wb) = net(4);
+        assert!(!wb.equal(&wa));
+        assert!(load_vars(&b, &f));
+        assert!(wb.equal(&wa));
+        // Another shape does not load, and is left as it was.
+        let (c, wc) = net(5);
+        let before = wc.copy();
+        assert!(!load_vars(&c, &f));
+        assert!(wc.equal(&before));
+    }
+
+    #[test]
+    fn concurrent_users_train_a_file_once() {
+        let d = tempfile::tempdir().unwrap();
+        let f = file(d.path(), "judge", "recipe");
+        let trained = std::sync::atomic::AtomicUsize::new(0);
+        let results: Vec<Tensor> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..3)
+                .map(|_| {
+                    s.spawn(|| {
+                        let (vs, w) = net(4);
+                        vars(&vs, &f, || {
+                            trained.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            std::thread::sleep(std::time::Duration::from_millis(300));
+                            tch::no_grad(|| {
+                                let _ = w.shallow_clone().fill_(7.0);
+                            });
+                        })
+                        .unwrap();
+                        w.copy()
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert_eq!(trained.load(std::sync::atomic::Ordering::SeqCst), 1);
+        let sevens = Tensor::full([4, 3], 7.0, (Kind::Float, Device::Cpu));
+        for w in results {
+            assert!(w.equal(&sevens));
+        }
+        assert!(!f.with_extension("lock").exists());
+    }
+
+    #[test]
+    fn a_lock_left_by_a_dead_process_is_taken_over() {
+        let d = tempfile::tempdir().unwrap();
+        let f = file(d.path(), "judge", "r");
+        // No process has this pid (above the kernel's pid_max limit of 2^22).
+        std::fs::write(f.with_extension("lock"), "4194305").unwrap();
+        assert!(once(&f, || std::fs::write(&f, b"x")
+            .map_err(|e| Error::Io(f.clone(), e)))
+        .unwrap());
+        assert!(f.is_file() && !f.with_extension("lock").exists());
+    }
+}
