@@ -389,214 +389,256 @@ fn guard() -> f64 {
 
 /// Checks the `tsit:` section.
 pub fn validate(tree: &SpecTree) -> Result<(), SpecError> {
-    let c: Config = tree.typed("tsit")?;
-    let m = &c.model;
-    // Sizes that decide what a run allocates, and counts that decide how long it runs.
-    tree.require_ranges(&[
-        ("tsit.size", c.size.into(), 8, 4096),
-        ("tsit.aspect", c.aspect.into(), 1, 8),
-        ("tsit.train", c.train as i128, 0, 10_000_000),
-        ("tsit.test", c.test as i128, 0, 10_000_000),
-        ("tsit.batch", c.batch.into(), 1, 4096),
-        ("tsit.iterations", c.iterations.into(), 1, 1 << 32),
-        (
-            "tsit.checkpoint_every",
-            c.checkpoint_every.into(),
-            1,
-            i128::MAX,
-        ),
-        ("tsit.model.nf", m.nf.into(), 1, 4096),
-        ("tsit.model.cap", m.cap.into(), 1, 1 << 14),
-        ("tsit.model.ndf", m.ndf.into(), 1, 4096),
-        ("tsit.model.num_d", m.num_d as i128, 1, 8),
-        ("tsit.model.n_layers_d", m.n_layers_d as i128, 1, 8),
-        ("tsit.model.z_dim", m.z_dim.into(), 1, 4096),
-        ("tsit.model.vae_size", m.vae_size.into(), 8, 4096),
-        ("tsit.model.p2phd.ngf", m.p2phd.ngf.into(), 1, 4096),
-        ("tsit.model.p2phd.n_down", m.p2phd.n_down as i128, 1, 8),
-        ("tsit.model.p2phd.n_blocks", m.p2phd.n_blocks as i128, 0, 64),
-        ("tsit.eval.every", c.eval.every.into(), 1, i128::MAX),
-        ("tsit.eval.n_test", c.eval.n_test as i128, 1, 10_000_000),
-        ("tsit.eval.grid", c.eval.grid as i128, 1, 64),
-        ("tsit.loss.kld_devices", c.loss.kld_devices as i128, 1, 1024),
-    ])?;
-    tree.require(
-        "tsit.loss.kld_devices",
-        c.batch % c.loss.kld_devices.max(1) as i64 == 0,
-        "must divide tsit.batch (each device takes an equal share of the batch)",
-    )?;
-    if let Some(f) = &c.folder {
+    tree.typed::<Config>("tsit")?.validate(tree)
+}
+
+impl Config {
+    /// Checks this section of `tree` (a run's spec), naming the first field that is wrong.
+    pub(crate) fn validate(&self, tree: &SpecTree) -> Result<(), SpecError> {
+        self.check_ranges(tree)?;
+        self.check_task(tree)?;
+        self.check_model(tree)?;
+        self.check_training(tree)
+    }
+
+    /// Sizes that decide what a run allocates, and counts that decide how long it runs, within bounds.
+    fn check_ranges(&self, tree: &SpecTree) -> Result<(), SpecError> {
+        let m = &self.model;
         tree.require_ranges(&[
+            ("tsit.size", self.size.into(), 8, 4096),
+            ("tsit.aspect", self.aspect.into(), 1, 8),
+            ("tsit.train", self.train as i128, 0, 10_000_000),
+            ("tsit.test", self.test as i128, 0, 10_000_000),
+            ("tsit.batch", self.batch.into(), 1, 4096),
+            ("tsit.iterations", self.iterations.into(), 1, 1 << 32),
             (
-                "tsit.folder.load_size",
-                f.load_size.unwrap_or(c.size).into(),
-                8,
-                8192,
+                "tsit.checkpoint_every",
+                self.checkpoint_every.into(),
+                1,
+                i128::MAX,
             ),
-            ("tsit.folder.label_nc", f.label_nc.into(), 0, 1024),
+            ("tsit.model.nf", m.nf.into(), 1, 4096),
+            ("tsit.model.cap", m.cap.into(), 1, 1 << 14),
+            ("tsit.model.ndf", m.ndf.into(), 1, 4096),
+            ("tsit.model.num_d", m.num_d as i128, 1, 8),
+            ("tsit.model.n_layers_d", m.n_layers_d as i128, 1, 8),
+            ("tsit.model.z_dim", m.z_dim.into(), 1, 4096),
+            ("tsit.model.vae_size", m.vae_size.into(), 8, 4096),
+            ("tsit.model.p2phd.ngf", m.p2phd.ngf.into(), 1, 4096),
+            ("tsit.model.p2phd.n_down", m.p2phd.n_down as i128, 1, 8),
+            ("tsit.model.p2phd.n_blocks", m.p2phd.n_blocks as i128, 0, 64),
+            ("tsit.eval.every", self.eval.every.into(), 1, i128::MAX),
+            ("tsit.eval.n_test", self.eval.n_test as i128, 1, 10_000_000),
+            ("tsit.eval.grid", self.eval.grid as i128, 1, 64),
             (
-                "tsit.folder.style_repeat",
-                f.style_repeat as i128,
-                0,
-                1_000_000,
-            ),
-            (
-                "tsit.folder.content_repeat",
-                f.content_repeat as i128,
-                0,
-                1_000_000,
+                "tsit.loss.kld_devices",
+                self.loss.kld_devices as i128,
+                1,
+                1024,
             ),
         ])?;
+        tree.require(
+            "tsit.loss.kld_devices",
+            self.batch % self.loss.kld_devices.max(1) as i64 == 0,
+            "must divide tsit.batch (each device takes an equal share of the batch)",
+        )?;
+        if let Some(f) = &self.folder {
+            tree.require_ranges(&[
+                (
+                    "tsit.folder.load_size",
+                    f.load_size.unwrap_or(self.size).into(),
+                    8,
+                    8192,
+                ),
+                ("tsit.folder.label_nc", f.label_nc.into(), 0, 1024),
+                (
+                    "tsit.folder.style_repeat",
+                    f.style_repeat as i128,
+                    0,
+                    1_000_000,
+                ),
+                (
+                    "tsit.folder.content_repeat",
+                    f.content_repeat as i128,
+                    0,
+                    1_000_000,
+                ),
+            ])?;
+        }
+        Ok(())
     }
-    let s = c.size;
-    tree.require(
-        "tsit.size",
-        s >= 8 && (s as u64).is_power_of_two(),
-        "must be a power of two, at least 8 (every stream level keeps H ≥ 2)",
-    )?;
-    let ast = c.task.is_ast();
-    tree.require(
-        "tsit.arm",
-        match c.task {
-            Task::DigitsAst | Task::ScenesAst | Task::FolderAst => {
-                matches!(c.arm, Arm::Full | Arm::NoFadain)
-            }
-            Task::ScenesSis | Task::CityscapesSis | Task::Ade20kSis => {
-                matches!(c.arm, Arm::TsitSis | Arm::P2phdLite)
-            }
-        },
-        if ast {
-            "style transfer trains `full` or `no-fadain`"
-        } else {
-            "semantic synthesis trains `tsit-sis` or `p2phd-lite`"
-        },
-    )?;
-    tree.require("tsit.aspect", c.aspect >= 1, "must be at least 1")?;
-    tree.require(
-        "tsit.aspect",
-        c.aspect == 1 || c.task.is_folder(),
-        "the small-scale tasks are square",
-    )?;
-    if c.task.is_folder() {
+
+    /// The arm, the image shape and the dataset fit the task.
+    fn check_task(&self, tree: &SpecTree) -> Result<(), SpecError> {
+        let s = self.size;
         tree.require(
-            "data.path",
-            tree.get("data.path").is_some()
-                || tree.get("data.dataset").and_then(|v| v.as_str()) == Some("synthetic"),
-            "a paper-scale task reads its dataset's folders from data.path",
+            "tsit.size",
+            s >= 8 && (s as u64).is_power_of_two(),
+            "must be a power of two, at least 8 (every stream level keeps H ≥ 2)",
         )?;
-        let f = c.folder.as_ref();
+        let ast = self.task.is_ast();
         tree.require(
-            "tsit.folder",
-            f.is_some(),
-            "a paper-scale task needs this section",
+            "tsit.arm",
+            match self.task {
+                Task::DigitsAst | Task::ScenesAst | Task::FolderAst => {
+                    matches!(self.arm, Arm::Full | Arm::NoFadain)
+                }
+                Task::ScenesSis | Task::CityscapesSis | Task::Ade20kSis => {
+                    matches!(self.arm, Arm::TsitSis | Arm::P2phdLite)
+                }
+            },
+            if ast {
+                "style transfer trains `full` or `no-fadain`"
+            } else {
+                "semantic synthesis trains `tsit-sis` or `p2phd-lite`"
+            },
         )?;
-        if let (Some(f), false) = (f, c.task.is_ast()) {
+        tree.require("tsit.aspect", self.aspect >= 1, "must be at least 1")?;
+        tree.require(
+            "tsit.aspect",
+            self.aspect == 1 || self.task.is_folder(),
+            "the small-scale tasks are square",
+        )?;
+        if self.task.is_folder() {
             tree.require(
-                "tsit.folder.label_nc",
-                f.label_nc >= 1,
-                "must be at least 1",
+                "data.path",
+                tree.get("data.path").is_some()
+                    || tree.get("data.dataset").and_then(|v| v.as_str()) == Some("synthetic"),
+                "a paper-scale task reads its dataset's folders from data.path",
+            )?;
+            let f = self.folder.as_ref();
+            tree.require(
+                "tsit.folder",
+                f.is_some(),
+                "a paper-scale task needs this section",
+            )?;
+            if let (Some(f), false) = (f, self.task.is_ast()) {
+                tree.require(
+                    "tsit.folder.label_nc",
+                    f.label_nc >= 1,
+                    "must be at least 1",
+                )?;
+            }
+            if let Some(l) = f.and_then(|f| f.load_size) {
+                tree.require(
+                    "tsit.folder.load_size",
+                    l >= s,
+                    "must be at least tsit.size",
+                )?;
+            }
+            tree.require(
+                "tsit.perceptual",
+                !matches!(self.perceptual, PerceptualConfig::Trained { .. }),
+                "a paper-scale task takes `vgg19: { path }` (or `random` for a smoke test)",
             )?;
         }
-        if let Some(l) = f.and_then(|f| f.load_size) {
-            tree.require(
-                "tsit.folder.load_size",
-                l >= s,
-                "must be at least tsit.size",
-            )?;
+        Ok(())
+    }
+
+    /// The generator's and discriminator's shapes.
+    fn check_model(&self, tree: &SpecTree) -> Result<(), SpecError> {
+        let (m, s, ast) = (&self.model, self.size, self.task.is_ast());
+        tree.require("tsit.model.nf", m.nf >= 1, "must be at least 1")?;
+        tree.require("tsit.model.cap", m.cap >= 1, "must be at least 1")?;
+        tree.require("tsit.model.ndf", m.ndf >= 1, "must be at least 1")?;
+        tree.require("tsit.model.num_d", m.num_d >= 1, "must be at least 1")?;
+        tree.require(
+            "tsit.model.n_layers_d",
+            m.n_layers_d >= 1,
+            "must be at least 1",
+        )?;
+        tree.require(
+            "tsit.model.vae_size",
+            !m.vae || (m.vae_size >= 8 && (m.vae_size as u64).is_power_of_two()),
+            "must be a power of two, at least 8",
+        )?;
+        tree.require(
+            "tsit.model.vae",
+            !(m.vae && ast),
+            "the VAE is for semantic synthesis",
+        )?;
+        tree.require(
+            "tsit.model.p2phd.n_down",
+            s >> m.p2phd.n_down >= 1,
+            "downsamples the image below one pixel",
+        )?;
+        Ok(())
+    }
+
+    /// Counts, optimizer, loss weights, α and the helper nets' training.
+    fn check_training(&self, tree: &SpecTree) -> Result<(), SpecError> {
+        let m = &self.model;
+        tree.require("tsit.batch", self.batch >= 1, "must be at least 1")?;
+        if !self.task.is_folder() {
+            tree.require("tsit.train", self.train >= 1, "must be at least 1")?;
+            tree.require("tsit.test", self.test >= 2, "must be at least 2")?;
         }
         tree.require(
-            "tsit.perceptual",
-            !matches!(c.perceptual, PerceptualConfig::Trained { .. }),
-            "a paper-scale task takes `vgg19: { path }` (or `random` for a smoke test)",
+            "tsit.iterations",
+            self.iterations >= 1,
+            "must be at least 1",
         )?;
-    }
-    let m = &c.model;
-    tree.require("tsit.model.nf", m.nf >= 1, "must be at least 1")?;
-    tree.require("tsit.model.cap", m.cap >= 1, "must be at least 1")?;
-    tree.require("tsit.model.ndf", m.ndf >= 1, "must be at least 1")?;
-    tree.require("tsit.model.num_d", m.num_d >= 1, "must be at least 1")?;
-    tree.require(
-        "tsit.model.n_layers_d",
-        m.n_layers_d >= 1,
-        "must be at least 1",
-    )?;
-    tree.require(
-        "tsit.model.vae_size",
-        !m.vae || (m.vae_size >= 8 && (m.vae_size as u64).is_power_of_two()),
-        "must be a power of two, at least 8",
-    )?;
-    tree.require(
-        "tsit.model.vae",
-        !(m.vae && ast),
-        "the VAE is for semantic synthesis",
-    )?;
-    tree.require(
-        "tsit.model.p2phd.n_down",
-        s >> m.p2phd.n_down >= 1,
-        "downsamples the image below one pixel",
-    )?;
-    tree.require("tsit.batch", c.batch >= 1, "must be at least 1")?;
-    if !c.task.is_folder() {
-        tree.require("tsit.train", c.train >= 1, "must be at least 1")?;
-        tree.require("tsit.test", c.test >= 2, "must be at least 2")?;
-    }
-    tree.require("tsit.iterations", c.iterations >= 1, "must be at least 1")?;
-    tree.require("tsit.eval.every", c.eval.every >= 1, "must be at least 1")?;
-    tree.require(
-        "tsit.checkpoint_every",
-        c.checkpoint_every >= 1,
-        "must be at least 1",
-    )?;
-    let pos = |v: f64| v > 0.0 && v.is_finite();
-    let nonneg = |v: f64| v >= 0.0 && v.is_finite();
-    tree.require("tsit.optim.lr_g", pos(c.optim.lr_g), "must be positive")?;
-    tree.require("tsit.optim.lr_d", pos(c.optim.lr_d), "must be positive")?;
-    tree.require(
-        "tsit.optim.beta1",
-        (0.0..1.0).contains(&c.optim.beta1),
-        "must be in [0, 1)",
-    )?;
-    tree.require(
-        "tsit.optim.beta2",
-        (0.0..1.0).contains(&c.optim.beta2),
-        "must be in [0, 1)",
-    )?;
-    tree.require(
-        "tsit.optim.decay_from",
-        (0.0..=1.0).contains(&c.optim.decay_from),
-        "must be in [0, 1]",
-    )?;
-    for (k, v) in [
-        ("lambda_feat", c.loss.lambda_feat),
-        ("lambda_vgg", c.loss.lambda_vgg),
-        ("lambda_kld", c.loss.lambda_kld),
-    ] {
-        tree.require(&format!("tsit.loss.{k}"), nonneg(v), "must be non-negative")?;
-    }
-    tree.require(
-        "tsit.model.alpha",
-        (0.0..=1.0).contains(&m.alpha),
-        "must be in [0, 1]",
-    )?;
-    tree.require(
-        "tsit.eval.alphas",
-        c.eval.alphas.iter().all(|a| (0.0..=1.0).contains(a)),
-        "every α must be in [0, 1]",
-    )?;
-    if let PerceptualConfig::Trained { epochs, .. } = c.perceptual {
-        tree.require("tsit.perceptual", pos(epochs), "epochs must be positive")?;
-    }
-    tree.require(
-        "tsit.eval.net_epochs",
-        pos(c.eval.net_epochs),
-        "must be positive",
-    )?;
-    if !c.task.is_folder() && c.task != Task::DigitsAst {
         tree.require(
-            "tsit.batch",
-            c.batch as usize <= c.train,
-            "is larger than the training set",
+            "tsit.eval.every",
+            self.eval.every >= 1,
+            "must be at least 1",
         )?;
+        tree.require(
+            "tsit.checkpoint_every",
+            self.checkpoint_every >= 1,
+            "must be at least 1",
+        )?;
+        let pos = |v: f64| v > 0.0 && v.is_finite();
+        let nonneg = |v: f64| v >= 0.0 && v.is_finite();
+        tree.require("tsit.optim.lr_g", pos(self.optim.lr_g), "must be positive")?;
+        tree.require("tsit.optim.lr_d", pos(self.optim.lr_d), "must be positive")?;
+        tree.require(
+            "tsit.optim.beta1",
+            (0.0..1.0).contains(&self.optim.beta1),
+            "must be in [0, 1)",
+        )?;
+        tree.require(
+            "tsit.optim.beta2",
+            (0.0..1.0).contains(&self.optim.beta2),
+            "must be in [0, 1)",
+        )?;
+        tree.require(
+            "tsit.optim.decay_from",
+            (0.0..=1.0).contains(&self.optim.decay_from),
+            "must be in [0, 1]",
+        )?;
+        for (k, v) in [
+            ("lambda_feat", self.loss.lambda_feat),
+            ("lambda_vgg", self.loss.lambda_vgg),
+            ("lambda_kld", self.loss.lambda_kld),
+        ] {
+            tree.require(&format!("tsit.loss.{k}"), nonneg(v), "must be non-negative")?;
+        }
+        tree.require(
+            "tsit.model.alpha",
+            (0.0..=1.0).contains(&m.alpha),
+            "must be in [0, 1]",
+        )?;
+        tree.require(
+            "tsit.eval.alphas",
+            self.eval.alphas.iter().all(|a| (0.0..=1.0).contains(a)),
+            "every α must be in [0, 1]",
+        )?;
+        if let PerceptualConfig::Trained { epochs, .. } = self.perceptual {
+            tree.require("tsit.perceptual", pos(epochs), "epochs must be positive")?;
+        }
+        tree.require(
+            "tsit.eval.net_epochs",
+            pos(self.eval.net_epochs),
+            "must be positive",
+        )?;
+        if !self.task.is_folder() && self.task != Task::DigitsAst {
+            tree.require(
+                "tsit.batch",
+                self.batch as usize <= self.train,
+                "is larger than the training set",
+            )?;
+        }
+        Ok(())
     }
-    Ok(())
 }
