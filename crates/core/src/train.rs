@@ -1,6 +1,7 @@
 //! The step loop's bookkeeping, shared by the papers' training loops: resuming after a
 //! checkpoint's step, the start of a data-parallel run (rank 0's weights to every rank), the
-//! per-step seed, progress and timing, and the interrupt that every rank agrees on.
+//! per-step seed, progress and timing, and the interrupt that every rank agrees on. A run made
+//! of several phases (deepthin's convolutional stages) runs each on [`Steps::phase`].
 //!
 //! A loop reads
 //!
@@ -32,6 +33,10 @@ pub struct Steps {
     total: u64,
     secs: f64,
     started: Option<Instant>,
+    /// The run's step of this loop's step 0 (a phase of a larger plan).
+    offset: u64,
+    /// Whether each step seeds LibTorch's generator from (run seed, step).
+    reseed: bool,
 }
 
 impl Steps {
@@ -62,7 +67,30 @@ impl Steps {
             total,
             secs: 0.0,
             started: None,
+            offset: 0,
+            reseed: true,
         })
+    }
+
+    /// A loop that is one phase of a run's plan of phases (deepthin's convolutional stages),
+    /// run from its step `from` to `total`: its steps are the phase's own, and the run's step of
+    /// its step `s` is `offset + s` (what an interrupt reports). The run prepared its metrics
+    /// log and its ranks' weights once, before its first phase, so this does neither; nor does
+    /// it seed LibTorch's generator per step: a phase draws what it needs from its own
+    /// (seed, step) streams.
+    pub fn phase(ctx: &RunContext, total: u64, from: u64, offset: u64) -> Steps {
+        Steps {
+            progress: ctx.progress(total, from),
+            par: ctx.parallel(),
+            seed: ctx.seed(),
+            step: from,
+            first: from,
+            total,
+            secs: 0.0,
+            started: None,
+            offset,
+            reseed: false,
+        }
     }
 
     /// The steps done so far (the index of the step about to run).
@@ -87,7 +115,9 @@ impl Steps {
             return false;
         }
         self.started = Some(Instant::now());
-        crate::seed::seed_torch_for_step(self.seed, self.step);
+        if self.reseed {
+            crate::seed::seed_torch_for_step(self.seed, self.step);
+        }
         true
     }
 
@@ -101,8 +131,8 @@ impl Steps {
     }
 
     /// When SIGINT or SIGTERM has reached any rank and steps are left, saves a checkpoint of
-    /// this step with `save` (rank 0 writes it) and stops with [`Error::Interrupted`]; every
-    /// rank stops after the same step.
+    /// this step with `save` (rank 0 writes it) and stops with [`Error::Interrupted`] at the
+    /// run's step; every rank stops after the same step.
     pub fn stop_if_interrupted(
         &mut self,
         ctx: &RunContext,
@@ -111,7 +141,7 @@ impl Steps {
         if self.par.any(ctx.interrupted())? && self.step < self.total {
             save(self.step)?;
             return Err(Error::Interrupted {
-                step: self.step,
+                step: self.offset + self.step,
                 dir: ctx.dir().to_path_buf(),
             });
         }

@@ -24,6 +24,7 @@ use reprise_core::nn::Activation;
 use reprise_core::optim::Optimizer;
 use reprise_core::plan::{sorted_json, Ledger};
 use reprise_core::run::RunContext;
+use reprise_core::train::Steps;
 use reprise_core::{Error, Result};
 use std::cell::RefCell;
 use std::time::Instant;
@@ -533,7 +534,7 @@ impl Exec<'_, '_> {
         let par = self.ctx.parallel();
         let total = self.plan[i].steps;
         let per = self.p.per_epoch();
-        let mut progress = self.ctx.progress(total, from);
+        let mut steps = Steps::phase(self.ctx, total, from, self.offsets[i]);
         let (mut sum, mut k) = (0.0, 0u64);
         let p = self.p;
         // A streamed ImageFolder decodes the next batch on other threads while this step runs.
@@ -544,7 +545,8 @@ impl Exec<'_, '_> {
         std::thread::scope(|scope| -> Result<()> {
             let mut next: Option<std::thread::ScopedJoinHandle<'_, Result<(Tensor, Tensor)>>> =
                 None;
-            for step in from..total {
+            while steps.start_next() {
+                let step = steps.step();
                 let decoded = match next.take() {
                     Some(h) => h
                         .join()
@@ -573,8 +575,8 @@ impl Exec<'_, '_> {
                     sum += l;
                     k += 1;
                 }
-                progress.set(step + 1, &format!("{name} loss {l:.4}"));
-                let done = step + 1;
+                steps.end_step(&format!("{name} loss {l:.4}"));
+                let done = steps.step();
                 if done.is_multiple_of(per) || done == total {
                     self.ctx.log_metrics(
                         self.offsets[i] + done,
@@ -585,17 +587,12 @@ impl Exec<'_, '_> {
                 if done == total || done.is_multiple_of(self.every) {
                     self.save(name, done, state, opt, log)?;
                 }
-                if par.any(self.ctx.interrupted())? && done < total {
-                    self.save(name, done, state, opt, log)?;
-                    return Err(Error::Interrupted {
-                        step: self.offsets[i] + done,
-                        dir: self.ctx.dir().to_path_buf(),
-                    });
-                }
+                steps
+                    .stop_if_interrupted(self.ctx, |done| self.save(name, done, state, opt, log))?;
             }
             Ok(())
         })?;
-        progress.finish();
+        steps.finish();
         Ok(sum / k.max(1) as f64)
     }
 }
