@@ -10,6 +10,7 @@
 //! network being trained, any imitation map, the optimizer and the arm's log, so an
 //! interrupted run resumes inside the phase it stopped in.
 
+use crate::arm::{run_arm, Family};
 use crate::config::{
     ArchKind, Arm, Config, HintStage, ImagePipeline, ImitateStage, Input, Loss, MlpArch, Optim,
     Sched, Stage, TrainStage,
@@ -829,101 +830,139 @@ fn hint_phase(
     })
 }
 
-/// One arm on a fresh thin network: its stages, then its test accuracy.
-fn run_arm(
-    ex: &mut Exec<'_, '_>,
-    c: &Config,
-    classes: i64,
-    teacher: Option<&ConvNet>,
-    name: &str,
-    arm: &Arm,
+/// The convolutional families' stages, in checkpointed phases: an arm's thin network, the
+/// teacher where the arm needs it, and the two networks' stage widths.
+struct Phased<'a, 'c, 'p> {
+    ex: &'a mut Exec<'c, 'p>,
+    teacher: Option<&'a ConvNet>,
+    thin: ConvNet,
+    /// The thin and the wide network's stage widths.
+    widths: (Vec<i64>, Vec<i64>),
     seed: u64,
-) -> Result<ArmResult> {
-    let t0 = Instant::now();
-    let dev = ex.p.dev;
-    let thin = ConvNet::new(&c.arch, false, classes, dev, seed);
-    let mut log = ArmResult::default();
-    let need = || teacher.ok_or_else(|| Error::msg("this arm needs the teacher"));
-    let (tw, ww) = (
-        stage_widths(&c.arch, c.arch.thin),
-        stage_widths(&c.arch, c.arch.wide),
-    );
-    for (si, s) in arm.stages.iter().enumerate() {
-        let key = format!("{name}/{si}");
-        let mut entry = StageLog {
-            stage: si,
-            ..StageLog::default()
-        };
-        let ran = match s {
-            Stage::Train(t) => {
-                let l = train_phase(ex, &key, &thin, teacher, t, &mut log)?;
-                entry.kind = match t.loss {
-                    Loss::Ce => "ce".to_string(),
-                    Loss::Kd { temperature } => format!("kd T={temperature}"),
-                };
-                entry.final_loss = l;
-                l.is_some()
-            }
-            Stage::Imitate(m) => {
-                let b = need()?;
-                let mut any = false;
-                for i in 0..thin.stages() {
-                    let proj = (tw[i] != ww[i]).then(|| {
-                        Proj::new(
-                            tw[i],
-                            ww[i],
-                            dev,
-                            seed.wrapping_mul(31).wrapping_add(i as u64),
-                        )
-                    });
-                    let key = format!("{key}/{i}");
-                    if imitate_phase(ex, &key, (&thin, b), (i, proj.as_ref()), m, &mut log)? {
-                        let fit = stage_fit(ex.p, &thin, b, proj.as_ref(), i, m.input)?;
-                        log.fits.get_or_insert_with(Vec::new).push(fit);
-                        any = true;
-                    }
-                }
-                entry.kind = "imitate".into();
-                if any {
-                    log.acc_after_imitation = Some(evaluate(&thin, ex.p)?.0);
-                }
-                any
-            }
-            Stage::Hint(h) => {
-                let b = need()?;
-                let k = h.block - 1;
-                let reg = Proj::new(tw[k], ww[k], dev, seed.wrapping_mul(131).wrapping_add(3));
-                let l = hint_phase(ex, &key, &thin, b, &reg, h, &mut log)?;
-                entry.kind = "hint".into();
-                entry.final_mse = l;
-                l.is_some()
-            }
-            Stage::CopyHead => {
-                let b = need()?;
-                let state = prefixed("net.", thin.named());
-                match ex.enter(&key, &state, None, &mut log)? {
-                    Entry::Done => false,
-                    Entry::From(_) => {
-                        entry.tensors = Some(thin.copy_head(b)?);
-                        entry.kind = "copy_head".into();
-                        log.acc_after_head = Some(evaluate(&thin, ex.p)?.0);
-                        true
-                    }
-                }
-            }
-            Stage::Merge => unreachable!("validated: the convolutional families do not merge"),
-        };
-        if ran {
-            entry.acc = evaluate(&thin, ex.p)?.0;
-            log.stages.push(entry);
+}
+
+impl<'a, 'c, 'p> Phased<'a, 'c, 'p> {
+    /// A fresh thin network of the seed (the same initialisation for every arm).
+    fn new(
+        ex: &'a mut Exec<'c, 'p>,
+        c: &Config,
+        classes: i64,
+        teacher: Option<&'a ConvNet>,
+        seed: u64,
+    ) -> Self {
+        let thin = ConvNet::new(&c.arch, false, classes, ex.p.dev, seed);
+        let widths = (
+            stage_widths(&c.arch, c.arch.thin),
+            stage_widths(&c.arch, c.arch.wide),
+        );
+        Phased {
+            ex,
+            teacher,
+            thin,
+            widths,
+            seed,
         }
     }
-    let (top1, top5) = evaluate(&thin, ex.p)?;
-    log.acc = top1;
-    log.top5 = Some(top5);
-    log.secs = t0.elapsed().as_secs_f64();
-    tracing::info!("{name}: top-1 {top1:.2}, top-5 {top5:.2}");
-    Ok(log)
+
+    fn teacher(&self) -> Result<&'a ConvNet> {
+        self.teacher
+            .ok_or_else(|| Error::msg("this arm needs the teacher"))
+    }
+}
+
+impl Family for Phased<'_, '_, '_> {
+    fn train(
+        &mut self,
+        key: &str,
+        t: &TrainStage,
+        e: &mut StageLog,
+        out: &mut ArmResult,
+    ) -> Result<bool> {
+        let l = train_phase(self.ex, key, &self.thin, self.teacher, t, out)?;
+        e.final_loss = l;
+        Ok(l.is_some())
+    }
+
+    /// One phase per network stage, each (with its widening map where the widths differ)
+    /// fitted and measured in turn.
+    fn imitate(
+        &mut self,
+        key: &str,
+        m: &ImitateStage,
+        _: &mut StageLog,
+        out: &mut ArmResult,
+    ) -> Result<bool> {
+        let b = self.teacher()?;
+        let (tw, ww) = &self.widths;
+        let dev = self.ex.p.dev;
+        let mut any = false;
+        for i in 0..self.thin.stages() {
+            let proj = (tw[i] != ww[i]).then(|| {
+                Proj::new(
+                    tw[i],
+                    ww[i],
+                    dev,
+                    self.seed.wrapping_mul(31).wrapping_add(i as u64),
+                )
+            });
+            let key = format!("{key}/{i}");
+            if imitate_phase(self.ex, &key, (&self.thin, b), (i, proj.as_ref()), m, out)? {
+                let fit = stage_fit(self.ex.p, &self.thin, b, proj.as_ref(), i, m.input)?;
+                out.fits.get_or_insert_with(Vec::new).push(fit);
+                any = true;
+            }
+        }
+        if any {
+            out.acc_after_imitation = Some(evaluate(&self.thin, self.ex.p)?.0);
+        }
+        Ok(any)
+    }
+
+    fn merge(&mut self, _: &mut StageLog, _: &mut ArmResult) -> Result<bool> {
+        unreachable!("validated: the convolutional families do not merge")
+    }
+
+    fn hint(
+        &mut self,
+        key: &str,
+        h: &HintStage,
+        e: &mut StageLog,
+        out: &mut ArmResult,
+    ) -> Result<bool> {
+        let b = self.teacher()?;
+        let k = h.block - 1;
+        let (tw, ww) = &self.widths;
+        let seed = self.seed.wrapping_mul(131).wrapping_add(3);
+        let reg = Proj::new(tw[k], ww[k], self.ex.p.dev, seed);
+        let l = hint_phase(self.ex, key, &self.thin, b, &reg, h, out)?;
+        e.final_mse = l;
+        Ok(l.is_some())
+    }
+
+    fn copy_head(&mut self, key: &str, e: &mut StageLog, out: &mut ArmResult) -> Result<bool> {
+        let b = self.teacher()?;
+        let state = prefixed("net.", self.thin.named());
+        match self.ex.enter(key, &state, None, out)? {
+            Entry::Done => Ok(false),
+            Entry::From(_) => {
+                e.tensors = Some(self.thin.copy_head(b)?);
+                out.acc_after_head = Some(evaluate(&self.thin, self.ex.p)?.0);
+                Ok(true)
+            }
+        }
+    }
+
+    fn accuracy(&mut self) -> Result<f64> {
+        Ok(evaluate(&self.thin, self.ex.p)?.0)
+    }
+
+    fn finish(&mut self, name: &str, out: &mut ArmResult) -> Result<()> {
+        let (top1, top5) = evaluate(&self.thin, self.ex.p)?;
+        out.acc = top1;
+        out.top5 = Some(top5);
+        tracing::info!("{name}: top-1 {top1:.2}, top-5 {top5:.2}");
+        Ok(())
+    }
 }
 
 /// A convolutional run: the teacher (trained, loaded from `teacher_from`, or skipped when no
@@ -1051,7 +1090,11 @@ pub fn run(ctx: &mut RunContext, c: &Config) -> Result<()> {
     let mut arms: Ledger<ArmResult> = Ledger::open(ex.ctx, crate::ARMS)?;
     for (name, arm) in &todo {
         arms.stage(name, || {
-            run_arm(&mut ex, c, classes, teacher.as_ref(), name, arm, seed)
+            run_arm(
+                name,
+                arm,
+                &mut Phased::new(&mut ex, c, classes, teacher.as_ref(), seed),
+            )
         })?;
     }
     let ctx = ex.ctx;

@@ -8,6 +8,7 @@
 //! exact merge, FitNets' hint. [`report`] computes the small-scale claims C0–C4
 //! (docs/deepthin.md) from a sweep over depths and seeds.
 
+mod arm;
 pub mod claims;
 pub mod config;
 pub mod conv;
@@ -19,7 +20,8 @@ pub mod train;
 
 pub use config::Config;
 
-use crate::config::{ArchKind, Arm, Loss, MlpArch, Stage, TrainStage};
+use crate::arm::{run_arm, Family};
+use crate::config::{ArchKind, Arm, HintStage, ImitateStage, Loss, MlpArch, Stage, TrainStage};
 use crate::model::{Glue, Mlp, Net};
 use crate::stream::{EncoderShape, Residual};
 use crate::summary::{ArmResult, StageLog, Summary};
@@ -141,85 +143,117 @@ impl Model {
     }
 }
 
-/// The outcome of one arm.
-fn run_arm(
-    name: &str,
-    arm: &Arm,
-    c: &Config,
-    d: &Data,
-    teacher: &Model,
+/// The MLP and shared-stream families' stages, in memory: an arm's thin network (replaced by
+/// the merged one at a merge) and the linear pairs of its last imitation.
+struct InMemory<'a> {
+    c: &'a Config,
+    d: &'a Data,
+    teacher: &'a Model,
     seed: u64,
-) -> Result<ArmResult> {
-    let t0 = Instant::now();
-    let classes = *d.logits.size().last().expect("logits");
-    let inp = d.x.size()[1];
-    let mut thin = Model::build(&c.arch, false, inp, classes, d.x.device(), seed);
-    let mut glue: Option<Glue> = None;
-    let mut out = ArmResult::default();
-    for (i, s) in arm.stages.iter().enumerate() {
-        let mut log = StageLog {
-            stage: i,
-            ..StageLog::default()
-        };
-        match s {
-            Stage::Train(t) => {
-                let l = train::train(thin.net(), d, t)?;
-                log.kind = match t.loss {
-                    Loss::Ce => "ce".to_string(),
-                    Loss::Kd { temperature } => format!("kd T={temperature}"),
-                };
-                log.final_loss = Some(l);
-            }
-            Stage::Imitate(m) => {
-                let g = match &thin {
-                    Model::Mlp(t) => Some(train::init_glue(t, d, m.m_init, c.arch.wide, seed)),
-                    Model::Stream(_) => None,
-                };
-                let fits = train::imitate(thin.net(), g.as_ref(), d, m)?;
-                log.kind = "imitate".into();
-                log.fits = Some(fits.clone());
-                out.fits = Some(fits);
-                if g.is_none() {
-                    out.acc_after_imitation = Some(train::test_accuracy(thin.net(), d));
-                }
-                glue = g;
-            }
-            Stage::Merge => {
-                let (Model::Mlp(t), Model::Mlp(teacher)) = (&thin, teacher) else {
-                    unreachable!("validated: only the MLP merges");
-                };
-                let g = glue
-                    .take()
-                    .expect("validated: an imitation precedes every merge");
-                let (merged, err) = train::merge_checked(t, &g, &teacher.head, d);
-                let acc = train::test_accuracy(&merged, d);
-                let dead = merged.dead_units(&d.x);
-                thin = Model::Mlp(merged);
-                log.kind = "merge".into();
-                log.merge_error = Some(err);
-                out.merge_error = Some(err);
-                out.acc_after_merge = Some(acc);
-                out.dead_after_merge = Some(dead);
-            }
-            Stage::CopyHead => {
-                let n = model::copy_named(thin.net(), teacher.net(), "head.")?;
-                log.kind = "copy_head".into();
-                log.tensors = Some(n);
-                out.acc_after_head = Some(train::test_accuracy(thin.net(), d));
-            }
-            Stage::Hint(h) => {
-                log.nmse = Some(train::hint(thin.net(), d, h, seed)?);
-                log.kind = "hint".into();
-            }
+    thin: Model,
+    glue: Option<Glue>,
+}
+
+impl<'a> InMemory<'a> {
+    /// A fresh thin network of the seed (the same initialisation for every arm).
+    fn new(c: &'a Config, d: &'a Data, teacher: &'a Model, seed: u64) -> Self {
+        let classes = *d.logits.size().last().expect("logits");
+        let thin = Model::build(&c.arch, false, d.x.size()[1], classes, d.x.device(), seed);
+        InMemory {
+            c,
+            d,
+            teacher,
+            seed,
+            thin,
+            glue: None,
         }
-        log.acc = train::test_accuracy(thin.net(), d);
-        out.stages.push(log);
     }
-    out.acc = train::test_accuracy(thin.net(), d);
-    out.seq_acc = train::test_sequence_accuracy(thin.net(), d);
-    out.secs = t0.elapsed().as_secs_f64();
-    tracing::info!("{name}: test accuracy {:.2}", out.acc);
-    Ok(out)
+}
+
+impl Family for InMemory<'_> {
+    fn train(
+        &mut self,
+        _: &str,
+        t: &TrainStage,
+        e: &mut StageLog,
+        _: &mut ArmResult,
+    ) -> Result<bool> {
+        e.final_loss = Some(train::train(self.thin.net(), self.d, t)?);
+        Ok(true)
+    }
+
+    fn imitate(
+        &mut self,
+        _: &str,
+        m: &ImitateStage,
+        e: &mut StageLog,
+        out: &mut ArmResult,
+    ) -> Result<bool> {
+        let (c, d) = (self.c, self.d);
+        let g = match &self.thin {
+            Model::Mlp(t) => Some(train::init_glue(t, d, m.m_init, c.arch.wide, self.seed)),
+            Model::Stream(_) => None,
+        };
+        let fits = train::imitate(self.thin.net(), g.as_ref(), d, m)?;
+        e.fits = Some(fits.clone());
+        out.fits = Some(fits);
+        if g.is_none() {
+            out.acc_after_imitation = Some(train::test_accuracy(self.thin.net(), d));
+        }
+        self.glue = g;
+        Ok(true)
+    }
+
+    fn merge(&mut self, e: &mut StageLog, out: &mut ArmResult) -> Result<bool> {
+        let (Model::Mlp(t), Model::Mlp(teacher)) = (&self.thin, self.teacher) else {
+            unreachable!("validated: only the MLP merges");
+        };
+        let g = self
+            .glue
+            .take()
+            .expect("validated: an imitation precedes every merge");
+        let (merged, err) = train::merge_checked(t, &g, &teacher.head, self.d);
+        let acc = train::test_accuracy(&merged, self.d);
+        let dead = merged.dead_units(&self.d.x);
+        self.thin = Model::Mlp(merged);
+        e.merge_error = Some(err);
+        out.merge_error = Some(err);
+        out.acc_after_merge = Some(acc);
+        out.dead_after_merge = Some(dead);
+        Ok(true)
+    }
+
+    fn hint(
+        &mut self,
+        _: &str,
+        h: &HintStage,
+        e: &mut StageLog,
+        _: &mut ArmResult,
+    ) -> Result<bool> {
+        e.nmse = Some(train::hint(self.thin.net(), self.d, h, self.seed)?);
+        Ok(true)
+    }
+
+    fn copy_head(&mut self, _: &str, e: &mut StageLog, out: &mut ArmResult) -> Result<bool> {
+        e.tensors = Some(model::copy_named(
+            self.thin.net(),
+            self.teacher.net(),
+            "head.",
+        )?);
+        out.acc_after_head = Some(train::test_accuracy(self.thin.net(), self.d));
+        Ok(true)
+    }
+
+    fn accuracy(&mut self) -> Result<f64> {
+        Ok(train::test_accuracy(self.thin.net(), self.d))
+    }
+
+    fn finish(&mut self, name: &str, out: &mut ArmResult) -> Result<()> {
+        out.acc = train::test_accuracy(self.thin.net(), self.d);
+        out.seq_acc = train::test_sequence_accuracy(self.thin.net(), self.d);
+        tracing::info!("{name}: test accuracy {:.2}", out.acc);
+        Ok(())
+    }
 }
 
 /// Trains the teacher and runs every arm that applies at this depth. Each finished arm is kept
@@ -339,7 +373,9 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
     let mut progress = ctx.progress(todo.len() as u64, 0);
     for (k, (name, arm)) in todo.iter().enumerate() {
         let acc = arms
-            .stage(name, || run_arm(name, arm, &c, &d, &teacher, seed))?
+            .stage(name, || {
+                run_arm(name, arm, &mut InMemory::new(&c, &d, &teacher, seed))
+            })?
             .acc;
         progress.set(k as u64 + 1, &format!("{name}: {acc:.2}%"));
         if ctx.interrupted() && k + 1 < todo.len() {
@@ -354,7 +390,7 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
     // (Compared as JSON numbers, where NaN is null: two NaN accuracies count as the same.)
     let deterministic = match todo.iter().find(|(n, _)| n.as_str() == "win") {
         Some((name, arm)) => {
-            let again = run_arm(name, arm, &c, &d, &teacher, seed)?;
+            let again = run_arm(name, arm, &mut InMemory::new(&c, &d, &teacher, seed))?;
             let first = arms.get("win").map_or(f64::NAN, |a| a.acc);
             Some(json_f64(again.acc) == json_f64(first))
         }
