@@ -493,7 +493,6 @@ impl Config {
                 "semantic synthesis trains `tsit-sis` or `p2phd-lite`"
             },
         )?;
-        tree.require("tsit.aspect", self.aspect >= 1, "must be at least 1")?;
         tree.require(
             "tsit.aspect",
             self.aspect == 1 || self.task.is_folder(),
@@ -538,15 +537,6 @@ impl Config {
     /// The generator's and discriminator's shapes.
     fn check_model(&self, tree: &SpecTree) -> Result<(), SpecError> {
         let (m, s, ast) = (&self.model, self.size, self.task.is_ast());
-        tree.require("tsit.model.nf", m.nf >= 1, "must be at least 1")?;
-        tree.require("tsit.model.cap", m.cap >= 1, "must be at least 1")?;
-        tree.require("tsit.model.ndf", m.ndf >= 1, "must be at least 1")?;
-        tree.require("tsit.model.num_d", m.num_d >= 1, "must be at least 1")?;
-        tree.require(
-            "tsit.model.n_layers_d",
-            m.n_layers_d >= 1,
-            "must be at least 1",
-        )?;
         tree.require(
             "tsit.model.vae_size",
             !m.vae || (m.vae_size >= 8 && (m.vae_size as u64).is_power_of_two()),
@@ -568,26 +558,10 @@ impl Config {
     /// Counts, optimizer, loss weights, α and the helper nets' training.
     fn check_training(&self, tree: &SpecTree) -> Result<(), SpecError> {
         let m = &self.model;
-        tree.require("tsit.batch", self.batch >= 1, "must be at least 1")?;
         if !self.task.is_folder() {
             tree.require("tsit.train", self.train >= 1, "must be at least 1")?;
             tree.require("tsit.test", self.test >= 2, "must be at least 2")?;
         }
-        tree.require(
-            "tsit.iterations",
-            self.iterations >= 1,
-            "must be at least 1",
-        )?;
-        tree.require(
-            "tsit.eval.every",
-            self.eval.every >= 1,
-            "must be at least 1",
-        )?;
-        tree.require(
-            "tsit.checkpoint_every",
-            self.checkpoint_every >= 1,
-            "must be at least 1",
-        )?;
         let pos = |v: f64| v > 0.0 && v.is_finite();
         let nonneg = |v: f64| v >= 0.0 && v.is_finite();
         tree.require("tsit.optim.lr_g", pos(self.optim.lr_g), "must be positive")?;
