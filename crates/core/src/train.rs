@@ -108,6 +108,12 @@ impl Steps {
         self.step == self.total
     }
 
+    /// Whether the steps done are a multiple of `every`, or the loop's end: the cadence of
+    /// logging, evaluations and checkpoints (after [`Steps::end_step`]).
+    pub fn at_every(&self, every: u64) -> bool {
+        self.step.is_multiple_of(every) || self.at_end()
+    }
+
     /// Starts the next step if any is left: its clock, and LibTorch's generator seeded from
     /// (run seed, step), so that a resumed run draws what an uninterrupted one does.
     pub fn start_next(&mut self) -> bool {
@@ -162,5 +168,67 @@ impl Steps {
         } else {
             f64::NAN
         }
+    }
+}
+
+/// The running means of a loop's logged values between two log lines: each line carries the
+/// mean over the steps since the previous one.
+#[derive(Debug, Clone)]
+pub struct Averages {
+    names: &'static [&'static str],
+    sums: Vec<f64>,
+    n: u64,
+}
+
+impl Averages {
+    /// Means of the values `names`, in that order.
+    pub fn new(names: &'static [&'static str]) -> Averages {
+        Averages {
+            names,
+            sums: vec![0.0; names.len()],
+            n: 0,
+        }
+    }
+
+    /// Adds one step's values (in the order of the names).
+    pub fn add(&mut self, values: &[f64]) {
+        debug_assert_eq!(values.len(), self.sums.len());
+        for (s, v) in self.sums.iter_mut().zip(values) {
+            *s += v;
+        }
+        self.n += 1;
+    }
+
+    /// The means since the last call, by name (sums over at least one step: zeros when none
+    /// was added), and a fresh start.
+    pub fn take(&mut self) -> Vec<(&'static str, f64)> {
+        let k = self.n.max(1) as f64;
+        let out = self
+            .names
+            .iter()
+            .zip(&self.sums)
+            .map(|(n, s)| (*n, s / k))
+            .collect();
+        self.sums.iter_mut().for_each(|s| *s = 0.0);
+        self.n = 0;
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn averages_are_means_since_the_last_line() {
+        let mut a = Averages::new(&["ce", "f_q"]);
+        assert_eq!(a.take(), [("ce", 0.0), ("f_q", 0.0)]);
+        a.add(&[1.0, 4.0]);
+        a.add(&[2.0, f64::NAN]);
+        let m = a.take();
+        assert_eq!(m[0], ("ce", 1.5));
+        assert!(m[1].1.is_nan());
+        a.add(&[3.0, 1.0]);
+        assert_eq!(a.take(), [("ce", 3.0), ("f_q", 1.0)]);
     }
 }

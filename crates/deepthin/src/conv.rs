@@ -25,7 +25,7 @@ use reprise_core::nn::Activation;
 use reprise_core::optim::Optimizer;
 use reprise_core::plan::{sorted_json, Ledger};
 use reprise_core::run::RunContext;
-use reprise_core::train::Steps;
+use reprise_core::train::{Averages, Steps};
 use reprise_core::{Error, Result};
 use std::cell::RefCell;
 use std::time::Instant;
@@ -536,7 +536,8 @@ impl Exec<'_, '_> {
         let total = self.plan[i].steps;
         let per = self.p.per_epoch();
         let mut steps = Steps::phase(self.ctx, total, from, self.offsets[i]);
-        let (mut sum, mut k) = (0.0, 0u64);
+        // The mean loss of the last epoch's steps.
+        let mut last = Averages::new(&["loss"]);
         let p = self.p;
         // A streamed ImageFolder decodes the next batch on other threads while this step runs.
         let folder = match p.train {
@@ -573,19 +574,18 @@ impl Exec<'_, '_> {
                     });
                 }
                 if step + per >= total {
-                    sum += l;
-                    k += 1;
+                    last.add(&[l]);
                 }
                 steps.end_step(&format!("{name} loss {l:.4}"));
                 let done = steps.step();
-                if done.is_multiple_of(per) || done == total {
+                if steps.at_every(per) {
                     self.ctx.log_metrics(
                         self.offsets[i] + done,
                         done as f64 / per as f64,
                         &[("loss", l)],
                     )?;
                 }
-                if done == total || done.is_multiple_of(self.every) {
+                if steps.at_every(self.every) {
                     self.save(name, done, state, opt, log)?;
                 }
                 steps
@@ -594,7 +594,7 @@ impl Exec<'_, '_> {
             Ok(())
         })?;
         steps.finish();
-        Ok(sum / k.max(1) as f64)
+        Ok(last.take()[0].1)
     }
 }
 

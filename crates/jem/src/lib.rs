@@ -32,7 +32,7 @@ use reprise_core::optim::{Optimizer, Rule, Schedule};
 use reprise_core::parallel::Parallel;
 use reprise_core::run::{per_rank, Paper, RunContext};
 use reprise_core::spec::{SpecError, SpecTree};
-use reprise_core::train::Steps;
+use reprise_core::train::{Averages, Steps};
 use reprise_core::{Error, Result};
 use tch::{Device, Kind, Tensor};
 
@@ -282,7 +282,7 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
     for (name, spec) in &c.eval.ood_datasets {
         eval_data.add_dataset(name, spec, c.noise_sigma)?;
     }
-    let (mut sum_ce, mut sum_fd, mut sum_fq, mut n_log) = (0.0, 0.0, 0.0, 0u64);
+    let mut means = Averages::new(&["ce", "f_data", "f_q"]);
     // All randomness of a step derives from (seed, step): a resumed run draws the same.
     while steps.start_next() {
         let step = steps.step();
@@ -312,10 +312,7 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
         )
         .map_err(|e| e.at(step))?;
         let (lv, fd, fq) = (st.loss, st.f_data, st.f_q);
-        sum_ce += st.ce;
-        sum_fd += fd;
-        sum_fq += fq;
-        n_log += 1;
+        means.add(&[st.ce, fd, fq]);
         steps.end_step(&format!(
             "ce {:.3} f_d {} f_q {}",
             st.ce,
@@ -323,17 +320,11 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
             reprise_core::progress::term(fq, 2)
         ));
         let step = steps.step();
-        let eval_now = step.is_multiple_of(c.eval.every) || step == total;
-        if step.is_multiple_of(100) || eval_now {
-            let k = n_log.max(1) as f64;
-            let mut vals = vec![
-                ("loss", lv),
-                ("ce", sum_ce / k),
-                ("f_data", sum_fd / k),
-                ("f_q", sum_fq / k),
-                ("lr", lr),
-            ];
-            (sum_ce, sum_fd, sum_fq, n_log) = (0.0, 0.0, 0.0, 0);
+        let eval_now = steps.at_every(c.eval.every);
+        if steps.at_every(100) || eval_now {
+            let mut vals = vec![("loss", lv)];
+            vals.extend(means.take());
+            vals.push(("lr", lr));
             // Rank 0 evaluates and logs; the other ranks wait for it at the next step.
             if eval_now && par.is_main() {
                 let m = eval::classify(&model, &eval_data, c.eval.ece_bins);
@@ -349,7 +340,7 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
             }
             ctx.log_metrics(step, step as f64 / per_epoch as f64, &vals)?;
         }
-        if step.is_multiple_of(c.checkpoint_every) || step == total {
+        if steps.at_every(c.checkpoint_every) {
             save(ctx, &model, &opt, buffer.as_ref(), step)?;
         }
         steps.stop_if_interrupted(ctx, |s| save(ctx, &model, &opt, buffer.as_ref(), s))?;

@@ -29,7 +29,7 @@ use reprise_core::inputs::{of_data, Input, InputKind};
 use reprise_core::optim::{Optimizer, Schedule};
 use reprise_core::run::{Paper, RunContext};
 use reprise_core::spec::{SpecError, SpecTree};
-use reprise_core::train::Steps;
+use reprise_core::train::{Averages, Steps};
 use reprise_core::{Error, Result};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -267,7 +267,7 @@ fn train_source(
     let par = ctx.parallel();
     par.rows(s.batch as i64)?;
     let mut steps = Steps::begin(ctx, total, step, &[&net.vs])?;
-    let (mut sum, mut k) = (0.0, 0u64);
+    let mut means = Averages::new(&["loss"]);
     let mut batches = Vec::new();
     while steps.start_next() {
         let step = steps.step();
@@ -304,18 +304,13 @@ fn train_source(
                 why: format!("training loss {loss}"),
             });
         }
-        sum += loss;
-        k += 1;
+        means.add(&[loss]);
         steps.end_step(&format!("{arm} loss {loss:.3}"));
         let step = steps.step();
-        let end_of_epoch = step % per_epoch == 0 || step == total;
-        if end_of_epoch {
-            ctx.log_metrics(
-                step,
-                step as f64 / per_epoch as f64,
-                &[("loss", sum / k.max(1) as f64), ("lr", lr)],
-            )?;
-            (sum, k) = (0.0, 0);
+        if steps.at_every(per_epoch) {
+            let mut vals = means.take();
+            vals.push(("lr", lr));
+            ctx.log_metrics(step, step as f64 / per_epoch as f64, &vals)?;
             let ep = step.div_ceil(per_epoch);
             if ep.is_multiple_of(s.checkpoint_every) || step == total {
                 save_source(ctx, net, &opt, step)?;

@@ -12,6 +12,7 @@ pub mod config;
 pub mod data;
 pub mod eval;
 pub mod folders;
+mod helpers;
 pub mod model;
 pub mod nets;
 pub mod official;
@@ -24,20 +25,19 @@ pub use config::{validate, Config};
 
 use crate::config::{Arm, PerceptualConfig, Sampling, Task};
 use crate::data::TaskData;
-use crate::eval::{Evaluator, Judges};
+use crate::eval::Evaluator;
+use crate::helpers::{judges, perceptual, perceptual_fixed};
 use crate::model::{Discriminator, Generator, Mode, P2phd, Tsit};
-use crate::nets::{DigitNet, Perceptual, SceneNet, Segmenter, Targets};
+use crate::nets::Perceptual;
 use crate::summary::JudgeInfo;
 use crate::train::{Gan, StepError};
-use reprise_core::cache;
 use reprise_core::checkpoint::Checkpoint;
 use reprise_core::data::Rng;
 use reprise_core::inputs::{of_data, Input, InputKind};
 use reprise_core::run::{Paper, RunContext};
 use reprise_core::spec::{SpecError, SpecTree};
-use reprise_core::train::Steps;
+use reprise_core::train::{Averages, Steps};
 use reprise_core::{Error, Result};
-use std::path::Path;
 use std::time::Instant;
 use tch::{Device, Tensor};
 
@@ -141,180 +141,6 @@ pub fn inputs(tree: &SpecTree) -> Result<Vec<Input>, SpecError> {
             .map(|p| Input::new("tsit.eval.fid_inception", p, InputKind::FidInception)),
     );
     Ok(v)
-}
-
-fn perceptual(c: &Config, d: &TaskData, dir: &Path, dev: Device) -> Result<Perceptual> {
-    match &c.perceptual {
-        PerceptualConfig::Vgg19 { .. } | PerceptualConfig::Random { .. } => {
-            perceptual_fixed(c, dev)
-        }
-        PerceptualConfig::Trained { epochs, seed } => {
-            let k = if c.task == Task::DigitsAst { 10 } else { 6 };
-            tch::manual_seed(*seed as i64);
-            let mut p = Perceptual::vgg_mini(dev, k);
-            let key = format!(
-                "vgg-mini {:?} s{} n{} e{epochs} seed{seed}",
-                c.task,
-                c.size,
-                d.train_len()
-            );
-            let file = cache::file(dir, "perceptual", &key);
-            cache::vars(&p.vs, &file, || {
-                let batch = |idx: &[i64], rng: &mut Rng| render_for(c.task, d, idx, rng, dev);
-                train_helper(
-                    &p.vs,
-                    c.task,
-                    d.train_len(),
-                    *epochs,
-                    *seed,
-                    &|x| p.logits(x),
-                    &batch,
-                );
-                eprintln!("perceptual net (VGG-mini) trained: {}", file.display());
-            })?;
-            p.vs.freeze();
-            Ok(p)
-        }
-    }
-}
-
-/// The loss network of a paper-scale run: VGG-19 from its file (or random VGG-mini, for
-/// smoke tests); a VGG-mini trained in the project belongs to the small-scale tasks.
-fn perceptual_fixed(c: &Config, dev: Device) -> Result<Perceptual> {
-    match &c.perceptual {
-        PerceptualConfig::Vgg19 { path } => Perceptual::vgg19(dev, path),
-        PerceptualConfig::Random { seed } => {
-            let mut p = Perceptual::vgg_mini_random(dev, *seed);
-            p.vs.freeze();
-            Ok(p)
-        }
-        PerceptualConfig::Trained { .. } => Err(Error::msg(
-            "a paper-scale tsit task takes `perceptual: { vgg19: { path } }` (or `random` for a smoke test)",
-        )),
-    }
-}
-
-/// Helper-net training data: digits (plain or styled, labels) or scene renders (per-pixel
-/// labels; turned into presence where a net wants it).
-fn render_for(
-    task: Task,
-    d: &TaskData,
-    idx: &[i64],
-    rng: &mut Rng,
-    dev: Device,
-) -> (Tensor, Tensor) {
-    let (x, y) = if task == Task::DigitsAst {
-        d.digit_renders(idx, rng)
-    } else {
-        d.scene_renders(idx, rng)
-    };
-    (x.to_device(dev), y.to_device(dev))
-}
-
-fn train_helper(
-    vs: &tch::nn::VarStore,
-    task: Task,
-    n: usize,
-    epochs: f64,
-    seed: u64,
-    logits: &dyn Fn(&Tensor) -> Tensor,
-    batch: &nets::BatchFn<'_>,
-) {
-    if task == Task::DigitsAst {
-        nets::train_classifier(vs, n, epochs, seed, logits, batch, Targets::Class);
-    } else {
-        let pres = |idx: &[i64], rng: &mut Rng| {
-            let (x, l) = batch(idx, rng);
-            (x, data::presence(&l, 6))
-        };
-        nets::train_classifier(vs, n, epochs, seed, logits, &pres, Targets::Presence);
-    }
-}
-
-/// The evaluation networks (seed 1234), trained or loaded from the cache.
-fn judges(c: &Config, d: &TaskData, dir: &Path, dev: Device) -> Result<(Judges, JudgeInfo)> {
-    let mut info = JudgeInfo::default();
-    let n = d.train_len();
-    let ep = c.eval.net_epochs;
-    let t0 = Instant::now();
-    let j = if c.task == Task::DigitsAst {
-        tch::manual_seed(1234);
-        let mut net = DigitNet::new(dev, c.size);
-        let key = format!(
-            "digitnet s{} n{n} e{ep} gate{}",
-            c.size, c.eval.classifier_gate
-        );
-        let file = cache::file(dir, "digits", &key);
-        let oracle = d.test.oracle.to_device(dev);
-        let labels = d.test.labels.to_device(dev);
-        cache::vars(&net.vs, &file, || {
-            // Train until the gate holds on styled test renders (at most 3× the epochs).
-            for round in 0..3 {
-                let batch = |idx: &[i64], rng: &mut Rng| render_for(c.task, d, idx, rng, dev);
-                nets::train_classifier(
-                    &net.vs,
-                    n,
-                    ep,
-                    1234 + round,
-                    &|x| net.logits(x),
-                    &batch,
-                    Targets::Class,
-                );
-                let acc = reprise_core::metrics::accuracy(
-                    &nets::batched(&oracle, &|b| net.logits(b)),
-                    &labels,
-                );
-                eprintln!(
-                    "digit classifier, round {}: {acc:.4} on styled test renders",
-                    round + 1
-                );
-                if acc >= c.eval.classifier_gate {
-                    break;
-                }
-            }
-        })?;
-        net.vs.freeze();
-        let acc =
-            reprise_core::metrics::accuracy(&nets::batched(&oracle, &|b| net.logits(b)), &labels);
-        if acc < c.eval.classifier_gate {
-            return Err(Error::msg(format!(
-                "the evaluation digit classifier reaches {acc:.4} on styled test renders, below the gate {}",
-                c.eval.classifier_gate
-            )));
-        }
-        info.classifier_acc_styled = Some(acc);
-        Judges::Digits(net)
-    } else {
-        tch::manual_seed(1234);
-        let mut seg = Segmenter::new(dev, 6);
-        let key = format!("segmenter {:?} s{} n{n} e{ep}", c.task, c.size);
-        let file = cache::file(dir, "segmenter", &key);
-        cache::vars(&seg.vs, &file, || {
-            let batch = |idx: &[i64], rng: &mut Rng| render_for(c.task, d, idx, rng, dev);
-            nets::train_classifier(
-                &seg.vs,
-                n,
-                ep,
-                1234,
-                &|x| seg.logits(x),
-                &batch,
-                Targets::Pixels,
-            );
-        })?;
-        seg.vs.freeze();
-        tch::manual_seed(1235);
-        let mut feat = SceneNet::new(dev, c.size, 6);
-        let key = format!("scenenet {:?} s{} n{n} e{ep}", c.task, c.size);
-        let file = cache::file(dir, "scenenet", &key);
-        cache::vars(&feat.vs, &file, || {
-            let batch = |idx: &[i64], rng: &mut Rng| render_for(c.task, d, idx, rng, dev);
-            train_helper(&feat.vs, c.task, n, ep, 1235, &|x| feat.logits(x), &batch);
-        })?;
-        feat.vs.freeze();
-        Judges::Scenes(seg, feat)
-    };
-    info.judges_secs = Some(t0.elapsed().as_secs_f64());
-    Ok((j, info))
 }
 
 /// The error a panic in a step carries: a failed collective of the synchronised BatchNorm
@@ -558,8 +384,7 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
     // cache on each rank).
     let mut steps = Steps::begin(ctx, total, step, &[gan.g.vs(), &gan.d.vs, &gan.p.vs])?;
     let mut data_secs = 0.0;
-    let mut sums = [0.0f64; 6];
-    let mut n_log = 0u64;
+    let mut means = Averages::new(&["g_gan", "g_fm", "g_vgg", "g_kld", "d_real", "d_fake"]);
     let vae = c.model.vae;
     while steps.start_next() {
         let step = steps.step();
@@ -590,13 +415,7 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
         }))
         .unwrap_or_else(|panic| Err(StepError::Failed(panic_error(panic))))
         .map_err(|e| e.at(step))?;
-        for (s, v) in sums
-            .iter_mut()
-            .zip([st.g_gan, st.g_fm, st.g_vgg, st.g_kld, st.d_real, st.d_fake])
-        {
-            *s += v;
-        }
-        n_log += 1;
+        means.add(&[st.g_gan, st.g_fm, st.g_vgg, st.g_kld, st.d_real, st.d_fake]);
         steps.end_step(&format!(
             "G {:.3} FM {} P {} D {:.3}/{:.3}",
             st.g_gan,
@@ -606,17 +425,14 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
             st.d_fake
         ));
         let step = steps.step();
-        let eval_now = step.is_multiple_of(c.eval.every) || step == total;
-        if step.is_multiple_of(50) || eval_now {
-            let k = n_log.max(1) as f64;
-            let names = ["g_gan", "g_fm", "g_vgg", "g_kld", "d_real", "d_fake"];
-            let mut vals: Vec<(String, f64)> = names
-                .iter()
-                .zip(sums)
-                .map(|(n, s)| (n.to_string(), s / k))
+        let eval_now = steps.at_every(c.eval.every);
+        if steps.at_every(50) || eval_now {
+            let mut vals: Vec<(String, f64)> = means
+                .take()
+                .into_iter()
+                .map(|(n, m)| (n.to_string(), m))
                 .collect();
             vals.push(("lr_factor".into(), f));
-            (sums, n_log) = ([0.0; 6], 0);
             if let (true, Some(ev)) = (eval_now, &ev) {
                 let out = ev.generate(gan.g.as_ref(), vae, Mode::test(c.eval.train_bn));
                 for (k, v) in ev.metrics(&out) {
