@@ -1,8 +1,8 @@
 //! A run's record of its finished stages, kept in the run folder so that a resumed run redoes
 //! only what is unfinished: a [`Ledger`] of named stages and their results (a JSON object,
-//! rewritten atomically after each stage), or a [`Journal`] of results appended one JSON line
-//! at a time. Data-parallel, both open rank 0's copy on every rank, so the ranks skip and redo
-//! the same stages.
+//! rewritten atomically after each stage), a [`Journal`] of results appended one JSON line
+//! at a time, or a [`Record`], one stage's result in a file of its own. Data-parallel, each
+//! opens rank 0's copy on every rank, so the ranks skip and redo the same stages.
 
 use crate::checkpoint::write_atomic;
 use crate::error::{Error, Result};
@@ -74,6 +74,54 @@ impl<T: Serialize + DeserializeOwned> Ledger<T> {
     /// Every finished stage, by name.
     pub fn into_done(self) -> BTreeMap<String, T> {
         self.done
+    }
+}
+
+/// One stage whose result is a file of its own (robust-transfer's `source.json`): absent until
+/// the stage finishes, then its result as JSON, written atomically.
+#[derive(Debug)]
+pub struct Record<T> {
+    path: PathBuf,
+    value: Option<T>,
+}
+
+impl<T: Serialize + DeserializeOwned> Record<T> {
+    /// The record `file` of the run folder (rank 0's, data-parallel).
+    pub fn open(ctx: &RunContext, file: &str) -> Result<Record<T>> {
+        ctx.share_files(&[file])?;
+        Ok(Record::read(&ctx.dir().join(file)))
+    }
+
+    /// The record at `path`, outside a run (unfinished where the file is absent, or does not
+    /// read as this record: the stage runs again).
+    pub fn read(path: &Path) -> Record<T> {
+        let value = std::fs::read(path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        Record {
+            path: path.to_path_buf(),
+            value,
+        }
+    }
+
+    /// The stage's result, if it finished.
+    pub fn get(&self) -> Option<&T> {
+        self.value.as_ref()
+    }
+
+    /// The stage's result: recorded earlier, or computed by `run` now and recorded.
+    pub fn stage(&mut self, run: impl FnOnce() -> Result<T>) -> Result<&T> {
+        if self.value.is_none() {
+            let v = run()?;
+            write_atomic(&self.path, sorted_json(&v, true)?.as_bytes())?;
+            self.value = Some(v);
+        }
+        Ok(self.value.as_ref().expect("recorded above"))
+    }
+
+    /// The result, if the stage finished.
+    pub fn into_value(self) -> Option<T> {
+        self.value
     }
 }
 
@@ -171,6 +219,36 @@ mod tests {
         // A file that is not a ledger is an empty one.
         std::fs::write(&path, b"{not json").unwrap();
         assert!(Ledger::<f64>::read(&path).into_done().is_empty());
+    }
+
+    #[test]
+    fn a_record_runs_its_stage_once_and_survives_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("source.json");
+        let mut r: Record<BTreeMap<String, f64>> = Record::read(&path);
+        assert!(r.get().is_none());
+        assert!(r.stage(|| Err(Error::msg("no"))).is_err());
+        assert!(!path.exists(), "a failed stage writes nothing");
+        let mut runs = 0;
+        for _ in 0..2 {
+            r.stage(|| {
+                runs += 1;
+                Ok(BTreeMap::from([
+                    ("b".to_string(), 2.0),
+                    ("a".to_string(), 1.0),
+                ]))
+            })
+            .unwrap();
+        }
+        assert_eq!(runs, 1);
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "{\n  \"a\": 1.0,\n  \"b\": 2.0\n}"
+        );
+        let again: Record<BTreeMap<String, f64>> = Record::read(&path);
+        assert_eq!(again.into_value().unwrap()["b"], 2.0);
+        std::fs::write(&path, b"[1, 2]").unwrap();
+        assert!(Record::<BTreeMap<String, f64>>::read(&path).get().is_none());
     }
 
     #[test]

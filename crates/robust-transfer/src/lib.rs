@@ -27,6 +27,7 @@ use reprise_core::checkpoint::Checkpoint;
 use reprise_core::data::batch_indices;
 use reprise_core::inputs::{of_data, Input, InputKind};
 use reprise_core::optim::{Optimizer, Schedule};
+use reprise_core::plan::Record;
 use reprise_core::run::{Paper, RunContext};
 use reprise_core::spec::{SpecError, SpecTree};
 use reprise_core::train::{Averages, Steps};
@@ -354,8 +355,8 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
     let dir = ctx.dir().to_path_buf();
     let par = ctx.parallel();
     // Data-parallel, every rank follows rank 0's ledger: the same stages are skipped or run.
-    // (The transfers' journal is shared where it is opened.)
-    ctx.share_files(&["source.safetensors", "source.json"])?;
+    // (The source's evaluation record and the transfers' journal are shared where opened.)
+    ctx.share_files(&["source.safetensors"])?;
     let transfer_only = c.source.from.is_some() && !c.eval.source;
     let splits = if transfer_only {
         None
@@ -388,20 +389,18 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
     // Rank 0's source on every rank, its BatchNorm statistics included (DDP's buffer
     // broadcast): the transfers' eval-mode features then agree.
     par.broadcast_vars(&net.vs)?;
-    let src_json = dir.join("source.json");
-    let mut source: Option<SourceMetrics> = std::fs::read(&src_json)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok());
-    if let (None, Some(splits)) = (&source, &splits) {
-        eprintln!(
-            "evaluating the source on {} holdout examples",
-            splits.1.len()
-        );
-        let m = evaluate_source(&c, arm, &net, &splits.1, step_ms)?;
-        let text = reprise_core::plan::sorted_json(&m, true)?;
-        reprise_core::checkpoint::write_atomic(&src_json, text.as_bytes())?;
-        source = Some(m);
+    // The source's evaluation on its holdout, once (none when only transferring).
+    let mut source: Record<SourceMetrics> = Record::open(ctx, "source.json")?;
+    if let Some(splits) = &splits {
+        source.stage(|| {
+            eprintln!(
+                "evaluating the source on {} holdout examples",
+                splits.1.len()
+            );
+            evaluate_source(&c, arm, &net, &splits.1, step_ms)
+        })?;
     }
+    let source = source.into_value();
     let outcomes = transfer::transfer_all(ctx, &c, &net)?;
     if !par.is_main() {
         // Rank 0 writes the summary and the report.
