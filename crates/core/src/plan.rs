@@ -4,7 +4,7 @@
 //! at a time, or a [`Record`], one stage's result in a file of its own. Data-parallel, each
 //! opens rank 0's copy on every rank, so the ranks skip and redo the same stages.
 
-use crate::checkpoint::write_atomic;
+use crate::checkpoint::{write_atomic, Checkpoint};
 use crate::error::{Error, Result};
 use crate::run::RunContext;
 use serde::de::DeserializeOwned;
@@ -185,6 +185,141 @@ impl<T: Serialize + DeserializeOwned> Journal<T> {
     /// Every result, in the order they finished.
     pub fn into_records(self) -> Vec<T> {
         self.records
+    }
+}
+
+/// One phase of a [`Phases`] plan: its name and its steps.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Phase {
+    /// The phase's name, unique in its plan.
+    pub name: String,
+    /// The phase's steps.
+    pub steps: u64,
+}
+
+/// What entering a phase found ([`Phases::enter`]).
+pub enum Entered {
+    /// The run resumed from a checkpoint of a later phase: this one is done.
+    Done,
+    /// The phase starts at its first step.
+    Fresh,
+    /// The run resumes inside this phase: after its step `local`, from `checkpoint`.
+    Resume {
+        /// The phase's steps done.
+        local: u64,
+        /// The checkpoint to restore the phase's state from.
+        checkpoint: Checkpoint,
+    },
+}
+
+/// A run as a plan of named phases, each of a known number of steps, checkpointed inside a
+/// phase (deepthin's convolutional run: the teacher, then each arm's stages). The run's step of
+/// a phase's step `s` is `s` plus the steps of the phases before it: its metrics and
+/// checkpoints are numbered so, and a checkpoint records the phase (`phase`, `phase_name`) and
+/// its step in it (`local`), so that a resumed run skips the phases done and continues inside
+/// the one it stopped in.
+pub struct Phases {
+    plan: Vec<Phase>,
+    offsets: Vec<u64>,
+    resume: Option<(usize, u64, Checkpoint)>,
+}
+
+impl Phases {
+    /// The plan of the run of `ctx`, resuming from its newest checkpoint that is a position in
+    /// this plan and passes `fits` (the caller's own keys; rank 0's checkpoint on every rank);
+    /// prepares the metrics log for the run's step there ([`RunContext::begin`]).
+    pub fn open(
+        ctx: &mut RunContext,
+        plan: Vec<Phase>,
+        fits: impl Fn(&Checkpoint) -> Result<()>,
+    ) -> Result<Phases> {
+        let mut offsets = Vec::with_capacity(plan.len());
+        let mut g = 0;
+        for ph in &plan {
+            offsets.push(g);
+            g += ph.steps;
+        }
+        let position = |ck: &Checkpoint| -> Result<(usize, u64)> {
+            let phase: usize = ck.get("phase")?;
+            let local: u64 = ck.get("local")?;
+            ck.get::<String>("phase_name")?;
+            if phase >= plan.len() {
+                return Err(Error::msg(format!(
+                    "phase {phase} is beyond the plan's {} phases",
+                    plan.len()
+                )));
+            }
+            Ok((phase, local))
+        };
+        let resume = match ctx.resume_point(|ck| {
+            position(ck)?;
+            fits(ck)
+        })? {
+            Some((_, ck)) => {
+                let (phase, local) = position(&ck)?;
+                Some((phase, local, ck))
+            }
+            None => None,
+        };
+        ctx.begin(
+            resume
+                .as_ref()
+                .map_or(0, |(i, local, _)| offsets[*i] + local),
+        )?;
+        Ok(Phases {
+            plan,
+            offsets,
+            resume,
+        })
+    }
+
+    fn index(&self, name: &str) -> usize {
+        self.plan
+            .iter()
+            .position(|p| p.name == name)
+            .expect("phases are looked up by the names the plan was built with")
+    }
+
+    /// The steps of phase `name`.
+    pub fn steps(&self, name: &str) -> u64 {
+        self.plan[self.index(name)].steps
+    }
+
+    /// The run's step before phase `name`'s first.
+    pub fn offset(&self, name: &str) -> u64 {
+        self.offsets[self.index(name)]
+    }
+
+    /// Enters phase `name` (phases are entered in the plan's order): done, fresh, or the
+    /// checkpoint to resume it from (handed out once). An error when the checkpoint's phase at
+    /// this position has another name (the plan changed since it was written).
+    pub fn enter(&mut self, name: &str) -> Result<Entered> {
+        let i = self.index(name);
+        match &self.resume {
+            None => return Ok(Entered::Fresh),
+            Some((p, _, _)) if *p > i => return Ok(Entered::Done),
+            Some((p, _, _)) if *p < i => return Ok(Entered::Fresh),
+            Some(_) => {}
+        }
+        let (_, local, checkpoint) = self.resume.take().expect("matched above");
+        let got: String = checkpoint.get("phase_name")?;
+        if got != name {
+            return Err(Error::msg(format!(
+                "the checkpoint is of phase `{got}`, the plan has `{name}` there: the plan changed since it was written"
+            )));
+        }
+        Ok(Entered::Resume { local, checkpoint })
+    }
+
+    /// Saves `ck` as phase `name`'s checkpoint after its step `local` (at the run's step),
+    /// with the phase's position in the plan.
+    pub fn save(&self, ctx: &RunContext, name: &str, local: u64, mut ck: Checkpoint) -> Result<()> {
+        let i = self.index(name);
+        ck.set("phase", i);
+        ck.set("phase_name", name);
+        ck.set("local", local);
+        ctx.checkpoints().save(self.offsets[i] + local, &ck)?;
+        Ok(())
     }
 }
 

@@ -1,6 +1,9 @@
-//! `train::Steps`, in a process of its own: the test reads LibTorch's global generator, which
-//! the library's unit tests, running in parallel threads, draw from.
+//! A run's loops over a run folder: `train::Steps` (in a process of its own: its test reads
+//! LibTorch's global generator, which the library's unit tests, running in parallel threads,
+//! draw from) and `plan::Phases`.
 
+use reprise_core::checkpoint::Checkpoint;
+use reprise_core::plan::{Entered, Phase, Phases};
 use reprise_core::run::{Provenance, RunContext, RunInfo};
 use reprise_core::spec::SpecTree;
 use reprise_core::train::Steps;
@@ -9,9 +12,8 @@ fn draw() -> f64 {
     tch::Tensor::rand([1], (tch::Kind::Double, tch::Device::Cpu)).double_value(&[0])
 }
 
-#[test]
-fn a_loop_seeds_each_step_and_a_phase_leaves_the_generator_alone() {
-    let d = tempfile::tempdir().unwrap();
+/// A run context in the empty folder `dir`.
+fn run_folder(dir: &std::path::Path) -> RunContext {
     let spec = SpecTree::from_str(
         "s.yaml",
         "name: t\npaper: p\ndescription: d\nseed: 5\ndata: { dataset: digits }\np: {}\n",
@@ -30,7 +32,13 @@ fn a_loop_seeds_each_step_and_a_phase_leaves_the_generator_alone() {
         ended: None,
         error: None,
     };
-    let mut ctx = RunContext::create(d.path(), spec, info, tch::Device::Cpu).unwrap();
+    RunContext::create(dir, spec, info, tch::Device::Cpu).unwrap()
+}
+
+#[test]
+fn a_loop_seeds_each_step_and_a_phase_leaves_the_generator_alone() {
+    let d = tempfile::tempdir().unwrap();
+    let mut ctx = run_folder(d.path());
     let seed = ctx.seed();
     // A run's loop, resumed after step 1: each step seeds the generator from (seed, step).
     let mut steps = Steps::begin(&mut ctx, 3, 1, &[]).unwrap();
@@ -56,4 +64,68 @@ fn a_loop_seeds_each_step_and_a_phase_leaves_the_generator_alone() {
     }
     assert_eq!(got, vec![(3, want[0]), (4, want[1])]);
     assert_eq!((phase.ran(), phase.total()), (2, 5));
+}
+
+#[test]
+fn a_plan_of_phases_resumes_inside_the_phase_it_stopped_in() {
+    let d = tempfile::tempdir().unwrap();
+    let plan = || {
+        vec![
+            Phase {
+                name: "a".into(),
+                steps: 3,
+            },
+            Phase {
+                name: "b".into(),
+                steps: 4,
+            },
+            Phase {
+                name: "c".into(),
+                steps: 2,
+            },
+        ]
+    };
+    let mut ctx = run_folder(d.path());
+    let mut phases = Phases::open(&mut ctx, plan(), |_| Ok(())).unwrap();
+    assert!(matches!(phases.enter("a").unwrap(), Entered::Fresh));
+    assert_eq!((phases.offset("b"), phases.steps("b")), (3, 4));
+    let mut ck = Checkpoint::new();
+    ck.put("w", &tch::Tensor::from_slice(&[2.5f32]));
+    phases.save(&ctx, "b", 2, ck).unwrap();
+    // Saved at the run's step 3 + 2, with its place in the plan.
+    let steps: Vec<u64> = ctx.checkpoints().steps().iter().map(|s| s.0).collect();
+    assert_eq!(steps, [5]);
+    // Reopened: phase a is done, b resumes after its step 2, c starts fresh.
+    let mut again = Phases::open(&mut ctx, plan(), |_| Ok(())).unwrap();
+    assert!(matches!(again.enter("a").unwrap(), Entered::Done));
+    match again.enter("b").unwrap() {
+        Entered::Resume { local, checkpoint } => {
+            assert_eq!(local, 2);
+            assert_eq!(checkpoint.tensor("w").unwrap().double_value(&[0]), 2.5);
+        }
+        _ => panic!("b resumes"),
+    }
+    assert!(matches!(again.enter("c").unwrap(), Entered::Fresh));
+    // A checkpoint the caller's check refuses is not resumed from (the run would not start
+    // over silently: it is an error).
+    assert!(Phases::open(&mut ctx, plan(), |ck| ck.get::<String>("log").map(|_| ())).is_err());
+    // A plan whose phase at that place has another name is refused on entering it.
+    let renamed = vec![
+        Phase {
+            name: "a".into(),
+            steps: 3,
+        },
+        Phase {
+            name: "x".into(),
+            steps: 4,
+        },
+    ];
+    let mut other = Phases::open(&mut ctx, renamed, |_| Ok(())).unwrap();
+    assert!(matches!(other.enter("a").unwrap(), Entered::Done));
+    let e = other
+        .enter("x")
+        .err()
+        .expect("another phase's checkpoint")
+        .to_string();
+    assert!(e.contains("the checkpoint is of phase `b`"), "{e}");
 }

@@ -23,7 +23,7 @@ use reprise_core::data::{self, batch_indices, Images};
 use reprise_core::models::{Block, ResNet, ResNetConfig, Stem, Wrn, WrnConfig, WrnNorm};
 use reprise_core::nn::Activation;
 use reprise_core::optim::Optimizer;
-use reprise_core::plan::{sorted_json, Ledger};
+use reprise_core::plan::{sorted_json, Entered, Ledger, Phase, Phases};
 use reprise_core::run::RunContext;
 use reprise_core::train::{Averages, Steps};
 use reprise_core::{Error, Result};
@@ -401,29 +401,12 @@ pub fn evaluate(net: &ConvNet, p: &Pipeline<'_>) -> Result<(f64, f64)> {
     })
 }
 
-/// One phase of the plan.
-#[derive(Debug, Clone)]
-struct Phase {
-    /// `teacher`, or `<arm>/<stage index>` with `/<block>` for an imitation block.
-    name: String,
-    /// Steps (a head copy counts one).
-    steps: u64,
-}
-
-/// Where a run resumes: the phase and the steps of it already done, with the checkpoint.
-struct Resume {
-    phase: usize,
-    local: u64,
-    ck: Checkpoint,
-}
-
-/// Runs phases with checkpoints and resume.
+/// Runs the plan's phases (named `teacher`, or `<arm>/<stage index>` with `/<block>` for an
+/// imitation block; a head copy counts one step) with checkpoints and resume.
 struct Exec<'c, 'p> {
     ctx: &'c mut RunContext,
     p: &'p Pipeline<'p>,
-    plan: Vec<Phase>,
-    offsets: Vec<u64>,
-    resume: Option<Resume>,
+    phases: Phases,
     every: u64,
 }
 
@@ -436,13 +419,6 @@ enum Entry {
 }
 
 impl Exec<'_, '_> {
-    fn index(&self, name: &str) -> usize {
-        self.plan
-            .iter()
-            .position(|p| p.name == name)
-            .expect("phases are looked up by the names the plan was built with")
-    }
-
     /// Enters phase `name`: restores `state`, the optimizer and the arm's log from the
     /// checkpoint if the run resumes inside it.
     fn enter(
@@ -452,45 +428,32 @@ impl Exec<'_, '_> {
         opt: Option<&mut Optimizer>,
         log: &mut ArmResult,
     ) -> Result<Entry> {
-        let i = self.index(name);
-        let Some(r) = &self.resume else {
-            return Ok(Entry::From(0));
+        let (local, ck) = match self.phases.enter(name)? {
+            Entered::Done => return Ok(Entry::Done),
+            Entered::Fresh => return Ok(Entry::From(0)),
+            Entered::Resume { local, checkpoint } => (local, checkpoint),
         };
-        if r.phase > i {
-            return Ok(Entry::Done);
-        }
-        if r.phase < i {
-            return Ok(Entry::From(0));
-        }
-        let got: String = r.ck.get("phase_name")?;
-        if got != name {
-            return Err(Error::msg(format!(
-                "the checkpoint is of phase `{got}`, the plan has `{name}` there: the arms changed since it was written"
-            )));
-        }
         // Every tensor checked (kind and shape) before any is copied.
         for (k, t) in state {
-            r.ck.tensor_like(k, t)?;
+            ck.tensor_like(k, t)?;
         }
         if let Some(o) = opt.as_deref() {
-            o.check(&r.ck, "opt")?;
+            o.check(&ck, "opt")?;
         }
         tch::no_grad(|| -> Result<()> {
             for (k, t) in state {
                 let mut t = t.shallow_clone();
-                t.f_copy_(r.ck.tensor(k)?)?;
+                t.f_copy_(ck.tensor(k)?)?;
             }
             Ok(())
         })?;
         if let Some(o) = opt {
-            o.load(&r.ck, "opt")?;
+            o.load(&ck, "opt")?;
         }
-        let text: String = r.ck.get("log")?;
+        let text: String = ck.get("log")?;
         *log = serde_json::from_str(&text).map_err(|e| Error::msg(e.to_string()))?;
-        let local = r.local;
         tracing::info!("resuming {name} at its step {local}");
         eprintln!("resuming {name} at its step {local}");
-        self.resume = None;
         Ok(Entry::From(local))
     }
 
@@ -502,18 +465,13 @@ impl Exec<'_, '_> {
         opt: &Optimizer,
         log: &ArmResult,
     ) -> Result<()> {
-        let i = self.index(name);
         let mut ck = Checkpoint::new();
         for (k, t) in state {
             ck.put(k.clone(), t);
         }
         opt.save(&mut ck, "opt");
-        ck.set("phase", i);
-        ck.set("phase_name", name);
-        ck.set("local", local);
         ck.set("log", sorted_json(log, false)?);
-        self.ctx.checkpoints().save(self.offsets[i] + local, &ck)?;
-        Ok(())
+        self.phases.save(self.ctx, name, local, ck)
     }
 
     /// Runs `f(step, x, y, weight) -> loss` for the steps of phase `name` from `from`,
@@ -531,11 +489,10 @@ impl Exec<'_, '_> {
         log: &ArmResult,
         mut f: impl FnMut(&mut Optimizer, u64, &Tensor, &Tensor, f64) -> Result<f64>,
     ) -> Result<f64> {
-        let i = self.index(name);
         let par = self.ctx.parallel();
-        let total = self.plan[i].steps;
+        let (total, offset) = (self.phases.steps(name), self.phases.offset(name));
         let per = self.p.per_epoch();
-        let mut steps = Steps::phase(self.ctx, total, from, self.offsets[i]);
+        let mut steps = Steps::phase(self.ctx, total, from, offset);
         // The mean loss of the last epoch's steps.
         let mut last = Averages::new(&["loss"]);
         let p = self.p;
@@ -569,7 +526,7 @@ impl Exec<'_, '_> {
                     .map_err(|e| Error::msg(format!("{name}, step {step}: {e}")))?;
                 if !l.is_finite() {
                     return Err(Error::Diverged {
-                        step: self.offsets[i] + step,
+                        step: offset + step,
                         why: format!("{name}: loss {l} at its step {step}"),
                     });
                 }
@@ -580,7 +537,7 @@ impl Exec<'_, '_> {
                 let done = steps.step();
                 if steps.at_every(per) {
                     self.ctx.log_metrics(
-                        self.offsets[i] + done,
+                        offset + done,
                         done as f64 / per as f64,
                         &[("loss", l)],
                     )?;
@@ -665,7 +622,7 @@ fn run_phase(
     let Entry::From(from) = ex.enter(name, state, Some(&mut opt), log)? else {
         return Ok(None);
     };
-    let total = ex.plan[ex.index(name)].steps;
+    let total = ex.phases.steps(name);
     let (sched, warm) = stage_schedule(sched, total, ex.p.per_epoch());
     let snapshot = log.clone();
     let par = ex.ctx.parallel();
@@ -1010,49 +967,15 @@ pub fn run(ctx: &mut RunContext, c: &Config) -> Result<()> {
             plan.extend(stage_phases(name, i, s, &p, n, &it));
         }
     }
-    let mut offsets = Vec::with_capacity(plan.len());
-    let mut g = 0;
-    for ph in &plan {
-        offsets.push(g);
-        g += ph.steps;
-    }
-    // The plan position and the arm's log must be there; the tensors are checked against the
-    // phase's state when it is entered.
-    let fits = |ck: &Checkpoint| -> Result<()> {
-        let phase: usize = ck.get("phase")?;
-        ck.get::<u64>("local")?;
-        ck.get::<String>("phase_name")?;
-        ck.get::<String>("log")?;
-        if phase >= plan.len() {
-            return Err(Error::msg(format!(
-                "phase {phase} is beyond the plan's {} phases",
-                plan.len()
-            )));
-        }
-        Ok(())
-    };
-    // Rank 0's latest valid checkpoint, on every rank of a data-parallel run.
-    let resume = match ctx.resume_point(fits)? {
-        Some((_, ck)) => Some(Resume {
-            phase: ck.get("phase")?,
-            local: ck.get("local")?,
-            ck,
-        }),
-        None => None,
-    };
+    // Rank 0's latest checkpoint that is a position in this plan and carries the arm's log
+    // (the tensors are checked against the phase's state when it is entered).
     let dir = ctx.dir().to_path_buf();
-    ctx.begin(
-        resume
-            .as_ref()
-            .map_or(0, |r| offsets[r.phase.min(offsets.len() - 1)] + r.local),
-    )?;
+    let phases = Phases::open(ctx, plan, |ck| ck.get::<String>("log").map(|_| ()))?;
     let every = pipe.checkpoint_steps.max(1);
     let mut ex = Exec {
         ctx,
         p: &p,
-        plan,
-        offsets,
-        resume,
+        phases,
         every,
     };
     // Stage 1.
