@@ -306,18 +306,28 @@ impl Source {
     }
 }
 
-/// Trains and evaluates one run (one arm, one seed).
-pub fn run(ctx: &mut RunContext) -> Result<()> {
-    let c: Config = ctx.config()?;
-    let h = ctx.header().clone();
-    // Data-parallel: each rank trains on its rows of every batch (an equal share).
-    let par = ctx.parallel();
-    par.even(c.batch)?;
-    let seed = h.seed;
+/// What a run trains on and is judged by.
+struct Setup {
+    /// The training (and, for a folder task, test) data.
+    src: Source,
+    /// The loss network.
+    p: Perceptual,
+    /// Rank 0's evaluator of a small task (none on other ranks and for a folder task).
+    ev: Option<Evaluator>,
+    /// What the judges measured of themselves.
+    judge_info: JudgeInfo,
+    /// The content stream's input channels.
+    in_c: i64,
+}
+
+/// The run's data, loss network and (rank 0, small tasks) judges; helper networks are shared by
+/// the runs of a sweep.
+fn setup(ctx: &RunContext, c: &Config, par: &reprise_core::parallel::Parallel) -> Result<Setup> {
+    let h = ctx.header();
     let dev = ctx.device();
     // Helper networks, shared by the runs of a sweep.
     let dir = ctx.sweep_cache("tsit-nets");
-    let (src, p, ev, judge_info, in_c) = if c.task.is_folder() {
+    Ok(if c.task.is_folder() {
         let fc = c
             .folder
             .clone()
@@ -340,15 +350,21 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
         };
         let f = folders::FolderData::new(c.task, &root, &fc, c.size, c.size * c.aspect)?;
         let in_c = f.content_channels();
-        let p = perceptual_fixed(&c, dev)?;
-        (Source::Folder(f), p, None, JudgeInfo::default(), in_c)
+        let p = perceptual_fixed(c, dev)?;
+        Setup {
+            src: Source::Folder(f),
+            p,
+            ev: None,
+            judge_info: JudgeInfo::default(),
+            in_c,
+        }
     } else {
-        let mut d = TaskData::new(&c, &h.data)?;
-        let p = perceptual(&c, &d, &dir, dev)?;
+        let mut d = TaskData::new(c, &h.data)?;
+        let p = perceptual(c, &d, &dir, dev)?;
         // The judges score rank 0's evaluation; the other ranks of a data-parallel run only train.
         let judged = par
             .is_main()
-            .then(|| judges(&c, &d, &dir, dev))
+            .then(|| judges(c, &d, &dir, dev))
             .transpose()?;
         let test = d.take_test();
         let in_c = if c.task == Task::ScenesSis { 7 } else { 3 };
@@ -356,8 +372,32 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
             Some((judges, info)) => (Some(Evaluator::new(judges, test)), info),
             None => (None, JudgeInfo::default()),
         };
-        (Source::Small(d), p, ev, judge_info, in_c)
-    };
+        Setup {
+            src: Source::Small(d),
+            p,
+            ev,
+            judge_info,
+            in_c,
+        }
+    })
+}
+
+/// Trains and evaluates one run (one arm, one seed).
+pub fn run(ctx: &mut RunContext) -> Result<()> {
+    let c: Config = ctx.config()?;
+    let h = ctx.header().clone();
+    // Data-parallel: each rank trains on its rows of every batch (an equal share).
+    let par = ctx.parallel();
+    par.even(c.batch)?;
+    let seed = h.seed;
+    let dev = ctx.device();
+    let Setup {
+        src,
+        p,
+        ev,
+        judge_info,
+        in_c,
+    } = setup(ctx, &c, &par)?;
     if c.batch as usize > src.train_len() {
         return Err(Error::Data(format!(
             "tsit.batch {} is larger than the training set ({} items)",
