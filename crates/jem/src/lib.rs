@@ -189,13 +189,20 @@ fn optimizer(c: &Config, model: &Classifier) -> Optimizer {
     ))
 }
 
-/// Trains and evaluates one run (one arm, one seed).
-pub fn run(ctx: &mut RunContext) -> Result<()> {
-    let c: Config = ctx.config()?;
-    let h = ctx.header().clone();
-    let seed = h.seed;
-    let dev = ctx.device();
-    let splits = data::load_splits(&h.data)?;
+/// A run's data, inputs in [−1, 1] as the official code's: the training set, and the test set
+/// (its first `eval.max_test` examples when set) with each example's place in its dataset.
+struct RunData {
+    train_x: Tensor,
+    train_y: Tensor,
+    test_x: Tensor,
+    test_y: Tensor,
+    test_index: Vec<i64>,
+    classes: usize,
+}
+
+/// Loads the run's data ([`RunData`]); an error when a batch is larger than the training set.
+fn run_data(c: &Config, d: &reprise_core::spec::DataSpec) -> Result<RunData> {
+    let splits = data::load_splits(d)?;
     let classes = splits.train.classes;
     // Inputs in [−1, 1], as the official code.
     let train_x = &splits.train.x * 2.0 - 1.0;
@@ -216,6 +223,30 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
             splits.train.len()
         )));
     }
+    Ok(RunData {
+        train_x,
+        train_y,
+        test_x,
+        test_y,
+        test_index,
+        classes,
+    })
+}
+
+/// Trains and evaluates one run (one arm, one seed).
+pub fn run(ctx: &mut RunContext) -> Result<()> {
+    let c: Config = ctx.config()?;
+    let h = ctx.header().clone();
+    let seed = h.seed;
+    let dev = ctx.device();
+    let RunData {
+        train_x,
+        train_y,
+        test_x,
+        test_y,
+        test_index,
+        classes,
+    } = run_data(&c, &h.data)?;
     let shape: Vec<i64> = train_x.size()[1..].to_vec();
     let mut model = Classifier::new(&c.model, &shape, classes as i64, dev, seed);
     let mut opt = optimizer(&c, &model);
