@@ -28,15 +28,20 @@ pub fn cache_dir(run: &Path, name: &str) -> PathBuf {
     }
 }
 
-/// A cached file: `<dir>/<kind>-<hash of recipe>.safetensors`, the hash FNV-1a over the
+/// FNV-1a (64 bits) of a text: a short, stable name for what the text describes.
+pub fn fnv1a(text: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in text.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// A cached file: `<dir>/<kind>-<hash of recipe>.safetensors`, the hash [`fnv1a`] of the
 /// recipe's text (any text that changes whenever what the file holds would).
 pub fn file(dir: &Path, kind: &str, recipe: &str) -> PathBuf {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in recipe.bytes() {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x100_0000_01b3);
-    }
-    dir.join(format!("{kind}-{h:016x}.safetensors"))
+    dir.join(format!("{kind}-{:016x}.safetensors", fnv1a(recipe)))
 }
 
 /// Runs `produce` (which writes `file`) unless another process is producing it already: the
@@ -159,6 +164,13 @@ mod tests {
         assert_eq!(cache_dir(&run, "nets"), run.join("nets"));
         std::fs::write(d.path().join("sweep.json"), "{}").unwrap();
         assert_eq!(cache_dir(&run, "nets"), d.path().join(".nets"));
+    }
+
+    #[test]
+    fn fnv1a_gives_the_published_test_vectors() {
+        assert_eq!(fnv1a(""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a("a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(fnv1a("foobar"), 0x8594_4171_f739_67e8);
     }
 
     #[test]

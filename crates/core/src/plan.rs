@@ -24,6 +24,13 @@ pub fn sorted_json<T: Serialize>(v: &T, pretty: bool) -> Result<String> {
     text.map_err(|e| Error::msg(e.to_string()))
 }
 
+/// The JSON file at `path` as a `T`; `None` where it is absent or does not read as one.
+fn read_json<T: DeserializeOwned>(path: &Path) -> Option<T> {
+    std::fs::read(path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+}
+
 /// Finished stages by name, each with its result.
 #[derive(Debug)]
 pub struct Ledger<T> {
@@ -41,10 +48,7 @@ impl<T: Serialize + DeserializeOwned> Ledger<T> {
 
     /// The ledger at `path`, outside a run (an empty one where the file is absent or unreadable).
     pub fn read(path: &Path) -> Ledger<T> {
-        let done = std::fs::read(path)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default();
+        let done = read_json(path).unwrap_or_default();
         Ledger {
             path: path.to_path_buf(),
             done,
@@ -95,12 +99,9 @@ impl<T: Serialize + DeserializeOwned> Record<T> {
     /// The record at `path`, outside a run (unfinished where the file is absent, or does not
     /// read as this record: the stage runs again).
     pub fn read(path: &Path) -> Record<T> {
-        let value = std::fs::read(path)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok());
         Record {
             path: path.to_path_buf(),
-            value,
+            value: read_json(path),
         }
     }
 

@@ -864,14 +864,10 @@ pub fn finished_run<S: serde::de::DeserializeOwned>(dir: &Path) -> Result<(Heade
 /// checkpoint stamped with another run's id, copied in, is passed over as on resuming), with its
 /// step. An error naming the folder when it has none.
 pub fn final_checkpoint(dir: &Path) -> Result<(u64, Checkpoint)> {
-    let found = CheckpointDir::new(dir.join("checkpoints"), 1)
+    CheckpointDir::new(dir.join("checkpoints"), 1)
         .for_run(&recorded_id(dir))
-        .latest_valid(|_| Ok(()));
-    match found {
-        Ok(Some(last)) => Ok(last),
-        Ok(None) => Err(Error::msg(format!("{} has no checkpoint", dir.display()))),
-        Err(e) => Err(e),
-    }
+        .latest_valid(|_| Ok(()))?
+        .ok_or_else(|| Error::msg(format!("{} has no checkpoint", dir.display())))
 }
 
 /// The names of the runs a sweep folder's `sweep.json` lists (empty when it has none).

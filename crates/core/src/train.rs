@@ -59,16 +59,8 @@ impl Steps {
         }
         ctx.begin(step)?;
         Ok(Steps {
-            progress: ctx.progress(total, step),
-            par,
-            seed: ctx.seed(),
-            step,
-            first: step,
-            total,
-            secs: 0.0,
-            started: None,
-            offset: 0,
             reseed: true,
+            ..Steps::phase(ctx, total, step, 0)
         })
     }
 

@@ -37,12 +37,7 @@ pub struct Options {
 
 /// A short, stable hex hash (FNV-1a, 64 bits) of a text: names the folder shards share.
 fn short_hash(s: &str) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in s.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("{h:016x}")[..10].to_string()
+    format!("{:016x}", reprise_core::cache::fnv1a(s))[..10].to_string()
 }
 
 fn versions() -> Map<String, Json> {
