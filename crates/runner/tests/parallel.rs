@@ -247,17 +247,29 @@ fn two_ranks_train_a_pgd_source_as_one_process_does() {
     let d = setup();
     let p = d.path();
     write(p, "tiny-rt.yaml", TINY_RT);
-    // PGD-L2 from random starts, PGD-L∞, and FGSM with its random start; 2 epochs of 10
-    // batches of 300 images (the last of 12 rows), 20 SGD steps.
+    // Standard training, PGD-L2 from random starts, PGD-L∞, and FGSM with its random start; 2
+    // epochs of 10 batches of 300 images (the last of 12 rows), 20 SGD steps.
     let linf = "robust-transfer.source.arm=linf-0.1";
-    for (i, (arm, more)) in [
-        ("robust-transfer.source.attack.random_start=true", "seed=0"),
-        // Without the use-best choice: it picks, per example, the iterate of highest loss,
-        // and two iterates whose losses differ by rounding (the batch of 16 and the batch of
-        // 32 round differently) are then chosen differently, a whole PGD step apart
-        // (measured: 4e-3 after 20 steps with it, 1.8e-7 without).
-        (linf, "robust-transfer.source.attack.use_best=false"),
-        (linf, "robust-transfer.source.attack.fgsm=true"),
+    let no_best = "robust-transfer.source.attack.use_best=false";
+    // The standard arm (no attack) ends within float rounding of one process. An attack does
+    // not always: L∞'s sign of the input gradient and L2's normalisation of it turn a rounding
+    // difference of a near-zero gradient (the batch of 16 and the batch of 32 round
+    // differently) into a whole step for that pixel, and the use-best choice picks between
+    // iterates whose losses differ by rounding. Whether that happens depends on the CPU's
+    // kernels: measured after 20 steps, L2 7.4e-7 on one machine and 6.8e-4 on another (an
+    // AVX-512 FP16 Xeon), L∞ without use-best 1.8e-7 and 5.9e-4 (with it 4e-3 on the first,
+    // hence not tested), std 2.1e-7 on the second; the attacks' differences are under 0.4 % of
+    // how far the second epoch moved the weights (0.19–0.24), where a rank that trained on its
+    // own rows alone would be off by about as much as the training moves them.
+    for (i, (arm, more, tight)) in [
+        ("robust-transfer.source.arm=std", "seed=0", true),
+        (
+            "robust-transfer.source.attack.random_start=true",
+            "seed=0",
+            false,
+        ),
+        (linf, no_best, false),
+        (linf, "robust-transfer.source.attack.fgsm=true", false),
     ]
     .iter()
     .enumerate()
@@ -286,24 +298,29 @@ fn two_ranks_train_a_pgd_source_as_one_process_does() {
             assert!(o.status.success(), "{}", text(&o));
             runs.push(runs_under(&p.join(&out).join("tiny-rt")).remove(0));
         }
-        let ck = |r: &Path| {
+        let cks = |r: &Path| {
             let mut v: Vec<_> = runs_under(&r.join("checkpoints"));
             v.retain(|f| f.to_string_lossy().contains("step-"));
-            v.pop().expect("a step checkpoint")
+            v
         };
+        let (one, two) = (cks(&runs[0]), cks(&runs[1]));
         assert_eq!(
-            ck(&runs[0]).file_name(),
-            ck(&runs[1]).file_name(),
-            "the same number of steps"
+            one.iter().map(|f| f.file_name()).collect::<Vec<_>>(),
+            two.iter().map(|f| f.file_name()).collect::<Vec<_>>(),
+            "the same steps"
         );
-        // Measured when written after 20 SGD steps: L2 7.4e-7, L∞ 1.2e-7, FGSM 1.2e-7.
-        let tol = 1e-5;
-        let w = max_diff(&ck(&runs[0]), &ck(&runs[1]), "model.");
-        eprintln!("{arm} {more}: source weights {w:.2e} apart");
+        let (last, first) = (one.last().unwrap(), &one[0]);
+        let w = max_diff(last, two.last().unwrap(), "model.");
+        let moved = max_diff(last, first, "model.");
+        eprintln!(
+            "{arm} {more}: source weights {w:.2e} apart; the second epoch moved them {moved:.2e}"
+        );
+        let tol = if *tight { 1e-5 } else { 0.02 * moved };
         assert!(w < tol, "{arm}: the source weights are {w:.2e} apart");
         // The transfers train data-parallel too (the fine-tuning's batches of 16 as 2 × 8; the
-        // logistic head on every rank alike): the same rates are chosen and the accuracies
-        // agree to one test example (a rounding-level difference may flip one prediction).
+        // logistic head on every rank alike): from the same source (the standard arm's), the
+        // same rates are chosen and the accuracies agree to one test example (a rounding-level
+        // difference may flip one prediction).
         let (a, b) = (summary(&runs[0]), summary(&runs[1]));
         let (ta, tb) = (
             a["transfers"].as_array().unwrap(),
@@ -311,6 +328,9 @@ fn two_ranks_train_a_pgd_source_as_one_process_does() {
         );
         assert_eq!(ta.len(), 6, "{a}");
         assert_eq!(ta.len(), tb.len());
+        if !tight {
+            continue;
+        }
         for (x, y) in ta.iter().zip(tb) {
             assert_eq!(
                 (&x["target"], &x["mode"], &x["seed"], &x["lr"]),
