@@ -3,7 +3,9 @@
 
 use crate::checkpoint::Checkpoint;
 use crate::error::Result;
+use crate::parallel::Parallel;
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 use tch::Tensor;
 
 /// Which update rule, with its hyper-parameters.
@@ -87,6 +89,7 @@ pub struct Optimizer {
     groups: Vec<Group>,
     state: Vec<Vec<State>>,
     scaler: Option<LossScaler>,
+    ranks: Option<Arc<Parallel>>,
 }
 
 /// A dynamic loss scale for float16 training, as `torch.amp.GradScaler` keeps it: the loss is
@@ -162,7 +165,19 @@ impl Optimizer {
             groups,
             state,
             scaler: None,
+            ranks: None,
         }
+    }
+
+    /// Trains data-parallel over the ranks of `par`, as PyTorch's DistributedDataParallel
+    /// does: [`Optimizer::step`] first replaces every parameter's gradient by its mean over the
+    /// ranks ([`Parallel::average_grads`], in size-capped buckets), taking the parameters in the
+    /// order of the groups and of their parameters, which every rank builds alike. A training
+    /// step then needs no collective of its own for the gradients; with one process nothing
+    /// changes.
+    pub fn data_parallel(mut self, par: Arc<Parallel>) -> Optimizer {
+        self.ranks = Some(par);
+        self
     }
 
     /// Trains with a dynamic loss scale ([`LossScaler`]): the caller back-propagates
@@ -211,7 +226,17 @@ impl Optimizer {
     }
 
     /// Applies one update with base learning rate `lr`; parameters without a gradient are skipped.
-    pub fn step(&mut self, lr: f64) {
+    /// Data-parallel ([`Optimizer::data_parallel`]), the gradients are first averaged over the
+    /// ranks, which fails only when another rank has stopped.
+    pub fn step(&mut self, lr: f64) -> Result<()> {
+        if let Some(par) = self.ranks.as_ref().filter(|p| p.world() > 1) {
+            let params: Vec<Tensor> = self
+                .groups
+                .iter()
+                .flat_map(|g| g.params.iter().map(|(_, p)| p.shallow_clone()))
+                .collect();
+            par.average_grads(&params)?;
+        }
         if let Some(sc) = self.scaler.as_mut() {
             let grads: Vec<Tensor> = self
                 .groups
@@ -224,7 +249,7 @@ impl Optimizer {
                     "loss scale: non-finite gradients, step skipped; scale now {}",
                     sc.scale
                 );
-                return;
+                return Ok(());
             }
         }
         let rule = self.rule;
@@ -294,6 +319,7 @@ impl Optimizer {
                 }
             }
         });
+        Ok(())
     }
 
     /// Writes the optimizer state into a checkpoint under `prefix`.
@@ -475,7 +501,7 @@ mod tests {
             opt.zero_grad();
             let l = (&a * &p - &b).square().sum(tch::Kind::Float);
             l.backward();
-            opt.step(0.1);
+            opt.step(0.1).unwrap();
         }
         Vec::<f32>::try_from(&p.detach()).unwrap()
     }
@@ -542,7 +568,7 @@ mod tests {
         );
         opt.zero_grad();
         p.square().sum(tch::Kind::Float).backward();
-        opt.step(0.1);
+        opt.step(0.1).unwrap();
         let mut ck = Checkpoint::new();
         opt.save(&mut ck, "opt");
         let q = p.detach().copy().set_requires_grad(true);
@@ -558,7 +584,7 @@ mod tests {
         for (o, t) in [(&mut opt, &p), (&mut other, &q)] {
             o.zero_grad();
             t.square().sum(tch::Kind::Float).backward();
-            o.step(0.1);
+            o.step(0.1).unwrap();
         }
         assert_eq!(
             Vec::<f32>::try_from(&p.detach()).unwrap(),
@@ -603,7 +629,7 @@ mod loss_scaler_tests {
         let x = Tensor::from_slice(&[f32::INFINITY, 1.0]);
         opt.zero_grad();
         opt.scale_loss(&(&p * &x).sum(Kind::Float)).backward();
-        opt.step(0.1);
+        opt.step(0.1).unwrap();
         assert_eq!(Vec::<f32>::try_from(&p.detach()).unwrap(), [1.0, 2.0]);
         let sc = *opt.loss_scaler().unwrap();
         assert_eq!((sc.scale, sc.good, sc.skipped), (512.0, 0, 1));
@@ -612,7 +638,7 @@ mod loss_scaler_tests {
         for _ in 0..2 {
             opt.zero_grad();
             opt.scale_loss(&(&p * &x).sum(Kind::Float)).backward();
-            opt.step(0.1);
+            opt.step(0.1).unwrap();
         }
         let got = Vec::<f32>::try_from(&p.detach()).unwrap();
         assert!(

@@ -6,7 +6,8 @@
 //! draws) is drawn for the global batch, identically on every rank, and sliced the same way, so
 //! that the union over the ranks is what one process would draw. After each backward the
 //! gradients are averaged over the ranks ([`Parallel::average_grads`], in size-capped buckets
-//! as PyTorch's DistributedDataParallel does) before the optimizer step; with equal shards the
+//! as PyTorch's DistributedDataParallel does) before the optimizer step, by the optimizer
+//! itself ([`crate::optim::Optimizer::data_parallel`]); with equal shards the
 //! average of the per-shard mean losses' gradients is the gradient of the global batch's mean
 //! loss. Rank 0 alone writes the run folder; the others write nothing (their context discards)
 //! and receive rank 0's checkpoint when the run resumes ([`Parallel::share_checkpoint`]).
@@ -123,6 +124,32 @@ impl Parallel {
         Ok(t.narrow(0, start, len))
     }
 
+    /// This rank's rows of the tensors of a global batch (each with the batch's rows first),
+    /// with the factor of its mean loss ([`Shard::weigh`]); in one process, the tensors
+    /// themselves.
+    pub fn shard_batch<const K: usize>(&self, batch: [&Tensor; K]) -> Result<Shard<K>> {
+        let n = batch.first().map_or(0, |t| t.size()[0]);
+        if let Some(t) = batch.iter().find(|t| t.size()[0] != n) {
+            return Err(Error::Data(format!(
+                "the parts of a batch have {n} and {} rows",
+                t.size()[0]
+            )));
+        }
+        let mut rows = Vec::with_capacity(K);
+        for t in batch {
+            rows.push(self.shard(t)?);
+        }
+        Ok(Shard {
+            rows: rows.try_into().expect("K parts"),
+            n,
+            weight: if self.world == 1 {
+                1.0
+            } else {
+                self.weight(n)?
+            },
+        })
+    }
+
     /// The random numbers `draw` makes for this rank's rows `part` of a global batch of `n`:
     /// drawn (the same on every rank, whose generators are seeded alike) for a tensor shaped
     /// like the whole batch, then sliced. The ranks together draw what one process draws for
@@ -182,21 +209,12 @@ impl Parallel {
         Ok(())
     }
 
-    /// [`Parallel::average_grads`] of the trainable variables of `vs`, taken in the order of
-    /// their names (the same on every rank, which a hash map's order is not).
-    pub fn average_var_grads(&self, vs: &tch::nn::VarStore) -> Result<()> {
-        if self.world == 1 {
-            return Ok(());
-        }
-        self.average_grads(&by_name(vs, true))
-    }
-
     /// Sets every variable of `vs` to rank 0's value (at the start of a run, as DDP does).
     pub fn broadcast_vars(&self, vs: &tch::nn::VarStore) -> Result<()> {
         if self.world == 1 {
             return Ok(());
         }
-        self.broadcast(&by_name(vs, false))
+        self.broadcast(&by_name(vs))
     }
 
     /// Sets the tensors to rank 0's values (the parameters and buffers at the start of a run).
@@ -317,12 +335,33 @@ impl Parallel {
 }
 
 /// The variables of `vs` (only the trainable ones if `trainable`) in the order of their names.
-fn by_name(vs: &tch::nn::VarStore, trainable: bool) -> Vec<Tensor> {
-    let mut named: Vec<(String, Tensor)> = vs
-        .variables()
-        .into_iter()
-        .filter(|(_, t)| !trainable || t.requires_grad())
-        .collect();
+/// This rank's rows of a global batch ([`Parallel::shard_batch`]).
+#[derive(Debug)]
+pub struct Shard<const K: usize> {
+    /// This rank's rows of each part of the batch, in the order given.
+    pub rows: [Tensor; K],
+    /// The rows of the global batch.
+    pub n: i64,
+    weight: f64,
+}
+
+impl<const K: usize> Shard<K> {
+    /// This rank's mean loss over its rows, weighed so that the average of the ranks'
+    /// gradients is the gradient of the mean over the whole batch ([`Parallel::weight`]): an
+    /// epoch's last batch may not split evenly. Unchanged when the batch splits evenly.
+    pub fn weigh(&self, loss: Tensor) -> Tensor {
+        if self.weight == 1.0 {
+            loss
+        } else {
+            loss * self.weight
+        }
+    }
+}
+
+/// Every variable of `vs` in the order of their names (the same on every rank, which a hash
+/// map's order is not).
+fn by_name(vs: &tch::nn::VarStore) -> Vec<Tensor> {
+    let mut named: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
     named.sort_by(|a, b| a.0.cmp(&b.0));
     named.into_iter().map(|(_, t)| t).collect()
 }
@@ -358,5 +397,30 @@ mod tests {
         let e = p.even(7).unwrap_err().to_string();
         assert!(e.contains("multiple of 2"), "{e}");
         assert!(p.rows(1).is_err());
+    }
+
+    #[test]
+    fn a_shard_is_this_ranks_rows_with_the_weight_of_its_mean() {
+        let x = Tensor::arange(14, (Kind::Float, tch::Device::Cpu)).view([7, 2]);
+        let y = Tensor::arange(7, (Kind::Int64, tch::Device::Cpu));
+        let one = Parallel::single().shard_batch([&x, &y]).unwrap();
+        assert_eq!((one.n, &one.rows[0], &one.rows[1]), (7, &x, &y));
+        let loss = Tensor::from(0.3f32);
+        assert_eq!(one.weigh(loss.shallow_clone()), loss);
+        let p = Parallel {
+            rank: 1,
+            world: 2,
+            group: None,
+        };
+        let s = p.shard_batch([&x, &y]).unwrap();
+        assert_eq!(s.rows[0], x.narrow(0, 4, 3));
+        assert_eq!(s.rows[1], y.narrow(0, 4, 3));
+        assert_eq!(s.n, 7);
+        let w = s.weigh(loss.shallow_clone()).double_value(&[]);
+        assert!((w - 0.3f32 as f64 * 6.0 / 7.0).abs() < 1e-6, "{w}");
+        // An even batch leaves the loss as it is; parts of different lengths are refused.
+        let even = p.shard_batch([&x.narrow(0, 0, 6)]).unwrap();
+        assert_eq!(even.weigh(loss.shallow_clone()), loss);
+        assert!(p.shard_batch([&x, &y.narrow(0, 0, 6)]).is_err());
     }
 }

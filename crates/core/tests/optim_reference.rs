@@ -85,7 +85,7 @@ fn trajectories_match_pytorch() {
         for t in 0..steps {
             opt.zero_grad();
             loss(&p, &q, &a, &b).backward();
-            opt.step(Schedule::Constant.lr(lr, t, warmup));
+            opt.step(Schedule::Constant.lr(lr, t, warmup)).unwrap();
         }
         for (k, t) in [("p", &p), ("q", &q)] {
             let got = Vec::<f32>::try_from(t.detach().view([-1])).unwrap();

@@ -23,6 +23,7 @@ use reprise_core::data::{self, batch_indices, Images};
 use reprise_core::models::{Block, ResNet, ResNetConfig, Stem, Wrn, WrnConfig, WrnNorm};
 use reprise_core::nn::Activation;
 use reprise_core::optim::Optimizer;
+use reprise_core::parallel::Shard;
 use reprise_core::plan::{sorted_json, Entered, Ledger, Phase, Phases};
 use reprise_core::run::RunContext;
 use reprise_core::train::{Averages, Steps};
@@ -474,12 +475,12 @@ impl Exec<'_, '_> {
         self.phases.save(self.ctx, name, local, ck)
     }
 
-    /// Runs `f(step, x, y, weight) -> loss` for the steps of phase `name` from `from`,
+    /// Runs `f(opt, step, batch) -> loss` for the steps of phase `name` from `from`,
     /// checkpointing `state` and `opt`; returns the mean loss of the last epoch's steps run in
-    /// this sitting. Data-parallel, `x` and `y` are this rank's rows of the batch and `weight`
-    /// the factor of its mean loss that makes the ranks' average gradient the whole batch's
-    /// (1 unless the epoch's last batch does not split evenly); the logged and checked loss is
-    /// the ranks' mean, and an interrupt on any rank stops all after the same step.
+    /// this sitting. Data-parallel, `batch` is this rank's rows `[x, y]` of the batch (whose
+    /// `weigh` makes the ranks' average gradient the whole batch's when the epoch's last batch
+    /// does not split evenly); the logged and checked loss is the ranks' mean, and an interrupt
+    /// on any rank stops all after the same step.
     fn steps(
         &mut self,
         name: &str,
@@ -487,7 +488,7 @@ impl Exec<'_, '_> {
         state: &[(String, Tensor)],
         opt: &mut Optimizer,
         log: &ArmResult,
-        mut f: impl FnMut(&mut Optimizer, u64, &Tensor, &Tensor, f64) -> Result<f64>,
+        mut f: impl FnMut(&mut Optimizer, u64, &Shard<2>) -> Result<f64>,
     ) -> Result<f64> {
         let par = self.ctx.parallel();
         let (total, offset) = (self.phases.steps(name), self.phases.offset(name));
@@ -518,10 +519,9 @@ impl Exec<'_, '_> {
                 }
                 let (x, y) = decoded?;
                 let (x, y) = p.prepare(step, x, y);
-                let n = x.size()[0];
-                let (x, y) = (par.shard(&x)?, par.shard(&y)?);
-                let weight = par.weight(n)?;
-                let l = f(opt, step, &x, &y, weight)
+                let l = par
+                    .shard_batch([&x, &y])
+                    .and_then(|batch| f(opt, step, &batch))
                     .and_then(|l| Ok(par.mean(&[l])?[0]))
                     .map_err(|e| Error::msg(format!("{name}, step {step}: {e}")))?;
                 if !l.is_finite() {
@@ -617,8 +617,8 @@ fn run_phase(
     log: &mut ArmResult,
     mut loss: impl FnMut(&Tensor, &Tensor) -> Result<Tensor>,
 ) -> Result<Option<f64>> {
-    let trained: Vec<Tensor> = params.iter().map(Tensor::shallow_clone).collect();
-    let mut opt = stage_optimizer(o, vec![(params, 1.0)]);
+    // Data-parallel, its step averages the ranks' gradients first (as DDP does).
+    let mut opt = stage_optimizer(o, vec![(params, 1.0)]).data_parallel(ex.ctx.parallel());
     let Entry::From(from) = ex.enter(name, state, Some(&mut opt), log)? else {
         return Ok(None);
     };
@@ -632,17 +632,12 @@ fn run_phase(
         state,
         &mut opt,
         &snapshot,
-        |opt, step, x, y, w| {
+        |opt, step, batch| {
+            let [x, y] = &batch.rows;
             let l = loss(x, y)?;
             opt.zero_grad();
-            if par.world() > 1 {
-                backward(&(&l * w))?;
-                // DDP's average of the ranks' gradients, in the parameters' (name) order.
-                par.average_grads(&trained)?;
-            } else {
-                backward(&l)?;
-            }
-            opt.step(sched.lr(lr, step, warm));
+            backward(&batch.weigh(l.shallow_clone()))?;
+            opt.step(sched.lr(lr, step, warm))?;
             Ok(l.double_value(&[]))
         },
     )?;

@@ -232,7 +232,7 @@ pub fn train_step(
     };
     opt.zero_grad();
     backward(&loss)?;
-    opt.step(lr);
+    opt.step(lr)?;
     Ok(loss.double_value(&[]))
 }
 
@@ -249,7 +249,7 @@ pub fn imitation_step(
     let loss = mse(&w.thin.feature(&w.block(i, inp)), target);
     opt.zero_grad();
     backward(&loss)?;
-    opt.step(lr);
+    opt.step(lr)?;
     Ok(loss.double_value(&[]))
 }
 
@@ -393,7 +393,7 @@ pub fn imitate(
                 }
                 opt.zero_grad();
                 backward(&loss).map_err(at_step("joint imitation", step as u64))?;
-                opt.step(sched.lr(s.lr, step as u64, warm));
+                opt.step(sched.lr(s.lr, step as u64, warm))?;
                 check(loss.double_value(&[]), "imitation", step as u64)?;
             }
         }
@@ -480,7 +480,7 @@ pub fn hint(thin: &dyn Net, d: &Data, s: &HintStage, seed: u64) -> Result<f64> {
         );
         opt.zero_grad();
         backward(&loss).map_err(at_step("hint", step as u64))?;
-        opt.step(sched.lr(s.lr, step as u64, warm));
+        opt.step(sched.lr(s.lr, step as u64, warm))?;
         last = loss.double_value(&[]);
         check(last, "hint", step as u64)?;
     }

@@ -92,6 +92,18 @@ pub struct Launch {
 }
 
 impl Launch {
+    /// Rank `rank` of `world` processes (or threads) on this machine, meeting at
+    /// 127.0.0.1:`port`: the ranks of a test, or of a measurement on one host.
+    pub fn local(rank: usize, world: usize, port: u16) -> Launch {
+        Launch {
+            rank,
+            world,
+            local_rank: rank,
+            master_addr: "127.0.0.1".into(),
+            master_port: port,
+        }
+    }
+
     /// The launch `torchrun` describes (`RANK`, `WORLD_SIZE`, `LOCAL_RANK`, `MASTER_ADDR`,
     /// `MASTER_PORT`) or, failing that, Slurm (`SLURM_PROCID`, `SLURM_NTASKS`,
     /// `SLURM_LOCALID`, with `MASTER_ADDR`/`MASTER_PORT` or 127.0.0.1:29500); `None` when

@@ -12,24 +12,15 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn launch(rank: usize, world: usize, port: u16) -> Launch {
-    Launch {
-        rank,
-        world,
-        local_rank: rank,
-        master_addr: "127.0.0.1".into(),
-        master_port: port,
-    }
-}
-
 #[test]
 fn two_ranks_average_gradients_broadcast_and_meet_at_a_barrier() {
     let port = free_port();
     let handles: Vec<_> = (0..2)
         .map(|rank| {
             std::thread::spawn(move || {
-                let mut pg = ProcessGroup::join(&launch(rank, 2, port), Duration::from_secs(30))
-                    .expect("join");
+                let mut pg =
+                    ProcessGroup::join(&Launch::local(rank, 2, port), Duration::from_secs(30))
+                        .expect("join");
                 assert_eq!((pg.rank(), pg.world()), (rank, 2));
                 let r = rank as f64;
                 // Two "gradients" of different shapes, one bucket; and a double in its own.
@@ -70,7 +61,7 @@ fn a_rank_that_cannot_reach_the_store_fails_clearly_within_its_timeout() {
     // Nobody serves this port: rank 1 waits for rank 0's store, then gives up.
     let port = free_port();
     let t0 = Instant::now();
-    let e = match ProcessGroup::join(&launch(1, 2, port), Duration::from_secs(2)) {
+    let e = match ProcessGroup::join(&Launch::local(1, 2, port), Duration::from_secs(2)) {
         Ok(_) => panic!("joined a group nobody serves"),
         Err(e) => e.to_string(),
     };
@@ -151,9 +142,11 @@ fn two_ranks_with_half_batches_take_the_single_process_full_batch_step() {
             );
             let init: Vec<Tensor> = init.iter().map(Tensor::copy).collect();
             std::thread::spawn(move || {
-                let mut pg =
-                    ProcessGroup::join(&launch(rank as usize, 2, port), Duration::from_secs(30))
-                        .unwrap();
+                let mut pg = ProcessGroup::join(
+                    &Launch::local(rank as usize, 2, port),
+                    Duration::from_secs(30),
+                )
+                .unwrap();
                 step(Some(&mut pg), &init, &xs, &ys)
             })
         })
@@ -173,7 +166,7 @@ fn two_ranks_with_half_batches_take_the_single_process_full_batch_step() {
 
 #[test]
 fn an_nccl_backend_serves_cuda_tensors_or_its_absence_is_said() {
-    let l = launch(0, 1, free_port());
+    let l = Launch::local(0, 1, free_port());
     let t = Duration::from_secs(30);
     let joined = ProcessGroup::join_with(&l, t, t, Some(0));
     if tch::Cuda::is_available() && dist::HAS_NCCL {
@@ -241,7 +234,8 @@ fn synchronised_batch_norm_over_two_ranks_is_batch_norm_over_the_whole_batch() {
             );
             std::thread::spawn(move || {
                 let mut pg =
-                    ProcessGroup::join(&launch(rank, 2, port), Duration::from_secs(30)).unwrap();
+                    ProcessGroup::join(&Launch::local(rank, 2, port), Duration::from_secs(30))
+                        .unwrap();
                 let (rm, rv) = (
                     Tensor::zeros([3], (Kind::Float, tch::Device::Cpu)),
                     Tensor::ones([3], (Kind::Float, tch::Device::Cpu)),

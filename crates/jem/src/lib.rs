@@ -249,7 +249,8 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
     } = run_data(&c, &h.data)?;
     let shape: Vec<i64> = train_x.size()[1..].to_vec();
     let mut model = Classifier::new(&c.model, &shape, classes as i64, dev, seed);
-    let mut opt = optimizer(&c, &model);
+    // Data-parallel, its step averages the ranks' gradients first (as DDP does).
+    let mut opt = optimizer(&c, &model).data_parallel(ctx.parallel());
     let (w_px, w_xy, full) = c.arm_budget();
     // Evaluating given weights trains nothing.
     let total = if c.from.is_some() {

@@ -46,8 +46,9 @@ pub struct StepBatch<'a> {
 /// Data-parallel (`par` of several ranks): `lab` and `x_data` are the global batch; this rank
 /// computes on its rows, draws the replay-buffer slots of the whole batch (the same on every
 /// rank), runs SGLD on its rows, gathers the samples of all ranks so that every rank's buffer
-/// stays the one a single process would hold, and averages the gradients before the step. The
-/// values returned (and guarded) are the means over the ranks.
+/// stays the one a single process would hold; `opt`, made [`Optimizer::data_parallel`],
+/// averages the gradients before its step. The values returned (and guarded) are the means over
+/// the ranks.
 pub fn train_step(
     model: &Classifier,
     opt: &mut Optimizer,
@@ -146,8 +147,7 @@ pub fn train_step(
     opt.scale_loss(&loss)
         .f_backward()
         .map_err(|e| StepError::Diverged(format!("the backward pass failed: {e}")))?;
-    par.average_var_grads(&model.vs)?;
-    opt.step(lr);
+    opt.step(lr)?;
     Ok(StepStats {
         loss: lv,
         ce,

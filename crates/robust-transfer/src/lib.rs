@@ -258,7 +258,8 @@ fn train_source(
     };
     let mut opt = s
         .amp
-        .optimizer(train::sgd(net.params(true), s.momentum, s.weight_decay));
+        .optimizer(train::sgd(net.params(true), s.momentum, s.weight_decay))
+        .data_parallel(ctx.parallel());
     let mut step = 0;
     let fits = |ck: &Checkpoint| source_checkpoint_fits(net, &opt, ck);
     if let Some((_, ck)) = ctx.resume_point(fits)? {

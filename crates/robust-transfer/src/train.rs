@@ -99,8 +99,9 @@ pub fn backward(loss: &Tensor) -> Result<()> {
 /// One training step on the inputs `training_inputs` builds; returns the loss.
 ///
 /// Data-parallel (`par` of several ranks): `(x, y)` is the global batch; this rank attacks and
-/// trains on its rows, the gradients are averaged over the ranks before the step, and the loss
-/// returned is the ranks' mean. BatchNorm statistics stay per rank, as under DDP.
+/// trains on its rows, `opt` (made [`Optimizer::data_parallel`]) averages the gradients over
+/// the ranks before its step, and the loss returned is the ranks' mean. BatchNorm statistics
+/// stay per rank, as under DDP.
 pub fn train_step(
     net: &Net,
     opt: &mut Optimizer,
@@ -109,23 +110,19 @@ pub fn train_step(
     (lr, amp): (f64, Amp),
     par: &Parallel,
 ) -> Result<f64> {
-    let n = x.size()[0];
-    let (x, y) = (par.shard(x)?, par.shard(y)?);
-    let xin = training_inputs_of_rows(net, arm, eps, a, (&x, &y), (par, n));
+    let shard = par.shard_batch([x, y])?;
+    let [x, y] = &shard.rows;
+    let xin = training_inputs_of_rows(net, arm, eps, a, (x, y), (par, shard.n));
     let dev = net.vs.device();
-    let mut loss = amp
-        .forward(dev, || net.forward_t(&xin, true))
-        .cross_entropy_for_logits(&y);
-    if par.world() > 1 {
-        // An epoch's last, smaller batch may not split evenly: weigh each rank's mean by its
-        // share, so that the average of the gradients is the whole batch's mean's.
-        loss *= par.weight(n)?;
-    }
+    // An epoch's last, smaller batch may not split evenly among the ranks (`weigh`).
+    let loss = shard.weigh(
+        amp.forward(dev, || net.forward_t(&xin, true))
+            .cross_entropy_for_logits(y),
+    );
     opt.zero_grad();
     // Scaled under `amp: f16` (the step unscales, or skips an overflow).
     backward(&opt.scale_loss(&loss))?;
-    par.average_var_grads(&net.vs)?;
-    opt.step(lr);
+    opt.step(lr)?;
     Ok(par.mean(&[loss.double_value(&[])])?[0])
 }
 

@@ -16,6 +16,7 @@ use reprise_core::plan::Journal;
 use reprise_core::run::RunContext;
 use reprise_core::{Error, Result};
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 use tch::nn::{Module, ModuleT};
 use tch::{Kind, Tensor};
 
@@ -142,7 +143,7 @@ pub(crate) fn fixed_logistic(
         let loss = logits.cross_entropy_for_logits(&ytr) + w.square().sum(Kind::Float) * (wd / 2.0);
         opt.zero_grad();
         crate::train::backward(&loss)?;
-        opt.step(lr);
+        opt.step(lr)?;
     }
     let logits = tch::no_grad(|| fte.matmul(&w.tr()) + &b);
     Ok(accuracies(&logits, &test.y, test.classes))
@@ -155,7 +156,7 @@ pub struct Control<'a> {
     /// Whether to stop now.
     pub stop: &'a dyn Fn() -> bool,
     /// The ranks training together.
-    pub par: &'a Parallel,
+    pub par: &'a Arc<Parallel>,
 }
 
 /// One SGD fine-tuning: of what target, which parameters (`mode`), by which recipe, run how.
@@ -223,7 +224,8 @@ pub fn train_net(net: Net, fit: Fit<'_>, train: &Dataset, lr: f64, seed: u64) ->
             }
         }
     }
-    let mut opt = crate::train::sgd(net.params(full), sgd.momentum, sgd.weight_decay);
+    let mut opt = crate::train::sgd(net.params(full), sgd.momentum, sgd.weight_decay)
+        .data_parallel(Arc::clone(ctl.par));
     let n = train.len();
     let per_epoch = n.div_ceil(sgd.batch) as u64;
     let steps = match (sgd.steps, sgd.epochs) {
@@ -260,24 +262,20 @@ pub fn train_net(net: Net, fit: Fit<'_>, train: &Dataset, lr: f64, seed: u64) ->
         };
         let y = train.y.index_select(0, &idx).to_device(dev);
         // This rank's rows of the batch (drawn and augmented whole, the same on every rank).
-        let rows = x.size()[0];
-        let (x, y) = (par.shard(&x)?, par.shard(&y)?);
+        let shard = par.shard_batch([&x, &y])?;
+        let [x, y] = &shard.rows;
         let logits = if full {
-            net.forward_t(&x, true)
+            net.forward_t(x, true)
         } else {
-            let f = tch::no_grad(|| net.features_t(&x, bn_train));
+            let f = tch::no_grad(|| net.features_t(x, bn_train));
             net.head().forward(&f)
         };
-        let mut loss = logits.cross_entropy_for_logits(&y);
+        let loss = shard.weigh(logits.cross_entropy_for_logits(y));
         opt.zero_grad();
-        if par.world() > 1 {
-            loss *= par.weight(rows)?;
-        }
         crate::train::backward(&loss)
             .map_err(|e| Error::msg(format!("fine-tuning, step {step}: {e}")))?;
-        // DDP's average of the trainable variables' gradients (the head alone when fixed).
-        par.average_var_grads(&net.vs)?;
-        opt.step(schedule.lr(lr, step, 0));
+        // DDP's average of the trained parameters' gradients (the head alone when fixed).
+        opt.step(schedule.lr(lr, step, 0))?;
     }
     // Rank 0's BatchNorm statistics on every rank (DDP's buffer broadcast), so that the
     // evaluations that choose a rate agree.
@@ -558,7 +556,7 @@ mod tests {
         };
         let src = Net::new(&model, &norm, 2, InitKind::HeNormal, Device::Cpu, 1);
         let (train, test) = (toy(40, 1), toy(30, 2));
-        let one = Parallel::single();
+        let one = Arc::new(Parallel::single());
         let no = Control {
             stop: &|| false,
             par: &one,

@@ -180,7 +180,7 @@ fn fixed_feature_and_full_network_transfer_steps_match_the_official_code() {
     };
     for (mode, tag) in [(Mode::Fixed, "fixed"), (Mode::Full, "full")] {
         let net = network(&fx, "source", &cifar, 5, Some("target"));
-        let one = reprise_core::parallel::Parallel::single();
+        let one = std::sync::Arc::new(reprise_core::parallel::Parallel::single());
         let ctl = robust_transfer::transfer::Control {
             stop: &|| false,
             par: &one,

@@ -296,13 +296,7 @@ pub fn time_all_reduce(ranks: usize, elems: i64) -> Result<f64> {
     let handles: Vec<_> = (0..ranks)
         .map(|rank| {
             std::thread::spawn(move || -> Result<f64> {
-                let launch = dist::Launch {
-                    rank,
-                    world: ranks,
-                    local_rank: rank,
-                    master_addr: "127.0.0.1".into(),
-                    master_port: port,
-                };
+                let launch = dist::Launch::local(rank, ranks, port);
                 let mut g = dist::ProcessGroup::join(&launch, Duration::from_secs(60))?;
                 let t = tch::Tensor::zeros([elems.max(1)], (tch::Kind::Float, tch::Device::Cpu));
                 let grads = [t];

@@ -34,10 +34,12 @@ use crate::train::{Gan, StepError};
 use reprise_core::checkpoint::Checkpoint;
 use reprise_core::data::Rng;
 use reprise_core::inputs::{of_data, Input, InputKind};
+use reprise_core::parallel::Parallel;
 use reprise_core::run::{Paper, RunContext};
 use reprise_core::spec::{SpecError, SpecTree};
 use reprise_core::train::{Averages, Steps};
 use reprise_core::{Error, Result};
+use std::sync::Arc;
 use std::time::Instant;
 use tch::{Device, Tensor};
 
@@ -86,7 +88,7 @@ pub fn plan(
         _ => Perceptual::vgg_mini(dev, 10),
     };
     p.vs.freeze();
-    let mut gan = build_gan(&c, p, in_c, dev);
+    let mut gan = build_gan(&c, p, in_c, dev, &Arc::new(Parallel::single()));
     let (h, w) = (c.size, c.size * c.aspect);
     let img = |ch: i64| Tensor::rand([c.batch, ch, h, w], (tch::Kind::Float, dev)) * 2.0 - 1.0;
     let (content, real) = (img(in_c), img(3));
@@ -155,7 +157,8 @@ fn panic_error(panic: Box<dyn std::any::Any + Send>) -> Error {
     }
 }
 
-fn build_gan(c: &Config, p: Perceptual, in_c: i64, dev: Device) -> Gan {
+/// The networks and optimizers of a run trained by the ranks of `par` ([`Gan::data_parallel`]).
+fn build_gan(c: &Config, p: Perceptual, in_c: i64, dev: Device, par: &Arc<Parallel>) -> Gan {
     let g: Box<dyn Generator> = match c.arm {
         Arm::P2phdLite => Box::new(P2phd::new(&c.model.p2phd, in_c, c.model.init, dev)),
         arm => Box::new(Tsit::new(
@@ -179,6 +182,7 @@ fn build_gan(c: &Config, p: Perceptual, in_c: i64, dev: Device) -> Gan {
         opt_d,
         conditional_d,
     }
+    .data_parallel(par)
 }
 
 fn save(ctx: &RunContext, gan: &Gan, step: u64) -> Result<()> {
@@ -406,9 +410,7 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
         )));
     }
     tch::manual_seed(seed as i64);
-    let mut gan = build_gan(&c, p, in_c, dev);
-    // FADE's BatchNorm over every rank's rows, as the official code's SyncBatchNorm.
-    gan.g.sync_batch_norm(&par);
+    let mut gan = build_gan(&c, p, in_c, dev, &par);
     let total = ctx.iterations(c.iterations);
     // An epoch as the official loader counts it (drop_last): ⌊items / batch⌋ iterations.
     let per_epoch = (src.train_len() / (c.batch as usize).max(1)).max(1) as u64;

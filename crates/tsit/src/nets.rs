@@ -386,7 +386,8 @@ pub(crate) fn train_classifier(
         };
         opt.zero_grad();
         loss.backward();
-        opt.step(1e-3);
+        opt.step(1e-3)
+            .expect("an optimizer of one process steps without a collective");
     }
 }
 

@@ -11,6 +11,7 @@ pub use reprise_core::error::StepError;
 use reprise_core::optim::{Optimizer, Rule};
 use reprise_core::parallel::Parallel;
 use reprise_core::Error;
+use std::sync::Arc;
 use tch::{Kind, Tensor};
 
 /// TTUR Adam over a store's trainable variables.
@@ -118,6 +119,18 @@ pub fn draw_noise(c: &Config, n: i64, dev: tch::Device) -> Option<Tensor> {
 }
 
 impl Gan {
+    /// The same networks trained by the ranks of `par`: both optimizers average the ranks'
+    /// gradients before their steps (as DDP does), and FADE's BatchNorm normalises over every
+    /// rank's rows, as the official code's SyncBatchNorm (`models/networks/sync_batchnorm`).
+    pub fn data_parallel(mut self, par: &Arc<Parallel>) -> Gan {
+        self.g.sync_batch_norm(par);
+        Gan {
+            opt_g: self.opt_g.data_parallel(par.clone()),
+            opt_d: self.opt_d.data_parallel(par.clone()),
+            ..self
+        }
+    }
+
     /// G's input for a batch with fresh bottleneck noise (or a fresh ε for the VAE).
     fn input<'a>(
         c: &Config,
@@ -168,8 +181,9 @@ impl Gan {
     /// `run_discriminator_one_step` on a freshly generated fake).
     ///
     /// Data-parallel (`par` of several ranks): `b` holds this rank's rows of the batch,
-    /// `noise_of` gives its rows of the noise drawn for the whole batch, the gradients are
-    /// averaged over the ranks before each update (as DDP does), the KL term (a sum over rows)
+    /// `noise_of` gives its rows of the noise drawn for the whole batch, the optimizers (made
+    /// [`Optimizer::data_parallel`]) average the gradients over the ranks before each update
+    /// (as DDP does), the KL term (a sum over rows)
     /// is weighted so that the ranks' mean is the whole batch's, and the logged and guarded
     /// losses are the ranks' means, so every rank takes the same decision.
     pub fn step_with(
@@ -244,10 +258,8 @@ impl Gan {
                 "generator backward: {e}"
             ))));
         }
-        let averaged = par.average_var_grads(self.g.vs());
         self.d.vs.unfreeze();
-        averaged.map_err(failed)?;
-        self.opt_g.step(lr.0);
+        self.opt_g.step(lr.0).map_err(failed)?;
         // Discriminator step on a fresh fake (new noise / new z), generated without gradient.
         let noise = noise_of(n);
         let inp = Self::input(c, content, style, real, &noise);
@@ -280,8 +292,7 @@ impl Gan {
         d_loss
             .f_backward()
             .map_err(|e| StepError::Failed(Error::msg(format!("discriminator backward: {e}"))))?;
-        par.average_var_grads(&self.d.vs).map_err(failed)?;
-        self.opt_d.step(lr.1);
+        self.opt_d.step(lr.1).map_err(failed)?;
         Ok(st)
     }
 }

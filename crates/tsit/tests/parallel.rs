@@ -69,17 +69,11 @@ fn two_ranks_with_synchronised_batch_norm_take_the_one_process_step() {
             let (xr, sr) = (part(&x), part(&s));
             let zr = [part(&z[0]), part(&z[1])];
             std::thread::spawn(move || {
-                let launch = dist::Launch {
-                    rank,
-                    world: 2,
-                    local_rank: rank,
-                    master_addr: "127.0.0.1".into(),
-                    master_port: port,
-                };
+                let launch = dist::Launch::local(rank, 2, port);
                 let group = dist::ProcessGroup::join(&launch, Duration::from_secs(30)).unwrap();
                 let par = std::sync::Arc::new(Parallel::of(group));
-                let (mut gan, c, _) = build();
-                gan.g.sync_batch_norm(&par);
+                let (gan, c, _) = build();
+                let mut gan = gan.data_parallel(&par);
                 let mut k = 0;
                 gan.step_with(
                     &c,
