@@ -30,12 +30,51 @@ pub fn cache_dir(run: &Path, name: &str) -> PathBuf {
 
 /// FNV-1a (64 bits) of a text: a short, stable name for what the text describes.
 pub fn fnv1a(text: &str) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in text.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
+    let mut h = Digest::new();
+    h.bytes(text.as_bytes());
+    h.value()
+}
+
+/// FNV-1a (64 bits) fed piece by piece: texts, and tensors by their kind, shape and values — a
+/// fingerprint of the weights a result was computed from.
+#[derive(Debug, Clone, Copy)]
+pub struct Digest(u64);
+
+impl Default for Digest {
+    fn default() -> Self {
+        Digest::new()
     }
-    h
+}
+
+impl Digest {
+    /// The digest of nothing (FNV-1a's offset basis).
+    pub fn new() -> Digest {
+        Digest(0xcbf2_9ce4_8422_2325)
+    }
+
+    /// Adds bytes.
+    pub fn bytes(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 ^= u64::from(*b);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    /// Adds a tensor: its kind, its shape and its values' bytes (copied to the host).
+    pub fn tensor(&mut self, t: &tch::Tensor) -> Result<()> {
+        self.bytes(format!("{:?}{:?}", t.kind(), t.size()).as_bytes());
+        let host = t.detach().to_device(tch::Device::Cpu).contiguous();
+        let n = host.numel() * host.kind().elt_size_in_bytes();
+        let mut buf = vec![0u8; n];
+        host.f_copy_data_u8(&mut buf, host.numel())?;
+        self.bytes(&buf);
+        Ok(())
+    }
+
+    /// The digest so far.
+    pub fn value(&self) -> u64 {
+        self.0
+    }
 }
 
 /// A cached file: `<dir>/<kind>-<hash of recipe>.safetensors`, the hash [`fnv1a`] of the
@@ -167,10 +206,34 @@ mod tests {
     }
 
     #[test]
+    fn a_tensor_digest_sees_values_shapes_and_kinds() {
+        let digest = |t: &tch::Tensor| {
+            let mut d = Digest::new();
+            d.tensor(t).unwrap();
+            d.value()
+        };
+        let t = tch::Tensor::from_slice(&[1.0f32, 2.0, 3.0, 4.0]);
+        assert_eq!(digest(&t), digest(&t.copy()));
+        assert_ne!(digest(&t), digest(&t.view([2, 2])));
+        assert_ne!(digest(&t), digest(&t.to_kind(tch::Kind::Double)));
+        let u = t.copy();
+        let _ = u.get(3).fill_(4.000_001);
+        assert_ne!(digest(&t), digest(&u));
+        // A non-contiguous view digests as its values.
+        let m = tch::Tensor::from_slice(&[1.0f32, 2.0, 3.0, 4.0]).view([2, 2]);
+        assert_eq!(digest(&m.tr()), digest(&m.tr().contiguous()));
+    }
+
+    #[test]
     fn fnv1a_gives_the_published_test_vectors() {
         assert_eq!(fnv1a(""), 0xcbf2_9ce4_8422_2325);
         assert_eq!(fnv1a("a"), 0xaf63_dc4c_8601_ec8c);
         assert_eq!(fnv1a("foobar"), 0x8594_4171_f739_67e8);
+        // Fed in pieces, the same.
+        let mut d = Digest::new();
+        d.bytes(b"foo");
+        d.bytes(b"bar");
+        assert_eq!(d.value(), fnv1a("foobar"));
     }
 
     #[test]

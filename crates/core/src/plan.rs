@@ -36,6 +36,15 @@ fn read_json<T: DeserializeOwned>(path: &Path) -> Option<T> {
 pub struct Ledger<T> {
     path: PathBuf,
     done: BTreeMap<String, T>,
+    /// What the stages were done for ([`Ledger::open_for`]).
+    key: Option<String>,
+}
+
+/// The file of a ledger kept for a key: the key beside the stages.
+#[derive(serde::Deserialize)]
+struct Keyed<T> {
+    key: String,
+    done: BTreeMap<String, T>,
 }
 
 impl<T: Serialize + DeserializeOwned> Ledger<T> {
@@ -52,6 +61,29 @@ impl<T: Serialize + DeserializeOwned> Ledger<T> {
         Ledger {
             path: path.to_path_buf(),
             done,
+            key: None,
+        }
+    }
+
+    /// The ledger `file` of the run folder for the work named by `key` (a fingerprint of what
+    /// the stages' results depend on: the weights they evaluate, their settings): the stages
+    /// recorded for the same key, or none where the file was written for another (a run that
+    /// trained further, or evaluates otherwise, since), which the first record replaces.
+    pub fn open_for(ctx: &RunContext, file: &str, key: &str) -> Result<Ledger<T>> {
+        ctx.share_files(&[file])?;
+        Ok(Ledger::read_for(&ctx.dir().join(file), key))
+    }
+
+    /// [`Ledger::open_for`] at `path`, outside a run.
+    pub fn read_for(path: &Path, key: &str) -> Ledger<T> {
+        let done = read_json::<Keyed<T>>(path)
+            .filter(|k| k.key == key)
+            .map(|k| k.done)
+            .unwrap_or_default();
+        Ledger {
+            path: path.to_path_buf(),
+            done,
+            key: Some(key.to_string()),
         }
     }
 
@@ -63,7 +95,11 @@ impl<T: Serialize + DeserializeOwned> Ledger<T> {
     /// Records a finished stage, and writes the ledger atomically.
     pub fn record(&mut self, stage: &str, result: T) -> Result<()> {
         self.done.insert(stage.to_string(), result);
-        write_atomic(&self.path, sorted_json(&self.done, true)?.as_bytes())
+        let text = match &self.key {
+            Some(key) => sorted_json(&serde_json::json!({ "key": key, "done": &self.done }), true)?,
+            None => sorted_json(&self.done, true)?,
+        };
+        write_atomic(&self.path, text.as_bytes())
     }
 
     /// `stage`'s result: recorded earlier, or computed by `run` now and recorded.
@@ -355,6 +391,34 @@ mod tests {
         // A file that is not a ledger is an empty one.
         std::fs::write(&path, b"{not json").unwrap();
         assert!(Ledger::<f64>::read(&path).into_done().is_empty());
+    }
+
+    #[test]
+    fn a_keyed_ledger_keeps_only_the_stages_done_for_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("eval.json");
+        let mut l: Ledger<f64> = Ledger::read_for(&path, "weights-a");
+        l.record("acc", 0.5).unwrap();
+        l.record("pgd", 0.25).unwrap();
+        let again: Ledger<f64> = Ledger::read_for(&path, "weights-a");
+        assert_eq!(
+            (again.get("acc"), again.get("pgd")),
+            (Some(&0.5), Some(&0.25))
+        );
+        // Other weights: nothing is done, and the first record replaces the old stages.
+        let mut other: Ledger<f64> = Ledger::read_for(&path, "weights-b");
+        assert!(other.get("acc").is_none());
+        other.record("acc", 0.75).unwrap();
+        let a: Ledger<f64> = Ledger::read_for(&path, "weights-a");
+        assert!(a.get("acc").is_none() && a.get("pgd").is_none());
+        let b: Ledger<f64> = Ledger::read_for(&path, "weights-b");
+        assert_eq!((b.get("acc"), b.get("pgd")), (Some(&0.75), None));
+        // A plain ledger's file is not a keyed one.
+        let plain = dir.path().join("plain.json");
+        Ledger::<f64>::read(&plain).record("acc", 1.0).unwrap();
+        assert!(Ledger::<f64>::read_for(&plain, "weights-a")
+            .get("acc")
+            .is_none());
     }
 
     #[test]

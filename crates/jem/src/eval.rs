@@ -12,6 +12,7 @@ use reprise_core::checkpoint::Checkpoint;
 use reprise_core::data::synth::{ood_interp, ood_inverted, ood_shuffled, ood_uniform};
 use reprise_core::data::Rng;
 use reprise_core::metrics;
+use reprise_core::plan::Ledger;
 use reprise_core::predictions::Predictions;
 use reprise_core::run::RunContext;
 use reprise_core::Result;
@@ -219,31 +220,55 @@ pub fn realism_share(samples: &Tensor, train: &Tensor, test: &Tensor) -> f64 {
     s.iter().filter(|&&d| d <= q).count() as f64 / s.len() as f64
 }
 
-/// Accuracy under PGD at each (norm, ε) on the first `p.images` test images. The attack works
+/// Accuracy under PGD at one (norm, ε) of `p`'s grid on the first `p.images` test images. The attack works
 /// in [0, 1] pixel units on the clean image; the model sees 2x − 1 plus the fixed test noise.
-pub(crate) fn pgd_accuracy(m: &Classifier, d: &EvalData, p: &PgdEval) -> Vec<(Norm, f64, f64)> {
+pub(crate) fn pgd_point(m: &Classifier, d: &EvalData, p: &PgdEval, norm: Norm, eps: f64) -> f64 {
     let n = (p.images as i64).min(d.clean.size()[0]);
     let dev = m.vs.device();
     let x01 = ((d.clean.narrow(0, 0, n) + 1.0) / 2.0).to_device(dev);
     let noise = (d.x.narrow(0, 0, n) - d.clean.narrow(0, 0, n)).to_device(dev);
     let y = d.y.narrow(0, 0, n).to_device(dev);
     let f = |x: &Tensor| m.forward_t(&(x * 2.0 - 1.0 + &noise), false);
-    p.grid()
-        .into_iter()
-        .map(|(norm, eps)| {
-            let xa = if eps > 0.0 {
-                Pgd::eval(norm, eps, p.steps).run(&f, &x01, &y)
-            } else {
-                x01.shallow_clone()
-            };
-            let acc = tch::no_grad(|| metrics::accuracy(&f(&xa), &y));
-            (norm, eps, acc)
-        })
-        .collect()
+    let xa = if eps > 0.0 {
+        Pgd::eval(norm, eps, p.steps).run(&f, &x01, &y)
+    } else {
+        x01.shallow_clone()
+    };
+    tch::no_grad(|| metrics::accuracy(&f(&xa), &y))
+}
+
+/// The file of the final evaluation's finished parts, removed once `summary.json` is written.
+pub(crate) const EVAL_PARTS: &str = "eval-parts.json";
+
+/// What the final evaluation's results depend on: the run's settings, the step, and the
+/// weights and replay buffer evaluated.
+fn eval_key(
+    c: &Config,
+    model: &Classifier,
+    buffer: Option<&ReplayBuffer>,
+    step: u64,
+) -> Result<String> {
+    let mut h = reprise_core::cache::Digest::new();
+    h.bytes(reprise_core::plan::sorted_json(c, false)?.as_bytes());
+    h.bytes(&step.to_le_bytes());
+    let mut vars: Vec<(String, Tensor)> = model.vs.variables().into_iter().collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    for (name, t) in &vars {
+        h.bytes(name.as_bytes());
+        h.tensor(t)?;
+    }
+    if let Some(b) = buffer {
+        h.tensor(&b.data)?;
+    }
+    Ok(format!("{:016x}", h.value()))
 }
 
 /// The final evaluation of a run trained `step` iterations at `step_ms` each: calibration,
-/// OOD detection, samples and their realism against `train_x`, PGD; the figures.
+/// OOD detection, samples and their realism against `train_x`, FIDs, PGD; the figures.
+///
+/// Each part is recorded as it ends (the summary so far, in [`EVAL_PARTS`], for these weights
+/// and settings): a run stopped during its evaluation redoes only the parts left. Every part
+/// draws from its own seed or draws nothing, so a part skipped changes none after it.
 pub(crate) fn final_eval(
     ctx: &RunContext,
     c: &Config,
@@ -255,155 +280,205 @@ pub(crate) fn final_eval(
     let shape = &train_x.size()[1..];
     let classes = model.classes() as usize;
     let figs = ctx.figures();
-    // The test predictions, kept so a sweep can pool them (the folds of a cross-validation).
-    let logits = test_logits(model, d);
-    Predictions::new(d.index.clone(), &logits, &d.y)?
-        .save(&ctx.dir().join(reprise_core::predictions::FILE))?;
-    let m = reprise_core::metrics::calibration(&logits, &d.y, c.eval.ece_bins);
-    report::reliability_figure(
-        &figs.join("reliability.png"),
-        &[(c.arm.name().to_string(), m.bins.clone())],
-    )?;
-    let (inn, per_set, rows) = ood_auroc(model, d);
+    let mut parts: Ledger<Summary> = Ledger::read_for(
+        &ctx.dir().join(EVAL_PARTS),
+        &eval_key(c, model, buffer, step)?,
+    );
+    let mut part = |name: &str,
+                    s: &mut Summary,
+                    run: &mut dyn FnMut(&mut Summary) -> Result<()>|
+     -> Result<()> {
+        match parts.get(name) {
+            Some(done) => *s = done.clone(),
+            None => {
+                run(s)?;
+                parts.record(name, s.clone())?;
+            }
+        }
+        Ok(())
+    };
     let mut s = Summary {
         arm: c.arm.name().to_string(),
         iterations: step,
         step_ms,
         classes,
         shape: shape.to_vec(),
-        acc: m.acc,
-        nll: m.nll,
-        ece: m.ece,
-        conf_minus_acc: m.conf_minus_acc,
-        reliability: m.bins,
-        auroc_px_mean: procedural_px_mean(&rows),
+        acc: f64::NAN,
+        nll: f64::NAN,
+        ece: f64::NAN,
+        conf_minus_acc: f64::NAN,
+        reliability: Vec::new(),
+        auroc_px_mean: f64::NAN,
         realism_share: None,
         self_agreement: None,
         fid_samples: None,
         fid_buffer: None,
-        scores: summary::Scores {
-            auroc: rows.into_iter().collect(),
-            pgd: Vec::new(),
-        },
+        scores: summary::Scores::default(),
         smoke: false,
     };
-    report::score_histogram(
-        &figs.join("hist_px.png"),
-        "log p(x) = LSE f(x)",
-        &inn.px,
-        &per_set,
-        |sc| &sc.px,
-    )?;
-    report::score_histogram(
-        &figs.join("hist_pxgrad.png"),
-        "−‖∇ₓ log p(x)‖",
-        &inn.pxgrad,
-        &per_set,
-        |sc| &sc.pxgrad,
-    )?;
-    let inception = match &c.eval.fid_inception {
-        Some(p) => {
+    part("classify", &mut s, &mut |s| {
+        // The test predictions, kept so a sweep can pool them (the folds of a cross-validation).
+        let logits = test_logits(model, d);
+        Predictions::new(d.index.clone(), &logits, &d.y)?
+            .save(&ctx.dir().join(reprise_core::predictions::FILE))?;
+        let m = reprise_core::metrics::calibration(&logits, &d.y, c.eval.ece_bins);
+        report::reliability_figure(
+            &figs.join("reliability.png"),
+            &[(c.arm.name().to_string(), m.bins.clone())],
+        )?;
+        let (inn, per_set, rows) = ood_auroc(model, d);
+        (s.acc, s.nll, s.ece, s.conf_minus_acc) = (m.acc, m.nll, m.ece, m.conf_minus_acc);
+        s.reliability = m.bins;
+        s.auroc_px_mean = procedural_px_mean(&rows);
+        s.scores.auroc = rows.into_iter().collect();
+        report::score_histogram(
+            &figs.join("hist_px.png"),
+            "log p(x) = LSE f(x)",
+            &inn.px,
+            &per_set,
+            |sc| &sc.px,
+        )?;
+        report::score_histogram(
+            &figs.join("hist_pxgrad.png"),
+            "−‖∇ₓ log p(x)‖",
+            &inn.pxgrad,
+            &per_set,
+            |sc| &sc.pxgrad,
+        )
+    })?;
+    // pytorch-fid's network, loaded by the first part that needs it.
+    let mut inception: Option<reprise_core::inception::FidInception> = None;
+    let mut fid_to_test = |x: &Tensor| -> Result<Option<f64>> {
+        let Some(p) = &c.eval.fid_inception else {
+            return Ok(None);
+        };
+        if inception.is_none() {
             let net = reprise_core::inception::FidInception::new(model.vs.device());
             net.load(p)?;
-            Some(net)
+            inception = Some(net);
         }
-        None => None,
-    };
-    // Images in [−1, 1] to pytorch-fid's [0, 1]; the FID against the test images.
-    let fid_to_test = |net: &reprise_core::inception::FidInception, x: &Tensor| {
+        let net = inception.as_ref().expect("loaded above");
+        // Images in [−1, 1] to pytorch-fid's [0, 1]; the FID against the test images.
         let to01 = |t: &Tensor| ((t + 1.0) / 2.0).clamp(0.0, 1.0);
-        reprise_core::inception::fid(net, &to01(x), &to01(&d.clean), 50)
+        Ok(Some(reprise_core::inception::fid(
+            net,
+            &to01(x),
+            &to01(&d.clean),
+            50,
+        )))
     };
     if c.arm != Arm::BaseLong && c.eval.chains_per_class > 0 {
-        let (samples, ys) = conditional_samples(
-            model,
-            shape,
-            classes as i64,
-            &c.eval,
-            &c.sgld,
-            ctx.seed() ^ 0xc0de,
-        );
-        let mut ck = Checkpoint::new();
-        ck.put("samples", &samples);
-        ck.put("labels", &ys);
-        ck.save(&ctx.dir().join("samples.safetensors"))?;
-        // One row per class, labelled.
-        reprise_core::plot::image_grid_labeled(
-            &figs.join("samples.png"),
-            &samples.clamp(-1.0, 1.0),
-            c.eval.chains_per_class,
-            3,
-            -1.0,
-            1.0,
-            &reprise_core::plot::GridLabels {
-                columns: vec![],
-                rows: (0..classes).map(|k| format!("y = {k}")).collect(),
-            },
-        )?;
-        let share = realism_share(&samples, &train_x.to_device(Device::Cpu), &d.clean);
-        s.realism_share = Some(share);
-        let self_agree = tch::no_grad(|| {
-            reprise_core::metrics::accuracy(
-                &model.logits(&samples, 100).to_device(Device::Cpu),
-                &ys,
-            )
-        });
-        s.self_agreement = Some(self_agree);
-        if let Some(net) = &inception {
-            s.fid_samples = Some(fid_to_test(net, &samples));
-        }
-    }
-    if let (Some(net), Some(b)) = (&inception, buffer) {
-        s.fid_buffer = Some(fid_to_test(net, &b.data));
+        part("samples", &mut s, &mut |s| {
+            let (samples, ys) = conditional_samples(
+                model,
+                shape,
+                classes as i64,
+                &c.eval,
+                &c.sgld,
+                ctx.seed() ^ 0xc0de,
+            );
+            let mut ck = Checkpoint::new();
+            ck.put("samples", &samples);
+            ck.put("labels", &ys);
+            ck.save(&ctx.dir().join("samples.safetensors"))?;
+            // One row per class, labelled.
+            reprise_core::plot::image_grid_labeled(
+                &figs.join("samples.png"),
+                &samples.clamp(-1.0, 1.0),
+                c.eval.chains_per_class,
+                3,
+                -1.0,
+                1.0,
+                &reprise_core::plot::GridLabels {
+                    columns: vec![],
+                    rows: (0..classes).map(|k| format!("y = {k}")).collect(),
+                },
+            )?;
+            s.realism_share = Some(realism_share(
+                &samples,
+                &train_x.to_device(Device::Cpu),
+                &d.clean,
+            ));
+            s.self_agreement = Some(tch::no_grad(|| {
+                reprise_core::metrics::accuracy(
+                    &model.logits(&samples, 100).to_device(Device::Cpu),
+                    &ys,
+                )
+            }));
+            s.fid_samples = fid_to_test(&samples)?;
+            Ok(())
+        })?;
     }
     if let Some(b) = buffer {
-        // Buffer samples binned by predicted class, as the paper's "conditional" grids.
-        let pred = model
-            .logits(&b.data, 100)
-            .argmax(-1, false)
-            .to_device(Device::Cpu);
-        let mut rows: Vec<Tensor> = Vec::new();
-        for k in 0..classes.min(10) as i64 {
-            let idx = pred.eq(k).nonzero().squeeze_dim(1);
-            let take = idx.size()[0].min(10);
-            let row = if take > 0 {
-                b.data.index_select(0, &idx.narrow(0, 0, take))
-            } else {
-                Tensor::zeros(
-                    [0, shape[0], shape[1], shape[2]],
-                    (Kind::Float, Device::Cpu),
-                )
-            };
-            let pad = Tensor::full(
-                [10 - take, shape[0], shape[1], shape[2]],
-                -1.0,
-                (Kind::Float, Device::Cpu),
-            );
-            rows.push(Tensor::cat(&[row, pad], 0));
-        }
-        reprise_core::plot::image_grid_labeled(
-            &figs.join("buffer_by_class.png"),
-            &Tensor::cat(&rows, 0).clamp(-1.0, 1.0),
-            10,
-            3,
-            -1.0,
-            1.0,
-            &reprise_core::plot::GridLabels {
-                columns: vec![],
-                rows: (0..rows.len()).map(|k| format!("pred {k}")).collect(),
-            },
-        )?;
+        part("buffer", &mut s, &mut |s| {
+            if c.eval.fid_inception.is_some() {
+                s.fid_buffer = fid_to_test(&b.data)?;
+            }
+            buffer_grid(&figs.join("buffer_by_class.png"), model, b, shape, classes)
+        })?;
     }
     if let Some(p) = &c.eval.pgd {
-        for (norm, eps, acc) in pgd_accuracy(model, d, p) {
+        for (norm, eps) in p.grid() {
             let n = match norm {
                 reprise_core::attack::Norm::Linf => "linf",
                 reprise_core::attack::Norm::L2 => "l2",
             };
-            s.scores.pgd.push((n.to_string(), eps, acc));
+            part(&format!("pgd {n} {eps}"), &mut s, &mut |s| {
+                let acc = pgd_point(model, d, p, norm, eps);
+                s.scores.pgd.push((n.to_string(), eps, acc));
+                Ok(())
+            })?;
         }
     }
+    // This sitting's training, whatever the parts recorded.
+    (s.iterations, s.step_ms) = (step, step_ms);
     Ok(s)
+}
+
+/// The replay buffer's samples binned by predicted class, as the paper's "conditional" grids:
+/// up to 10 a row for the first 10 classes.
+fn buffer_grid(
+    path: &std::path::Path,
+    model: &Classifier,
+    b: &ReplayBuffer,
+    shape: &[i64],
+    classes: usize,
+) -> Result<()> {
+    let pred = model
+        .logits(&b.data, 100)
+        .argmax(-1, false)
+        .to_device(Device::Cpu);
+    let mut rows: Vec<Tensor> = Vec::new();
+    for k in 0..classes.min(10) as i64 {
+        let idx = pred.eq(k).nonzero().squeeze_dim(1);
+        let take = idx.size()[0].min(10);
+        let row = if take > 0 {
+            b.data.index_select(0, &idx.narrow(0, 0, take))
+        } else {
+            Tensor::zeros(
+                [0, shape[0], shape[1], shape[2]],
+                (Kind::Float, Device::Cpu),
+            )
+        };
+        let pad = Tensor::full(
+            [10 - take, shape[0], shape[1], shape[2]],
+            -1.0,
+            (Kind::Float, Device::Cpu),
+        );
+        rows.push(Tensor::cat(&[row, pad], 0));
+    }
+    reprise_core::plot::image_grid_labeled(
+        path,
+        &Tensor::cat(&rows, 0).clamp(-1.0, 1.0),
+        10,
+        3,
+        -1.0,
+        1.0,
+        &reprise_core::plot::GridLabels {
+            columns: vec![],
+            rows: (0..rows.len()).map(|k| format!("pred {k}")).collect(),
+        },
+    )
 }
 
 /// Mean log p(x) AUROC over the four procedural OOD sets (the P3 criterion; user datasets are

@@ -117,6 +117,67 @@ fn resume_from_a_checkpoint_ends_bit_identical() {
 }
 
 #[test]
+fn an_evaluation_stopped_midway_resumes_with_the_parts_left() {
+    let d = setup();
+    let p = d.path();
+    // The tiny JEM run with PGD points, so that its evaluation has five parts: classify,
+    // samples, buffer, pgd linf 0.1, pgd l2 0.5.
+    let tiny = TINY.replace("name: tiny\n", "name: tiny-pgd\n").replace(
+        "sample_steps: 5 }",
+        "sample_steps: 5, pgd: { images: 20, steps: 3, linf: [0.1], l2: [0.5] } }",
+    );
+    write(p, "tiny-pgd.yaml", &tiny);
+    let o = runner(p, &["run", "t/tiny-pgd", "--out", "out", "--threads", "1"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let full = runs_under(&p.join("out/tiny-pgd")).remove(0);
+    assert!(
+        !full.join("eval-parts.json").exists(),
+        "removed once summary.json is written"
+    );
+    // A copy whose training is done and whose evaluation stops in its second part: the
+    // samples' figure cannot be written where a folder stands.
+    let cut = p.join("cut");
+    fs::create_dir_all(cut.join("checkpoints")).unwrap();
+    for f in ["spec.yaml", "run.json", "metrics.jsonl"] {
+        fs::copy(full.join(f), cut.join(f)).unwrap();
+    }
+    let last = "checkpoints/step-000000060.safetensors";
+    fs::copy(full.join(last), cut.join(last)).unwrap();
+    fs::create_dir_all(cut.join("figures/samples.png")).unwrap();
+    let o = runner(p, &["run", "--resume", "cut", "--threads", "1"]);
+    assert!(!o.status.success(), "{}", text(&o));
+    let parts = cut.join("eval-parts.json");
+    let mut ledger: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&parts).unwrap()).unwrap();
+    let done: Vec<&String> = ledger["done"].as_object().unwrap().keys().collect();
+    assert_eq!(done, ["classify"], "{ledger}");
+    // Mark the recorded part: a resumed evaluation that reuses it carries the mark.
+    ledger["done"]["classify"]["acc"] = serde_json::json!(0.123);
+    fs::write(&parts, ledger.to_string()).unwrap();
+    fs::remove_dir(cut.join("figures/samples.png")).unwrap();
+    let o = runner(p, &["run", "--resume", "cut", "--threads", "1"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(!parts.exists());
+    let (sa, sb) = (summary(&full), summary(&cut));
+    assert_eq!(sb["acc"], 0.123, "the classify part was reused, not redone");
+    // The parts redone after it give what the uninterrupted evaluation gave.
+    for k in [
+        "nll",
+        "ece",
+        "auroc_px_mean",
+        "auroc_pxgrad_uniform",
+        "realism_share",
+        "self_agreement",
+        "pgd_linf_0.1",
+        "pgd_l2_0.5",
+    ] {
+        assert!(!sa[k].is_null(), "{k} measured");
+        assert_eq!(sa[k], sb[k], "{k}");
+    }
+    assert!(cut.join("figures/samples.png").is_file());
+}
+
+#[test]
 fn sigterm_checkpoints_and_the_resumed_run_ends_as_an_uninterrupted_one() {
     let d = setup();
     let p = d.path();
