@@ -113,6 +113,7 @@ fn the_files_and_items_the_guide_names_exist() {
         "crates/core/src/train.rs",
         "crates/core/src/run.rs",
         "crates/core/src/parallel.rs",
+        "crates/core/src/optim.rs",
         "crates/core/src/error.rs",
         "crates/jem/src/sampler.rs",
         "crates/jem/src/config.rs",
