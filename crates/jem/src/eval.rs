@@ -331,20 +331,16 @@ pub(crate) fn final_eval(
         s.reliability = m.bins;
         s.auroc_px_mean = procedural_px_mean(&rows);
         s.scores.auroc = rows.into_iter().collect();
-        report::score_histogram(
-            &figs.join("hist_px.png"),
-            "log p(x) = LSE f(x)",
-            &inn.px,
-            &per_set,
-            |sc| &sc.px,
-        )?;
-        report::score_histogram(
-            &figs.join("hist_pxgrad.png"),
-            "−‖∇ₓ log p(x)‖",
-            &inn.pxgrad,
-            &per_set,
-            |sc| &sc.pxgrad,
-        )
+        let histograms: [(&str, &str, report::Pick); 2] = [
+            ("hist_px.png", "log p(x) = LSE f(x)", |sc| &sc.px),
+            ("hist_pxgrad.png", "−‖∇ₓ log p(x)‖", |sc| {
+                &sc.pxgrad
+            }),
+        ];
+        for (file, title, pick) in histograms {
+            report::score_histogram(&figs.join(file), title, pick(&inn), &per_set, pick)?;
+        }
+        Ok(())
     })?;
     // pytorch-fid's network, loaded by the first part that needs it.
     let mut inception: Option<reprise_core::inception::FidInception> = None;

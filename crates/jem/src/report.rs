@@ -26,13 +26,16 @@ pub(crate) fn reliability_figure(path: &Path, models: &[(String, Vec<Bin>)]) -> 
     reprise_core::plot::reliability_plot(path, "Reliability diagram (test set)", models)
 }
 
+/// Which score of a set's [`Scores`] a figure shows.
+pub(crate) type Pick = fn(&Scores) -> &Vec<f64>;
+
 /// Histograms (30 bins over the common range) of a score on the test set and each OOD set.
 pub(crate) fn score_histogram(
     path: &Path,
     title: &str,
     test: &[f64],
     sets: &[(String, Scores)],
-    pick: fn(&Scores) -> &Vec<f64>,
+    pick: Pick,
 ) -> Result<()> {
     let all: Vec<&[f64]> = std::iter::once(test)
         .chain(sets.iter().map(|(_, s)| pick(s).as_slice()))
