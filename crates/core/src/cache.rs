@@ -71,6 +71,15 @@ impl Digest {
         Ok(())
     }
 
+    /// Adds every variable of `vs`, name and tensor, in the order of the names.
+    pub fn vars(&mut self, vs: &nn::VarStore) -> Result<()> {
+        for (name, t) in crate::nn::vars_by_name(vs) {
+            self.bytes(name.as_bytes());
+            self.tensor(&t)?;
+        }
+        Ok(())
+    }
+
     /// The digest so far.
     pub fn value(&self) -> u64 {
         self.0

@@ -277,6 +277,15 @@ impl Module for Normalize {
     }
 }
 
+/// Every variable of `vs` with its name, in the order of the names: the same in every process,
+/// which the store's hash map is not (the order of a gradient average, of an optimizer's
+/// parameters, of a fingerprint).
+pub fn vars_by_name(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
+    let mut named: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    named
+}
+
 /// Copies named tensors into the variables of `vs` that `keep` selects (BatchNorm running
 /// statistics included): every selected variable must be among `named` with its shape; other
 /// names are ignored. `from` names the source in errors. Nothing is copied unless all fit.

@@ -203,8 +203,7 @@ impl Optimizer {
 
     /// One group: every trainable variable of a VarStore, named as in the store.
     pub fn for_vars(rule: Rule, vs: &tch::nn::VarStore, weight_decay: f64) -> Optimizer {
-        let mut params: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
-        params.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut params = crate::nn::vars_by_name(vs);
         params.retain(|(_, t)| t.requires_grad());
         Optimizer::new(
             rule,

@@ -334,7 +334,6 @@ impl Parallel {
     }
 }
 
-/// The variables of `vs` (only the trainable ones if `trainable`) in the order of their names.
 /// This rank's rows of a global batch ([`Parallel::shard_batch`]).
 #[derive(Debug)]
 pub struct Shard<const K: usize> {
@@ -358,12 +357,12 @@ impl<const K: usize> Shard<K> {
     }
 }
 
-/// Every variable of `vs` in the order of their names (the same on every rank, which a hash
-/// map's order is not).
+/// Every variable of `vs` in the order of their names ([`crate::nn::vars_by_name`]).
 fn by_name(vs: &tch::nn::VarStore) -> Vec<Tensor> {
-    let mut named: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
-    named.sort_by(|a, b| a.0.cmp(&b.0));
-    named.into_iter().map(|(_, t)| t).collect()
+    crate::nn::vars_by_name(vs)
+        .into_iter()
+        .map(|(_, t)| t)
+        .collect()
 }
 
 #[cfg(test)]

@@ -36,7 +36,7 @@ fn read_json<T: DeserializeOwned>(path: &Path) -> Option<T> {
 pub struct Ledger<T> {
     path: PathBuf,
     done: BTreeMap<String, T>,
-    /// What the stages were done for ([`Ledger::open_for`]).
+    /// What the stages were done for ([`Ledger::read_for`]).
     key: Option<String>,
 }
 
@@ -65,16 +65,11 @@ impl<T: Serialize + DeserializeOwned> Ledger<T> {
         }
     }
 
-    /// The ledger `file` of the run folder for the work named by `key` (a fingerprint of what
-    /// the stages' results depend on: the weights they evaluate, their settings): the stages
-    /// recorded for the same key, or none where the file was written for another (a run that
-    /// trained further, or evaluates otherwise, since), which the first record replaces.
-    pub fn open_for(ctx: &RunContext, file: &str, key: &str) -> Result<Ledger<T>> {
-        ctx.share_files(&[file])?;
-        Ok(Ledger::read_for(&ctx.dir().join(file), key))
-    }
-
-    /// [`Ledger::open_for`] at `path`, outside a run.
+    /// The ledger at `path` for the work named by `key` (a fingerprint of what the stages'
+    /// results depend on: the weights they evaluate, their settings): the stages recorded for
+    /// the same key, or none where the file was written for another (a run that trained
+    /// further, or evaluates otherwise, since), which the first record replaces. Read by the
+    /// process that calls it alone (rank 0's evaluation), not shared among ranks.
     pub fn read_for(path: &Path, key: &str) -> Ledger<T> {
         let done = read_json::<Keyed<T>>(path)
             .filter(|k| k.key == key)

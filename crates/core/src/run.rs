@@ -572,12 +572,7 @@ impl RunContext {
             }
             match got.split_first() {
                 Some((1, body)) => write_atomic(&path, body)?,
-                _ => match fs::remove_file(&path) {
-                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                        return Err(Error::Io(path, e))
-                    }
-                    _ => {}
-                },
+                _ => crate::checkpoint::remove_if_present(&path)?,
             }
         }
         Ok(())

@@ -183,9 +183,7 @@ impl ConvNet {
 
     /// Every variable by name (BatchNorm statistics included), sorted.
     pub fn named(&self) -> Vec<(String, Tensor)> {
-        let mut v: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
-        v.sort_by(|a, b| a.0.cmp(&b.0));
-        v
+        reprise_core::nn::vars_by_name(&self.vs)
     }
 
     fn params_where(&self, keep: impl Fn(Part) -> bool) -> Vec<Tensor> {

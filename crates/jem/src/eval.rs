@@ -251,12 +251,7 @@ fn eval_key(
     let mut h = reprise_core::cache::Digest::new();
     h.bytes(reprise_core::plan::sorted_json(c, false)?.as_bytes());
     h.bytes(&step.to_le_bytes());
-    let mut vars: Vec<(String, Tensor)> = model.vs.variables().into_iter().collect();
-    vars.sort_by(|a, b| a.0.cmp(&b.0));
-    for (name, t) in &vars {
-        h.bytes(name.as_bytes());
-        h.tensor(t)?;
-    }
+    h.vars(&model.vs)?;
     if let Some(b) = buffer {
         h.tensor(&b.data)?;
     }
@@ -407,9 +402,7 @@ pub(crate) fn final_eval(
     }
     if let Some(b) = buffer {
         part("buffer", &mut s, &mut |s| {
-            if c.eval.fid_inception.is_some() {
-                s.fid_buffer = fid_to_test(&b.data)?;
-            }
+            s.fid_buffer = fid_to_test(&b.data)?;
             buffer_grid(&figs.join("buffer_by_class.png"), model, b, shape, classes)
         })?;
     }

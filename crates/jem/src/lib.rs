@@ -394,15 +394,7 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
     )?;
     ctx.write_summary(&summary)?;
     // The summary now holds every part the evaluation recorded.
-    match std::fs::remove_file(ctx.dir().join(eval::EVAL_PARTS)) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            return Err(Error::msg(format!(
-                "cannot remove {}: {e}",
-                eval::EVAL_PARTS
-            )))
-        }
-        _ => {}
-    }
+    reprise_core::checkpoint::remove_if_present(&ctx.dir().join(eval::EVAL_PARTS))?;
     let md = report::report_run(ctx.dir())?;
     ctx.write_report(&md)?;
     Ok(())

@@ -193,13 +193,8 @@ impl Net {
 
     /// The backbone's trainable variables, or all of them.
     pub fn params(&self, backbone: bool) -> Vec<(String, Tensor)> {
-        let mut v: Vec<(String, Tensor)> = self
-            .vs
-            .variables()
-            .into_iter()
-            .filter(|(n, t)| t.requires_grad() && (backbone || !Net::is_backbone(n)))
-            .collect();
-        v.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut v = reprise_core::nn::vars_by_name(&self.vs);
+        v.retain(|(n, t)| t.requires_grad() && (backbone || !Net::is_backbone(n)));
         v
     }
 }
