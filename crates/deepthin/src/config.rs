@@ -195,6 +195,17 @@ pub struct Arm {
     pub depths: Vec<usize>,
 }
 
+impl Arm {
+    /// Whether the arm uses the teacher (distillation, imitation, a hint, its head).
+    pub fn needs_teacher(&self) -> bool {
+        self.stages.iter().any(|s| match s {
+            Stage::Train(t) => matches!(t.loss, Loss::Kd { .. }),
+            Stage::Imitate(_) | Stage::Hint(_) | Stage::CopyHead => true,
+            Stage::Merge => false,
+        })
+    }
+}
+
 /// A stage of an arm.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
@@ -343,6 +354,14 @@ fn positive(v: f64) -> bool {
 }
 
 impl Config {
+    /// The arms that run at the architecture's depth, by name.
+    pub fn arms_here(&self) -> Vec<(&String, &Arm)> {
+        self.arms
+            .iter()
+            .filter(|(_, a)| a.depths.is_empty() || a.depths.contains(&self.arch.depth))
+            .collect()
+    }
+
     /// Checks the section (`tree` names the keys in the errors): the architecture, the image
     /// pipeline, the training settings, every arm that runs at this depth, then the sizes.
     pub fn validate(&self, tree: &SpecTree) -> Result<(), SpecError> {

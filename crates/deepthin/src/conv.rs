@@ -12,8 +12,8 @@
 
 use crate::arm::{run_arm, Family};
 use crate::config::{
-    ArchKind, Arm, Config, HintStage, ImagePipeline, ImitateStage, Input, Loss, MlpArch, Optim,
-    Sched, Stage, TrainStage,
+    ArchKind, Config, HintStage, ImagePipeline, ImitateStage, Input, Loss, MlpArch, Optim, Sched,
+    Stage, TrainStage,
 };
 use crate::model::copy_tensors;
 use crate::summary::{ArmResult, StageLog, Summary};
@@ -594,15 +594,6 @@ fn stage_phases(
     }
 }
 
-/// Whether an arm needs the teacher.
-fn needs_teacher(arm: &Arm) -> bool {
-    arm.stages.iter().any(|s| match s {
-        Stage::Train(t) => matches!(t.loss, Loss::Kd { .. }),
-        Stage::Imitate(_) | Stage::Hint(_) | Stage::CopyHead => true,
-        Stage::Merge => false,
-    })
-}
-
 /// Phase `name`: enters it (restoring `state` on resume), builds its optimizer over `params`
 /// and its schedule, and steps on `loss(x, y)` at the scheduled rate; the last epoch's mean loss,
 /// or None when a later checkpoint shows the phase done.
@@ -939,12 +930,8 @@ pub fn run(ctx: &mut RunContext, c: &Config) -> Result<()> {
     }
     let classes = train.classes() as i64;
     let p = Pipeline::new(&train, &test, pipe, c.batch, seed, dev);
-    let todo: Vec<(&String, &Arm)> = c
-        .arms
-        .iter()
-        .filter(|(_, a)| a.depths.is_empty() || a.depths.contains(&c.arch.depth))
-        .collect();
-    let with_teacher = todo.iter().any(|(_, a)| needs_teacher(a));
+    let todo = c.arms_here();
+    let with_teacher = todo.iter().any(|(_, a)| a.needs_teacher());
     let it = |s: u64| ctx.iterations(s);
     let n = num_stages(c.arch.kind);
     let mut plan = vec![Phase {

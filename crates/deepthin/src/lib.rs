@@ -21,7 +21,7 @@ pub mod train;
 pub use config::Config;
 
 use crate::arm::{run_arm, Family};
-use crate::config::{ArchKind, Arm, HintStage, ImitateStage, Loss, MlpArch, Stage, TrainStage};
+use crate::config::{ArchKind, HintStage, ImitateStage, Loss, MlpArch, Stage, TrainStage};
 use crate::model::{Glue, Mlp, Net};
 use crate::stream::{EncoderShape, Residual};
 use crate::summary::{ArmResult, StageLog, Summary};
@@ -282,12 +282,9 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
     if c.arch.kind.is_conv() {
         return conv::run(ctx, &c);
     }
-    if ctx.parallel().world() > 1 {
-        return Err(Error::msg(
-            "deepthin trains data-parallel in its convolutional families (resnet, wrn); this \
-             MLP family trains as one process (it takes minutes on one)",
-        ));
-    }
+    // Data-parallel, every rank holds the data and the teacher's outputs, and computes each
+    // step on its rows of the batch (`train::Data::batches`).
+    let par = ctx.parallel();
     let (x, y, x_test, y_test, classes) = if h.data.dataset == SORT_TASK {
         let sizes = h.data.split.ok_or_else(|| {
             Error::Data(format!("dataset `{SORT_TASK}` needs `data.split` sizes"))
@@ -324,8 +321,13 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
         logits: Tensor::zeros([0, classes], (tch::Kind::Float, dev)),
         seed,
         batch: c.batch,
+        par: par.clone(),
     };
+    d.check_split()?;
     let t0 = Instant::now();
+    // Rank 0's teacher file (an earlier sitting's) on every rank, so that all load it or all
+    // train it.
+    ctx.share_files(&["teacher.safetensors"])?;
     if let Some(f) = teacher_source(&c, &tfile) {
         let named = Tensor::read_safetensors(&f)?;
         model::load_named(teacher.net(), named)
@@ -365,11 +367,7 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
         c.arch.depth, c.arch.wide
     );
     let mut arms: Ledger<ArmResult> = Ledger::open(ctx, ARMS)?;
-    let todo: Vec<(&String, &Arm)> = c
-        .arms
-        .iter()
-        .filter(|(_, a)| a.depths.is_empty() || a.depths.contains(&c.arch.depth))
-        .collect();
+    let todo = c.arms_here();
     let mut progress = ctx.progress(todo.len() as u64, 0);
     for (k, (name, arm)) in todo.iter().enumerate() {
         let acc = arms
@@ -378,7 +376,8 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
             })?
             .acc;
         progress.set(k as u64 + 1, &format!("{name}: {acc:.2}%"));
-        if ctx.interrupted() && k + 1 < todo.len() {
+        // Asked on any rank, every rank stops after the same arm.
+        if par.any(ctx.interrupted())? && k + 1 < todo.len() {
             return Err(Error::Interrupted {
                 step: k as u64 + 1,
                 dir: dir.clone(),
@@ -396,6 +395,10 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
         }
         None => None,
     };
+    if !par.is_main() {
+        // Rank 0 writes the summary and the report.
+        return Ok(());
+    }
     let mut summary = Summary::new(c.arch.kind, c.arch.depth, seed, arms.into_done());
     summary.deterministic = deterministic;
     summary.teacher_acc = Some(teacher_acc);

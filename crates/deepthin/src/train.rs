@@ -8,8 +8,10 @@ use crate::config::{
 use crate::model::{merge, merge_error, Affine, Glue, Mlp, Net, Widened};
 use reprise_core::data::batch_indices;
 use reprise_core::optim::{Group, Optimizer, Rule, Schedule};
+use reprise_core::parallel::{Parallel, Shard};
 use reprise_core::{Error, Result};
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 use tch::{Kind, Tensor};
 
 /// The data a run trains on, with the teacher's outputs cached (the teacher is frozen and the
@@ -39,6 +41,9 @@ pub struct Data {
     pub seed: u64,
     /// Batch size.
     pub batch: usize,
+    /// The ranks training together: each computes on its rows of every batch and the
+    /// optimizers average their gradients (one process by default).
+    pub par: Arc<Parallel>,
 }
 
 impl Data {
@@ -54,13 +59,53 @@ impl Data {
         ((epochs * self.per_epoch() as f64).round() as u64).max(1)
     }
 
-    /// The index batches of a stage, epoch by epoch, the same for every arm of a seed.
-    fn batches(&self, steps: u64) -> impl Iterator<Item = Tensor> + '_ {
+    /// The index batches of a stage, epoch by epoch, the same for every arm of a seed: this
+    /// rank's rows of each ([`Parallel::shard_batch`]; the whole batch in one process).
+    fn batches(&self, steps: u64) -> impl Iterator<Item = Result<Shard<1>>> + '_ {
         let per = self.per_epoch();
         (0..steps).map(move |s| {
             let all = batch_indices(self.n(), self.batch, self.seed, s / per, true, false);
-            Tensor::from_slice(&all[(s % per) as usize])
+            self.par
+                .shard_batch([&Tensor::from_slice(&all[(s % per) as usize])])
         })
+    }
+
+    /// Refuses, before any training, a batch size whose epochs end in a batch too small to
+    /// split among the ranks.
+    pub(crate) fn check_split(&self) -> Result<()> {
+        let last = self.n() - (self.per_epoch() as usize - 1) * self.batch;
+        self.par
+            .rows(last.min(self.batch) as i64)
+            .map(|_| ())
+            .map_err(|e| {
+                Error::Data(format!(
+                    "{e} (the last batch of an epoch of {} in batches of {}); choose another \
+                 `deepthin.batch`",
+                    self.n(),
+                    self.batch
+                ))
+            })
+    }
+
+    /// A stage's optimizer over parameter groups, averaging the ranks' gradients before each
+    /// step; the parameters first take rank 0's values (as DDP's broadcast at its start does;
+    /// every rank builds them from the same seeds, so nothing moves unless a rank computed
+    /// otherwise).
+    fn optimizer(&self, o: Optim, groups: Vec<(Vec<Tensor>, f64)>) -> Result<Optimizer> {
+        let all: Vec<Tensor> = groups
+            .iter()
+            .flat_map(|(p, _)| p.iter().map(Tensor::shallow_clone))
+            .collect();
+        if self.par.world() > 1 {
+            tch::no_grad(|| self.par.broadcast(&all))?;
+        }
+        Ok(stage_optimizer(o, groups).data_parallel(self.par.clone()))
+    }
+
+    /// The ranks' mean of a step's loss (the loss itself in one process): what is logged and
+    /// checked, the same on every rank, so that all stop together on a divergence.
+    fn mean_loss(&self, l: f64) -> Result<f64> {
+        Ok(self.par.mean(&[l])?[0])
     }
 }
 
@@ -212,6 +257,39 @@ fn at_step(what: &str, step: u64) -> impl Fn(Error) -> Error + '_ {
     move |e| Error::msg(format!("{what}, step {step}: {e}"))
 }
 
+/// The loss of an end-to-end step on a batch: `target` holds the labels (CE) or the teacher's
+/// logits (distillation).
+fn train_loss(net: &dyn Net, x: &Tensor, target: &Tensor, loss: Loss) -> Tensor {
+    let z = net.forward(x);
+    match loss {
+        Loss::Ce => {
+            let (z, y) = flat(&z, target);
+            z.cross_entropy_for_logits(&y)
+        }
+        Loss::Kd { temperature } => kd_loss(&z, target, temperature),
+    }
+}
+
+/// The loss of block `i` (0-based) of S̄ on its input `inp` against the teacher's block
+/// feature `target`: the MSE.
+fn imitation_loss(w: &Widened<'_>, i: usize, inp: &Tensor, target: &Tensor) -> Tensor {
+    mse(&w.thin.feature(&w.block(i, inp)), target)
+}
+
+/// One optimizer step on a batch's `loss`: back-propagates `weigh(loss)` (a data-parallel
+/// rank's share, [`Shard::weigh`]) and steps at rate `lr`. Returns the loss.
+fn descend(
+    opt: &mut Optimizer,
+    loss: Tensor,
+    weigh: impl FnOnce(Tensor) -> Tensor,
+    lr: f64,
+) -> Result<f64> {
+    opt.zero_grad();
+    backward(&weigh(loss.shallow_clone()))?;
+    opt.step(lr)?;
+    Ok(loss.double_value(&[]))
+}
+
 /// One end-to-end step on a batch: `target` holds the labels (CE) or the teacher's logits
 /// (distillation). Returns the loss.
 pub fn train_step(
@@ -222,18 +300,7 @@ pub fn train_step(
     loss: Loss,
     lr: f64,
 ) -> Result<f64> {
-    let z = net.forward(x);
-    let loss = match loss {
-        Loss::Ce => {
-            let (z, y) = flat(&z, target);
-            z.cross_entropy_for_logits(&y)
-        }
-        Loss::Kd { temperature } => kd_loss(&z, target, temperature),
-    };
-    opt.zero_grad();
-    backward(&loss)?;
-    opt.step(lr)?;
-    Ok(loss.double_value(&[]))
+    descend(opt, train_loss(net, x, target, loss), |l| l, lr)
 }
 
 /// One imitation step of block `i` (0-based) of S̄ on its input `inp` against the teacher's
@@ -246,11 +313,7 @@ pub fn imitation_step(
     target: &Tensor,
     lr: f64,
 ) -> Result<f64> {
-    let loss = mse(&w.thin.feature(&w.block(i, inp)), target);
-    opt.zero_grad();
-    backward(&loss)?;
-    opt.step(lr)?;
-    Ok(loss.double_value(&[]))
+    descend(opt, imitation_loss(w, i, inp, target), |l| l, lr)
 }
 
 /// Adam (PyTorch's defaults, no weight decay) over the parameters of block `i` of S̄: the thin
@@ -267,24 +330,23 @@ pub fn optimizer(net: &dyn Net) -> Optimizer {
 /// Trains every parameter of `net` with a loss; returns the last epoch's mean loss.
 pub fn train(net: &dyn Net, d: &Data, s: &TrainStage) -> Result<f64> {
     let steps = d.steps(s.epochs);
-    let mut opt = stage_optimizer(s.optimizer, vec![(net.params(), 1.0)]);
+    let mut opt = d.optimizer(s.optimizer, vec![(net.params(), 1.0)])?;
     let (sched, warm) = stage_schedule(&s.lr_schedule, steps, d.per_epoch());
     let (mut sum, mut k) = (0.0, 0);
-    for (step, idx) in d.batches(steps).enumerate() {
+    for (step, batch) in d.batches(steps).enumerate() {
         let step = step as u64;
-        let target = match s.loss {
-            Loss::Ce => d.y.index_select(0, &idx),
-            Loss::Kd { .. } => d.logits.index_select(0, &idx),
-        };
-        let l = train_step(
-            net,
-            &mut opt,
-            &d.x.index_select(0, &idx),
-            &target,
-            s.loss,
-            sched.lr(s.lr, step, warm),
-        )
-        .map_err(at_step("training", step))?;
+        let l = batch
+            .and_then(|b| {
+                let [idx] = &b.rows;
+                let target = match s.loss {
+                    Loss::Ce => d.y.index_select(0, idx),
+                    Loss::Kd { .. } => d.logits.index_select(0, idx),
+                };
+                let loss = train_loss(net, &d.x.index_select(0, idx), &target, s.loss);
+                descend(&mut opt, loss, |l| b.weigh(l), sched.lr(s.lr, step, warm))
+            })
+            .and_then(|l| d.mean_loss(l))
+            .map_err(at_step("training", step))?;
         check(l, "training", step)?;
         if step + d.per_epoch() >= steps {
             sum += l;
@@ -376,25 +438,30 @@ pub fn imitate(
         ImitationSchedule::Joint => {
             let steps = d.steps(s.epochs);
             let all: Vec<Tensor> = (0..n).flat_map(own).collect();
-            let mut opt = stage_optimizer(s.optimizer, vec![(all, 1.0)]);
+            let mut opt = d.optimizer(s.optimizer, vec![(all, 1.0)])?;
             let (sched, warm) = stage_schedule(&s.lr_schedule, steps, d.per_epoch());
-            for (step, idx) in d.batches(steps).enumerate() {
-                let x = d.x.index_select(0, &idx);
-                let mut u = x.shallow_clone();
-                let mut loss = Tensor::zeros([], (Kind::Float, x.device()));
-                for i in 0..n {
-                    let target = d.targets[i].index_select(0, &idx);
-                    let inp = match (s.input, i) {
-                        (Input::Teacher, i) if i > 0 => d.feats[i - 1].index_select(0, &idx),
-                        _ => u,
-                    };
-                    u = w.block(i, &inp);
-                    loss += mse(&thin.feature(&u), &target);
-                }
-                opt.zero_grad();
-                backward(&loss).map_err(at_step("joint imitation", step as u64))?;
-                opt.step(sched.lr(s.lr, step as u64, warm))?;
-                check(loss.double_value(&[]), "imitation", step as u64)?;
+            for (step, batch) in d.batches(steps).enumerate() {
+                let step = step as u64;
+                let l = batch
+                    .and_then(|b| {
+                        let [idx] = &b.rows;
+                        let x = d.x.index_select(0, idx);
+                        let mut u = x.shallow_clone();
+                        let mut loss = Tensor::zeros([], (Kind::Float, x.device()));
+                        for i in 0..n {
+                            let target = d.targets[i].index_select(0, idx);
+                            let inp = match (s.input, i) {
+                                (Input::Teacher, i) if i > 0 => d.feats[i - 1].index_select(0, idx),
+                                _ => u,
+                            };
+                            u = w.block(i, &inp);
+                            loss += mse(&thin.feature(&u), &target);
+                        }
+                        descend(&mut opt, loss, |l| b.weigh(l), sched.lr(s.lr, step, warm))
+                    })
+                    .and_then(|l| d.mean_loss(l))
+                    .map_err(at_step("joint imitation", step))?;
+                check(l, "imitation", step)?;
             }
         }
         ImitationSchedule::Progressive => {
@@ -409,7 +476,7 @@ pub fn imitate(
                     Lower::Full => (lower, 1.0),
                 };
                 let frozen = lower.is_empty();
-                let mut opt = stage_optimizer(s.optimizer, vec![(own(i), 1.0), (lower, mult)]);
+                let mut opt = d.optimizer(s.optimizer, vec![(own(i), 1.0), (lower, mult)])?;
                 let (sched, warm) = stage_schedule(&s.lr_schedule, steps, d.per_epoch());
                 if frozen && s.input == Input::StudentPrefix {
                     cached = Some(match (i, &cached) {
@@ -418,34 +485,33 @@ pub fn imitate(
                         (_, None) => unreachable!("set at block 0"),
                     });
                 }
-                for (step, idx) in d.batches(steps).enumerate() {
-                    let inp = match (s.input, i) {
-                        (_, 0) => d.x.index_select(0, &idx),
-                        (Input::Teacher, _) => d.feats[i - 1].index_select(0, &idx),
-                        (Input::StudentPrefix, _) if frozen => {
-                            cached.as_ref().expect("cached").index_select(0, &idx)
-                        }
-                        (Input::StudentPrefix, _) => {
-                            let mut u = d.x.index_select(0, &idx);
-                            for j in 0..i {
-                                u = w.block(j, &u);
-                            }
-                            u
-                        }
-                    };
-                    let target = d.targets[i].index_select(0, &idx);
-                    let l = imitation_step(
-                        &w,
-                        i,
-                        &mut opt,
-                        &inp,
-                        &target,
-                        sched.lr(s.lr, step as u64, warm),
-                    )
-                    .map_err(|e| {
-                        at_step(&format!("imitation of block {}", i + 1), step as u64)(e)
-                    })?;
-                    check(l, &format!("imitation of block {}", i + 1), step as u64)?;
+                let what = format!("imitation of block {}", i + 1);
+                for (step, batch) in d.batches(steps).enumerate() {
+                    let step = step as u64;
+                    let l = batch
+                        .and_then(|b| {
+                            let [idx] = &b.rows;
+                            let inp = match (s.input, i) {
+                                (_, 0) => d.x.index_select(0, idx),
+                                (Input::Teacher, _) => d.feats[i - 1].index_select(0, idx),
+                                (Input::StudentPrefix, _) if frozen => {
+                                    cached.as_ref().expect("cached").index_select(0, idx)
+                                }
+                                (Input::StudentPrefix, _) => {
+                                    let mut u = d.x.index_select(0, idx);
+                                    for j in 0..i {
+                                        u = w.block(j, &u);
+                                    }
+                                    u
+                                }
+                            };
+                            let target = d.targets[i].index_select(0, idx);
+                            let loss = imitation_loss(&w, i, &inp, &target);
+                            descend(&mut opt, loss, |l| b.weigh(l), sched.lr(s.lr, step, warm))
+                        })
+                        .and_then(|l| d.mean_loss(l))
+                        .map_err(at_step(&what, step))?;
+                    check(l, &what, step)?;
                 }
                 if !frozen {
                     cached = None;
@@ -466,23 +532,27 @@ pub fn hint(thin: &dyn Net, d: &Data, s: &HintStage, seed: u64) -> Result<f64> {
     let mut params: Vec<Tensor> = (0..k).flat_map(|i| thin.block_params(i)).collect();
     params.extend(reg.params());
     let steps = d.steps(s.epochs);
-    let mut opt = stage_optimizer(s.optimizer, vec![(params, 1.0)]);
+    let mut opt = d.optimizer(s.optimizer, vec![(params, 1.0)])?;
     let (sched, warm) = stage_schedule(&s.lr_schedule, steps, d.per_epoch());
     let mut last = f64::NAN;
-    for (step, idx) in d.batches(steps).enumerate() {
-        let mut h = d.x.index_select(0, &idx);
-        for j in 0..k {
-            h = thin.block(j, &h);
-        }
-        let loss = mse(
-            &thin.feature(&reg.apply(&h)),
-            &d.targets[k - 1].index_select(0, &idx),
-        );
-        opt.zero_grad();
-        backward(&loss).map_err(at_step("hint", step as u64))?;
-        opt.step(sched.lr(s.lr, step as u64, warm))?;
-        last = loss.double_value(&[]);
-        check(last, "hint", step as u64)?;
+    for (step, batch) in d.batches(steps).enumerate() {
+        let step = step as u64;
+        last = batch
+            .and_then(|b| {
+                let [idx] = &b.rows;
+                let mut h = d.x.index_select(0, idx);
+                for j in 0..k {
+                    h = thin.block(j, &h);
+                }
+                let loss = mse(
+                    &thin.feature(&reg.apply(&h)),
+                    &d.targets[k - 1].index_select(0, idx),
+                );
+                descend(&mut opt, loss, |l| b.weigh(l), sched.lr(s.lr, step, warm))
+            })
+            .and_then(|l| d.mean_loss(l))
+            .map_err(at_step("hint", step))?;
+        check(last, "hint", step)?;
     }
     Ok(last / tch::no_grad(|| feature_var(&d.targets[k - 1])).max(1e-12))
 }
@@ -543,6 +613,7 @@ mod tests {
             logits,
             seed: 0,
             batch: 64,
+            par: Arc::new(Parallel::single()),
         };
         let input = Input::StudentPrefix;
         let before = block_fits(

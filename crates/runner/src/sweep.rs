@@ -597,6 +597,13 @@ pub fn resume(dir: &Path, a: &Options, shard: Option<(usize, usize)>) -> Result<
         }
         let paper = SpecTree::load(&dir.join("spec.yaml"))?.header()?.paper;
         crate::ddp::check_single(&paper, 1, a.jobs, shard.is_some())?;
+        // Rank 0's view of the folder decides for all: a finished run ends every rank.
+        if par.any(par.is_main() && is_finished(dir))? {
+            if par.is_main() {
+                eprintln!("already finished: {}", dir.display());
+            }
+            return Ok(());
+        }
         if !par.is_main() {
             return exec_follower(dir, a.threads, &par);
         }

@@ -199,12 +199,4 @@ fn plan_times_real_steps_and_projects_the_run() {
         &runner(p, &["plan", "t/dt"]),
         "does not time deepthin runs yet",
     );
-    // Its MLP family trains as one process (the convolutional ones are data-parallel).
-    assert_clean_error(
-        &runner(
-            p,
-            &["run", "t/dt", "--smoke", "--nproc", "2", "--out", "dt"],
-        ),
-        "this MLP family trains as one process",
-    );
 }

@@ -5,7 +5,6 @@ mod common;
 
 use common::*;
 use std::fs;
-use std::path::Path;
 
 fn guide() -> String {
     fs::read_to_string(root().join("docs/EXTENDING.md")).unwrap()
@@ -29,15 +28,6 @@ fn example_files(md: &str) -> Vec<(String, String)> {
         rest = &body[end + 3..];
     }
     out
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    fs::create_dir_all(to).unwrap();
-    for e in fs::read_dir(from).unwrap().flatten() {
-        if e.path().is_file() {
-            fs::copy(e.path(), to.join(e.file_name())).unwrap();
-        }
-    }
 }
 
 #[test]

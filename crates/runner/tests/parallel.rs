@@ -423,6 +423,111 @@ fn two_ranks_train_a_deepthin_conv_run_and_a_killed_one_resumes_to_the_same_resu
     assert!(left.is_empty(), "{left:?}");
 }
 
+/// A tiny in-memory deepthin run: plain MLPs on digits (1437 training images in batches of 60:
+/// 24 a epoch, the last of 57 rows, split 29 + 28), every kind of stage.
+const TINY_MLP: &str = "name: tiny-mlp
+paper: deepthin
+description: tiny deepthin MLP
+seed: 3
+device: cpu
+data: { dataset: digits, split: { train: 1437, val: 0, test: 360 }, stratified: true }
+deepthin:
+  arch: { depth: 3, thin: 8, wide: 32 }
+  batch: 60
+  teacher: { loss: ce, epochs: 2, lr: 3.0e-3 }
+  arms:
+    scratch:
+      stages: [{ train: { loss: ce, epochs: 1, lr: 3.0e-3 } }]
+    win:
+      stages:
+        - { imitate: { epochs: 1, lr: 3.0e-3, m_init: pca } }
+        - merge
+        - { train: { loss: { kd: { temperature: 1 } }, epochs: 1, lr: 1.0e-3 } }
+    win-joint:
+      stages:
+        - { imitate: { epochs: 1, lr: 3.0e-3, schedule: joint, m_init: random } }
+        - merge
+    fitnets:
+      stages:
+        - { hint: { block: 2, epochs: 1, lr: 1.0e-3 } }
+        - { train: { loss: ce, epochs: 1, lr: 1.0e-3 } }
+";
+
+#[test]
+fn two_ranks_train_a_deepthin_mlp_run_as_one_process_does_and_resume_by_arm() {
+    let d = setup();
+    let p = d.path();
+    write(p, "tiny-mlp.yaml", TINY_MLP);
+    let o = runner_env(
+        p,
+        &["run", "t/tiny-mlp", "--out", "one", "--threads", "1"],
+        &[],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let o = runner_env(p, &two_ranks("t/tiny-mlp", "two", &[]), &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    let (one, two) = (
+        runs_under(&p.join("one/tiny-mlp")).remove(0),
+        runs_under(&p.join("two/tiny-mlp")),
+    );
+    assert_eq!(two.len(), 1, "rank 0 alone makes a folder: {two:?}");
+    let two = &two[0];
+    // The teacher's 48 Adam steps on 30 + 30 (and 29 + 28) rows: measured 1.5e-7 from the
+    // 1-process teacher when written.
+    let w = max_diff(
+        &one.join("teacher.safetensors"),
+        &two.join("teacher.safetensors"),
+        "",
+    );
+    eprintln!("teacher weights {w:.2e} apart");
+    assert!(w < 1e-5, "the teachers are {w:.2e} apart");
+    let (a, b) = (summary(&one), summary(two));
+    assert_eq!(a["deterministic"], true, "{a}");
+    assert_eq!(b["deterministic"], true, "{b}");
+    // Every arm (CE, progressive PCA imitation + merge + KD, joint imitation from random pairs,
+    // the hint): accuracies within one test image of the 360.
+    for arm in ["scratch", "win", "win-joint", "fitnets"] {
+        let acc = |s: &serde_json::Value| {
+            s["arms"][arm]["acc"]
+                .as_f64()
+                .unwrap_or_else(|| panic!("{arm}: {s}"))
+        };
+        let gap = (acc(&a) - acc(&b)).abs();
+        eprintln!("{arm}: accuracies {gap} apart");
+        assert!(
+            gap <= 100.0 / 360.0 + 1e-9,
+            "{arm}: {} vs {}",
+            acc(&a),
+            acc(&b)
+        );
+    }
+    // Resumed by arm: rank 0's folder keeps the teacher and the first arm; rank 1's scratch
+    // folder has neither, so it must take both from rank 0 (loading, not training, the
+    // teacher: a rank that trained alone would wait forever for the other's gradients).
+    let cut = p.join("cut");
+    copy_dir(two, &cut);
+    for f in ["summary.json", "finished"] {
+        fs::remove_file(cut.join(f)).unwrap();
+    }
+    let arms: serde_json::Value =
+        serde_json::from_slice(&fs::read(cut.join("arms.json")).unwrap()).unwrap();
+    let first = arms.as_object().unwrap().iter().next().unwrap();
+    let kept = serde_json::json!({ first.0.clone(): first.1.clone() });
+    fs::write(cut.join("arms.json"), kept.to_string()).unwrap();
+    let o = resume_with_two_ranks(p, &cut);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(without_times(&summary(&cut)), without_times(&b));
+    // A finished run resumed with two ranks: rank 0 says so, and both end.
+    let o = resume_with_two_ranks(p, &cut);
+    assert!(
+        o.status.success() && text(&o).contains("already finished"),
+        "{}",
+        text(&o)
+    );
+    let left: Vec<_> = fs::read_dir(p.join("tmp")).unwrap().flatten().collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
 /// The arguments of a 2-rank run of `spec` into `out` (one thread a rank), with `more`.
 fn two_ranks<'a>(spec: &'a str, out: &'a str, more: &[&'a str]) -> Vec<&'a str> {
     let mut a = vec!["run", spec, "--out", out, "--threads", "1", "--nproc", "2"];

@@ -43,6 +43,19 @@ pub fn spawn_runner(dir: &Path, args: &[&str], capture: bool) -> std::process::C
         .expect("the runner starts")
 }
 
+/// Copies the folder `from` (its files and subfolders) to `to`.
+pub fn copy_dir(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for e in fs::read_dir(from).unwrap().flatten() {
+        let (path, dest) = (e.path(), to.join(e.file_name()));
+        if path.is_dir() {
+            copy_dir(&path, &dest);
+        } else if path.is_file() {
+            fs::copy(&path, &dest).unwrap();
+        }
+    }
+}
+
 /// A run folder's `summary.json`.
 pub fn summary(run: &Path) -> serde_json::Value {
     serde_json::from_slice(&fs::read(run.join("summary.json")).unwrap()).unwrap()
