@@ -26,11 +26,24 @@ pub enum Amp {
 impl Amp {
     /// `forward()` under this autocast on `dev`, its output in float32 (unchanged with `none`).
     pub fn forward(self, dev: Device, forward: impl FnOnce() -> Tensor) -> Tensor {
-        match self {
-            Amp::None => forward(),
-            Amp::Bf16 => dist::autocast(dev, dist::Half::Bf16, forward).to_kind(Kind::Float),
-            Amp::F16 => dist::autocast(dev, dist::Half::F16, forward).to_kind(Kind::Float),
+        match self.try_forward(dev, || Ok::<_, std::convert::Infallible>(forward())) {
+            Ok(t) => t,
+            Err(never) => match never {},
         }
+    }
+
+    /// [`Amp::forward`] of a computation that may fail (a loss that checks its inputs).
+    pub fn try_forward<E>(
+        self,
+        dev: Device,
+        forward: impl FnOnce() -> Result<Tensor, E>,
+    ) -> Result<Tensor, E> {
+        let half = match self {
+            Amp::None => return forward(),
+            Amp::Bf16 => dist::Half::Bf16,
+            Amp::F16 => dist::Half::F16,
+        };
+        Ok(dist::autocast(dev, half, forward)?.to_kind(Kind::Float))
     }
 
     /// `opt`, with the loss scale `f16` needs.

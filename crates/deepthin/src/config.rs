@@ -24,6 +24,13 @@ pub struct Config {
     /// The image pipeline of the convolutional families (`resnet`, `wrn`).
     #[serde(default)]
     pub images: Option<ImagePipeline>,
+    /// Mixed precision of the convolutional families' training steps: `bf16` (or `f16`, with
+    /// a dynamic loss scale) autocast around the forwards and losses of every phase — the
+    /// networks trained, the frozen teacher's targets, the imitation maps — on float32 master
+    /// weights and optimizer state; evaluations and fits stay float32. The paper's code trains
+    /// in float32 (the default, `none`).
+    #[serde(default)]
+    pub amp: reprise_core::amp::Amp,
     /// The arms: a name and its stages, run in order on a fresh thin network.
     pub arms: BTreeMap<String, Arm>,
 }
@@ -454,6 +461,12 @@ impl Config {
             } else {
                 "`images` is for the convolutional families (resnet, wrn)"
             },
+        )?;
+        tree.require(
+            "deepthin.amp",
+            conv || c.amp == reprise_core::amp::Amp::None,
+            "mixed precision is for the convolutional families (resnet, wrn); the in-memory ones \
+             train in float32",
         )?;
         if let Some(im) = &c.images {
             tree.require(

@@ -18,6 +18,7 @@ use crate::config::{
 use crate::model::copy_tensors;
 use crate::summary::{ArmResult, StageLog, Summary};
 use crate::train::{kd_loss, stage_optimizer, stage_schedule, BlockFit};
+use reprise_core::amp::Amp;
 use reprise_core::checkpoint::Checkpoint;
 use reprise_core::data::{self, batch_indices, Images};
 use reprise_core::models::{Block, ResNet, ResNetConfig, Stem, Wrn, WrnConfig, WrnNorm};
@@ -407,6 +408,8 @@ struct Exec<'c, 'p> {
     p: &'p Pipeline<'p>,
     phases: Phases,
     every: u64,
+    /// Mixed precision of every phase's step (`deepthin.amp`).
+    amp: Amp,
 }
 
 /// What a phase entry found.
@@ -558,8 +561,12 @@ fn backward(loss: &Tensor) -> Result<()> {
         .map_err(|e| Error::msg(format!("the backward pass failed: {e}")))
 }
 
+/// The mean squared error, in float32 under autocast too (as `mse_loss` is autocast's; a
+/// no-op on float32 inputs).
 fn mse(a: &Tensor, b: &Tensor) -> Tensor {
-    (a - b).square().mean(Kind::Float)
+    (a.to_kind(Kind::Float) - b.to_kind(Kind::Float))
+        .square()
+        .mean(Kind::Float)
 }
 
 fn prefixed(prefix: &str, v: Vec<(String, Tensor)>) -> Vec<(String, Tensor)> {
@@ -606,8 +613,12 @@ fn run_phase(
     log: &mut ArmResult,
     mut loss: impl FnMut(&Tensor, &Tensor) -> Result<Tensor>,
 ) -> Result<Option<f64>> {
-    // Data-parallel, its step averages the ranks' gradients first (as DDP does).
-    let mut opt = stage_optimizer(o, vec![(params, 1.0)]).data_parallel(ex.ctx.parallel());
+    // Data-parallel, its step averages the ranks' gradients first (as DDP does); with
+    // `amp: f16` it unscales them, or skips an overflowing step.
+    let (amp, dev) = (ex.amp, ex.ctx.device());
+    let mut opt = amp
+        .optimizer(stage_optimizer(o, vec![(params, 1.0)]))
+        .data_parallel(ex.ctx.parallel());
     let Entry::From(from) = ex.enter(name, state, Some(&mut opt), log)? else {
         return Ok(None);
     };
@@ -623,9 +634,10 @@ fn run_phase(
         &snapshot,
         |opt, step, batch| {
             let [x, y] = &batch.rows;
-            let l = loss(x, y)?;
+            // The forwards and the loss under autocast with `amp` (the loss in float32).
+            let l = amp.try_forward(dev, || loss(x, y))?;
             opt.zero_grad();
-            backward(&batch.weigh(l.shallow_clone()))?;
+            backward(&opt.scale_loss(&batch.weigh(l.shallow_clone())))?;
             opt.step(sched.lr(lr, step, warm))?;
             Ok(l.double_value(&[]))
         },
@@ -655,7 +667,7 @@ fn train_phase(
     run_phase(ex, name, &state, net.params(), rule, log, |x, y| {
         let z = net.forward(x, true);
         match (t.loss, teacher) {
-            (Loss::Ce, _) => Ok(z.cross_entropy_for_logits(y)),
+            (Loss::Ce, _) => Ok(z.to_kind(Kind::Float).cross_entropy_for_logits(y)),
             (Loss::Kd { temperature }, Some(b)) => {
                 let zt = tch::no_grad(|| b.forward(x, false));
                 Ok(kd_loss(&z, &zt, temperature))
@@ -957,6 +969,7 @@ pub fn run(ctx: &mut RunContext, c: &Config) -> Result<()> {
         p: &p,
         phases,
         every,
+        amp: c.amp,
     };
     // Stage 1.
     let t0 = Instant::now();

@@ -238,8 +238,9 @@ pub(crate) fn kd_loss(student: &Tensor, teacher: &Tensor, t: f64) -> Tensor {
         .size()
         .last()
         .expect("logits have a class dimension");
-    let ls = (student.reshape([-1, c]) / t).log_softmax(1, Kind::Float);
-    let lt = (teacher.reshape([-1, c]) / t).log_softmax(1, Kind::Float);
+    // In float32 (a no-op on float32 logits; under autocast the logits may be half).
+    let ls = (student.to_kind(Kind::Float).reshape([-1, c]) / t).log_softmax(1, Kind::Float);
+    let lt = (teacher.to_kind(Kind::Float).reshape([-1, c]) / t).log_softmax(1, Kind::Float);
     (lt.exp() * (&lt - ls))
         .sum_dim_intlist([1].as_slice(), false, Kind::Float)
         .mean(Kind::Float)
