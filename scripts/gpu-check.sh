@@ -110,7 +110,7 @@ PY
 cat "$out/table.md"
 
 echo "== runner plan: every paper-scale spec that plans, on $device" | tee -a "$out/log.txt"
-for exp in jem/cifar10-wrn28-10 jem/cifar100-calibration robust-transfer/imagenet-r50-l2-eps3 tsit/summer2winter-ast tsit/cityscapes-sis tsit/ade20k-sis; do
+for exp in jem/cifar10-wrn28-10 jem/cifar100-calibration robust-transfer/imagenet-r50-l2-eps3 tsit/summer2winter-ast tsit/cityscapes-sis tsit/ade20k-sis deepthin/imagenet-r50 deepthin/cifar100-wrn40; do
     "$runner" plan "$exp" --device "$device" --steps 5 --nproc 8 2>>"$out/log.txt" | tee -a "$out/plan.txt"
 done
 
@@ -133,4 +133,7 @@ if [ "$ngpu" -ge 2 ]; then
     "$runner" run jem/digits-calibration --smoke jem.arm=jem seed=0 --device "$device" --out "$out/ddp" --nproc 2 2>&1 | tail -2 | tee -a "$out/log.txt"
 else
     echo "(one GPU: --nproc 2 would need two, NCCL takes one GPU a rank; the Gloo collectives are tested on the CPU in CI)" | tee -a "$out/log.txt"
+    echo "-- one rank launched as torchrun would (RANK=0, WORLD_SIZE=1): the group joined with NCCL for CUDA" | tee -a "$out/log.txt"
+    RANK=0 LOCAL_RANK=0 WORLD_SIZE=1 MASTER_ADDR=127.0.0.1 MASTER_PORT=29517 \
+        "$runner" run jem/digits-calibration --smoke jem.arm=jem seed=0 --device "$device" --out "$out/ddp1" 2>&1 | tail -2 | tee -a "$out/log.txt"
 fi

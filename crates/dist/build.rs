@@ -17,6 +17,8 @@
 //! packages `nvidia-cuda-crt` and `nvidia-cuda-cccl`, which `just setup` adds. Elsewhere set
 //! `REPRISE_CUDA_INCLUDE` to a `:`-separated list of folders holding them (a CUDA toolkit's
 //! `include`, NCCL's). Without them the build says so and CUDA collectives go through Gloo.
+//! The same unit reads the CUDA caching allocator's peak (`dist::cuda_peak_bytes`, for
+//! `runner plan`).
 
 use std::path::{Path, PathBuf};
 

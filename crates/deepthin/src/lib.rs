@@ -13,6 +13,7 @@ pub mod claims;
 pub mod config;
 pub mod conv;
 pub mod model;
+mod plan;
 pub mod report;
 pub mod stream;
 pub mod summary;
@@ -43,7 +44,7 @@ pub fn paper() -> Paper {
         validate,
         config: |t| reprise_core::run::section_with_defaults::<Config>(t, "deepthin"),
         inputs,
-        plan: None,
+        plan: Some(plan::plan),
         exports: &[reprise_core::run::Export {
             name: "teacher",
             file: Some("teacher.safetensors"),

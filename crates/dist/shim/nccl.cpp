@@ -4,6 +4,7 @@
 
 #include "group.h"
 
+#include <c10/cuda/CUDACachingAllocator.h>
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
 
@@ -23,3 +24,21 @@ c10::intrusive_ptr<c10d::Backend> make_nccl(const c10::intrusive_ptr<c10d::Store
 }
 
 }  // namespace reprise
+
+// The peak of the bytes CUDA's caching allocator has handed to tensors on `device` since the
+// last reset (what torch.cuda.max_memory_allocated reports); with `reset`, starts a new peak
+// after reading it. -1 where the allocator cannot say (no such device).
+extern "C" int64_t reprise_cuda_peak_bytes(int device, int reset) {
+  try {
+    auto d = static_cast<c10::DeviceIndex>(device);
+    auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(d);
+    auto agg = static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE);
+    int64_t peak = stats.allocated_bytes[agg].peak;
+    if (reset) {
+      c10::cuda::CUDACachingAllocator::resetPeakStats(d);
+    }
+    return peak;
+  } catch (...) {
+    return -1;
+  }
+}

@@ -58,6 +58,8 @@ mod ffi {
         pub fn reprise_dist_free(group: *mut c_void);
         pub fn reprise_autocast_enter(device: c_int, dtype: c_int) -> c_int;
         pub fn reprise_autocast_exit(device: c_int, was: c_int);
+        #[cfg(reprise_nccl)]
+        pub fn reprise_cuda_peak_bytes(device: c_int, reset: c_int) -> i64;
     }
 }
 
@@ -465,6 +467,29 @@ pub fn autocast<T>(device: tch::Device, dtype: Half, f: impl FnOnce() -> T) -> T
     }
     let _exit = Exit(dev, was);
     f()
+}
+
+/// The peak of the bytes CUDA's caching allocator has handed to tensors on GPU `device` since
+/// the last reset (`torch.cuda.max_memory_allocated`); `reset` starts a new peak after reading.
+/// `None` in a build without the CUDA unit (see the build script) or for a device the
+/// allocator does not know. Call it only where CUDA is available.
+pub fn cuda_peak_bytes(device: usize, reset: bool) -> Option<u64> {
+    #[cfg(reprise_nccl)]
+    {
+        let Ok(d) = c_int::try_from(device) else {
+            return None;
+        };
+        #[allow(unsafe_code)]
+        // SAFETY: reads (and resets) the allocator's counters; C++ exceptions are caught in
+        // the shim.
+        let b = unsafe { ffi::reprise_cuda_peak_bytes(d, c_int::from(reset)) };
+        u64::try_from(b).ok()
+    }
+    #[cfg(not(reprise_nccl))]
+    {
+        let _ = (device, reset);
+        None
+    }
 }
 
 #[cfg(test)]

@@ -70,18 +70,11 @@ pub fn plan(
     let c: Config = tree.typed(SECTION)?;
     let h = tree.header()?;
     let arm = Arm::parse(&c.source.arm).map_err(Error::msg)?;
-    let (chans, size, classes, examples) = match h.data.dataset.as_str() {
-        "imagefolder" => {
-            let crop = h.data.image_size.map_or(224, |s| s.crop as i64);
-            let n = h.data.path.as_ref().and_then(|p| {
-                let train = p.join("train");
-                train.is_dir().then(|| walk_count(&train))
-            });
-            (3, crop, 1000, n)
-        }
-        "mnist-5k" | "mnist-idx" | "fashion-mnist" => (1, 28, 10, None),
-        "digits" => (1, 8, 10, None),
-        _ => (3, 32, 10, None),
+    let (chans, size, classes) = match h.data.dataset.as_str() {
+        "imagefolder" => (3, h.data.image_size.map_or(224, |s| s.crop as i64), 1000),
+        "mnist-5k" | "mnist-idx" | "fashion-mnist" => (1, 28, 10),
+        "digits" => (1, 8, 10),
+        _ => (3, 32, 10),
     };
     let classes = c
         .source
@@ -119,10 +112,10 @@ pub fn plan(
     if let Some(e) = failed {
         tracing::info!("plan: a timed step failed: {e}");
     }
-    let (total, from) = match examples {
-        Some(n) => (
+    let (total, from) = match reprise_core::data::train_size(&h.data) {
+        Some((n, how)) => (
             Some(c.source.epochs * n.div_ceil(c.source.batch) as u64),
-            format!("{} epochs of {n} training images", c.source.epochs),
+            format!("{} epochs of {n} training images ({how})", c.source.epochs),
         ),
         None => (
             None,
@@ -149,23 +142,6 @@ pub fn plan(
         steps_from: from,
         params: reprise_core::run::trained_params(&net.vs),
     })
-}
-
-/// Files under `dir`, recursively (the images of an ImageFolder split).
-fn walk_count(dir: &Path) -> usize {
-    std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| {
-            let p = e.path();
-            if p.is_dir() {
-                walk_count(&p)
-            } else {
-                1
-            }
-        })
-        .sum()
 }
 
 /// The inputs a run reads that reprise cannot fetch: the source's dataset (unless the source

@@ -485,10 +485,7 @@ fn plan(
     let header = first.header()?;
     let paper = crate::paper(&header.paper)?;
     let Some(time_steps) = paper.plan else {
-        bail!(
-            "`runner plan` does not time {} runs yet (it does jem, robust-transfer and tsit)",
-            paper.name
-        );
+        bail!("`runner plan` does not time {} runs yet", paper.name);
     };
     let dev = header.device.resolve().map_err(anyhow::Error::msg)?;
     let where_ = if dev.is_cuda() {
@@ -510,19 +507,34 @@ fn plan(
         tch::get_num_threads()
     )?;
     let before = peak_rss();
+    let gpu = match dev {
+        tch::Device::Cuda(i) => {
+            // A new peak from here: the model, its optimizer and the timed steps.
+            dist::cuda_peak_bytes(i, true);
+            Some(i)
+        }
+        _ => None,
+    };
     let p = time_steps(first, dev, steps, 1)?;
     say!("  step      {}", p.what)?;
     say!(
         "  time      {:.1} ms a step (median of {steps}, after 2 warm-up steps)",
         p.step_ms
     )?;
-    match (dev.is_cuda(), peak_rss()) {
-        (false, Some(after)) => say!(
+    match (gpu, peak_rss()) {
+        (None, Some(after)) => say!(
             "  memory    peak resident set {:.2} GB (was {:.2} GB before the model)",
             after as f64 / 1e9,
             before.unwrap_or(0) as f64 / 1e9
         )?,
-        (true, _) => say!("  memory    GPU memory is not measured by this build")?,
+        (Some(i), _) => match dist::cuda_peak_bytes(i, false) {
+            Some(b) => say!(
+                "  memory    peak GPU memory held by tensors {:.2} GB (the caching allocator's \
+                 peak, as torch.cuda.max_memory_allocated)",
+                b as f64 / 1e9
+            )?,
+            None => say!("  memory    GPU memory is not measured by this build (no CUDA unit)")?,
+        },
         _ => {}
     }
     match p.steps {

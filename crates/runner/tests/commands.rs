@@ -193,10 +193,31 @@ fn plan_times_real_steps_and_projects_the_run() {
         "{}",
         text(&o)
     );
+    // deepthin: the teacher's step and the thin network's, weighted by the steps of each
+    // (counted stage by stage), and data-parallel in every family.
     let spec = fs::read_to_string(root().join("experiments/deepthin/mnist-residual.yaml")).unwrap();
     write(p, "dt.yaml", &spec);
-    assert_clean_error(
-        &runner(p, &["plan", "t/dt"]),
-        "does not time deepthin runs yet",
-    );
+    let o = runner(p, &["plan", "t/dt", "--steps", "1", "--nproc", "2"]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    for needle in [
+        "one residual (depth 16) step: batch 128 — the wide teacher",
+        "steps     24000 (the teacher's 960 and the arms' 23040 at depth 16: 32 an epoch of 4000",
+        "batch 128 (64 per rank of 2)",
+    ] {
+        assert!(t.contains(needle), "`{needle}` in {t}");
+    }
+    // A convolutional one on an ImageFolder: its images counted (2 classes × 16), 8 batches
+    // of 4 an epoch: teacher 4 epochs (32 steps), scratch 4 (32), WIN 3 stages × 1 + 2 + 1 (48).
+    write_image_folder(p, 16);
+    write(p, "tiny-conv.yaml", &tiny_conv(p));
+    let o = runner(p, &["plan", "t/tiny-conv", "--steps", "1"]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    for needle in [
+        "one WRN-10 step: batch 4 — the wide teacher",
+        "steps     112 (the teacher's 32 and the arms' 80 at depth 10: 8 an epoch of 32",
+    ] {
+        assert!(t.contains(needle), "`{needle}` in {t}");
+    }
 }

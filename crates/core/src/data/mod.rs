@@ -518,6 +518,59 @@ pub fn has_own_test_set(dataset: &str) -> bool {
     .contains(&dataset)
 }
 
+/// The number of training examples a spec's run trains on, and how it was counted, without
+/// loading the data (for `runner plan`): `data.split.train` where the spec sets it, else the
+/// size of a dataset's own training part (MNIST's 60 000, CIFAR's 50 000, the files under an
+/// ImageFolder's `train/`) less `split.val`. `None` where that cannot be known here (an
+/// ImageFolder not in place, cross-validation folds).
+pub fn train_size(spec: &DataSpec) -> Option<(usize, String)> {
+    let split = spec.split.filter(|s| s.train > 0);
+    if !has_own_test_set(&spec.dataset) {
+        return match (split, spec.cv) {
+            (Some(s), None) => Some((s.train, format!("data.split.train = {}", s.train))),
+            _ => None,
+        };
+    }
+    let (n, what) = match spec.dataset.as_str() {
+        "mnist-idx" | "fashion-mnist" => (60_000, format!("{}'s training set", spec.dataset)),
+        "cifar10" | "cifar100" => (50_000, format!("{}'s training set", spec.dataset)),
+        _ => {
+            let train = spec.path.as_ref()?.join("train");
+            if !train.is_dir() {
+                return None;
+            }
+            (
+                files_under(&train),
+                format!("the files under {}", train.display()),
+            )
+        }
+    };
+    let val = spec.split.map_or(0, |s| s.val);
+    let n = n.saturating_sub(val);
+    Some(match split {
+        Some(s) if s.train < n => (s.train, format!("data.split.train = {}", s.train)),
+        _ if val > 0 => (n, format!("{what} less split.val = {val}")),
+        _ => (n, what),
+    })
+}
+
+/// The files under `dir`, recursively (the images of an ImageFolder split).
+fn files_under(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| {
+            let p = e.path();
+            if p.is_dir() {
+                files_under(&p)
+            } else {
+                1
+            }
+        })
+        .sum()
+}
+
 /// Loads a dataset named in a spec (fetching a remote one if it is missing).
 pub fn load(spec: &DataSpec) -> Result<Dataset> {
     let dir = data_dir();
@@ -720,6 +773,40 @@ pub fn labels_vec(y: &Tensor) -> Vec<i64> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_training_set_size_is_counted_from_the_spec_without_loading_it() {
+        let spec = |yaml: &str| -> DataSpec { serde_norway::from_str(yaml).unwrap() };
+        let size = |yaml: &str| train_size(&spec(yaml)).map(|(n, _)| n);
+        assert_eq!(size("dataset: cifar100"), Some(50_000));
+        assert_eq!(
+            size("{ dataset: cifar10, split: { train: 0, val: 5000, test: 0 } }"),
+            Some(45_000)
+        );
+        assert_eq!(
+            size("{ dataset: fashion-mnist, split: { train: 4000, test: 0 } }"),
+            Some(4000)
+        );
+        assert_eq!(
+            size("{ dataset: digits, split: { train: 1437, test: 360 } }"),
+            Some(1437)
+        );
+        assert_eq!(size("dataset: digits"), None);
+        assert_eq!(size("{ dataset: digits, cv: { folds: 5 } }"), None);
+        let d = tempfile::tempdir().unwrap();
+        let yaml = format!("{{ dataset: imagefolder, path: {} }}", d.path().display());
+        assert_eq!(size(&yaml), None, "no train/ folder here");
+        for (class, n) in [("a", 3), ("b", 2)] {
+            let dir = d.path().join("train").join(class);
+            std::fs::create_dir_all(&dir).unwrap();
+            for i in 0..n {
+                std::fs::write(dir.join(format!("{i}.png")), b"").unwrap();
+            }
+        }
+        let (n, how) = train_size(&spec(&yaml)).unwrap();
+        assert_eq!(n, 5);
+        assert!(how.contains("train"), "{how}");
+    }
+
     use super::*;
     use flate2::write::GzEncoder;
     use std::io::Write;
