@@ -178,6 +178,83 @@ fn an_evaluation_stopped_midway_resumes_with_the_parts_left() {
 }
 
 #[test]
+fn a_paper_scale_tsit_evaluation_stopped_midway_writes_only_the_batches_left() {
+    let d = setup();
+    let p = d.path();
+    // An Inception-v3 with random weights: the FID's features, kept batch by batch.
+    let net = reprise_core::inception::FidInception::new(tch::Device::Cpu);
+    let inception = p.join("inception.safetensors");
+    tch::Tensor::write_safetensors(&reprise_core::nn::vars_by_name(&net.vs), &inception).unwrap();
+    let spec = fs::read_to_string(root().join("experiments/tsit/summer2winter-ast.yaml")).unwrap();
+    let paper = fs::read_to_string(root().join("experiments/tsit/_paper.yaml")).unwrap();
+    write(p, "s2w.yaml", &spec);
+    write(p, "_paper.yaml", &paper);
+    // The smoke's two test items, one a batch; the grid shows the first.
+    let fid = format!("tsit.eval.fid_inception={}", inception.display());
+    let args = ["--smoke", "--threads", "1", "tsit.eval.grid=1", fid.as_str()];
+    let mut run = vec!["run", "t/s2w", "--out", "out"];
+    run.extend(args);
+    let o = runner(p, &run);
+    assert!(o.status.success(), "{}", text(&o));
+    let full = runs_under(&p.join("out/tsit-summer2winter-ast")).remove(0);
+    let reference = summary(&full);
+    assert!(reference["fid"].as_f64().is_some(), "{reference}");
+    for f in ["test-outputs-parts.json", "test-outputs-features"] {
+        assert!(!full.join(f).exists(), "{f}: removed once summary.json is written");
+    }
+    let outputs = |r: &std::path::Path| -> Vec<(String, Vec<u8>)> {
+        let mut v: Vec<_> = fs::read_dir(r.join("test_outputs"))
+            .unwrap()
+            .flatten()
+            .map(|e| (e.file_name().into_string().unwrap(), fs::read(e.path()).unwrap_or_default()))
+            .collect();
+        v.sort();
+        v
+    };
+    let written = outputs(&full);
+    assert_eq!(written.len(), 2, "{:?}", written.iter().map(|w| &w.0).collect::<Vec<_>>());
+    // A copy whose training is done and whose evaluation stops in its second batch: that
+    // output's file cannot be written where a folder stands.
+    let cut = p.join("cut");
+    fs::create_dir_all(cut.join("checkpoints")).unwrap();
+    for f in ["spec.yaml", "run.json", "metrics.jsonl"] {
+        fs::copy(full.join(f), cut.join(f)).unwrap();
+    }
+    let last = "checkpoints/step-000000002.safetensors";
+    fs::copy(full.join(last), cut.join(last)).unwrap();
+    let blocked = cut.join("test_outputs").join(&written[1].0);
+    fs::create_dir_all(&blocked).unwrap();
+    let o = runner(p, &["run", "--resume", "cut", "--threads", "1"]);
+    assert!(!o.status.success(), "{}", text(&o));
+    let ledger: serde_json::Value = serde_json::from_str(
+        &fs::read_to_string(cut.join("test-outputs-parts.json")).unwrap(),
+    )
+    .unwrap();
+    let done: Vec<&String> = ledger["done"].as_object().unwrap().keys().collect();
+    assert_eq!(done, ["batch 0"], "{ledger}");
+    assert!(cut.join("test-outputs-features/0.safetensors").is_file());
+    // Mark the first batch's output: a resumed evaluation that skips the batch leaves it.
+    let first = cut.join("test_outputs").join(&written[0].0);
+    fs::write(&first, b"marker").unwrap();
+    fs::remove_dir(&blocked).unwrap();
+    let o = runner(p, &["run", "--resume", "cut", "--threads", "1"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(fs::read(&first).unwrap(), b"marker", "the first batch was not redone");
+    let again = outputs(&cut);
+    assert_eq!(again[1], written[1], "the second batch's output as uninterrupted");
+    // The FID from the first batch's saved features and the second's new ones is the
+    // uninterrupted run's, and so is the grid (the first batch generated again for it).
+    assert_eq!(summary(&cut)["fid"], reference["fid"]);
+    assert_eq!(
+        fs::read(cut.join("figures/grid.png")).unwrap(),
+        fs::read(full.join("figures/grid.png")).unwrap()
+    );
+    for f in ["test-outputs-parts.json", "test-outputs-features"] {
+        assert!(!cut.join(f).exists(), "{f}");
+    }
+}
+
+#[test]
 fn sigterm_checkpoints_and_the_resumed_run_ends_as_an_uninterrupted_one() {
     let d = setup();
     let p = d.path();

@@ -313,8 +313,53 @@ pub(crate) fn final_eval(
         Evaluation::Judged(Box::new(judged)),
     ))
 }
+/// The ledger of a paper-scale run's test outputs: the batches written, for the generator and
+/// settings of its key; removed once the summary is written ([`forget_test_parts`]).
+pub(crate) const TEST_PARTS: &str = "test-outputs-parts.json";
+
+/// The Inception features of the test batches written (`<first item>.safetensors`: `fake`,
+/// `real`), kept until the FID over all of them is in the summary.
+pub(crate) const TEST_FEATURES: &str = "test-outputs-features";
+
+/// What the test outputs of a run depend on: its settings, its step and its generator's weights.
+fn test_key(c: &Config, gan: &Gan, step: u64) -> Result<String> {
+    let mut h = reprise_core::cache::Digest::new();
+    h.bytes(reprise_core::plan::sorted_json(c, false)?.as_bytes());
+    h.bytes(&step.to_le_bytes());
+    h.vars(gan.g.vs())?;
+    Ok(format!("{:016x}", h.value()))
+}
+
+/// A batch's saved Inception features (fake, real), if its file reads whole.
+fn read_features(path: &std::path::Path) -> Option<(Tensor, Tensor)> {
+    let named = Tensor::read_safetensors(path).ok()?;
+    let get = |k: &str| {
+        named
+            .iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, t)| t.shallow_clone())
+    };
+    Some((get("fake")?, get("real")?))
+}
+
+/// Removes a finished evaluation's ledger of test batches and their saved features.
+pub(crate) fn forget_test_parts(dir: &std::path::Path) -> Result<()> {
+    reprise_core::checkpoint::remove_if_present(&dir.join(TEST_PARTS))?;
+    let f = dir.join(TEST_FEATURES);
+    match std::fs::remove_dir_all(&f) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::Io(f, e)),
+        _ => Ok(()),
+    }
+}
+
 /// A paper-scale run's end: the test items' outputs as PNG files in `test_outputs/` (for an
 /// external FID and segmenter, which the project cannot ship), a grid, and the summary.
+///
+/// Batch by batch, each from its own seed: a batch's PNGs (and, with `eval.fid_inception`, its
+/// Inception features, in `test-outputs-features/`) are recorded in `test-outputs-parts.json`
+/// as it ends, for this generator and these settings, so an evaluation stopped midway (hours of
+/// generation at paper scale) writes only the batches left when resumed; the FID is computed
+/// from every batch's features at the end.
 pub(crate) fn write_test_outputs(
     ctx: &RunContext,
     c: &Config,
@@ -335,11 +380,30 @@ pub(crate) fn write_test_outputs(
         }
         None => None,
     };
+    let mut parts: reprise_core::plan::Ledger<usize> =
+        reprise_core::plan::Ledger::read_for(&ctx.dir().join(TEST_PARTS), &test_key(c, gan, step)?);
+    let feat_dir = ctx.dir().join(TEST_FEATURES);
     let (mut feats_fake, mut feats_real) = (Vec::new(), Vec::new());
     let mut shown = Vec::new();
     let mut i = 0;
     while i < n {
         let k = (c.batch as usize).min(n - i);
+        let feat_file = feat_dir.join(format!("{i}.safetensors"));
+        // Written by an earlier sitting: its files, and its features where FID is measured.
+        let saved = match (parts.get(&format!("batch {i}")), &inception) {
+            (None, _) => None,
+            (Some(_), None) => Some(None),
+            (Some(_), Some(_)) => read_features(&feat_file).map(Some),
+        };
+        let grid_full = shown.len() >= c.eval.grid;
+        if let (Some(feats), true) = (&saved, grid_full) {
+            if let Some((fake, real)) = feats {
+                feats_fake.push(fake.shallow_clone());
+                feats_real.push(real.shallow_clone());
+            }
+            i += k;
+            continue;
+        }
         let idx: Vec<usize> = (i..i + k).collect();
         let (content, img) = f.load(false, &idx, None)?;
         let (content, img) = (content.to_device(dev), img.to_device(dev));
@@ -359,26 +423,42 @@ pub(crate) fn write_test_outputs(
                 .image
                 .to_device(Device::Cpu)
         });
-        if let Some(net) = &inception {
-            // Images in [−1, 1] to pytorch-fid's [0, 1].
-            feats_fake.push(net.features(&((&out + 1.0) / 2.0)).to_device(Device::Cpu));
-            feats_real.push(net.features(&((&img + 1.0) / 2.0)).to_device(Device::Cpu));
+        match saved {
+            // Generated again for the grid only.
+            Some(Some((fake, real))) => {
+                feats_fake.push(fake);
+                feats_real.push(real);
+            }
+            Some(None) => {}
+            None => {
+                if let Some(net) = &inception {
+                    // Images in [−1, 1] to pytorch-fid's [0, 1].
+                    let fake = net.features(&((&out + 1.0) / 2.0)).to_device(Device::Cpu);
+                    let real = net.features(&((&img + 1.0) / 2.0)).to_device(Device::Cpu);
+                    std::fs::create_dir_all(&feat_dir)
+                        .map_err(|e| Error::Io(feat_dir.clone(), e))?;
+                    Tensor::write_safetensors(&[("fake", &fake), ("real", &real)], &feat_file)?;
+                    feats_fake.push(fake);
+                    feats_real.push(real);
+                }
+                for j in 0..k {
+                    let name = f.test[i + j].b.file_stem().map_or_else(
+                        || format!("{}", i + j),
+                        |s| s.to_string_lossy().into_owned(),
+                    );
+                    reprise_core::plot::image_grid(
+                        &out_dir.join(format!("{name}.png")),
+                        &out.narrow(0, j as i64, 1),
+                        1,
+                        1,
+                        -1.0,
+                        1.0,
+                    )?;
+                }
+                parts.record(&format!("batch {i}"), k)?;
+            }
         }
-        for j in 0..k {
-            let name = f.test[i + j].b.file_stem().map_or_else(
-                || format!("{}", i + j),
-                |s| s.to_string_lossy().into_owned(),
-            );
-            reprise_core::plot::image_grid(
-                &out_dir.join(format!("{name}.png")),
-                &out.narrow(0, j as i64, 1),
-                1,
-                1,
-                -1.0,
-                1.0,
-            )?;
-        }
-        if shown.len() < c.eval.grid {
+        if !grid_full {
             let m = (c.eval.grid - shown.len()).min(k) as i64;
             let first = if c.task.is_ast() {
                 content.narrow(0, 0, m).to_device(Device::Cpu)

@@ -505,6 +505,8 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
         summary.data_ms = Some(data_secs * 1000.0 / done as f64);
     }
     ctx.write_summary(&summary)?;
+    // The evaluation's record of its batches has served (the summary holds the result).
+    eval::forget_test_parts(ctx.dir())?;
     let md = report::report_run(ctx.dir())?;
     ctx.write_report(&md)?;
     Ok(())
