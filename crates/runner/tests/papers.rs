@@ -6,6 +6,36 @@ use std::fs;
 mod common;
 use common::*;
 
+/// The values of `key` a run logged in `metrics.jsonl`, in order.
+fn logged(run: &std::path::Path, key: &str) -> Vec<f64> {
+    fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter_map(|r| r["values"][key].as_f64())
+        .collect()
+}
+
+/// The largest difference of `b` from `a`, value by value, relative to `a`'s magnitude (at
+/// least `floor`).
+fn worst_relative(a: &[f64], b: &[f64], floor: f64) -> f64 {
+    a.iter()
+        .zip(b)
+        .map(|(a, b)| (a - b).abs() / a.abs().max(floor))
+        .fold(0.0f64, f64::max)
+}
+
+/// The dynamic loss scale saved in a run's newest checkpoint (a `…loss_scale` entry), if any.
+fn saved_loss_scale(run: &std::path::Path) -> Option<f64> {
+    let cks: Vec<_> = runs_under(&run.join("checkpoints"));
+    let ck = fs::read(cks.last()?).unwrap();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&ck).unwrap();
+    let meta = meta.metadata().clone()?;
+    meta.iter()
+        .find(|(k, _)| k.ends_with("loss_scale"))
+        .and_then(|(_, v)| v.parse().ok())
+}
+
 #[test]
 fn bf16_and_f16_autocast_runs_follow_the_float32_loss_curve() {
     let d = setup();
@@ -56,11 +86,7 @@ fn bf16_and_f16_autocast_runs_follow_the_float32_loss_curve() {
         assert!((f32_acc - acc).abs() <= 0.10, "{name}: {f32_acc} vs {acc}");
         if name == "f16" {
             // The loss scale was in use: its state is in the checkpoint.
-            let ck = fs::read(run.join("checkpoints/step-000000200.safetensors")).unwrap();
-            let (_, meta) = safetensors::SafeTensors::read_metadata(&ck).unwrap();
-            let scale: f64 = meta.metadata().as_ref().unwrap()["optim.loss_scale"]
-                .parse()
-                .unwrap();
+            let scale = saved_loss_scale(run).expect("a loss scale");
             assert!((1.0..=65536.0).contains(&scale), "{scale}");
         }
     }
@@ -457,12 +483,7 @@ fn a_robust_source_trains_under_bf16_and_f16_autocast_as_in_float32() {
         );
         assert!(o.status.success(), "{}", text(&o));
         let run = runs_under(&p.join(&out).join("tiny-rt")).remove(0);
-        let loss: Vec<f64> = fs::read_to_string(run.join("metrics.jsonl"))
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-            .filter_map(|r| r["values"]["loss"].as_f64())
-            .collect();
+        let loss = logged(&run, "loss");
         curves.push((loss, run));
     }
     let f32_loss = &curves[0].0;
@@ -470,11 +491,7 @@ fn a_robust_source_trains_under_bf16_and_f16_autocast_as_in_float32() {
     // Measured when written: the 6 epochs' mean losses at most 0.3 % (bf16) and 0.2 % (f16)
     // from float32's, the same clean and robust source accuracy (61.7 %).
     for ((loss, run), name) in curves[1..].iter().zip(["bf16", "f16"]) {
-        let worst = f32_loss
-            .iter()
-            .zip(loss)
-            .map(|(a, b)| (a - b).abs() / a)
-            .fold(0.0f64, f64::max);
+        let worst = worst_relative(f32_loss, loss, 0.0);
         assert!(
             worst < 0.02,
             "{name}: source loss {worst:.4} apart (relative)"
@@ -483,16 +500,8 @@ fn a_robust_source_trains_under_bf16_and_f16_autocast_as_in_float32() {
             worst > 0.0,
             "{name}: float32's numbers exactly: autocast was not on"
         );
-        let cks: Vec<_> = runs_under(&run.join("checkpoints"));
-        let ck = fs::read(cks.last().unwrap()).unwrap();
-        let (_, meta) = safetensors::SafeTensors::read_metadata(&ck).unwrap();
-        let has_scale = meta
-            .metadata()
-            .as_ref()
-            .unwrap()
-            .contains_key("optim.loss_scale");
         assert_eq!(
-            has_scale,
+            saved_loss_scale(run).is_some(),
             name == "f16",
             "{name}: the loss scale is saved with f16 only"
         );
@@ -527,12 +536,7 @@ fn a_deepthin_conv_run_trains_under_bf16_and_f16_autocast_as_in_float32() {
         let run = runs_under(&p.join(&out).join("tiny-conv")).remove(0);
         // Every phase's epoch losses, in the order of the plan (the teacher's 4, then each
         // arm's phases).
-        let loss: Vec<f64> = fs::read_to_string(run.join("metrics.jsonl"))
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-            .filter_map(|r| r["values"]["loss"].as_f64())
-            .collect();
+        let loss = logged(&run, "loss");
         curves.push((loss, run));
     }
     let f32_loss = &curves[0].0;
@@ -544,11 +548,7 @@ fn a_deepthin_conv_run_trains_under_bf16_and_f16_autocast_as_in_float32() {
     // 1.0 % (f16) from float32's; every teacher 100 % accurate.
     for ((loss, run), (name, tol)) in curves[1..].iter().zip([("bf16", 0.15), ("f16", 0.05)]) {
         assert_eq!(loss.len(), f32_loss.len(), "{name}");
-        let worst = f32_loss
-            .iter()
-            .zip(loss)
-            .map(|(a, b)| (a - b).abs() / a.abs().max(1e-3))
-            .fold(0.0f64, f64::max);
+        let worst = worst_relative(f32_loss, loss, 1e-3);
         eprintln!(
             "{name}: epoch losses at most {worst:.4} apart (relative); {f32_loss:?} vs {loss:?}"
         );
@@ -563,15 +563,10 @@ fn a_deepthin_conv_run_trains_under_bf16_and_f16_autocast_as_in_float32() {
             (acc - f32_acc).abs() <= 100.0 / 32.0 + 1e-9,
             "{name}: {acc} vs {f32_acc}"
         );
-        let cks: Vec<_> = runs_under(&run.join("checkpoints"));
-        let ck = fs::read(cks.last().unwrap()).unwrap();
-        let (_, meta) = safetensors::SafeTensors::read_metadata(&ck).unwrap();
-        let keys: Vec<&String> = meta.metadata().as_ref().unwrap().keys().collect();
-        let has_scale = keys.iter().any(|k| k.ends_with("loss_scale"));
         assert_eq!(
-            has_scale,
+            saved_loss_scale(run).is_some(),
             name == "f16",
-            "{name}: the loss scale is saved with f16 only: {keys:?}"
+            "{name}: the loss scale is saved with f16 only"
         );
     }
 }

@@ -191,7 +191,13 @@ fn a_paper_scale_tsit_evaluation_stopped_midway_writes_only_the_batches_left() {
     write(p, "_paper.yaml", &paper);
     // The smoke's two test items, one a batch; the grid shows the first.
     let fid = format!("tsit.eval.fid_inception={}", inception.display());
-    let args = ["--smoke", "--threads", "1", "tsit.eval.grid=1", fid.as_str()];
+    let args = [
+        "--smoke",
+        "--threads",
+        "1",
+        "tsit.eval.grid=1",
+        fid.as_str(),
+    ];
     let mut run = vec!["run", "t/s2w", "--out", "out"];
     run.extend(args);
     let o = runner(p, &run);
@@ -200,19 +206,32 @@ fn a_paper_scale_tsit_evaluation_stopped_midway_writes_only_the_batches_left() {
     let reference = summary(&full);
     assert!(reference["fid"].as_f64().is_some(), "{reference}");
     for f in ["test-outputs-parts.json", "test-outputs-features"] {
-        assert!(!full.join(f).exists(), "{f}: removed once summary.json is written");
+        assert!(
+            !full.join(f).exists(),
+            "{f}: removed once summary.json is written"
+        );
     }
     let outputs = |r: &std::path::Path| -> Vec<(String, Vec<u8>)> {
         let mut v: Vec<_> = fs::read_dir(r.join("test_outputs"))
             .unwrap()
             .flatten()
-            .map(|e| (e.file_name().into_string().unwrap(), fs::read(e.path()).unwrap_or_default()))
+            .map(|e| {
+                (
+                    e.file_name().into_string().unwrap(),
+                    fs::read(e.path()).unwrap_or_default(),
+                )
+            })
             .collect();
         v.sort();
         v
     };
     let written = outputs(&full);
-    assert_eq!(written.len(), 2, "{:?}", written.iter().map(|w| &w.0).collect::<Vec<_>>());
+    assert_eq!(
+        written.len(),
+        2,
+        "{:?}",
+        written.iter().map(|w| &w.0).collect::<Vec<_>>()
+    );
     // A copy whose training is done and whose evaluation stops in its second batch: that
     // output's file cannot be written where a folder stands.
     let cut = p.join("cut");
@@ -226,10 +245,9 @@ fn a_paper_scale_tsit_evaluation_stopped_midway_writes_only_the_batches_left() {
     fs::create_dir_all(&blocked).unwrap();
     let o = runner(p, &["run", "--resume", "cut", "--threads", "1"]);
     assert!(!o.status.success(), "{}", text(&o));
-    let ledger: serde_json::Value = serde_json::from_str(
-        &fs::read_to_string(cut.join("test-outputs-parts.json")).unwrap(),
-    )
-    .unwrap();
+    let ledger: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(cut.join("test-outputs-parts.json")).unwrap())
+            .unwrap();
     let done: Vec<&String> = ledger["done"].as_object().unwrap().keys().collect();
     assert_eq!(done, ["batch 0"], "{ledger}");
     assert!(cut.join("test-outputs-features/0.safetensors").is_file());
@@ -239,9 +257,16 @@ fn a_paper_scale_tsit_evaluation_stopped_midway_writes_only_the_batches_left() {
     fs::remove_dir(&blocked).unwrap();
     let o = runner(p, &["run", "--resume", "cut", "--threads", "1"]);
     assert!(o.status.success(), "{}", text(&o));
-    assert_eq!(fs::read(&first).unwrap(), b"marker", "the first batch was not redone");
+    assert_eq!(
+        fs::read(&first).unwrap(),
+        b"marker",
+        "the first batch was not redone"
+    );
     let again = outputs(&cut);
-    assert_eq!(again[1], written[1], "the second batch's output as uninterrupted");
+    assert_eq!(
+        again[1], written[1],
+        "the second batch's output as uninterrupted"
+    );
     // The FID from the first batch's saved features and the second's new ones is the
     // uninterrupted run's, and so is the grid (the first batch generated again for it).
     assert_eq!(summary(&cut)["fid"], reference["fid"]);
