@@ -5,8 +5,8 @@
 
 use crate::config::{ArchKind, Arm, Config, ImitationSchedule, Loss, Stage, TrainStage};
 use crate::conv::{num_stages, ConvNet};
+use crate::memory::Model;
 use crate::train::{stage_optimizer, train_step};
-use crate::Model;
 use reprise_core::run::{per_rank, StepPlan};
 use reprise_core::spec::SpecTree;
 use reprise_core::{Error, Result};
