@@ -116,6 +116,17 @@ fn resume_from_a_checkpoint_ends_bit_identical() {
     assert_eq!(kept, orig);
 }
 
+/// A copy of a finished run folder `full` at `cut` as it stood when its training had ended at
+/// `step` and its evaluation not begun: its spec, description, metrics and last checkpoint.
+fn trained_copy(full: &std::path::Path, cut: &std::path::Path, step: u64) {
+    fs::create_dir_all(cut.join("checkpoints")).unwrap();
+    for f in ["spec.yaml", "run.json", "metrics.jsonl"] {
+        fs::copy(full.join(f), cut.join(f)).unwrap();
+    }
+    let last = format!("checkpoints/step-{step:09}.safetensors");
+    fs::copy(full.join(&last), cut.join(&last)).unwrap();
+}
+
 #[test]
 fn an_evaluation_stopped_midway_resumes_with_the_parts_left() {
     let d = setup();
@@ -137,12 +148,7 @@ fn an_evaluation_stopped_midway_resumes_with_the_parts_left() {
     // A copy whose training is done and whose evaluation stops in its second part: the
     // samples' figure cannot be written where a folder stands.
     let cut = p.join("cut");
-    fs::create_dir_all(cut.join("checkpoints")).unwrap();
-    for f in ["spec.yaml", "run.json", "metrics.jsonl"] {
-        fs::copy(full.join(f), cut.join(f)).unwrap();
-    }
-    let last = "checkpoints/step-000000060.safetensors";
-    fs::copy(full.join(last), cut.join(last)).unwrap();
+    trained_copy(&full, &cut, 60);
     fs::create_dir_all(cut.join("figures/samples.png")).unwrap();
     let o = runner(p, &["run", "--resume", "cut", "--threads", "1"]);
     assert!(!o.status.success(), "{}", text(&o));
@@ -235,12 +241,7 @@ fn a_paper_scale_tsit_evaluation_stopped_midway_writes_only_the_batches_left() {
     // A copy whose training is done and whose evaluation stops in its second batch: that
     // output's file cannot be written where a folder stands.
     let cut = p.join("cut");
-    fs::create_dir_all(cut.join("checkpoints")).unwrap();
-    for f in ["spec.yaml", "run.json", "metrics.jsonl"] {
-        fs::copy(full.join(f), cut.join(f)).unwrap();
-    }
-    let last = "checkpoints/step-000000002.safetensors";
-    fs::copy(full.join(last), cut.join(last)).unwrap();
+    trained_copy(&full, &cut, 2);
     let blocked = cut.join("test_outputs").join(&written[1].0);
     fs::create_dir_all(&blocked).unwrap();
     let o = runner(p, &["run", "--resume", "cut", "--threads", "1"]);
