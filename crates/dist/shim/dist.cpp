@@ -14,6 +14,7 @@
 #include <cstring>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace reprise {
@@ -62,6 +63,24 @@ void* reprise_dist_init(const char* host, int port, int rank, int world, int tim
     opts.waitWorkers = false;
     opts.timeout = std::chrono::milliseconds(timeout_ms);
     auto store = c10::make_intrusive<c10d::TCPStore>(std::string(host), opts);
+    // Every rank counts itself in, then waits at most the join timeout for all `world` of them:
+    // a rank that never comes is an error then, not a wait of the collective timeout inside
+    // Gloo's connection set-up (which waits for every peer).
+    const std::string joined = "reprise/joined";
+    store->add(joined, 1);
+    const auto deadline =
+        std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+    for (;;) {
+      const auto n = store->add(joined, 0);
+      if (n >= world) {
+        break;
+      }
+      if (std::chrono::steady_clock::now() >= deadline) {
+        throw std::runtime_error("only " + std::to_string(n) + " of the " +
+                                 std::to_string(world) + " ranks came");
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
     auto options =
         c10d::ProcessGroupGloo::Options::create_default(std::chrono::milliseconds(op_timeout_ms));
     options->devices.clear();

@@ -91,6 +91,9 @@ pub struct Launch {
     pub master_addr: String,
     /// The store's port.
     pub master_port: u16,
+    /// Where these values came from (`torchrun (RANK, WORLD_SIZE)`, `Slurm (SLURM_PROCID,
+    /// SLURM_NTASKS)`, `runner --nproc`), for the messages of a group that cannot form.
+    pub from: String,
 }
 
 impl Launch {
@@ -103,6 +106,7 @@ impl Launch {
             local_rank: rank,
             master_addr: "127.0.0.1".into(),
             master_port: port,
+            from: "this process".into(),
         }
     }
 
@@ -125,10 +129,20 @@ impl Launch {
                 })
                 .transpose()
         };
-        let (rank, world, local) = match (num("RANK")?, num("WORLD_SIZE")?) {
-            (Some(r), Some(w)) => (r, w, num("LOCAL_RANK")?.unwrap_or(r)),
+        let torchrun = if var("REPRISE_NPROC_LAUNCHER").is_some() {
+            "runner --nproc"
+        } else {
+            "torchrun's RANK and WORLD_SIZE"
+        };
+        let (rank, world, local, from) = match (num("RANK")?, num("WORLD_SIZE")?) {
+            (Some(r), Some(w)) => (r, w, num("LOCAL_RANK")?.unwrap_or(r), torchrun),
             (None, None) => match (num("SLURM_PROCID")?, num("SLURM_NTASKS")?) {
-                (Some(r), Some(w)) => (r, w, num("SLURM_LOCALID")?.unwrap_or(r)),
+                (Some(r), Some(w)) => (
+                    r,
+                    w,
+                    num("SLURM_LOCALID")?.unwrap_or(r),
+                    "Slurm's SLURM_PROCID and SLURM_NTASKS",
+                ),
                 _ => return Ok(None),
             },
             _ => {
@@ -147,10 +161,15 @@ impl Launch {
         }
         let master_addr = var("MASTER_ADDR").unwrap_or_else(|| "127.0.0.1".into());
         let master_port = match var("MASTER_PORT") {
-            Some(p) => p
-                .trim()
-                .parse()
-                .map_err(|_| DistError(format!("MASTER_PORT={p} is not a port")))?,
+            Some(p) => match p.trim().parse::<u16>() {
+                Ok(0) => {
+                    return Err(DistError(
+                        "MASTER_PORT=0: rank 0 would listen on a port of the system's choosing that the other ranks cannot know; give a fixed port (torchrun and `runner run --nproc` pick one themselves)".into(),
+                    ))
+                }
+                Ok(port) => port,
+                Err(_) => return Err(DistError(format!("MASTER_PORT={p} is not a port"))),
+            },
             None => 29500,
         };
         Ok(Some(Launch {
@@ -159,6 +178,7 @@ impl Launch {
             local_rank: local,
             master_addr,
             master_port,
+            from: from.into(),
         }))
     }
 }
@@ -242,12 +262,19 @@ impl ProcessGroup {
         };
         if ptr.is_null() {
             return Err(DistError(format!(
-                "rank {} could not join the group (store at {}:{}, waited at most {:.0?}): {}",
+                "rank {} of {} (from {}) could not join the group at {}:{} within {:.0?}: {}{}",
                 launch.rank,
+                launch.world,
+                launch.from,
                 launch.master_addr,
                 launch.master_port,
                 timeout,
-                message(&buf)
+                message(&buf),
+                if launch.from.starts_with("Slurm") {
+                    "; start every rank (`srun … runner run …`), or run as one process with SLURM_NTASKS unset"
+                } else {
+                    ""
+                }
             )));
         }
         #[allow(unsafe_code)]
@@ -558,6 +585,15 @@ mod tests {
             (s.rank, s.world, s.master_addr.as_str(), s.master_port),
             (3, 8, "127.0.0.1", 29500)
         );
+        assert!(s.from.starts_with("Slurm"), "{}", s.from);
+        assert!(l.from.starts_with("torchrun"), "{}", l.from);
+        let e = Launch::from_vars(vars(&[
+            ("RANK", "0"),
+            ("WORLD_SIZE", "2"),
+            ("MASTER_PORT", "0"),
+        ]))
+        .unwrap_err();
+        assert!(e.0.contains("MASTER_PORT=0"), "{e}");
         assert!(Launch::from_vars(vars(&[("RANK", "4"), ("WORLD_SIZE", "4")])).is_err());
         assert!(Launch::from_vars(vars(&[("RANK", "0")])).is_err());
         assert!(Launch::from_vars(vars(&[("RANK", "x"), ("WORLD_SIZE", "2")])).is_err());

@@ -68,10 +68,35 @@ fn a_rank_that_cannot_reach_the_store_fails_clearly_within_its_timeout() {
     let took = t0.elapsed();
     assert!(took < Duration::from_secs(20), "took {took:?}");
     assert!(
-        e.contains("rank 1 could not join") && e.contains(&format!("127.0.0.1:{port}")),
+        e.contains("rank 1 of 2") && e.contains(&format!("127.0.0.1:{port}")),
         "{e}"
     );
     eprintln!("after {took:?}: {e}");
+}
+
+#[test]
+fn rank_0_alone_fails_after_the_join_timeout_not_the_collective_one() {
+    // The realistic trigger: a plain run inside a 2-task allocation, or a rank that never
+    // started. Rank 0 serves the store, and the collectives' timeout is long: the join
+    // timeout must end the wait, and the message say how many ranks came.
+    let port = free_port();
+    let t0 = Instant::now();
+    let r = ProcessGroup::join_with(
+        &Launch::local(0, 2, port),
+        Duration::from_secs(2),
+        Duration::from_secs(1800),
+        None,
+    );
+    let took = t0.elapsed();
+    let e = match r {
+        Ok(_) => panic!("a group of 2 formed with one rank"),
+        Err(e) => e.to_string(),
+    };
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    assert!(
+        e.contains("rank 0 of 2") && e.contains("only 1 of the 2 ranks came") && e.contains("2s"),
+        "{e}"
+    );
 }
 
 /// One SGD step of a two-layer network (no BatchNorm) on a batch, the gradients averaged over
