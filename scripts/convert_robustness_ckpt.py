@@ -10,11 +10,18 @@ normaliser comes from the spec).
 
     python scripts/convert_robustness_ckpt.py resnet50_l2_eps3.ckpt checkpoints/resnet50_l2_eps3.safetensors
 
-Needs only torch (dill is used when installed, for checkpoints pickled with it).
+The checkpoint is read with `weights_only=True` (tensors, numbers and containers only; nothing
+in it runs), which the robustness library's checkpoints (`model`, `optimizer`, `schedule`,
+`epoch`) satisfy. A file that needs a full unpickler is refused unless `--trust-pickle` is given
+(then dill is used when installed, for checkpoints pickled with it): only for a file whose
+origin you trust, since unpickling can run code.
+
+Needs only torch.
 """
 
 import argparse
 import json
+import re
 import struct
 import sys
 
@@ -59,12 +66,21 @@ def read_safetensors(path):
     return out
 
 
-def load_state_dict(path):
-    try:
-        import dill as pickle_module  # the robustness library pickles with dill
-    except ImportError:
-        import pickle as pickle_module
-    ck = torch.load(path, map_location="cpu", weights_only=False, pickle_module=pickle_module)
+def load_state_dict(path, trust_pickle=False):
+    if trust_pickle:
+        try:
+            import dill as pickle_module  # the robustness library pickles with dill
+        except ImportError:
+            import pickle as pickle_module
+        ck = torch.load(path, map_location="cpu", weights_only=False, pickle_module=pickle_module)
+    else:
+        try:
+            ck = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # torch raises UnpicklingError (or a RuntimeError) for what it refuses
+            text = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip()
+            first = text.splitlines()[0] if text else type(e).__name__
+            sys.exit(f"{path}: not loadable with weights_only=True ({first}); if you trust the "
+                     "file's origin, convert it with --trust-pickle (unpickling can run code)")
     if isinstance(ck, dict):
         for key in ("model", "state_dict"):
             if key in ck and isinstance(ck[key], dict):
@@ -94,8 +110,10 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("checkpoint")
     p.add_argument("output")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="load with a full unpickler (dill if installed): only for a file you trust")
     a = p.parse_args()
-    out = convert(load_state_dict(a.checkpoint))
+    out = convert(load_state_dict(a.checkpoint, a.trust_pickle))
     write_safetensors(out, a.output)
     n = sum(v.numel() for k, v in out.items() if "running" not in k)
     print(f"{a.output}: {len(out)} tensors, {n:,} parameters, fc {tuple(out['fc.weight'].shape)}")

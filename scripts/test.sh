@@ -83,6 +83,23 @@ for k, v in sd.items():
 torch.save({"model": model, "epoch": 1}, sys.argv[2])
 PY
 python scripts/convert_robustness_ckpt.py "$out/fake-robustness.ckpt" "$out/converted.safetensors"
+# A checkpoint whose unpickling would run code is refused (weights_only=True), and nothing runs.
+python - "$out/evil.ckpt" <<'PY'
+import sys, torch
+class Runs:
+    def __reduce__(self):
+        return (print, ("CODE RAN",))
+torch.save({"model": {"module.model.fc.weight": torch.zeros(1)}, "x": Runs()}, sys.argv[1])
+PY
+if refused="$(python scripts/convert_robustness_ckpt.py "$out/evil.ckpt" "$out/evil.safetensors" 2>&1)"; then
+    echo "a checkpoint needing a full unpickler was converted: $refused" >&2
+    exit 1
+fi
+if grep -q "CODE RAN" <<<"$refused" || ! grep -q "weights_only=True" <<<"$refused"; then
+    echo "unexpected: $refused" >&2
+    exit 1
+fi
+echo "a checkpoint that would run code on loading is refused"
 "$runner" run robust-transfer/transfer-cifar10 --smoke --out "$out" \
     robust-transfer.source.from="$out/converted.safetensors" robust-transfer.eval.source=false
 loaded=$(ls -t "$out"/robust-transfer-cifar10/*/source.safetensors | head -1)

@@ -355,7 +355,29 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
     } else if let Some(from) = &c.source.from {
         let f = source_file(from);
         net.load_backbone_file(&f)?;
-        eprintln!("source backbone loaded from {}", f.display());
+        // The head too where the file has one for the source's classes: a released model's
+        // source accuracy is then its own, never a random head's.
+        let what = match (file_head_size(&f)?, !transfer_only) {
+            (Some(n), _) if n == classes => {
+                net_load_head(&net, &f)?;
+                format!("backbone and head (fc, {n} classes)")
+            }
+            (Some(n), true) => {
+                return Err(Error::msg(format!(
+                    "{}: its head (fc) has {n} outputs, the source data {classes} classes: the source evaluation would be of another task's head; give the matching data, or set {SECTION}.eval.source=false to only transfer",
+                    f.display()
+                )))
+            }
+            (None, true) => {
+                return Err(Error::msg(format!(
+                    "{}: holds no head (fc.weight, fc.bias), so the source evaluation would measure a random one; convert the whole network, or set {SECTION}.eval.source=false to only transfer",
+                    f.display()
+                )))
+            }
+            (_, false) => "backbone (the head is not used: transfers only)".to_string(),
+        };
+        eprintln!("source {what} loaded from {}", f.display());
+        tracing::info!("source {what} loaded from {}", f.display());
         net.save(&src_file)?;
         ctx.begin(0)?;
     } else {
@@ -414,25 +436,28 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
 
 /// The number of outputs of the head `fc` in a safetensors file (2 when it has none).
 fn head_size(file: &Path) -> Result<i64> {
+    Ok(file_head_size(file)?.unwrap_or(2))
+}
+
+/// The number of outputs of the head `fc` in a safetensors file, if it has one.
+fn file_head_size(file: &Path) -> Result<Option<i64>> {
     let named = Tensor::read_safetensors(file)
         .map_err(|e| Error::msg(format!("{}: cannot read safetensors: {e}", file.display())))?;
     Ok(named
         .iter()
         .find(|(k, _)| k == "fc.weight")
-        .map_or(2, |(_, t)| t.size()[0]))
+        .map(|(_, t)| t.size()[0]))
 }
 
-/// Loads the head of a saved source too (the backbone loader skips it).
+/// Loads the head `fc` of a saved source too (the backbone loader skips it): both its tensors
+/// must be in the file with the head's shapes.
 fn net_load_head(net: &Net, file: &Path) -> Result<()> {
     let named = Tensor::read_safetensors(file)
         .map_err(|e| Error::msg(format!("{}: cannot read safetensors: {e}", file.display())))?;
-    let vars = net.vs.variables();
-    for (k, t) in named {
-        if k.starts_with("fc.") {
-            if let Some(v) = vars.get(&k) {
-                tch::no_grad(|| v.shallow_clone().copy_(&t));
-            }
-        }
-    }
-    Ok(())
+    reprise_core::nn::load_named(
+        &net.vs,
+        &named,
+        &|n| n.starts_with("fc."),
+        &file.display().to_string(),
+    )
 }

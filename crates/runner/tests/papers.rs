@@ -570,3 +570,58 @@ fn a_deepthin_conv_run_trains_under_bf16_and_f16_autocast_as_in_float32() {
         );
     }
 }
+
+#[test]
+fn a_loaded_source_is_evaluated_with_its_own_head_or_refused() {
+    let d = setup();
+    let p = d.path();
+    write(p, "tiny-rt.yaml", TINY_RT);
+    let o = runner(p, &["run", "t/tiny-rt", "--smoke", "--out", "trained"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let trained = runs_under(&p.join("trained/tiny-rt")).remove(0);
+    let src = trained.join("source.safetensors");
+    // The trained source loaded by `source.from` (as a converted released model is), its
+    // evaluation on: the same clean and robust accuracies as the run that trained it.
+    let from = format!("robust-transfer.source.from={}", src.display());
+    let o = runner(
+        p,
+        &["run", "t/tiny-rt", "--smoke", "--out", "loaded", &from],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("backbone and head (fc, 3 classes)"),
+        "{}",
+        text(&o)
+    );
+    let loaded = runs_under(&p.join("loaded/tiny-rt")).remove(0);
+    let (a, b) = (summary(&trained), summary(&loaded));
+    for k in ["src_clean", "src_robust"] {
+        assert!(a.get(k).is_some(), "{a}");
+        assert_eq!(a[k], b[k], "{k}: {} vs {}", a[k], b[k]);
+    }
+    // The same file without its head: refused, not evaluated with a random one.
+    let named: Vec<(String, tch::Tensor)> = tch::Tensor::read_safetensors(&src)
+        .unwrap()
+        .into_iter()
+        .filter(|(k, _)| !k.starts_with("fc."))
+        .collect();
+    let headless = p.join("headless.safetensors");
+    tch::Tensor::write_safetensors(&named, &headless).unwrap();
+    let from = format!("robust-transfer.source.from={}", headless.display());
+    let o = runner(p, &["run", "t/tiny-rt", "--smoke", "--out", "x", &from]);
+    assert_clean_error(&o, "holds no head");
+    // Transfers only: the head is not needed.
+    let o = runner(
+        p,
+        &[
+            "run",
+            "t/tiny-rt",
+            "--smoke",
+            "--out",
+            "y",
+            &from,
+            "robust-transfer.eval.source=false",
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+}

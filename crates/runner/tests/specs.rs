@@ -311,3 +311,31 @@ fn an_out_folder_that_is_a_file_is_a_clear_error() {
     assert_eq!(lines.len(), 1, "{lines:?}");
     assert!(lines[0].contains("out"), "{lines:?}");
 }
+
+#[test]
+fn tsit_semantic_synthesis_specs_train_the_official_number_of_iterations() {
+    // The official training: `train_scripts/sis_{cityscapes,ade20k}.sh` (lines 18, 29, 30:
+    // --batchSize 16 --niter 100 --niter_decay 100), an epoch of floor(N / 16) batches
+    // (`data/__init__.py` line 47: drop_last=opt.isTrain), and the learning rate updated at
+    // each epoch's end (`train.py` line 66), decaying over the last 100 of the 200 epochs.
+    for (spec, images) in [("cityscapes-sis", 2975u64), ("ade20k-sis", 20210)] {
+        let path = root().join(format!("experiments/tsit/{spec}.yaml"));
+        let tree = reprise_core::spec::SpecTree::load(&path).unwrap();
+        let batch: u64 = tree.typed("tsit.batch").unwrap();
+        let iterations: u64 = tree.typed("tsit.iterations").unwrap();
+        let decay_from: f64 = tree.typed("tsit.optim.decay_from").unwrap();
+        assert_eq!(batch, 16, "{spec}");
+        let per_epoch = images / batch;
+        assert_eq!(
+            iterations,
+            200 * per_epoch,
+            "{spec}: {per_epoch} iterations an epoch"
+        );
+        // The decay starts at an epoch boundary, the 100th.
+        assert_eq!(
+            (decay_from * iterations as f64).round() as u64,
+            100 * per_epoch,
+            "{spec}"
+        );
+    }
+}

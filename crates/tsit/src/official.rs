@@ -131,25 +131,31 @@ pub fn to_reprise(named: &[(String, Tensor)]) -> Result<BTreeMap<(Store, String)
 }
 
 /// Loads the tensors of `store` from [`to_reprise`]'s map into `vs`: every variable must be
-/// there with its element count (the fused γ/β weights are reshaped).
+/// there with its shape, and every tensor of the map for `store` must be a variable of `vs`
+/// (an official name reprise's network has no place for, or a tensor of another shape, is an
+/// error naming it: never dropped, never reshaped into place).
 pub fn load(
     vs: &tch::nn::VarStore,
     store: Store,
     map: &BTreeMap<(Store, String), Tensor>,
     from: &str,
 ) -> Result<()> {
-    let named: Vec<(String, Tensor)> = vs
-        .variables()
-        .into_iter()
-        .filter_map(|(name, v)| {
-            let t = map.get(&(store, name.clone()))?;
-            let t = if t.numel() == v.numel() {
-                t.view(v.size().as_slice())
-            } else {
-                t.shallow_clone()
-            };
-            Some((name, t))
-        })
+    let vars = vs.variables();
+    let unknown: Vec<&str> = map
+        .keys()
+        .filter(|(s, name)| *s == store && !vars.contains_key(name))
+        .map(|(_, name)| name.as_str())
+        .collect();
+    if let Some(first) = unknown.first() {
+        return Err(Error::msg(format!(
+            "{from}: {} tensor(s) of the {store:?} network have no place in reprise's (e.g. `{first}`): another architecture or configuration (tsit.model)?",
+            unknown.len()
+        )));
+    }
+    let named: Vec<(String, Tensor)> = map
+        .iter()
+        .filter(|((s, _), _)| *s == store)
+        .map(|((_, name), t)| (name.clone(), t.shallow_clone()))
         .collect();
     reprise_core::nn::load_named(vs, &named, &|_| true, from)
 }

@@ -277,3 +277,39 @@ fn the_vgg_loss_matches_the_official_vgg_loss() {
     one_iteration(false, true);
     one_iteration(true, true);
 }
+
+#[test]
+fn an_official_tensor_with_no_place_or_another_shape_is_an_error_naming_it() {
+    let fx = fixture();
+    let c = config(false, false);
+    let g = Tsit::new(&c.model, (256, 256), 3, true, true, Device::Cpu);
+    let mut before = official(&fx, "ast", "before");
+    load(&g.vs, Store::G, &before, "fixture").unwrap();
+    // A name reprise's generator has no variable for (a renamed layer, another config).
+    let mut extra = official(&fx, "ast", "before");
+    extra.insert(
+        (Store::G, "block_9.conv_0.weight".into()),
+        Tensor::zeros([1], (Kind::Float, Device::Cpu)),
+    );
+    let e = load(&g.vs, Store::G, &extra, "fixture")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("block_9.conv_0.weight") && e.contains("no place"),
+        "{e}"
+    );
+    // A tensor with the right number of elements in another shape is not viewed into place.
+    let (key, t) = before
+        .iter()
+        .find(|((s, n), t)| {
+            *s == Store::G && n.ends_with("weight") && t.dim() == 4 && t.size()[0] > 1
+        })
+        .map(|(k, t)| (k.clone(), t.shallow_clone()))
+        .unwrap();
+    let flat = t.reshape([-1]);
+    before.insert(key.clone(), flat);
+    let e = load(&g.vs, Store::G, &before, "fixture")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains(&key.1) && e.contains("shape"), "{e}");
+}
