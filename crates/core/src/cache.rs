@@ -93,48 +93,92 @@ pub fn file(dir: &Path, kind: &str, recipe: &str) -> PathBuf {
 }
 
 /// Runs `produce` (which writes `file`) unless another process is producing it already: the
-/// first to create `<file>.lock` (holding its pid) produces; the others wait until the file is
-/// there and the lock gone, and return `false` (then read it). A lock whose process is gone is
-/// taken over. `true` when this call produced the file.
+/// process holding the kernel's lock on `<file>.lock` (`flock`, released when the holder ends,
+/// however it ends) produces; the others wait for the lock, and find the file there (then read
+/// it) or produce it themselves. What the lock file holds (the holder's pid, for the messages)
+/// is never trusted: an empty one, or one naming a live process that is not a runner, is no
+/// lock. A wait is said on stderr, naming the lock, and ends with an error after
+/// `REPRISE_LOCK_WAIT_SECS` (default 3 hours). `true` when this call produced the file.
 pub fn once(file: &Path, produce: impl FnOnce() -> Result<()>) -> Result<bool> {
+    once_waiting(file, lock_wait_secs()?, produce)
+}
+
+/// [`once`], waiting at most `wait_secs` for another process's lock.
+fn once_waiting(file: &Path, wait_secs: f64, produce: impl FnOnce() -> Result<()>) -> Result<bool> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
     let lock = file.with_extension("lock");
     if let Some(d) = file.parent() {
         std::fs::create_dir_all(d).map_err(|e| Error::Io(d.to_path_buf(), e))?;
     }
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(&lock)
+        .map_err(|e| Error::Io(lock.clone(), e))?;
+    let limit = std::time::Duration::from_secs_f64(wait_secs);
+    let started = std::time::Instant::now();
+    let mut said = None::<std::time::Instant>;
     loop {
-        match std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&lock)
-        {
-            Ok(mut f) => {
-                use std::io::Write as _;
-                let _ = write!(f, "{}", std::process::id());
-                let r = produce();
-                let _ = std::fs::remove_file(&lock);
-                return r.map(|()| true);
+        match f.try_lock() {
+            Ok(()) => break,
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let holder = crate::checkpoint::read_bounded(&lock, 64)
+                    .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+                    .unwrap_or_default();
+                let who = if holder.is_empty() {
+                    "another process".to_string()
+                } else {
+                    format!("pid {holder}")
+                };
+                if started.elapsed() >= limit {
+                    return Err(Error::msg(format!(
+                        "{} is still locked by {who} after {:.0} s (REPRISE_LOCK_WAIT_SECS): it is producing {}; stop it, or wait longer",
+                        lock.display(),
+                        limit.as_secs_f64(),
+                        file.display()
+                    )));
+                }
+                if said.is_none_or(|t| t.elapsed().as_secs() >= 300) {
+                    eprintln!(
+                        "waiting for {} ({who} is producing {})",
+                        lock.display(),
+                        file.display()
+                    );
+                    said = Some(std::time::Instant::now());
+                }
+                std::thread::sleep(std::time::Duration::from_millis(200));
             }
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                let holder = std::fs::read_to_string(&lock).unwrap_or_default();
-                let alive = holder
-                    .trim()
-                    .parse::<u32>()
-                    .is_ok_and(|pid| Path::new(&format!("/proc/{pid}")).exists())
-                    || holder.is_empty();
-                if !alive {
-                    let _ = std::fs::remove_file(&lock);
-                    continue;
-                }
-                if file.is_file() && !lock.exists() {
-                    return Ok(false);
-                }
-                std::thread::sleep(std::time::Duration::from_millis(500));
-                if file.is_file() && !lock.exists() {
-                    return Ok(false);
-                }
-            }
-            Err(e) => return Err(Error::Io(lock, e)),
+            Err(std::fs::TryLockError::Error(e)) => return Err(Error::Io(lock, e)),
         }
+    }
+    if file.is_file() {
+        // Produced by the holder this call waited for.
+        return Ok(false);
+    }
+    let _ = f.set_len(0);
+    let _ = write!(f, "{}", std::process::id());
+    let r = produce();
+    // Removed while still held: a process waiting on it then finds the file and reads it.
+    let _ = std::fs::remove_file(&lock);
+    drop(f);
+    r.map(|()| true)
+}
+
+/// The longest [`once`] waits for another process's lock: `REPRISE_LOCK_WAIT_SECS`, a finite
+/// number of seconds ≥ 0, or 3 hours.
+fn lock_wait_secs() -> Result<f64> {
+    match std::env::var("REPRISE_LOCK_WAIT_SECS") {
+        Err(_) => Ok(3.0 * 3600.0),
+        Ok(v) => match v.trim().parse::<f64>() {
+            Ok(s) if s.is_finite() && (0.0..=1e9).contains(&s) => Ok(s),
+            _ => Err(Error::msg(format!(
+                "REPRISE_LOCK_WAIT_SECS={v}: expected a number of seconds from 0 to 1e9"
+            ))),
+        },
     }
 }
 
@@ -298,14 +342,37 @@ mod tests {
     }
 
     #[test]
-    fn a_lock_left_by_a_dead_process_is_taken_over() {
+    fn a_lock_file_nobody_holds_is_no_lock_whatever_it_says() {
+        // A dead pid (above the kernel's pid_max limit of 2^22), an empty file, and a live
+        // process that is not a runner (PID 1): none holds the lock, so none is waited for.
+        for held in ["4194305", "", "1"] {
+            let d = tempfile::tempdir().unwrap();
+            let f = file(d.path(), "judge", "r");
+            std::fs::write(f.with_extension("lock"), held).unwrap();
+            let t = std::time::Instant::now();
+            assert!(once(&f, || std::fs::write(&f, b"x")
+                .map_err(|e| Error::Io(f.clone(), e)))
+            .unwrap());
+            assert!(
+                t.elapsed().as_secs_f64() < 1.0,
+                "{held:?}: {:?}",
+                t.elapsed()
+            );
+            assert!(f.is_file() && !f.with_extension("lock").exists());
+        }
+    }
+
+    #[test]
+    fn a_wait_for_a_held_lock_is_bounded_and_names_it() {
         let d = tempfile::tempdir().unwrap();
         let f = file(d.path(), "judge", "r");
-        // No process has this pid (above the kernel's pid_max limit of 2^22).
-        std::fs::write(f.with_extension("lock"), "4194305").unwrap();
-        assert!(once(&f, || std::fs::write(&f, b"x")
-            .map_err(|e| Error::Io(f.clone(), e)))
-        .unwrap());
-        assert!(f.is_file() && !f.with_extension("lock").exists());
+        let lock = f.with_extension("lock");
+        let held = std::fs::File::create(&lock).unwrap();
+        held.lock().unwrap();
+        std::fs::write(&lock, "4242").unwrap();
+        let r = once_waiting(&f, 0.5, || Ok(()));
+        let e = r.unwrap_err().to_string();
+        assert!(e.contains("judge-") && e.contains("pid 4242"), "{e}");
+        assert!(!f.exists());
     }
 }

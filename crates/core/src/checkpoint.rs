@@ -84,7 +84,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         Error::Io(path.to_path_buf(), e)
     };
     {
-        let mut f = fs::File::create(&tmp).map_err(fail)?;
+        let mut f = create_fresh(&tmp).map_err(|e| match e {
+            Error::Io(_, io) => fail(io),
+            other => other,
+        })?;
         f.write_all(bytes).map_err(fail)?;
         f.sync_all().map_err(fail)?;
     }
@@ -333,14 +336,8 @@ pub fn canonical_digest<'a>(
 /// device, a larger file) is an error naming it, raised before reading.
 pub fn read_bounded(path: &Path, max: u64) -> Result<Vec<u8>> {
     use std::io::Read;
-    let f = fs::File::open(path).map_err(|e| Error::Io(path.to_path_buf(), e))?;
+    let f = open_regular(path)?;
     let md = f.metadata().map_err(|e| Error::Io(path.to_path_buf(), e))?;
-    if !md.is_file() {
-        return Err(Error::Corrupt(
-            path.to_path_buf(),
-            "not a regular file".into(),
-        ));
-    }
     if md.len() > max {
         return Err(Error::Corrupt(
             path.to_path_buf(),
@@ -358,6 +355,114 @@ pub fn read_bounded(path: &Path, max: u64) -> Result<Vec<u8>> {
         ));
     }
     Ok(buf)
+}
+
+/// The largest safetensors header [`read_metadata`] reads (the format's own limit).
+const MAX_HEADER_BYTES: u64 = 100_000_000;
+
+/// The metadata of a safetensors file, read from its header alone (the tensors' data is not
+/// read, so nothing is verified: for a look at what a checkpoint says it is, never for its
+/// contents). An error names the file when it is not a regular file or its header is not one.
+pub fn read_metadata(path: &Path) -> Result<BTreeMap<String, String>> {
+    use std::io::Read;
+    let bad = |why: String| Error::Corrupt(path.to_path_buf(), why);
+    let f = open_regular(path)?;
+    let mut r = std::io::BufReader::new(f);
+    let mut n = [0u8; 8];
+    r.read_exact(&mut n)
+        .map_err(|_| bad("shorter than a safetensors header".into()))?;
+    let n = u64::from_le_bytes(n);
+    if n > MAX_HEADER_BYTES {
+        return Err(bad(format!("a header of {n} bytes")));
+    }
+    let mut head = Vec::with_capacity(n as usize);
+    r.take(n)
+        .read_to_end(&mut head)
+        .map_err(|e| Error::Io(path.to_path_buf(), e))?;
+    if head.len() as u64 != n {
+        return Err(bad("its header is cut short".into()));
+    }
+    let v: serde_json::Value =
+        serde_json::from_slice(&head).map_err(|e| bad(format!("its header: {e}")))?;
+    Ok(v.get("__metadata__")
+        .and_then(serde_json::Value::as_object)
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+/// Opens `path` for reading if it is a regular file, without blocking on a FIFO or a device
+/// (the type is checked on the open handle, the open itself non-blocking); anything else is
+/// an error naming it.
+pub fn open_regular(path: &Path) -> Result<fs::File> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| Error::Io(path.to_path_buf(), e))?;
+    let md = f.metadata().map_err(|e| Error::Io(path.to_path_buf(), e))?;
+    if !md.is_file() {
+        return Err(Error::Corrupt(
+            path.to_path_buf(),
+            "not a regular file".into(),
+        ));
+    }
+    Ok(f)
+}
+
+/// Creates `path` anew for writing: whatever is there (a stale file, or a link planted to
+/// carry the write elsewhere) is removed first, and the file is created exclusively without
+/// following links, so the bytes land in a new regular file at `path` itself.
+pub fn create_fresh(path: &Path) -> Result<fs::File> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    remove_if_present(path)?;
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| Error::Io(path.to_path_buf(), e))
+}
+
+/// Opens `path` for appending, made if missing; a link at `path` is refused (not followed),
+/// and so is anything but a regular file (a FIFO is not waited on).
+pub fn open_append(path: &Path) -> Result<fs::File> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let f = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| Error::Io(path.to_path_buf(), e))?;
+    let md = f.metadata().map_err(|e| Error::Io(path.to_path_buf(), e))?;
+    if !md.is_file() {
+        return Err(Error::Corrupt(
+            path.to_path_buf(),
+            "not a regular file".into(),
+        ));
+    }
+    Ok(f)
+}
+
+/// Appends `bytes` to `path` ([`open_append`]).
+pub fn append_to(path: &Path, bytes: &[u8]) -> Result<()> {
+    open_append(path)?
+        .write_all(bytes)
+        .map_err(|e| Error::Io(path.to_path_buf(), e))
+}
+
+/// The most bytes a record of a run or sweep folder is read with ([`read_record`]): a JSON or
+/// YAML file, a log of metrics.
+pub const MAX_RECORD_BYTES: u64 = 256 << 20;
+
+/// A record of a run or sweep folder (`run.json`, `summary.json`, `metrics.jsonl`, …), read as
+/// [`read_bounded`] reads: a regular file of at most [`MAX_RECORD_BYTES`], never a FIFO.
+pub fn read_record(path: &Path) -> Result<Vec<u8>> {
+    read_bounded(path, MAX_RECORD_BYTES)
 }
 
 /// Lower-case hex of bytes.

@@ -1,7 +1,7 @@
 //! `tracing` into the current run's `run.log`; warnings to stderr as well (errors reach the
 //! user once, as the command's own error line).
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Write};
 use std::path::Path;
 use std::sync::Mutex;
@@ -22,7 +22,10 @@ pub fn init() {
 /// Sends the log to `path` (appending) until the next call; `None` stops file logging.
 pub fn set_log_file(path: Option<&Path>) -> io::Result<()> {
     let file = match path {
-        Some(p) => Some(OpenOptions::new().create(true).append(true).open(p)?),
+        Some(p) => Some(crate::checkpoint::open_append(p).map_err(|e| match e {
+            crate::Error::Io(_, io) => io,
+            other => io::Error::other(other.to_string()),
+        })?),
         None => None,
     };
     *LOG_FILE.lock().unwrap_or_else(|e| e.into_inner()) = file;

@@ -23,6 +23,7 @@ use tch::{Kind, Tensor};
 pub struct Parallel {
     rank: usize,
     world: usize,
+    nccl: bool,
     group: Option<Mutex<dist::ProcessGroup>>,
 }
 
@@ -44,6 +45,7 @@ impl Parallel {
         Parallel {
             rank: 0,
             world: 1,
+            nccl: false,
             group: None,
         }
     }
@@ -53,6 +55,7 @@ impl Parallel {
         Parallel {
             rank: group.rank(),
             world: group.world(),
+            nccl: group.nccl(),
             group: Some(Mutex::new(group)),
         }
     }
@@ -65,6 +68,16 @@ impl Parallel {
     /// The number of ranks.
     pub fn world(&self) -> usize {
         self.world
+    }
+
+    /// The collectives' backend: `gloo` for host tensors, `gloo+nccl` where CUDA tensors are
+    /// reduced by NCCL; `none` for one process.
+    pub fn backend(&self) -> &'static str {
+        match (self.group.is_some(), self.nccl) {
+            (false, _) => "none",
+            (true, false) => "gloo",
+            (true, true) => "gloo+nccl",
+        }
     }
 
     /// Whether this is rank 0, the one that writes.
@@ -386,6 +399,7 @@ mod tests {
         let p = Parallel {
             rank: 1,
             world: 2,
+            nccl: false,
             group: None,
         };
         assert_eq!(p.rows(8).unwrap(), (4, 4));
@@ -409,6 +423,7 @@ mod tests {
         let p = Parallel {
             rank: 1,
             world: 2,
+            nccl: false,
             group: None,
         };
         let s = p.shard_batch([&x, &y]).unwrap();

@@ -26,7 +26,7 @@ pub fn sorted_json<T: Serialize>(v: &T, pretty: bool) -> Result<String> {
 
 /// The JSON file at `path` as a `T`; `None` where it is absent or does not read as one.
 fn read_json<T: DeserializeOwned>(path: &Path) -> Option<T> {
-    std::fs::read(path)
+    crate::checkpoint::read_record(path)
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
 }
@@ -175,7 +175,10 @@ impl<T: Serialize + DeserializeOwned> Journal<T> {
     /// The journal at `path` (empty where the file is absent).
     pub fn read(path: &Path) -> Result<Journal<T>> {
         let mut records = Vec::new();
-        if let Ok(text) = std::fs::read_to_string(path) {
+        if let Some(text) = crate::checkpoint::read_record(path)
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+        {
             let mut kept = String::new();
             for l in text.split_inclusive('\n') {
                 if let (true, Ok(r)) = (l.ends_with('\n'), serde_json::from_str::<T>(l)) {
@@ -202,11 +205,7 @@ impl<T: Serialize + DeserializeOwned> Journal<T> {
     /// Appends a finished stage's result, synced to disk before it returns.
     pub fn append(&mut self, result: T) -> Result<()> {
         let line = serde_json::to_string(&result).map_err(|e| Error::msg(e.to_string()))? + "\n";
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.path)
-            .map_err(|e| Error::Io(self.path.clone(), e))?;
+        let mut f = crate::checkpoint::open_append(&self.path)?;
         f.write_all(line.as_bytes())
             .and_then(|_| f.sync_data())
             .map_err(|e| Error::Io(self.path.clone(), e))?;

@@ -51,9 +51,13 @@ impl Predictions {
     }
 
     /// Writes `index`, `labels`, `logits` and `probs` (float32 softmax) to a checksummed
-    /// safetensors file, loadable with `safetensors.torch.load_file`.
-    pub fn save(&self, path: &Path) -> Result<()> {
+    /// safetensors file, loadable with `safetensors.torch.load_file`, stamped with the id of the
+    /// run that made them (`run`, as its `run.json` records it; empty for none).
+    pub fn save(&self, path: &Path, run: &str) -> Result<()> {
         let mut ck = Checkpoint::new();
+        if !run.is_empty() {
+            ck.set(crate::checkpoint::RUN_KEY, run);
+        }
         ck.put("index", &Tensor::from_slice(&self.index));
         ck.put("labels", &self.labels);
         ck.put("logits", &self.logits.to_kind(Kind::Float));
@@ -64,13 +68,66 @@ impl Predictions {
         ck.save(path)
     }
 
-    /// Reads a file [`Predictions::save`] wrote (checksum verified).
+    /// Reads a file [`Predictions::save`] wrote (checksum verified), and checks what it holds
+    /// before anything is computed from it: finite logits, labels that name one of the logits'
+    /// classes, indices that are positions (≥ 0) each given once.
     pub fn load(path: &Path) -> Result<Predictions> {
+        Self::load_stamped(path).map(|(p, _)| p)
+    }
+
+    /// [`Predictions::load`], with the run id the file is stamped with (empty when none).
+    fn load_stamped(path: &Path) -> Result<(Predictions, String)> {
+        let bad = |why: String| Error::Corrupt(path.to_path_buf(), why);
         let ck = Checkpoint::load(path)?;
         let index = Vec::<i64>::try_from(ck.tensor("index")?.to_kind(Kind::Int64))
-            .map_err(|e| Error::Corrupt(path.to_path_buf(), e.to_string()))?;
-        Predictions::new(index, ck.tensor("logits")?, ck.tensor("labels")?)
-            .map_err(|e| Error::Corrupt(path.to_path_buf(), e.to_string()))
+            .map_err(|e| bad(e.to_string()))?;
+        let p = Predictions::new(index, ck.tensor("logits")?, ck.tensor("labels")?)
+            .map_err(|e| bad(e.to_string()))?;
+        let classes = p.logits.size()[1];
+        if classes < 1 {
+            return Err(bad("the logits have no class".into()));
+        }
+        if !p.is_empty() {
+            let (lo, hi) = (
+                p.labels.min().int64_value(&[]),
+                p.labels.max().int64_value(&[]),
+            );
+            if lo < 0 || hi >= classes {
+                return Err(bad(format!(
+                    "a label of {} is not one of the {classes} classes of its logits",
+                    if lo < 0 { lo } else { hi }
+                )));
+            }
+            if !bool::try_from(p.logits.isfinite().all()).unwrap_or(false) {
+                return Err(bad("its logits are not all finite (NaN or infinite)".into()));
+            }
+        }
+        let mut seen = p.index.clone();
+        seen.sort_unstable();
+        if seen.first().is_some_and(|&i| i < 0) {
+            return Err(bad(format!("a negative example index {}", seen[0])));
+        }
+        if let Some(w) = seen.windows(2).find(|w| w[0] == w[1]) {
+            return Err(bad(format!("example {} is given twice", w[0])));
+        }
+        let run = ck.meta.get(crate::checkpoint::RUN_KEY).cloned();
+        Ok((p, run.unwrap_or_default()))
+    }
+
+    /// The predictions a run folder holds ([`FILE`], [`Predictions::load`]), which must be that
+    /// run's: a file stamped with another run's id (copied in from another arm's or seed's
+    /// folder) is an error naming both. An error names the file when it is missing.
+    pub fn of_run(dir: &Path) -> Result<Predictions> {
+        let path = dir.join(FILE);
+        let (p, stamped) = Self::load_stamped(&path)?;
+        let id = crate::run::recorded_id(dir);
+        if !stamped.is_empty() && !id.is_empty() && stamped != id {
+            return Err(Error::Corrupt(
+                path,
+                format!("it was written by the run {stamped}, not by the run of its folder ({id}): copied from another run's folder?"),
+            ));
+        }
+        Ok(p)
     }
 
     /// The union of several runs' predictions, ordered by index; an example predicted twice
@@ -174,7 +231,7 @@ mod tests {
         assert!((p.calibration(10).acc - 0.75).abs() < 1e-12);
         let dir = std::env::temp_dir().join(format!("reprise-pred-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        p.save(&dir.join(FILE)).unwrap();
+        p.save(&dir.join(FILE), "").unwrap();
         let back = Predictions::load(&dir.join(FILE)).unwrap();
         assert_eq!(back.index, p.index);
         assert!(back.logits.allclose(&p.logits, 1e-6, 1e-6, false));
@@ -183,6 +240,38 @@ mod tests {
         let d = preds(&[2], &[[0.0, 1.0]], &[1]);
         let e = Predictions::pool(&[c, d]).unwrap_err().to_string();
         assert!(e.contains("example 2"), "{e}");
+    }
+
+    #[test]
+    fn predictions_read_back_are_checked_before_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE);
+        let load_err = |p: &Predictions| {
+            p.save(&path, "").unwrap();
+            Predictions::load(&path).unwrap_err().to_string()
+        };
+        // A label no logit column names (a re-signed file): an error, not a LibTorch panic.
+        let e = load_err(&preds(&[0, 1], &[[1.0, 0.0], [0.0, 1.0]], &[0, 99]));
+        assert!(e.contains("label of 99"), "{e}");
+        let e = load_err(&preds(&[0, 1], &[[1.0, 0.0], [0.0, 1.0]], &[-1, 0]));
+        assert!(e.contains("label of -1"), "{e}");
+        let e = load_err(&preds(&[0, 1], &[[f64::NAN, 0.0], [0.0, 1.0]], &[0, 1]));
+        assert!(e.contains("not all finite"), "{e}");
+        let e = load_err(&preds(&[3, 3], &[[1.0, 0.0], [0.0, 1.0]], &[0, 1]));
+        assert!(e.contains("example 3 is given twice"), "{e}");
+        let e = load_err(&preds(&[-2, 3], &[[1.0, 0.0], [0.0, 1.0]], &[0, 1]));
+        assert!(e.contains("negative"), "{e}");
+        // Another run's file in a run's folder.
+        let run = dir.path().join("run");
+        std::fs::create_dir_all(&run).unwrap();
+        std::fs::write(run.join("run.json"), r#"{"smoke":false,"smoke_iterations":null,"device":"Cpu","threads":1,"versions":{},"started":"x","id":"aaaa"}"#).unwrap();
+        let good = preds(&[0, 1], &[[1.0, 0.0], [0.0, 1.0]], &[0, 1]);
+        good.save(&run.join(FILE), "bbbb").unwrap();
+        let e = Predictions::of_run(&run).unwrap_err().to_string();
+        assert!(e.contains("bbbb") && e.contains("aaaa"), "{e}");
+        good.save(&run.join(FILE), "aaaa").unwrap();
+        assert_eq!(Predictions::of_run(&run).unwrap().index, vec![0, 1]);
+        assert!(Predictions::of_run(dir.path()).is_err());
     }
 
     #[test]

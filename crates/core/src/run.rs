@@ -10,8 +10,8 @@ use crate::progress::Progress;
 use crate::spec::{Header, SpecError, SpecTree};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value as Json};
-use std::fs::{self, File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::fs::{self, File};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -113,13 +113,9 @@ pub fn section_with_defaults<T: serde::de::DeserializeOwned + Serialize>(
 /// spec (`spec.yaml`) and the commit of the code that wrote it (with `+dirty` when the checkout
 /// had uncommitted changes).
 fn checkpoint_about(spec: &SpecTree, header: &Header, info: &RunInfo) -> Vec<(String, String)> {
-    use sha2::Digest as _;
     let mut about = vec![
         ("experiment".to_string(), header.name.clone()),
-        (
-            "spec_sha256".to_string(),
-            crate::checkpoint::hex(&sha2::Sha256::digest(spec.to_yaml().as_bytes())),
-        ),
+        (SPEC_SHA_KEY.to_string(), spec_sha256(spec)),
     ];
     if let Some(c) = &info.provenance.commit {
         let dirty = if info.provenance.dirty == Some(true) {
@@ -130,6 +126,67 @@ fn checkpoint_about(spec: &SpecTree, header: &Header, info: &RunInfo) -> Vec<(St
         about.push(("commit".to_string(), format!("{c}{dirty}")));
     }
     about
+}
+
+/// The most entries [`check_no_links`] looks at, and the deepest folder it enters.
+const MAX_WALK: (usize, usize) = (1_000_000, 16);
+
+/// Refuses a run or sweep folder that holds anything but plain files and folders: a link
+/// (planted to carry the run's writes outside `--out`), a FIFO, a device. Everything the runner
+/// writes in a run folder goes to a path under it, so a folder that passes this check keeps
+/// them there. The folder itself may be reached through a link (the user's `--out`).
+pub fn check_no_links(dir: &Path) -> Result<()> {
+    let mut stack = vec![(dir.to_path_buf(), 0usize)];
+    let mut seen = 0usize;
+    while let Some((d, depth)) = stack.pop() {
+        let rd = fs::read_dir(&d).map_err(|e| Error::Io(d.clone(), e))?;
+        for e in rd {
+            let e = e.map_err(|e| Error::Io(d.clone(), e))?;
+            seen += 1;
+            let p = e.path();
+            let t = e.file_type().map_err(|e| Error::Io(p.clone(), e))?;
+            if t.is_symlink() {
+                let to = fs::read_link(&p).map_or("?".into(), |t| t.display().to_string());
+                return Err(Error::msg(format!(
+                    "{} is a link (to {to}): a run folder holds only its own files and folders, so nothing it writes can land elsewhere; remove the link and resume again",
+                    p.display()
+                )));
+            }
+            if t.is_dir() {
+                if depth + 1 >= MAX_WALK.1 {
+                    return Err(Error::msg(format!(
+                        "{} is nested more than {} folders deep: not a run folder",
+                        p.display(),
+                        MAX_WALK.1
+                    )));
+                }
+                stack.push((p, depth + 1));
+            } else if !t.is_file() {
+                return Err(Error::msg(format!(
+                    "{} is not a regular file (a FIFO, socket or device): a run folder holds only its own files and folders; remove it and resume again",
+                    p.display()
+                )));
+            }
+            if seen > MAX_WALK.0 {
+                return Err(Error::msg(format!(
+                    "{} holds more than {} entries: not a run folder",
+                    dir.display(),
+                    MAX_WALK.0
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The metadata key of a checkpoint that holds the sha256 of the spec it was written under.
+pub const SPEC_SHA_KEY: &str = "spec_sha256";
+
+/// The sha256 (lower-case hex) of a resolved spec as a run folder's `spec.yaml` holds it: what
+/// every checkpoint of a run records under [`SPEC_SHA_KEY`].
+pub fn spec_sha256(spec: &SpecTree) -> String {
+    use sha2::Digest as _;
+    crate::checkpoint::hex(&sha2::Sha256::digest(spec.to_yaml().as_bytes()))
 }
 
 /// Whether the run in `dir` stopped because its training diverged: the runner writes
@@ -206,6 +263,29 @@ pub struct RunInfo {
     /// The error that ended it, when it failed or diverged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The data-parallel group it trains in (absent for one process, and in run folders of
+    /// earlier versions, which were all one process unless launched data-parallel).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub world: Option<World>,
+}
+
+/// The data-parallel group of a run (`run.json`'s `world`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct World {
+    /// The number of ranks (processes), each with its share of the spec's (global) batch.
+    pub size: usize,
+    /// The collectives' backend: `gloo`, or `gloo+nccl` (NCCL for CUDA tensors).
+    pub backend: String,
+}
+
+impl World {
+    /// The world of `par`; `None` for one process.
+    pub fn of(par: &crate::parallel::Parallel) -> Option<World> {
+        (par.world() > 1).then(|| World {
+            size: par.world(),
+            backend: par.backend().to_string(),
+        })
+    }
 }
 
 /// Where a run stands (`run.json`'s `status`).
@@ -229,13 +309,26 @@ pub enum RunStatus {
 /// Records in `dir/run.json` that the run is now `status` (with the error that ended it), and
 /// when it ended if it did.
 pub fn set_status(dir: &Path, status: RunStatus, error: Option<String>) -> Result<()> {
+    update_info(dir, |info| {
+        info.status = Some(status);
+        info.ended =
+            (status != RunStatus::Running && status != RunStatus::Prepared).then(utc_stamp);
+        info.error = error;
+    })
+}
+
+/// Records in `run.json` the data-parallel group a run continues in (`None`: one process).
+pub fn set_world(dir: &Path, world: Option<World>) -> Result<()> {
+    update_info(dir, |info| info.world = world)
+}
+
+/// Rewrites the run folder's `run.json` with `f` applied.
+fn update_info(dir: &Path, f: impl FnOnce(&mut RunInfo)) -> Result<()> {
     let path = dir.join("run.json");
     let bytes = crate::checkpoint::read_bounded(&path, 1 << 20)?;
     let mut info: RunInfo =
         serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt(path.clone(), e.to_string()))?;
-    info.status = Some(status);
-    info.ended = (status != RunStatus::Running && status != RunStatus::Prepared).then(utc_stamp);
-    info.error = error;
+    f(&mut info);
     write_atomic(
         &path,
         &serde_json::to_vec_pretty(&info).expect("RunInfo serializes"),
@@ -282,7 +375,11 @@ impl Provenance {
         Provenance {
             commit,
             dirty,
-            command: std::env::args().collect(),
+            // Lossy: an argument that is not UTF-8 (`--out $'x\xff'`) is recorded with U+FFFD
+            // in its place, not a panic.
+            command: std::env::args_os()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect(),
             host,
         }
     }
@@ -389,13 +486,12 @@ pub struct MetricRecord {
 
 /// Reads `metrics.jsonl`; lines that do not parse (a torn last line) are skipped.
 pub fn read_metrics(dir: &Path) -> Vec<MetricRecord> {
-    let Ok(f) = File::open(dir.join("metrics.jsonl")) else {
+    let Ok(bytes) = crate::checkpoint::read_record(&dir.join("metrics.jsonl")) else {
         return vec![];
     };
-    BufReader::new(f)
-        .lines()
-        .map_while(|l| l.ok())
-        .filter_map(|l| serde_json::from_str(&l).ok())
+    bytes
+        .split(|&b| b == b'\n')
+        .filter_map(|l| serde_json::from_slice(l).ok())
         .collect()
 }
 
@@ -428,6 +524,7 @@ impl RunContext {
 
     /// Opens an existing run folder to continue it (`--resume`).
     pub fn open(dir: &Path, device: Option<tch::Device>) -> Result<Self> {
+        check_no_links(dir)?;
         let spec = SpecTree::load(&dir.join("spec.yaml"))?;
         let header = spec.header()?;
         let info_path = dir.join("run.json");
@@ -559,13 +656,16 @@ impl RunContext {
         for name in names {
             let path = self.dir.join(name);
             // A flag byte (present or not), then the file's bytes.
-            let mine = self.parallel.is_main().then(|| match fs::read(&path) {
-                Ok(mut b) => {
-                    b.insert(0, 1);
-                    b
-                }
-                Err(_) => vec![0],
-            });
+            let mine =
+                self.parallel
+                    .is_main()
+                    .then(|| match crate::checkpoint::read_record(&path) {
+                        Ok(mut b) => {
+                            b.insert(0, 1);
+                            b
+                        }
+                        Err(_) => vec![0],
+                    });
             let got = self.parallel.share_bytes(mine)?;
             if self.parallel.is_main() {
                 continue;
@@ -604,7 +704,8 @@ impl RunContext {
         let mut kept = Vec::new();
         self.wall_offset = 0.0;
         if step > 0 {
-            for line in fs::read_to_string(&path).unwrap_or_default().lines() {
+            let old = crate::checkpoint::read_record(&path).unwrap_or_default();
+            for line in String::from_utf8_lossy(&old).lines() {
                 if let Ok(r) = serde_json::from_str::<MetricRecord>(line) {
                     if r.step <= step {
                         text.push_str(line);
@@ -630,10 +731,7 @@ impl RunContext {
             }
             self.tensorboard = Some(tb);
         }
-        let f = OpenOptions::new()
-            .append(true)
-            .open(&path)
-            .map_err(|e| Error::Io(path.clone(), e))?;
+        let f = crate::checkpoint::open_append(&path)?;
         self.metrics = Some(f);
         self.started = Instant::now();
         Ok(())
@@ -867,7 +965,7 @@ pub fn final_checkpoint(dir: &Path) -> Result<(u64, Checkpoint)> {
 
 /// The names of the runs a sweep folder's `sweep.json` lists (empty when it has none).
 pub fn expected_runs(sweep: &Path) -> Vec<String> {
-    fs::read(sweep.join("sweep.json"))
+    crate::checkpoint::read_record(&sweep.join("sweep.json"))
         .ok()
         .and_then(|b| serde_json::from_slice::<Json>(&b).ok())
         .and_then(|v| {
@@ -894,7 +992,7 @@ pub fn is_finished(dir: &Path) -> bool {
 }
 
 /// The run id `run.json` records (empty when it records none, or is missing or unreadable).
-fn recorded_id(dir: &Path) -> String {
+pub fn recorded_id(dir: &Path) -> String {
     crate::checkpoint::read_bounded(&dir.join("run.json"), 1 << 20)
         .ok()
         .and_then(|b| serde_json::from_slice::<RunInfo>(&b).ok())
@@ -904,7 +1002,7 @@ fn recorded_id(dir: &Path) -> String {
 
 /// Reads `summary.json` of a run folder, if the run finished.
 pub fn read_summary(dir: &Path) -> Option<Json> {
-    let text = fs::read(dir.join("summary.json")).ok()?;
+    let text = crate::checkpoint::read_record(&dir.join("summary.json")).ok()?;
     serde_json::from_slice(&text).ok()
 }
 
@@ -951,6 +1049,7 @@ mod tests {
             status: None,
             ended: None,
             error: None,
+            world: None,
         }
     }
 

@@ -441,11 +441,65 @@ impl CountValues<'_> {
 /// [`MAX_SPEC_VALUES`] values before any is built.
 fn bounded_yaml(text: &str) -> Result<Value, serde_norway::Error> {
     use serde::de::DeserializeSeed;
+    if let Some(line) = too_deep(text) {
+        return Err(<serde_norway::Error as serde::de::Error>::custom(format!(
+            "brackets nested more than {MAX_FLOW_DEPTH} deep (line {line}); a spec needs a few"
+        )));
+    }
     let n = std::cell::Cell::new(0);
     if let Some(doc) = serde_norway::Deserializer::from_str(text).next() {
         CountValues(&n).deserialize(doc)?;
     }
     serde_norway::from_str(text)
+}
+
+/// The deepest nesting of flow collections (`[`, `{`) a spec may have. The YAML scanner's time
+/// grows with the square of the nesting, so deeper text is refused before it is parsed.
+pub const MAX_FLOW_DEPTH: usize = 64;
+
+/// The line at which `text` nests `[` and `{` more than [`MAX_FLOW_DEPTH`] deep, if it does:
+/// one pass over the text, passing over quoted strings and comments (a bracket inside a plain
+/// scalar counts, which can only make a pathological spec fail sooner).
+fn too_deep(text: &str) -> Option<usize> {
+    let (mut depth, mut line) = (0usize, 1usize);
+    let mut quote: Option<char> = None;
+    let mut comment = false;
+    let mut prev = '\n';
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\n' {
+            line += 1;
+            comment = false;
+        }
+        if comment {
+            prev = c;
+            continue;
+        }
+        if let Some(q) = quote {
+            if c == '\\' && q == '"' {
+                chars.next();
+            } else if c == q {
+                quote = None;
+            }
+        } else {
+            match c {
+                '#' if prev.is_whitespace() => comment = true,
+                '"' | '\'' if matches!(prev, ' ' | '\t' | '\n' | '[' | '{' | ',' | ':') => {
+                    quote = Some(c)
+                }
+                '[' | '{' => {
+                    depth += 1;
+                    if depth > MAX_FLOW_DEPTH {
+                        return Some(line);
+                    }
+                }
+                ']' | '}' => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+        }
+        prev = c;
+    }
+    None
 }
 
 /// The dotted path of the first number in the tree that is infinite or NaN (`1e400` reads as
@@ -902,7 +956,29 @@ impl SpecTree {
                         format!("must be below data.cv.folds ({})", cv.folds),
                     )))
                 }
+                Some(f) if header.seeds.len() > 1 => {
+                    return Err(self.locate_error(SpecError::new(
+                        "data.cv.fold",
+                        format!(
+                            "fixes the test fold to {f}, so the {} seeds would all test the same fold and their \
+                             predictions could not be pooled into a cross-validation: leave `data.cv.fold` out \
+                             (seed k then tests fold k) or give one seed",
+                            header.seeds.len()
+                        ),
+                    )))
+                }
                 Some(_) => {}
+                None if header.seeds.len() > 1 && header.sweep.contains_key("data.cv.fold") => {
+                    return Err(self.locate_error(SpecError::new(
+                        "sweep.data.cv.fold",
+                        format!(
+                            "a sweep over the test fold with {} seeds tests each fold once per seed, and \
+                             their predictions could not be pooled: sweep the folds with one seed, or leave \
+                             `data.cv.fold` out (seed k then tests fold k)",
+                            header.seeds.len()
+                        ),
+                    )))
+                }
                 None => {
                     // Seed k tests fold k: every seed the spec runs must name a fold.
                     let (path, seeds) = if header.seeds.is_empty() {
@@ -1021,6 +1097,33 @@ impl SpecTree {
     /// listed ones (a sweep over other values is `--sweep key=a,b`, see
     /// [`SpecTree::apply_sweep`]).
     pub fn expand(&self) -> Result<Vec<(String, SpecTree)>, SpecError> {
+        let header = self.narrowed_header()?;
+        self.expand_header(&header)
+    }
+
+    /// The tree with the narrowing of [`SpecTree::expand`] written into its `sweep:` and
+    /// `seeds:` (a swept key overridden to one value is swept over that value alone), so that
+    /// the text a sweep folder keeps (`sweep.yaml`) expands to exactly the runs it was started
+    /// with, not to the whole sweep of the spec file.
+    pub fn narrowed(&self) -> Result<SpecTree, SpecError> {
+        let header = self.narrowed_header()?;
+        let mut t = self.clone();
+        if let Some(root) = t.value.as_mapping_mut() {
+            if let Some(Value::Mapping(m)) = root.get_mut(key("sweep")) {
+                for (k, vals) in &header.sweep {
+                    m.insert(key(k), Value::Sequence(vals.clone()));
+                }
+            }
+            if root.contains_key(key("seeds")) {
+                let seeds = header.seeds.iter().map(|&s| Value::Number(s.into()));
+                root.insert(key("seeds"), Value::Sequence(seeds.collect()));
+            }
+        }
+        Ok(t)
+    }
+
+    /// The header with each swept dimension (and `seeds`) an override pins narrowed to it.
+    fn narrowed_header(&self) -> Result<Header, SpecError> {
         let mut header = self.header()?;
         for (k, arg) in &self.overrides {
             let narrowed = |listed: &[Value]| -> Result<Value, SpecError> {
@@ -1056,6 +1159,11 @@ impl SpecTree {
                 header.seeds = vec![header.seed];
             }
         }
+        Ok(header)
+    }
+
+    /// [`SpecTree::expand`] over the (narrowed) sweep and seeds of `header`.
+    fn expand_header(&self, header: &Header) -> Result<Vec<(String, SpecTree)>, SpecError> {
         let mut base = self.clone();
         base.remove_top("sweep");
         base.remove_top("seeds");
@@ -1175,7 +1283,8 @@ fn path_overlaps(override_key: &str, path: &str) -> bool {
     !path.is_empty() && (starts(path, override_key) || starts(override_key, path))
 }
 
-fn scalar_text(v: &Value) -> String {
+/// A scalar as the text a folder name or a message shows it with (`0.1`, `jem`, `true`).
+pub fn scalar_text(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
         Value::Null => "null".into(),
@@ -1207,7 +1316,7 @@ fn flow_yaml(v: &Value) -> String {
 
 /// Whether two YAML values are the same sweep value (numbers compared as numbers, so that an
 /// override `lr=1e-3` picks the listed `0.001`).
-fn same_value(a: &Value, b: &Value) -> bool {
+pub fn same_value(a: &Value, b: &Value) -> bool {
     match (a, b) {
         (Value::Number(x), Value::Number(y)) => x.as_f64() == y.as_f64(),
         _ => a == b,
@@ -1324,6 +1433,29 @@ pub fn locate(text: &str, path: &[String]) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn deeply_nested_brackets_are_refused_at_once_whatever_the_size() {
+        for n in [MAX_FLOW_DEPTH + 1, 200_000, (MAX_SPEC_BYTES as usize) - 10] {
+            let text = format!("name: x\nv: {}", "[".repeat(n));
+            let t = std::time::Instant::now();
+            let e = SpecTree::from_str("deep.yaml", &text).unwrap_err();
+            assert!(e.message.contains("nested more than 64"), "{e}");
+            assert!(t.elapsed().as_secs_f64() < 2.0, "{n}: {:?}", t.elapsed());
+        }
+        // Nesting within the bound, brackets in quoted strings and comments: parsed.
+        let ok = format!(
+            "name: x\nv: {}{}\ns: \"{}\"\nq: '[[[[' # {}\n",
+            "[".repeat(MAX_FLOW_DEPTH),
+            "]".repeat(MAX_FLOW_DEPTH),
+            "[".repeat(100),
+            "{".repeat(100)
+        );
+        SpecTree::from_str("ok.yaml", &ok).unwrap();
+        let mut t = SpecTree::from_str("ok.yaml", "name: x\n").unwrap();
+        let deep = format!("v={}", "[".repeat(100_000));
+        assert!(t.apply_override(&deep).is_err());
+    }
 
     const BASE: &str = "name: demo
 paper: jem

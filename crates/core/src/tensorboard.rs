@@ -29,7 +29,7 @@ impl EventFile {
     pub fn new(dir: &Path) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(|e| Error::Io(dir.to_path_buf(), e))?;
         let path = dir.join(FILE);
-        let file = std::fs::File::create(&path).map_err(|e| Error::Io(path.clone(), e))?;
+        let file = crate::checkpoint::create_fresh(&path)?;
         let mut f = EventFile { path, file };
         let mut ev = Vec::new();
         put_f64(&mut ev, 1, 0.0);
@@ -44,10 +44,7 @@ impl EventFile {
         if !path.is_file() {
             return Self::new(dir);
         }
-        let file = std::fs::OpenOptions::new()
-            .append(true)
-            .open(&path)
-            .map_err(|e| Error::Io(path.clone(), e))?;
+        let file = crate::checkpoint::open_append(&path)?;
         Ok(EventFile { path, file })
     }
 

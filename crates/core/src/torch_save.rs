@@ -117,16 +117,27 @@ pub fn write_state_dict(path: &Path, tensors: &[(String, Tensor)]) -> Result<()>
     p.op(b'.');
 
     let tmp = path.with_extension("pt.tmp");
-    let io = |e: std::io::Error| Error::Io(tmp.clone(), e);
+    // A failed write leaves no temporary file behind.
+    write_zip(&p.0, tensors, &tmp)
+        .and_then(|()| std::fs::rename(&tmp, path).map_err(|e| Error::Io(path.to_path_buf(), e)))
+        .inspect_err(|_| {
+            let _ = std::fs::remove_file(&tmp);
+        })
+}
+
+/// Writes the zip archive of `torch.save` (the pickle `pkl`, then each tensor's data) to `tmp`,
+/// a new file ([`crate::checkpoint::create_fresh`]: a link there is replaced, not followed).
+fn write_zip(pkl: &[u8], tensors: &[(String, Tensor)], tmp: &Path) -> Result<()> {
+    let io = |e: std::io::Error| Error::Io(tmp.to_path_buf(), e);
     let zerr = |e: zip::result::ZipError| Error::msg(format!("{}: {e}", tmp.display()));
-    let f = std::fs::File::create(&tmp).map_err(io)?;
+    let f = crate::checkpoint::create_fresh(tmp)?;
     let mut z = zip::ZipWriter::new(f);
     let stored =
         zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
     let stem = "archive";
     z.start_file(format!("{stem}/data.pkl"), stored)
         .map_err(zerr)?;
-    z.write_all(&p.0).map_err(io)?;
+    z.write_all(pkl).map_err(io)?;
     z.start_file(format!("{stem}/byteorder"), stored)
         .map_err(zerr)?;
     z.write_all(b"little").map_err(io)?;
@@ -139,5 +150,5 @@ pub fn write_state_dict(path: &Path, tensors: &[(String, Tensor)]) -> Result<()>
         .map_err(zerr)?;
     z.write_all(b"3\n").map_err(io)?;
     z.finish().map_err(zerr)?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::Io(path.to_path_buf(), e))
+    Ok(())
 }

@@ -31,6 +31,7 @@ fn run_folder(dir: &std::path::Path) -> RunContext {
         status: None,
         ended: None,
         error: None,
+        world: None,
     };
     RunContext::create(dir, spec, info, tch::Device::Cpu).unwrap()
 }

@@ -314,8 +314,10 @@ pub(crate) fn final_eval(
     part("classify", &mut s, &mut |s| {
         // The test predictions, kept so a sweep can pool them (the folds of a cross-validation).
         let logits = test_logits(model, d);
-        Predictions::new(d.index.clone(), &logits, &d.y)?
-            .save(&ctx.dir().join(reprise_core::predictions::FILE))?;
+        Predictions::new(d.index.clone(), &logits, &d.y)?.save(
+            &ctx.dir().join(reprise_core::predictions::FILE),
+            &ctx.info().id,
+        )?;
         let m = reprise_core::metrics::calibration(&logits, &d.y, c.eval.ece_bins);
         report::reliability_figure(
             &figs.join("reliability.png"),

@@ -238,9 +238,12 @@ pub fn report_sweep(dir: &Path, runs: &[RunSummary]) -> Result<String> {
         .typed::<Config>("jem")
         .map(|c| c.eval.ece_bins)
         .unwrap_or(20);
-    let cv = match h.data.cv {
-        Some(cv) => Some((cv.folds, pool_folds(&arms, bins)?)),
-        None => None,
+    let (cv, pool_notes) = match h.data.cv {
+        Some(cv) => {
+            let (pooled, notes) = pool_folds(&arms, cv.folds, bins);
+            (Some((cv.folds, pooled)), notes)
+        }
+        None => (None, Vec::new()),
     };
     let mut md = format!("# {}\n\n{}\n\n", h.name, h.description);
     if smoke {
@@ -254,6 +257,9 @@ pub fn report_sweep(dir: &Path, runs: &[RunSummary]) -> Result<String> {
     md += &arms_table(&arms, &judge);
     if let Some((folds, pooled)) = &cv {
         md += &pooled_table(*folds, pooled);
+        for n in &pool_notes {
+            md += &format!("\n**Not pooled:** {n}; claims on this arm use per-seed numbers.\n");
+        }
     }
     md += &per_seed_table(&arms, cv.is_some());
     md += &ood_table(&arms);
@@ -554,32 +560,49 @@ fn figures(
     Ok(md)
 }
 
-/// Each arm's runs' test predictions pooled (the folds of a cross-validation: every image once),
-/// with the metrics of the pool. An arm some of whose runs saved no predictions is left out.
-fn pool_folds(
-    arms: &BTreeMap<Arm, ArmRuns>,
-    bins: usize,
-) -> Result<BTreeMap<Arm, (Predictions, Calibration)>> {
+/// Each arm's runs' test predictions pooled (the `folds` folds of a cross-validation, seed k
+/// testing fold k: every image once), with the metrics of the pool; and, for each arm left
+/// out, why: a fold not finished, or one whose predictions are missing, are another run's or
+/// do not read as predictions (each named). Such an arm's claims are then judged on per-seed
+/// numbers, which the report says.
+fn pool_folds(arms: &BTreeMap<Arm, ArmRuns>, folds: usize, bins: usize) -> (Pools, Vec<String>) {
     let mut out = BTreeMap::new();
+    let mut notes = Vec::new();
     for (a, ar) in arms {
-        let files: Vec<_> = ar
-            .by_seed
-            .values()
-            .map(|r| r.dir.join(reprise_core::predictions::FILE))
+        let absent: Vec<String> = (0..folds as u64)
+            .filter(|k| !ar.by_seed.contains_key(k))
+            .map(|k| format!("fold {k} (seed={k})"))
             .collect();
-        if files.is_empty() || !files.iter().all(|f| f.exists()) {
+        if !absent.is_empty() {
+            notes.push(format!(
+                "`{}`: {} not finished, so its out-of-fold predictions are not pooled",
+                a.name(),
+                absent.join(", ")
+            ));
             continue;
         }
-        let parts = files
-            .iter()
-            .map(|f| Predictions::load(f))
-            .collect::<Result<Vec<_>>>()?;
-        let p = Predictions::pool(&parts)?;
-        let m = p.calibration(bins);
-        out.insert(*a, (p, m));
+        let parts: std::result::Result<Vec<_>, _> = ar
+            .by_seed
+            .values()
+            .map(|r| Predictions::of_run(&r.dir))
+            .collect();
+        let pooled = parts.and_then(|parts| Predictions::pool(&parts));
+        match pooled {
+            Ok(p) => {
+                let m = p.calibration(bins);
+                out.insert(*a, (p, m));
+            }
+            Err(e) => notes.push(format!(
+                "`{}`: its out-of-fold predictions are not pooled: {e}",
+                a.name()
+            )),
+        }
     }
-    Ok(out)
+    (out, notes)
 }
+
+/// Each arm's pooled out-of-fold predictions and their metrics.
+type Pools = BTreeMap<Arm, (Predictions, Calibration)>;
 
 fn pool_bins<'a>(summaries: impl Iterator<Item = &'a Summary>) -> Vec<Bin> {
     let mut pooled: Vec<Bin> = Vec::new();

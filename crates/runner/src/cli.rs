@@ -121,6 +121,14 @@ pub struct RunArgs {
     /// step (0: from the start); later ones are set aside, not deleted.
     #[arg(long, requires = "resume")]
     pub from_step: Option<u64>,
+    /// With --resume: continue a run on another number of processes than it trained on (each
+    /// rank's share of the batch then changes); refused otherwise, and said when given.
+    #[arg(long, requires = "resume")]
+    pub allow_world_change: bool,
+    /// With --resume: continue a run whose spec.yaml was edited by hand since its checkpoints
+    /// were written (refused otherwise); the decision is recorded in the run folder and logged.
+    #[arg(long, requires = "resume")]
+    pub accept_edited_spec: bool,
     /// Print the resolved spec, every key with its default, and the runs it expands to (with
     /// --smoke: the smoke budget too); run nothing.
     #[arg(long)]
@@ -148,8 +156,8 @@ pub struct RunArgs {
     #[arg(long, value_name = "FIFO")]
     pub slots: Option<PathBuf>,
     /// Train the run data-parallel on N local processes (Gloo; one GPU each on CUDA), as
-    /// `torchrun --nproc_per_node N runner run …` does; the spec's batch is the global one,
-    /// split among the ranks.
+    /// `torchrun --no-python --nproc_per_node N runner run …` does; the spec's batch is the
+    /// global one, split among the ranks.
     #[arg(long, value_name = "N", conflicts_with = "print_config")]
     pub nproc: Option<usize>,
 }
@@ -166,6 +174,7 @@ impl RunArgs {
             smoke: self.smoke,
             jobs: self.jobs,
             slots: self.slots.clone(),
+            accept_edited_spec: self.accept_edited_spec,
         }
     }
 }
@@ -236,6 +245,7 @@ fn run(a: RunArgs) -> Result<()> {
         }
         _ => crate::ddp::join_from_env()?,
     }
+    crate::ddp::allow_world_change(a.allow_world_change);
     if let Some(dir) = &a.resume {
         // With --resume every positional argument is an override.
         let mut a = a.clone();
@@ -600,16 +610,24 @@ fn data_check(names: &[String]) -> Result<()> {
                 if !small.contains(&rm.name) {
                     small.push(rm.name);
                     let p = reprise_core::data::data_dir().join(rm.file);
-                    let state = if p.is_file() {
-                        "present"
+                    // Whatever stands at the path is checked as a run would check it.
+                    if std::fs::symlink_metadata(&p).is_err() {
+                        say!(
+                            "  ok       {:<40} {} (fetched by `runner data`)",
+                            "data.dataset",
+                            p.display()
+                        )?;
+                    } else if let Err(e) = reprise_core::data::verify(&p, rm.sha256) {
+                        missing += 1;
+                        say!("  BAD      {:<40} {}", "data.dataset", p.display())?;
+                        say!("           {e}")?;
                     } else {
-                        "fetched by `runner data`"
-                    };
-                    say!(
-                        "  ok       {:<40} {} ({state})",
-                        "data.dataset",
-                        p.display()
-                    )?;
+                        say!(
+                            "  ok       {:<40} {} (present, sha256 verified)",
+                            "data.dataset",
+                            p.display()
+                        )?;
+                    }
                 }
             }
         }
@@ -628,7 +646,7 @@ fn data_check(names: &[String]) -> Result<()> {
         }
     }
     if missing > 0 {
-        bail!("{missing} input(s) missing");
+        bail!("{missing} input(s) missing or unusable");
     }
     Ok(())
 }

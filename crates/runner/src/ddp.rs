@@ -1,11 +1,12 @@
-//! Data-parallel launches: `torchrun --nproc_per_node N runner run …`, `srun runner run …`, or
-//! `runner run … --nproc N`, which starts the N local processes itself.
+//! Data-parallel launches: `torchrun --no-python --nproc_per_node N runner run …`,
+//! `srun runner run …`, or `runner run … --nproc N`, which starts the N local processes itself.
 //!
 //! Every process runs the same command line. Rank 0 prepares the run folder as a single
-//! process would and sends its path to the others; it alone writes there. The other ranks
-//! train in a private scratch folder (a copy of the run's `spec.yaml` and `run.json`, removed
-//! at the end) that receives nothing of value: their checkpoints are discarded, and they stop
-//! after training, leaving the evaluation and the report to rank 0.
+//! process would and sends what the others read of it (its path, `spec.yaml`, `run.json`)
+//! through the group; it alone reads and writes there. The other ranks train in a private
+//! scratch folder holding those two files (removed at the end) that receives nothing of value:
+//! their checkpoints are discarded, and they stop after training, leaving the evaluation and the
+//! report to rank 0.
 
 use anyhow::{bail, Context, Result};
 use reprise_core::parallel::Parallel;
@@ -16,24 +17,48 @@ use std::time::Duration;
 
 static GROUP: OnceLock<Arc<Parallel>> = OnceLock::new();
 
-/// How long a rank waits for the others to reach the rendezvous store:
-/// `REPRISE_DIST_JOIN_SECS`, 120 s by default.
-fn join_timeout() -> Duration {
+/// `--allow-world-change`: a run may continue on another number of processes than it ran on.
+static WORLD_CHANGE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Allows (`--allow-world-change`) a resumed run to continue on another number of processes.
+pub fn allow_world_change(yes: bool) {
+    WORLD_CHANGE.store(yes, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// Whether [`allow_world_change`] was given.
+pub fn world_change_allowed() -> bool {
+    WORLD_CHANGE.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+/// How long a rank waits for all the others to join the group: `REPRISE_DIST_JOIN_SECS`, 120 s
+/// by default.
+fn join_timeout() -> Result<Duration> {
     secs_var("REPRISE_DIST_JOIN_SECS", 120.0)
 }
 
 /// How long a collective waits for the other ranks (rank 0 evaluates alone meanwhile):
 /// `REPRISE_DIST_TIMEOUT_SECS`, 30 minutes by default as in `torch.distributed`.
-fn op_timeout() -> Duration {
+fn op_timeout() -> Result<Duration> {
     secs_var("REPRISE_DIST_TIMEOUT_SECS", 1800.0)
 }
 
-fn secs_var(name: &str, default: f64) -> Duration {
-    std::env::var(name)
-        .ok()
-        .and_then(|s| s.parse::<f64>().ok())
-        .filter(|s| *s > 0.0)
-        .map_or(Duration::from_secs_f64(default), Duration::from_secs_f64)
+/// The most seconds a timeout variable may give (about 11 days).
+const MAX_TIMEOUT_SECS: f64 = 1e6;
+
+/// A timeout in seconds from the environment variable `name`, or `default` when it is unset;
+/// anything but a finite number above 0 and at most [`MAX_TIMEOUT_SECS`] is an error naming it.
+fn secs_var(name: &str, default: f64) -> Result<Duration> {
+    let Ok(v) = std::env::var(name) else {
+        return Ok(Duration::from_secs_f64(default));
+    };
+    match v.trim().parse::<f64>() {
+        Ok(s) if s.is_finite() && s > 0.0 && s <= MAX_TIMEOUT_SECS => {
+            Ok(Duration::from_secs_f64(s))
+        }
+        _ => bail!(
+            "{name}={v}: expected a number of seconds above 0 and at most {MAX_TIMEOUT_SECS:e}"
+        ),
+    }
 }
 
 /// The group this process trains in, when it was launched as one of several ranks.
@@ -80,8 +105,9 @@ pub fn join_from_env() -> Result<()> {
     if GROUP.get().is_some() {
         return Ok(());
     }
+    watch_launcher()?;
     let cuda = nccl_device(&launch);
-    let group = dist::ProcessGroup::join_with(&launch, join_timeout(), op_timeout(), cuda)?;
+    let group = dist::ProcessGroup::join_with(&launch, join_timeout()?, op_timeout()?, cuda)?;
     tracing::info!(
         "data-parallel: rank {} of {} (Gloo{})",
         launch.rank,
@@ -93,6 +119,41 @@ pub fn join_from_env() -> Result<()> {
         }
     );
     let _ = GROUP.set(Arc::new(Parallel::of(group)));
+    Ok(())
+}
+
+/// How long the `--nproc` launcher gives its ranks to checkpoint and stop after a SIGTERM before
+/// it kills them, and an orphaned rank gives itself: `REPRISE_STOP_GRACE_SECS`, 120 s.
+fn stop_grace() -> Result<Duration> {
+    secs_var("REPRISE_STOP_GRACE_SECS", 120.0)
+}
+
+/// In a rank started by `runner run --nproc` (`REPRISE_NPROC_LAUNCHER` holds the launcher's
+/// pid): a thread that, once the launcher is gone (killed with SIGKILL, say), asks the run to
+/// checkpoint and stop as on SIGTERM and, if it has not ended after the grace period (a rank
+/// frozen in a collective), ends the process. The ranks never outlive their launcher.
+fn watch_launcher() -> Result<()> {
+    let Ok(pid) = std::env::var("REPRISE_NPROC_LAUNCHER") else {
+        return Ok(());
+    };
+    let Ok(pid) = pid.trim().parse::<u32>() else {
+        return Ok(());
+    };
+    let grace = stop_grace()?;
+    let stop = reprise_core::run::interrupt_flag();
+    std::thread::spawn(move || {
+        while std::os::unix::process::parent_id() == pid {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        eprintln!("the launcher (pid {pid}) has gone: checkpointing and stopping");
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        std::thread::sleep(grace);
+        eprintln!(
+            "still running {:.0?} after the launcher went: ending this rank",
+            grace
+        );
+        std::process::exit(137);
+    });
     Ok(())
 }
 
@@ -115,26 +176,58 @@ pub fn check_single(paper: &str, runs: usize, jobs: usize, shard: bool) -> Resul
     Ok(())
 }
 
-/// Rank 0: sends the prepared run folder (or, with `None`, that preparing it failed) to the
-/// other ranks. The others: receives it.
-pub fn share_dir(par: &Parallel, dir: Option<&Path>) -> Result<PathBuf> {
-    let bytes = dir.map(|d| d.as_os_str().as_encoded_bytes().to_vec());
-    let got = par.share_bytes(bytes)?;
+/// Rank 0 (`dir`: its run folder, or `None` when preparing it failed): sends what the other
+/// ranks read of it (its path, `spec.yaml` and `run.json`) through the group, so that ranks on
+/// other machines need no shared file system (the checkpoint a run resumes from is sent the same
+/// way, see [`Parallel::share_checkpoint`]); returns `None`. The others: receive it, and return
+/// a private scratch folder holding those two files.
+pub fn share_run(par: &Parallel, dir: Option<&Path>) -> Result<Option<Scratch>> {
+    let payload = match dir.filter(|_| par.is_main()) {
+        Some(d) => {
+            let read = |f: &str| -> Result<String> {
+                let b = reprise_core::checkpoint::read_record(&d.join(f))?;
+                String::from_utf8(b)
+                    .with_context(|| format!("{} is not UTF-8", d.join(f).display()))
+            };
+            match (read("spec.yaml"), read("run.json")) {
+                (Ok(spec), Ok(run)) => Some(
+                    serde_json::json!({ "path": d.to_string_lossy(), "spec": spec, "run": run })
+                        .to_string()
+                        .into_bytes(),
+                ),
+                (Err(e), _) | (_, Err(e)) => {
+                    eprintln!("error: {e:#}");
+                    None
+                }
+            }
+        }
+        None => None,
+    };
+    let sent = payload.is_some();
+    let got = par.share_bytes(payload)?;
+    if par.is_main() {
+        if !sent {
+            bail!("the run folder could not be prepared or read (said above)");
+        }
+        return Ok(None);
+    }
     if got.is_empty() {
         bail!("rank 0 could not prepare the run (its output says why)");
     }
-    Ok(PathBuf::from(
-        String::from_utf8(got).context("rank 0's run folder is not a UTF-8 path")?,
-    ))
+    let v: serde_json::Value =
+        serde_json::from_slice(&got).context("rank 0's run description does not read")?;
+    let text = |k: &str| v[k].as_str().unwrap_or_default().to_string();
+    Scratch::new(par.rank(), &text("path"), &text("spec"), &text("run")).map(Some)
 }
 
-/// A private scratch copy of the run folder for a rank other than 0: its spec and run
-/// description, nothing else; removed when dropped.
+/// A private scratch folder for a rank other than 0: rank 0's `spec.yaml` and `run.json`,
+/// nothing else; removed when dropped.
 pub struct Scratch(PathBuf);
 
 impl Scratch {
-    /// Copies `dir`'s `spec.yaml` and `run.json` into a new folder under the temporary folder.
-    pub fn of(dir: &Path, rank: usize) -> Result<Scratch> {
+    /// A new folder under the temporary folder holding `spec` and `run` (the texts of rank 0's
+    /// `spec.yaml` and `run.json`, of the run folder `of`, named in messages).
+    fn new(rank: usize, of: &str, spec: &str, run: &str) -> Result<Scratch> {
         remove_stale_scratch();
         let s = std::env::temp_dir().join(format!(
             "reprise-rank{rank}-{}-{}",
@@ -143,9 +236,9 @@ impl Scratch {
         ));
         std::fs::create_dir_all(&s).with_context(|| format!("cannot create {}", s.display()))?;
         let scratch = Scratch(s);
-        for f in ["spec.yaml", "run.json"] {
-            std::fs::copy(dir.join(f), scratch.0.join(f))
-                .with_context(|| format!("cannot copy {} of {}", f, dir.display()))?;
+        for (f, text) in [("spec.yaml", spec), ("run.json", run)] {
+            reprise_core::checkpoint::write_atomic(&scratch.0.join(f), text.as_bytes())
+                .with_context(|| format!("cannot keep {f} of rank 0's run {of}"))?;
         }
         Ok(scratch)
     }
@@ -153,6 +246,12 @@ impl Scratch {
     /// The folder.
     pub fn path(&self) -> &Path {
         &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -173,20 +272,15 @@ fn remove_stale_scratch() {
     }
 }
 
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// `runner run … --nproc N`: starts N copies of this command line as the ranks of one local
 /// group (torchrun's variables, a free port on 127.0.0.1), each with its share of the cores
 /// unless `--threads` says otherwise, and waits for them. The first SIGINT/SIGTERM is passed
 /// on once (they checkpoint and stop together); when one rank fails, the others are stopped.
 pub fn launch_local(nproc: usize, threads: Option<usize>) -> Result<()> {
+    let grace = stop_grace()?;
     let port = free_port()?;
     let exe = std::env::current_exe().context("cannot find the runner binary")?;
-    let args: Vec<String> = strip_nproc(std::env::args().skip(1));
+    let args = strip_nproc(std::env::args_os().skip(1));
     let per = threads.unwrap_or_else(|| {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         (cores / nproc).max(1)
@@ -199,7 +293,8 @@ pub fn launch_local(nproc: usize, threads: Option<usize>) -> Result<()> {
             .env("LOCAL_RANK", rank.to_string())
             .env("WORLD_SIZE", nproc.to_string())
             .env("MASTER_ADDR", "127.0.0.1")
-            .env("MASTER_PORT", port.to_string());
+            .env("MASTER_PORT", port.to_string())
+            .env("REPRISE_NPROC_LAUNCHER", std::process::id().to_string());
         if threads.is_none() {
             c.arg("--threads").arg(per.to_string());
         }
@@ -220,6 +315,9 @@ pub fn launch_local(nproc: usize, threads: Option<usize>) -> Result<()> {
     let mut forwarded = false;
     let mut status: Vec<Option<std::process::ExitStatus>> = vec![None; nproc];
     let mut stopped = false;
+    // When the ranks were asked to stop (SIGTERM), and whether the grace period has run out.
+    let mut termed: Option<std::time::Instant> = None;
+    let mut killed = false;
     loop {
         for (r, c) in children.iter_mut().enumerate() {
             if status[r].is_none() {
@@ -228,6 +326,27 @@ pub fn launch_local(nproc: usize, threads: Option<usize>) -> Result<()> {
         }
         if status.iter().all(Option::is_some) {
             break;
+        }
+        if !killed && termed.is_some_and(|t| t.elapsed() >= grace) {
+            // A rank frozen (in a collective whose peer died, say) does not act on SIGTERM.
+            let left: Vec<String> = (0..nproc)
+                .filter(|&r| status[r].is_none())
+                .map(|r| r.to_string())
+                .collect();
+            eprintln!(
+                "rank(s) {} still running {:.0?} after SIGTERM (REPRISE_STOP_GRACE_SECS): killing them",
+                left.join(", "),
+                grace
+            );
+            for (c, s) in children.iter().zip(&status) {
+                if s.is_none() {
+                    let _ = Command::new("kill")
+                        .arg("-KILL")
+                        .arg(c.id().to_string())
+                        .status();
+                }
+            }
+            killed = true;
         }
         let failed = status.iter().position(|s| s.is_some_and(|s| !s.success()));
         // SIGTERM to the ranks still running: they checkpoint and stop after their step.
@@ -245,10 +364,12 @@ pub fn launch_local(nproc: usize, threads: Option<usize>) -> Result<()> {
             // The others would fail at their next collective; stop them now.
             term_running(&status);
             stopped = true;
+            termed.get_or_insert_with(std::time::Instant::now);
         }
         if interrupt.load(std::sync::atomic::Ordering::SeqCst) && !forwarded {
             term_running(&status);
             forwarded = true;
+            termed.get_or_insert_with(std::time::Instant::now);
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -323,7 +444,7 @@ pub fn time_all_reduce(ranks: usize, elems: i64) -> Result<f64> {
 }
 
 /// The command line without `--nproc N` / `--nproc=N`.
-fn strip_nproc(args: impl Iterator<Item = String>) -> Vec<String> {
+fn strip_nproc(args: impl Iterator<Item = std::ffi::OsString>) -> Vec<std::ffi::OsString> {
     let mut out = Vec::new();
     let mut skip = false;
     for a in args {
@@ -335,7 +456,7 @@ fn strip_nproc(args: impl Iterator<Item = String>) -> Vec<String> {
             skip = true;
             continue;
         }
-        if a.starts_with("--nproc=") {
+        if a.as_encoded_bytes().starts_with(b"--nproc=") {
             continue;
         }
         out.push(a);
@@ -356,7 +477,7 @@ mod tests {
     #[test]
     fn nproc_is_taken_out_of_the_command_line() {
         let a = ["run", "x", "--nproc", "2", "seed=1", "--nproc=3", "--smoke"]
-            .map(String::from)
+            .map(std::ffi::OsString::from)
             .into_iter();
         assert_eq!(strip_nproc(a), ["run", "x", "seed=1", "--smoke"]);
     }

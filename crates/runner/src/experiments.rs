@@ -17,16 +17,34 @@ pub fn experiments_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../experiments")
 }
 
-/// Every experiment file (bases, whose names start with `_`, left out), sorted.
+/// The deepest folder under `experiments/` that [`all`] looks into.
+const MAX_DEPTH: usize = 8;
+
+/// Every experiment file (bases, whose names start with `_`, left out), sorted. Each folder is
+/// entered once however many links lead to it (a link to `.` neither loops nor lists a spec
+/// twice), and no deeper than [`MAX_DEPTH`].
 pub fn all() -> Vec<PathBuf> {
-    fn walk(d: &Path, out: &mut Vec<PathBuf>) {
+    fn walk(
+        d: &Path,
+        depth: usize,
+        seen: &mut std::collections::HashSet<PathBuf>,
+        out: &mut Vec<PathBuf>,
+    ) {
+        let Ok(real) = d.canonicalize() else {
+            return;
+        };
+        if depth > MAX_DEPTH || !seen.insert(real) {
+            return;
+        }
         let Ok(rd) = std::fs::read_dir(d) else {
             return;
         };
-        for e in rd.flatten() {
-            let p = e.path();
+        let mut entries: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
+        // Sorted, so that of two paths to one folder the same one is listed every time.
+        entries.sort();
+        for p in entries {
             if p.is_dir() {
-                walk(&p, out);
+                walk(&p, depth + 1, seen, out);
             } else if p.extension().is_some_and(|x| x == "yaml" || x == "yml")
                 && !p
                     .file_name()
@@ -37,7 +55,11 @@ pub fn all() -> Vec<PathBuf> {
         }
     }
     let mut out = Vec::new();
-    walk(&experiments_dir(), &mut out);
+    let mut seen = std::collections::HashSet::new();
+    walk(&experiments_dir(), 0, &mut seen, &mut out);
+    // A file linked under two names is one experiment.
+    let mut files = std::collections::HashSet::new();
+    out.retain(|p| p.canonicalize().map_or(true, |r| files.insert(r)));
     out.sort();
     out
 }

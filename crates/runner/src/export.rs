@@ -103,7 +103,7 @@ pub fn export(run: &Path, out: &Path) -> Result<()> {
                 .join(", ")
         );
     }
-    let info: Json = std::fs::read(run.join("run.json"))
+    let info: Json = reprise_core::checkpoint::read_record(&run.join("run.json"))
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or(Json::Null);

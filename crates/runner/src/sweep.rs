@@ -33,6 +33,9 @@ pub struct Options {
     pub jobs: usize,
     /// The shared cores' pipe (`--slots`).
     pub slots: Option<PathBuf>,
+    /// With `--resume`: continue a run whose `spec.yaml` was edited since its checkpoints were
+    /// written (the decision is logged).
+    pub accept_edited_spec: bool,
 }
 
 /// A short, stable hex hash (FNV-1a, 64 bits) of a text: names the folder shards share.
@@ -71,6 +74,7 @@ fn prepare(dir: &Path, tree: SpecTree, smoke: bool, threads: Option<usize>) -> R
         status: Some(RunStatus::Prepared),
         ended: None,
         error: None,
+        world: crate::ddp::current().and_then(|p| reprise_core::run::World::of(&p)),
     };
     RunContext::create(dir, tree, info, device)?;
     Ok(())
@@ -119,6 +123,32 @@ fn continue_with(
     };
     let info: RunInfo = serde_json::from_slice(&bytes)
         .with_context(|| format!("{} is not a valid run.json", info_path.display()))?;
+    let was = info.world.as_ref().map_or(1, |w| w.size);
+    let now = crate::ddp::current().map_or(1, |p| p.world());
+    if was != now {
+        if !crate::ddp::world_change_allowed() {
+            bail!(
+                "{} trained on {was} process(es), and would continue on {now}: each rank's share of the batch, and the numbers, would change. Resume it as it ran ({}), or pass --allow-world-change to continue on {now}",
+                dir.display(),
+                if was == 1 {
+                    "without --nproc, torchrun or srun".to_string()
+                } else {
+                    format!("--nproc {was}, or torchrun/srun with {was} ranks")
+                }
+            );
+        }
+        let line = format!(
+            "continuing a run trained on {was} process(es) on {now}, as asked (--allow-world-change)"
+        );
+        tracing::warn!("{line}");
+        if crate::ddp::current().is_none_or(|p| p.is_main()) {
+            note_in_log(dir, &line)?;
+            reprise_core::run::set_world(
+                dir,
+                crate::ddp::current().and_then(|p| reprise_core::run::World::of(&p)),
+            )?;
+        }
+    }
     let recorded_threads = usize::try_from(info.threads).unwrap_or(1).max(1);
     let t = match threads {
         Some(t) if t != recorded_threads => {
@@ -174,12 +204,15 @@ struct FolderLock(#[allow(dead_code)] std::fs::File);
 /// Takes the folder's lock, or says which process holds it.
 fn lock_folder(dir: &Path, what: &str) -> Result<FolderLock> {
     use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
     let path = dir.join(".lock");
+    // A link planted as `.lock` is refused, not followed (its target would be truncated).
     let mut f = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .read(true)
         .write(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(&path)
         .with_context(|| format!("cannot open {}", path.display()))?;
     match f.try_lock() {
@@ -196,7 +229,9 @@ fn lock_folder(dir: &Path, what: &str) -> Result<FolderLock> {
             Ok(FolderLock(f))
         }
         Err(std::fs::TryLockError::WouldBlock) => {
-            let holder = std::fs::read_to_string(&path).unwrap_or_default();
+            let holder = reprise_core::checkpoint::read_bounded(&path, 4096)
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .unwrap_or_default();
             bail!(
                 "{what} {} is in use by another runner process ({}); wait for it to end or stop it first",
                 dir.display(),
@@ -250,6 +285,9 @@ fn exec_locked(dir: &Path, threads: Option<usize>, device: Option<&str>) -> Resu
         eprintln!("already finished: {}", dir.display());
         return Ok(());
     }
+    let spec = SpecTree::load(&dir.join("spec.yaml"))?;
+    check_identity(dir, &spec)?;
+    check_spec_unchanged(dir, &spec, false)?;
     let (threads, device) = continue_with(dir, threads, device)?;
     crate::set_threads(Some(threads))?;
     let mut ctx = RunContext::open(dir, crate::ddp::rank_device(device))
@@ -393,8 +431,8 @@ fn start_parallel(
     let allowed = crate::ddp::check_single(&header.paper, runs.len(), a.jobs, shard.is_some());
     if !par.is_main() {
         allowed?;
-        let dir = crate::ddp::share_dir(par, None)?;
-        return exec_follower(&dir, a.threads, par);
+        let scratch = crate::ddp::share_run(par, None)?.context("rank 0's run")?;
+        return exec_follower(scratch, a.threads, par);
     }
     let made = allowed.and_then(|()| {
         admit(tree, &runs, a)?;
@@ -402,7 +440,7 @@ fn start_parallel(
         prepare_or_remove(&dir, t, a.smoke, a.threads)?;
         Ok(dir)
     });
-    let shared = crate::ddp::share_dir(par, made.as_ref().ok().map(PathBuf::as_path));
+    let shared = crate::ddp::share_run(par, made.as_ref().ok().map(PathBuf::as_path));
     let dir = made?;
     shared?;
     exec(&dir, a.threads, None)
@@ -442,16 +480,16 @@ fn new_run_folder(
     Ok((dir, t))
 }
 
-/// A rank other than 0 of a data-parallel run: trains in a scratch copy of `dir` (see
-/// [`crate::ddp`]), with the threads and device the run recorded.
+/// A rank other than 0 of a data-parallel run: trains in `scratch`, a private copy of the run's
+/// spec and `run.json` that rank 0 sent (see [`crate::ddp`]), with the threads and device the
+/// run recorded.
 fn exec_follower(
-    dir: &Path,
+    scratch: crate::ddp::Scratch,
     threads: Option<usize>,
     par: &reprise_core::parallel::Parallel,
 ) -> Result<()> {
-    let (threads, device) = continue_with(dir, threads, None)?;
+    let (threads, device) = continue_with(scratch.path(), threads, None)?;
     crate::set_threads(Some(threads))?;
-    let scratch = crate::ddp::Scratch::of(dir, par.rank())?;
     let mut ctx = RunContext::open(scratch.path(), crate::ddp::rank_device(device))?;
     ctx.set_parallel(crate::ddp::current().context("a data-parallel group")?);
     let paper = crate::paper(&ctx.header().paper)?;
@@ -482,6 +520,9 @@ fn start_admitted(
         return exec(&dir, threads, None);
     }
     let header = tree.header()?;
+    // What the folder keeps expands to these runs alone (an override that narrowed the
+    // sweep is written into it), so a resume runs what was asked and nothing more.
+    let tree = &tree.narrowed()?;
     let (out, stamp) = out_and_stamp(a)?;
     let parent = out.join(&header.name);
     // Shards of one sweep, started on different machines, share one folder named by the spec.
@@ -591,12 +632,24 @@ fn inside(out: &Path, dir: &Path) -> Result<()> {
 
 /// Continues a run folder or a sweep folder.
 pub fn resume(dir: &Path, a: &Options, shard: Option<(usize, usize)>) -> Result<()> {
+    // Nothing planted in the folder (a link, a FIFO) can carry what the run writes elsewhere.
+    reprise_core::run::check_no_links(dir)?;
     if let Some(par) = crate::ddp::current() {
-        if !a.overrides.is_empty() || !dir.join("spec.yaml").is_file() {
+        if !a.overrides.is_empty() {
             bail!("a data-parallel launch continues one run folder as it is, without overrides");
         }
-        let paper = SpecTree::load(&dir.join("spec.yaml"))?.header()?.paper;
-        crate::ddp::check_single(&paper, 1, a.jobs, shard.is_some())?;
+        // Rank 0 alone reads the folder (the others may be on machines that cannot); it sends
+        // them what they need below. A refusal here ends the others at their next collective.
+        if par.is_main() {
+            if !dir.join("spec.yaml").is_file() {
+                bail!(
+                    "a data-parallel launch continues one run folder (holding spec.yaml), not {}",
+                    dir.display()
+                );
+            }
+            let paper = SpecTree::load(&dir.join("spec.yaml"))?.header()?.paper;
+            crate::ddp::check_single(&paper, 1, a.jobs, shard.is_some())?;
+        }
         // Rank 0's view of the folder decides for all: a finished run ends every rank.
         if par.any(par.is_main() && is_finished(dir))? {
             if par.is_main() {
@@ -605,9 +658,11 @@ pub fn resume(dir: &Path, a: &Options, shard: Option<(usize, usize)>) -> Result<
             return Ok(());
         }
         if !par.is_main() {
-            return exec_follower(dir, a.threads, &par);
+            let scratch = crate::ddp::share_run(&par, None)?.context("rank 0's run")?;
+            return exec_follower(scratch, a.threads, &par);
         }
         let _lock = lock_folder(dir, "run folder")?;
+        crate::ddp::share_run(&par, Some(dir))?;
         return exec_locked(dir, a.threads, a.device.as_deref());
     }
     if !a.overrides.is_empty() && !dir.join("spec.yaml").is_file() {
@@ -623,6 +678,11 @@ pub fn resume(dir: &Path, a: &Options, shard: Option<(usize, usize)>) -> Result<
         // Held from before the spec may change until the run ends: no other process can
         // rewrite its spec or checkpoints meanwhile.
         let _lock = lock_folder(dir, "run folder")?;
+        if !is_finished(dir) {
+            let spec = SpecTree::load(&dir.join("spec.yaml"))?;
+            check_identity(dir, &spec)?;
+            check_spec_unchanged(dir, &spec, a.accept_edited_spec)?;
+        }
         let undo = if a.overrides.is_empty() {
             None
         } else {
@@ -653,11 +713,11 @@ pub fn resume(dir: &Path, a: &Options, shard: Option<(usize, usize)>) -> Result<
         None => Some(lock_folder(dir, "sweep folder")?),
         Some(_) => None,
     };
-    let meta: Json = serde_json::from_slice(&std::fs::read(&meta_path)?)
+    let meta: Json = serde_json::from_slice(&reprise_core::checkpoint::read_record(&meta_path)?)
         .with_context(|| format!("{} is not valid JSON", meta_path.display()))?;
     let smoke = meta["smoke"].as_bool().unwrap_or(false);
     let tree = SpecTree::load(&dir.join("sweep.yaml"))?;
-    let runs = crate::experiments::check(&tree)?;
+    let runs = listed_runs(dir, crate::experiments::check(&tree)?)?;
     // Runs not yet prepared get the threads a new sweep would give them; prepared runs continue
     // with the threads and device they recorded, unless --threads or --device say otherwise.
     let fresh = a.threads.or((a.jobs > 1 || a.slots.is_some()).then_some(1));
@@ -680,6 +740,177 @@ pub fn resume(dir: &Path, a: &Options, shard: Option<(usize, usize)>) -> Result<
         a.threads,
         a.device.as_deref(),
         a.slots.as_deref(),
+    )
+}
+
+/// The runs of a resumed sweep: exactly those its `sweep.json` lists, in the order of the
+/// expanded `sweep.yaml` (a sweep started narrowed by an override, by a version that kept the
+/// whole spec's sweep in `sweep.yaml`, runs only what it was started with). A listed run the
+/// spec no longer expands to is an error naming it.
+fn listed_runs(dir: &Path, runs: Vec<(String, SpecTree)>) -> Result<Vec<(String, SpecTree)>> {
+    let listed = reprise_core::run::expected_runs(dir);
+    if listed.is_empty() {
+        bail!(
+            "{} lists no runs: it is not a sweep folder this runner wrote",
+            dir.join("sweep.json").display()
+        );
+    }
+    if let Some(missing) = listed.iter().find(|n| !runs.iter().any(|(m, _)| m == *n)) {
+        bail!(
+            "{} lists the run `{missing}`, which {} does not expand to (was it edited?); nothing was run",
+            dir.join("sweep.json").display(),
+            dir.join("sweep.yaml").display()
+        );
+    }
+    Ok(runs
+        .into_iter()
+        .filter(|(n, _)| listed.contains(n))
+        .collect())
+}
+
+/// The run a sweep folder expects in `dir` (one of its sub-folders), as its `sweep.yaml`
+/// expands it; `None` when `dir` is not a run its parent's `sweep.json` lists.
+fn expected_in_sweep(dir: &Path) -> Result<Option<(Vec<String>, SpecTree)>> {
+    let (Some(parent), Some(name)) = (dir.parent(), dir.file_name().and_then(|n| n.to_str()))
+    else {
+        return Ok(None);
+    };
+    if !reprise_core::run::expected_runs(parent)
+        .iter()
+        .any(|n| n == name)
+    {
+        return Ok(None);
+    }
+    let sweep = SpecTree::load(&parent.join("sweep.yaml"))?;
+    let keys: Vec<String> = sweep.header()?.sweep.keys().cloned().collect();
+    let run = sweep
+        .expand()?
+        .into_iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, t)| t)
+        .with_context(|| {
+            format!(
+                "{} does not expand to the run `{name}` that its sweep.json lists",
+                parent.join("sweep.yaml").display()
+            )
+        })?;
+    Ok(Some((keys, run)))
+}
+
+/// Refuses a run of a sweep whose spec no longer is the run its folder name and the sweep's
+/// `sweep.json` say it is: a swept key, the seed, the name or the paper changed (by an override
+/// on resume, or by hand in `spec.yaml`).
+fn check_identity(dir: &Path, spec: &SpecTree) -> Result<()> {
+    let Some((mut keys, want)) = expected_in_sweep(dir)? else {
+        return Ok(());
+    };
+    keys.extend(["seed", "name", "paper"].map(String::from));
+    for k in &keys {
+        let (a, b) = (want.get(k), spec.get(k));
+        let same = match (a, b) {
+            (Some(a), Some(b)) => reprise_core::spec::same_value(a, b),
+            (a, b) => a == b,
+        };
+        if !same {
+            let show = |v: Option<&serde_norway::Value>| {
+                v.map_or("(absent)".to_string(), reprise_core::spec::scalar_text)
+            };
+            bail!(
+                "{}: `{k}` is {} in its spec.yaml, but the sweep runs it as {} (the folder's name and sweep.json say so)",
+                dir.display(),
+                show(b),
+                show(a)
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The record of a run's deliberate spec changes (`spec-changes.jsonl`, one JSON line each:
+/// the sha256 before and after, when, why), which lets it continue from checkpoints written
+/// under the spec as it was.
+const SPEC_CHANGES: &str = "spec-changes.jsonl";
+
+/// Appends a deliberate change of a run's spec to its [`SPEC_CHANGES`] record.
+fn record_spec_change(dir: &Path, from: &str, to: &str, why: &str) -> Result<()> {
+    if from == to {
+        return Ok(());
+    }
+    let line = json!({ "from": from, "to": to, "at": utc_stamp(), "why": why }).to_string() + "\n";
+    let path = dir.join(SPEC_CHANGES);
+    reprise_core::checkpoint::append_to(&path, line.as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// The spec hashes a run's [`SPEC_CHANGES`] record lists, and the hash its last change led to.
+fn recorded_spec_changes(dir: &Path) -> (Vec<String>, Option<String>) {
+    let text = reprise_core::checkpoint::read_bounded(&dir.join(SPEC_CHANGES), 1 << 20)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .unwrap_or_default();
+    let mut seen = Vec::new();
+    let mut last = None;
+    for l in text.lines() {
+        let Ok(v) = serde_json::from_str::<Json>(l) else {
+            continue;
+        };
+        if let (Some(f), Some(t)) = (v["from"].as_str(), v["to"].as_str()) {
+            seen.push(f.to_string());
+            seen.push(t.to_string());
+            last = Some(t.to_string());
+        }
+    }
+    (seen, last)
+}
+
+/// Refuses to continue a run whose `spec.yaml` is not the spec its newest checkpoint was
+/// written under (its recorded sha256), unless the change was made deliberately (an override
+/// on resume, recorded in [`SPEC_CHANGES`]) or `accept` (`--accept-edited-spec`) says to,
+/// which is then recorded and logged.
+fn check_spec_unchanged(dir: &Path, spec: &SpecTree, accept: bool) -> Result<()> {
+    let ckdir = reprise_core::checkpoint::CheckpointDir::new(dir.join("checkpoints"), 1);
+    // The newest checkpoint of this run (one copied in from another run is passed over, as
+    // the run's resume passes over it).
+    let id = reprise_core::run::recorded_id(dir);
+    let Some((step, written)) = ckdir.steps().into_iter().rev().find_map(|(step, p)| {
+        let mut meta = reprise_core::checkpoint::read_metadata(&p).ok()?;
+        let owner = meta.remove(reprise_core::checkpoint::RUN_KEY);
+        if !id.is_empty() && owner.is_some_and(|o| o != id) {
+            return None;
+        }
+        meta.remove(reprise_core::run::SPEC_SHA_KEY)
+            .map(|h| (step, h))
+    }) else {
+        return Ok(());
+    };
+    let now = reprise_core::run::spec_sha256(spec);
+    if written == now {
+        return Ok(());
+    }
+    let (seen, last) = recorded_spec_changes(dir);
+    if last.as_deref() == Some(now.as_str()) && seen.contains(&written) {
+        return Ok(());
+    }
+    if !accept {
+        bail!(
+            "{}: spec.yaml is not the spec its checkpoint of step {step} was written under (sha256 {} there, {} now): it was edited since. Put it back, give the change as an override (`runner run --resume {} key=value`), or continue under the edited spec with `--accept-edited-spec` (logged)",
+            dir.display(),
+            &written[..written.len().min(12)],
+            &now[..12],
+            dir.display()
+        );
+    }
+    record_spec_change(
+        dir,
+        &written,
+        &now,
+        "spec.yaml edited by hand; continued under it as asked (--accept-edited-spec)",
+    )?;
+    note_in_log(
+        dir,
+        &format!(
+            "spec.yaml was edited since the checkpoint of step {step}; continuing under the edited spec as asked (--accept-edited-spec)"
+        ),
     )
 }
 
@@ -711,11 +942,7 @@ impl Undo {
 fn note_in_log(dir: &Path, what: &str) -> Result<()> {
     let line = format!("{} {what}\n", utc_stamp());
     let log = dir.join("run.log");
-    std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log)
-        .and_then(|mut f| std::io::Write::write_all(&mut f, line.as_bytes()))
+    reprise_core::checkpoint::append_to(&log, line.as_bytes())
         .with_context(|| format!("cannot write {}", log.display()))?;
     eprintln!("{}: {}", dir.display(), line.trim_end());
     Ok(())
@@ -734,6 +961,7 @@ fn override_run(dir: &Path, overrides: &[String], from_step: Option<u64>) -> Res
     }
     let path = dir.join("spec.yaml");
     let mut tree = SpecTree::load(&path)?;
+    let before_sha = reprise_core::run::spec_sha256(&tree);
     for o in overrides {
         let key = o.split_once('=').map_or(o.as_str(), |(k, _)| k).trim();
         let top = key.split('.').next().unwrap_or_default();
@@ -742,11 +970,17 @@ fn override_run(dir: &Path, overrides: &[String], from_step: Option<u64>) -> Res
         }
         tree.apply_override(o)?;
     }
+    check_identity(dir, &tree).map_err(|e| {
+        anyhow::anyhow!(
+            "{e:#}; the overrides ({}) would make it another run of its sweep: start a new run instead",
+            overrides.join(" ")
+        )
+    })?;
     crate::experiments::check(&tree)?;
     let mut notes = Vec::new();
     let diverged = dir.join("diverged.json");
     let mut keep_upto = from_step;
-    if let Ok(bytes) = std::fs::read(&diverged) {
+    if let Ok(bytes) = reprise_core::checkpoint::read_record(&diverged) {
         let rec: Json = serde_json::from_slice(&bytes)
             .with_context(|| format!("{} is not valid JSON", diverged.display()))?;
         let at = rec["step"].as_u64().unwrap_or(0);
@@ -790,8 +1024,9 @@ fn override_run(dir: &Path, overrides: &[String], from_step: Option<u64>) -> Res
         ));
     }
     let undo = Undo {
-        spec: std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?,
-        diverged: std::fs::read(&diverged).ok(),
+        spec: reprise_core::checkpoint::read_record(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?,
+        diverged: reprise_core::checkpoint::read_record(&diverged).ok(),
     };
     let orig = dir.join("spec.orig.yaml");
     if !orig.exists() {
@@ -799,6 +1034,12 @@ fn override_run(dir: &Path, overrides: &[String], from_step: Option<u64>) -> Res
             .with_context(|| format!("cannot keep {} as {}", path.display(), orig.display()))?;
     }
     write_atomic(&path, tree.to_yaml().as_bytes())?;
+    record_spec_change(
+        dir,
+        &before_sha,
+        &reprise_core::run::spec_sha256(&tree),
+        &format!("resumed with overrides: {}", overrides.join(" ")),
+    )?;
     if diverged.exists() {
         std::fs::remove_file(&diverged)
             .with_context(|| format!("cannot remove {}", diverged.display()))?;
@@ -1003,6 +1244,7 @@ fn run_parallel(
 
 /// Renders the report of a run folder or a sweep folder again.
 pub fn report(dir: &Path) -> Result<()> {
+    reprise_core::run::check_no_links(dir)?;
     if dir.join("spec.yaml").is_file() {
         let spec = SpecTree::load(&dir.join("spec.yaml"))?;
         let paper = crate::paper(&spec.header()?.paper)?;

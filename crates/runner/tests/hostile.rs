@@ -434,35 +434,31 @@ fn a_killed_sweep_runner_takes_its_workers_and_their_tokens_with_it() {
 fn a_signal_outside_a_training_loop_ends_the_runner_at_once() {
     let d = setup();
     let p = d.path();
-    // The dataset is a named pipe nobody writes: reading it hangs before training starts.
-    let data = p.join("data");
-    fs::create_dir_all(&data).unwrap();
+    // A slots pipe holding no token: the run waits for a core before its folder is made and
+    // its training starts. (A dataset that is a FIFO no longer blocks: it is refused.)
+    let slots = p.join("slots");
     assert!(std::process::Command::new("mkfifo")
-        .arg(data.join("digits.csv.gz"))
+        .arg(&slots)
         .status()
         .unwrap()
         .success());
     let mut child = Reaper(
-        std::process::Command::new(env!("CARGO_BIN_EXE_runner"))
-            .current_dir(p)
-            .env("REPRISE_DATA", &data)
-            .env("REPRISE_EXPERIMENTS", p.join("experiments"))
-            .args(["run", "t/tiny", "--out", "out"])
+        runner_command(p, &["run", "t/tiny", "--out", "out", "--slots"])
+            .arg(&slots)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap(),
     );
-    // Once it is stopped in the read (the datasets are verified before the run folder is
-    // made, so none appears), still running.
+    // Once it is waiting (no folder is made before it has a core), still running.
     std::thread::sleep(std::time::Duration::from_millis(1500));
     assert!(
         child.try_wait().unwrap().is_none(),
-        "the runner ended instead of blocking on the dataset"
+        "the runner ended instead of waiting for a core"
     );
     assert!(
         !p.join("out/tiny").exists(),
-        "a folder before the data was read"
+        "a folder before the run had a core"
     );
     let sent = std::time::Instant::now();
     assert!(std::process::Command::new("kill")

@@ -202,7 +202,10 @@ fn a_rank_that_cannot_reach_the_store_fails_clearly_within_its_timeout() {
             ("REPRISE_DIST_JOIN_SECS", "3"),
         ],
     );
-    assert_clean_error(&o, "rank 1 could not join the group");
+    assert_clean_error(
+        &o,
+        "rank 1 of 2 (from torchrun's RANK and WORLD_SIZE) could not join",
+    );
     assert!(t0.elapsed() < Duration::from_secs(30), "{:?}", t0.elapsed());
     assert!(!p.join("x").exists());
 }
@@ -639,4 +642,241 @@ fn two_ranks_of_robust_transfer_killed_in_the_transfers_resume_to_the_same_resul
         return;
     };
     assert_eq!(without_times(&summary(&cut)), without_times(&reference));
+}
+
+#[test]
+fn a_missing_rank_fails_loudly_within_the_join_timeout() {
+    let d = setup();
+    let p = d.path();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string();
+    let args = ["run", "t/tiny", "--out", "x", "--threads", "1"];
+    // Rank 0 alone (the other rank never started), from torchrun's variables and from Slurm's
+    // (a plain `runner run` inside a 2-task allocation), and a world far larger than started.
+    for (vars, from) in [
+        (
+            vec![("RANK", "0"), ("WORLD_SIZE", "2")],
+            "torchrun's RANK and WORLD_SIZE",
+        ),
+        (
+            vec![("SLURM_PROCID", "0"), ("SLURM_NTASKS", "2")],
+            "Slurm's SLURM_PROCID and SLURM_NTASKS",
+        ),
+        (vec![("RANK", "0"), ("WORLD_SIZE", "100000")], "torchrun"),
+    ] {
+        let mut all = vars.clone();
+        all.extend([
+            ("MASTER_ADDR", "127.0.0.1"),
+            ("MASTER_PORT", port.as_str()),
+            ("REPRISE_DIST_JOIN_SECS", "3"),
+        ]);
+        let t0 = Instant::now();
+        let o = runner_env(p, &args, &all);
+        let world = vars[1].1;
+        assert_clean_error(&o, &format!("rank 0 of {world} (from {from}"));
+        assert_clean_error(
+            &o,
+            &format!("127.0.0.1:{port} within 3s: only 1 of the {world} ranks came"),
+        );
+        assert!(t0.elapsed() < Duration::from_secs(30), "{:?}", t0.elapsed());
+        assert!(!p.join("x").exists());
+        // One error line (c10d may warn of a world beyond the socket backlog before it).
+        let errors = error_lines(&o);
+        assert_eq!(
+            errors.iter().filter(|l| l.starts_with("error")).count(),
+            1,
+            "{}",
+            text(&o)
+        );
+    }
+    let o = runner_env(
+        p,
+        &args,
+        &[
+            ("SLURM_PROCID", "0"),
+            ("SLURM_NTASKS", "2"),
+            ("REPRISE_DIST_JOIN_SECS", "2"),
+        ],
+    );
+    assert_clean_error(&o, "srun");
+    // Values that cannot work are refused at once.
+    let t0 = Instant::now();
+    let o = runner_env(
+        p,
+        &args,
+        &[("RANK", "0"), ("WORLD_SIZE", "2"), ("MASTER_PORT", "0")],
+    );
+    assert_clean_error(&o, "MASTER_PORT=0");
+    for bad in ["inf", "nan", "-1", "0", "x"] {
+        let o = runner_env(
+            p,
+            &args,
+            &[
+                ("RANK", "0"),
+                ("WORLD_SIZE", "2"),
+                ("REPRISE_DIST_JOIN_SECS", bad),
+            ],
+        );
+        assert_clean_error(&o, "REPRISE_DIST_JOIN_SECS");
+    }
+    assert!(t0.elapsed() < Duration::from_secs(20), "{:?}", t0.elapsed());
+}
+
+/// `torchrun` of the venv that provides LibTorch.
+fn torchrun() -> PathBuf {
+    let t = python().with_file_name("torchrun");
+    assert!(t.is_file(), "no torchrun beside {}", python().display());
+    t
+}
+
+#[test]
+fn torchrun_launches_a_run_as_the_readme_prints_it_and_the_world_is_kept() {
+    let d = setup();
+    let p = d.path();
+    let o = runner_env(p, &["run", "t/tiny", "--out", "one", "--threads", "1"], &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    // The README's line: torchrun runs the binary itself (--no-python), its agent serving the
+    // store the ranks meet at.
+    let o = Command::new(torchrun())
+        .args(["--no-python", "--standalone", "--nproc_per_node", "2"])
+        .arg(env!("CARGO_BIN_EXE_runner"))
+        .args(["run", "t/tiny", "--out", "two", "--threads", "1"])
+        .current_dir(p)
+        .env("REPRISE_DATA", root().join("data"))
+        .env("REPRISE_EXPERIMENTS", p.join("experiments"))
+        .env("TMPDIR", p.join("tmp"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let (a, b) = (
+        runs_under(&p.join("one/tiny")).remove(0),
+        runs_under(&p.join("two/tiny")),
+    );
+    assert_eq!(b.len(), 1, "{b:?}");
+    let b = &b[0];
+    let w = max_diff(&checkpoint(&a, 60), &checkpoint(b, 60), "model.");
+    eprintln!("torchrun, 2 ranks: weights {w:.2e} from one process");
+    assert!(w < 1e-5, "the weights are {w:.2e} apart");
+    let info: serde_json::Value =
+        serde_json::from_slice(&fs::read(b.join("run.json")).unwrap()).unwrap();
+    assert_eq!(info["world"]["size"], 2, "{info}");
+    assert_eq!(info["world"]["backend"], "gloo", "{info}");
+    let one: serde_json::Value =
+        serde_json::from_slice(&fs::read(a.join("run.json")).unwrap()).unwrap();
+    assert!(one.get("world").is_none(), "{one}");
+
+    // Resumed on another number of processes: refused, unless asked for, and then said.
+    for f in ["summary.json", "report.md", "metrics.csv", "finished"] {
+        let _ = fs::remove_file(b.join(f));
+    }
+    fs::remove_file(checkpoint(b, 60)).unwrap();
+    let o = runner_env(p, &["run", "--resume", b.to_str().unwrap()], &[]);
+    assert_clean_error(&o, "trained on 2 process(es), and would continue on 1");
+    let o = runner_env(
+        p,
+        &[
+            "run",
+            "--resume",
+            b.to_str().unwrap(),
+            "--allow-world-change",
+        ],
+        &[],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let log = fs::read_to_string(b.join("run.log")).unwrap();
+    assert!(log.contains("trained on 2 process(es) on 1"), "{log}");
+    let info: serde_json::Value =
+        serde_json::from_slice(&fs::read(b.join("run.json")).unwrap()).unwrap();
+    assert!(info.get("world").is_none(), "{info}");
+}
+
+/// Whether a process with `RANK=<rank>` whose command line mentions `out` is still there.
+fn rank_alive(out: &str, rank: usize) -> bool {
+    rank_pid(out, rank).is_some()
+}
+
+/// Waits (at most `secs`) until neither rank of the run writing to `out` is left.
+fn ranks_gone(out: &str, secs: u64) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        if !rank_alive(out, 0) && !rank_alive(out, 1) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+#[test]
+fn the_launcher_s_ranks_never_outlive_it_and_a_frozen_rank_is_killed() {
+    let d = setup();
+    let p = d.path();
+    let long = ["jem.iterations=100000", "jem.checkpoint_every=100"];
+    let started = |out: &str| {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !(rank_alive(out, 0) && rank_alive(out, 1)) {
+            assert!(Instant::now() < deadline, "the ranks did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // In the training loop.
+        std::thread::sleep(Duration::from_secs(3));
+    };
+    // The launcher killed with SIGKILL: its ranks notice, and end.
+    let mut launcher = Reaper(
+        rank_command(p, &two_ranks("t/tiny", "orphans", &long))
+            .env("REPRISE_STOP_GRACE_SECS", "5")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    started("orphans");
+    launcher.kill().unwrap();
+    launcher.wait().unwrap();
+    assert!(
+        ranks_gone("orphans", 30),
+        "the ranks outlived their launcher"
+    );
+
+    // A frozen rank (SIGSTOP) does not act on SIGTERM: the launcher kills it after the grace
+    // period, and ends.
+    let mut launcher = Reaper(
+        rank_command(p, &two_ranks("t/tiny", "frozen", &long))
+            .env("REPRISE_STOP_GRACE_SECS", "2")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    started("frozen");
+    let r1 = rank_pid("frozen", 1).unwrap();
+    Command::new("kill")
+        .args(["-STOP", &r1.to_string()])
+        .status()
+        .unwrap();
+    let t0 = Instant::now();
+    Command::new("kill")
+        .args(["-TERM", &launcher.id().to_string()])
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while launcher.try_wait().unwrap().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the launcher waits on its frozen rank"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut err = String::new();
+    std::io::Read::read_to_string(launcher.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert!(
+        err.contains("still running") && err.contains("killing"),
+        "{err}"
+    );
+    eprintln!("ended {:?} after SIGTERM", t0.elapsed());
+    assert!(ranks_gone("frozen", 10), "a rank outlived the launcher");
 }

@@ -15,6 +15,7 @@
 //! resized to it and randomly cropped to the model's size; flips use one draw for the pair.
 
 use crate::config::{FolderConfig, Task};
+use reprise_core::data::formats::open_image;
 use reprise_core::data::Rng;
 use reprise_core::{Error, Result};
 use std::path::{Path, PathBuf};
@@ -234,9 +235,7 @@ impl FolderData {
     }
 
     fn rgb(&self, p: &Path, a: Aug) -> Result<Tensor> {
-        let img = image::open(p)
-            .map_err(|e| Error::Data(format!("{}: {e}", p.display())))?
-            .to_rgb8();
+        let img = open_image(p)?.to_rgb8();
         let c = self.geometry(&img, image::imageops::FilterType::CatmullRom, a);
         let t = Tensor::from_slice(c.as_raw())
             .view([self.h as i64, self.w as i64, 3])
@@ -246,9 +245,7 @@ impl FolderData {
     }
 
     fn label(&self, it: &Item, a: Aug) -> Result<Tensor> {
-        let img = image::open(&it.a)
-            .map_err(|e| Error::Data(format!("{}: {e}", it.a.display())))?
-            .to_luma8();
+        let img = open_image(&it.a)?.to_luma8();
         let c = self.geometry(&img, image::imageops::FilterType::Nearest, a);
         let mut lab = Tensor::from_slice(c.as_raw())
             .view([self.h as i64, self.w as i64])
@@ -271,9 +268,7 @@ impl FolderData {
         if self.cfg.instance_edge {
             let inst = match &it.inst {
                 Some(p) => {
-                    let img = image::open(p)
-                        .map_err(|e| Error::Data(format!("{}: {e}", p.display())))?
-                        .to_luma16();
+                    let img = open_image(p)?.to_luma16();
                     let c = self.geometry(&img, image::imageops::FilterType::Nearest, a);
                     Tensor::from_slice(&c.as_raw().iter().map(|&v| v as i64).collect::<Vec<_>>())
                         .view([self.h as i64, self.w as i64])

