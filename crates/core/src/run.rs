@@ -97,6 +97,9 @@ pub struct Export {
     pub file: Option<&'static str>,
     /// The prefix of the network's tensors in a step checkpoint (`model`).
     pub prefix: &'static str,
+    /// How the network's inputs are scaled (`config.json`'s `inputs`), where a loader needs
+    /// to be told: `images in [-1, 1] (x * 2 - 1 of [0, 1] pixels)`.
+    pub inputs: Option<&'static str>,
 }
 
 /// The section `name` of a spec read as `T` and written back: the keys the spec gives and
@@ -347,6 +350,13 @@ pub struct Provenance {
     pub command: Vec<String>,
     /// The machine's host name.
     pub host: String,
+    /// The commit the running binary was built from (absent in run folders of earlier
+    /// versions, and for a binary built outside git).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub built_from: Option<String>,
+    /// Whether that checkout had uncommitted changes to tracked files when it was built.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub built_dirty: Option<bool>,
 }
 
 impl Provenance {
@@ -381,7 +391,33 @@ impl Provenance {
                 .map(|a| a.to_string_lossy().into_owned())
                 .collect(),
             host,
+            built_from: None,
+            built_dirty: None,
         }
+    }
+
+    /// [`Provenance::of`] with the commit the binary was built from (`built`, empty when
+    /// unknown) and its dirty flag; a difference from the experiments' checkout (an older
+    /// checkout run with a newer binary, or the other way round) is returned as a warning.
+    pub fn of_build(dir: &Path, built: &str, built_dirty: bool) -> (Provenance, Option<String>) {
+        let mut p = Provenance::of(dir);
+        if built.is_empty() {
+            return (p, None);
+        }
+        p.built_from = Some(built.to_string());
+        p.built_dirty = Some(built_dirty);
+        let short = |c: &str| c[..c.len().min(12)].to_string();
+        let warn = match &p.commit {
+            Some(c) if c != built => Some(format!(
+                "the experiments under {} are at commit {}, but this runner was built from {}{}: run.json records both",
+                dir.display(),
+                short(c),
+                short(built),
+                if built_dirty { " (with uncommitted changes)" } else { "" }
+            )),
+            _ => None,
+        };
+        (p, warn)
     }
 }
 

@@ -41,6 +41,7 @@ pub fn paper() -> Paper {
             name: "teacher",
             file: Some("teacher.safetensors"),
             prefix: "teacher",
+            inputs: None,
         }],
         data_parallel: true,
         run,

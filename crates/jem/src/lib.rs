@@ -49,6 +49,9 @@ pub fn paper() -> Paper {
             name: "model",
             file: Some("model.safetensors"),
             prefix: "model",
+            inputs: Some(
+                "images in [-1, 1] (x * 2 - 1 of pixels in [0, 1]), no further normalisation",
+            ),
         }],
         data_parallel: true,
         run,

@@ -49,6 +49,7 @@ pub fn paper() -> Paper {
             name: "source",
             file: Some("source.safetensors"),
             prefix: "model",
+            inputs: Some("images in [0, 1], then (x - normalize.mean) / normalize.std, which the state dict does not hold"),
         }],
         data_parallel: true,
         run,

@@ -25,9 +25,20 @@ pub fn export(run: &Path, out: &Path) -> Result<()> {
     let header = spec.header()?;
     let paper = crate::paper(&header.paper)?;
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
-    let newest = reprise_core::run::final_checkpoint(run)
-        .ok()
-        .map(|(_, ck)| ck);
+    let finished = reprise_core::run::is_finished(run);
+    let newest = reprise_core::run::final_checkpoint(run).ok();
+    if !finished {
+        match &newest {
+            Some((step, _)) => eprintln!(
+                "warning: {} has not finished: exporting its networks as they were at its last checkpoint (step {step})",
+                run.display()
+            ),
+            None => eprintln!("warning: {} has not finished", run.display()),
+        }
+    }
+    let step = newest.as_ref().map(|(s, _)| *s);
+    let newest = newest.map(|(_, ck)| ck);
+    let mut inputs = Map::new();
     let mut files = Map::new();
     let mut normalize = Map::new();
     for e in paper.exports {
@@ -79,6 +90,9 @@ pub fn export(run: &Path, out: &Path) -> Result<()> {
             }
         }
         dict.sort_by(|a, b| a.0.cmp(&b.0));
+        if let Some(i) = e.inputs {
+            inputs.insert(format!("{}.pt", e.name), json!(i));
+        }
         let dest = out.join(format!("{}.pt", e.name));
         reprise_core::torch_save::write_state_dict(&dest, &dict)?;
         files.insert(
@@ -92,15 +106,18 @@ pub fn export(run: &Path, out: &Path) -> Result<()> {
         );
     }
     if files.is_empty() {
+        let named: Vec<&str> = paper.exports.iter().filter_map(|e| e.file).collect();
+        if paper.exports.is_empty() {
+            bail!("{} exports no network", paper.name);
+        }
         bail!(
-            "{} holds no trained network (no {} and no step checkpoint)",
+            "{} holds no trained network ({}no step checkpoint)",
             run.display(),
-            paper
-                .exports
-                .iter()
-                .filter_map(|e| e.file)
-                .collect::<Vec<_>>()
-                .join(", ")
+            if named.is_empty() {
+                String::new()
+            } else {
+                format!("no {}, and ", named.join(", "))
+            }
         );
     }
     let info: Json = reprise_core::checkpoint::read_record(&run.join("run.json"))
@@ -116,6 +133,9 @@ pub fn export(run: &Path, out: &Path) -> Result<()> {
         "config": (paper.config)(&spec)?,
         "data": serde_json::to_value(&header.data)?,
         "normalize": if normalize.is_empty() { Json::Null } else { Json::Object(normalize) },
+        "inputs": inputs,
+        "finished": finished,
+        "step": step,
         "files": files,
         "load": "state = torch.load(\"<file>.pt\"); model.load_state_dict(state)",
     });

@@ -62,15 +62,23 @@ fn is_interrupt(e: &anyhow::Error) -> bool {
 fn prepare(dir: &Path, tree: SpecTree, smoke: bool, threads: Option<usize>) -> Result<()> {
     let header = tree.header()?;
     let device = header.device.resolve().map_err(anyhow::Error::msg)?;
+    let (provenance, warn) = reprise_core::run::Provenance::of_build(
+        &crate::experiments::experiments_dir(),
+        env!("REPRISE_BUILD_COMMIT"),
+        env!("REPRISE_BUILD_DIRTY") == "true",
+    );
+    if let Some(w) = warn {
+        tracing::warn!("{w}");
+    }
     let info = RunInfo {
         smoke,
-        smoke_iterations: header.smoke.iterations,
+        smoke_iterations: header.smoke.iterations.filter(|_| smoke),
         device: format!("{device:?}"),
         threads: threads.map_or_else(tch::get_num_threads, |t| t as i32),
         versions: versions(),
         started: utc_stamp(),
         id: reprise_core::run::new_run_id(dir),
-        provenance: reprise_core::run::Provenance::of(&crate::experiments::experiments_dir()),
+        provenance,
         status: Some(RunStatus::Prepared),
         ended: None,
         error: None,

@@ -156,6 +156,28 @@ print(len(sd), "tensors")
         &runner(p, &["export", "out", "--out", "x"]),
         "is not a run folder",
     );
+    // How the inputs are scaled, and that the run finished.
+    assert!(
+        cfg["inputs"]["model.pt"]
+            .as_str()
+            .is_some_and(|s| s.contains("[-1, 1]")),
+        "{cfg}"
+    );
+    assert_eq!(cfg["finished"], true, "{cfg}");
+    // An unfinished run is exported from its last checkpoint, and says so.
+    let _ = fs::remove_file(run.join("finished"));
+    let _ = fs::remove_file(run.join("model.safetensors"));
+    let o = runner(p, &["export", run.to_str().unwrap(), "--out", "unfinished"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("has not finished"), "{}", text(&o));
+    let cfg: serde_json::Value =
+        serde_json::from_slice(&fs::read(p.join("unfinished/config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["finished"], false, "{cfg}");
+    assert!(cfg["step"].as_u64().is_some(), "{cfg}");
+    // Nothing to export: the message names what is missing, without an empty name.
+    fs::remove_dir_all(run.join("checkpoints")).unwrap();
+    let o = runner(p, &["export", run.to_str().unwrap(), "--out", "none"]);
+    assert_clean_error(&o, "no model.safetensors, and no step checkpoint");
 }
 
 #[test]
@@ -220,4 +242,60 @@ fn plan_times_real_steps_and_projects_the_run() {
     ] {
         assert!(t.contains(needle), "`{needle}` in {t}");
     }
+}
+
+#[test]
+fn run_json_records_the_commit_the_binary_was_built_from_beside_the_checkout_s() {
+    let d = setup();
+    let p = d.path();
+    // The experiments in a git checkout of their own: at another commit than the binary's.
+    let git = |args: &[&str]| {
+        let o = Command::new("git")
+            .args(["-c", "user.name=t", "-c", "user.email=t@t", "-C"])
+            .arg(p.join("experiments"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", text(&o));
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    };
+    git(&["init", "-q"]);
+    git(&["add", "."]);
+    git(&["commit", "-q", "-m", "x"]);
+    let checkout = git(&["rev-parse", "HEAD"]);
+    let o = runner(p, &["run", "t/tiny", "--smoke", "--out", "out"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let run = runs_under(&p.join("out/tiny")).remove(0);
+    let info: serde_json::Value =
+        serde_json::from_slice(&fs::read(run.join("run.json")).unwrap()).unwrap();
+    let prov = &info["provenance"];
+    assert_eq!(prov["commit"], checkout.as_str(), "{info}");
+    let built = prov["built_from"].as_str().expect("the build commit");
+    assert_eq!(built.len(), 40, "{info}");
+    assert_ne!(built, checkout);
+    assert!(prov["built_dirty"].is_boolean(), "{info}");
+    assert!(
+        text(&o).contains("but this runner was built from"),
+        "{}",
+        text(&o)
+    );
+    // A smoke run records its smoke budget; a full run none.
+    assert_eq!(info["smoke_iterations"], 3, "{info}");
+    let o = runner(
+        p,
+        &[
+            "run",
+            "t/tiny",
+            "--out",
+            "full",
+            "jem.iterations=2",
+            "jem.eval.every=2",
+            "jem.checkpoint_every=2",
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let run = runs_under(&p.join("full/tiny")).remove(0);
+    let info: serde_json::Value =
+        serde_json::from_slice(&fs::read(run.join("run.json")).unwrap()).unwrap();
+    assert!(info["smoke_iterations"].is_null(), "{info}");
 }

@@ -53,8 +53,8 @@ pub fn paper() -> Paper {
         inputs,
         plan: Some(plan),
         exports: &[
-            reprise_core::run::Export { name: "generator", file: Some("generator.safetensors"), prefix: "g" },
-            reprise_core::run::Export { name: "discriminator", file: None, prefix: "d" },
+            reprise_core::run::Export { name: "generator", file: Some("generator.safetensors"), prefix: "g", inputs: Some("images and outputs in [-1, 1] (x / 127.5 - 1 of 8-bit pixels)") },
+            reprise_core::run::Export { name: "discriminator", file: None, prefix: "d", inputs: Some("images in [-1, 1]") },
         ],
         data_parallel: true,
         run,
