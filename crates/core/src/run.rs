@@ -62,6 +62,8 @@ pub struct StepPlan {
     pub what: String,
     /// Median milliseconds of a step, warm-up excluded.
     pub step_ms: f64,
+    /// The fastest and the slowest of the timed steps, in milliseconds.
+    pub spread_ms: (f64, f64),
     /// The steps the run takes, when they can be known without its data.
     pub steps: Option<u64>,
     /// How `steps` was counted, or why it is unknown.

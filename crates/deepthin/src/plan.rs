@@ -146,41 +146,33 @@ pub fn plan(tree: &SpecTree, dev: Device, steps: usize, ranks: usize) -> Result<
             Timed::InMemory(Model::build(&c.arch, wide, x.size()[1], classes, dev, 0))
         }
     };
-    let time = |net: &Timed, stage: &TrainStage| -> (f64, i64) {
+    let time = |net: &Timed, stage: &TrainStage| -> Result<(reprise_core::timing::Timing, i64)> {
         let params = net.params();
         let count = params.iter().map(|t| t.numel() as i64).sum();
         let mut opt = c
             .amp
             .optimizer(stage_optimizer(stage.optimizer, vec![(params, 1.0)]));
-        let mut failed = None;
-        let ms = reprise_core::timing::median_ms(dev, 2, steps, || {
-            let r = match net {
-                Timed::Conv(n) => {
-                    let loss = c.amp.forward(dev, || {
-                        n.forward(&x, true)
-                            .to_kind(Kind::Float)
-                            .cross_entropy_for_logits(&y)
-                    });
-                    opt.zero_grad();
-                    opt.scale_loss(&loss)
-                        .f_backward()
-                        .map_err(|e| Error::msg(e.to_string()))
-                        .and_then(|()| opt.step(stage.lr))
-                }
-                Timed::InMemory(m) => {
-                    train_step(m.net(), &mut opt, &x, &y, Loss::Ce, stage.lr).map(|_| ())
-                }
-            };
-            if let Err(e) = r {
-                failed = Some(e);
+        let t = reprise_core::timing::time_ms(dev, 2, steps, || match net {
+            Timed::Conv(n) => {
+                let loss = c.amp.forward(dev, || {
+                    n.forward(&x, true)
+                        .to_kind(Kind::Float)
+                        .cross_entropy_for_logits(&y)
+                });
+                opt.zero_grad();
+                opt.scale_loss(&loss)
+                    .f_backward()
+                    .map_err(|e| Error::msg(e.to_string()))
+                    .and_then(|()| opt.step(stage.lr))
             }
-        });
-        if let Some(e) = failed {
-            tracing::info!("plan: a timed step failed: {e}");
-        }
-        (ms, count)
+            Timed::InMemory(m) => {
+                train_step(m.net(), &mut opt, &x, &y, Loss::Ce, stage.lr).map(|_| ())
+            }
+        })?;
+        Ok((t, count))
     };
-    let (teacher_ms, teacher_params) = time(&build(true), &c.teacher);
+    let (teacher_t, teacher_params) = time(&build(true), &c.teacher)?;
+    let teacher_ms = teacher_t.median;
     // The thin network's step, at the rate of the first arm's first training stage.
     let thin_stage = c
         .arms
@@ -191,7 +183,8 @@ pub fn plan(tree: &SpecTree, dev: Device, steps: usize, ranks: usize) -> Result<
             _ => None,
         })
         .unwrap_or_else(|| c.teacher.clone());
-    let (thin_ms, thin_params) = time(&build(false), &thin_stage);
+    let (thin_t, thin_params) = time(&build(false), &thin_stage)?;
+    let thin_ms = thin_t.median;
     let what = format!(
         "one {} step: batch {}{}{} — the wide teacher {teacher_ms:.1} ms, the thin network \
          {thin_ms:.1} ms",
@@ -208,7 +201,7 @@ pub fn plan(tree: &SpecTree, dev: Device, steps: usize, ranks: usize) -> Result<
             reprise_core::amp::Amp::F16 => ", f16 autocast",
         }
     );
-    let (n, step_ms, from, params) = match reprise_core::data::train_size(&h.data) {
+    let (n, (step_ms, spread_ms), from, params) = match reprise_core::data::train_size(&h.data) {
         Some((examples, how)) => {
             let per_epoch = examples.div_ceil(c.batch.max(1)) as u64;
             let s = count_steps(&c, per_epoch);
@@ -217,7 +210,13 @@ pub fn plan(tree: &SpecTree, dev: Device, steps: usize, ranks: usize) -> Result<
                 |a: f64, b: f64| (a * s.teacher as f64 + b * s.arms as f64) / total.max(1) as f64;
             (
                 Some(total),
-                mean(teacher_ms, thin_ms),
+                (
+                    mean(teacher_ms, thin_ms),
+                    (
+                        mean(teacher_t.min, thin_t.min),
+                        mean(teacher_t.max, thin_t.max),
+                    ),
+                ),
                 format!(
                     "the teacher's {} and the arms' {} at depth {}: {per_epoch} an epoch of \
                      {examples} training examples ({how}); the time is their mean",
@@ -228,7 +227,7 @@ pub fn plan(tree: &SpecTree, dev: Device, steps: usize, ranks: usize) -> Result<
         }
         None => (
             None,
-            teacher_ms,
+            (teacher_ms, (teacher_t.min, teacher_t.max)),
             format!(
                 "unknown: the training set is not in place here ({})",
                 h.data
@@ -242,6 +241,7 @@ pub fn plan(tree: &SpecTree, dev: Device, steps: usize, ranks: usize) -> Result<
     Ok(StepPlan {
         what,
         step_ms,
+        spread_ms,
         steps: n,
         steps_from: from,
         params,

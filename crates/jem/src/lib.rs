@@ -93,10 +93,9 @@ pub fn plan(
     let x = Tensor::rand(dims.as_slice(), (Kind::Float, dev)) * 2.0 - 1.0;
     let y = Tensor::randint(classes as i64, [rows], (Kind::Int64, dev));
     let mut rng = Rng::new(0);
-    let mut failed = None;
-    let ms = reprise_core::timing::median_ms(dev, 2, steps, || {
+    let t = reprise_core::timing::time_ms(dev, 2, steps, || {
         let xd = (w_px > 0.0).then_some(&x);
-        if let Err(e) = train_step(
+        train_step(
             &model,
             &mut opt,
             buffer.as_mut(),
@@ -109,14 +108,10 @@ pub fn plan(
             },
             (&mut rng, &mut sampler::gaussian),
             &Parallel::single(),
-        ) {
-            failed = Some(e);
-        }
-    });
-    if let Some(e) = failed {
-        // Random inputs can trip the energy guard; the time is still the step's.
-        tracing::info!("plan: a timed step stopped at its guard: {e}");
-    }
+        )
+        .map(|_| ())
+        .map_err(|e| reprise_core::Error::msg(e.to_string()))
+    })?;
     Ok(reprise_core::run::StepPlan {
         what: format!(
             "one {} iteration: batch {}{}, SGLD K = {}{}",
@@ -130,7 +125,8 @@ pub fn plan(
                 " (not used by this arm)"
             }
         ),
-        step_ms: ms,
+        step_ms: t.median,
+        spread_ms: (t.min, t.max),
         steps: Some(full),
         steps_from: format!(
             "jem.{}",

@@ -97,22 +97,17 @@ pub fn plan(
     let batch = c.source.batch.div_ceil(ranks.max(1)) as i64;
     let x = Tensor::rand([batch, chans, size, size], (tch::Kind::Float, dev));
     let y = Tensor::randint(classes, [batch], (tch::Kind::Int64, dev));
-    let mut failed = None;
-    let ms = reprise_core::timing::median_ms(dev, 2, steps, || {
-        if let Err(e) = train::train_step(
+    let t = reprise_core::timing::time_ms(dev, 2, steps, || {
+        train::train_step(
             &net,
             &mut opt,
             (arm, arm.eps(), &c.source.attack),
             (&x, &y),
             (c.source.lr, c.source.amp),
             &reprise_core::parallel::Parallel::single(),
-        ) {
-            failed = Some(e.to_string());
-        }
-    });
-    if let Some(e) = failed {
-        tracing::info!("plan: a timed step failed: {e}");
-    }
+        )
+        .map(|_| ())
+    })?;
     let (total, from) = match reprise_core::data::train_size(&h.data) {
         Some((n, how)) => (
             Some(c.source.epochs * n.div_ceil(c.source.batch) as u64),
@@ -138,7 +133,8 @@ pub fn plan(
             reprise_core::run::per_rank(batch, ranks),
             c.source.attack.steps
         ),
-        step_ms: ms,
+        step_ms: t.median,
+        spread_ms: (t.min, t.max),
         steps: total,
         steps_from: from,
         params: reprise_core::run::trained_params(&net.vs),

@@ -65,6 +65,9 @@ enum Command {
         /// Processes (devices) a data-parallel run would use, for the projection.
         #[arg(long, default_value_t = 1)]
         nproc: usize,
+        /// Intra-op threads to time with (default: LibTorch's).
+        #[arg(long)]
+        threads: Option<usize>,
     },
     /// Fetch and verify the small datasets into data/ (all when none is named); with --check,
     /// list what experiments read and whether it is in place.
@@ -207,7 +210,11 @@ pub fn dispatch(cli: Cli) -> Result<()> {
             device,
             steps,
             nproc,
-        } => plan(&experiment, &overrides, device.as_deref(), steps, nproc),
+            threads,
+        } => {
+            crate::set_threads(threads)?;
+            plan(&experiment, &overrides, device.as_deref(), steps, nproc)
+        }
         Command::Compare { a, b } => {
             say_raw!("{}", crate::compare::table(&a, &b)?)?;
             Ok(())
@@ -505,15 +512,15 @@ fn plan(
     } else {
         "the CPU (no CUDA here: this is a plan for the CPU)".to_string()
     };
+    // The runs that differ in more than their seed are timed each (an arm's step can cost many
+    // times another's); the seeds of one configuration share its time.
+    let groups = distinct_configs(&runs);
     say!(
-        "plan for {experiment} ({} of its {} run{}) on {where_}, {} intra-op threads:",
-        if runs.len() > 1 {
-            "the first"
-        } else {
-            "the only one"
-        },
+        "plan for {experiment} ({} run{}, {} distinct configuration{} timed) on {where_}, {} intra-op threads:",
         runs.len(),
         if runs.len() == 1 { "" } else { "s" },
+        groups.len(),
+        if groups.len() == 1 { "" } else { "s" },
         tch::get_num_threads()
     )?;
     let before = peak_rss();
@@ -525,65 +532,119 @@ fn plan(
         }
         _ => None,
     };
-    let p = time_steps(first, dev, steps, 1)?;
-    say!("  step      {}", p.what)?;
-    say!(
-        "  time      {:.1} ms a step (median of {steps}, after 2 warm-up steps)",
-        p.step_ms
-    )?;
+    let (mut hours_all, mut wall_all, mut known) = (0.0, 0.0, true);
+    for (g, (rep, names)) in groups.iter().enumerate() {
+        if groups.len() > 1 {
+            say!(
+                "configuration {} of {} ({} run{}: {})",
+                g + 1,
+                groups.len(),
+                names.len(),
+                if names.len() == 1 { "" } else { "s" },
+                names.join(", ")
+            )?;
+        }
+        let p = time_steps(rep, dev, steps, 1)
+            .with_context(|| format!("timing {}", names.join(", ")))?;
+        say!("  step      {}", p.what)?;
+        say!(
+            "  time      {:.1} ms a step (median of {steps}, after 2 warm-up steps; {:.1} to {:.1} ms)",
+            p.step_ms,
+            p.spread_ms.0,
+            p.spread_ms.1
+        )?;
+        let Some(n) = p.steps else {
+            say!("  steps     {}", p.steps_from)?;
+            known = false;
+            continue;
+        };
+        let hours = n as f64 * p.step_ms / 1000.0 / 3600.0;
+        hours_all += hours * names.len() as f64;
+        say!("  steps     {n} ({})", p.steps_from)?;
+        say!(
+            "  run       {} of training on one device ({:.2} device-hours for the {} run{})",
+            reprise_core::progress::human_duration(hours * 3600.0),
+            hours * names.len() as f64,
+            names.len(),
+            if names.len() == 1 { "" } else { "s" }
+        )?;
+        if nproc > 1 && paper.data_parallel {
+            // One rank's share of the batch, timed, and the gradient average.
+            let r = time_steps(rep, dev, steps, nproc)?;
+            let ar = crate::ddp::time_all_reduce(nproc, r.params)?;
+            let wall = n as f64 * (r.step_ms + ar) / 1000.0 / 3600.0;
+            wall_all += wall * names.len() as f64;
+            say!("  per rank  {}", r.what)?;
+            say!(
+                "  {nproc} ranks   {:.1} ms a step on each + {ar:.1} ms to average {:.1} M gradients \
+                 (Gloo on this host, {nproc} local ranks): {} wall, {:.2} device-hours a run \
+                 (`runner run … --nproc {nproc}` or torchrun)",
+                r.step_ms,
+                r.params as f64 / 1e6,
+                reprise_core::progress::human_duration(wall * 3600.0),
+                wall * nproc as f64
+            )?;
+        } else if nproc > 1 {
+            say!(
+                "  {nproc} procs   {} does not train data-parallel yet: a run takes the one-device time",
+                paper.name
+            )?;
+        }
+    }
     match (gpu, peak_rss()) {
         (None, Some(after)) => say!(
-            "  memory    peak resident set {:.2} GB (was {:.2} GB before the model)",
+            "memory      peak resident set {:.2} GB (was {:.2} GB before the models)",
             after as f64 / 1e9,
             before.unwrap_or(0) as f64 / 1e9
         )?,
         (Some(i), _) => match dist::cuda_peak_bytes(i, false) {
             Some(b) => say!(
-                "  memory    peak GPU memory held by tensors {:.2} GB (the caching allocator's \
+                "memory      peak GPU memory held by tensors {:.2} GB (the caching allocator's \
                  peak, as torch.cuda.max_memory_allocated)",
                 b as f64 / 1e9
             )?,
-            None => say!("  memory    GPU memory is not measured by this build (no CUDA unit)")?,
+            None => say!("memory      GPU memory is not measured by this build (no CUDA unit)")?,
         },
         _ => {}
     }
-    match p.steps {
-        Some(n) => {
-            let hours = n as f64 * p.step_ms / 1000.0 / 3600.0;
-            say!("  steps     {n} ({})", p.steps_from)?;
-            say!(
-                "  run       {} of training on one device ({:.2} device-hours for the {} run{})",
-                reprise_core::progress::human_duration(hours * 3600.0),
-                hours * runs.len() as f64,
-                runs.len(),
-                if runs.len() == 1 { "" } else { "s" }
-            )?;
-            if nproc > 1 && paper.data_parallel {
-                // One rank's share of the batch, timed, and the gradient average.
-                let r = time_steps(first, dev, steps, nproc)?;
-                let ar = crate::ddp::time_all_reduce(nproc, r.params)?;
-                let wall = n as f64 * (r.step_ms + ar) / 1000.0 / 3600.0;
-                say!("  per rank  {}", r.what)?;
-                say!(
-                    "  {nproc} ranks   {:.1} ms a step on each + {ar:.1} ms to average {:.1} M gradients \
-                     (Gloo on this host, {nproc} local ranks): {} wall, {:.2} device-hours a run \
-                     (`runner run … --nproc {nproc}` or torchrun)",
-                    r.step_ms,
-                    r.params as f64 / 1e6,
-                    reprise_core::progress::human_duration(wall * 3600.0),
-                    wall * nproc as f64
-                )?;
-            } else if nproc > 1 {
-                say!(
-                    "  {nproc} procs   {} does not train data-parallel yet: a run takes the one-device time",
-                    paper.name
-                )?;
+    if groups.len() > 1 && known {
+        say!(
+            "sweep       {:.2} device-hours of training for the {} runs{}",
+            hours_all,
+            runs.len(),
+            if wall_all > 0.0 {
+                format!(
+                    "; with {nproc} ranks each, {} of wall time one run after the other",
+                    reprise_core::progress::human_duration(wall_all * 3600.0)
+                )
+            } else {
+                String::new()
             }
-        }
-        None => say!("  steps     {}", p.steps_from)?,
+        )?;
     }
-    say!("  (evaluations, data loading and transfers are not in the projection)")?;
+    say!("(evaluations, data loading and transfers are not in the projection)")?;
     Ok(())
+}
+
+/// The runs of a sweep grouped by configuration, their seeds aside: one spec to time for each
+/// group (its first run's), with the names of its runs, in the sweep's order.
+fn distinct_configs(
+    runs: &[(String, reprise_core::spec::SpecTree)],
+) -> Vec<(reprise_core::spec::SpecTree, Vec<String>)> {
+    let mut groups: Vec<(String, reprise_core::spec::SpecTree, Vec<String>)> = Vec::new();
+    for (name, t) in runs {
+        let mut v = reprise_core::spec::to_json(t.value());
+        if let Some(m) = v.as_object_mut() {
+            m.remove("seed");
+        }
+        let key = v.to_string();
+        let shown = if name.is_empty() { "the run" } else { name };
+        match groups.iter_mut().find(|(k, _, _)| *k == key) {
+            Some((_, _, names)) => names.push(shown.to_string()),
+            None => groups.push((key, t.clone(), vec![shown.to_string()])),
+        }
+    }
+    groups.into_iter().map(|(_, t, n)| (t, n)).collect()
 }
 
 fn data_check(names: &[String]) -> Result<()> {

@@ -204,6 +204,41 @@ fn plan_times_real_steps_and_projects_the_run() {
         .unwrap();
     assert!(ms > 0.0 && ms.is_finite(), "{t}");
     assert!(!p.join("runs").exists(), "a plan makes no run folder");
+    // Each distinct configuration of a sweep is timed, seeds aside; --threads; the spread.
+    write(
+        p,
+        "arms.yaml",
+        &(TINY.replace("seed: 0\n", "seed: 0\nseeds: [0, 1]\n")
+            + "sweep:\n  jem.arm: [jem, base]\n"),
+    );
+    let o = runner(p, &["plan", "t/arms", "--steps", "3", "--threads", "1"]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    for needle in [
+        "(4 runs, 2 distinct configurations timed)",
+        "1 intra-op threads",
+        "configuration 1 of 2 (2 runs: arm=jem,seed=0, arm=jem,seed=1)",
+        "one jem iteration: batch 32, SGLD K = 3",
+        "one base iteration: batch 32, SGLD K = 3 (not used by this arm)",
+        "device-hours of training for the 4 runs",
+    ] {
+        assert!(t.contains(needle), "`{needle}` in {t}");
+    }
+    let spreads: Vec<(f64, f64, f64)> = t
+        .lines()
+        .filter_map(|l| {
+            let l = l.trim().strip_prefix("time")?;
+            let median: f64 = l.split_whitespace().next()?.parse().ok()?;
+            let (_, range) = l.split_once("warm-up steps; ")?;
+            let (lo, hi) = range.trim_end_matches(" ms)").split_once(" to ")?;
+            Some((lo.parse().ok()?, median, hi.parse().ok()?))
+        })
+        .collect();
+    assert_eq!(spreads.len(), 2, "{t}");
+    assert!(spreads.iter().all(|(lo, m, hi)| lo <= m && m <= hi), "{t}");
+    // A timed step that fails is an error, not a time.
+    let o = runner(p, &["plan", "t/tiny", "--steps", "3", "jem.optim.lr=1e30"]);
+    assert_clean_error(&o, "timed step");
     let ts = root().join("experiments/tsit/digits-ast.yaml");
     let o = runner(
         p,

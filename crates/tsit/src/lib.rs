@@ -93,27 +93,24 @@ pub fn plan(
     let img = |ch: i64| Tensor::rand([c.batch, ch, h, w], (tch::Kind::Float, dev)) * 2.0 - 1.0;
     let (content, real) = (img(in_c), img(3));
     let style = c.task.is_ast().then(|| img(3));
-    let mut failed = None;
-    let ms = reprise_core::timing::median_ms(dev, 2, steps, || {
+    let t = reprise_core::timing::time_ms(dev, 2, steps, || {
         let b = data::Batch {
             content: content.shallow_clone(),
             style: style.as_ref().map(Tensor::shallow_clone),
             real: real.shallow_clone(),
             target: real.shallow_clone(),
         };
-        if let Err(e) = gan.step(&c, &b, (c.optim.lr_g, c.optim.lr_d)) {
-            failed = Some(format!("{e:?}"));
-        }
-    });
-    if let Some(e) = failed {
-        tracing::info!("plan: a timed step stopped at its guard: {e}");
-    }
+        gan.step(&c, &b, (c.optim.lr_g, c.optim.lr_d))
+            .map(|_| ())
+            .map_err(|e| Error::msg(e.to_string()))
+    })?;
     Ok(reprise_core::run::StepPlan {
         what: format!(
             "one {:?} iteration (G then D) at {h}×{w}: batch {}, nf {}",
             c.task, c.batch, c.model.nf
         ),
-        step_ms: ms,
+        step_ms: t.median,
+        spread_ms: (t.min, t.max),
         steps: Some(c.iterations),
         steps_from: "tsit.iterations".into(),
         params: 0,
