@@ -46,6 +46,17 @@ impl Amp {
         Ok(dist::autocast(dev, half, forward)?.to_kind(Kind::Float))
     }
 
+    /// `f()` under this autocast on `dev` (`none`: as it is), its outputs left in the types
+    /// autocast gave them: for forwards with several outputs, which the caller brings back to
+    /// float32 before its losses.
+    pub fn run<T>(self, dev: Device, f: impl FnOnce() -> T) -> T {
+        match self {
+            Amp::None => f(),
+            Amp::Bf16 => dist::autocast(dev, dist::Half::Bf16, f),
+            Amp::F16 => dist::autocast(dev, dist::Half::F16, f),
+        }
+    }
+
     /// `opt`, with the loss scale `f16` needs.
     pub fn optimizer(self, opt: Optimizer) -> Optimizer {
         match self {

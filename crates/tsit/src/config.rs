@@ -341,6 +341,12 @@ pub struct Config {
     /// Stop with the last good checkpoint if a loss is NaN, infinite or beyond this.
     #[serde(default = "guard")]
     pub guard_loss: f64,
+    /// Mixed precision of the training step (`none`, `bf16`, `f16`): the generator's, the
+    /// discriminator's and the loss network's forwards under autocast, on float32 master
+    /// weights and Adam state, the losses in float32, and with `f16` a dynamic loss scale for
+    /// each optimizer. The official code trains in float32 (the default).
+    #[serde(default)]
+    pub amp: reprise_core::amp::Amp,
 }
 
 impl Config {

@@ -169,8 +169,8 @@ fn build_gan(c: &Config, p: Perceptual, in_c: i64, dev: Device, par: &Arc<Parall
     };
     let conditional_d = !c.task.is_ast();
     let d = Discriminator::new(&c.model, if conditional_d { 3 + in_c } else { 3 }, dev);
-    let opt_g = train::adam(&c.optim, g.vs());
-    let opt_d = train::adam(&c.optim, &d.vs);
+    let opt_g = c.amp.optimizer(train::adam(&c.optim, g.vs()));
+    let opt_d = c.amp.optimizer(train::adam(&c.optim, &d.vs));
     Gan {
         g,
         d,

@@ -199,13 +199,16 @@ impl Gan {
         let dev = real.device();
         let n = real.size()[0];
         let mut st = StepStats::default();
-        // Generator step: D's weights take no gradient (they are frozen for this pass).
+        // Generator step: D's weights take no gradient (they are frozen for this pass). Under
+        // mixed precision the networks' forwards run under autocast and their outputs come
+        // back in float32 for the losses.
         let noise = noise_of(n);
-        let out = self
-            .g
-            .forward(&Self::input(c, content, style, real, &noise), Mode::TRAIN);
+        let inp = Self::input(c, content, style, real, &noise);
+        let mut out = c.amp.run(dev, || self.g.forward(&inp, Mode::TRAIN));
+        out.image = out.image.to_kind(Kind::Float);
+        out.kld = out.kld.map(|k| k.to_kind(Kind::Float));
         self.d.vs.freeze();
-        let pred = self.d_pass(content, &out.image, real);
+        let pred = to_float(c.amp.run(dev, || self.d_pass(content, &out.image, real)));
         let num_d = pred.len() as f64;
         let mut gan = Tensor::zeros([], (Kind::Float, dev));
         let mut fm = Tensor::zeros([], (Kind::Float, dev));
@@ -220,7 +223,9 @@ impl Gan {
         let gan = gan / num_d;
         let fm = fm / num_d;
         let vgg = if c.loss.lambda_vgg > 0.0 {
-            self.p.loss(&out.image, target)
+            c.amp
+                .run(dev, || self.p.loss(&out.image, target))
+                .to_kind(Kind::Float)
         } else {
             Tensor::zeros([], (Kind::Float, dev))
         };
@@ -251,7 +256,7 @@ impl Gan {
             )));
         }
         self.opt_g.zero_grad();
-        let backward = loss.f_backward();
+        let backward = self.opt_g.scale_loss(&loss).f_backward();
         if let Err(e) = backward {
             self.d.vs.unfreeze();
             return Err(StepError::Failed(Error::msg(format!(
@@ -263,8 +268,12 @@ impl Gan {
         // Discriminator step on a fresh fake (new noise / new z), generated without gradient.
         let noise = noise_of(n);
         let inp = Self::input(c, content, style, real, &noise);
-        let fake = tch::no_grad(|| self.g.forward(&inp, Mode::TRAIN).image);
-        let pred = self.d_pass(content, &fake, real);
+        let fake = tch::no_grad(|| {
+            c.amp
+                .run(dev, || self.g.forward(&inp, Mode::TRAIN).image)
+                .to_kind(Kind::Float)
+        });
+        let pred = to_float(c.amp.run(dev, || self.d_pass(content, &fake, real)));
         let mut d_fake = Tensor::zeros([], (Kind::Float, dev));
         let mut d_real = Tensor::zeros([], (Kind::Float, dev));
         for scale in &pred {
@@ -289,12 +298,20 @@ impl Gan {
             )));
         }
         self.opt_d.zero_grad();
-        d_loss
+        self.opt_d
+            .scale_loss(&d_loss)
             .f_backward()
             .map_err(|e| StepError::Failed(Error::msg(format!("discriminator backward: {e}"))))?;
         self.opt_d.step(lr.1).map_err(failed)?;
         Ok(st)
     }
+}
+
+/// The discriminator's outputs (each scale's features and logits) in float32, for the losses.
+fn to_float(pred: Vec<Vec<Tensor>>) -> Vec<Vec<Tensor>> {
+    pred.into_iter()
+        .map(|scale| scale.into_iter().map(|t| t.to_kind(Kind::Float)).collect())
+        .collect()
 }
 
 /// The networks, config and one batch of the timed TSIT iteration (style transfer, the full
