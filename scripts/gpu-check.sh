@@ -120,6 +120,12 @@ for amp in none bf16 f16; do
     "$runner" plan jem/cifar10-wrn28-10 --device "$device" --steps 5 "jem.amp=$amp" 2>>"$out/log.txt" | tee -a "$out/plan.txt"
 done
 
+echo "== TSIT semantic synthesis at 256x512: float32 against bfloat16 and float16 autocast (tsit.amp), runner plan" | tee -a "$out/log.txt"
+for amp in none bf16 f16; do
+    echo "-- tsit.amp=$amp" | tee -a "$out/plan.txt"
+    "$runner" plan tsit/cityscapes-sis --device "$device" --steps 5 "tsit.amp=$amp" 2>>"$out/log.txt" | tee -a "$out/plan.txt"
+done
+
 echo "== the NCCL backend: all-reduce and broadcast of a CUDA tensor (dist's test)" | tee -a "$out/log.txt"
 if [ -x "$bin/dist-test" ]; then
     "$bin/dist-test" --exact an_nccl_backend_serves_cuda_tensors_or_its_absence_is_said 2>&1 | tail -3 | tee -a "$out/log.txt"

@@ -32,8 +32,9 @@ enum Command {
         /// A run folder (holding spec.yaml) or a sweep folder (holding sweep.json).
         dir: PathBuf,
     },
-    /// A variant's sweep (or run) folder beside its parent's, metric by metric: the means over
-    /// seeds, the difference and whether it exceeds the seed spread.
+    /// A variant's sweep (or run) folder beside its parent's, metric by metric: what the specs
+    /// differ in, which seeds they share, the means over seeds, the difference, Welch's t-test
+    /// and its p-value adjusted by Holm's method over the table (timings and constants left out).
     Compare {
         /// The parent: a sweep or run folder.
         a: PathBuf,

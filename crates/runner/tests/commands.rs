@@ -37,6 +37,14 @@ fn compare_puts_a_variant_beside_its_parent_metric_by_metric() {
         .unwrap_or_else(|| panic!("no acc row: {t}"));
     assert!(acc.matches("(n=2)").count() == 2, "{acc}");
     assert!(acc.ends_with("| yes |") || acc.ends_with("| no |"), "{acc}");
+    // What differs between the specs, the seeds both sides ran, the test; no timing or
+    // constant rows.
+    assert!(t.contains("`jem.optim.lr`: 0.01 → 0.03"), "{t}");
+    assert!(t.contains("Both sides ran the same 2 seed(s)"), "{t}");
+    assert!(t.contains("Welch's t-test") && t.contains("Holm"), "{t}");
+    for timing in ["step_ms", "wall", "_secs", "| classes |"] {
+        assert!(!t.contains(timing), "`{timing}` compared: {t}");
+    }
     // A run folder against a sweep, and a folder that is neither.
     let run_a = a.join("seed=0");
     assert!(runner(
