@@ -760,10 +760,11 @@ impl RunContext {
         self.tensorboard = None;
         if self.header.tensorboard {
             let mut tb = crate::tensorboard::EventFile::new(&self.dir.join("tensorboard"))?;
+            let base = self.started_unix();
             for r in &kept {
                 for (k, v) in &r.values {
                     if let Some(v) = v.as_f64() {
-                        tb.scalar(k, r.step, v, r.wall)?;
+                        tb.scalar(k, r.step, v, base + r.wall)?;
                     }
                 }
             }
@@ -778,7 +779,7 @@ impl RunContext {
     /// Adds the run's figures (`figures/*.png`) to its event file as images at its last step.
     fn figures_to_tensorboard(&mut self) -> Result<()> {
         let step = read_metrics(&self.dir).last().map_or(0, |r| r.step);
-        let wall = self.wall();
+        let wall = self.started_unix() + self.wall();
         let mut pngs: Vec<PathBuf> = fs::read_dir(self.figures())
             .into_iter()
             .flatten()
@@ -835,12 +836,32 @@ impl RunContext {
         let f = self.metrics.as_mut().expect("begin opened it");
         let path = self.dir.join("metrics.jsonl");
         writeln!(f, "{line}").map_err(|e| Error::Io(path, e))?;
+        let base = self.started_unix();
         if let Some(tb) = self.tensorboard.as_mut() {
-            for (k, v) in values {
-                tb.scalar(k, step, *v, rec.wall)?;
+            // A term this run does not compute (NaN) is no point of a curve.
+            for (k, v) in values.iter().filter(|(_, v)| !v.is_nan()) {
+                tb.scalar(k, step, *v, base + rec.wall)?;
             }
         }
         Ok(())
+    }
+
+    /// The run's start (`run.json`'s `started`) in seconds since 1970, the origin of the
+    /// event file's wall times (so TensorBoard's wall axis shows the run's real dates); 0 when
+    /// it does not read as a time stamp.
+    fn started_unix(&self) -> f64 {
+        // `utc_stamp`'s form: 2026-12-07T14-26-09Z.
+        let s = &self.info.started;
+        let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i32>().ok();
+        let parsed = (|| {
+            let month = time::Month::try_from(u8::try_from(num(5..7)?).ok()?).ok()?;
+            let date = time::Date::from_calendar_date(num(0..4)?, month, num(8..10)? as u8).ok()?;
+            let t =
+                time::Time::from_hms(num(11..13)? as u8, num(14..16)? as u8, num(17..19)? as u8)
+                    .ok()?;
+            Some(date.with_time(t).assume_utc().unix_timestamp() as f64)
+        })();
+        parsed.unwrap_or(0.0)
     }
 
     /// A progress display for `total` steps starting at `done`.

@@ -63,8 +63,13 @@ fn compare_puts_a_variant_beside_its_parent_metric_by_metric() {
 fn tensorboard_reads_back_the_metrics_and_figures_a_run_writes() {
     let d = setup();
     let p = d.path();
+    // The JEM arm, and the base arm, which logs NaN for the terms it does not compute: those
+    // are no curves.
     let o = runner(p, &["run", "t/tiny", "--out", "out"]);
     assert!(o.status.success(), "{}", text(&o));
+    let o = runner(p, &["run", "t/tiny", "--out", "base", "jem.arm=base"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let base = runs_under(&p.join("base/tiny")).remove(0);
     let run = &runs_under(&p.join("out/tiny"))[0];
     assert!(run.join("tensorboard").is_dir());
     let python = python();
@@ -91,6 +96,10 @@ for k, pts in want.items():
     assert [s for s, _ in got] == [s for s, _ in pts], k
     for (_, a), (_, b) in zip(got, pts):
         assert math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-30), (k, a, b)
+    # Real times: the run's start and after (not seconds since 1970).
+    import time
+    walls = [e.wall_time for e in ea.Scalars(k)]
+    assert all(time.time() - 86400 < w < time.time() + 60 for w in walls), (k, walls[:3])
 import os
 figs = sorted(f[:-4] for f in os.listdir(run + "/figures") if f.endswith(".png"))
 assert figs and sorted(t.split("/", 1)[1] for t in tags["images"]) == figs, (tags["images"], figs)
@@ -98,13 +107,15 @@ img = ea.Images(tags["images"][0])[0]
 assert img.width > 0 and img.height > 0 and img.encoded_image_string[:4] == b"\x89PNG"
 print(f"{len(want)} scalars and {len(figs)} figures read back")
 "#;
-    let o = Command::new(&python)
-        .arg("-c")
-        .arg(script)
-        .arg(run)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", text(&o));
+    for r in [run, &base] {
+        let o = Command::new(&python)
+            .arg("-c")
+            .arg(script)
+            .arg(r)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}: {}", r.display(), text(&o));
+    }
     // Switched off, no event file.
     let o = runner(
         p,
