@@ -404,6 +404,11 @@ pub fn open_regular(path: &Path) -> Result<fs::File> {
         .custom_flags(libc::O_NONBLOCK)
         .open(path)
         .map_err(|e| Error::Io(path.to_path_buf(), e))?;
+    regular(f, path)
+}
+
+/// `f` (opened from `path`) if it is a regular file; an error naming `path` otherwise.
+fn regular(f: fs::File, path: &Path) -> Result<fs::File> {
     let md = f.metadata().map_err(|e| Error::Io(path.to_path_buf(), e))?;
     if !md.is_file() {
         return Err(Error::Corrupt(
@@ -438,14 +443,7 @@ pub fn open_append(path: &Path) -> Result<fs::File> {
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(path)
         .map_err(|e| Error::Io(path.to_path_buf(), e))?;
-    let md = f.metadata().map_err(|e| Error::Io(path.to_path_buf(), e))?;
-    if !md.is_file() {
-        return Err(Error::Corrupt(
-            path.to_path_buf(),
-            "not a regular file".into(),
-        ));
-    }
-    Ok(f)
+    regular(f, path)
 }
 
 /// Appends `bytes` to `path` ([`open_append`]).

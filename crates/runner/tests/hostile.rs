@@ -17,25 +17,6 @@ fn run_id(run: &Path) -> String {
     v["id"].as_str().unwrap().to_string()
 }
 
-/// A finished `t/tiny` run turned back into one interrupted after step `keep`: later
-/// checkpoints, the summary, the report and the marker removed.
-fn unfinish(run: &Path, keep: u64) {
-    for f in ["summary.json", "report.md", "metrics.csv", "finished"] {
-        let _ = fs::remove_file(run.join(f));
-    }
-    for e in fs::read_dir(run.join("checkpoints")).unwrap().flatten() {
-        let name = e.file_name().into_string().unwrap();
-        let step: u64 = name
-            .trim_start_matches("step-")
-            .trim_end_matches(".safetensors")
-            .parse()
-            .unwrap();
-        if step > keep {
-            fs::remove_file(e.path()).unwrap();
-        }
-    }
-}
-
 /// Replaces the first `from` in a safetensors file's JSON header by `to` (same length).
 fn edit_header(p: &Path, from: &str, to: &str) {
     assert_eq!(from.len(), to.len());

@@ -68,6 +68,16 @@ fn max_diff(a: &Path, b: &Path, prefix: &str) -> f64 {
     worst
 }
 
+/// A TCP port free on 127.0.0.1 now, as text for `MASTER_PORT`.
+fn free_port() -> String {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string()
+}
+
 fn checkpoint(run: &Path, step: u64) -> PathBuf {
     run.join(format!("checkpoints/step-{step:09}.safetensors"))
 }
@@ -184,12 +194,7 @@ fn a_rank_killed_stops_the_other_and_the_run_resumes_to_the_same_weights() {
 fn a_rank_that_cannot_reach_the_store_fails_clearly_within_its_timeout() {
     let d = setup();
     let p = d.path();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-        .to_string();
+    let port = free_port();
     let t0 = Instant::now();
     let o = runner_env(
         p,
@@ -648,12 +653,7 @@ fn two_ranks_of_robust_transfer_killed_in_the_transfers_resume_to_the_same_resul
 fn a_missing_rank_fails_loudly_within_the_join_timeout() {
     let d = setup();
     let p = d.path();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-        .to_string();
+    let port = free_port();
     let args = ["run", "t/tiny", "--out", "x", "--threads", "1"];
     // Rank 0 alone (the other rank never started), from torchrun's variables and from Slurm's
     // (a plain `runner run` inside a 2-task allocation), and a world far larger than started.

@@ -31,28 +31,9 @@ fn run_names(sweep: &Path) -> Vec<String> {
     v
 }
 
-/// A finished run turned back into one interrupted at step `keep` (see hostile.rs).
-fn unfinish(run: &Path, keep: u64) {
-    for f in ["summary.json", "report.md", "metrics.csv", "finished"] {
-        let _ = fs::remove_file(run.join(f));
-    }
-    for e in fs::read_dir(run.join("checkpoints")).unwrap().flatten() {
-        let name = e.file_name().into_string().unwrap();
-        if let Some(step) = name
-            .strip_prefix("step-")
-            .and_then(|s| s.strip_suffix(".safetensors"))
-            .and_then(|s| s.parse::<u64>().ok())
-        {
-            if step > keep {
-                fs::remove_file(e.path()).unwrap();
-            }
-        }
-    }
-}
-
-/// Runs the runner with a deadline: its output, or a failure naming the command if it hangs.
-fn runner_within(p: &Path, args: &[&str], secs: u64) -> std::process::Output {
-    let child = runner_command(p, args)
+/// Runs `c` with a deadline of `secs`: its output, or a failure naming `what` if it hangs.
+fn output_within(c: &mut std::process::Command, secs: u64, what: &str) -> std::process::Output {
+    let child = c
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -60,11 +41,7 @@ fn runner_within(p: &Path, args: &[&str], secs: u64) -> std::process::Output {
     let mut child = Reaper(child);
     let deadline = Instant::now() + Duration::from_secs(secs);
     while child.try_wait().unwrap().is_none() {
-        assert!(
-            Instant::now() < deadline,
-            "`runner {}` hangs",
-            args.join(" ")
-        );
+        assert!(Instant::now() < deadline, "`{what}` hangs");
         std::thread::sleep(Duration::from_millis(50));
     }
     let c = std::mem::replace(
@@ -72,6 +49,15 @@ fn runner_within(p: &Path, args: &[&str], secs: u64) -> std::process::Output {
         std::process::Command::new("true").spawn().unwrap(),
     );
     c.wait_with_output().unwrap()
+}
+
+/// The runner in `p` with `args`, within `secs` ([`output_within`]).
+fn runner_within(p: &Path, args: &[&str], secs: u64) -> std::process::Output {
+    output_within(
+        &mut runner_command(p, args),
+        secs,
+        &format!("runner {}", args.join(" ")),
+    )
 }
 
 #[test]
@@ -366,27 +352,11 @@ fn data_that_is_not_a_regular_file_of_bounded_size_is_refused_at_once() {
         c
     };
     let output_within = |args: &[&str]| {
-        let mut child = Reaper(
-            with_data(args)
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .unwrap(),
-        );
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while child.try_wait().unwrap().is_none() {
-            assert!(
-                Instant::now() < deadline,
-                "`runner {}` hangs",
-                args.join(" ")
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let c = std::mem::replace(
-            &mut child.0,
-            std::process::Command::new("true").spawn().unwrap(),
-        );
-        c.wait_with_output().unwrap()
+        output_within(
+            &mut with_data(args),
+            60,
+            &format!("runner {}", args.join(" ")),
+        )
     };
     // A FIFO, a link to /dev/zero, a sparse file beyond the bound, a file with the wrong
     // checksum: `data --check` says what is wrong (never "present"), a run refuses it.

@@ -367,3 +367,23 @@ pub fn error_lines(o: &Output) -> Vec<String> {
         .map(String::from)
         .collect()
 }
+
+/// A finished `t/tiny` run turned back into one interrupted after step `keep`: later step
+/// checkpoints, the summary, the report and the marker removed.
+pub fn unfinish(run: &Path, keep: u64) {
+    for f in ["summary.json", "report.md", "metrics.csv", "finished"] {
+        let _ = fs::remove_file(run.join(f));
+    }
+    for e in fs::read_dir(run.join("checkpoints")).unwrap().flatten() {
+        let name = e.file_name().into_string().unwrap();
+        if let Some(step) = name
+            .strip_prefix("step-")
+            .and_then(|s| s.strip_suffix(".safetensors"))
+            .and_then(|s| s.parse::<u64>().ok())
+        {
+            if step > keep {
+                fs::remove_file(e.path()).unwrap();
+            }
+        }
+    }
+}
