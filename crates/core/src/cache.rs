@@ -143,7 +143,7 @@ fn once_waiting(file: &Path, wait_secs: f64, produce: impl FnOnce() -> Result<()
                     )));
                 }
                 if said.is_none_or(|t| t.elapsed().as_secs() >= 300) {
-                    eprintln!(
+                    crate::note!(
                         "waiting for {} ({who} is producing {})",
                         lock.display(),
                         file.display()

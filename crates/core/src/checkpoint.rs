@@ -629,7 +629,7 @@ impl CheckpointDir {
                         "skipping checkpoint {}: {e}; trying the previous one",
                         path.display()
                     );
-                    eprintln!(
+                    crate::note!(
                         "warning: skipping checkpoint {}: {e}; trying the previous one",
                         path.display()
                     );

@@ -10,6 +10,17 @@ use tracing_subscriber::fmt::MakeWriter;
 
 static LOG_FILE: Mutex<Option<File>> = Mutex::new(None);
 
+/// `eprintln!` that never fails: a line for a stderr whose reader has gone (`runner run … 2>&1 |
+/// head -2`) is dropped instead of panicking, so progress and messages can neither fail nor stop
+/// a run. Every message the runner and the papers print to stderr goes through it.
+#[macro_export]
+macro_rules! note {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), $($t)*);
+    }};
+}
+
 /// Installs the global subscriber (once; later calls do nothing).
 pub fn init() {
     let _ = tracing_subscriber::fmt()
@@ -45,7 +56,8 @@ impl Write for EventWriter {
             f.write_all(buf)?;
         }
         if self.to_stderr {
-            io::stderr().write_all(buf)?;
+            // A closed stderr (its reader gone) loses the line, never the run.
+            let _ = io::stderr().write_all(buf);
         }
         Ok(buf.len())
     }

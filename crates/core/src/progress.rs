@@ -66,7 +66,7 @@ impl Progress {
             } else {
                 String::new()
             };
-            eprintln!("[{label}] {total} steps{from}: started");
+            crate::note!("[{label}] {total} steps{from}: started");
         }
         Progress {
             bar,
@@ -114,7 +114,7 @@ impl Progress {
             } else {
                 0.0
             };
-            eprintln!(
+            crate::note!(
                 "[{}] step {step}/{} ({:.0}%) {rate:.2} it/s, elapsed {}, eta {} {msg}",
                 self.label,
                 self.total,

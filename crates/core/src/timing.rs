@@ -10,7 +10,7 @@ pub fn device_from_env() -> Device {
     match std::env::var("REPRISE_DEVICE").as_deref() {
         Ok("cpu") => Device::Cpu,
         Ok("cuda") if !tch::Cuda::is_available() => {
-            eprintln!("REPRISE_DEVICE=cuda, but CUDA is not available to this binary");
+            crate::note!("REPRISE_DEVICE=cuda, but CUDA is not available to this binary");
             std::process::exit(1)
         }
         _ => Device::cuda_if_available(),

@@ -51,7 +51,7 @@ impl Steps {
     ) -> Result<Steps> {
         if step > 0 {
             tracing::info!("resuming from step {step}");
-            eprintln!("resuming from step {step}");
+            crate::note!("resuming from step {step}");
         }
         let par = ctx.parallel();
         for vs in vars {

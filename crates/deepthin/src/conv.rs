@@ -455,7 +455,7 @@ impl Exec<'_, '_> {
         let text: String = ck.get("log")?;
         *log = serde_json::from_str(&text).map_err(|e| Error::msg(e.to_string()))?;
         tracing::info!("resuming {name} at its step {local}");
-        eprintln!("resuming {name} at its step {local}");
+        reprise_core::note!("resuming {name} at its step {local}");
         Ok(Entry::From(local))
     }
 
@@ -996,9 +996,10 @@ pub fn run(ctx: &mut RunContext, c: &Config) -> Result<()> {
         // Rank 0's teacher (trained, read from its file, or restored) on every rank.
         par.broadcast_vars(&b.vs)?;
         let (top1, top5) = evaluate(b, &p)?;
-        eprintln!(
+        reprise_core::note!(
             "teacher ({}-{}): top-1 {top1:.2}, top-5 {top5:.2}",
-            c.arch.depth, c.arch.wide
+            c.arch.depth,
+            c.arch.wide
         );
         teacher_metrics = Some((top1, top5, t0.elapsed().as_secs_f64()));
     }
@@ -1095,7 +1096,7 @@ mod tests {
         assert_eq!(count(&wide.params()), 223_439_144);
         let x = Tensor::randn([2, 3, 32, 32], (Kind::Float, Device::Cpu));
         let z = tch::no_grad(|| wide.forward(&x, false));
-        eprintln!(
+        reprise_core::note!(
             "eval logits at init: max |z| = {}",
             z.abs().max().double_value(&[])
         );

@@ -271,9 +271,10 @@ pub(crate) fn run(ctx: &mut RunContext, c: &Config) -> Result<()> {
     });
     let teacher_acc = train::test_accuracy(teacher.net(), &d);
     let teacher_seq_acc = train::test_sequence_accuracy(teacher.net(), &d);
-    eprintln!(
+    reprise_core::note!(
         "teacher (depth {}, width {}): test accuracy {teacher_acc:.2}",
-        c.arch.depth, c.arch.wide
+        c.arch.depth,
+        c.arch.wide
     );
     let mut arms: Ledger<ArmResult> = Ledger::open(ctx, ARMS)?;
     let todo = c.arms_here();

@@ -427,7 +427,7 @@ fn load_weights(
         .vs
         .save(ctx.dir().join("model.safetensors"))
         .map_err(|e| Error::msg(format!("cannot write model.safetensors: {e}")))?;
-    eprintln!("evaluating {from} (no training)");
+    reprise_core::note!("evaluating {from} (no training)");
     tracing::info!("evaluating {from} (no training)");
     Ok(())
 }

@@ -373,7 +373,7 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
             }
             (_, false) => "backbone (the head is not used: transfers only)".to_string(),
         };
-        eprintln!("source {what} loaded from {}", f.display());
+        reprise_core::note!("source {what} loaded from {}", f.display());
         tracing::info!("source {what} loaded from {}", f.display());
         net.save(&src_file)?;
         ctx.begin(0)?;
@@ -389,7 +389,7 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
     let mut source: Record<SourceMetrics> = Record::open(ctx, "source.json")?;
     if let Some(splits) = &splits {
         source.stage(|| {
-            eprintln!(
+            reprise_core::note!(
                 "evaluating the source on {} holdout examples",
                 splits.1.len()
             );

@@ -145,10 +145,10 @@ fn watch_launcher() -> Result<()> {
         while std::os::unix::process::parent_id() == pid {
             std::thread::sleep(Duration::from_millis(200));
         }
-        eprintln!("the launcher (pid {pid}) has gone: checkpointing and stopping");
+        reprise_core::note!("the launcher (pid {pid}) has gone: checkpointing and stopping");
         stop.store(true, std::sync::atomic::Ordering::SeqCst);
         std::thread::sleep(grace);
-        eprintln!(
+        reprise_core::note!(
             "still running {:.0?} after the launcher went: ending this rank",
             grace
         );
@@ -196,7 +196,7 @@ pub fn share_run(par: &Parallel, dir: Option<&Path>) -> Result<Option<Scratch>> 
                         .into_bytes(),
                 ),
                 (Err(e), _) | (_, Err(e)) => {
-                    eprintln!("error: {e:#}");
+                    reprise_core::note!("error: {e:#}");
                     None
                 }
             }
@@ -309,7 +309,7 @@ pub fn launch_local(nproc: usize, threads: Option<usize>) -> Result<()> {
             }
         }
     }
-    eprintln!("data-parallel: {nproc} ranks on 127.0.0.1:{port}, {per} threads each");
+    reprise_core::note!("data-parallel: {nproc} ranks on 127.0.0.1:{port}, {per} threads each");
     let interrupt = reprise_core::run::interrupt_flag();
     let _checked = reprise_core::run::StopChecked::new();
     let mut forwarded = false;
@@ -333,7 +333,7 @@ pub fn launch_local(nproc: usize, threads: Option<usize>) -> Result<()> {
                 .filter(|&r| status[r].is_none())
                 .map(|r| r.to_string())
                 .collect();
-            eprintln!(
+            reprise_core::note!(
                 "rank(s) {} still running {:.0?} after SIGTERM (REPRISE_STOP_GRACE_SECS): killing them",
                 left.join(", "),
                 grace

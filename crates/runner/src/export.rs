@@ -29,11 +29,11 @@ pub fn export(run: &Path, out: &Path) -> Result<()> {
     let newest = reprise_core::run::final_checkpoint(run).ok();
     if !finished {
         match &newest {
-            Some((step, _)) => eprintln!(
+            Some((step, _)) => reprise_core::note!(
                 "warning: {} has not finished: exporting its networks as they were at its last checkpoint (step {step})",
                 run.display()
             ),
-            None => eprintln!("warning: {} has not finished", run.display()),
+            None => reprise_core::note!("warning: {} has not finished", run.display()),
         }
     }
     let step = newest.as_ref().map(|(s, _)| *s);
@@ -99,7 +99,7 @@ pub fn export(run: &Path, out: &Path) -> Result<()> {
             format!("{}.pt", e.name),
             json!({ "from": from, "tensors": dict.len() }),
         );
-        eprintln!(
+        reprise_core::note!(
             "wrote {} ({} tensors, from {from})",
             dest.display(),
             dict.len()
@@ -143,6 +143,6 @@ pub fn export(run: &Path, out: &Path) -> Result<()> {
         &out.join("config.json"),
         serde_json::to_string_pretty(&config)?.as_bytes(),
     )?;
-    eprintln!("wrote {}", out.join("config.json").display());
+    reprise_core::note!("wrote {}", out.join("config.json").display());
     Ok(())
 }

@@ -73,7 +73,7 @@ fn main() -> ExitCode {
                     std::process::exit(130);
                 }
                 flag.store(true, std::sync::atomic::Ordering::SeqCst);
-                eprintln!(
+                reprise_core::note!(
                     "stopping after this step, with a checkpoint (a second signal stops at once)"
                 );
             }
@@ -103,10 +103,10 @@ fn main() -> ExitCode {
                     Some(reprise_core::Error::Interrupted { .. })
                 )
             {
-                eprintln!("{e}");
+                reprise_core::note!("{e}");
                 return ExitCode::from(130);
             }
-            eprintln!("error: {e:#}");
+            reprise_core::note!("error: {e:#}");
             ExitCode::FAILURE
         }
     }

@@ -73,7 +73,7 @@ impl Slots {
                 )));
             }
             if !announced {
-                eprintln!("waiting for a free core ({})", self.path.display());
+                reprise_core::note!("waiting for a free core ({})", self.path.display());
                 announced = true;
             }
             std::thread::sleep(Duration::from_millis(100));

