@@ -106,19 +106,11 @@ pub fn once(file: &Path, produce: impl FnOnce() -> Result<()>) -> Result<bool> {
 /// [`once`], waiting at most `wait_secs` for another process's lock.
 fn once_waiting(file: &Path, wait_secs: f64, produce: impl FnOnce() -> Result<()>) -> Result<bool> {
     use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
     let lock = file.with_extension("lock");
     if let Some(d) = file.parent() {
         std::fs::create_dir_all(d).map_err(|e| Error::Io(d.to_path_buf(), e))?;
     }
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(&lock)
-        .map_err(|e| Error::Io(lock.clone(), e))?;
+    let mut f = crate::checkpoint::open_lock_file(&lock)?;
     let limit = std::time::Duration::from_secs_f64(wait_secs);
     let started = std::time::Instant::now();
     let mut said = None::<std::time::Instant>;

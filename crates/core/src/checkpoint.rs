@@ -446,6 +446,21 @@ pub fn open_append(path: &Path) -> Result<fs::File> {
     regular(f, path)
 }
 
+/// Opens (making it if missing) the lock file `path` for reading and writing, its content kept:
+/// a link planted there is refused, not followed (its target would be rewritten), and a FIFO is
+/// not waited on. The caller takes the kernel's lock on it (`File::try_lock`).
+pub fn open_lock_file(path: &Path) -> Result<fs::File> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| Error::Io(path.to_path_buf(), e))
+}
+
 /// Appends `bytes` to `path` ([`open_append`]).
 pub fn append_to(path: &Path, bytes: &[u8]) -> Result<()> {
     open_append(path)?

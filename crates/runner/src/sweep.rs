@@ -216,16 +216,9 @@ struct FolderLock(#[allow(dead_code)] std::fs::File);
 /// Takes the folder's lock, or says which process holds it.
 fn lock_folder(dir: &Path, what: &str) -> Result<FolderLock> {
     use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
     let path = dir.join(".lock");
     // A link planted as `.lock` is refused, not followed (its target would be truncated).
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(&path)
+    let mut f = reprise_core::checkpoint::open_lock_file(&path)
         .with_context(|| format!("cannot open {}", path.display()))?;
     match f.try_lock() {
         Ok(()) => {
