@@ -64,6 +64,7 @@ fn main() {
     println!("cargo:rerun-if-changed=shim/nccl.cpp");
     println!("cargo:rerun-if-changed=shim/group.h");
     println!("cargo:rerun-if-changed=shim/syncbn.cpp");
+    println!("cargo:rerun-if-changed=shim/reducer.cpp");
     println!("cargo:rerun-if-env-changed=REPRISE_CUDA_INCLUDE");
     let has_cuda = lib.join("libtorch_cuda.so").exists();
     let nccl = if has_cuda {
@@ -96,6 +97,7 @@ fn main() {
     build
         .file("shim/dist.cpp")
         .file("shim/syncbn.cpp")
+        .file("shim/reducer.cpp")
         .include("vendor")
         .define("USE_C10D_GLOO", None);
     if nccl.is_some() {

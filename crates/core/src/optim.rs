@@ -2,7 +2,7 @@
 //! checkpoints (tch's built-in optimizers cannot save theirs), and learning-rate schedules.
 
 use crate::checkpoint::Checkpoint;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::parallel::Parallel;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -90,6 +90,10 @@ pub struct Optimizer {
     state: Vec<Vec<State>>,
     scaler: Option<LossScaler>,
     ranks: Option<Arc<Parallel>>,
+    /// DDP's engine over the parameters, made at the first data-parallel backward.
+    reducer: Option<dist::Reducer>,
+    /// Whether the gradients of the coming step were averaged during their backward.
+    synced: bool,
 }
 
 /// A dynamic loss scale for float16 training, as `torch.amp.GradScaler` keeps it: the loss is
@@ -166,15 +170,18 @@ impl Optimizer {
             state,
             scaler: None,
             ranks: None,
+            reducer: None,
+            synced: false,
         }
     }
 
     /// Trains data-parallel over the ranks of `par`, as PyTorch's DistributedDataParallel
-    /// does: [`Optimizer::step`] first replaces every parameter's gradient by its mean over the
-    /// ranks ([`Parallel::average_grads`], in size-capped buckets), taking the parameters in the
-    /// order of the groups and of their parameters, which every rank builds alike. A training
-    /// step then needs no collective of its own for the gradients; with one process nothing
-    /// changes.
+    /// does: every parameter's gradient is replaced by its mean over the ranks, during the
+    /// backward of [`Optimizer::backward`] by DDP's own engine (c10d's `Reducer`, the
+    /// default [`crate::parallel::GradSync`]), or else at the start of [`Optimizer::step`]
+    /// ([`Parallel::average_grads`], in size-capped buckets), taking the parameters in the order
+    /// of the groups and of their parameters, which every rank builds alike. A training step
+    /// then needs no collective of its own for the gradients; with one process nothing changes.
     pub fn data_parallel(mut self, par: Arc<Parallel>) -> Optimizer {
         self.ranks = Some(par);
         self
@@ -199,6 +206,35 @@ impl Optimizer {
             Some(s) => loss * s.scale,
             None => loss.shallow_clone(),
         }
+    }
+
+    /// The backward pass of a training step's `loss`: scaled by the loss scaler, if any
+    /// ([`Optimizer::scale_loss`]); data-parallel, with the gradients averaged over the ranks
+    /// while it runs ([`Optimizer::data_parallel`]). An autograd error is an error, not a
+    /// panic. Every rank must call it alike; [`Optimizer::step`] follows.
+    pub fn backward(&mut self, loss: &Tensor) -> Result<()> {
+        let scaled = self.scale_loss(loss);
+        if let Some(par) = self.ranks.as_ref().filter(|p| p.world() > 1) {
+            if self.reducer.is_none() {
+                self.reducer = par.reducer(&self.params())?;
+            }
+            if let Some(r) = self.reducer.as_mut() {
+                r.prepare(&[&scaled])
+                    .map_err(|e| Error::msg(format!("data-parallel: DDP's Reducer: {}", e.0)))?;
+                self.synced = true;
+            }
+        }
+        scaled
+            .f_backward()
+            .map_err(|e| Error::msg(format!("the backward pass failed: {e}")))
+    }
+
+    /// Every parameter, in the order of the groups and of their parameters.
+    fn params(&self) -> Vec<Tensor> {
+        self.groups
+            .iter()
+            .flat_map(|g| g.params.iter().map(|(_, p)| p.shallow_clone()))
+            .collect()
     }
 
     /// One group: every trainable variable of a VarStore, named as in the store.
@@ -226,15 +262,14 @@ impl Optimizer {
 
     /// Applies one update with base learning rate `lr`; parameters without a gradient are skipped.
     /// Data-parallel ([`Optimizer::data_parallel`]), the gradients are first averaged over the
-    /// ranks, which fails only when another rank has stopped.
+    /// ranks where [`Optimizer::backward`] did not already, which fails only when another rank
+    /// has stopped.
     pub fn step(&mut self, lr: f64) -> Result<()> {
+        let synced = std::mem::take(&mut self.synced);
         if let Some(par) = self.ranks.as_ref().filter(|p| p.world() > 1) {
-            let params: Vec<Tensor> = self
-                .groups
-                .iter()
-                .flat_map(|g| g.params.iter().map(|(_, p)| p.shallow_clone()))
-                .collect();
-            par.average_grads(&params)?;
+            if !synced {
+                par.average_grads(&self.params())?;
+            }
         }
         if let Some(sc) = self.scaler.as_mut() {
             let grads: Vec<Tensor> = self

@@ -5,9 +5,11 @@
 //! ([`Parallel::shard`]); randomness drawn inside a step (SGLD noise, PGD starts, replay-buffer
 //! draws) is drawn for the global batch, identically on every rank, and sliced the same way, so
 //! that the union over the ranks is what one process would draw. After each backward the
-//! gradients are averaged over the ranks ([`Parallel::average_grads`], in size-capped buckets
-//! as PyTorch's DistributedDataParallel does) before the optimizer step, by the optimizer
-//! itself ([`crate::optim::Optimizer::data_parallel`]); with equal shards the
+//! gradients are averaged over the ranks by the optimizer itself
+//! ([`crate::optim::Optimizer::data_parallel`]): by default during the backward, by
+//! DistributedDataParallel's own engine (c10d's `Reducer`, [`GradSync::Reducer`]), whose
+//! buckets' all-reduces overlap the rest of the backward; or after it
+//! ([`GradSync::AfterBackward`], [`Parallel::average_grads`]). With equal shards the
 //! average of the per-shard mean losses' gradients is the gradient of the global batch's mean
 //! loss. Rank 0 alone writes the run folder; the others write nothing (their context discards)
 //! and receive rank 0's checkpoint when the run resumes ([`Parallel::share_checkpoint`]).
@@ -24,7 +26,45 @@ pub struct Parallel {
     rank: usize,
     world: usize,
     nccl: bool,
+    sync: GradSync,
     group: Option<Mutex<dist::ProcessGroup>>,
+}
+
+/// When a data-parallel step averages the gradients over the ranks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GradSync {
+    /// During the backward, by DistributedDataParallel's engine (c10d's `Reducer`, DDP's
+    /// default buckets): each bucket's all-reduce starts as soon as its gradients are in, so
+    /// communication overlaps the rest of the backward. The default.
+    Reducer,
+    /// After the backward, before the optimizer step, in size-capped buckets
+    /// ([`Parallel::average_grads`]): no overlap.
+    AfterBackward,
+}
+
+impl GradSync {
+    /// The environment's choice, `REPRISE_GRAD_SYNC=reducer|after-backward` (default
+    /// `reducer`).
+    pub fn from_env() -> Result<GradSync> {
+        match std::env::var("REPRISE_GRAD_SYNC") {
+            Err(_) => Ok(GradSync::Reducer),
+            Ok(v) => match v.as_str() {
+                "" | "reducer" => Ok(GradSync::Reducer),
+                "after-backward" => Ok(GradSync::AfterBackward),
+                other => Err(Error::msg(format!(
+                    "REPRISE_GRAD_SYNC={other:?}: expected `reducer` or `after-backward`"
+                ))),
+            },
+        }
+    }
+
+    /// Its name, as `run.json` records it.
+    pub fn name(self) -> &'static str {
+        match self {
+            GradSync::Reducer => "reducer",
+            GradSync::AfterBackward => "after-backward",
+        }
+    }
 }
 
 impl std::fmt::Debug for Parallel {
@@ -46,18 +86,50 @@ impl Parallel {
             rank: 0,
             world: 1,
             nccl: false,
+            sync: GradSync::Reducer,
             group: None,
         }
     }
 
-    /// The ranks of a joined process group.
+    /// The ranks of a joined process group, averaging the gradients with DDP's `Reducer`.
     pub fn of(group: dist::ProcessGroup) -> Parallel {
         Parallel {
             rank: group.rank(),
             world: group.world(),
             nccl: group.nccl(),
+            sync: GradSync::Reducer,
             group: Some(Mutex::new(group)),
         }
+    }
+
+    /// The same ranks, averaging the gradients as `sync` says.
+    pub fn with_grad_sync(mut self, sync: GradSync) -> Parallel {
+        self.sync = sync;
+        self
+    }
+
+    /// When the gradients are averaged over the ranks.
+    pub fn grad_sync(&self) -> GradSync {
+        self.sync
+    }
+
+    /// DDP's gradient engine over `params` (those that require gradients), for an optimizer
+    /// that averages during the backward; `None` for one process or
+    /// [`GradSync::AfterBackward`].
+    pub fn reducer(&self, params: &[Tensor]) -> Result<Option<dist::Reducer>> {
+        if self.world == 1 || self.sync != GradSync::Reducer {
+            return Ok(None);
+        }
+        let trained: Vec<Tensor> = params
+            .iter()
+            .filter(|p| p.requires_grad())
+            .map(Tensor::shallow_clone)
+            .collect();
+        if trained.is_empty() {
+            return Ok(None);
+        }
+        self.with(|g| g.reducer(&trained, dist::ReducerOptions::default()))
+            .transpose()
     }
 
     /// This process's rank.
@@ -400,6 +472,7 @@ mod tests {
             rank: 1,
             world: 2,
             nccl: false,
+            sync: GradSync::Reducer,
             group: None,
         };
         assert_eq!(p.rows(8).unwrap(), (4, 4));
@@ -424,6 +497,7 @@ mod tests {
             rank: 1,
             world: 2,
             nccl: false,
+            sync: GradSync::Reducer,
             group: None,
         };
         let s = p.shard_batch([&x, &y]).unwrap();

@@ -281,6 +281,10 @@ pub struct World {
     pub size: usize,
     /// The collectives' backend: `gloo`, or `gloo+nccl` (NCCL for CUDA tensors).
     pub backend: String,
+    /// When the gradients are averaged: `reducer` (during the backward, by DDP's engine) or
+    /// `after-backward` (absent in run folders of earlier versions, which averaged after it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grad_sync: Option<String>,
 }
 
 impl World {
@@ -289,6 +293,7 @@ impl World {
         (par.world() > 1).then(|| World {
             size: par.world(),
             backend: par.backend().to_string(),
+            grad_sync: Some(par.grad_sync().name().to_string()),
         })
     }
 }

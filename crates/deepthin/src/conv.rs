@@ -556,11 +556,6 @@ impl Exec<'_, '_> {
     }
 }
 
-fn backward(loss: &Tensor) -> Result<()> {
-    loss.f_backward()
-        .map_err(|e| Error::msg(format!("the backward pass failed: {e}")))
-}
-
 /// The mean squared error, in float32 under autocast too (as `mse_loss` is autocast's; a
 /// no-op on float32 inputs).
 fn mse(a: &Tensor, b: &Tensor) -> Tensor {
@@ -637,7 +632,7 @@ fn run_phase(
             // The forwards and the loss under autocast with `amp` (the loss in float32).
             let l = amp.try_forward(dev, || loss(x, y))?;
             opt.zero_grad();
-            backward(&opt.scale_loss(&batch.weigh(l.shallow_clone())))?;
+            opt.backward(&batch.weigh(l.shallow_clone()))?;
             opt.step(sched.lr(lr, step, warm))?;
             Ok(l.double_value(&[]))
         },

@@ -160,10 +160,7 @@ pub fn plan(tree: &SpecTree, dev: Device, steps: usize, ranks: usize) -> Result<
                         .cross_entropy_for_logits(&y)
                 });
                 opt.zero_grad();
-                opt.scale_loss(&loss)
-                    .f_backward()
-                    .map_err(|e| Error::msg(e.to_string()))
-                    .and_then(|()| opt.step(stage.lr))
+                opt.backward(&loss).and_then(|()| opt.step(stage.lr))
             }
             Timed::InMemory(m) => {
                 train_step(m.net(), &mut opt, &x, &y, Loss::Ce, stage.lr).map(|_| ())

@@ -247,12 +247,6 @@ pub(crate) fn kd_loss(student: &Tensor, teacher: &Tensor, t: f64) -> Tensor {
         * (t * t)
 }
 
-/// The backward pass of `loss`: an autograd error is an error, not a panic.
-fn backward(loss: &Tensor) -> Result<()> {
-    loss.f_backward()
-        .map_err(|e| Error::msg(format!("the backward pass failed: {e}")))
-}
-
 /// An error of a stage's step, naming the stage and the step.
 fn at_step(what: &str, step: u64) -> impl Fn(Error) -> Error + '_ {
     move |e| Error::msg(format!("{what}, step {step}: {e}"))
@@ -286,7 +280,7 @@ fn descend(
     lr: f64,
 ) -> Result<f64> {
     opt.zero_grad();
-    backward(&weigh(loss.shallow_clone()))?;
+    opt.backward(&weigh(loss.shallow_clone()))?;
     opt.step(lr)?;
     Ok(loss.double_value(&[]))
 }

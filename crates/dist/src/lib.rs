@@ -56,6 +56,25 @@ mod ffi {
             err_len: usize,
         ) -> *mut C_tensor;
         pub fn reprise_dist_free(group: *mut c_void);
+        pub fn reprise_ddp_new(
+            group: *mut c_void,
+            params: *const *const C_tensor,
+            n: usize,
+            bucket_bytes: i64,
+            first_bucket_bytes: i64,
+            find_unused: c_int,
+            err: *mut c_char,
+            err_len: usize,
+        ) -> *mut c_void;
+        pub fn reprise_ddp_prepare(
+            ddp: *mut c_void,
+            outputs: *const *const C_tensor,
+            n: usize,
+            err: *mut c_char,
+            err_len: usize,
+        ) -> c_int;
+        pub fn reprise_ddp_buckets(ddp: *mut c_void) -> i64;
+        pub fn reprise_ddp_free(ddp: *mut c_void);
         pub fn reprise_autocast_enter(device: c_int, dtype: c_int) -> c_int;
         pub fn reprise_autocast_exit(device: c_int, was: c_int);
         #[cfg(reprise_nccl)]
@@ -446,6 +465,44 @@ impl ProcessGroup {
         Ok(unsafe { Tensor::from_ptr(out) })
     }
 
+    /// DistributedDataParallel's gradient engine (c10d's `Reducer`) over `params`, the leaf
+    /// tensors an optimizer steps, listed in the same order on every rank: after
+    /// [`Reducer::prepare`], the next backward averages their gradients over the ranks while it
+    /// runs, each bucket's all-reduce starting as soon as its gradients are in. Buckets as DDP's
+    /// defaults make them ([`ReducerOptions`]). The Reducer keeps the group's backends alive.
+    pub fn reducer(&mut self, params: &[Tensor], opts: ReducerOptions) -> Result<Reducer> {
+        if params.is_empty() {
+            return Err(DistError("a Reducer needs at least one parameter".into()));
+        }
+        if let Some(p) = params.iter().find(|p| !p.requires_grad()) {
+            return Err(DistError(format!(
+                "a Reducer's parameters must require gradients (one of shape {:?} does not)",
+                p.size()
+            )));
+        }
+        let ptrs: Vec<*const torch_sys::C_tensor> = params.iter().map(|p| p.as_ptr()).collect();
+        let mut buf = vec![0u8; ERR_LEN];
+        #[allow(unsafe_code)]
+        // SAFETY: the tensors are live for the call (the Reducer keeps its own references); the
+        // shim writes at most ERR_LEN bytes into `buf`.
+        let ptr = unsafe {
+            ffi::reprise_ddp_new(
+                self.ptr,
+                ptrs.as_ptr(),
+                ptrs.len(),
+                opts.bucket_bytes as i64,
+                opts.first_bucket_bytes as i64,
+                c_int::from(opts.find_unused),
+                buf.as_mut_ptr().cast(),
+                ERR_LEN,
+            )
+        };
+        if ptr.is_null() {
+            return Err(DistError(format!("the Reducer: {}", message(&buf))));
+        }
+        Ok(Reducer { ptr })
+    }
+
     /// Sums one float per rank (a loss, a counter) and returns the total.
     pub fn sum_scalar(&mut self, v: f64) -> Result<f64> {
         let mut t = Tensor::from_slice(&[v]).to_kind(Kind::Double);
@@ -460,6 +517,81 @@ impl Drop for ProcessGroup {
         // SAFETY: `ptr` came from `reprise_dist_init` and is freed once, here.
         unsafe {
             ffi::reprise_dist_free(self.ptr)
+        }
+    }
+}
+
+/// How a [`Reducer`] buckets the gradients: DDP's defaults ([`ReducerOptions::default`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReducerOptions {
+    /// The cap of a bucket's bytes (DDP's `bucket_cap_mb`, 25 MiB).
+    pub bucket_bytes: u64,
+    /// The cap of the first bucket, the last gradients of the backward (1 MiB).
+    pub first_bucket_bytes: u64,
+    /// Marks the parameters that got no gradient in a backward as ready (DDP's
+    /// `find_unused_parameters`, off: a parameter without a gradient is then an error at the
+    /// next step).
+    pub find_unused: bool,
+}
+
+impl Default for ReducerOptions {
+    fn default() -> Self {
+        ReducerOptions {
+            bucket_bytes: 25 * 1024 * 1024,
+            first_bucket_bytes: 1024 * 1024,
+            find_unused: false,
+        }
+    }
+}
+
+/// DistributedDataParallel's gradient engine, c10d's `Reducer`, over one list of parameters
+/// ([`ProcessGroup::reducer`]). Dropping it removes its autograd hooks.
+pub struct Reducer {
+    ptr: *mut c_void,
+}
+
+// The Reducer guards its state with its own mutex (its hooks run on autograd's threads); the
+// handle is used through `&mut self` and may move between threads.
+#[allow(unsafe_code)]
+unsafe impl Send for Reducer {}
+
+impl std::fmt::Debug for Reducer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Reducer({} buckets)", self.buckets())
+    }
+}
+
+impl Reducer {
+    /// Arms the Reducer for the next backward, as DDP's forward does in training (with the
+    /// buckets rebuilt in the order of the first backward's gradients, once it has run): that
+    /// backward then leaves in each parameter's gradient its mean over the ranks. `outputs`
+    /// (the losses) are searched for unused parameters where
+    /// [`ReducerOptions::find_unused`] is set, and ignored otherwise. Every rank must prepare
+    /// and run the backward alike; an error names a parameter that got no gradient in the
+    /// previous backward.
+    pub fn prepare(&mut self, outputs: &[&Tensor]) -> Result<()> {
+        let ptrs: Vec<*const torch_sys::C_tensor> = outputs.iter().map(|t| t.as_ptr()).collect();
+        let d = self.ptr;
+        #[allow(unsafe_code)]
+        // SAFETY: the Reducer and the tensors are live for the call.
+        call(|e, n| unsafe { ffi::reprise_ddp_prepare(d, ptrs.as_ptr(), ptrs.len(), e, n) })
+    }
+
+    /// The number of buckets (one until they are rebuilt after the first backward).
+    pub fn buckets(&self) -> usize {
+        #[allow(unsafe_code)]
+        // SAFETY: the Reducer is live.
+        let n = unsafe { ffi::reprise_ddp_buckets(self.ptr) };
+        usize::try_from(n).unwrap_or(0)
+    }
+}
+
+impl Drop for Reducer {
+    fn drop(&mut self) {
+        #[allow(unsafe_code)]
+        // SAFETY: `ptr` came from `reprise_ddp_new` and is freed once, here.
+        unsafe {
+            ffi::reprise_ddp_free(self.ptr)
         }
     }
 }

@@ -311,3 +311,111 @@ fn synchronised_batch_norm_over_two_ranks_is_batch_norm_over_the_whole_batch() {
         );
     }
 }
+
+/// A small two-layer network's loss on rows `rows` of a fixed batch, with the weights given.
+fn mlp_loss(w: &[Tensor], rows: std::ops::Range<i64>) -> Tensor {
+    // Fixed values, not the global generator (which the tests' threads share).
+    let x = Tensor::arange(48, (Kind::Float, tch::Device::Cpu))
+        .sin()
+        .view([8, 6]);
+    let y = Tensor::arange(16, (Kind::Float, tch::Device::Cpu))
+        .cos()
+        .view([8, 2]);
+    let (x, y) = (
+        x.narrow(0, rows.start, rows.end - rows.start),
+        y.narrow(0, rows.start, rows.end - rows.start),
+    );
+    let h = x.matmul(&w[0]).relu();
+    (h.matmul(&w[1]) - y).square().mean(Kind::Float)
+}
+
+fn mlp_weights() -> Vec<Tensor> {
+    let w = |n: i64, shape: [i64; 2]| {
+        (Tensor::arange(n, (Kind::Float, tch::Device::Cpu)) * 0.7)
+            .sin()
+            .view(shape)
+            .set_requires_grad(true)
+    };
+    vec![w(96, [6, 16]), w(32, [16, 2])]
+}
+
+#[test]
+fn ddps_reducer_averages_the_gradients_during_the_backward() {
+    // One process on the whole batch: the reference gradients, three steps of plain SGD.
+    let solo = mlp_weights();
+    let mut want = Vec::new();
+    for _ in 0..3 {
+        for w in &solo {
+            w.grad().defined().then(|| w.grad().zero_());
+        }
+        mlp_loss(&solo, 0..8).backward();
+        want.push(solo.iter().map(|w| w.grad().copy()).collect::<Vec<_>>());
+        tch::no_grad(|| {
+            for w in &solo {
+                let _ = w.shallow_clone().g_sub_(&(w.grad() * 0.1));
+            }
+        });
+    }
+    let port = free_port();
+    let handles: Vec<_> = (0..2i64)
+        .map(|rank| {
+            std::thread::spawn(move || {
+                let mut pg = ProcessGroup::join(
+                    &Launch::local(rank as usize, 2, port),
+                    Duration::from_secs(30),
+                )
+                .expect("join");
+                let w = mlp_weights();
+                // Caps small enough that the rebuilt buckets hold one parameter each.
+                let opts = dist::ReducerOptions {
+                    bucket_bytes: 256,
+                    first_bucket_bytes: 64,
+                    ..Default::default()
+                };
+                let mut red = pg.reducer(&w, opts).expect("reducer");
+                assert_eq!(red.buckets(), 1, "one bucket before the first backward");
+                let mut got = Vec::new();
+                for _ in 0..3 {
+                    for p in &w {
+                        p.grad().defined().then(|| p.grad().zero_());
+                    }
+                    let loss = mlp_loss(&w, rank * 4..rank * 4 + 4);
+                    red.prepare(&[&loss]).unwrap();
+                    loss.backward();
+                    got.push(w.iter().map(|p| p.grad().copy()).collect::<Vec<_>>());
+                    tch::no_grad(|| {
+                        for p in &w {
+                            let _ = p.shallow_clone().g_sub_(&(p.grad() * 0.1));
+                        }
+                    });
+                }
+                assert_eq!(
+                    red.buckets(),
+                    2,
+                    "rebuilt in gradient order after the first"
+                );
+                // A parameter left out of a backward is an error at the next prepare.
+                let partial = w[0].square().sum(Kind::Float);
+                red.prepare(&[&partial]).unwrap();
+                partial.backward();
+                let e = red.prepare(&[&partial]).unwrap_err();
+                assert!(e.0.contains("not used in producing loss"), "{e}");
+                got
+            })
+        })
+        .collect();
+    for h in handles {
+        let got = h.join().unwrap();
+        for (step, (g, w)) in got.iter().zip(&want).enumerate() {
+            for (a, b) in g.iter().zip(w) {
+                // Float rounding: two half-batch means averaged against the whole batch's mean.
+                let d = (a - b).abs().max().double_value(&[]);
+                let scale = b.abs().max().double_value(&[]);
+                assert!(
+                    d <= 1e-6 * scale,
+                    "step {step}: gradient off by {d} of {scale}"
+                );
+            }
+        }
+    }
+}

@@ -144,9 +144,8 @@ pub fn train_step(
     }
     opt.zero_grad();
     // With `amp: f16` the loss is scaled (and the step unscales, or skips an overflow).
-    opt.scale_loss(&loss)
-        .f_backward()
-        .map_err(|e| StepError::Diverged(format!("the backward pass failed: {e}")))?;
+    opt.backward(&loss)
+        .map_err(|e| StepError::Diverged(e.to_string()))?;
     opt.step(lr)?;
     Ok(StepStats {
         loss: lv,

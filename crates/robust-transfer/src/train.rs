@@ -90,12 +90,6 @@ pub fn sgd(params: Vec<(String, Tensor)>, momentum: f64, weight_decay: f64) -> O
     )
 }
 
-/// The backward pass of `loss`: an autograd error is an error, not a panic.
-pub fn backward(loss: &Tensor) -> Result<()> {
-    loss.f_backward()
-        .map_err(|e| reprise_core::Error::msg(format!("the backward pass failed: {e}")))
-}
-
 /// One training step on the inputs `training_inputs` builds; returns the loss.
 ///
 /// Data-parallel (`par` of several ranks): `(x, y)` is the global batch; this rank attacks and
@@ -121,7 +115,7 @@ pub fn train_step(
     );
     opt.zero_grad();
     // Scaled under `amp: f16` (the step unscales, or skips an overflow).
-    backward(&opt.scale_loss(&loss))?;
+    opt.backward(&loss)?;
     opt.step(lr)?;
     Ok(par.mean(&[loss.double_value(&[])])?[0])
 }

@@ -142,7 +142,7 @@ pub(crate) fn fixed_logistic(
         let logits = ftr.matmul(&w.tr()) + &b;
         let loss = logits.cross_entropy_for_logits(&ytr) + w.square().sum(Kind::Float) * (wd / 2.0);
         opt.zero_grad();
-        crate::train::backward(&loss)?;
+        opt.backward(&loss)?;
         opt.step(lr)?;
     }
     let logits = tch::no_grad(|| fte.matmul(&w.tr()) + &b);
@@ -272,7 +272,7 @@ pub fn train_net(net: Net, fit: Fit<'_>, train: &Dataset, lr: f64, seed: u64) ->
         };
         let loss = shard.weigh(logits.cross_entropy_for_logits(y));
         opt.zero_grad();
-        crate::train::backward(&loss)
+        opt.backward(&loss)
             .map_err(|e| Error::msg(format!("fine-tuning, step {step}: {e}")))?;
         // DDP's average of the trained parameters' gradients (the head alone when fixed).
         opt.step(schedule.lr(lr, step, 0))?;

@@ -105,6 +105,8 @@ pub fn join_from_env() -> Result<()> {
     if GROUP.get().is_some() {
         return Ok(());
     }
+    // A bad choice is refused before the group is joined.
+    let sync = reprise_core::parallel::GradSync::from_env()?;
     watch_launcher()?;
     let cuda = nccl_device(&launch);
     let group = dist::ProcessGroup::join_with(&launch, join_timeout()?, op_timeout()?, cuda)?;
@@ -118,7 +120,7 @@ pub fn join_from_env() -> Result<()> {
             ""
         }
     );
-    let _ = GROUP.set(Arc::new(Parallel::of(group)));
+    let _ = GROUP.set(Arc::new(Parallel::of(group).with_grad_sync(sync)));
     Ok(())
 }
 

@@ -130,6 +130,46 @@ fn two_ranks_with_half_batches_train_a_jem_run_as_one_process_does() {
         assert!(buf < 1e-3, "{arm}: the buffers are {buf:.2e} apart");
         let acc = |r: &Path| summary(r)["acc"].as_f64().unwrap();
         assert!((acc(a) - acc(b)).abs() <= 0.02, "{} vs {}", acc(a), acc(b));
+        // The gradients were averaged by DDP's Reducer during the backward (the default); the
+        // all-reduce after the backward gives the same weights, bit for bit at 2 ranks (the
+        // Reducer divides each gradient by 2 before the sum, exactly).
+        let info: serde_json::Value =
+            serde_json::from_slice(&fs::read(b.join("run.json")).unwrap()).unwrap();
+        assert_eq!(info["world"]["grad_sync"], "reducer", "{info}");
+        if i == 0 {
+            let after = "after";
+            let o = runner_env(
+                p,
+                &[
+                    "run",
+                    "t/tiny",
+                    "--out",
+                    after,
+                    "--threads",
+                    "1",
+                    "--nproc",
+                    "2",
+                    arm,
+                ],
+                &[("REPRISE_GRAD_SYNC", "after-backward")],
+            );
+            assert!(o.status.success(), "{}", text(&o));
+            let c = &runs_under(&p.join(after).join("tiny"))[0];
+            let info: serde_json::Value =
+                serde_json::from_slice(&fs::read(c.join("run.json")).unwrap()).unwrap();
+            assert_eq!(info["world"]["grad_sync"], "after-backward", "{info}");
+            assert_eq!(
+                max_diff(&checkpoint(b, 60), &checkpoint(c, 60), "model."),
+                0.0
+            );
+            let o = runner_env(
+                p,
+                &["run", "t/tiny", "--out", "bad", "--nproc", "2", arm],
+                &[("REPRISE_GRAD_SYNC", "overlap")],
+            );
+            assert!(!o.status.success());
+            assert!(text(&o).contains("REPRISE_GRAD_SYNC"), "{}", text(&o));
+        }
     }
     // The scratch folders of rank 1 are gone.
     let left: Vec<_> = fs::read_dir(p.join("tmp")).unwrap().flatten().collect();

@@ -256,7 +256,7 @@ impl Gan {
             )));
         }
         self.opt_g.zero_grad();
-        let backward = self.opt_g.scale_loss(&loss).f_backward();
+        let backward = self.opt_g.backward(&loss);
         if let Err(e) = backward {
             self.d.vs.unfreeze();
             return Err(StepError::Failed(Error::msg(format!(
@@ -299,8 +299,7 @@ impl Gan {
         }
         self.opt_d.zero_grad();
         self.opt_d
-            .scale_loss(&d_loss)
-            .f_backward()
+            .backward(&d_loss)
             .map_err(|e| StepError::Failed(Error::msg(format!("discriminator backward: {e}"))))?;
         self.opt_d.step(lr.1).map_err(failed)?;
         Ok(st)
