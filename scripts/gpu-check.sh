@@ -4,7 +4,7 @@
 # Runs on a Linux machine with an NVIDIA GPU whose python holds PyTorch 2.11.0 (CUDA 13), without
 # Rust or network: it uses target/release/runner and the examples step_time and rt_step_time built
 # on another machine (`cargo build --release -p runner -p jem --example step_time -p robust-transfer
-# --example rt_step_time`) and carried over with data/, and finds libtorch by asking python where
+# --example rt_step_time --example ddp_overlap`) and carried over with data/, and finds libtorch by asking python where
 # torch lives. With the dist crate's test binary copied to target/release/dist-test
 # (`cargo test --release -p dist --test gloo --no-run`, the path it prints) it also checks the
 # NCCL backend on the GPU.
@@ -142,4 +142,16 @@ else
     echo "-- one rank launched as torchrun would (RANK=0, WORLD_SIZE=1): the group joined with NCCL for CUDA" | tee -a "$out/log.txt"
     RANK=0 LOCAL_RANK=0 WORLD_SIZE=1 MASTER_ADDR=127.0.0.1 MASTER_PORT=29517 \
         "$runner" run jem/digits-calibration --smoke jem.arm=jem seed=0 --device "$device" --out "$out/ddp1" 2>&1 | tail -2 | tee -a "$out/log.txt"
+fi
+
+echo "== gradient averaging during the backward (DDP's Reducer) against after it: ResNet-50 step, NCCL" | tee -a "$out/log.txt"
+overlap="$bin/examples/ddp_overlap"
+if [ "$ngpu" -ge 2 ] && [ -x "$overlap" ]; then
+    for sync in reducer after-backward; do
+        REPRISE_DEVICE="$device" REPRISE_GRAD_SYNC="$sync" python -m torch.distributed.run --no-python \
+            --nproc_per_node "$ngpu" --master_port 29518 "$overlap" r50 "$batch" 224 "$n" 1 2>>"$out/log.txt" \
+            | tee -a "$out/log.txt"
+    done
+else
+    echo "(needs two GPUs and $overlap, built by \`cargo build --release -p robust-transfer --example ddp_overlap\`; on the CPU: docs/performance.md)" | tee -a "$out/log.txt"
 fi
