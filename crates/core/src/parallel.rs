@@ -235,6 +235,30 @@ impl Parallel {
         })
     }
 
+    /// This rank's rows of a global batch of `n`, already taken (loaded as its share alone,
+    /// [`crate::data::Images::train_rows`]), with the factor of its mean loss as
+    /// [`Parallel::shard_batch`] gives it; an error where a part does not hold this rank's
+    /// number of rows.
+    pub fn local_shard<const K: usize>(&self, n: i64, rows: [Tensor; K]) -> Result<Shard<K>> {
+        let (_, len) = self.rows(n)?;
+        if let Some(t) = rows.iter().find(|t| t.size()[0] != len) {
+            return Err(Error::Data(format!(
+                "rank {} holds {} rows of a batch of {n}, not its {len}",
+                self.rank,
+                t.size()[0]
+            )));
+        }
+        Ok(Shard {
+            rows,
+            n,
+            weight: if self.world == 1 {
+                1.0
+            } else {
+                self.weight(n)?
+            },
+        })
+    }
+
     /// The random numbers `draw` makes for this rank's rows `part` of a global batch of `n`:
     /// drawn (the same on every rank, whose generators are seeded alike) for a tensor shaped
     /// like the whole batch, then sliced. The ranks together draw what one process draws for

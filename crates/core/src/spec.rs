@@ -222,6 +222,35 @@ pub struct DataSpec {
     /// larger than memory; honoured by the paper crates that say so).
     #[serde(default)]
     pub stream: bool,
+    /// Threads decoding a streamed batch (a `DataLoader`'s `num_workers`); default: this
+    /// node's cores shared among its data-parallel ranks. Changes no number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workers: Option<usize>,
+    /// Training batches prepared ahead of the step (a `DataLoader`'s `prefetch_factor`);
+    /// default 2. Changes no number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefetch: Option<usize>,
+}
+
+impl DataSpec {
+    /// The decoding threads of one rank of `ranks` on this node: `workers`, or the cores
+    /// divided among the ranks (torchrun's `LOCAL_WORLD_SIZE` where set), at least 1.
+    pub fn workers_per_rank(&self, ranks: usize) -> usize {
+        if let Some(w) = self.workers.filter(|&w| w > 0) {
+            return w;
+        }
+        let local = std::env::var("LOCAL_WORLD_SIZE")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .filter(|&l| l > 0)
+            .unwrap_or(ranks.max(1));
+        (std::thread::available_parallelism().map_or(1, |n| n.get()) / local).max(1)
+    }
+
+    /// The training batches made ahead of the step: `prefetch`, default 2 (at least 1).
+    pub fn prefetch_depth(&self) -> usize {
+        self.prefetch.unwrap_or(2).max(1)
+    }
 }
 
 /// Sizes of the splits of a dataset.

@@ -25,6 +25,7 @@ use crate::transfer::Mode;
 use reprise_core::attack::Pgd;
 use reprise_core::checkpoint::Checkpoint;
 use reprise_core::data::batch_indices;
+use reprise_core::data::prefetch::Prefetch;
 use reprise_core::inputs::{of_data, Input, InputKind};
 use reprise_core::optim::{Optimizer, Schedule};
 use reprise_core::plan::Record;
@@ -34,6 +35,7 @@ use reprise_core::train::{Averages, Steps};
 use reprise_core::{Error, Result};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use tch::Tensor;
 
 /// The paper, as the runner sees it.
@@ -211,7 +213,7 @@ fn train_source(
     c: &Config,
     arm: Arm,
     net: &Net,
-    train: &data::Images,
+    (train, data_spec): (&data::Images, &reprise_core::spec::DataSpec),
 ) -> Result<f64> {
     let s = &c.source;
     let seed = ctx.seed();
@@ -243,32 +245,55 @@ fn train_source(
     par.rows(s.batch as i64)?;
     let mut steps = Steps::begin(ctx, total, step, &[&net.vs])?;
     let mut means = Averages::new(&["loss"]);
-    let mut batches = Vec::new();
+    // This rank's rows of each step's batch, read, decoded and augmented ahead of the step by
+    // a loader thread (`Prefetch`) as a DataLoader over a DistributedSampler would: the
+    // union of the ranks' rows is the one-process batch.
+    let workers = data_spec.workers_per_rank(par.world());
+    let mut batches = {
+        let images = train.share(workers);
+        let (aug, batch, par) = (s.augment, s.batch, Arc::clone(&par));
+        let pin = dev.is_cuda();
+        let mut order: (u64, Vec<Vec<i64>>) = (u64::MAX, Vec::new());
+        Prefetch::new(step, total, data_spec.prefetch_depth(), move |step| {
+            let epoch = step / per_epoch;
+            if order.0 != epoch {
+                // The batch order depends on the source seed only: every arm sees the same data.
+                order = (epoch, batch_indices(n, batch, seed, epoch, true, false));
+            }
+            let idx = &order.1[(step % per_epoch) as usize];
+            let rows = par.rows(idx.len() as i64)?;
+            // A streamed ImageFolder crops each whole decoded image (`Images::train_rows`).
+            let (x, y) = images.train_rows(
+                idx,
+                rows,
+                &aug,
+                &mut reprise_core::seed::step_rng(seed, step),
+            )?;
+            // Pinned host memory, for a copy to the GPU that does not wait.
+            let (x, y) = if pin {
+                (x.pin_memory(dev), y.pin_memory(dev))
+            } else {
+                (x, y)
+            };
+            Ok((idx.len() as i64, x, y))
+        })
+    };
     while steps.start_next() {
         let step = steps.step();
-        let epoch = step / per_epoch;
-        if batches.is_empty() || step % per_epoch == 0 {
-            // The batch order depends on the source seed only: every arm sees the same data.
-            batches = batch_indices(n, s.batch, seed, epoch, true, false);
-        }
-        // A streamed ImageFolder crops each whole decoded image (`Images::train_batch`).
-        let (x, y) = train.train_batch(
-            &batches[(step % per_epoch) as usize],
-            &s.augment,
-            &mut reprise_core::seed::step_rng(seed, step),
-        )?;
-        let (x, y) = (x.to_device(dev), y.to_device(dev));
+        let (rows, x, y) = batches.take(step)?;
+        let copy = |t: &Tensor| t.to_device_(dev, t.kind(), true, false);
+        let shard = par.local_shard(rows, [copy(&x), copy(&y)])?;
         let ramp = if s.eps_ramp_epochs > 0 {
             ((step + 1) as f64 / (s.eps_ramp_epochs * per_epoch) as f64).min(1.0)
         } else {
             1.0
         };
         let lr = schedule.lr(s.lr, step, 0);
-        let loss = train::train_step(
+        let loss = train::train_step_rows(
             net,
             &mut opt,
             (arm, arm.eps() * ramp, &s.attack),
-            (&x, &y),
+            &shard,
             (lr, s.amp),
             &par,
         )
@@ -292,6 +317,15 @@ fn train_source(
             }
         }
         steps.stop_if_interrupted(ctx, |s| save_source(ctx, net, &opt, s))?;
+    }
+    drop(batches);
+    if let data::Images::Folder(f) = train {
+        tracing::info!(
+            "source training: rank {} of {} decoded {} training images on {workers} threads",
+            par.rank(),
+            par.world(),
+            f.decoded()
+        );
     }
     Ok(steps.finish())
 }
@@ -379,7 +413,7 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
         ctx.begin(0)?;
     } else {
         let train = &splits.as_ref().expect("loaded unless transfer-only").0;
-        step_ms = train_source(ctx, &c, arm, &net, train)?;
+        step_ms = train_source(ctx, &c, arm, &net, (train, &h.data))?;
         net.save(&src_file)?;
     }
     // Rank 0's source on every rank, its BatchNorm statistics included (DDP's buffer

@@ -105,6 +105,19 @@ pub fn train_step(
     par: &Parallel,
 ) -> Result<f64> {
     let shard = par.shard_batch([x, y])?;
+    train_step_rows(net, opt, (arm, eps, a), &shard, (lr, amp), par)
+}
+
+/// [`train_step`] on this rank's rows of the global batch, loaded as its share
+/// ([`Parallel::local_shard`]); the whole batch in one process.
+pub fn train_step_rows(
+    net: &Net,
+    opt: &mut Optimizer,
+    (arm, eps, a): (Arm, f64, &AttackConfig),
+    shard: &reprise_core::parallel::Shard<2>,
+    (lr, amp): (f64, Amp),
+    par: &Parallel,
+) -> Result<f64> {
     let [x, y] = &shard.rows;
     let xin = training_inputs_of_rows(net, arm, eps, a, (x, y), (par, shard.n));
     let dev = net.vs.device();

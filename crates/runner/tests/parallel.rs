@@ -920,3 +920,89 @@ fn the_launcher_s_ranks_never_outlive_it_and_a_frozen_rank_is_killed() {
     eprintln!("ended {:?} after SIGTERM", t0.elapsed());
     assert!(ranks_gone("frozen", 10), "a rank outlived the launcher");
 }
+
+#[test]
+fn each_rank_decodes_only_its_rows_of_a_streamed_image_folder() {
+    let d = setup();
+    let p = d.path();
+    write_image_folder(p, 6);
+    // ImageNet's training transform on 12 streamed images: 3 epochs of 3 batches of 4.
+    let spec = format!(
+        "name: stream
+paper: robust-transfer
+description: streamed image folder
+device: cpu
+data: {{ dataset: imagefolder, path: {}, image_size: {{ resize: 20, crop: 16 }}, stream: true, workers: 1, prefetch: 3 }}
+robust-transfer:
+  model: {{ small_cnn: {{ width: 1 }} }}
+  normalize: {{ mean: [0.5, 0.5, 0.5], std: [0.25, 0.25, 0.25] }}
+  source:
+    arm: l2-0.5
+    epochs: 3
+    batch: 4
+    lr: 0.05
+    momentum: 0.9
+    weight_decay: 0.0
+    augment: {{ resized_crop: 16, hflip: true, jitter: 0.4, lighting: 0.1 }}
+    attack: {{ steps: 2, step_ratio: 0.5 }}
+  eval: {{ pgd_steps: 2, ref_l2: 0.5, batch: 5 }}
+",
+        p.join("folder").display()
+    );
+    write(p, "stream.yaml", &spec);
+    let one = runner_env(
+        p,
+        &["run", "t/stream", "--out", "one", "--threads", "1"],
+        &[],
+    );
+    assert!(one.status.success(), "{}", text(&one));
+    let two = runner_env(
+        p,
+        &[
+            "run",
+            "t/stream",
+            "--out",
+            "two",
+            "--threads",
+            "1",
+            "--nproc",
+            "2",
+        ],
+        &[],
+    );
+    assert!(two.status.success(), "{}", text(&two));
+    let (a, b) = (
+        runs_under(&p.join("one/stream")).remove(0),
+        runs_under(&p.join("two/stream")).remove(0),
+    );
+    let decoded = |r: &Path| {
+        let log = fs::read_to_string(r.join("run.log")).unwrap();
+        let line = log
+            .lines()
+            .find(|l| l.contains("decoded"))
+            .unwrap_or_else(|| panic!("no decode count in {log}"))
+            .to_string();
+        line
+    };
+    // 9 steps of 4 rows: one process decodes 36 images, rank 0 of two its 2 rows a step.
+    assert!(
+        decoded(&a).contains("rank 0 of 1 decoded 36 "),
+        "{}",
+        decoded(&a)
+    );
+    assert!(
+        decoded(&b).contains("rank 0 of 2 decoded 18 "),
+        "{}",
+        decoded(&b)
+    );
+    let w = max_diff(
+        &a.join("source.safetensors"),
+        &b.join("source.safetensors"),
+        "",
+    );
+    eprintln!("streamed source: weights {w:.2e} apart");
+    assert!(
+        w < 1e-5,
+        "the 2-rank source is {w:.2e} from the 1-process one"
+    );
+}

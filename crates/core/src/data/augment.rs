@@ -170,37 +170,60 @@ impl Augment {
 
     /// Applies the augmentation to a batch `N×C×H×W`, drawing every random number from `rng`.
     pub fn apply(&self, x: &Tensor, rng: &mut Rng) -> Tensor {
+        let n = x.size()[0];
+        self.apply_rows(x, n, 0, rng)
+    }
+
+    /// [`Augment::apply`] for the rows `[start, start + len)` of a batch of `n`, given as `x`
+    /// (`len` rows): every random number of the whole batch is drawn from `rng` in the same
+    /// order, and the rows' own are applied to them, so that the ranks of a data-parallel run
+    /// together compute exactly the batch one process computes while each transforms only its
+    /// share of the images.
+    pub fn apply_rows(&self, x: &Tensor, n: i64, start: i64, rng: &mut Rng) -> Tensor {
+        let len = x.size()[0];
+        assert!(
+            start >= 0 && start + len <= n,
+            "rows {start}..{} of a batch of {n}",
+            start + len
+        );
+        let mine = |i: i64| (start..start + len).contains(&i);
         let mut x = x.shallow_clone();
         if self.resized_crop > 0 {
             let s = x.size();
             let out = self.resized_crop;
-            let crops: Vec<Tensor> = (0..s[0])
-                .map(|i| {
-                    let b = resized_crop_box(s[2], s[3], rng);
-                    resized_crop(&x.narrow(0, i, 1), b, out)
-                })
-                .collect();
+            let mut crops = Vec::with_capacity(len as usize);
+            for i in 0..n {
+                let b = resized_crop_box(s[2], s[3], rng);
+                if mine(i) {
+                    crops.push(resized_crop(&x.narrow(0, i - start, 1), b, out));
+                }
+            }
             x = Tensor::cat(&crops, 0);
         }
         let s = x.size();
-        let (n, h, w) = (s[0], s[2], s[3]);
+        let (h, w) = (s[2], s[3]);
         if self.pad_crop > 0 {
             let p = self.pad_crop;
             let padded = match self.pad_mode {
                 PadMode::Zero => x.constant_pad_nd([p, p, p, p]),
                 PadMode::Reflect => x.reflection_pad2d([p, p, p, p]),
             };
-            let crops: Vec<Tensor> = (0..n)
-                .map(|i| {
-                    let dy = rng.below((2 * p + 1) as usize) as i64;
-                    let dx = rng.below((2 * p + 1) as usize) as i64;
-                    padded.get(i).narrow(1, dy, h).narrow(2, dx, w)
-                })
-                .collect();
+            let mut crops = Vec::with_capacity(len as usize);
+            for i in 0..n {
+                let dy = rng.below((2 * p + 1) as usize) as i64;
+                let dx = rng.below((2 * p + 1) as usize) as i64;
+                if mine(i) {
+                    crops.push(padded.get(i - start).narrow(1, dy, h).narrow(2, dx, w));
+                }
+            }
             x = Tensor::stack(&crops, 0);
         }
         if self.hflip {
-            let flip: Vec<i64> = (0..n).filter(|_| rng.below(2) == 1).collect();
+            let flip: Vec<i64> = (0..n)
+                .filter(|_| rng.below(2) == 1)
+                .filter(|&i| mine(i))
+                .map(|i| i - start)
+                .collect();
             if !flip.is_empty() {
                 let idx = Tensor::from_slice(&flip).to_device(x.device());
                 let flipped = x.index_select(0, &idx).flip([3]);
@@ -209,36 +232,40 @@ impl Augment {
         }
         if self.jitter > 0.0 || self.lighting > 0.0 {
             let lo = (1.0 - self.jitter).max(0.0);
-            let per_image: Vec<Tensor> = (0..n)
-                .map(|i| {
-                    let mut img = x.get(i);
-                    if self.jitter > 0.0 {
-                        let mut order = [0usize, 1, 2];
-                        rng.shuffle(&mut order);
-                        let factors =
-                            [(); 3].map(|_| lo + (1.0 + self.jitter - lo) * rng.uniform());
+            let mut per_image = Vec::with_capacity(len as usize);
+            for i in 0..n {
+                let mut jitter = None;
+                if self.jitter > 0.0 {
+                    let mut order = [0usize, 1, 2];
+                    rng.shuffle(&mut order);
+                    let factors = [(); 3].map(|_| lo + (1.0 + self.jitter - lo) * rng.uniform());
+                    jitter = Some((factors, order));
+                }
+                let alpha =
+                    (self.lighting > 0.0).then(|| [(); 3].map(|_| rng.normal() * self.lighting));
+                if mine(i) {
+                    let mut img = x.get(i - start);
+                    if let Some((factors, order)) = jitter {
                         img = color_jitter(&img, factors, order);
                     }
-                    if self.lighting > 0.0 {
-                        let alpha = [(); 3].map(|_| rng.normal() * self.lighting);
+                    if let Some(alpha) = alpha {
                         img = lighting(&img, alpha);
                     }
-                    img
-                })
-                .collect();
+                    per_image.push(img);
+                }
+            }
             x = Tensor::stack(&per_image, 0);
         }
         if self.noise > 0.0 {
             // Drawn from `rng`, not LibTorch's global generator, so the loader thread stays
-            // deterministic whatever the training thread draws meanwhile.
-            let len = x.numel();
-            let z: Vec<f32> = (0..len)
+            // deterministic whatever the training thread draws meanwhile; for the whole batch,
+            // then this share's rows taken.
+            let per = x.numel() as i64 / len.max(1);
+            let z: Vec<f32> = (0..n * per)
                 .map(|_| (rng.normal() * self.noise) as f32)
                 .collect();
-            x = &x
-                + Tensor::from_slice(&z)
-                    .view(x.size().as_slice())
-                    .to_device(x.device());
+            let z = Tensor::from_slice(&z[(start * per) as usize..((start + len) * per) as usize]);
+            x = &x + z.view(x.size().as_slice()).to_device(x.device());
         }
         x
     }

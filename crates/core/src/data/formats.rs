@@ -208,8 +208,9 @@ pub struct ImageSize {
 }
 
 /// An ImageFolder tree indexed but not decoded: one sub-folder per class (sorted names give the
-/// label ids), PNG or JPEG files inside (sorted). Batches are decoded on demand, on every core,
-/// so a dataset larger than memory (ImageNet) can be trained on.
+/// label ids), PNG or JPEG files inside (sorted). Batches are decoded on demand, by
+/// [`ImageFolderIndex::workers`] threads, so a dataset larger than memory (ImageNet) can be
+/// trained on.
 #[derive(Debug, Clone)]
 pub struct ImageFolderIndex {
     /// Image files.
@@ -220,6 +221,10 @@ pub struct ImageFolderIndex {
     pub classes: Vec<String>,
     /// The size images are brought to.
     pub size: ImageSize,
+    /// The threads that decode a batch (0: one per core).
+    workers: usize,
+    /// The images decoded so far, by this index and its clones.
+    decoded: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl ImageFolderIndex {
@@ -271,12 +276,35 @@ impl ImageFolderIndex {
             labels,
             classes,
             size,
+            workers: 0,
+            decoded: Default::default(),
         })
     }
 
     /// Number of images.
     pub fn len(&self) -> usize {
         self.files.len()
+    }
+
+    /// The same index, decoding each batch on `workers` threads (0: one per core), as a
+    /// `DataLoader`'s `num_workers`.
+    pub fn with_workers(mut self, workers: usize) -> ImageFolderIndex {
+        self.workers = workers;
+        self
+    }
+
+    /// The threads that decode a batch.
+    pub fn workers(&self) -> usize {
+        if self.workers == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            self.workers
+        }
+    }
+
+    /// How many images this index and its clones have decoded.
+    pub fn decoded(&self) -> u64 {
+        self.decoded.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Whether it is empty.
@@ -320,8 +348,8 @@ impl ImageFolderIndex {
         })
     }
 
-    /// Decodes the images at `idx` on all available cores, bringing each to `side × side`
-    /// with `f(position in idx, decoded image)`.
+    /// Decodes the images at `idx` on [`ImageFolderIndex::workers`] threads, bringing each to
+    /// `side × side` with `f(position in idx, decoded image)`.
     fn decode(
         &self,
         idx: &[i64],
@@ -331,9 +359,7 @@ impl ImageFolderIndex {
         let c = side as usize;
         let per = 3 * c * c;
         let mut px = vec![0f32; idx.len() * per];
-        let threads = std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .min(idx.len().max(1));
+        let threads = self.workers().min(idx.len().max(1));
         let chunk = idx.len().div_ceil(threads).max(1);
         let f = &f;
         let results: Vec<Result<()>> = std::thread::scope(|s| {
@@ -351,6 +377,8 @@ impl ImageFolderIndex {
                                 ))
                             })?;
                             let img = open_image(file)?;
+                            self.decoded
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                             let rgb = f(part * chunk + k, &img.to_rgb8());
                             let dst = &mut out[k * per..(k + 1) * per];
                             // HWC bytes to CHW floats.

@@ -4,6 +4,7 @@
 
 pub mod augment;
 pub mod formats;
+pub mod prefetch;
 pub mod synth;
 
 use crate::checkpoint::{hex, write_atomic};
@@ -295,6 +296,20 @@ impl Images {
         }
     }
 
+    /// The same images for another thread (a batch loader's): the tensors shared, a streamed
+    /// folder's index copied with its decode counter and with `workers` decoding threads
+    /// (0: one per core).
+    pub fn share(&self, workers: usize) -> Images {
+        match self {
+            Images::Memory(d) => Images::Memory(Dataset {
+                x: d.x.shallow_clone(),
+                y: d.y.shallow_clone(),
+                classes: d.classes,
+            }),
+            Images::Folder(f) => Images::Folder(f.clone().with_workers(workers)),
+        }
+    }
+
     /// Whether it is empty.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
@@ -330,31 +345,57 @@ impl Images {
         aug: &augment::Augment,
         rng: &mut Rng,
     ) -> Result<(Tensor, Tensor)> {
+        self.train_rows(idx, (0, idx.len() as i64), aug, rng)
+    }
+
+    /// The rows `[start, start + len)` of [`Images::train_batch`]`(idx, aug, rng)`, reading,
+    /// decoding and augmenting those examples only (a data-parallel rank's share, as
+    /// `DistributedSampler` gives each rank its own): the random numbers of the whole batch are
+    /// drawn in the same order, so the ranks' rows together are exactly the one-process batch.
+    pub fn train_rows(
+        &self,
+        idx: &[i64],
+        (start, len): (i64, i64),
+        aug: &augment::Augment,
+        rng: &mut Rng,
+    ) -> Result<(Tensor, Tensor)> {
+        let n = idx.len() as i64;
+        if start < 0 || len < 1 || start + len > n {
+            return Err(Error::Data(format!(
+                "rows {start}..{} of a batch of {n}",
+                start + len
+            )));
+        }
+        let mine = &idx[start as usize..(start + len) as usize];
         match self {
             Images::Folder(f) if aug.resized_crop > 0 => {
                 let side = u32::try_from(aug.resized_crop)
                     .map_err(|_| Error::Data("resized_crop is too large".into()))?;
                 let seeds: Vec<u64> = idx.iter().map(|_| rng.next_u64()).collect();
-                let (x, y) = f.load_resized_crops(idx, side, &seeds)?;
+                let (x, y) = f.load_resized_crops(
+                    mine,
+                    side,
+                    &seeds[start as usize..(start + len) as usize],
+                )?;
                 let rest = augment::Augment {
                     resized_crop: 0,
                     ..*aug
                 };
-                Ok((apply_augment(&rest, x, rng), y))
+                Ok((apply_augment(&rest, x, n, start, rng), y))
             }
             _ => {
-                let (x, y) = self.batch(idx)?;
-                Ok((apply_augment(aug, x, rng), y))
+                let (x, y) = self.batch(mine)?;
+                Ok((apply_augment(aug, x, n, start, rng), y))
             }
         }
     }
 }
 
-fn apply_augment(aug: &augment::Augment, x: Tensor, rng: &mut Rng) -> Tensor {
+fn apply_augment(aug: &augment::Augment, x: Tensor, n: i64, start: i64, rng: &mut Rng) -> Tensor {
     if aug.is_identity() {
         x
     } else {
-        aug.apply(&x, rng)
+        aug.apply_rows(&x, n, start, rng)
     }
 }
 
@@ -974,5 +1015,86 @@ mod tests {
             batch_indices(10, 4, 1, 0, true, false),
             batch_indices(10, 4, 1, 1, true, false)
         );
+    }
+
+    #[test]
+    fn each_rank_decodes_and_augments_its_own_rows_and_together_they_make_the_batch() {
+        // A streamed folder of 7 images of different sizes; the ImageNet training transform
+        // (RandomResizedCrop, flip, ColorJitter, Lighting) and a batch of 7 rows in a shuffled
+        // order, split 4 + 3 as two ranks split it.
+        let d = tempfile::tempdir().unwrap();
+        for (k, c) in ["a", "b"].iter().enumerate() {
+            std::fs::create_dir_all(d.path().join("train").join(c)).unwrap();
+            for i in 0..4u32 {
+                if k == 1 && i == 3 {
+                    continue;
+                }
+                let img = image::RgbImage::from_fn(30 + 7 * i, 20 + 3 * i, |x, y| {
+                    image::Rgb([(x * 5 + 40 * k as u32) as u8, (y * 9) as u8, (i * 50) as u8])
+                });
+                img.save(d.path().join("train").join(c).join(format!("{i}.png")))
+                    .unwrap();
+            }
+        }
+        let size = formats::ImageSize { resize: 8, crop: 8 };
+        let ix = formats::ImageFolderIndex::new(&d.path().join("train"), size).unwrap();
+        let images = Images::Folder(ix.clone());
+        let aug = augment::Augment {
+            resized_crop: 12,
+            hflip: true,
+            jitter: 0.4,
+            lighting: 0.1,
+            ..Default::default()
+        };
+        let idx = [3i64, 6, 0, 5, 1, 4, 2];
+        let (whole, wy) = images.train_batch(&idx, &aug, &mut Rng::new(11)).unwrap();
+        assert_eq!(ix.decoded(), 7);
+        let mut parts = Vec::new();
+        for rows in [(0, 4), (4, 3)] {
+            // Each rank's own index (as each process has), with two decoding threads.
+            let mine = images.share(2);
+            parts.push(
+                mine.train_rows(&idx, rows, &aug, &mut Rng::new(11))
+                    .unwrap(),
+            );
+        }
+        assert_eq!(
+            ix.decoded(),
+            14,
+            "each image decoded once by the two ranks together"
+        );
+        let x = Tensor::cat(&[&parts[0].0, &parts[1].0], 0);
+        let y = Tensor::cat(&[&parts[0].1, &parts[1].1], 0);
+        assert!(
+            x.equal(&whole),
+            "the rows differ from the one-process batch"
+        );
+        assert!(y.equal(&wy));
+        assert!(images
+            .train_rows(&idx, (5, 3), &aug, &mut Rng::new(11))
+            .is_err());
+        // In memory, with pad-crop, flip and noise: the same.
+        let mem = Images::Memory(Dataset {
+            x: whole.shallow_clone(),
+            y: wy.shallow_clone(),
+            classes: 2,
+        });
+        let aug = augment::Augment {
+            pad_crop: 2,
+            hflip: true,
+            noise: 0.05,
+            ..Default::default()
+        };
+        let all: Vec<i64> = (0..7).collect();
+        let (w2, _) = mem.train_batch(&all, &aug, &mut Rng::new(3)).unwrap();
+        let a = mem
+            .train_rows(&all, (0, 3), &aug, &mut Rng::new(3))
+            .unwrap()
+            .0;
+        let b = mem
+            .train_rows(&all, (3, 4), &aug, &mut Rng::new(3))
+            .unwrap()
+            .0;
+        assert!(Tensor::cat(&[a, b], 0).equal(&w2));
     }
 }
