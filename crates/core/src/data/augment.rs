@@ -186,89 +186,119 @@ impl Augment {
             "rows {start}..{} of a batch of {n}",
             start + len
         );
-        let mine = |i: i64| (start..start + len).contains(&i);
-        let mut x = x.shallow_clone();
-        if self.resized_crop > 0 {
-            let s = x.size();
-            let out = self.resized_crop;
-            let mut crops = Vec::with_capacity(len as usize);
-            for i in 0..n {
-                let b = resized_crop_box(s[2], s[3], rng);
-                if mine(i) {
-                    crops.push(resized_crop(&x.narrow(0, i - start, 1), b, out));
-                }
-            }
-            x = Tensor::cat(&crops, 0);
-        }
         let s = x.size();
-        let (h, w) = (s[2], s[3]);
+        let draws = self.draw(n, (s[2], s[3]), rng);
+        if len == 0 {
+            return x.shallow_clone();
+        }
+        let rows: Vec<Tensor> = (0..len)
+            .map(|k| self.apply_one(&x.get(k), &draws[(start + k) as usize]))
+            .collect();
+        self.add_noise(&Tensor::stack(&rows, 0), n, start, rng)
+    }
+
+    /// The random numbers of a batch of `n` images of `h × w`, image by image, drawn from `rng`
+    /// in the order [`Augment::apply`] draws them (every crop box, then every padded crop's
+    /// offset, every flip, then each image's jitter and lighting; the noise after, by
+    /// [`Augment::add_noise`]).
+    pub fn draw(&self, n: i64, (h, w): (i64, i64), rng: &mut Rng) -> Vec<Draws> {
+        let mut d = vec![Draws::default(); n as usize];
+        if self.resized_crop > 0 {
+            for di in &mut d {
+                di.crop = Some(resized_crop_box(h, w, rng));
+            }
+        }
         if self.pad_crop > 0 {
             let p = self.pad_crop;
-            let padded = match self.pad_mode {
-                PadMode::Zero => x.constant_pad_nd([p, p, p, p]),
-                PadMode::Reflect => x.reflection_pad2d([p, p, p, p]),
-            };
-            let mut crops = Vec::with_capacity(len as usize);
-            for i in 0..n {
+            for di in &mut d {
                 let dy = rng.below((2 * p + 1) as usize) as i64;
                 let dx = rng.below((2 * p + 1) as usize) as i64;
-                if mine(i) {
-                    crops.push(padded.get(i - start).narrow(1, dy, h).narrow(2, dx, w));
-                }
+                di.pad = Some((dy, dx));
             }
-            x = Tensor::stack(&crops, 0);
         }
         if self.hflip {
-            let flip: Vec<i64> = (0..n)
-                .filter(|_| rng.below(2) == 1)
-                .filter(|&i| mine(i))
-                .map(|i| i - start)
-                .collect();
-            if !flip.is_empty() {
-                let idx = Tensor::from_slice(&flip).to_device(x.device());
-                let flipped = x.index_select(0, &idx).flip([3]);
-                x = x.index_copy(0, &idx, &flipped);
+            for di in &mut d {
+                di.flip = rng.below(2) == 1;
             }
         }
         if self.jitter > 0.0 || self.lighting > 0.0 {
             let lo = (1.0 - self.jitter).max(0.0);
-            let mut per_image = Vec::with_capacity(len as usize);
-            for i in 0..n {
-                let mut jitter = None;
+            for di in &mut d {
                 if self.jitter > 0.0 {
                     let mut order = [0usize, 1, 2];
                     rng.shuffle(&mut order);
                     let factors = [(); 3].map(|_| lo + (1.0 + self.jitter - lo) * rng.uniform());
-                    jitter = Some((factors, order));
+                    di.jitter = Some((factors, order));
                 }
-                let alpha =
-                    (self.lighting > 0.0).then(|| [(); 3].map(|_| rng.normal() * self.lighting));
-                if mine(i) {
-                    let mut img = x.get(i - start);
-                    if let Some((factors, order)) = jitter {
-                        img = color_jitter(&img, factors, order);
-                    }
-                    if let Some(alpha) = alpha {
-                        img = lighting(&img, alpha);
-                    }
-                    per_image.push(img);
+                if self.lighting > 0.0 {
+                    di.lighting = Some([(); 3].map(|_| rng.normal() * self.lighting));
                 }
             }
-            x = Tensor::stack(&per_image, 0);
         }
-        if self.noise > 0.0 {
-            // Drawn from `rng`, not LibTorch's global generator, so the loader thread stays
-            // deterministic whatever the training thread draws meanwhile; for the whole batch,
-            // then this share's rows taken.
-            let per = x.numel() as i64 / len.max(1);
-            let z: Vec<f32> = (0..n * per)
-                .map(|_| (rng.normal() * self.noise) as f32)
-                .collect();
-            let z = Tensor::from_slice(&z[(start * per) as usize..((start + len) * per) as usize]);
-            x = &x + z.view(x.size().as_slice()).to_device(x.device());
+        d
+    }
+
+    /// One image `C×H×W` with its draws applied (all but the noise), as [`Augment::apply`]
+    /// transforms it within a batch: the same operations on the same values, so any thread
+    /// may transform any image.
+    pub fn apply_one(&self, img: &Tensor, d: &Draws) -> Tensor {
+        let mut x = img.shallow_clone();
+        if let Some(b) = d.crop {
+            x = resized_crop(&x.unsqueeze(0), b, self.resized_crop).squeeze_dim(0);
+        }
+        if let Some((dy, dx)) = d.pad {
+            let p = self.pad_crop;
+            let (h, w) = (x.size()[1], x.size()[2]);
+            let padded = match self.pad_mode {
+                PadMode::Zero => x.constant_pad_nd([p, p, p, p]),
+                PadMode::Reflect => x.unsqueeze(0).reflection_pad2d([p, p, p, p]).squeeze_dim(0),
+            };
+            x = padded.narrow(1, dy, h).narrow(2, dx, w);
+        }
+        if d.flip {
+            x = x.flip([2]);
+        }
+        if let Some((factors, order)) = d.jitter {
+            x = color_jitter(&x, factors, order);
+        }
+        if let Some(alpha) = d.lighting {
+            x = lighting(&x, alpha);
         }
         x
     }
+
+    /// The batch's rows `[start, start + x's rows)` of `n` with the noise added, drawn from
+    /// `rng` for the whole batch (the last draws of [`Augment::apply`]); `x` unchanged
+    /// without noise.
+    pub fn add_noise(&self, x: &Tensor, n: i64, start: i64, rng: &mut Rng) -> Tensor {
+        if self.noise <= 0.0 {
+            return x.shallow_clone();
+        }
+        // Drawn from `rng`, not LibTorch's global generator, so the loader thread stays
+        // deterministic whatever the training thread draws meanwhile.
+        let len = x.size()[0];
+        let per = x.numel() as i64 / len.max(1);
+        let z: Vec<f32> = (0..n * per)
+            .map(|_| (rng.normal() * self.noise) as f32)
+            .collect();
+        let z = Tensor::from_slice(&z[(start * per) as usize..((start + len) * per) as usize]);
+        x + z.view(x.size().as_slice()).to_device(x.device())
+    }
+}
+
+/// The random numbers of one image of a batch ([`Augment::draw`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Draws {
+    /// The resized crop's box (top, left, height, width).
+    pub crop: Option<(i64, i64, i64, i64)>,
+    /// The padded crop's offset (down, right).
+    pub pad: Option<(i64, i64)>,
+    /// Whether it is flipped left to right.
+    pub flip: bool,
+    /// The jitter's brightness, contrast and saturation factors, and their order.
+    pub jitter: Option<([f64; 3], [usize; 3])>,
+    /// The lighting's three PCA weights.
+    pub lighting: Option<[f64; 3]>,
 }
 
 /// One training batch.

@@ -315,9 +315,12 @@ impl ImageFolderIndex {
     /// Decodes the images at `idx` (resize + centre crop, CHW in [0, 1]) with their labels,
     /// on all available cores.
     pub fn load(&self, idx: &[i64]) -> Result<(Tensor, Tensor)> {
-        self.decode(idx, self.size.crop, |_, img| {
-            resize_center_crop(img, self.size)
-        })
+        self.decode(
+            idx,
+            self.size.crop,
+            |_, img| resize_center_crop(img, self.size),
+            None,
+        )
     }
 
     /// Decodes the images at `idx` as torchvision's `RandomResizedCrop(side)` does from the
@@ -330,6 +333,19 @@ impl ImageFolderIndex {
         side: u32,
         seeds: &[u64],
     ) -> Result<(Tensor, Tensor)> {
+        self.load_resized_crops_then(idx, side, seeds, None)
+    }
+
+    /// [`ImageFolderIndex::load_resized_crops`], each crop (`3×side×side`) then transformed
+    /// by `then(position in idx, crop)` on the decoding thread that made it (the rest of a
+    /// training transform, image by image, on the workers as a `DataLoader`'s do).
+    pub fn load_resized_crops_then(
+        &self,
+        idx: &[i64],
+        side: u32,
+        seeds: &[u64],
+        then: Option<&(dyn Fn(usize, Tensor) -> Tensor + Sync)>,
+    ) -> Result<(Tensor, Tensor)> {
         if seeds.len() != idx.len() || side == 0 {
             return Err(Error::Data(format!(
                 "{} crop seeds for {} images of side {side}",
@@ -337,24 +353,31 @@ impl ImageFolderIndex {
                 idx.len()
             )));
         }
-        self.decode(idx, side, |k, img| {
-            let (w, h) = img.dimensions();
-            let mut rng = Rng::new(seeds[k]);
-            crop_resize(
-                img,
-                resized_crop_box(i64::from(h), i64::from(w), &mut rng),
-                side,
-            )
-        })
+        self.decode(
+            idx,
+            side,
+            |k, img| {
+                let (w, h) = img.dimensions();
+                let mut rng = Rng::new(seeds[k]);
+                crop_resize(
+                    img,
+                    resized_crop_box(i64::from(h), i64::from(w), &mut rng),
+                    side,
+                )
+            },
+            then,
+        )
     }
 
     /// Decodes the images at `idx` on [`ImageFolderIndex::workers`] threads, bringing each to
-    /// `side × side` with `f(position in idx, decoded image)`.
+    /// `side × side` with `f(position in idx, decoded image)`, then (as a `3×side×side`
+    /// tensor) through `then(position in idx, image)` where given, which must keep its shape.
     fn decode(
         &self,
         idx: &[i64],
         side: u32,
         f: impl Fn(usize, &image::RgbImage) -> image::RgbImage + Sync,
+        then: Option<&(dyn Fn(usize, Tensor) -> Tensor + Sync)>,
     ) -> Result<(Tensor, Tensor)> {
         let c = side as usize;
         let per = 3 * c * c;
@@ -386,6 +409,20 @@ impl ImageFolderIndex {
                                 for ch in 0..3 {
                                     dst[ch * c * c + j] = f32::from(p.0[ch]) / 255.0;
                                 }
+                            }
+                            if let Some(g) = then {
+                                let img = Tensor::from_slice(dst).view([3, c as i64, c as i64]);
+                                let out = g(part * chunk + k, img).contiguous();
+                                if out.size() != [3, c as i64, c as i64]
+                                    || out.kind() != tch::Kind::Float
+                                {
+                                    return Err(Error::msg(format!(
+                                        "a training transform made a {:?} {:?} of a 3×{c}×{c} image",
+                                        out.kind(),
+                                        out.size()
+                                    )));
+                                }
+                                out.copy_data(dst, per);
                             }
                         }
                         Ok(())

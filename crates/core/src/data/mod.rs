@@ -372,16 +372,23 @@ impl Images {
                 let side = u32::try_from(aug.resized_crop)
                     .map_err(|_| Error::Data("resized_crop is too large".into()))?;
                 let seeds: Vec<u64> = idx.iter().map(|_| rng.next_u64()).collect();
-                let (x, y) = f.load_resized_crops(
-                    mine,
-                    side,
-                    &seeds[start as usize..(start + len) as usize],
-                )?;
+                // The rest of the transform image by image on the decoding threads, with the
+                // draws of the whole batch made here in order (then the noise, for the batch).
                 let rest = augment::Augment {
                     resized_crop: 0,
                     ..*aug
                 };
-                Ok((apply_augment(&rest, x, n, start, rng), y))
+                let side_i = i64::from(side);
+                let draws = rest.draw(n, (side_i, side_i), rng);
+                let then = |k: usize, img: Tensor| rest.apply_one(&img, &draws[start as usize + k]);
+                let (x, y) = f.load_resized_crops_then(
+                    mine,
+                    side,
+                    &seeds[start as usize..(start + len) as usize],
+                    (!rest.is_identity())
+                        .then_some(&then as &(dyn Fn(usize, Tensor) -> Tensor + Sync)),
+                )?;
+                Ok((rest.add_noise(&x, n, start, rng), y))
             }
             _ => {
                 let (x, y) = self.batch(mine)?;
@@ -1049,6 +1056,17 @@ mod tests {
         let idx = [3i64, 6, 0, 5, 1, 4, 2];
         let (whole, wy) = images.train_batch(&idx, &aug, &mut Rng::new(11)).unwrap();
         assert_eq!(ix.decoded(), 7);
+        // The same as the crops decoded as a batch, then the rest of the transform applied to
+        // the batch (the rest runs image by image on the decoding threads).
+        let mut rng = Rng::new(11);
+        let seeds: Vec<u64> = idx.iter().map(|_| rng.next_u64()).collect();
+        let (crops, _) = ix.load_resized_crops(&idx, 12, &seeds).unwrap();
+        let rest = augment::Augment {
+            resized_crop: 0,
+            ..aug
+        };
+        assert!(rest.apply(&crops, &mut rng).equal(&whole));
+        assert_eq!(ix.decoded(), 14);
         let mut parts = Vec::new();
         for rows in [(0, 4), (4, 3)] {
             // Each rank's own index (as each process has), with two decoding threads.
@@ -1060,7 +1078,7 @@ mod tests {
         }
         assert_eq!(
             ix.decoded(),
-            14,
+            21,
             "each image decoded once by the two ranks together"
         );
         let x = Tensor::cat(&[&parts[0].0, &parts[1].0], 0);
