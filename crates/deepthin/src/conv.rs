@@ -24,7 +24,7 @@ use reprise_core::data::{self, batch_indices, Images};
 use reprise_core::models::{Block, ResNet, ResNetConfig, Stem, Wrn, WrnConfig, WrnNorm};
 use reprise_core::nn::Activation;
 use reprise_core::optim::Optimizer;
-use reprise_core::parallel::Shard;
+use reprise_core::parallel::{Parallel, Shard};
 use reprise_core::plan::{sorted_json, Entered, Ledger, Phase, Phases};
 use reprise_core::run::RunContext;
 use reprise_core::train::{Averages, Steps};
@@ -331,10 +331,24 @@ impl<'a> Pipeline<'a> {
 
     /// Augments (seeded by the step) and normalises a decoded batch on the device.
     fn prepare(&self, step: u64, x: Tensor, y: Tensor) -> (Tensor, Tensor) {
+        let n = x.size()[0];
+        self.prepare_rows(step, (x, y), n, 0)
+    }
+
+    /// [`Self::prepare`] for the rows `start..` of a batch of `n` (a data-parallel rank's
+    /// share, decoded alone): the augmentation draws for the whole batch and applies this
+    /// share's ([`reprise_core::data::augment::Augment::apply_rows`]).
+    fn prepare_rows(
+        &self,
+        step: u64,
+        (x, y): (Tensor, Tensor),
+        n: i64,
+        start: i64,
+    ) -> (Tensor, Tensor) {
         let mut x = x.to_device(self.dev);
         if !self.p.augment.is_identity() {
             let mut rng = reprise_core::seed::step_rng(self.seed, step);
-            x = self.p.augment.apply(&x, &mut rng);
+            x = self.p.augment.apply_rows(&x, n, start, &mut rng);
         }
         (self.normalize(&x), y.to_device(self.dev))
     }
@@ -343,6 +357,19 @@ impl<'a> Pipeline<'a> {
     pub fn train_batch(&self, step: u64) -> Result<(Tensor, Tensor)> {
         let (x, y) = self.train.batch(&self.indices(step))?;
         Ok(self.prepare(step, x, y))
+    }
+
+    /// The indices of step `step`'s batch that this rank reads (its rows `start..start + len`
+    /// of the batch), the rows, and the batch's size.
+    fn rows_of(&self, par: &Parallel, step: u64) -> Result<(Vec<i64>, (i64, i64), i64)> {
+        let idx = self.indices(step);
+        let n = idx.len() as i64;
+        let (start, len) = par.rows(n)?;
+        Ok((
+            idx[start as usize..(start + len) as usize].to_vec(),
+            (start, len),
+            n,
+        ))
     }
 
     /// The test batches (the first `limit` of them when given), in order.
@@ -506,22 +533,23 @@ impl Exec<'_, '_> {
         std::thread::scope(|scope| -> Result<()> {
             let mut next: Option<std::thread::ScopedJoinHandle<'_, Result<(Tensor, Tensor)>>> =
                 None;
+            // Each rank reads, decodes and augments only its rows of every batch.
             while steps.start_next() {
                 let step = steps.step();
+                let (mine, (start, _), n) = p.rows_of(&par, step)?;
                 let decoded = match next.take() {
                     Some(h) => h
                         .join()
                         .map_err(|_| Error::msg("a decoding thread panicked"))?,
-                    None => p.train.batch(&p.indices(step)),
+                    None => p.train.batch(&mine),
                 };
                 if let (Some(f), true) = (folder, step + 1 < total) {
-                    let idx = p.indices(step + 1);
+                    let (idx, _, _) = p.rows_of(&par, step + 1)?;
                     next = Some(scope.spawn(move || f.load(&idx)));
                 }
-                let (x, y) = decoded?;
-                let (x, y) = p.prepare(step, x, y);
+                let (x, y) = p.prepare_rows(step, decoded?, n, start);
                 let l = par
-                    .shard_batch([&x, &y])
+                    .local_shard(n, [x, y])
                     .and_then(|batch| f(opt, step, &batch))
                     .and_then(|l| Ok(par.mean(&[l])?[0]))
                     .map_err(|e| Error::msg(format!("{name}, step {step}: {e}")))?;

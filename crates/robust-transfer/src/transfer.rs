@@ -252,17 +252,25 @@ pub fn train_net(net: Net, fit: Fit<'_>, train: &Dataset, lr: f64, seed: u64) ->
         if step % per_epoch == 0 {
             batches = batch_indices(n, sgd.batch, seed, epoch, true, false);
         }
-        let idx = Tensor::from_slice(&batches[(step % per_epoch) as usize]);
+        // This rank's rows of the batch, transformed and augmented alone (the augmentation
+        // draws for the whole batch, so the ranks' rows are the one-process batch).
+        let all = &batches[(step % per_epoch) as usize];
+        let n = all.len() as i64;
+        let (start, len) = par.rows(n)?;
+        let idx = Tensor::from_slice(&all[start as usize..(start + len) as usize]);
         let x = transform(&train.x.index_select(0, &idx).to_device(dev), &t.transform);
         let x = if sgd.augment.is_identity() {
             x
         } else {
-            sgd.augment
-                .apply(&x, &mut Rng::new(seed ^ step.wrapping_mul(0x9E37_79B9)))
+            sgd.augment.apply_rows(
+                &x,
+                n,
+                start,
+                &mut Rng::new(seed ^ step.wrapping_mul(0x9E37_79B9)),
+            )
         };
         let y = train.y.index_select(0, &idx).to_device(dev);
-        // This rank's rows of the batch (drawn and augmented whole, the same on every rank).
-        let shard = par.shard_batch([&x, &y])?;
+        let shard = par.local_shard(n, [x, y])?;
         let [x, y] = &shard.rows;
         let logits = if full {
             net.forward_t(x, true)

@@ -1114,5 +1114,22 @@ mod tests {
             .unwrap()
             .0;
         assert!(Tensor::cat(&[a, b], 0).equal(&w2));
+        // RandomResizedCrop on tensors (a fine-tuning transfer's upscaled target), with jitter.
+        let aug = augment::Augment {
+            resized_crop: 20,
+            jitter: 0.3,
+            ..Default::default()
+        };
+        let (w3, _) = mem.train_batch(&all, &aug, &mut Rng::new(5)).unwrap();
+        assert_eq!(w3.size(), [7, 3, 20, 20]);
+        let a = mem
+            .train_rows(&all, (0, 2), &aug, &mut Rng::new(5))
+            .unwrap()
+            .0;
+        let b = mem
+            .train_rows(&all, (2, 5), &aug, &mut Rng::new(5))
+            .unwrap()
+            .0;
+        assert!(Tensor::cat(&[a, b], 0).equal(&w3));
     }
 }
