@@ -115,8 +115,9 @@ pub fn section_with_defaults<T: serde::de::DeserializeOwned + Serialize>(
 }
 
 /// What every checkpoint of a run says about itself: the experiment, the sha256 of its resolved
-/// spec (`spec.yaml`) and the commit of the code that wrote it (with `+dirty` when the checkout
-/// had uncommitted changes).
+/// spec (`spec.yaml`), the commit of the code that wrote it (with `+dirty` when the checkout
+/// had uncommitted changes) and, data-parallel, the world it was trained in (`world_size`,
+/// `world_backend`, `grad_sync`, as `run.json`'s `world`).
 fn checkpoint_about(spec: &SpecTree, header: &Header, info: &RunInfo) -> Vec<(String, String)> {
     let mut about = vec![
         ("experiment".to_string(), header.name.clone()),
@@ -129,6 +130,13 @@ fn checkpoint_about(spec: &SpecTree, header: &Header, info: &RunInfo) -> Vec<(St
             ""
         };
         about.push(("commit".to_string(), format!("{c}{dirty}")));
+    }
+    if let Some(w) = &info.world {
+        about.push(("world_size".to_string(), w.size.to_string()));
+        about.push(("world_backend".to_string(), w.backend.clone()));
+        if let Some(g) = &w.grad_sync {
+            about.push(("grad_sync".to_string(), g.clone()));
+        }
     }
     about
 }
@@ -296,6 +304,34 @@ impl World {
             grad_sync: Some(par.grad_sync().name().to_string()),
         })
     }
+}
+
+/// A run's report `md` with, under its title, the data-parallel world it was trained in (one
+/// line; `md` itself for one process): the number of ranks, the collectives' backend and when
+/// the gradients were averaged.
+pub fn with_world(md: &str, world: Option<&World>) -> String {
+    let Some(w) = world else {
+        return md.to_string();
+    };
+    let sync = match w.grad_sync.as_deref() {
+        Some("reducer") => ", gradients averaged during the backward by DDP's Reducer",
+        Some("after-backward") | None => ", gradients averaged after the backward",
+        Some(_) => "",
+    };
+    let line = format!(
+        "*Trained data-parallel: {} ranks ({}){sync}, each on its share of the spec's batch.*\n",
+        w.size, w.backend
+    );
+    let at = md.find('\n').map_or(md.len(), |i| i + 1);
+    let (title, rest) = md.split_at(at);
+    format!("{title}\n{line}{rest}")
+}
+
+/// The `world` `run.json` in `dir` records (`None` for one process, or where it cannot be
+/// read).
+pub fn recorded_world(dir: &Path) -> Option<World> {
+    let bytes = crate::checkpoint::read_bounded(&dir.join("run.json"), 1 << 20).ok()?;
+    serde_json::from_slice::<RunInfo>(&bytes).ok()?.world
 }
 
 /// Where a run stands (`run.json`'s `status`).
@@ -905,9 +941,11 @@ impl RunContext {
         )
     }
 
-    /// Writes `report.md`.
+    /// Writes `report.md` (saying, under its title, the data-parallel world it was trained
+    /// in, [`with_world`]).
     pub fn write_report(&self, markdown: &str) -> Result<()> {
-        write_atomic(&self.dir.join("report.md"), markdown.as_bytes())
+        let md = with_world(markdown, self.info.world.as_ref());
+        write_atomic(&self.dir.join("report.md"), md.as_bytes())
     }
 
     /// Ends the run: writes `metrics.csv` from `metrics.jsonl`, then, last, the `finished`
@@ -1096,6 +1134,25 @@ pub fn finished_runs(sweep: &Path) -> Result<Vec<RunSummary>> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_data_parallel_report_says_its_world_under_the_title() {
+        let md = "# jem — tiny\n\nbody\n";
+        assert_eq!(with_world(md, None), md);
+        let w = World {
+            size: 4,
+            backend: "gloo+nccl".into(),
+            grad_sync: Some("reducer".into()),
+        };
+        let out = with_world(md, Some(&w));
+        assert!(out.starts_with("# jem — tiny\n\n*Trained data-parallel: 4 ranks (gloo+nccl), gradients averaged during the backward by DDP's Reducer"), "{out}");
+        assert!(out.ends_with("\nbody\n"), "{out}");
+        let old = World {
+            grad_sync: None,
+            ..w
+        };
+        assert!(with_world(md, Some(&old)).contains("averaged after the backward"));
+    }
+
     use super::*;
 
     const SPEC: &str = "name: t\npaper: p\ndescription: d\ndata: { dataset: digits }\np: {}\n";

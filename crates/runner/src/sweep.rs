@@ -1255,7 +1255,10 @@ pub fn report(dir: &Path) -> Result<()> {
     if dir.join("spec.yaml").is_file() {
         let spec = SpecTree::load(&dir.join("spec.yaml"))?;
         let paper = crate::paper(&spec.header()?.paper)?;
-        let md = (paper.report)(dir)?;
+        let md = reprise_core::run::with_world(
+            &(paper.report)(dir)?,
+            reprise_core::run::recorded_world(dir).as_ref(),
+        );
         write_atomic(&dir.join("report.md"), md.as_bytes())?;
         reprise_core::note!("report: {}", dir.join("report.md").display());
         return Ok(());

@@ -136,6 +136,32 @@ fn two_ranks_with_half_batches_train_a_jem_run_as_one_process_does() {
         let info: serde_json::Value =
             serde_json::from_slice(&fs::read(b.join("run.json")).unwrap()).unwrap();
         assert_eq!(info["world"]["grad_sync"], "reducer", "{info}");
+        // The report and the checkpoints say so too.
+        let report = fs::read_to_string(b.join("report.md")).unwrap();
+        assert!(
+            report.contains("*Trained data-parallel: 2 ranks (gloo), gradients averaged during the backward by DDP's Reducer"),
+            "{report}"
+        );
+        assert!(!fs::read_to_string(a.join("report.md"))
+            .unwrap()
+            .contains("data-parallel"));
+        let bytes = fs::read(checkpoint(b, 60)).unwrap();
+        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+        let meta = meta.metadata().clone().unwrap_or_default();
+        assert_eq!(
+            meta.get("world_size").map(String::as_str),
+            Some("2"),
+            "{meta:?}"
+        );
+        assert_eq!(meta.get("world_backend").map(String::as_str), Some("gloo"));
+        assert_eq!(meta.get("grad_sync").map(String::as_str), Some("reducer"));
+        let one_bytes = fs::read(checkpoint(a, 60)).unwrap();
+        let (_, one_meta) = safetensors::SafeTensors::read_metadata(&one_bytes).unwrap();
+        assert!(!one_meta
+            .metadata()
+            .clone()
+            .unwrap_or_default()
+            .contains_key("world_size"));
         if i == 0 {
             let after = "after";
             let o = runner_env(
