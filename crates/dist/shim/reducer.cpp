@@ -27,11 +27,41 @@ namespace {
 using reprise::Group;
 using reprise::set_error;
 
+// c10d's Reducer, able to wait for the all-reduces it has launched: a Reducer dropped in the
+// middle of an iteration (its backward ended by an error, a parameter left out) may still have
+// buckets whose all-reduce is running on the backend's threads, writing into the buckets.
+struct Reducer : c10d::Reducer {
+  using c10d::Reducer::Reducer;
+
+  // Waits until every bucket's launched all-reduce has ended (its result is not needed).
+  void wait_in_flight() {
+    for (auto& bucket : buckets_) {
+      if (bucket.future_work && !bucket.future_work->completed()) {
+        bucket.future_work->wait();
+      }
+    }
+  }
+};
+
 struct Ddp {
   // Keeps the group (and so its backends) alive as long as the Reducer.
   c10::intrusive_ptr<Group> group;
   c10::intrusive_ptr<c10d::ProcessGroup> pg;
-  std::unique_ptr<c10d::Reducer> reducer;
+  std::unique_ptr<Reducer> reducer;
+
+  Ddp() = default;
+  Ddp(const Ddp&) = delete;
+  Ddp& operator=(const Ddp&) = delete;
+  // The Reducer goes only after its in-flight all-reduces have ended.
+  ~Ddp() {
+    if (reducer) {
+      try {
+        reducer->wait_in_flight();
+      } catch (...) {
+        // A failed all-reduce has ended too.
+      }
+    }
+  }
 };
 
 }  // namespace
@@ -79,7 +109,7 @@ void* reprise_ddp_new(void* group, const at::Tensor* const* params, size_t n, in
     auto ddp = std::make_unique<Ddp>();
     ddp->group = g;
     ddp->pg = pg;
-    ddp->reducer = std::make_unique<c10d::Reducer>(
+    ddp->reducer = std::make_unique<Reducer>(
         ps, std::move(rev), pg, sparse, bucket_bytes, find_unused != 0,
         /*gradient_as_bucket_view=*/false, names, first_bucket_bytes,
         /*skip_all_reduce_unused_params=*/false, /*use_python_reducer=*/false,
@@ -119,7 +149,7 @@ int64_t reprise_ddp_buckets(void* ddp) {
   return static_cast<int64_t>(d->reducer->get_grad_buckets(/*return_zero_tensors=*/true).size());
 }
 
-// Removes the Reducer's hooks and frees it.
+// Waits for the all-reduces the Reducer has in flight, removes its hooks and frees it.
 void reprise_ddp_free(void* ddp) {
   auto* d = static_cast<Ddp*>(ddp);
   try {

@@ -394,6 +394,12 @@ fn ddps_reducer_averages_the_gradients_during_the_backward() {
                     2,
                     "rebuilt in gradient order after the first"
                 );
+                // A parameter left out of a backward is an error at the next prepare.
+                let partial = w[0].square().sum(Kind::Float);
+                red.prepare(&[&partial]).unwrap();
+                partial.backward();
+                let e = red.prepare(&[&partial]).unwrap_err();
+                assert!(e.0.contains("not used in producing loss"), "{e}");
                 got
             })
         })
