@@ -104,6 +104,42 @@ void* reprise_dist_init(const char* host, int port, int rank, int world, int tim
   }
 }
 
+// A connection of its own to the group's TCPStore at host:port (served by rank 0), for a
+// thread of its own (the heartbeat): its operations never wait behind the group's (a TCPStore
+// client serialises its operations). Returns nullptr and the reason in `err` on failure.
+void* reprise_store_connect(const char* host, int port, int timeout_ms, char* err,
+                            size_t err_len) {
+  try {
+    c10d::TCPStoreOptions opts;
+    opts.port = static_cast<std::uint16_t>(port);
+    opts.isServer = false;
+    opts.waitWorkers = false;
+    opts.timeout = std::chrono::milliseconds(timeout_ms);
+    return c10::make_intrusive<c10d::TCPStore>(std::string(host), opts).release();
+  } catch (const std::exception& e) {
+    set_error(err, err_len, e.what());
+    return nullptr;
+  }
+}
+
+// Adds `delta` to the counter `key` of the store (0: reads it) and writes its new value to
+// `out`; 1 and the reason in `err` on failure.
+int reprise_store_add(void* store, const char* key, int64_t delta, int64_t* out, char* err,
+                      size_t err_len) {
+  try {
+    *out = static_cast<c10d::TCPStore*>(store)->add(std::string(key), delta);
+    return 0;
+  } catch (const std::exception& e) {
+    set_error(err, err_len, e.what());
+    return 1;
+  }
+}
+
+// Closes a connection of reprise_store_connect.
+void reprise_store_free(void* store) {
+  c10::intrusive_ptr<c10d::TCPStore>::reclaim(static_cast<c10d::TCPStore*>(store));
+}
+
 // Sums `t` (in place) over the ranks.
 int reprise_dist_allreduce_sum(void* group, at::Tensor* t, char* err, size_t err_len) {
   try {

@@ -13,6 +13,9 @@
 use std::ffi::{c_char, c_int, c_void, CString};
 use tch::{Kind, Tensor};
 
+mod heartbeat;
+pub use heartbeat::{Heartbeat, StoreClient};
+
 #[allow(unsafe_code)]
 mod ffi {
     use std::ffi::{c_char, c_int, c_void};
@@ -56,6 +59,22 @@ mod ffi {
             err_len: usize,
         ) -> *mut C_tensor;
         pub fn reprise_dist_free(group: *mut c_void);
+        pub fn reprise_store_connect(
+            host: *const c_char,
+            port: c_int,
+            timeout_ms: c_int,
+            err: *mut c_char,
+            err_len: usize,
+        ) -> *mut c_void;
+        pub fn reprise_store_add(
+            store: *mut c_void,
+            key: *const c_char,
+            delta: i64,
+            out: *mut i64,
+            err: *mut c_char,
+            err_len: usize,
+        ) -> c_int;
+        pub fn reprise_store_free(store: *mut c_void);
         pub fn reprise_ddp_new(
             group: *mut c_void,
             params: *const *const C_tensor,

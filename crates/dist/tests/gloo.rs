@@ -419,3 +419,76 @@ fn ddps_reducer_averages_the_gradients_during_the_backward() {
         }
     }
 }
+
+/// Rank `rank` of a 2-rank group at `port` with a heartbeat whose silence handler sends its
+/// sentence to `tx`, the group, and the heartbeat.
+fn beating(
+    rank: usize,
+    port: u16,
+    silence: Duration,
+    tx: std::sync::mpsc::Sender<(usize, String)>,
+) -> (ProcessGroup, dist::Heartbeat) {
+    let launch = Launch::local(rank, 2, port);
+    let pg = ProcessGroup::join(&launch, Duration::from_secs(30)).expect("join");
+    let hb = dist::Heartbeat::start(&launch, silence, move |why| {
+        let _ = tx.send((rank, why));
+    })
+    .expect("heartbeat");
+    (pg, hb)
+}
+
+#[test]
+fn a_silent_rank_or_store_is_reported_within_the_silence_and_a_rank_that_left_is_not() {
+    let silence = Duration::from_millis(800);
+    // Rank 1 stops beating without leaving (frozen): rank 0 hears of it within the silence
+    // period and a few beats, naming it.
+    let port = free_port();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let tx1 = tx.clone();
+    let r1 = std::thread::spawn(move || beating(1, port, silence, tx1));
+    let (pg0, hb0) = beating(0, port, silence, tx);
+    let (pg1, hb1) = r1.join().unwrap();
+    // Both alive: nothing for a while.
+    assert!(rx.recv_timeout(silence * 2).is_err());
+    let t0 = Instant::now();
+    drop(hb1);
+    let (who, why) = rx
+        .recv_timeout(silence * 4)
+        .expect("rank 1's silence reported");
+    assert_eq!(who, 0);
+    assert!(why.contains("rank 1 of 2 has not beaten"), "{why}");
+    assert!(t0.elapsed() >= silence / 2, "{:?}", t0.elapsed());
+    drop((hb0, pg0, pg1));
+
+    // Rank 1 leaves (its part of the run is over): rank 0 goes on alone undisturbed.
+    let port = free_port();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let tx1 = tx.clone();
+    let r1 = std::thread::spawn(move || beating(1, port, silence, tx1));
+    let (pg0, hb0) = beating(0, port, silence, tx);
+    let (pg1, hb1) = r1.join().unwrap();
+    hb1.leave();
+    drop(pg1);
+    assert!(
+        rx.recv_timeout(silence * 3).is_err(),
+        "a rank that left was reported"
+    );
+
+    // Rank 0's store goes (its group and heartbeat end without leaving): rank 1 hears of it.
+    let port2 = free_port();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let tx1 = tx.clone();
+    let r1 = std::thread::spawn(move || beating(1, port2, silence, tx1));
+    let (pg0b, hb0b) = beating(0, port2, silence, tx);
+    let (pg1b, hb1b) = r1.join().unwrap();
+    drop((hb0b, pg0b));
+    let (who, why) = rx
+        .recv_timeout(silence * 4)
+        .expect("the store's silence reported");
+    assert_eq!(who, 1);
+    assert!(
+        why.contains("rank 0 of 2 has not beaten") || why.contains("store at 127.0.0.1"),
+        "{why}"
+    );
+    drop((hb1b, pg1b, hb0, pg0));
+}

@@ -17,6 +17,9 @@ use std::time::Duration;
 
 static GROUP: OnceLock<Arc<Parallel>> = OnceLock::new();
 
+/// This rank's heartbeat ([`dist::Heartbeat`]), until it leaves ([`leave`]).
+static HEARTBEAT: std::sync::Mutex<Option<dist::Heartbeat>> = std::sync::Mutex::new(None);
+
 /// `--allow-world-change`: a run may continue on another number of processes than it ran on.
 static WORLD_CHANGE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
@@ -40,6 +43,12 @@ fn join_timeout() -> Result<Duration> {
 /// `REPRISE_DIST_TIMEOUT_SECS`, 30 minutes by default as in `torch.distributed`.
 fn op_timeout() -> Result<Duration> {
     secs_var("REPRISE_DIST_TIMEOUT_SECS", 1800.0)
+}
+
+/// How long a rank may go unheard (frozen, or on a host that cannot be reached) before the
+/// others end: `REPRISE_DIST_HEARTBEAT_SECS`, 120 s by default.
+fn heartbeat_silence() -> Result<Duration> {
+    secs_var("REPRISE_DIST_HEARTBEAT_SECS", 120.0)
 }
 
 /// The most seconds a timeout variable may give (about 11 days).
@@ -107,6 +116,7 @@ pub fn join_from_env() -> Result<()> {
     }
     // A bad choice is refused before the group is joined.
     let sync = reprise_core::parallel::GradSync::from_env()?;
+    let silence = heartbeat_silence()?;
     watch_launcher()?;
     let cuda = nccl_device(&launch);
     let group = dist::ProcessGroup::join_with(&launch, join_timeout()?, op_timeout()?, cuda)?;
@@ -121,7 +131,32 @@ pub fn join_from_env() -> Result<()> {
         }
     );
     let _ = GROUP.set(Arc::new(Parallel::of(group).with_grad_sync(sync)));
+    start_heartbeat(&launch, silence)
+}
+
+/// Starts this rank's heartbeat: when another rank goes unheard for `silence` (frozen: a
+/// collective would wait for it until `REPRISE_DIST_TIMEOUT_SECS`), this rank says which and
+/// ends; the run keeps its last checkpoint.
+fn start_heartbeat(launch: &dist::Launch, silence: Duration) -> Result<()> {
+    let rank = launch.rank;
+    let hb = dist::Heartbeat::start(launch, silence, move |why| {
+        reprise_core::note!(
+            "error: {why} (REPRISE_DIST_HEARTBEAT_SECS={}); ending rank {rank}: the run keeps its \
+             last checkpoint, continue it with `runner run --resume RUN_DIR` and the same launch",
+            silence.as_secs_f64()
+        );
+        std::process::exit(1);
+    })?;
+    *HEARTBEAT.lock().unwrap_or_else(|e| e.into_inner()) = Some(hb);
     Ok(())
+}
+
+/// Ends this rank's part of a data-parallel run (a rank other than 0, after training): its
+/// heartbeat stops, and the others no longer wait to hear from it.
+pub fn leave() {
+    if let Some(hb) = HEARTBEAT.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        hb.leave();
+    }
 }
 
 /// How long the `--nproc` launcher gives its ranks to checkpoint and stop after a SIGTERM before

@@ -501,7 +501,10 @@ fn exec_follower(
     ctx.set_parallel(crate::ddp::current().context("a data-parallel group")?);
     let paper = crate::paper(&ctx.header().paper)?;
     let run = paper.run;
-    match catch_quietly(|| run(&mut ctx)) {
+    let ran = catch_quietly(|| run(&mut ctx));
+    // Its part is over (rank 0 evaluates alone from here): its silence is no longer a failure.
+    crate::ddp::leave();
+    match ran {
         Ok(r) => Ok(r?),
         Err(msg) => bail!("rank {} failed: {}", par.rank(), first_line(&msg)),
     }

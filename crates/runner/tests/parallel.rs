@@ -948,6 +948,54 @@ fn the_launcher_s_ranks_never_outlive_it_and_a_frozen_rank_is_killed() {
 }
 
 #[test]
+fn a_rank_frozen_mid_run_ends_the_others_within_the_heartbeat_silence() {
+    let d = setup();
+    let p = d.path();
+    let long = ["jem.iterations=100000", "jem.checkpoint_every=100"];
+    let mut launcher = Reaper(
+        rank_command(p, &two_ranks("t/tiny", "hb", &long))
+            .env("REPRISE_DIST_HEARTBEAT_SECS", "3")
+            .env("REPRISE_STOP_GRACE_SECS", "2")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !(rank_alive("hb", 0) && rank_alive("hb", 1)) {
+        assert!(Instant::now() < deadline, "the ranks did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // In the training loop, beating: a few silences pass without a word.
+    std::thread::sleep(Duration::from_secs(8));
+    assert!(
+        launcher.try_wait().unwrap().is_none(),
+        "the run ended early"
+    );
+    // Rank 1 frozen (SIGSTOP: alive, its connections open) and nothing said to the launcher:
+    // without the heartbeat rank 0 would wait in its collective for REPRISE_DIST_TIMEOUT_SECS.
+    let r1 = rank_pid("hb", 1).unwrap();
+    Command::new("kill")
+        .args(["-STOP", &r1.to_string()])
+        .status()
+        .unwrap();
+    let t0 = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while launcher.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "rank 0 waits on its frozen peer");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let ended = t0.elapsed();
+    let mut err = String::new();
+    std::io::Read::read_to_string(launcher.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert!(err.contains("rank 1 of 2 has not beaten for"), "{err}");
+    assert!(err.contains("ending rank 0"), "{err}");
+    assert!(ended >= Duration::from_secs(2), "{ended:?}");
+    eprintln!("the run ended {ended:?} after rank 1 froze");
+    assert!(ranks_gone("hb", 10), "a rank outlived the launcher");
+}
+
+#[test]
 fn each_rank_decodes_only_its_rows_of_a_streamed_image_folder() {
     let d = setup();
     let p = d.path();
