@@ -24,6 +24,15 @@ pub enum Amp {
 }
 
 impl Amp {
+    /// The precision of the matrix products and convolutions: `float32`, `bf16` or `f16`.
+    pub fn precision(self) -> &'static str {
+        match self {
+            Amp::None => "float32",
+            Amp::Bf16 => "bf16",
+            Amp::F16 => "f16",
+        }
+    }
+
     /// `forward()` under this autocast on `dev`, its output in float32 (unchanged with `none`).
     pub fn forward(self, dev: Device, forward: impl FnOnce() -> Tensor) -> Tensor {
         match self.try_forward(dev, || Ok::<_, std::convert::Infallible>(forward())) {

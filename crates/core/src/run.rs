@@ -137,6 +137,15 @@ fn checkpoint_about(spec: &SpecTree, header: &Header, info: &RunInfo) -> Vec<(St
         if let Some(g) = &w.grad_sync {
             about.push(("grad_sync".to_string(), g.clone()));
         }
+        for sh in &w.shares {
+            about.push((
+                format!("world_share.{}", sh.stage.replace(' ', "_")),
+                format!(
+                    "batch={} per_rank={} precision={}",
+                    sh.batch, sh.per_rank, sh.precision
+                ),
+            ));
+        }
     }
     about
 }
@@ -293,6 +302,35 @@ pub struct World {
     /// `after-backward` (absent in run folders of earlier versions, which averaged after it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grad_sync: Option<String>,
+    /// Each training stage's batch, rank 0's share of it and its precision, as the paper
+    /// recorded them when the stage began ([`RunContext::record_share`]; empty in run folders
+    /// of earlier versions).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shares: Vec<Share>,
+}
+
+/// One training stage of a data-parallel run: its (global) batch, the rows of it rank 0
+/// computes on (the others as many, or one fewer where it does not divide), and its precision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Share {
+    /// The stage (`train`, `source`, `transfer`, `teacher`, …).
+    pub stage: String,
+    /// The spec's batch, over all ranks.
+    pub batch: usize,
+    /// Rank 0's rows of it.
+    pub per_rank: usize,
+    /// `float32`, `bf16` or `f16` (the spec's `amp`).
+    pub precision: String,
+}
+
+impl Share {
+    /// `source: 512, 256 a rank, bf16`.
+    fn describe(&self) -> String {
+        format!(
+            "{}: {}, {} a rank, {}",
+            self.stage, self.batch, self.per_rank, self.precision
+        )
+    }
 }
 
 impl World {
@@ -302,6 +340,7 @@ impl World {
             size: par.world(),
             backend: par.backend().to_string(),
             grad_sync: Some(par.grad_sync().name().to_string()),
+            shares: Vec::new(),
         })
     }
 }
@@ -318,8 +357,14 @@ pub fn with_world(md: &str, world: Option<&World>) -> String {
         Some("after-backward") | None => ", gradients averaged after the backward",
         Some(_) => "",
     };
+    let shares = if w.shares.is_empty() {
+        String::new()
+    } else {
+        let each: Vec<String> = w.shares.iter().map(Share::describe).collect();
+        format!(" ({})", each.join("; "))
+    };
     let line = format!(
-        "*Trained data-parallel: {} ranks ({}){sync}, each on its share of the spec's batch.*\n",
+        "*Trained data-parallel: {} ranks ({}){sync}, each on its share of the spec's batch{shares}.*\n",
         w.size, w.backend
     );
     let at = md.find('\n').map_or(md.len(), |i| i + 1);
@@ -708,6 +753,41 @@ impl RunContext {
             self.checkpoints = self.checkpoints.clone().discarding();
         }
         self.parallel = p;
+    }
+
+    /// Records, for a data-parallel run, that its training stage `stage` runs with the spec's
+    /// batch `batch` split among the ranks, under `amp`: in `run.json`'s `world.shares`, the
+    /// metadata of the checkpoints written from now on and the line under the report's title.
+    /// With one process nothing is recorded.
+    pub fn record_share(&mut self, stage: &str, batch: usize, amp: crate::amp::Amp) -> Result<()> {
+        if self.parallel.world() == 1 {
+            return Ok(());
+        }
+        let Some(mut world) = self.info.world.clone() else {
+            return Ok(());
+        };
+        let (_, rows) = self.parallel.rows(batch as i64)?;
+        let share = Share {
+            stage: stage.to_string(),
+            batch,
+            per_rank: rows as usize,
+            precision: amp.precision().to_string(),
+        };
+        if world.shares.contains(&share) {
+            return Ok(());
+        }
+        world.shares.retain(|s| s.stage != stage);
+        world.shares.push(share);
+        self.info.world = Some(world.clone());
+        if self.parallel.is_main() {
+            update_info(&self.dir, |i| i.world = Some(world))?;
+        }
+        self.checkpoints = self.checkpoints.clone().described(checkpoint_about(
+            &self.spec,
+            &self.header,
+            &self.info,
+        ));
+        Ok(())
     }
 
     /// The checkpoint to resume from: the newest one of the run folder that passes `fits`
@@ -1142,10 +1222,33 @@ mod tests {
             size: 4,
             backend: "gloo+nccl".into(),
             grad_sync: Some("reducer".into()),
+            shares: vec![],
         };
         let out = with_world(md, Some(&w));
-        assert!(out.starts_with("# jem — tiny\n\n*Trained data-parallel: 4 ranks (gloo+nccl), gradients averaged during the backward by DDP's Reducer"), "{out}");
+        assert!(out.starts_with("# jem — tiny\n\n*Trained data-parallel: 4 ranks (gloo+nccl), gradients averaged during the backward by DDP's Reducer, each on its share of the spec's batch.*\n"), "{out}");
         assert!(out.ends_with("\nbody\n"), "{out}");
+        let staged = World {
+            shares: vec![
+                Share {
+                    stage: "source".into(),
+                    batch: 512,
+                    per_rank: 128,
+                    precision: "bf16".into(),
+                },
+                Share {
+                    stage: "transfer".into(),
+                    batch: 64,
+                    per_rank: 16,
+                    precision: "float32".into(),
+                },
+            ],
+            ..w.clone()
+        };
+        let out = with_world(md, Some(&staged));
+        assert!(
+            out.contains("each on its share of the spec's batch (source: 512, 128 a rank, bf16; transfer: 64, 16 a rank, float32).*"),
+            "{out}"
+        );
         let old = World {
             grad_sync: None,
             ..w

@@ -101,8 +101,11 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
             }
         }
     }
+    // Every stage shares the one batch; `amp` applies to the convolutional families.
     if c.arch.kind.is_conv() {
+        ctx.record_share("every stage", c.batch, c.amp)?;
         return conv::run(ctx, &c);
     }
+    ctx.record_share("every stage", c.batch, reprise_core::amp::Amp::None)?;
     memory::run(ctx, &c)
 }

@@ -250,6 +250,7 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
     let mut model = Classifier::new(&c.model, &shape, classes as i64, dev, seed);
     // Data-parallel, its step averages the ranks' gradients first (as DDP does).
     let mut opt = optimizer(&c, &model).data_parallel(ctx.parallel());
+    ctx.record_share("train", c.optim.batch, c.amp)?;
     let (w_px, w_xy, full) = c.arm_budget();
     // Evaluating given weights trains nothing.
     let total = if c.from.is_some() {

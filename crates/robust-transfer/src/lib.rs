@@ -235,6 +235,7 @@ fn train_source(
         .amp
         .optimizer(train::sgd(net.params(true), s.momentum, s.weight_decay))
         .data_parallel(ctx.parallel());
+    ctx.record_share("source", s.batch, s.amp)?;
     let mut step = 0;
     let fits = |ck: &Checkpoint| source_checkpoint_fits(net, &opt, ck);
     if let Some((_, ck)) = ctx.resume_point(fits)? {

@@ -400,6 +400,10 @@ pub(crate) fn fit_sgd(
 /// Every (target, mode, seed) transfer not yet in `transfers.jsonl`, in a fixed order.
 pub(crate) fn transfer_all(ctx: &mut RunContext, c: &Config, src: &Net) -> Result<Vec<Outcome>> {
     let par = ctx.parallel();
+    // Full-network fine-tuning shares its batches among the ranks, in float32.
+    if let Some(f) = &c.transfer.full {
+        ctx.record_share("transfer", f.sgd.batch, reprise_core::amp::Amp::None)?;
+    }
     let mut done: Journal<Outcome> = Journal::open(ctx, "transfers.jsonl")?;
     let smoke = ctx.smoke();
     let mut jobs: Vec<(usize, Mode, u64)> = Vec::new();

@@ -136,10 +136,16 @@ fn two_ranks_with_half_batches_train_a_jem_run_as_one_process_does() {
         let info: serde_json::Value =
             serde_json::from_slice(&fs::read(b.join("run.json")).unwrap()).unwrap();
         assert_eq!(info["world"]["grad_sync"], "reducer", "{info}");
+        // With each rank's share of the batch and the precision.
+        assert_eq!(
+            info["world"]["shares"],
+            serde_json::json!([{"stage": "train", "batch": 32, "per_rank": 16, "precision": "float32"}]),
+            "{info}"
+        );
         // The report and the checkpoints say so too.
         let report = fs::read_to_string(b.join("report.md")).unwrap();
         assert!(
-            report.contains("*Trained data-parallel: 2 ranks (gloo), gradients averaged during the backward by DDP's Reducer"),
+            report.contains("*Trained data-parallel: 2 ranks (gloo), gradients averaged during the backward by DDP's Reducer, each on its share of the spec's batch (train: 32, 16 a rank, float32).*"),
             "{report}"
         );
         assert!(!fs::read_to_string(a.join("report.md"))
@@ -155,6 +161,10 @@ fn two_ranks_with_half_batches_train_a_jem_run_as_one_process_does() {
         );
         assert_eq!(meta.get("world_backend").map(String::as_str), Some("gloo"));
         assert_eq!(meta.get("grad_sync").map(String::as_str), Some("reducer"));
+        assert_eq!(
+            meta.get("world_share.train").map(String::as_str),
+            Some("batch=32 per_rank=16 precision=float32")
+        );
         let one_bytes = fs::read(checkpoint(a, 60)).unwrap();
         let (_, one_meta) = safetensors::SafeTensors::read_metadata(&one_bytes).unwrap();
         assert!(!one_meta

@@ -390,6 +390,7 @@ pub fn run(ctx: &mut RunContext) -> Result<()> {
     // Data-parallel: each rank trains on its rows of every batch (an equal share).
     let par = ctx.parallel();
     par.even(c.batch)?;
+    ctx.record_share("train", c.batch as usize, c.amp)?;
     let seed = h.seed;
     let dev = ctx.device();
     let Setup {
