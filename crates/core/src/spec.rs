@@ -183,7 +183,10 @@ impl Requires {
             return None;
         }
         let time = expected_minutes.map_or(String::new(), |m| {
-            format!(" (about {:.0} GPU-hours on one GPU)", m / 60.0)
+            format!(
+                " (about {:.0} V100-hours, as the spec derives them)",
+                m / 60.0
+            )
         });
         Some(format!(
             "`{name}` is a paper-scale experiment that needs a CUDA GPU{time}, and CUDA is not \
@@ -315,7 +318,9 @@ pub struct Header {
     pub paper: String,
     /// One line on what it reproduces.
     pub description: String,
-    /// Expected wall time in minutes on the machine the spec targets (2-core CPU for small ones).
+    /// Expected wall time in minutes on the machine the spec targets: the 2-core CPU for the
+    /// small-scale specs, one V100 for the paper-scale ones (each derives its figure in a comment
+    /// from a cited measurement).
     #[serde(default)]
     pub expected_minutes: Option<f64>,
     /// Seed of the run.
@@ -1528,7 +1533,7 @@ jem:
             .refusal("demo", h.device, false, h.expected_minutes)
             .unwrap();
         assert!(
-            why.contains("device=cpu") && why.contains("10 GPU-hours"),
+            why.contains("device=cpu") && why.contains("10 V100-hours"),
             "{why}"
         );
         assert!(h.requires.refusal("demo", h.device, true, None).is_none());

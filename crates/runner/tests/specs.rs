@@ -165,7 +165,10 @@ fn a_gpu_scale_spec_without_cuda_is_refused_and_leaves_no_folder() {
         "extends: tiny.yaml\nname: big\ndevice: auto\nrequires: gpu\nexpected_minutes: 600\n",
     );
     let o = runner(p, &["run", "t/big", "--out", "out"]);
-    assert_clean_error(&o, "needs a CUDA GPU (about 10 GPU-hours on one GPU)");
+    assert_clean_error(
+        &o,
+        "needs a CUDA GPU (about 10 V100-hours, as the spec derives them)",
+    );
     assert!(text(&o).contains("device=cpu"), "{}", text(&o));
     assert!(!p.join("out/big").exists(), "a refused run made a folder");
     let l = text(&runner(p, &["list"]));
