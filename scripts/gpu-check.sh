@@ -4,7 +4,7 @@
 # Runs on a Linux machine with an NVIDIA GPU whose python holds PyTorch 2.11.0 (CUDA 13), without
 # Rust or network: it uses target/release/runner and the examples step_time and rt_step_time built
 # on another machine (`cargo build --release -p runner -p jem --example step_time -p robust-transfer
-# --example rt_step_time --example ddp_overlap`) and carried over with data/, and finds libtorch by asking python where
+# --example rt_step_time --example ddp_overlap -p reprise-core --example folder_loader`) and carried over with data/, and finds libtorch by asking python where
 # torch lives. With the dist crate's test binary copied to target/release/dist-test
 # (`cargo test --release -p dist --test gloo --no-run`, the path it prints) it also checks the
 # NCCL backend on the GPU.
@@ -126,7 +126,7 @@ for amp in none bf16 f16; do
     "$runner" plan tsit/cityscapes-sis --device "$device" --steps 5 "tsit.amp=$amp" 2>>"$out/log.txt" | tee -a "$out/plan.txt"
 done
 
-echo "== the NCCL backend: all-reduce and broadcast of a CUDA tensor (dist's test)" | tee -a "$out/log.txt"
+echo "== the NCCL backend at one rank: all-reduce and broadcast of a CUDA tensor, DDP's Reducer over CUDA parameters (dist's test)" | tee -a "$out/log.txt"
 if [ -x "$bin/dist-test" ]; then
     "$bin/dist-test" --exact an_nccl_backend_serves_cuda_tensors_or_its_absence_is_said 2>&1 | tail -3 | tee -a "$out/log.txt"
 else
@@ -138,10 +138,7 @@ ngpu=$(nvidia-smi -L 2>/dev/null | wc -l)
 if [ "$ngpu" -ge 2 ]; then
     "$runner" run jem/digits-calibration --smoke jem.arm=jem seed=0 --device "$device" --out "$out/ddp" --nproc 2 2>&1 | tail -2 | tee -a "$out/log.txt"
 else
-    echo "(one GPU: --nproc 2 would need two, NCCL takes one GPU a rank; the Gloo collectives are tested on the CPU in CI)" | tee -a "$out/log.txt"
-    echo "-- one rank launched as torchrun would (RANK=0, WORLD_SIZE=1): the group joined with NCCL for CUDA" | tee -a "$out/log.txt"
-    RANK=0 LOCAL_RANK=0 WORLD_SIZE=1 MASTER_ADDR=127.0.0.1 MASTER_PORT=29517 \
-        "$runner" run jem/digits-calibration --smoke jem.arm=jem seed=0 --device "$device" --out "$out/ddp1" 2>&1 | tail -2 | tee -a "$out/log.txt"
+    echo "(one GPU: --nproc 2 would need two, NCCL takes one GPU a rank; WORLD_SIZE=1 is one process with no group; the 1-rank NCCL group, its collectives and DDP's Reducer on CUDA are dist's test above; the Gloo collectives are tested on the CPU in CI)" | tee -a "$out/log.txt"
 fi
 
 echo "== gradient averaging during the backward (DDP's Reducer) against after it: ResNet-50 step, NCCL" | tee -a "$out/log.txt"
@@ -154,4 +151,22 @@ if [ "$ngpu" -ge 2 ] && [ -x "$overlap" ]; then
     done
 else
     echo "(needs two GPUs and $overlap, built by \`cargo build --release -p robust-transfer --example ddp_overlap\`; on the CPU: docs/performance.md)" | tee -a "$out/log.txt"
+fi
+
+echo "== the streamed ImageNet training transform: images per second of one rank's loader (workers)" | tee -a "$out/log.txt"
+loader="$bin/examples/folder_loader"
+if [ -x "$loader" ] && "$py" -c 'import numpy, PIL' 2>/dev/null; then
+    jpegs="$out/jpegs"
+    [ -d "$jpegs/train" ] || "$py" bench/make_jpeg_folder.py "$jpegs" 1000 >>"$out/log.txt" 2>&1
+    cores=$(nproc)
+    for w in 1 2 4 8; do
+        [ "$w" -le "$cores" ] || continue
+        "$loader" "$jpegs" "$w" 20 64 2>>"$out/log.txt" | tee -a "$out/log.txt"
+        if "$py" -c 'import torchvision' 2>/dev/null; then
+            "$py" bench/pytorch/folder_loader.py "$jpegs" "$w" 20 64 2>>"$out/log.txt" | tee -a "$out/log.txt"
+        fi
+    done
+    echo "(a rank of an N-GPU node gets about $cores/N of these cores)" | tee -a "$out/log.txt"
+else
+    echo "(needs $loader, built by \`cargo build --release -p reprise-core --example folder_loader\`, and numpy + PIL to write the JPEGs)" | tee -a "$out/log.txt"
 fi
