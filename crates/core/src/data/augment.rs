@@ -4,8 +4,6 @@
 
 use super::{batch_indices, Rng};
 use serde::{Deserialize, Serialize};
-use std::sync::mpsc::{sync_channel, Receiver};
-use std::thread::JoinHandle;
 use tch::Tensor;
 
 /// How a padded border is filled.
@@ -312,14 +310,15 @@ pub struct Batch {
     pub y: Tensor,
 }
 
-/// An endless, seeded stream of training batches, one batch ahead of the step that takes it.
+/// An endless, seeded stream of training batches, made ahead of the step that takes them
+/// ([`Prefetch`](super::prefetch::Prefetch), two batches deep).
 ///
 /// Batch order depends only on (seed, epoch) and augmentation only on (seed, step), so a run
 /// resumed at step `s` sees exactly the batches an uninterrupted run saw from `s` on.
 pub struct Loader {
-    rx: Option<Receiver<Batch>>,
-    worker: Option<JoinHandle<()>>,
+    pre: super::prefetch::Prefetch<Batch>,
     per_epoch: u64,
+    next: u64,
 }
 
 impl Loader {
@@ -337,31 +336,24 @@ impl Loader {
         let per_epoch = batch_indices(n, batch, seed, 0, true, drop_last)
             .len()
             .max(1) as u64;
-        let (tx, rx) = sync_channel::<Batch>(1);
         let (x, y) = (x.shallow_clone(), y.shallow_clone());
-        let worker = std::thread::spawn(move || {
-            let mut step = start_step;
-            loop {
-                let epoch = step / per_epoch;
-                let order = batch_indices(n, batch, seed, epoch, true, drop_last);
-                let b = &order[(step % per_epoch) as usize];
-                let idx = Tensor::from_slice(b).to_device(x.device());
-                let mut bx = x.index_select(0, &idx);
-                if !aug.is_identity() {
-                    let mut rng = Rng::new(seed ^ step.wrapping_mul(0x2545_F491_4F6C_DD1D));
-                    bx = aug.apply(&bx, &mut rng);
-                }
-                let by = y.index_select(0, &idx);
-                if tx.send(Batch { step, x: bx, y: by }).is_err() {
-                    return;
-                }
-                step += 1;
+        let pre = super::prefetch::Prefetch::new(start_step, u64::MAX, 2, move |step| {
+            let epoch = step / per_epoch;
+            let order = batch_indices(n, batch, seed, epoch, true, drop_last);
+            let b = &order[(step % per_epoch) as usize];
+            let idx = Tensor::from_slice(b).to_device(x.device());
+            let mut bx = x.index_select(0, &idx);
+            if !aug.is_identity() {
+                let mut rng = Rng::new(seed ^ step.wrapping_mul(0x2545_F491_4F6C_DD1D));
+                bx = aug.apply(&bx, &mut rng);
             }
+            let by = y.index_select(0, &idx);
+            Ok(Batch { step, x: bx, y: by })
         });
         Loader {
-            rx: Some(rx),
-            worker: Some(worker),
+            pre,
             per_epoch,
+            next: start_step,
         }
     }
 
@@ -372,20 +364,12 @@ impl Loader {
 
     /// The next batch.
     pub fn next_batch(&mut self) -> Batch {
-        self.rx
-            .as_ref()
-            .and_then(|r| r.recv().ok())
-            .expect("the loader thread runs until the loader is dropped")
-    }
-}
-
-impl Drop for Loader {
-    fn drop(&mut self) {
-        // Closing the channel ends the worker at its next send.
-        self.rx = None;
-        if let Some(w) = self.worker.take() {
-            let _ = w.join();
-        }
+        let b = self
+            .pre
+            .take(self.next)
+            .expect("the loader makes a batch for every step");
+        self.next += 1;
+        b
     }
 }
 
