@@ -227,29 +227,13 @@ fn robust_transfer_streams_an_image_folder() {
     let d = setup();
     let p = d.path();
     write_image_folder(p, 6);
-    let spec = format!(
-        "name: stream
-paper: robust-transfer
-description: streamed image folder
-device: cpu
-data: {{ dataset: imagefolder, path: {}, image_size: {{ resize: 20, crop: 16 }}, stream: true }}
-robust-transfer:
-  model: {{ small_cnn: {{ width: 1 }} }}
-  normalize: {{ mean: [0.5, 0.5, 0.5], std: [0.25, 0.25, 0.25] }}
-  source:
-    arm: linf-4/255
-    epochs: 3
-    batch: 4
-    lr: 0.05
-    momentum: 0.9
-    weight_decay: 0.0
-    augment: {{ resized_crop: 16, hflip: true }}
-    attack: {{ steps: 2, step_ratio: 0.5 }}
-  eval: {{ pgd_steps: 2, ref_linf: 0.0156862745, batch: 5 }}
-",
-        p.join("folder").display()
+    write_stream_spec(
+        p,
+        "",
+        "linf-4/255",
+        "resized_crop: 16, hflip: true",
+        "ref_linf: 0.0156862745",
     );
-    write(p, "stream.yaml", &spec);
     let o = runner(p, &["run", "t/stream", "--out", "out", "--threads", "1"]);
     assert!(o.status.success(), "{}", text(&o));
     let s = summary(&runs_under(&p.join("out/stream")).remove(0));

@@ -1011,29 +1011,13 @@ fn each_rank_decodes_only_its_rows_of_a_streamed_image_folder() {
     let p = d.path();
     write_image_folder(p, 6);
     // ImageNet's training transform on 12 streamed images: 3 epochs of 3 batches of 4.
-    let spec = format!(
-        "name: stream
-paper: robust-transfer
-description: streamed image folder
-device: cpu
-data: {{ dataset: imagefolder, path: {}, image_size: {{ resize: 20, crop: 16 }}, stream: true, workers: 1, prefetch: 3 }}
-robust-transfer:
-  model: {{ small_cnn: {{ width: 1 }} }}
-  normalize: {{ mean: [0.5, 0.5, 0.5], std: [0.25, 0.25, 0.25] }}
-  source:
-    arm: l2-0.5
-    epochs: 3
-    batch: 4
-    lr: 0.05
-    momentum: 0.9
-    weight_decay: 0.0
-    augment: {{ resized_crop: 16, hflip: true, jitter: 0.4, lighting: 0.1 }}
-    attack: {{ steps: 2, step_ratio: 0.5 }}
-  eval: {{ pgd_steps: 2, ref_l2: 0.5, batch: 5 }}
-",
-        p.join("folder").display()
+    write_stream_spec(
+        p,
+        ", workers: 1, prefetch: 3",
+        "l2-0.5",
+        "resized_crop: 16, hflip: true, jitter: 0.4, lighting: 0.1",
+        "ref_l2: 0.5",
     );
-    write(p, "stream.yaml", &spec);
     let one = runner_env(
         p,
         &["run", "t/stream", "--out", "one", "--threads", "1"],

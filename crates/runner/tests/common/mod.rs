@@ -387,3 +387,34 @@ pub fn unfinish(run: &Path, keep: u64) {
         }
     }
 }
+
+/// A robust-transfer spec (`stream.yaml`, written into `p`) that trains a width-1 SmallCNN
+/// source for 3 epochs of batch 4 on the image folder of [`write_image_folder`], streamed
+/// (decoded batch by batch) at 16 px: `data` adds keys to the data section (`, workers: 1`),
+/// `arm` is the source arm, `augment` its training augmentation and `eval_ref` the evaluation's
+/// reference radius (`ref_l2: 0.5`).
+pub fn write_stream_spec(p: &Path, data: &str, arm: &str, augment: &str, eval_ref: &str) {
+    let spec = format!(
+        "name: stream
+paper: robust-transfer
+description: streamed image folder
+device: cpu
+data: {{ dataset: imagefolder, path: {}, image_size: {{ resize: 20, crop: 16 }}, stream: true{data} }}
+robust-transfer:
+  model: {{ small_cnn: {{ width: 1 }} }}
+  normalize: {{ mean: [0.5, 0.5, 0.5], std: [0.25, 0.25, 0.25] }}
+  source:
+    arm: {arm}
+    epochs: 3
+    batch: 4
+    lr: 0.05
+    momentum: 0.9
+    weight_decay: 0.0
+    augment: {{ {augment} }}
+    attack: {{ steps: 2, step_ratio: 0.5 }}
+  eval: {{ pgd_steps: 2, {eval_ref}, batch: 5 }}
+",
+        p.join("folder").display()
+    );
+    write(p, "stream.yaml", &spec);
+}
