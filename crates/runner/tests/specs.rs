@@ -342,3 +342,51 @@ fn tsit_semantic_synthesis_specs_train_the_official_number_of_iterations() {
         );
     }
 }
+
+#[test]
+fn robust_transfer_paper_specs_use_the_official_transforms() {
+    let spec = |name: &str| {
+        reprise_core::spec::SpecTree::load(
+            &root().join(format!("experiments/robust-transfer/{name}.yaml")),
+        )
+        .unwrap()
+    };
+    let json = |t: &reprise_core::spec::SpecTree, key: &str| -> serde_json::Value {
+        t.typed(key).unwrap_or_else(|e| panic!("{key}: {e}"))
+    };
+    // The ImageNet source, as the robustness library feeds it (`robustness/data_augmentation.py`):
+    // TRAIN_TRANSFORMS_IMAGENET is RandomResizedCrop(224), RandomHorizontalFlip, ColorJitter(0.1,
+    // 0.1, 0.1) and Lighting(0.05) of the whole image; TEST_TRANSFORMS_IMAGENET is Resize(256)
+    // then CenterCrop(224) (not the 256² crop).
+    let t = spec("imagenet-r50-l2-eps3");
+    assert_eq!(
+        json(&t, "data.image_size"),
+        serde_json::json!({ "resize": 256, "crop": 224 })
+    );
+    let aug = json(&t, "robust-transfer.source.augment");
+    assert_eq!(aug["resized_crop"], 224, "{aug}");
+    assert_eq!(aug["hflip"], true, "{aug}");
+    assert_eq!(aug["jitter"], 0.1, "{aug}");
+    assert_eq!(aug["lighting"], 0.05, "{aug}");
+    // The CIFAR targets, as the transfer code feeds them (microsoft/robust-models-transfer,
+    // `src/utils/constants.py`): TRAIN_TRANSFORMS is RandomResizedCrop(224) of the 32² image and
+    // RandomHorizontalFlip, TEST_TRANSFORMS Resize(256) then CenterCrop(224).
+    for name in ["transfer-cifar10", "transfer-cifar100"] {
+        let t = spec(name);
+        let target = json(&t, "robust-transfer.transfer.targets.0");
+        assert_eq!(target["transform"], serde_json::json!([]), "{name}");
+        assert_eq!(
+            target["test_transform"],
+            serde_json::json!([{ "bilinear": 256 }, { "center_crop": 224 }]),
+            "{name}"
+        );
+        for key in [
+            "robust-transfer.transfer.fixed.solver.sgd.augment",
+            "robust-transfer.transfer.full.sgd.augment",
+        ] {
+            let aug = json(&t, key);
+            assert_eq!(aug["resized_crop"], 224, "{name} {key}: {aug}");
+            assert_eq!(aug["hflip"], true, "{name} {key}: {aug}");
+        }
+    }
+}
