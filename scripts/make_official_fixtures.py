@@ -4,7 +4,7 @@ Run with a PyTorch 2.11 that also has torchvision (and tqdm, which the JEM train
 local checkout of each official repository (their code is imported from there, never copied here):
 
     python scripts/make_official_fixtures.py --jem PATH/JEM --robustness PATH/robustness \
-        --transfer PATH/robust-models-transfer --tsit PATH/TSIT
+        --transfer PATH/robust-models-transfer --tsit PATH/TSIT --draws PATH/robustness
 
 (the robustness library also imports dill, pandas, cox and tensorboardX). It writes safetensors files
 under crates/<paper>/tests/fixtures/ that the Rust tests crates/{jem,robust-transfer,tsit}/tests/official.rs
@@ -525,6 +525,53 @@ class _Names(dict):
 TORCHVISION_NAME = _Names()
 
 
+def draws(path, n=4000):
+    """The random parameters of the training augmentations as the official pipelines draw them,
+    n independent draws of each (torch.manual_seed once, then in sequence): torchvision's
+    RandomResizedCrop(224) boxes on a 375x500 (ImageNet-like) and a 32x32 (CIFAR) image,
+    ColorJitter(0.1, 0.1, 0.1)'s factors and order, RandomCrop(32, padding=4)'s offsets and
+    RandomHorizontalFlip's coin, and the robustness library's Lighting(0.05) weights (read back
+    from its output on a zero image). The Rust test compares reprise's draws with these by
+    two-sample tests: the distributions, not the values, are what must agree."""
+    sys.path.insert(0, path)
+    import torchvision  # noqa: E402
+    from torchvision import transforms  # noqa: E402
+    from robustness import data_augmentation as da  # noqa: E402
+
+    torch.manual_seed(20261207)
+    out = {}
+    for name, (h, w) in [("imagenet", (375, 500)), ("cifar", (32, 32))]:
+        img = torch.zeros(3, h, w)
+        boxes = [transforms.RandomResizedCrop.get_params(img, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3))
+                 for _ in range(n)]
+        out[f"rrc/{name}"] = torch.tensor(boxes, dtype=torch.int32)
+    factors, orders = [], []
+    for _ in range(n):
+        idx, b, c, sat, _hue = transforms.ColorJitter.get_params((0.9, 1.1), (0.9, 1.1), (0.9, 1.1), None)
+        factors.append([b, c, sat])
+        # The order over brightness, contrast, saturation (hue, index 3, is not drawn here).
+        orders.append([int(i) for i in idx if int(i) < 3])
+    out["jitter/factors"] = torch.tensor(factors, dtype=torch.float32)
+    out["jitter/order"] = torch.tensor(orders, dtype=torch.int32)
+    light = da.Lighting(0.05, da.IMAGENET_PCA["eigval"], da.IMAGENET_PCA["eigvec"])
+    vec = da.IMAGENET_PCA["eigvec"].double()
+    val = da.IMAGENET_PCA["eigval"].double()
+    alphas = []
+    for _ in range(n):
+        rgb = light(torch.zeros(3, 1, 1)).double().view(3)
+        # rgb = eigvec @ (alpha * eigval)
+        alphas.append((torch.linalg.solve(vec, rgb) / val).tolist())
+    out["lighting/alpha"] = torch.tensor(alphas, dtype=torch.float32)
+    pads = [transforms.RandomCrop.get_params(torch.zeros(3, 40, 40), (32, 32)) for _ in range(n)]
+    out["pad/offset"] = torch.tensor(pads, dtype=torch.int32)
+    flip = transforms.RandomHorizontalFlip()
+    probe = torch.tensor([[[0.0, 1.0]]])
+    out["flip/flipped"] = torch.tensor([int(flip(probe)[0, 0, 0] == 1.0) for _ in range(n)], dtype=torch.int32)
+    meta = {"repository": "MadryLab/robustness", "commit": commit(path), "torchvision": torchvision.__version__,
+            "draws": n}
+    save(out, "robust-transfer", "official-draws.safetensors", meta)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--jem", help="checkout of wgrathwohl/JEM")
@@ -532,6 +579,8 @@ def main():
     ap.add_argument("--transfer", help="checkout of microsoft/robust-models-transfer")
     ap.add_argument("--tsit", help="checkout of EndlessSora/TSIT")
     ap.add_argument("--fid", action="store_true", help="pytorch-fid's Inception (the installed package)")
+    ap.add_argument("--draws", metavar="ROBUSTNESS",
+                    help="the augmentations' random draws (torchvision's, and Lighting from this checkout of MadryLab/robustness)")
     a = ap.parse_args()
     if a.jem:
         jem(a.jem)
@@ -543,6 +592,8 @@ def main():
         tsit(a.tsit)
     if a.fid:
         fid()
+    if a.draws:
+        draws(a.draws)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,9 @@
 //! and test transforms on fixed images (the colour jitter and lighting to 1e-5 against
 //! torchvision's tensor functions; crops and resizes against PIL, which rounds to 8 bits: measured
 //! 1.00/255 apart (one 8-bit step), asserted at most 1.5/255; the jitter through PIL's path,
-//! which rounds after each of its three operations, measured 2.90/255, asserted at most 3.5/255).
+//! which rounds after each of its three operations, measured 2.90/255, asserted at most 3.5/255);
+//! and how the augmentations draw their random parameters, against many draws of torchvision's
+//! and the library's transforms, by two-sample tests.
 
 use reprise_core::attack::{Norm, Pgd};
 use reprise_core::data::augment::{color_jitter, lighting, resized_crop};
@@ -283,4 +285,230 @@ fn the_imagenet_and_cifar_transforms_match_the_official_pipelines() {
     eprintln!("CIFAR test against PIL: {:.3}/255", d * 255.0);
     assert!(d <= 1.5 / 255.0, "CIFAR test: {:.2}/255", d * 255.0);
     assert!(relative_error(&test, &float(&fx.get("cifar/test"))) < 0.01);
+}
+
+/// The two-sample Kolmogorov–Smirnov statistic: the largest distance between the empirical
+/// distribution functions of `a` and `b`.
+fn ks(a: &[f64], b: &[f64]) -> f64 {
+    let (mut a, mut b) = (a.to_vec(), b.to_vec());
+    a.sort_by(f64::total_cmp);
+    b.sort_by(f64::total_cmp);
+    let (mut i, mut j, mut d) = (0, 0, 0.0f64);
+    while i < a.len() && j < b.len() {
+        let x = a[i].min(b[j]);
+        while i < a.len() && a[i] <= x {
+            i += 1;
+        }
+        while j < b.len() && b[j] <= x {
+            j += 1;
+        }
+        d = d.max((i as f64 / a.len() as f64 - j as f64 / b.len() as f64).abs());
+    }
+    d
+}
+
+/// The KS statistic's critical value at level 0.001 for samples of `n` and `m`
+/// (c(α) = sqrt(-ln(α/2)/2) = 1.949; conservative for discrete values).
+fn ks_bound(n: usize, m: usize) -> f64 {
+    1.949 * (((n + m) as f64) / ((n * m) as f64)).sqrt()
+}
+
+/// The chi-square statistic of homogeneity of two samples of categories of equal size, and
+/// its degrees of freedom (the categories seen, less one).
+fn chi2(a: &[i64], b: &[i64]) -> (f64, usize) {
+    assert_eq!(a.len(), b.len());
+    let mut counts = std::collections::BTreeMap::<i64, (f64, f64)>::new();
+    for &x in a {
+        counts.entry(x).or_default().0 += 1.0;
+    }
+    for &x in b {
+        counts.entry(x).or_default().1 += 1.0;
+    }
+    let s = counts
+        .values()
+        .map(|(p, q)| (p - q) * (p - q) / (p + q))
+        .sum();
+    (s, counts.len() - 1)
+}
+
+/// The chi-square distribution's critical value at level 0.001 for `df` degrees of freedom
+/// (tables; Wilson–Hilferty above 10).
+fn chi2_bound(df: usize) -> f64 {
+    const T: [f64; 10] = [
+        10.83, 13.82, 16.27, 18.47, 20.52, 22.46, 24.32, 26.12, 27.88, 29.59,
+    ];
+    if df <= 10 {
+        return T[df - 1];
+    }
+    let k = df as f64;
+    k * (1.0 - 2.0 / (9.0 * k) + 3.090 * (2.0 / (9.0 * k)).sqrt()).powi(3)
+}
+
+/// Column `c` of an `n`×`k` fixture tensor, as floats.
+fn column(t: &Tensor, c: i64) -> Vec<f64> {
+    Vec::<f64>::try_from(t.select(1, c).to_kind(Kind::Double)).unwrap()
+}
+
+#[test]
+fn the_augmentations_draw_their_parameters_as_torchvision_and_the_library_do() {
+    use reprise_core::data::augment::Augment;
+    use reprise_core::data::Rng;
+    let fx = fixture("official-draws.safetensors");
+    let n = fx.get("flip/flipped").size()[0] as usize;
+    let draw = |aug: Augment, (h, w): (i64, i64), seed: u64| {
+        aug.draw(n as i64, (h, w), &mut Rng::new(seed))
+    };
+    let ks_ok = |what: &str, ours: &[f64], theirs: &[f64]| {
+        let (d, bound) = (ks(ours, theirs), ks_bound(ours.len(), theirs.len()));
+        eprintln!("{what}: KS {d:.4} (bound {bound:.4})");
+        assert!(
+            d < bound,
+            "{what}: KS distance {d:.4} at or above {bound:.4}"
+        );
+    };
+    // RandomResizedCrop(224)'s box (torchvision's get_params, scale 0.08-1, ratio 3/4-4/3) on an
+    // ImageNet-sized and a CIFAR image: each coordinate, the area and the aspect.
+    for (name, (h, w)) in [("imagenet", (375i64, 500i64)), ("cifar", (32, 32))] {
+        let theirs = fx.get(&format!("rrc/{name}"));
+        let ours: Vec<(i64, i64, i64, i64)> = draw(
+            Augment {
+                resized_crop: 224,
+                ..Default::default()
+            },
+            (h, w),
+            11,
+        )
+        .iter()
+        .map(|d| d.crop.unwrap())
+        .collect();
+        let pick = |f: fn(&(i64, i64, i64, i64)) -> f64| ours.iter().map(f).collect::<Vec<_>>();
+        let (ti, tj, th, tw) = (
+            column(&theirs, 0),
+            column(&theirs, 1),
+            column(&theirs, 2),
+            column(&theirs, 3),
+        );
+        ks_ok(&format!("{name} crop top"), &pick(|b| b.0 as f64), &ti);
+        ks_ok(&format!("{name} crop left"), &pick(|b| b.1 as f64), &tj);
+        ks_ok(&format!("{name} crop height"), &pick(|b| b.2 as f64), &th);
+        ks_ok(&format!("{name} crop width"), &pick(|b| b.3 as f64), &tw);
+        let area: Vec<f64> = th.iter().zip(&tw).map(|(a, b)| a * b).collect();
+        ks_ok(
+            &format!("{name} crop area"),
+            &pick(|b| (b.2 * b.3) as f64),
+            &area,
+        );
+        let aspect: Vec<f64> = th.iter().zip(&tw).map(|(a, b)| (b / a).ln()).collect();
+        ks_ok(
+            &format!("{name} crop aspect"),
+            &pick(|b| (b.3 as f64 / b.2 as f64).ln()),
+            &aspect,
+        );
+    }
+    // ColorJitter(0.1, 0.1, 0.1): each factor's distribution and the order of the three.
+    let jitter = |amount: f64, seed: u64| -> Vec<([f64; 3], [usize; 3])> {
+        draw(
+            Augment {
+                jitter: amount,
+                ..Default::default()
+            },
+            (4, 4),
+            seed,
+        )
+        .iter()
+        .map(|d| d.jitter.unwrap())
+        .collect()
+    };
+    let ours = jitter(0.1, 12);
+    let tf = fx.get("jitter/factors");
+    for (k, what) in ["brightness", "contrast", "saturation"].iter().enumerate() {
+        let mine: Vec<f64> = ours.iter().map(|d| d.0[k]).collect();
+        ks_ok(&format!("jitter {what}"), &mine, &column(&tf, k as i64));
+    }
+    let code = |o: [usize; 3]| (o[0] * 9 + o[1] * 3 + o[2]) as i64;
+    let to = fx.get("jitter/order");
+    let theirs: Vec<i64> = (0..n as i64)
+        .map(|i| {
+            let r = Vec::<i64>::try_from(to.get(i)).unwrap();
+            code([r[0] as usize, r[1] as usize, r[2] as usize])
+        })
+        .collect();
+    let mine: Vec<i64> = ours.iter().map(|d| code(d.1)).collect();
+    let (s, df) = chi2(&mine, &theirs);
+    eprintln!(
+        "jitter order: chi2 {s:.1} on {df} df (bound {:.1})",
+        chi2_bound(df)
+    );
+    assert_eq!(df, 5, "all six orders drawn on both sides");
+    assert!(s < chi2_bound(df), "jitter order: chi2 {s:.1}");
+    // The tests see a deliberate change: the order fixed, or the range halved.
+    let fixed: Vec<i64> = vec![code([0, 1, 2]); n];
+    let (s, df) = chi2(&fixed, &theirs);
+    assert!(s > chi2_bound(df), "a fixed order passes: chi2 {s:.1}");
+    let halved: Vec<f64> = jitter(0.05, 12).iter().map(|d| d.0[0]).collect();
+    let d = ks(&halved, &column(&tf, 0));
+    assert!(
+        d > ks_bound(n, n),
+        "a halved jitter range passes: KS {d:.4}"
+    );
+    // Lighting(0.05)'s PCA weights (the library's class).
+    let tl = fx.get("lighting/alpha");
+    let ours: Vec<[f64; 3]> = draw(
+        Augment {
+            lighting: 0.05,
+            ..Default::default()
+        },
+        (4, 4),
+        13,
+    )
+    .iter()
+    .map(|d| d.lighting.unwrap())
+    .collect();
+    for k in 0..3 {
+        let mine: Vec<f64> = ours.iter().map(|a| a[k]).collect();
+        ks_ok(
+            &format!("lighting alpha {k}"),
+            &mine,
+            &column(&tl, k as i64),
+        );
+    }
+    // RandomCrop(32, padding=4)'s offsets, and the flip's coin.
+    let tp = fx.get("pad/offset");
+    let ours: Vec<(i64, i64)> = draw(
+        Augment {
+            pad_crop: 4,
+            ..Default::default()
+        },
+        (32, 32),
+        14,
+    )
+    .iter()
+    .map(|d| d.pad.unwrap())
+    .collect();
+    for (k, what) in ["down", "right"].iter().enumerate() {
+        let mine: Vec<i64> = ours
+            .iter()
+            .map(|p| if k == 0 { p.0 } else { p.1 })
+            .collect();
+        let theirs: Vec<i64> = column(&tp, k as i64).iter().map(|&v| v as i64).collect();
+        let (s, df) = chi2(&mine, &theirs);
+        eprintln!("pad offset {what}: chi2 {s:.1} on {df} df");
+        assert_eq!(df, 8, "offsets 0-8 on both sides");
+        assert!(s < chi2_bound(df), "pad offset {what}: chi2 {s:.1}");
+    }
+    let theirs = Vec::<i64>::try_from(fx.get("flip/flipped").to_kind(Kind::Int64)).unwrap();
+    let mine: Vec<i64> = draw(
+        Augment {
+            hflip: true,
+            ..Default::default()
+        },
+        (4, 4),
+        15,
+    )
+    .iter()
+    .map(|d| i64::from(d.flip))
+    .collect();
+    let (s, df) = chi2(&mine, &theirs);
+    eprintln!("flip: chi2 {s:.2} on {df} df");
+    assert!(s < chi2_bound(df), "flip: chi2 {s:.2}");
 }
