@@ -14,7 +14,8 @@ side consumes the same numbers. Each file's metadata names the commit of the off
 produced it. The fixtures this script wrote last were made from:
 
     wgrathwohl/JEM              3d01161 (train_wrn_ebm.py: CCF, get_sample_q; wideresnet.py)
-    MadryLab/robustness         a954124 (attacker.py: Attacker; attack_steps.py; data_augmentation.py)
+    MadryLab/robustness         a954124 (attacker.py: Attacker; attack_steps.py; data_augmentation.py;
+                                         imagenet_models/resnet.py: BasicBlock, Bottleneck)
     microsoft/robust-models-transfer  cea2c37 (src/utils/constants.py, fine_tunify.py; src/main.py: freeze_model)
     EndlessSora/TSIT            69c0f42 (models/pix2pix_model.py: Pix2PixModel; trainers/pix2pix_trainer.py steps)
 """
@@ -146,6 +147,105 @@ IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 CIFAR10_MEAN, CIFAR10_STD = [0.4914, 0.4822, 0.4465], [0.2023, 0.1994, 0.2010]
 
 
+def official_network(official_resnet, AttackerModel, block, classes, seed, mean, std):
+    """The official ResNet with `block`s, one block a stage, every width divided by WIDTH_DIV: the
+    module's nn.Conv2d, BatchNorm2d and Linear are narrowed (3 input channels kept), so the class's
+    own code builds and runs it; with non-trivial batch-norm parameters and running statistics."""
+    torch.manual_seed(seed)
+    narrow = lambda c: c if c == 3 else c // WIDTH_DIV
+
+    class Conv2d(torch.nn.Conv2d):
+        def __init__(self, i, o, *a, **k):
+            super().__init__(narrow(i), narrow(o), *a, **k)
+
+    class BatchNorm2d(torch.nn.BatchNorm2d):
+        def __init__(self, c, *a, **k):
+            super().__init__(narrow(c), *a, **k)
+
+    class Linear(torch.nn.Linear):
+        def __init__(self, i, o, *a, **k):
+            super().__init__(narrow(i), o, *a, **k)
+
+    nn = argparse.Namespace(**{k: getattr(torch.nn, k) for k in dir(torch.nn) if not k.startswith("_")})
+    nn.Conv2d, nn.BatchNorm2d, nn.Linear = Conv2d, BatchNorm2d, Linear
+    with patched(official_resnet, nn=nn):
+        net = official_resnet.ResNet(block, BLOCKS, num_classes=classes)
+    with torch.no_grad():
+        for k, v in net.state_dict().items():
+            if "bn" in k or "downsample.1" in k:
+                if k.endswith("running_var"):
+                    v.copy_(0.5 + torch.rand_like(v))
+                elif v.is_floating_point():
+                    v.add_(torch.randn_like(v) * 0.1)
+    ds = argparse.Namespace(mean=torch.tensor(mean), std=torch.tensor(std))
+    return net, AttackerModel(net, ds)
+
+
+def robustness_bottleneck(path, transfer_path):
+    """The paper-scale source's Bottleneck ResNet (the library's imagenet_models.resnet, as its
+    resnet50 builds it, narrowed as official_network narrows) through one adversarial training step
+    and one full-network transfer step, as robustness() takes them for the BasicBlock network."""
+    sys.path.insert(0, path)
+    from robustness.attacker import AttackerModel  # noqa: E402
+    from robustness.imagenet_models import resnet as official_resnet  # noqa: E402
+
+    sys.path.insert(0, os.path.join(transfer_path, "src"))
+    from utils import fine_tunify  # noqa: E402
+
+    meta = {"repository": "MadryLab/robustness", "commit": commit(path), "base": 64 // WIDTH_DIV,
+            "blocks": BLOCKS, "block": "Bottleneck", "transfer": f"microsoft/robust-models-transfer {commit(transfer_path)}"}
+    out = {}
+
+    def weights(net, prefix):
+        for k, v in net.state_dict().items():
+            if not k.endswith("num_batches_tracked"):
+                out[f"{prefix}/{k}"] = v.clone()
+
+    net, model = official_network(official_resnet, AttackerModel, official_resnet.Bottleneck, 10, 3,
+                                  IMAGENET_MEAN, IMAGENET_STD)
+    weights(net, "source")
+    torch.manual_seed(4)
+    x, y = torch.rand(4, 3, 32, 32), torch.tensor([1, 7, 7, 0])
+    out["x"], out["y"] = x, y
+    model.eval()
+    logits, _ = model(x, y, make_adv=False)
+    out["source/logits"] = logits.detach()
+    model.train()
+    opt = torch.optim.SGD(net.parameters(), 0.1, momentum=0.9, weight_decay=1e-4)
+    with patched(torch.Tensor, cuda=lambda self, *a, **k: self):
+        logits, adv = model(x, y, make_adv=True, constraint="2", eps=0.5, step_size=0.5 * 2 / 3,
+                            iterations=3, random_start=False, use_best=True)
+    loss = torch.nn.CrossEntropyLoss()(logits, y)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    out["adv_step/adv"], out["adv_step/loss"] = adv, loss.reshape(1)
+    weights(net, "adv_step/after")
+    src_state = {k[len("source/"):]: v for k, v in out.items() if k.startswith("source/") and k != "source/logits"}
+    torch.manual_seed(5)
+    xt, yt = torch.rand(4, 3, 32, 32), torch.tensor([4, 0, 2, 4])
+    out["target/x"], out["target/y"] = xt, yt
+    net, _ = official_network(official_resnet, AttackerModel, official_resnet.Bottleneck, 10, 3,
+                              IMAGENET_MEAN, IMAGENET_STD)
+    net.load_state_dict(src_state, strict=False)
+    torch.manual_seed(6)
+    fine_tunify.ft("resnet50", net, 5, 0)
+    ds = argparse.Namespace(mean=torch.tensor(CIFAR10_MEAN), std=torch.tensor(CIFAR10_STD))
+    model = AttackerModel(net, ds)
+    out["target/fc.weight"], out["target/fc.bias"] = net.fc.weight.clone(), net.fc.bias.clone()
+    opt = torch.optim.SGD(model.parameters(), 0.1, momentum=0.9, weight_decay=5e-2)
+    model.train()
+    logits, _ = model(xt, yt, make_adv=False)
+    loss = torch.nn.CrossEntropyLoss()(logits, yt)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    out["full/loss"] = loss.reshape(1)
+    weights(net, "full/after")
+    save(out, "robust-transfer", "official-bottleneck.safetensors", meta)
+    sys.path.remove(path)
+
+
 def robustness(path, transfer_path):
     sys.path.insert(0, path)
     from robustness.attacker import AttackerModel  # noqa: E402
@@ -159,38 +259,7 @@ def robustness(path, transfer_path):
         return patched(torch.Tensor, cuda=lambda self, *a, **k: self)
 
     def network(classes, seed, mean, std):
-        # The official ResNet with BasicBlocks, one block a stage, every width divided by
-        # WIDTH_DIV: the module's nn.Conv2d, BatchNorm2d and Linear are narrowed (3 input
-        # channels kept), so the class's own code builds and runs it.
-        torch.manual_seed(seed)
-        narrow = lambda c: c if c == 3 else c // WIDTH_DIV
-
-        class Conv2d(torch.nn.Conv2d):
-            def __init__(self, i, o, *a, **k):
-                super().__init__(narrow(i), narrow(o), *a, **k)
-
-        class BatchNorm2d(torch.nn.BatchNorm2d):
-            def __init__(self, c, *a, **k):
-                super().__init__(narrow(c), *a, **k)
-
-        class Linear(torch.nn.Linear):
-            def __init__(self, i, o, *a, **k):
-                super().__init__(narrow(i), o, *a, **k)
-
-        nn = argparse.Namespace(**{k: getattr(torch.nn, k) for k in dir(torch.nn) if not k.startswith("_")})
-        nn.Conv2d, nn.BatchNorm2d, nn.Linear = Conv2d, BatchNorm2d, Linear
-        with patched(official_resnet, nn=nn):
-            net = official_resnet.ResNet(official_resnet.BasicBlock, BLOCKS, num_classes=classes)
-        # Non-trivial batch-norm parameters and running statistics.
-        with torch.no_grad():
-            for k, v in net.state_dict().items():
-                if "bn" in k or "downsample.1" in k:
-                    if k.endswith("running_var"):
-                        v.copy_(0.5 + torch.rand_like(v))
-                    elif v.is_floating_point():
-                        v.add_(torch.randn_like(v) * 0.1)
-        ds = argparse.Namespace(mean=torch.tensor(mean), std=torch.tensor(std))
-        return net, AttackerModel(net, ds)
+        return official_network(official_resnet, AttackerModel, official_resnet.BasicBlock, classes, seed, mean, std)
 
     def weights(net, prefix):
         for k, v in net.state_dict().items():
@@ -588,6 +657,7 @@ def main():
         if not a.transfer:
             ap.error("--robustness needs --transfer (the transfer code)")
         robustness(a.robustness, a.transfer)
+        robustness_bottleneck(a.robustness, a.transfer)
     if a.tsit:
         tsit(a.tsit)
     if a.fid:

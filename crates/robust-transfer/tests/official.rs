@@ -41,6 +41,14 @@ const MODEL: ModelConfig = ModelConfig::Resnet {
     blocks: Some([1, 1, 1, 1]),
 };
 
+/// The paper-scale source's Bottleneck ResNet-50, narrowed as the fixture's is (base width 8,
+/// one block a stage).
+const BOTTLENECK: ModelConfig = ModelConfig::Resnet {
+    arch: ResnetArch::Resnet50,
+    base: Some(8),
+    blocks: Some([1, 1, 1, 1]),
+};
+
 fn norm(mean: [f64; 3], std: [f64; 3]) -> NormSpec {
     NormSpec {
         mean: mean.to_vec(),
@@ -55,7 +63,19 @@ fn imagenet() -> NormSpec {
 /// A network with `classes` outputs holding the fixture's `{prefix}/<torchvision name>`
 /// tensors (the normaliser comes from `n`).
 fn network(fx: &Fixture, prefix: &str, n: &NormSpec, classes: i64, head: Option<&str>) -> Net {
-    let net = Net::new(&MODEL, n, classes, InitKind::Torch, Device::Cpu, 0);
+    network_of(&MODEL, fx, prefix, n, classes, head)
+}
+
+/// [`network`] of another architecture.
+fn network_of(
+    model: &ModelConfig,
+    fx: &Fixture,
+    prefix: &str,
+    n: &NormSpec,
+    classes: i64,
+    head: Option<&str>,
+) -> Net {
+    let net = Net::new(model, n, classes, InitKind::Torch, Device::Cpu, 0);
     tch::no_grad(|| {
         for (name, mut v) in net.vs.variables() {
             if name.starts_with("normalizer.") {
@@ -134,8 +154,29 @@ fn pgd_matches_the_official_attacker() {
 
 #[test]
 fn an_adversarial_training_step_matches_the_official_loop() {
-    let fx = fixture("official-robustness.safetensors");
-    let net = network(&fx, "source", &imagenet(), 10, None);
+    adversarial_step(&MODEL, "official-robustness.safetensors");
+}
+
+#[test]
+fn the_bottleneck_resnet_s_forward_adversarial_step_and_transfer_match_the_official_code() {
+    // The library's imagenet_models.resnet with Bottlenecks (stride in the 3x3 convolution, as
+    // its resnet50 builds them): the eval-mode logits, then the steps.
+    let fx = fixture("official-bottleneck.safetensors");
+    let net = network_of(&BOTTLENECK, &fx, "source", &imagenet(), 10, None);
+    let logits = tch::no_grad(|| net.forward_t(&fx.get("x"), false));
+    assert_close("Bottleneck logits", &logits, &fx.get("source/logits"), TOL);
+    adversarial_step(&BOTTLENECK, "official-bottleneck.safetensors");
+    transfer_steps(
+        &BOTTLENECK,
+        "official-bottleneck.safetensors",
+        &[(Mode::Full, "full")],
+    );
+}
+
+/// One adversarial training step of `model` against the fixture `file`'s official step.
+fn adversarial_step(model: &ModelConfig, file: &str) {
+    let fx = fixture(file);
+    let net = network_of(model, &fx, "source", &imagenet(), 10, None);
     let (x, y) = (fx.get("x"), fx.get("y"));
     let a: AttackConfig = serde_json::from_value(serde_json::json!({
         "steps": 3, "step_ratio": 2.0 / 3.0, "random_start": false, "use_best": true,
@@ -166,7 +207,16 @@ fn an_adversarial_training_step_matches_the_official_loop() {
 
 #[test]
 fn fixed_feature_and_full_network_transfer_steps_match_the_official_code() {
-    let fx = fixture("official-robustness.safetensors");
+    transfer_steps(
+        &MODEL,
+        "official-robustness.safetensors",
+        &[(Mode::Fixed, "fixed"), (Mode::Full, "full")],
+    );
+}
+
+/// The transfer steps `modes` of `model` against the fixture `file`'s official ones.
+fn transfer_steps(model: &ModelConfig, file: &str, modes: &[(Mode, &str)]) {
+    let fx = fixture(file);
     let cifar = norm([0.4914, 0.4822, 0.4465], [0.2023, 0.1994, 0.2010]);
     let target: Target = serde_json::from_value(serde_json::json!({
         "name": "t", "data": { "dataset": "cifar10" },
@@ -181,8 +231,8 @@ fn fixed_feature_and_full_network_transfer_steps_match_the_official_code() {
         y: fx.get("target/y"),
         classes: 5,
     };
-    for (mode, tag) in [(Mode::Fixed, "fixed"), (Mode::Full, "full")] {
-        let net = network(&fx, "source", &cifar, 5, Some("target"));
+    for &(mode, tag) in modes {
+        let net = network_of(model, &fx, "source", &cifar, 5, Some("target"));
         let one = std::sync::Arc::new(reprise_core::parallel::Parallel::single());
         let ctl = robust_transfer::transfer::Control {
             stop: &|| false,
