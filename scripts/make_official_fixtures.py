@@ -641,6 +641,80 @@ def draws(path, n=4000):
     save(out, "robust-transfer", "official-draws.safetensors", meta)
 
 
+def torchvision_resnets():
+    """deepthin's ImageNet networks against the definition its specs name, torchvision's ResNet with
+    Bottlenecks (deepthin has no official code): the teacher (the 3x3 convolutions 4x wider,
+    width_per_group 256), a ResNet-50 and a deeper one (two blocks in the second stage, as
+    ResNet-101 repeats blocks), each narrowed as official_network narrows but 32-fold (base width
+    2, so that the file stays small), on 64 px
+    inputs: the train-mode logits, the cross-entropy, every parameter's gradient with its float32
+    rounding (the distance to the float64 gradient, relative to its largest magnitude), and the
+    parameters and running statistics after one SGD step (momentum 0.9, weight decay 1e-4)."""
+    import torchvision  # noqa: E402
+    from torchvision.models import resnet as tvr  # noqa: E402
+
+    out = {}
+    div = 32
+    meta = {"repository": "pytorch/vision", "torchvision": torchvision.__version__, "base": 64 // div}
+    narrow = lambda c: c if c == 3 else c // div
+
+    class Conv2d(torch.nn.Conv2d):
+        def __init__(self, i, o, *a, **k):
+            super().__init__(narrow(i), narrow(o), *a, **k)
+
+    class BatchNorm2d(torch.nn.BatchNorm2d):
+        def __init__(self, c, *a, **k):
+            super().__init__(narrow(c), *a, **k)
+
+    class Linear(torch.nn.Linear):
+        def __init__(self, i, o, *a, **k):
+            super().__init__(narrow(i), o, *a, **k)
+
+    nn = argparse.Namespace(**{k: getattr(torch.nn, k) for k in dir(torch.nn) if not k.startswith("_")})
+    nn.Conv2d, nn.BatchNorm2d, nn.Linear = Conv2d, BatchNorm2d, Linear
+    torch.manual_seed(21)
+    x, y = torch.rand(4, 3, 64, 64), torch.tensor([3, 0, 9, 3])
+    out["x"], out["y"] = x, y
+    for name, layers, width in [("teacher", [1, 1, 1, 1], 256), ("r50", [1, 1, 1, 1], 64),
+                                ("deep", [1, 2, 1, 1], 64)]:
+        torch.manual_seed(22)
+        with patched(tvr, nn=nn):
+            net = tvr.ResNet(tvr.Bottleneck, layers, num_classes=10, width_per_group=width)
+        with torch.no_grad():
+            for k, v in net.state_dict().items():
+                if "bn" in k or "downsample.1" in k:
+                    if k.endswith("running_var"):
+                        v.copy_(0.5 + torch.rand_like(v))
+                    elif v.is_floating_point():
+                        v.add_(torch.randn_like(v) * 0.1)
+        for k, v in net.state_dict().items():
+            if not k.endswith("num_batches_tracked"):
+                out[f"{name}/before/{k}"] = v.clone()
+        net.train()
+        # The same step in float64: each gradient's float32 rounding, relative to its largest
+        # magnitude as the Rust side measures it, bounds how closely any float32 code can agree.
+        import copy  # noqa: E402
+        wide = copy.deepcopy(net).double()
+        torch.nn.functional.cross_entropy(wide(x.double()), y).backward()
+        wide_grads = dict(wide.named_parameters())
+        opt = torch.optim.SGD(net.parameters(), 0.1, momentum=0.9, weight_decay=1e-4)
+        logits = net(x)
+        loss = torch.nn.functional.cross_entropy(logits, y)
+        opt.zero_grad()
+        loss.backward()
+        out[f"{name}/logits"], out[f"{name}/loss"] = logits.detach(), loss.detach().reshape(1)
+        for k, p in net.named_parameters():
+            out[f"{name}/grad/{k}"] = p.grad.clone()
+            g64 = wide_grads[k].grad
+            spread = (p.grad.double() - g64).abs().max() / g64.abs().max().clamp_min(1e-6)
+            out[f"{name}/spread/{k}"] = spread.float().reshape(1)
+        opt.step()
+        for k, v in net.state_dict().items():
+            if not k.endswith("num_batches_tracked"):
+                out[f"{name}/after/{k}"] = v.clone()
+    save(out, "core", "torchvision-resnet.safetensors", meta)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--jem", help="checkout of wgrathwohl/JEM")
@@ -648,6 +722,8 @@ def main():
     ap.add_argument("--transfer", help="checkout of microsoft/robust-models-transfer")
     ap.add_argument("--tsit", help="checkout of EndlessSora/TSIT")
     ap.add_argument("--fid", action="store_true", help="pytorch-fid's Inception (the installed package)")
+    ap.add_argument("--torchvision", action="store_true",
+                    help="deepthin's Bottleneck ResNets against torchvision's (the installed package)")
     ap.add_argument("--draws", metavar="ROBUSTNESS",
                     help="the augmentations' random draws (torchvision's, and Lighting from this checkout of MadryLab/robustness)")
     a = ap.parse_args()
@@ -664,6 +740,8 @@ def main():
         fid()
     if a.draws:
         draws(a.draws)
+    if a.torchvision:
+        torchvision_resnets()
 
 
 if __name__ == "__main__":
