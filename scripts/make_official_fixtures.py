@@ -493,6 +493,36 @@ def tsit(path):
             d_loss.backward()
             opt_d.step()
         assert not draws_it, "one noise draw for each generator pass"
+        # The generator step's gradients again in float64, from the same state and draws: each
+        # gradient's float32 rounding (its distance to the float64 one, relative to its largest
+        # magnitude) says whether it carries signal or is rounding noise (a bias just before a
+        # normalisation), so that the Rust test exempts only the latter.
+        with patched(torchvision.models, vgg19=vgg19), patched(torch.nn.Module, cuda=lambda self, *a: self):
+            wide = Pix2PixModel(opt)
+        wide_nets = {"G": wide.netG, "D": wide.netD}
+        if wide.netE is not None:
+            wide_nets["E"] = wide.netE
+        for n, net in wide_nets.items():
+            net.load_state_dict(before[n])
+            net.double()
+        wide.FloatTensor = torch.DoubleTensor
+        wide.criterionGAN.Tensor = torch.DoubleTensor
+        wide.train()
+        draws_it = [draws[0].double()]
+        wide_noise = (dict(randn_like=lambda t: draws_it.pop(0).clone()) if task == "SIS"
+                      else dict(randn=lambda *a, **k: draws_it.pop(0).clone()))
+        wide_data = {k: v.double() if v.is_floating_point() else v for k, v in data.items()}
+        with patched(torch, **wide_noise):
+            w_losses, _ = wide(dict(wide_data), mode="generator")
+            sum(w_losses.values()).mean().backward()
+        for n, net in wide_nets.items():
+            for k, v in net.named_parameters():
+                if n != "D" and v.grad is not None:
+                    g32 = out[f"{tag}/grad/{n}/{k}"].double()
+                    # Relative to the float64 gradient itself, however small (a gradient that
+                    # is zero in exact arithmetic then shows as all rounding).
+                    spread = (g32 - v.grad).abs().max() / v.grad.abs().max().clamp_min(1e-30)
+                    out[f"{tag}/spread/{n}/{k}"] = spread.float().reshape(1)
         out[f"{tag}/fake_pooled"] = F.avg_pool2d(generated.detach(), 8)
         for k, v in {**g_losses, **d_losses}.items():
             out[f"{tag}/loss/{k}"] = v.detach().reshape(1)

@@ -63,7 +63,9 @@ fn official(fx: &Fixture, tag: &str, phase: &str) -> BTreeMap<(Store, String), T
 /// Whether a generator parameter is one the next train-mode normalisation can make
 /// irrelevant (wholly or in part): a bias, or a 1×1 weight from one input channel (at ngf 1
 /// an instance norm leaves it only a sign). Its gradient may be rounding noise, which Adam's
-/// first step, lr·g/(|g| + ε), turns into a full step of lr in a direction the rounding picks.
+/// first step, lr·g/(|g| + ε), turns into a full step of lr in a direction the rounding picks;
+/// so after the step it is compared within 2·lr. Its gradient is compared by
+/// [`check_gradients`] unless the official code's own rounding shows it is noise.
 fn scale_free(name: &str, v: &Tensor) -> bool {
     let s = v.size();
     name.ends_with("bias") || (s.len() == 4 && s[1] * s[2] * s[3] == 1)
@@ -99,28 +101,48 @@ fn compare(vs: &VarStore, store: Store, want: &BTreeMap<(Store, String), Tensor>
     );
 }
 
-/// Checks the generator step's gradients against the official ones: to 1e-3 relative, but a
-/// scale-free parameter's ([`scale_free`]), which may be rounding noise. 1e-3 because at 256²
-/// the first stream levels' weight gradients sum 65 536 positions: the official code's own
-/// float32 gradients differ from its float64 ones by up to 2.2e-4 there (measured on the
-/// fixture's SIS iteration). Adam's first step is insensitive to that; the parameters after
-/// it are compared to 1e-5. Returns how many gradients were compared.
-fn check_gradients(vs: &VarStore, grads: &BTreeMap<(Store, String), Tensor>) -> usize {
-    let mut n = 0;
+/// Checks the generator step's gradients against the official ones, each at a tolerance
+/// derived from the official code's own float32 rounding of it (`spread`: its float32 gradient's
+/// distance to its float64 one, relative to the largest magnitude, which the fixture stores):
+/// three times that, and at least 1e-3 (at 256² the first stream levels' weight gradients sum
+/// 65 536 positions, and the official float32 gradients are up to 2.2e-4 from the float64 ones
+/// there). A gradient whose rounding is a third of its scale or more (tolerance 1 or above: a
+/// bias just before a normalisation, whose exact gradient is zero) is rounding noise and is not
+/// compared; Adam's first step turns it into a step of lr in a direction the rounding picks, which
+/// [`compare`] allows for. Returns how many gradients were compared and how many were noise.
+fn check_gradients(
+    vs: &VarStore,
+    grads: &BTreeMap<(Store, String), Tensor>,
+    spread: &BTreeMap<(Store, String), Tensor>,
+) -> (usize, usize) {
+    let (mut n, mut noise) = (0, 0);
     for (name, v) in vs
         .variables()
         .into_iter()
         .filter(|(_, v)| v.requires_grad())
     {
-        if scale_free(&name, &v) {
+        let key = (Store::G, name.clone());
+        let s = spread[&key].double_value(&[0]);
+        let tol = (3.0 * s).max(1e-3);
+        let dims = v.size();
+        // A 1×1 weight from one input channel feeds an instance norm that leaves it only its
+        // sign (up to eps): its gradient is the residue of a cancellation, which any other
+        // summation order moves by percents (2.6e-2 from the official gradient measured, for an
+        // official float32 rounding of 9.5e-4), so it is left to `compare` as noise is.
+        let one_channel = dims.len() == 4 && dims[1] * dims[2] * dims[3] == 1;
+        if tol >= 1.0 || one_channel {
+            noise += 1;
             continue;
         }
-        let w = grads[&(Store::G, name.clone())].view(v.size().as_slice());
+        let w = grads[&key].view(v.size().as_slice());
         let e = reprise_core::fixture::relative_error(&v.grad(), &w);
-        assert!(e <= 1e-3, "gradient of {name}: relative error {e:.2e}");
+        assert!(
+            e <= tol,
+            "gradient of {name}: relative error {e:.2e} above {tol:.1e} (the official float32 rounding {s:.1e})"
+        );
         n += 1;
     }
-    n
+    (n, noise)
 }
 
 fn up16(t: &Tensor) -> Tensor {
@@ -257,7 +279,10 @@ fn one_iteration(sis: bool, vgg: bool) {
     assert_close("D fake", &one(st.d_fake), &loss("D_Fake"), TOL);
     assert_close("D real", &one(st.d_real), &loss("D_real"), TOL);
     let grads = official(&fx, tag, "grad");
-    assert!(check_gradients(gan.g.vs(), &grads) > 40);
+    let spread = official(&fx, tag, "spread");
+    let (compared, noise) = check_gradients(gan.g.vs(), &grads, &spread);
+    eprintln!("{tag}: {compared} gradients compared, {noise} rounding noise");
+    assert!(compared > 60, "{compared} compared, {noise} noise");
     compare(gan.g.vs(), Store::G, &after);
     compare(&gan.d.vs, Store::D, &after);
 }
