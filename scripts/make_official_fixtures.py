@@ -105,7 +105,11 @@ def jem(path):
     f = base
     for k, v in f.state_dict().items():
         out[f"step/{k}"] = v.clone()
-    K, bs = 3, 4
+    import copy  # noqa: E402
+    f64 = copy.deepcopy(f).double()
+    # The paper's K = 20: long enough that a 1 % error in the step size moves the samples
+    # beyond the tolerance (3 steps moved them by 8.5e-4 in all, too little to see one).
+    K, bs = 20, 4
     args = argparse.Namespace(
         n_steps=K, sgld_lr=1.0, sgld_std=0.01, reinit_freq=0.0, batch_size=bs, n_classes=10,
         uncond=False, buffer_size=10,
@@ -135,6 +139,31 @@ def jem(path):
     optim.step()
     for k, p in f.named_parameters():
         out[f"step/after/{k}"] = p.clone()
+    # The same iteration in float64 from the same state and draws: each quantity's float32
+    # rounding (its distance to the float64 value, relative to the float64 one's largest
+    # magnitude), from which the Rust test derives its tolerances.
+    def spread(a, b):
+        b = b.detach().double()
+        return ((a.detach().double() - b).abs().max() / b.abs().max().clamp_min(1e-30)).float().reshape(1)
+
+    buffer64 = out["step/buffer"].double()
+    draws64 = iter(noise.double())
+    with patched(torch, randint=lambda *a, **k: inds.clone(), randn_like=lambda t: next(draws64).clone()):
+        x_q64 = sample_q(f64, buffer64)
+    optim64 = torch.optim.Adam(f64.parameters(), lr=1e-3, betas=[.9, .999], weight_decay=0.0)
+    fp64, fq64 = f64(x_p_d.double()).mean(), f64(x_q64).mean()
+    L64 = -(fp64 - fq64) + torch.nn.CrossEntropyLoss()(f64.classify(x_lab.double()), y_lab)
+    optim64.zero_grad()
+    L64.backward()
+    out["step/spread/x_q"] = spread(x_q, x_q64)
+    out["step/spread/loss"], out["step/spread/fp"] = spread(L, L64), spread(fp, fp64)
+    out["step/spread/fq"] = spread(fq, fq64)
+    for k, p in f64.named_parameters():
+        if p.grad is not None:
+            out[f"step/spread/grad/{k}"] = spread(out[f"step/grad/{k}"], p.grad)
+    optim64.step()
+    for k, p in f64.named_parameters():
+        out[f"step/spread/after/{k}"] = spread(out[f"step/after/{k}"], p)
     save(out, "jem", "official-jem.safetensors", meta)
     sys.path.remove(path)
 

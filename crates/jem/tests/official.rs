@@ -2,7 +2,9 @@
 //! norm, the energy, one SGLD chain from replay-buffer samples with given noise, the JEM loss,
 //! its parameter gradients and one Adam update, on `tests/fixtures/official-jem.safetensors`
 //! (written by `scripts/make_official_fixtures.py` from the official `train_wrn_ebm.py`; WRN-10-1
-//! at 32², 4 images). Everything agrees to 1e-5 relative.
+//! at 32², 4 images, a 20-step chain). Everything agrees to 1e-5 relative, or, for the step's
+//! quantities, to three times the official code's own float32 rounding of each where that is
+//! larger (the fixture stores it, from the same iteration in float64).
 
 use jem::model::Classifier;
 use jem::sampler::{score, ReplayBuffer};
@@ -118,7 +120,7 @@ fn config() -> Config {
     let v: serde_json::Value = serde_norway::from_str(&spec).unwrap();
     let mut j = v["jem"].clone();
     j["model"] = serde_json::json!({ "wrn": serde_json::to_value(wrn(WrnNorm::None)).unwrap() });
-    j["sgld"] = serde_json::json!({ "steps": 3, "step_size": 1.0, "noise": 0.01 });
+    j["sgld"] = serde_json::json!({ "steps": 20, "step_size": 1.0, "noise": 0.01 });
     j["buffer"] = serde_json::json!({ "size": 10, "reinit": 0.0 });
     serde_json::from_value(j).unwrap()
 }
@@ -168,19 +170,37 @@ fn one_jem_iteration_matches_the_official_sampler_loss_and_adam_step() {
         &reprise_core::parallel::Parallel::single(),
     )
     .unwrap();
-    assert_eq!(k, 3, "three SGLD steps, one noise draw each");
+    assert_eq!(k, 20, "twenty SGLD steps, one noise draw each");
+    // Each quantity at 1e-5, or at three times the official code's own float32 rounding of it
+    // where that is larger (its distance to the same iteration in float64, which the fixture
+    // stores): Adam's first step, lr·g/(|g| + ε), turns the rounding of a small gradient into up
+    // to 1.7e-4 of a weight's scale, and a float32 code on another CPU lands elsewhere in it.
+    let tol = |key: &str| {
+        let s = fx.get(&format!("step/spread/{key}")).double_value(&[0]);
+        TOL.max(3.0 * s)
+    };
     // The chains' end points went back into the buffer where they came from.
     let x_q = fx.get("step/x_q");
     assert_close(
         "SGLD samples",
         &buf.data.index_select(0, &slots_t),
         &x_q,
-        TOL,
+        tol("x_q"),
     );
     let one = |name: &str| Tensor::from_slice(&[st_value(&st, name) as f32]);
-    assert_close("mean LSE on data", &one("fd"), &fx.get("step/fp"), TOL);
-    assert_close("mean LSE on samples", &one("fq"), &fx.get("step/fq"), TOL);
-    assert_close("JEM loss", &one("loss"), &fx.get("step/loss"), TOL);
+    assert_close(
+        "mean LSE on data",
+        &one("fd"),
+        &fx.get("step/fp"),
+        tol("fp"),
+    );
+    assert_close(
+        "mean LSE on samples",
+        &one("fq"),
+        &fx.get("step/fq"),
+        tol("fq"),
+    );
+    assert_close("JEM loss", &one("loss"), &fx.get("step/loss"), tol("loss"));
     for (name, v) in m.vs.variables() {
         let key = official(&name);
         if key.starts_with("energy_output") {
@@ -192,13 +212,13 @@ fn one_jem_iteration_matches_the_official_sampler_loss_and_adam_step() {
             &format!("gradient of {key}"),
             &v.grad(),
             &fx.get(&format!("step/grad/{key}")),
-            TOL,
+            tol(&format!("grad/{key}")),
         );
         assert_close(
             &format!("{key} after Adam"),
             &v,
             &fx.get(&format!("step/after/{key}")),
-            TOL,
+            tol(&format!("after/{key}")),
         );
     }
 }
