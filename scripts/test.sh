@@ -114,6 +114,19 @@ assert len(keys) >= 265 and not bad, f"{len(keys)} backbone tensors, differing: 
 print(f"converted backbone loaded exactly: {len(keys)} tensors")
 PY
 
+echo "== robust-transfer: the evaluation-only spec evaluates the converted checkpoint without training"
+"$runner" run robust-transfer/imagenet-r50-eval --smoke --out "$out" \
+    robust-transfer.source.from="$out/converted.safetensors"
+evaluated=$(ls -td "$out"/robust-transfer-imagenet-r50-eval/*/ | head -1)
+python - "$(dirname "$src")" "$evaluated" <<'PY'
+import json, sys
+a, b = (json.load(open(f"{d}/summary.json")) for d in sys.argv[1:])
+assert b["source_step_ms"] is None or b["source_step_ms"] != b["source_step_ms"], "the evaluation-only run trained"
+for k in ("src_clean", "src_robust"):
+    assert a[k] == b[k], f"{k}: trained run {a[k]}, evaluated checkpoint {b[k]}"
+print(f"the converted checkpoint evaluates as the run that trained it: {b['src_clean']} / {b['src_robust']}")
+PY
+
 echo "== runner export: the robust ResNet-50 source as a torch.load-able state dict with torchvision's names"
 src_run=$(dirname "$src")
 "$runner" export "$src_run" --out "$out/exported"

@@ -17,6 +17,61 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::path::Path;
 
+/// The paper's ImageNet top-1 (%) of its ResNet-50 source trained at `arm` (the submission's
+/// table of the sources' clean accuracy, L2 ε 0–5 and L∞ ε 0–8/255), where it reports one.
+pub fn paper_resnet50_top1(arm: Arm) -> Option<f64> {
+    const L2: [(f64, f64); 10] = [
+        (0.0, 75.80),
+        (0.01, 75.68),
+        (0.03, 75.76),
+        (0.05, 75.59),
+        (0.1, 74.78),
+        (0.25, 74.14),
+        (0.5, 73.16),
+        (1.0, 70.43),
+        (3.0, 62.83),
+        (5.0, 56.13),
+    ];
+    const LINF: [(f64, f64); 6] = [
+        (0.0, 75.60),
+        (0.5, 73.73),
+        (1.0, 72.05),
+        (2.0, 69.10),
+        (4.0, 63.86),
+        (8.0, 54.53),
+    ];
+    let near = |t: &[(f64, f64)], e: f64| {
+        t.iter()
+            .find(|(x, _)| (x - e).abs() <= 1e-6 * x.max(1.0))
+            .map(|&(_, a)| a)
+    };
+    match arm {
+        Arm::Std => near(&L2, 0.0),
+        Arm::Adv(Norm::L2, e) => near(&L2, e),
+        Arm::Adv(Norm::Linf, e) => near(&LINF, e * 255.0),
+        Arm::Noise(_) => None,
+    }
+}
+
+/// Whether the run's source is the paper's: a full-width ResNet-50 on an ImageNet folder.
+fn is_paper_imagenet_source(dir: &Path) -> bool {
+    let Ok(tree) = SpecTree::load(&dir.join("spec.yaml")) else {
+        return false;
+    };
+    let (Ok(h), Ok(c)) = (tree.header(), tree.typed::<Config>(SECTION)) else {
+        return false;
+    };
+    h.data.dataset == "imagefolder"
+        && matches!(
+            c.model,
+            crate::config::ModelConfig::Resnet {
+                arch: crate::config::ResnetArch::Resnet50,
+                base: None,
+                blocks: None
+            }
+        )
+}
+
 /// The report of one run.
 pub fn report_run(dir: &Path) -> Result<String> {
     let (h, s) = reprise_core::run::finished_run::<Summary>(dir)?;
@@ -24,6 +79,15 @@ pub fn report_run(dir: &Path) -> Result<String> {
         "# {} — source `{}`, seed {}\n\n{}\n\n## Source (holdout)\n\n",
         h.name, s.arm, h.seed, h.description
     );
+    // The paper's number beside ours, for its own source on ImageNet.
+    let paper = paper_resnet50_top1(s.arm).filter(|_| is_paper_imagenet_source(dir));
+    if let Some(p) = paper {
+        let _ = writeln!(
+            md,
+            "The paper's ResNet-50 at this ε: {p:.2} % ImageNet top-1 (its table of the sources' clean accuracy; the \
+             50 000 validation images, Resize 256 then CenterCrop 224).\n"
+        );
+    }
     let mut rows = vec![vec![
         "clean accuracy (%)".to_string(),
         format!("{:.2}", s.src_clean()),
@@ -416,4 +480,20 @@ pub fn report_sweep(dir: &Path, runs: &[RunSummary]) -> Result<String> {
         runs.len()
     );
     Ok(claims.open_report(&md))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_paper_s_source_accuracy_is_looked_up_by_arm() {
+        let top1 = |a: &str| paper_resnet50_top1(Arm::parse(a).unwrap());
+        assert_eq!(top1("l2-3"), Some(62.83));
+        assert_eq!(top1("std"), Some(75.80));
+        assert_eq!(top1("linf-4/255"), Some(63.86));
+        assert_eq!(top1("l2-0.01"), Some(75.68));
+        assert_eq!(top1("l2-2"), None);
+        assert_eq!(top1("noise-3"), None);
+    }
 }
