@@ -176,12 +176,10 @@ IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 CIFAR10_MEAN, CIFAR10_STD = [0.4914, 0.4822, 0.4465], [0.2023, 0.1994, 0.2010]
 
 
-def official_network(official_resnet, AttackerModel, block, classes, seed, mean, std):
-    """The official ResNet with `block`s, one block a stage, every width divided by WIDTH_DIV: the
-    module's nn.Conv2d, BatchNorm2d and Linear are narrowed (3 input channels kept), so the class's
-    own code builds and runs it; with non-trivial batch-norm parameters and running statistics."""
-    torch.manual_seed(seed)
-    narrow = lambda c: c if c == 3 else c // WIDTH_DIV
+def narrowed_nn(div):
+    """torch.nn with Conv2d, BatchNorm2d and Linear narrowed `div`-fold (3 input channels and the
+    head's outputs kept), to patch into a module that builds its network from `nn`."""
+    narrow = lambda c: c if c == 3 else c // div
 
     class Conv2d(torch.nn.Conv2d):
         def __init__(self, i, o, *a, **k):
@@ -197,8 +195,11 @@ def official_network(official_resnet, AttackerModel, block, classes, seed, mean,
 
     nn = argparse.Namespace(**{k: getattr(torch.nn, k) for k in dir(torch.nn) if not k.startswith("_")})
     nn.Conv2d, nn.BatchNorm2d, nn.Linear = Conv2d, BatchNorm2d, Linear
-    with patched(official_resnet, nn=nn):
-        net = official_resnet.ResNet(block, BLOCKS, num_classes=classes)
+    return nn
+
+
+def randomise_batch_norms(net):
+    """Non-trivial batch-norm parameters and running statistics (the defaults are 1 and 0)."""
     with torch.no_grad():
         for k, v in net.state_dict().items():
             if "bn" in k or "downsample.1" in k:
@@ -206,6 +207,16 @@ def official_network(official_resnet, AttackerModel, block, classes, seed, mean,
                     v.copy_(0.5 + torch.rand_like(v))
                 elif v.is_floating_point():
                     v.add_(torch.randn_like(v) * 0.1)
+
+
+def official_network(official_resnet, AttackerModel, block, classes, seed, mean, std):
+    """The official ResNet with `block`s, one block a stage, every width divided by WIDTH_DIV: the
+    module's nn.Conv2d, BatchNorm2d and Linear are narrowed (3 input channels kept), so the class's
+    own code builds and runs it; with non-trivial batch-norm parameters and running statistics."""
+    torch.manual_seed(seed)
+    with patched(official_resnet, nn=narrowed_nn(WIDTH_DIV)):
+        net = official_resnet.ResNet(block, BLOCKS, num_classes=classes)
+    randomise_batch_norms(net)
     ds = argparse.Namespace(mean=torch.tensor(mean), std=torch.tensor(std))
     return net, AttackerModel(net, ds)
 
@@ -715,22 +726,7 @@ def torchvision_resnets():
     out = {}
     div = 32
     meta = {"repository": "pytorch/vision", "torchvision": torchvision.__version__, "base": 64 // div}
-    narrow = lambda c: c if c == 3 else c // div
-
-    class Conv2d(torch.nn.Conv2d):
-        def __init__(self, i, o, *a, **k):
-            super().__init__(narrow(i), narrow(o), *a, **k)
-
-    class BatchNorm2d(torch.nn.BatchNorm2d):
-        def __init__(self, c, *a, **k):
-            super().__init__(narrow(c), *a, **k)
-
-    class Linear(torch.nn.Linear):
-        def __init__(self, i, o, *a, **k):
-            super().__init__(narrow(i), o, *a, **k)
-
-    nn = argparse.Namespace(**{k: getattr(torch.nn, k) for k in dir(torch.nn) if not k.startswith("_")})
-    nn.Conv2d, nn.BatchNorm2d, nn.Linear = Conv2d, BatchNorm2d, Linear
+    nn = narrowed_nn(div)
     torch.manual_seed(21)
     x, y = torch.rand(4, 3, 64, 64), torch.tensor([3, 0, 9, 3])
     out["x"], out["y"] = x, y
@@ -739,13 +735,7 @@ def torchvision_resnets():
         torch.manual_seed(22)
         with patched(tvr, nn=nn):
             net = tvr.ResNet(tvr.Bottleneck, layers, num_classes=10, width_per_group=width)
-        with torch.no_grad():
-            for k, v in net.state_dict().items():
-                if "bn" in k or "downsample.1" in k:
-                    if k.endswith("running_var"):
-                        v.copy_(0.5 + torch.rand_like(v))
-                    elif v.is_floating_point():
-                        v.add_(torch.randn_like(v) * 0.1)
+        randomise_batch_norms(net)
         for k, v in net.state_dict().items():
             if not k.endswith("num_batches_tracked"):
                 out[f"{name}/before/{k}"] = v.clone()

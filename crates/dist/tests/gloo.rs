@@ -455,17 +455,30 @@ fn beating(
     (pg, hb)
 }
 
+/// A 2-rank group on a fresh port, each rank with a heartbeat of silence `silence` whose reports
+/// go to the returned receiver: rank 0's group and heartbeat, then rank 1's.
+#[allow(clippy::type_complexity)]
+fn beating_pair(
+    silence: Duration,
+) -> (
+    std::sync::mpsc::Receiver<(usize, String)>,
+    (ProcessGroup, dist::Heartbeat),
+    (ProcessGroup, dist::Heartbeat),
+) {
+    let port = free_port();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let tx1 = tx.clone();
+    let r1 = std::thread::spawn(move || beating(1, port, silence, tx1));
+    let zero = beating(0, port, silence, tx);
+    (rx, zero, r1.join().unwrap())
+}
+
 #[test]
 fn a_silent_rank_or_store_is_reported_within_the_silence_and_a_rank_that_left_is_not() {
     let silence = Duration::from_millis(800);
     // Rank 1 stops beating without leaving (frozen): rank 0 hears of it within the silence
     // period and a few beats, naming it.
-    let port = free_port();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let tx1 = tx.clone();
-    let r1 = std::thread::spawn(move || beating(1, port, silence, tx1));
-    let (pg0, hb0) = beating(0, port, silence, tx);
-    let (pg1, hb1) = r1.join().unwrap();
+    let (rx, (pg0, hb0), (pg1, hb1)) = beating_pair(silence);
     // Both alive: nothing for a while.
     assert!(rx.recv_timeout(silence * 2).is_err());
     let t0 = Instant::now();
@@ -479,12 +492,7 @@ fn a_silent_rank_or_store_is_reported_within_the_silence_and_a_rank_that_left_is
     drop((hb0, pg0, pg1));
 
     // Rank 1 leaves (its part of the run is over): rank 0 goes on alone undisturbed.
-    let port = free_port();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let tx1 = tx.clone();
-    let r1 = std::thread::spawn(move || beating(1, port, silence, tx1));
-    let (pg0, hb0) = beating(0, port, silence, tx);
-    let (pg1, hb1) = r1.join().unwrap();
+    let (rx, (pg0, hb0), (pg1, hb1)) = beating_pair(silence);
     hb1.leave();
     drop(pg1);
     assert!(
@@ -493,12 +501,7 @@ fn a_silent_rank_or_store_is_reported_within_the_silence_and_a_rank_that_left_is
     );
 
     // Rank 0's store goes (its group and heartbeat end without leaving): rank 1 hears of it.
-    let port2 = free_port();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let tx1 = tx.clone();
-    let r1 = std::thread::spawn(move || beating(1, port2, silence, tx1));
-    let (pg0b, hb0b) = beating(0, port2, silence, tx);
-    let (pg1b, hb1b) = r1.join().unwrap();
+    let (rx, (pg0b, hb0b), (pg1b, hb1b)) = beating_pair(silence);
     drop((hb0b, pg0b));
     let (who, why) = rx
         .recv_timeout(silence * 4)
