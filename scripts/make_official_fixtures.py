@@ -443,14 +443,16 @@ def tsit(path):
     meta = {"repository": "EndlessSora/TSIT", "commit": commit(path), "ngf": 1, "ndf": 2, "size": 256}
     out = {}
 
-    def options(task, label_nc, vgg=False):
+    def options(task, label_nc, vgg=False, wide=False):
+        # wide: Cityscapes' layout, 256×512 with a don't-care class and the instance-edge channel.
         sis = task == "SIS"
         return argparse.Namespace(
             task=task, isTrain=True, gpu_ids=[], netG="tsit", netD="multiscale", netD_subarch="n_layer",
             norm_G="spectralfadesyncbatch3x3", norm_D="spectralinstance", norm_S="spectralinstance",
             norm_E="spectralinstance", ngf=1, ndf=2, label_nc=label_nc, output_nc=3,
-            semantic_nc=label_nc if sis else 3, contain_dontcare_label=False, no_instance=True,
-            crop_size=256, aspect_ratio=1.0, num_upsampling_layers="more", use_vae=sis, z_dim=256,
+            semantic_nc=(label_nc + 2 if wide else label_nc) if sis else 3, contain_dontcare_label=wide,
+            no_instance=not wide, crop_size=512 if wide else 256, aspect_ratio=2.0 if wide else 1.0,
+            num_upsampling_layers="more", use_vae=sis, z_dim=256,
             alpha=1.0, no_ss=sis, n_layers_D=4, num_D=2, no_ganFeat_loss=False, no_vgg_loss=not vgg,
             gan_mode="hinge", lambda_feat=10.0, lambda_vgg=2.0 if vgg else 0.0, lambda_kld=0.05,
             # A larger init than the official 0.02 (xavier gain), so every path carries signal.
@@ -474,9 +476,10 @@ def tsit(path):
                 v.copy_(formula_weight(f"features.{name}", tuple(v.shape), 6.0))
         return net
 
-    for task, tag in [("AST", "ast"), ("SIS", "sis")]:
+    for task, tag in [("AST", "ast"), ("SIS", "sis"), ("SIS", "sis2")]:
+        wide = tag == "sis2"
         torch.manual_seed(10)
-        opt = options(task, 4)
+        opt = options(task, 4, wide=wide)
         with patched(torchvision.models, vgg19=vgg19), patched(torch.nn.Module, cuda=lambda self, *a: self):
             model = Pix2PixModel(opt)
         nets = {"G": model.netG, "D": model.netD}
@@ -495,7 +498,17 @@ def tsit(path):
                     out[f"{tag}/before/{n}/{k}"] = v.clone()
         before = {n: {k: v.clone() for k, v in net.state_dict().items()} for n, net in nets.items()}
         # 16² inputs brought to 256² by nearest ×16 on both sides.
-        if task == "SIS":
+        if wide:
+            # 16×32 maps brought to 256×512: labels 0-4 (4 is the don't-care class) and instance
+            # ids whose boundaries make the edge channel.
+            label16 = torch.randint(0, 5, (1, 1, 16, 32))
+            inst16 = torch.randint(0, 3, (1, 1, 16, 32))
+            image16 = torch.rand(1, 3, 16, 32) * 2 - 1
+            out[f"{tag}/label16"], out[f"{tag}/instance16"], out[f"{tag}/image16"] = label16, inst16, image16
+            data = {"label": up(label16.float()).long(), "instance": up(inst16.float()), "image": up(image16)}
+            draws = [torch.randn(1, 256), torch.randn(1, 256)]
+            noise_fn = dict(randn_like=lambda t: draws_it.pop(0).clone())
+        elif task == "SIS":
             label16 = torch.randint(0, 4, (1, 1, 16, 16))
             image16 = torch.rand(1, 3, 16, 16) * 2 - 1
             out[f"{tag}/label16"], out[f"{tag}/image16"] = label16, image16
@@ -538,24 +551,24 @@ def tsit(path):
         # magnitude) says whether it carries signal or is rounding noise (a bias just before a
         # normalisation), so that the Rust test exempts only the latter.
         with patched(torchvision.models, vgg19=vgg19), patched(torch.nn.Module, cuda=lambda self, *a: self):
-            wide = Pix2PixModel(opt)
-        wide_nets = {"G": wide.netG, "D": wide.netD}
-        if wide.netE is not None:
-            wide_nets["E"] = wide.netE
-        for n, net in wide_nets.items():
+            double = Pix2PixModel(opt)
+        double_nets = {"G": double.netG, "D": double.netD}
+        if double.netE is not None:
+            double_nets["E"] = double.netE
+        for n, net in double_nets.items():
             net.load_state_dict(before[n])
             net.double()
-        wide.FloatTensor = torch.DoubleTensor
-        wide.criterionGAN.Tensor = torch.DoubleTensor
-        wide.train()
+        double.FloatTensor = torch.DoubleTensor
+        double.criterionGAN.Tensor = torch.DoubleTensor
+        double.train()
         draws_it = [draws[0].double()]
-        wide_noise = (dict(randn_like=lambda t: draws_it.pop(0).clone()) if task == "SIS"
+        double_noise = (dict(randn_like=lambda t: draws_it.pop(0).clone()) if task == "SIS"
                       else dict(randn=lambda *a, **k: draws_it.pop(0).clone()))
-        wide_data = {k: v.double() if v.is_floating_point() else v for k, v in data.items()}
-        with patched(torch, **wide_noise):
-            w_losses, _ = wide(dict(wide_data), mode="generator")
+        double_data = {k: v.double() if v.is_floating_point() else v for k, v in data.items()}
+        with patched(torch, **double_noise):
+            w_losses, _ = double(dict(double_data), mode="generator")
             sum(w_losses.values()).mean().backward()
-        for n, net in wide_nets.items():
+        for n, net in double_nets.items():
             for k, v in net.named_parameters():
                 if n != "D" and v.grad is not None:
                     g32 = out[f"{tag}/grad/{n}/{k}"].double()
@@ -574,7 +587,7 @@ def tsit(path):
         # 1 and 20), from the same state: its L1 terms make float32 gradients, and so Adam's
         # sign-like first step, rounding-dependent, so only the losses are compared.
         with patched(torchvision.models, vgg19=vgg19), patched(torch.nn.Module, cuda=lambda self, *a: self):
-            vmodel = Pix2PixModel(options(task, 4, vgg=True))
+            vmodel = Pix2PixModel(options(task, 4, vgg=True, wide=wide))
         for n, net in {"G": vmodel.netG, "D": vmodel.netD, "E": vmodel.netE}.items():
             if net is not None:
                 net.load_state_dict(before[n])

@@ -32,8 +32,13 @@ fn fixture() -> Fixture {
 }
 
 fn config(sis: bool, vgg: bool) -> Config {
+    config_at(sis, vgg, 1)
+}
+
+/// [`config`] at width ÷ height `aspect`.
+fn config_at(sis: bool, vgg: bool, aspect: i64) -> Config {
     let yaml = format!(
-        "task: {task}\narm: {arm}\nsize: 256\nmodel: {{ nf: 1, cap: 16, ndf: 2, num_d: 2, n_layers_d: {layers}, \
+        "task: {task}\narm: {arm}\nsize: 256\naspect: {aspect}\nmodel: {{ nf: 1, cap: 16, ndf: 2, num_d: 2, n_layers_d: {layers}, \
          vae: {sis}, z_dim: 256, vae_size: 256 }}\nbatch: 1\niterations: 1\nsampling: replacement\n\
          loss: {{ lambda_feat: 10.0, lambda_vgg: {vgg}, lambda_kld: 0.05, kld_devices: 1 }}\n\
          optim: {{ lr_g: 1.0e-4, lr_d: 4.0e-4, beta1: 0.0, beta2: 0.9 }}\n\
@@ -146,7 +151,8 @@ fn check_gradients(
 }
 
 fn up16(t: &Tensor) -> Tensor {
-    t.upsample_nearest2d([256, 256], None, None)
+    let (h, w) = (t.size()[2], t.size()[3]);
+    t.upsample_nearest2d([h * 16, w * 16], None, None)
 }
 
 /// One iteration of `sis` (else style transfer) with the VGG loss (weight 2) or without.
@@ -155,11 +161,30 @@ fn up16(t: &Tensor) -> Tensor {
 /// gradients differ from its float64 ones by up to 1.4 % with it, measured on this fixture),
 /// and Adam's sign-like first step turns that into weights 2·lr apart.
 fn one_iteration(sis: bool, vgg: bool) {
+    iteration(sis, vgg, false)
+}
+
+/// [`one_iteration`]; with `wide`, semantic synthesis in Cityscapes' layout: 256×512, a
+/// don't-care class (label 4 of 0-4, its own channel) and the instance-edge channel.
+fn iteration(sis: bool, vgg: bool, wide: bool) {
     let fx = fixture();
-    let tag = if sis { "sis" } else { "ast" };
-    let c = config(sis, vgg);
+    let tag = match (sis, wide) {
+        (true, true) => "sis2",
+        (true, false) => "sis",
+        _ => "ast",
+    };
+    let aspect = if wide { 2 } else { 1 };
+    let c = config_at(sis, vgg, aspect);
     let dev = Device::Cpu;
-    let (content, style, real) = if sis {
+    let (content, style, real) = if wide {
+        let label = up16(&fx.get("sis2/label16").to_kind(Kind::Float)).to_kind(Kind::Int64);
+        let onehot =
+            Tensor::zeros([1, 5, 256, 512], (Kind::Float, dev)).scatter_value(1, &label, 1.0);
+        let ids = up16(&fx.get("sis2/instance16").to_kind(Kind::Float)).squeeze();
+        let edge = tsit::folders::edges(&ids).view([1, 1, 256, 512]);
+        let image = up16(&fx.get("sis2/image16"));
+        (Tensor::cat(&[onehot, edge], 1), None, image)
+    } else if sis {
         let label = up16(&fx.get("sis/label16").to_kind(Kind::Float)).to_kind(Kind::Int64);
         let onehot =
             Tensor::zeros([1, 4, 256, 256], (Kind::Float, dev)).scatter_value(1, &label, 1.0);
@@ -170,7 +195,7 @@ fn one_iteration(sis: bool, vgg: bool) {
         (ct, Some(st.shallow_clone()), st)
     };
     let in_c = content.size()[1];
-    let g = Tsit::new(&c.model, (256, 256), in_c, !sis, !sis, dev);
+    let g = Tsit::new(&c.model, (256, 256 * aspect), in_c, !sis, !sis, dev);
     let d = Discriminator::new(&c.model, if sis { 3 + in_c } else { 3 }, dev);
     let before = official(&fx, tag, "before");
     let after = official(&fx, tag, "after");
@@ -221,7 +246,7 @@ fn one_iteration(sis: bool, vgg: bool) {
     // The generator step's image, from a copy of G in the state before the iteration (a
     // training-mode pass runs a power iteration and updates batch statistics).
     let fake = {
-        let g2 = Tsit::new(&c.model, (256, 256), in_c, !sis, !sis, dev);
+        let g2 = Tsit::new(&c.model, (256, 256 * aspect), in_c, !sis, !sis, dev);
         load(&g2.vs, Store::G, &before, "fixture").unwrap();
         let n0 = noise.get(0);
         let inp = GenInput {
@@ -295,6 +320,14 @@ fn a_style_transfer_iteration_matches_the_official_trainer() {
 #[test]
 fn a_semantic_synthesis_iteration_with_the_vae_matches_the_official_trainer() {
     one_iteration(true, false);
+}
+
+#[test]
+fn a_cityscapes_shaped_iteration_matches_the_official_trainer() {
+    // 256×512 (the official crop_size 512, aspect_ratio 2), contain_dontcare_label and the
+    // instance edges (get_edges) in the content.
+    iteration(true, false, true);
+    iteration(true, true, true);
 }
 
 #[test]
