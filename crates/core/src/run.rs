@@ -932,6 +932,62 @@ impl RunContext {
         Ok(())
     }
 
+    /// Records the run as a session of TensorBoard's HParams dashboard, so that a sweep's runs
+    /// can be compared there: its hyperparameters are the swept values its folder is named by
+    /// (`arm=jem,seed=0`; a single run: its seed), its metrics the numbers of `summary.json`
+    /// (as `summary/<key>` scalars; timing and constants left out) beside its curves.
+    fn hparams_to_tensorboard(&mut self) -> Result<()> {
+        let name = self
+            .dir
+            .file_name()
+            .map_or(String::new(), |n| n.to_string_lossy().into_owned());
+        let value = |v: &str| {
+            v.parse::<f64>().map_or_else(
+                |_| crate::tensorboard::HValue::Text(v.to_string()),
+                crate::tensorboard::HValue::Number,
+            )
+        };
+        let mut hparams: Vec<(String, crate::tensorboard::HValue)> = name
+            .split(',')
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.to_string(), value(v)))
+            .collect();
+        if !hparams.iter().any(|(k, _)| k == "seed") {
+            hparams.push((
+                "seed".into(),
+                crate::tensorboard::HValue::Number(self.header.seed as f64),
+            ));
+        }
+        let summary: Json =
+            crate::checkpoint::read_bounded(&self.dir.join("summary.json"), 16 << 20)
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok())
+                .unwrap_or(Json::Null);
+        let timing = |k: &str| {
+            k.ends_with("_ms")
+                || k.ends_with("seconds")
+                || k == "steps"
+                || k == "classes"
+                || k == "params"
+        };
+        let metrics: Vec<(String, f64)> = summary
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(k, _)| !timing(k))
+            .filter_map(|(k, v)| {
+                v.as_f64()
+                    .filter(|x| x.is_finite())
+                    .map(|x| (format!("summary/{k}"), x))
+            })
+            .collect();
+        let step = read_metrics(&self.dir).last().map_or(0, |r| r.step);
+        let start = self.started_unix();
+        let end = start + self.wall();
+        let mut tb = crate::tensorboard::EventFile::append_or_new(&self.dir.join("tensorboard"))?;
+        tb.hparams(&hparams, &metrics, step, (start, end))
+    }
+
     /// Seconds since the run began, continued across resumes.
     pub fn wall(&self) -> f64 {
         self.wall_offset + self.started.elapsed().as_secs_f64()
@@ -1036,6 +1092,7 @@ impl RunContext {
         write_metrics_csv(&self.dir)?;
         if self.header.tensorboard {
             self.figures_to_tensorboard()?;
+            self.hparams_to_tensorboard()?;
         }
         write_atomic(&self.dir.join(FINISHED), b"")
     }

@@ -5,8 +5,13 @@
 //! masked CRC-32C, the bytes, their masked CRC-32C), each an `Event` protocol buffer
 //! (tensorflow/core/util/event.proto: `wall_time` 1, `step` 2, `file_version` 3, `summary` 5;
 //! summary.proto: `Summary.value` 1, `Value.tag` 1, `simple_value` 2, `image` 4;
-//! `Image.height` 1, `width` 2, `colorspace` 3, `encoded_image_string` 4). The few messages
-//! needed are encoded here by hand.
+//! `Image.height` 1, `width` 2, `colorspace` 3, `encoded_image_string` 4, `Value.metadata` 9;
+//! `SummaryMetadata.plugin_data` 1, `PluginData.plugin_name` 1, `content` 2), and the HParams
+//! dashboard's session records (tensorboard/plugins/hparams/plugin_data.proto:
+//! `HParamsPluginData.version` 1, `session_start_info` 3, `session_end_info` 4;
+//! `SessionStartInfo.hparams` 1, a map of google.protobuf.Value — `number_value` 2,
+//! `string_value` 3 —, `start_time_secs` 5; `SessionEndInfo.status` 1, `end_time_secs` 2). The
+//! few messages needed are encoded here by hand.
 
 use crate::error::{Error, Result};
 use std::io::Write as _;
@@ -74,6 +79,70 @@ impl EventFile {
         self.summary(step, wall, &v)
     }
 
+    /// Records the run as one session of TensorBoard's HParams dashboard: its hyperparameters
+    /// (`hparams`: a name and a number or a text), started at `start` (seconds since 1970), and
+    /// ended well at `end`; its metrics are the scalars of the same event file (the dashboard
+    /// reads their last values), to which `metrics` are added at `step`.
+    pub fn hparams(
+        &mut self,
+        hparams: &[(String, HValue)],
+        metrics: &[(String, f64)],
+        step: u64,
+        (start, end): (f64, f64),
+    ) -> Result<()> {
+        let mut info = Vec::new();
+        for (k, v) in hparams {
+            let mut value = Vec::new();
+            match v {
+                HValue::Number(x) => put_f64(&mut value, 2, *x),
+                HValue::Text(t) => put_bytes(&mut value, 3, t.as_bytes()),
+            }
+            let mut entry = Vec::new();
+            put_bytes(&mut entry, 1, k.as_bytes());
+            put_bytes(&mut entry, 2, &value);
+            put_bytes(&mut info, 1, &entry);
+        }
+        put_f64(&mut info, 5, start);
+        let mut data = Vec::new();
+        put_bytes(&mut data, 3, &info);
+        self.plugin_record(
+            "_hparams_/session_start_info",
+            "hparams",
+            &data,
+            step,
+            start,
+        )?;
+        for (k, v) in metrics {
+            self.scalar(k, step, *v, end)?;
+        }
+        let mut done = Vec::new();
+        put_varint_field(&mut done, 1, 1); // STATUS_SUCCESS
+        put_f64(&mut done, 2, end);
+        let mut data = Vec::new();
+        put_bytes(&mut data, 4, &done);
+        self.plugin_record("_hparams_/session_end_info", "hparams", &data, step, end)
+    }
+
+    /// A summary value that is only `plugin`'s metadata, holding `content`.
+    fn plugin_record(
+        &mut self,
+        tag: &str,
+        plugin: &str,
+        content: &[u8],
+        step: u64,
+        wall: f64,
+    ) -> Result<()> {
+        let mut pd = Vec::new();
+        put_bytes(&mut pd, 1, plugin.as_bytes());
+        put_bytes(&mut pd, 2, content);
+        let mut meta = Vec::new();
+        put_bytes(&mut meta, 1, &pd);
+        let mut v = Vec::new();
+        put_bytes(&mut v, 1, tag.as_bytes());
+        put_bytes(&mut v, 9, &meta);
+        self.summary(step, wall, &v)
+    }
+
     fn summary(&mut self, step: u64, wall: f64, value: &[u8]) -> Result<()> {
         let mut summary = Vec::new();
         put_bytes(&mut summary, 1, value);
@@ -95,6 +164,15 @@ impl EventFile {
             .write_all(&rec)
             .map_err(|e| Error::Io(self.path.clone(), e))
     }
+}
+
+/// A hyperparameter's value on TensorBoard's HParams dashboard.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HValue {
+    /// A number (a learning rate, a seed).
+    Number(f64),
+    /// A text (an arm).
+    Text(String),
 }
 
 fn put_varint(out: &mut Vec<u8>, mut v: u64) {

@@ -90,7 +90,8 @@ for line in open(run + "/metrics.jsonl"):
         if v is not None:
             want.setdefault(k, []).append((r["step"], v))
 tags = ea.Tags()
-assert sorted(tags["scalars"]) == sorted(want), (tags["scalars"], sorted(want))
+curves = [t for t in tags["scalars"] if not t.startswith("summary/")]
+assert sorted(curves) == sorted(want), (tags["scalars"], sorted(want))
 for k, pts in want.items():
     got = [(e.step, e.value) for e in ea.Scalars(k)]
     assert [s for s, _ in got] == [s for s, _ in pts], k
@@ -105,6 +106,19 @@ figs = sorted(f[:-4] for f in os.listdir(run + "/figures") if f.endswith(".png")
 assert figs and sorted(t.split("/", 1)[1] for t in tags["images"]) == figs, (tags["images"], figs)
 img = ea.Images(tags["images"][0])[0]
 assert img.width > 0 and img.height > 0 and img.encoded_image_string[:4] == b"\x89PNG"
+# The run is a session of the HParams dashboard: its seed (and swept values), its summary's
+# numbers as metrics, ended well.
+from tensorboard.plugins.hparams import plugin_data_pb2
+content = ea.PluginTagToContent("hparams")
+start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
+assert start.session_start_info.hparams["seed"].number_value == 0, start
+end = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_end_info"])
+from tensorboard.plugins.hparams import api_pb2
+assert end.session_end_info.status == api_pb2.STATUS_SUCCESS, end
+summary = json.load(open(run + "/summary.json"))
+acc = ea.Scalars("summary/acc")[-1].value
+assert math.isclose(acc, summary["acc"], rel_tol=1e-6), (acc, summary["acc"])
+assert "summary/wall_seconds" not in tags["scalars"], tags["scalars"]
 print(f"{len(want)} scalars and {len(figs)} figures read back")
 "#;
     for r in [run, &base] {
