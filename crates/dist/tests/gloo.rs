@@ -418,12 +418,14 @@ fn ddps_reducer_averages_the_gradients_during_the_backward() {
                     2,
                     "rebuilt in gradient order after the first"
                 );
-                got
+                // The Reducer and the group go back to the test, which drops them only once
+                // both ranks (threads of one process) have ended.
+                (got, red, pg)
             })
         })
         .collect();
-    for h in handles {
-        let got = h.join().unwrap();
+    let ended: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    for (got, _, _) in &ended {
         for (step, (g, w)) in got.iter().zip(&want).enumerate() {
             for (a, b) in g.iter().zip(w) {
                 // Float rounding: two half-batch means averaged against the whole batch's mean.
