@@ -221,6 +221,45 @@ def official_network(official_resnet, AttackerModel, block, classes, seed, mean,
     return net, AttackerModel(net, ds)
 
 
+def put_state(out, net, prefix):
+    """Every tensor of `net`'s state dict into `out` under `prefix/` (but num_batches_tracked)."""
+    for k, v in net.state_dict().items():
+        if not k.endswith("num_batches_tracked"):
+            out[f"{prefix}/{k}"] = v.clone()
+
+
+def adversarial_train_step(net, model, x, y, out):
+    """One adversarial training step as robustness/train.py's _model_loop takes it: the attack
+    (PGD-3, L2 0.5, use-best) in eval mode, the update in train mode, SGD with momentum and weight
+    decay on every parameter; the adversarial inputs, the loss and the state after into `out`."""
+    model.train()
+    opt = torch.optim.SGD(net.parameters(), 0.1, momentum=0.9, weight_decay=1e-4)
+    with patched(torch.Tensor, cuda=lambda self, *a, **k: self):
+        logits, adv = model(x, y, make_adv=True, constraint="2", eps=0.5, step_size=0.5 * 2 / 3,
+                            iterations=3, random_start=False, use_best=True)
+    loss = torch.nn.CrossEntropyLoss()(logits, y)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    out["adv_step/adv"], out["adv_step/loss"] = adv, loss.reshape(1)
+    put_state(out, net, "adv_step/after")
+
+
+def transfer_step(net, model, params, xt, yt, tag, out):
+    """One transfer step as robust-models-transfer's main.py takes it, on `params` (lr and weight
+    decay larger than the paper's 0.01 and 5e-4, so that one step shows where the decay applies),
+    the whole model in train mode; the loss and the state after into `out` under `tag`."""
+    opt = torch.optim.SGD(params, 0.1, momentum=0.9, weight_decay=5e-2)
+    model.train()
+    logits, _ = model(xt, yt, make_adv=False)
+    loss = torch.nn.CrossEntropyLoss()(logits, yt)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    out[f"{tag}/loss"] = loss.reshape(1)
+    put_state(out, net, f"{tag}/after")
+
+
 def robustness_bottleneck(path, transfer_path):
     """The paper-scale source's Bottleneck ResNet (the library's imagenet_models.resnet, as its
     resnet50 builds it, narrowed as official_network narrows) through one adversarial training step
@@ -235,32 +274,16 @@ def robustness_bottleneck(path, transfer_path):
     meta = {"repository": "MadryLab/robustness", "commit": commit(path), "base": 64 // WIDTH_DIV,
             "blocks": BLOCKS, "block": "Bottleneck", "transfer": f"microsoft/robust-models-transfer {commit(transfer_path)}"}
     out = {}
-
-    def weights(net, prefix):
-        for k, v in net.state_dict().items():
-            if not k.endswith("num_batches_tracked"):
-                out[f"{prefix}/{k}"] = v.clone()
-
     net, model = official_network(official_resnet, AttackerModel, official_resnet.Bottleneck, 10, 3,
                                   IMAGENET_MEAN, IMAGENET_STD)
-    weights(net, "source")
+    put_state(out, net, "source")
     torch.manual_seed(4)
     x, y = torch.rand(4, 3, 32, 32), torch.tensor([1, 7, 7, 0])
     out["x"], out["y"] = x, y
     model.eval()
     logits, _ = model(x, y, make_adv=False)
     out["source/logits"] = logits.detach()
-    model.train()
-    opt = torch.optim.SGD(net.parameters(), 0.1, momentum=0.9, weight_decay=1e-4)
-    with patched(torch.Tensor, cuda=lambda self, *a, **k: self):
-        logits, adv = model(x, y, make_adv=True, constraint="2", eps=0.5, step_size=0.5 * 2 / 3,
-                            iterations=3, random_start=False, use_best=True)
-    loss = torch.nn.CrossEntropyLoss()(logits, y)
-    opt.zero_grad()
-    loss.backward()
-    opt.step()
-    out["adv_step/adv"], out["adv_step/loss"] = adv, loss.reshape(1)
-    weights(net, "adv_step/after")
+    adversarial_train_step(net, model, x, y, out)
     src_state = {k[len("source/"):]: v for k, v in out.items() if k.startswith("source/") and k != "source/logits"}
     torch.manual_seed(5)
     xt, yt = torch.rand(4, 3, 32, 32), torch.tensor([4, 0, 2, 4])
@@ -273,15 +296,7 @@ def robustness_bottleneck(path, transfer_path):
     ds = argparse.Namespace(mean=torch.tensor(CIFAR10_MEAN), std=torch.tensor(CIFAR10_STD))
     model = AttackerModel(net, ds)
     out["target/fc.weight"], out["target/fc.bias"] = net.fc.weight.clone(), net.fc.bias.clone()
-    opt = torch.optim.SGD(model.parameters(), 0.1, momentum=0.9, weight_decay=5e-2)
-    model.train()
-    logits, _ = model(xt, yt, make_adv=False)
-    loss = torch.nn.CrossEntropyLoss()(logits, yt)
-    opt.zero_grad()
-    loss.backward()
-    opt.step()
-    out["full/loss"] = loss.reshape(1)
-    weights(net, "full/after")
+    transfer_step(net, model, list(model.parameters()), xt, yt, "full", out)
     save(out, "robust-transfer", "official-bottleneck.safetensors", meta)
     sys.path.remove(path)
 
@@ -301,13 +316,8 @@ def robustness(path, transfer_path):
     def network(classes, seed, mean, std):
         return official_network(official_resnet, AttackerModel, official_resnet.BasicBlock, classes, seed, mean, std)
 
-    def weights(net, prefix):
-        for k, v in net.state_dict().items():
-            if not k.endswith("num_batches_tracked"):
-                out[f"{prefix}/{k}"] = v.clone()
-
     net, model = network(10, 3, IMAGENET_MEAN, IMAGENET_STD)
-    weights(net, "source")
+    put_state(out, net, "source")
     torch.manual_seed(4)
     x, y = torch.rand(4, 3, 32, 32), torch.tensor([1, 7, 7, 0])
     out["x"], out["y"] = x, y
@@ -327,19 +337,7 @@ def robustness(path, transfer_path):
                                 iterations=iters, random_start=start, use_best=best)
         out[f"pgd/{name}/adv"], out[f"pgd/{name}/logits"] = adv, logits
         meta[f"pgd/{name}"] = f"{constraint} eps={eps!r} step={step!r} steps={iters} random_start={start} use_best={best}"
-    # One adversarial training step as robustness/train.py's _model_loop takes it: the attack in
-    # eval mode, the update in train mode, SGD with momentum and weight decay on every parameter.
-    model.train()
-    opt = torch.optim.SGD(net.parameters(), 0.1, momentum=0.9, weight_decay=1e-4)
-    with nocuda():
-        logits, adv = model(x, y, make_adv=True, constraint="2", eps=0.5, step_size=0.5 * 2 / 3,
-                            iterations=3, random_start=False, use_best=True)
-    loss = torch.nn.CrossEntropyLoss()(logits, y)
-    opt.zero_grad()
-    loss.backward()
-    opt.step()
-    out["adv_step/adv"], out["adv_step/loss"] = adv, loss.reshape(1)
-    weights(net, "adv_step/after")
+    adversarial_train_step(net, model, x, y, out)
 
     # Transfer steps as robust-models-transfer's main.py sets them up: the source's fc replaced by
     # a fresh Linear (PyTorch's default init), the target's normaliser, the whole model in train
@@ -362,17 +360,7 @@ def robustness(path, transfer_path):
         out["target/fc.weight"], out["target/fc.bias"] = net.fc.weight.clone(), net.fc.bias.clone()
         params = freeze_model(model, level)
         params = list(model.parameters()) if params is None else params
-        # lr and weight decay larger than the paper's (0.01, 5e-4), so that one step shows
-        # where the decay applies.
-        opt = torch.optim.SGD(params, 0.1, momentum=0.9, weight_decay=5e-2)
-        model.train()
-        logits, _ = model(xt, yt, make_adv=False)
-        loss = torch.nn.CrossEntropyLoss()(logits, yt)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        out[f"{mode}/loss"] = loss.reshape(1)
-        weights(net, f"{mode}/after")
+        transfer_step(net, model, params, xt, yt, mode, out)
     save(out, "robust-transfer", "official-robustness.safetensors", meta)
 
     # The train and test transforms on fixed images, every random parameter given: torchvision
